@@ -1,0 +1,300 @@
+//! An example Rust host: a tiny application that embeds `backoffice` with a
+//! task of its own. It is also what the test suite runs as real processes.
+//!
+//! The application keeps an `outbox(id, body, done)` table. A "request"
+//! inserts a row and then calls `Backoffice::after_request` on its
+//! connection. The `outbox` task is due whenever a row is not done; it
+//! writes each pending body to a file in the `host-outdir` folder (if set)
+//! and marks it done.
+//!
+//! ```text
+//! host demo [DIR]            the README's walk-through (default DIR: ./backoffice-demo)
+//! host simulate REPO N MS L  N requests MS ms apart, then stay alive L ms
+//! host init REPO             create the application's table
+//! host <backoffice command>  every `backoffice` command, with the outbox task
+//! ```
+//!
+//! For tests, the task also reads these `config` rows: `host-journal` (a file
+//! to which it appends `enter PID NANOS` and `exit PID NANOS` lines),
+//! `host-work-ms` (how long the work takes), and `host-fail` (`error` or
+//! `panic`, to see that a failing task does not stop the others).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use backoffice::{Backoffice, Context, Due, Started, Task, TaskError, Tasks};
+use rusqlite::{Connection, OptionalExtension};
+
+/// The application's own table.
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS outbox(
+  id INTEGER PRIMARY KEY,
+  body TEXT NOT NULL,
+  done INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(id) WHERE done = 0;";
+
+struct Outbox;
+
+fn config(conn: &Connection, name: &str) -> Option<String> {
+    backoffice::repo::config_get(conn, name).ok().flatten()
+}
+
+fn journal(conn: &Connection, what: &str) {
+    if let Some(path) = config(conn, "host-journal") {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let line = format!("{what} {} {nanos}\n", std::process::id());
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = f.write_all(line.as_bytes());
+        }
+    }
+}
+
+impl Task for Outbox {
+    fn name(&self) -> &str {
+        "outbox"
+    }
+
+    fn due(&self, conn: &Connection, _now: i64) -> Result<Due, TaskError> {
+        // The partial index makes this a point lookup however big the table is.
+        let pending = conn
+            .prepare_cached("SELECT 1 FROM outbox WHERE done = 0 LIMIT 1")
+            .and_then(|mut s| s.query_row([], |_| Ok(())).optional());
+        match pending {
+            Ok(Some(())) => Ok(Due::Now),
+            Ok(None) => Ok(Due::Never),
+            Err(e) if e.to_string().contains("no such table") => Ok(Due::Never),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
+        journal(ctx.conn, "enter");
+        let ms: u64 = config(ctx.conn, "host-work-ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        std::thread::sleep(Duration::from_millis(ms));
+        let rows: Vec<(i64, String)> = {
+            let mut s = ctx
+                .conn
+                .prepare("SELECT id, body FROM outbox WHERE done = 0 ORDER BY id")?;
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?
+        };
+        let outdir = config(ctx.conn, "host-outdir").map(PathBuf::from);
+        for (id, body) in &rows {
+            if let Some(dir) = &outdir {
+                std::fs::create_dir_all(dir)?;
+                let tmp = dir.join(format!(".{id}.tmp"));
+                std::fs::write(&tmp, body)?;
+                std::fs::rename(&tmp, dir.join(format!("{id:06}.txt")))?;
+            }
+            ctx.conn
+                .execute("UPDATE outbox SET done = 1 WHERE id = ?1", [id])?;
+        }
+        journal(ctx.conn, "exit");
+        Ok(rows.len() as u64)
+    }
+}
+
+/// A second task that fails on request, to show the others still run.
+struct Flaky;
+
+impl Task for Flaky {
+    fn name(&self) -> &str {
+        "flaky"
+    }
+    fn due(&self, _: &Connection, _: i64) -> Result<Due, TaskError> {
+        Ok(Due::Never)
+    }
+    fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
+        match config(ctx.conn, "host-fail").as_deref() {
+            Some("error") => Err("flaky task failed on purpose".into()),
+            Some("panic") => panic!("flaky task panicked on purpose"),
+            _ => Ok(0),
+        }
+    }
+}
+
+fn tasks() -> Tasks {
+    Tasks::new().with(Flaky).with(Outbox)
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let r = match args.get(1).map(String::as_str) {
+        Some("demo") => demo(args.get(2).map(PathBuf::from)),
+        Some("simulate") => simulate(&args[2..]),
+        Some("init") if args.len() == 3 => init(Path::new(&args[2])).map(drop),
+        _ => return backoffice_cli::main(tasks()),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("host: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+fn init(path: &Path) -> Res<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    conn.execute_batch(SCHEMA)?;
+    drop(conn);
+    // Repo::open creates the config table the engine needs.
+    backoffice::Repo::open(path)?;
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+/// One "request" that leaves work behind.
+fn publish(conn: &Connection, body: &str) -> Res<()> {
+    conn.execute("INSERT INTO outbox(body) VALUES (?1)", [body])?;
+    Ok(())
+}
+
+/// `host simulate REPO N INTERVAL_MS LINGER_MS`: a long-lived host. Each
+/// request publishes a row and runs the after-request hook; the outcome of
+/// each is printed. Then it stays alive, so a test can look for zombies.
+fn simulate(args: &[String]) -> Res<()> {
+    let [repo, n, interval, linger] = args else {
+        return Err("usage: host simulate REPO N INTERVAL_MS LINGER_MS".into());
+    };
+    let conn = init(Path::new(repo))?;
+    let bo = Backoffice::new(tasks());
+    let (n, interval, linger): (u64, u64, u64) = (n.parse()?, interval.parse()?, linger.parse()?);
+    let mut out = std::io::stdout().lock();
+    for i in 0..n {
+        publish(&conn, &format!("message {i}"))?;
+        match bo.after_request(&conn) {
+            Started::Worker { pid } => writeln!(out, "request {i}: started worker {pid}")?,
+            Started::NotNeeded(c) => writeln!(out, "request {i}: {}", c.describe())?,
+            other => writeln!(out, "request {i}: {other:?}")?,
+        }
+        out.flush()?;
+        std::thread::sleep(Duration::from_millis(interval));
+    }
+    writeln!(out, "lingering pid {}", std::process::id())?;
+    out.flush()?;
+    std::thread::sleep(Duration::from_millis(linger));
+    writeln!(out, "done")?;
+    Ok(())
+}
+
+/// The README's first command: watch the backoffice work in under a minute.
+fn demo(dir: Option<PathBuf>) -> Res<()> {
+    let dir = dir.unwrap_or_else(|| PathBuf::from("backoffice-demo"));
+    std::fs::create_dir_all(&dir)?;
+    let dir = dir.canonicalize()?;
+    let db = dir.join("demo.db");
+    let outdir = dir.join("outbox");
+    let log = dir.join("backoffice.log");
+    for p in [&db, &log] {
+        let _ = std::fs::remove_file(p);
+    }
+    let _ = std::fs::remove_dir_all(&outdir);
+    let conn = init(&db)?;
+    let lease_time = 3;
+    let set = |k: &str, v: &str| backoffice::repo::config_set(&conn, k, v);
+    set("project-name", "backoffice demo")?;
+    set("backoffice-lease-time", &lease_time.to_string())?;
+    set("backoffice-logfile", &log.display().to_string())?;
+    set("host-outdir", &outdir.display().to_string())?;
+    let bo = Backoffice::new(tasks());
+    let cli = std::env::current_exe()?;
+    let show = |title: &str, cmd: &[&str]| -> Res<()> {
+        println!("\n$ backoffice {} -R {}", cmd.join(" "), db.display());
+        let mut args = cmd.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        args.extend(["-R".into(), db.display().to_string()]);
+        let out = std::process::Command::new(&cli).args(&args).output()?;
+        let _ = title;
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        Ok(())
+    };
+    println!("Demo repository: {}", db.display());
+    println!(
+        "Lease time: {lease_time} s (the default is 60); run log: {}",
+        log.display()
+    );
+
+    println!("\n1. Read-only traffic: 1,000 requests with nothing due.");
+    let t0 = Instant::now();
+    let mut started = 0;
+    for _ in 0..1000 {
+        if matches!(bo.after_request(&conn), Started::Worker { .. }) {
+            started += 1;
+        }
+    }
+    println!(
+        "   workers started: {started} (the checks took {:.1} µs each)",
+        t0.elapsed().as_secs_f64() * 1e6 / 1000.0
+    );
+
+    println!("\n2. A request leaves 3 messages behind; the check starts a worker and returns.");
+    for i in 1..=3 {
+        publish(&conn, &format!("Hello from message {i}\n"))?;
+    }
+    let t0 = Instant::now();
+    let s = bo.after_request(&conn);
+    println!("   after_request: {s:?} in {} µs", t0.elapsed().as_micros());
+    wait_files(&outdir, 3, Duration::from_secs(10));
+    println!(
+        "   {} files in {} after {} ms",
+        count_files(&outdir),
+        outdir.display(),
+        t0.elapsed().as_millis()
+    );
+
+    println!("\n3. Two more requests while the lease is held: one worker waits on deck.");
+    publish(&conn, "Hello from message 4\n")?;
+    println!("   after_request: {:?}", bo.after_request(&conn));
+    publish(&conn, "Hello from message 5\n")?;
+    std::thread::sleep(Duration::from_millis(200));
+    println!("   after_request: {:?}", bo.after_request(&conn));
+    show("lease", &["lease"])?;
+    let t0 = Instant::now();
+    wait_files(&outdir, 5, Duration::from_secs(lease_time + 10));
+    println!(
+        "\n   the on-deck worker ran when the lease ended: {} files after {:.1} s",
+        count_files(&outdir),
+        t0.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    show("status", &["status"])?;
+    println!("\n$ cat {}", log.display());
+    print!("{}", std::fs::read_to_string(&log).unwrap_or_default());
+    println!(
+        "\nTry: cargo run -q -p backoffice-cli -- status -R {}",
+        db.display()
+    );
+    Ok(())
+}
+
+fn count_files(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".txt"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+fn wait_files(dir: &Path, n: usize, limit: Duration) {
+    let t0 = Instant::now();
+    while count_files(dir) < n && t0.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

@@ -1,0 +1,219 @@
+//! Every command and flag, defined once; the `///` comments are the `--help`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Fossil-style background work for SQLite-backed services: a lease in the
+/// database, detached workers started after requests, no daemon.
+#[derive(Debug, Parser)]
+#[command(name = "backoffice", version, max_term_width = 100)]
+#[command(
+    after_help = "Settings live in each repository's `config` table; see `backoffice setting -R REPO`.\n\
+Logs: `backoffice-logfile` (or --logfile) gets one line per run; RUST_LOG=debug shows the engine's decisions on stderr."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the backoffice work now (Fossil's `fossil backoffice`).
+    ///
+    /// With one repository and no --poll, this is one worker, exactly like the
+    /// one a request starts: it takes the lease and runs the tasks, or waits on
+    /// deck while another worker holds the lease (unless --nodelay).
+    ///
+    /// With several repositories, or --poll, the repositories are checked in
+    /// parallel in this one process. A repository where nothing is due is
+    /// left alone (no lease write); where something is due, a no-delay worker
+    /// runs through its lease. A repository that fails is reported and the
+    /// sweep goes on; the exit status is 1 if any failed.
+    Run(RunArgs),
+
+    /// Show the lease as `fossil test-backoffice-lease` does, then our extension fields.
+    Lease(LeaseArgs),
+
+    /// Say whether processes exist and are live, like `fossil test-process-id`.
+    Pid(PidArgs),
+
+    /// Show or change settings (all of them when no NAME is given).
+    Setting(SettingArgs),
+
+    /// Show the last run, the lease in words, and what is due next.
+    Status(StatusArgs),
+
+    /// The after-request check, for hosts in any language: if work is due and
+    /// no worker is queued, start a detached worker and return at once.
+    ///
+    /// Run it after a successful request. It never blocks on the work and
+    /// never fails because of the backoffice: it prints what it decided and
+    /// exits 0 unless the repository itself cannot be opened.
+    Trigger(TriggerArgs),
+
+    /// The detached worker process a trigger starts (internal).
+    #[command(hide = true)]
+    Worker(WorkerArgs),
+}
+
+/// `backoffice run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Repositories (SQLite files) to service.
+    #[arg(value_name = "REPO")]
+    pub repos: Vec<PathBuf>,
+
+    /// Also a repository (accepted for compatibility with Fossil's -R).
+    #[arg(short = 'R', long = "repository", value_name = "REPO")]
+    pub repository: Vec<PathBuf>,
+
+    /// Keep going: sweep the repositories every SECONDS, forever (or --sweeps times).
+    /// A repository is visited when something is due, when its file changed since the
+    /// last visit, or when --min seconds passed.
+    #[arg(long, value_name = "SECONDS")]
+    pub poll: Option<u64>,
+
+    /// With --poll: visit every repository at least this often even when nothing
+    /// is due and nothing changed [default: 3600].
+    #[arg(long, value_name = "SECONDS", requires = "poll")]
+    pub min: Option<u64>,
+
+    /// Never wait on deck: if another worker holds the lease, exit at once.
+    #[arg(long)]
+    pub nodelay: bool,
+
+    /// Ignore the lease and run the tasks directly. Two workers may then overlap;
+    /// use it only for debugging.
+    #[arg(long)]
+    pub nolease: bool,
+
+    /// Append run log lines to this file (overrides the backoffice-logfile setting).
+    #[arg(long, value_name = "FILE")]
+    pub logfile: Option<PathBuf>,
+
+    /// Print each lease decision on stderr.
+    #[arg(long)]
+    pub trace: bool,
+
+    /// Log a line for every run, including runs that did nothing ("no-op"),
+    /// and print it on stderr too.
+    #[arg(long)]
+    pub debug: bool,
+
+    /// Threads that check repositories in parallel during a sweep [default: 4 per core, at most 16].
+    #[arg(long, value_name = "N")]
+    pub jobs: Option<usize>,
+
+    /// With --poll: stop after N sweeps (for tests, or cron with a time budget).
+    #[arg(long, value_name = "N", requires = "poll")]
+    pub sweeps: Option<u64>,
+
+    /// How long to wait for another writer's lock before reporting the repository as locked.
+    #[arg(long, value_name = "MS", default_value_t = 5000)]
+    pub busy_timeout: u64,
+}
+
+/// `backoffice lease`
+#[derive(Debug, Args)]
+pub struct LeaseArgs {
+    /// Delete the lease row first. Only for recovery: a worker that is still
+    /// running may then overlap with a new one.
+    #[arg(long)]
+    pub reset: bool,
+
+    /// The repository (SQLite file).
+    #[arg(short = 'R', long = "repository", value_name = "REPO")]
+    pub repository: Option<PathBuf>,
+
+    /// The repository, as a plain argument.
+    #[arg(value_name = "REPO", conflicts_with = "repository")]
+    pub repo: Option<PathBuf>,
+}
+
+/// `backoffice pid`
+#[derive(Debug, Args)]
+pub struct PidArgs {
+    /// Wait this many seconds before looking at the processes.
+    #[arg(long, value_name = "SECONDS")]
+    pub sleep: Option<u64>,
+
+    /// Also show each process's state and start time.
+    #[arg(short, long)]
+    pub verbose: bool,
+
+    /// Process ids to look at.
+    #[arg(value_name = "PID", allow_negative_numbers = true)]
+    pub pids: Vec<i64>,
+}
+
+/// `backoffice setting`
+#[derive(Debug, Args)]
+pub struct SettingArgs {
+    /// The setting to show or change.
+    #[arg(value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// The new value (on/off for switches, seconds for times, a path for files).
+    #[arg(value_name = "VALUE", conflicts_with = "unset")]
+    pub value: Option<String>,
+
+    /// Remove the stored value, so the default applies again.
+    #[arg(long, requires = "name")]
+    pub unset: bool,
+
+    /// The repository (SQLite file).
+    #[arg(short = 'R', long = "repository", value_name = "REPO", required = true)]
+    pub repository: PathBuf,
+}
+
+/// `backoffice status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+
+    /// The repository (SQLite file).
+    #[arg(short = 'R', long = "repository", value_name = "REPO")]
+    pub repository: Option<PathBuf>,
+
+    /// The repository, as a plain argument.
+    #[arg(value_name = "REPO", conflicts_with = "repository")]
+    pub repo: Option<PathBuf>,
+}
+
+/// `backoffice trigger`
+#[derive(Debug, Args)]
+pub struct TriggerArgs {
+    /// The repository (SQLite file).
+    #[arg(value_name = "REPO", required_unless_present = "repository")]
+    pub repo: Option<PathBuf>,
+
+    /// The repository, as Fossil's -R.
+    #[arg(
+        short = 'R',
+        long = "repository",
+        value_name = "REPO",
+        conflicts_with = "repo"
+    )]
+    pub repository: Option<PathBuf>,
+
+    /// Print nothing.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+/// `backoffice worker`
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Where to report failures (the trigger passes the repository's backoffice-logfile).
+    #[arg(long, value_name = "FILE")]
+    pub logfile: Option<PathBuf>,
+
+    /// The repository.
+    #[arg(value_name = "REPO")]
+    pub repo: PathBuf,
+}

@@ -1,0 +1,43 @@
+//! One module per command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use backoffice::{Repo, Tasks};
+
+use crate::cli::Command;
+
+pub mod lease;
+pub mod pid;
+pub mod run;
+pub mod setting;
+pub mod status;
+pub mod trigger;
+
+/// Runs one parsed command.
+pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
+    match cmd {
+        Command::Run(a) => run::run(a, tasks),
+        Command::Lease(a) => lease::run(a),
+        Command::Pid(a) => pid::run(a),
+        Command::Setting(a) => setting::run(a),
+        Command::Status(a) => status::run(a, tasks),
+        Command::Trigger(a) => trigger::run(a, tasks),
+        Command::Worker(a) => {
+            let code = backoffice::worker_main(&a.repo, a.logfile.as_deref(), &tasks);
+            Ok(ExitCode::from(code as u8))
+        }
+    }
+}
+
+/// The repository from `-R REPO` or a plain argument, or a clear error.
+pub(crate) fn repo_path(a: Option<PathBuf>, b: Option<PathBuf>) -> Result<PathBuf> {
+    a.or(b)
+        .context("no repository given; name one with -R REPO")
+}
+
+/// Opens a repository, with its path in any error.
+pub(crate) fn open(path: &std::path::Path) -> Result<Repo> {
+    Ok(Repo::open(path)?)
+}

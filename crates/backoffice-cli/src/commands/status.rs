@@ -1,0 +1,21 @@
+//! `backoffice status`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use backoffice::Tasks;
+
+use crate::cli::StatusArgs;
+
+/// Runs `backoffice status`.
+pub fn run(a: StatusArgs, tasks: Tasks) -> Result<ExitCode> {
+    let path = super::repo_path(a.repository, a.repo)?;
+    let repo = super::open(&path)?;
+    let st = backoffice::status::status(&repo, &tasks)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        print!("{st}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,62 @@
+//! The `backoffice` command-line tool, as a library.
+//!
+//! The binary is `main(Tasks::new())`: the engine with no tasks of its own
+//! (later releases add email, hooks, webhooks). A Rust host that has tasks of
+//! its own calls [`main`] with them from its own binary and gets every
+//! command — `run`, `trigger`, `status`, the hidden `worker` that triggers
+//! start — for free; `examples/host.rs` does exactly that.
+//!
+//! # Layout
+//!
+//! * `cli.rs`: every command and flag (clap derive); the doc comments are
+//!   the `--help` text.
+//! * `commands/`: one file per command; each takes its parsed arguments and
+//!   the task list, and returns `anyhow::Result`.
+
+mod cli;
+pub mod commands;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+pub use cli::{Cli, Command};
+
+/// Runs the command line in `std::env::args` with these tasks.
+pub fn main(tasks: backoffice::Tasks) -> ExitCode {
+    main_from(std::env::args_os(), tasks)
+}
+
+/// Runs a command line with these tasks. Errors are printed on stderr with
+/// their causes; the exit status is 0 on success, 1 on failure, 2 for a usage error.
+pub fn main_from<I, T>(args: I, tasks: backoffice::Tasks) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_tracing();
+    match commands::dispatch(cli.command, tasks) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("backoffice: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Structured logs on stderr under `RUST_LOG` (default: warnings only).
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,148 @@
+//! The library's error type.
+//!
+//! Every variant names the repository (or setting) it is about, so that a
+//! message printed by the command-line tool or written to a log file is
+//! enough for an operator to act on without reading code.
+
+use std::path::PathBuf;
+
+/// Errors returned by the `backoffice` library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The repository file does not exist. We never create one implicitly:
+    /// a typo in a path must not silently produce an empty database.
+    #[error("repository {path} does not exist")]
+    NotFound {
+        /// The path that was asked for.
+        path: PathBuf,
+    },
+
+    /// The file exists but is not an SQLite database.
+    #[error("{path} is not an SQLite database")]
+    NotSqlite {
+        /// The offending file.
+        path: PathBuf,
+    },
+
+    /// The repository could not be opened at all (permissions, a directory, …).
+    #[error("cannot open repository {path}: {source}")]
+    Open {
+        /// The repository path.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+
+    /// A `config` table exists but does not have Fossil's shape
+    /// (`name TEXT PRIMARY KEY, value, mtime`). We refuse to guess what it is.
+    #[error(
+        "repository {path} has a `config` table of another shape \
+         (found columns: {found}; need name TEXT PRIMARY KEY, value, mtime)"
+    )]
+    ConfigShape {
+        /// The repository path.
+        path: PathBuf,
+        /// The columns we found, as `name type [pk]`.
+        found: String,
+    },
+
+    /// The repository is read-only, and the operation needs to write.
+    #[error("repository {path} is read-only")]
+    ReadOnly {
+        /// The repository path.
+        path: PathBuf,
+    },
+
+    /// Another connection held the write lock for longer than the busy timeout.
+    #[error("repository {path} is locked by another writer (waited {waited_ms} ms)")]
+    Locked {
+        /// The repository path.
+        path: PathBuf,
+        /// How long we waited (the busy timeout).
+        waited_ms: u64,
+    },
+
+    /// Any other SQLite error, with what we were doing at the time.
+    #[error("{what} in {path}: {source}")]
+    Sqlite {
+        /// What we were doing (e.g. "reading the lease").
+        what: &'static str,
+        /// The repository path.
+        path: PathBuf,
+        /// What SQLite said.
+        source: rusqlite::Error,
+    },
+
+    /// An unknown setting name.
+    #[error("unknown setting `{name}` (known: {known})")]
+    UnknownSetting {
+        /// The name given.
+        name: String,
+        /// The known names, comma separated.
+        known: String,
+    },
+
+    /// A setting value that does not parse or is out of range.
+    #[error("bad value {value:?} for setting `{name}`: {reason}")]
+    BadSetting {
+        /// The setting name.
+        name: String,
+        /// The value given.
+        value: String,
+        /// Why it was refused.
+        reason: String,
+    },
+
+    /// A worker process could not be started.
+    #[error("cannot start a worker ({program}): {source}")]
+    Spawn {
+        /// The program we tried to run.
+        program: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+
+    /// Writing the run log failed.
+    #[error("cannot write log file {path}: {source}")]
+    LogFile {
+        /// The log file path.
+        path: PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+}
+
+/// `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Wraps an SQLite error, turning "busy"/"locked" into [`Error::Locked`]
+    /// and "not a database" into [`Error::NotSqlite`], because those are the
+    /// cases an operator needs to tell apart.
+    pub(crate) fn sqlite(
+        what: &'static str,
+        path: &std::path::Path,
+        busy_ms: u64,
+        e: rusqlite::Error,
+    ) -> Error {
+        use rusqlite::ErrorCode;
+        match e.sqlite_error_code() {
+            Some(ErrorCode::DatabaseBusy) | Some(ErrorCode::DatabaseLocked) => Error::Locked {
+                path: path.to_owned(),
+                waited_ms: busy_ms,
+            },
+            Some(ErrorCode::NotADatabase) => Error::NotSqlite {
+                path: path.to_owned(),
+            },
+            Some(ErrorCode::ReadOnly) => Error::ReadOnly {
+                path: path.to_owned(),
+            },
+            _ => Error::Sqlite {
+                what,
+                path: path.to_owned(),
+                source: e,
+            },
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Many repositories: one sweep, or `--poll` forever.
+//!
+//! Fossil services several repositories by starting one `fossil backoffice`
+//! process per repository, one after another — 6 to 20 ms each, so a cron
+//! sweep of 1,000 repositories takes seconds. We check them in one process,
+//! on a bounded pool of threads, and only take a lease where there is work:
+//!
+//! * A **visit** opens the repository and asks the tasks, read-only, whether
+//!   anything is due. If not, that is the end of it: no write, no fsync.
+//! * If something is due (or, under `--poll`, the file changed since the last
+//!   visit, or `--min` seconds have passed), a no-delay worker runs in this
+//!   process through the same lease as every other worker, unless
+//!   `--nolease`. A repository whose lease is held is simply skipped: its
+//!   holder or on-deck worker will do the work.
+//! * A repository that fails (missing, not SQLite, locked) is reported and
+//!   the sweep goes on.
+//!
+//! Change detection uses the size and modification time of the database and
+//! its `-wal` file, taken after each visit so our own lease writes do not
+//! count. (`PRAGMA data_version` only compares within one connection, and
+//! keeping thousands of connections open would exhaust file descriptors.)
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::clock;
+use crate::engine::{self, Outcome, RunOptions};
+use crate::error::Error;
+use crate::repo::Repo;
+use crate::task::{self, Due, Tasks};
+
+/// How a sweep runs.
+#[derive(Clone, Debug)]
+pub struct SweepOptions {
+    /// Options for each worker run (no-delay is always on in a sweep).
+    pub run: RunOptions,
+    /// Threads checking repositories in parallel.
+    pub jobs: usize,
+    /// Busy timeout for each repository.
+    pub busy: Duration,
+    /// Under `--poll`: visit a repository at least this often even when
+    /// nothing is due and it did not change. `None`: never.
+    pub min: Option<Duration>,
+}
+
+impl Default for SweepOptions {
+    fn default() -> Self {
+        SweepOptions {
+            run: RunOptions::default(),
+            jobs: default_jobs(),
+            busy: crate::repo::DEFAULT_BUSY_TIMEOUT,
+            min: None,
+        }
+    }
+}
+
+/// Threads for a sweep: the work is mostly waiting on the disk (fsync), so
+/// more threads than cores pay off, up to a point.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 4)
+        .unwrap_or(4)
+        .clamp(2, 16)
+}
+
+/// What happened to one repository in a sweep.
+#[derive(Debug)]
+pub enum Visit {
+    /// Nothing was due; the lease was not touched.
+    NothingDue,
+    /// A worker ran through the lease (or without it under `--nolease`).
+    Ran(Outcome),
+    /// The repository could not be serviced.
+    Failed(Error),
+}
+
+/// The result of one sweep.
+#[derive(Debug)]
+pub struct SweepReport {
+    /// Each repository and what happened to it, in the order given.
+    pub visits: Vec<(PathBuf, Visit)>,
+    /// Wall time of the sweep.
+    pub elapsed: Duration,
+}
+
+impl SweepReport {
+    /// Repositories that failed.
+    pub fn failures(&self) -> impl Iterator<Item = (&Path, &Error)> {
+        self.visits.iter().filter_map(|(p, v)| match v {
+            Visit::Failed(e) => Some((p.as_path(), e)),
+            _ => None,
+        })
+    }
+
+    /// Repositories where tasks ran.
+    pub fn ran(&self) -> usize {
+        self.visits
+            .iter()
+            .filter(|(_, v)| matches!(v, Visit::Ran(Outcome::Ran(_))))
+            .count()
+    }
+}
+
+/// A file's identity for change detection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    db: Option<(u64, SystemTime)>,
+    wal: Option<(u64, SystemTime)>,
+}
+
+fn stamp(path: &Path) -> Stamp {
+    let one = |p: &Path| {
+        std::fs::metadata(p)
+            .ok()
+            .and_then(|m| Some((m.len(), m.modified().ok()?)))
+    };
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    Stamp {
+        db: one(path),
+        wal: one(Path::new(&wal)),
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct State {
+    stamp: Option<Stamp>,
+    last_run: Option<Instant>,
+}
+
+/// A set of repositories serviced together, remembering what it saw.
+pub struct Poller {
+    repos: Vec<PathBuf>,
+    states: Vec<State>,
+    tasks: Tasks,
+    opts: SweepOptions,
+    started: Instant,
+}
+
+impl Poller {
+    /// A poller over `repos`.
+    pub fn new(repos: Vec<PathBuf>, tasks: Tasks, mut opts: SweepOptions) -> Poller {
+        opts.run.nodelay = true;
+        opts.jobs = opts.jobs.max(1);
+        Poller {
+            states: vec![State::default(); repos.len()],
+            repos,
+            tasks,
+            opts,
+            started: Instant::now(),
+        }
+    }
+
+    /// Visits every repository once, in parallel.
+    pub fn sweep(&mut self) -> SweepReport {
+        let t0 = Instant::now();
+        let next = AtomicUsize::new(0);
+        let (tx, rx) = mpsc::channel();
+        let jobs = self.opts.jobs.min(self.repos.len()).max(1);
+        std::thread::scope(|s| {
+            for _ in 0..jobs {
+                let tx = tx.clone();
+                let next = &next;
+                let this = &*self;
+                s.spawn(move || {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(path) = this.repos.get(i) else { break };
+                        let (visit, state) = this.visit(path, &this.states[i]);
+                        if tx.send((i, visit, state)).is_err() {
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        drop(tx);
+        let mut visits: Vec<Option<Visit>> = (0..self.repos.len()).map(|_| None).collect();
+        for (i, visit, state) in rx {
+            self.states[i] = state;
+            visits[i] = Some(visit);
+        }
+        SweepReport {
+            visits: self
+                .repos
+                .iter()
+                .cloned()
+                .zip(visits.into_iter().map(|v| {
+                    v.unwrap_or_else(|| {
+                        Visit::Failed(Error::Spawn {
+                            program: "sweep".into(),
+                            source: std::io::Error::other("visit thread ended early"),
+                        })
+                    })
+                }))
+                .collect(),
+            elapsed: t0.elapsed(),
+        }
+    }
+
+    /// Sweeps every `interval`, forever or for `max_sweeps`, handing each
+    /// report to `on_sweep`.
+    pub fn poll(
+        &mut self,
+        interval: Duration,
+        max_sweeps: Option<u64>,
+        mut on_sweep: impl FnMut(&SweepReport),
+    ) {
+        let mut n = 0u64;
+        loop {
+            let t0 = Instant::now();
+            let report = self.sweep();
+            on_sweep(&report);
+            n += 1;
+            if max_sweeps.is_some_and(|m| n >= m) {
+                return;
+            }
+            if let Some(rest) = interval.checked_sub(t0.elapsed()) {
+                std::thread::sleep(rest);
+            }
+        }
+    }
+
+    fn visit(&self, path: &Path, prev: &State) -> (Visit, State) {
+        let t0 = Instant::now();
+        let mut repo = match Repo::open_with(path, self.opts.busy) {
+            Ok(r) => r,
+            Err(e) => return (Visit::Failed(e), prev.clone()),
+        };
+        let now = clock::now();
+        let due = self.tasks.due(repo.conn(), now);
+        let changed = matches!(prev.stamp, Some(s) if s != stamp(path));
+        let min_passed = self
+            .opts
+            .min
+            .is_some_and(|m| prev.last_run.unwrap_or(self.started).elapsed() >= m);
+        if !(due.is_due(now) || changed || min_passed) {
+            if self.opts.run.debug {
+                self.log_skip(&repo, now, due, t0);
+            }
+            let state = State {
+                stamp: Some(stamp(path)),
+                last_run: prev.last_run,
+            };
+            return (Visit::NothingDue, state);
+        }
+        let visit = match engine::run(&mut repo, &self.tasks, &self.opts.run) {
+            Ok(o) => Visit::Ran(o),
+            Err(e) => Visit::Failed(e),
+        };
+        drop(repo);
+        let state = State {
+            stamp: Some(stamp(path)),
+            last_run: Some(Instant::now()),
+        };
+        (visit, state)
+    }
+
+    fn log_skip(&self, repo: &Repo, now: i64, due: Due, t0: Instant) {
+        let logfile = self.opts.run.logfile.clone().or_else(|| {
+            crate::settings::Settings::load(repo.conn())
+                .ok()
+                .and_then(|s| s.logfile)
+        });
+        let next = match due {
+            Due::At(t) => format!(" (nothing due until {})", clock::format_utc(t)),
+            _ => " (nothing due)".into(),
+        };
+        let line = format!(
+            "{} {} no-op{} elapse-time {} us",
+            clock::format_utc(now),
+            repo.project_name(),
+            next,
+            t0.elapsed().as_micros()
+        );
+        if let Some(log) = logfile {
+            let _ = task::append_log(&log, &line);
+        }
+        tracing::info!("{line}");
+    }
+}

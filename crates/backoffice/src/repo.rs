@@ -1,0 +1,338 @@
+//! Opening a repository, and its `config` table.
+//!
+//! A repository is one SQLite file. The engine keeps its lease and settings in
+//! `config(name TEXT PRIMARY KEY, value, mtime)`, the table Fossil uses, so
+//! a Fossil repository works as is and SQLite itself serialises access to
+//! the lease. [`Repo::open`] creates that table when it is missing and
+//! refuses, with an error naming the problem, a file that is not SQLite or a
+//! `config` table of another shape. It never creates the database file: a
+//! mistyped path must not turn into a fresh empty repository.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+
+use crate::error::{Error, Result};
+
+/// How long to wait for another writer's lock before giving up. Long enough
+/// to ride out an application's ordinary write transactions, short enough
+/// that a stuck writer is reported rather than waited on forever.
+pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `config` table as Fossil 2.21 creates it.
+const CREATE_CONFIG: &str = "CREATE TABLE IF NOT EXISTS config(
+  name TEXT PRIMARY KEY NOT NULL,
+  value CLOB,
+  mtime DATE,
+  CHECK( typeof(name)='text' AND length(name)>=1 )
+)";
+
+/// An open repository.
+#[derive(Debug)]
+pub struct Repo {
+    conn: Connection,
+    path: PathBuf,
+    busy_ms: u64,
+    read_only: bool,
+}
+
+impl Repo {
+    /// Opens `path` with the default busy timeout.
+    pub fn open(path: impl AsRef<Path>) -> Result<Repo> {
+        Self::open_with(path, DEFAULT_BUSY_TIMEOUT)
+    }
+
+    /// Opens `path`, waiting at most `busy` for another writer's lock.
+    pub fn open_with(path: impl AsRef<Path>, busy: Duration) -> Result<Repo> {
+        let path = path.as_ref();
+        match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::NotFound {
+                    path: path.to_owned(),
+                });
+            }
+            Err(e) => {
+                return Err(Error::Open {
+                    path: path.to_owned(),
+                    source: rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                        Some(e.to_string()),
+                    ),
+                });
+            }
+            Ok(m) if m.is_dir() => {
+                return Err(Error::Open {
+                    path: path.to_owned(),
+                    source: rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                        Some("it is a directory".into()),
+                    ),
+                });
+            }
+            Ok(_) => {}
+        }
+        // READ_WRITE without CREATE: SQLite opens read-only by itself when the
+        // file is write-protected, and we notice that below.
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::Open {
+            path: path.to_owned(),
+            source: e,
+        })?;
+        let busy_ms = busy.as_millis() as u64;
+        let sq = |what, e| Error::sqlite(what, path, busy_ms, e);
+        conn.busy_timeout(busy)
+            .map_err(|e| sq("setting the busy timeout", e))?;
+        // Opening is lazy; the first read of the schema is where a non-SQLite
+        // file is detected.
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+            .map_err(|e| sq("reading the schema", e))?;
+        let read_only = conn
+            .is_readonly(rusqlite::MAIN_DB)
+            .map_err(|e| sq("checking for read-only", e))?;
+        let repo = Repo {
+            conn,
+            path: path.to_owned(),
+            busy_ms,
+            read_only,
+        };
+        match check_config_shape(&repo.conn).map_err(|e| sq("reading the config table", e))? {
+            Shape::Good => {}
+            Shape::Missing if read_only => {}
+            Shape::Missing => repo
+                .conn
+                .execute_batch(CREATE_CONFIG)
+                .map_err(|e| sq("creating the config table", e))?,
+            Shape::Bad(found) => {
+                return Err(Error::ConfigShape {
+                    path: path.to_owned(),
+                    found,
+                });
+            }
+        }
+        Ok(repo)
+    }
+
+    /// The SQLite connection.
+    pub fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The SQLite connection, mutably (for transactions).
+    pub fn conn_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// The path the repository was opened with.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// True if the file could only be opened for reading.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// The busy timeout in milliseconds.
+    pub fn busy_ms(&self) -> u64 {
+        self.busy_ms
+    }
+
+    /// Wraps an SQLite error with this repository's path.
+    pub(crate) fn err(&self, what: &'static str, e: rusqlite::Error) -> Error {
+        Error::sqlite(what, &self.path, self.busy_ms, e)
+    }
+
+    /// Reads one `config` value.
+    pub fn get(&self, name: &str) -> Result<Option<String>> {
+        config_get(&self.conn, name).map_err(|e| self.err("reading the config table", e))
+    }
+
+    /// Writes one `config` value (with `mtime` = now).
+    pub fn set(&self, name: &str, value: &str) -> Result<()> {
+        self.writable()?;
+        config_set(&self.conn, name, value).map_err(|e| self.err("writing the config table", e))
+    }
+
+    /// Deletes one `config` row. Returns whether it existed.
+    pub fn unset(&self, name: &str) -> Result<bool> {
+        self.writable()?;
+        self.conn
+            .execute("DELETE FROM config WHERE name=?1", [name])
+            .map(|n| n > 0)
+            .map_err(|e| self.err("writing the config table", e))
+    }
+
+    /// Fails with [`Error::ReadOnly`] if the repository cannot be written.
+    pub fn writable(&self) -> Result<()> {
+        if self.read_only {
+            Err(Error::ReadOnly {
+                path: self.path.clone(),
+            })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The name the run log uses: the `project-name` setting with spaces
+    /// turned into dashes (as Fossil does), else the file name.
+    pub fn project_name(&self) -> String {
+        project_name(&self.conn, &self.path)
+    }
+}
+
+/// See [`Repo::project_name`]; usable on any connection.
+pub fn project_name(conn: &Connection, path: &Path) -> String {
+    match config_get(conn, "project-name") {
+        Ok(Some(n)) if !n.trim().is_empty() => n
+            .trim()
+            .chars()
+            .map(|c| if c.is_whitespace() { '-' } else { c })
+            .collect(),
+        _ => path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string()),
+    }
+}
+
+enum Shape {
+    Good,
+    Missing,
+    Bad(String),
+}
+
+fn check_config_shape(conn: &Connection) -> rusqlite::Result<Shape> {
+    let mut stmt = conn.prepare("SELECT name, type, pk FROM pragma_table_info('config')")?;
+    let cols: Vec<(String, String, i64)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    if cols.is_empty() {
+        return Ok(Shape::Missing);
+    }
+    let has = |n: &str| cols.iter().any(|(c, _, _)| c.eq_ignore_ascii_case(n));
+    let name_is_key = cols
+        .iter()
+        .any(|(c, _, pk)| c.eq_ignore_ascii_case("name") && *pk == 1)
+        && cols.iter().filter(|(_, _, pk)| *pk > 0).count() == 1;
+    if has("value") && has("mtime") && name_is_key {
+        return Ok(Shape::Good);
+    }
+    let found = cols
+        .iter()
+        .map(|(c, t, pk)| {
+            let t = if t.is_empty() { "" } else { t.as_str() };
+            let pk = if *pk > 0 { " pk" } else { "" };
+            format!("{c} {t}{pk}").trim().replace("  ", " ")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(Shape::Bad(found))
+}
+
+/// Turns whatever type a `config.value` holds into text: Fossil stores
+/// text, but a hand-written row may hold a number or a blob.
+fn value_text(v: rusqlite::types::ValueRef<'_>) -> Option<String> {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => None,
+        ValueRef::Integer(i) => Some(i.to_string()),
+        ValueRef::Real(f) => Some(f.to_string()),
+        ValueRef::Text(t) | ValueRef::Blob(t) => Some(String::from_utf8_lossy(t).into_owned()),
+    }
+}
+
+/// Reads one `config` value on any connection. A missing table reads as
+/// "no value", because a repository we may not write has none yet.
+pub fn config_get(conn: &Connection, name: &str) -> rusqlite::Result<Option<String>> {
+    let mut stmt = match conn.prepare_cached("SELECT value FROM config WHERE name=?1") {
+        Ok(s) => s,
+        Err(e) if is_no_such_table(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    stmt.query_row([name], |r| Ok(value_text(r.get_ref(0)?)))
+        .optional()
+        .map(Option::flatten)
+}
+
+/// Reads several `config` values in one statement; absent names are omitted.
+pub fn config_get_many(
+    conn: &Connection,
+    names: &[&str],
+) -> rusqlite::Result<Vec<(String, String)>> {
+    let mut out = Vec::with_capacity(names.len());
+    for name in names {
+        if let Some(v) = config_get(conn, name)? {
+            out.push(((*name).to_owned(), v));
+        }
+    }
+    Ok(out)
+}
+
+/// Writes one `config` value, with `mtime` = now, as Fossil does.
+pub fn config_set(conn: &Connection, name: &str, value: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached("REPLACE INTO config(name, value, mtime) VALUES (?1, ?2, ?3)")?
+        .execute(params![name, value, crate::clock::now()])
+        .map(drop)
+}
+
+/// True if an SQLite error is "no such table".
+pub(crate) fn is_no_such_table(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(_, Some(msg)) if msg.starts_with("no such table"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn creates_config_and_refuses_other_shapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        Connection::open(&p).unwrap();
+        let r = Repo::open(&p).unwrap();
+        r.set("x", "1").unwrap();
+        assert_eq!(r.get("x").unwrap().as_deref(), Some("1"));
+
+        let q = dir.path().join("q.db");
+        Connection::open(&q)
+            .unwrap()
+            .execute_batch("CREATE TABLE config(k, v)")
+            .unwrap();
+        let e = Repo::open(&q).unwrap_err().to_string();
+        assert!(e.contains("another shape") && e.contains("k, v"), "{e}");
+    }
+
+    #[test]
+    fn refuses_missing_and_non_sqlite_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = Repo::open(dir.path().join("nope.db")).unwrap_err();
+        assert!(matches!(e, Error::NotFound { .. }), "{e}");
+        let junk = dir.path().join("junk.db");
+        std::fs::write(
+            &junk,
+            "this is not a database, just some text that is long enough",
+        )
+        .unwrap();
+        let e = Repo::open(&junk).unwrap_err();
+        assert!(matches!(e, Error::NotSqlite { .. }), "{e}");
+        let e = Repo::open(dir.path()).unwrap_err().to_string();
+        assert!(e.contains("directory"), "{e}");
+    }
+
+    #[test]
+    fn non_text_values_read_as_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        let r = Repo::open({
+            Connection::open(&p).unwrap();
+            &p
+        })
+        .unwrap();
+        r.conn()
+            .execute("INSERT INTO config VALUES ('n', 42, 0), ('z', NULL, 0)", [])
+            .unwrap();
+        assert_eq!(r.get("n").unwrap().as_deref(), Some("42"));
+        assert_eq!(r.get("z").unwrap(), None);
+    }
+}

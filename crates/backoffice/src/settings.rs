@@ -1,0 +1,247 @@
+//! Every setting the engine reads, defined once.
+//!
+//! Settings live in the repository's `config` table, as Fossil's do. The
+//! [`SETTINGS`] table is the single definition of each one — name, type,
+//! default and help — and the `setting` command, `status` and the README all
+//! read it, so they cannot drift apart. Later features (email, hooks) add
+//! their rows here.
+//!
+//! A stored value that does not parse (someone wrote the row by hand) never
+//! stops the engine: it falls back to the default and reports the problem
+//! in [`Settings::problems`], which `status` and the run log show.
+
+use rusqlite::Connection;
+
+use crate::error::{Error, Result};
+
+/// The type of a setting's value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// on/off; accepts on, off, yes, no, true, false, 1, 0.
+    Bool,
+    /// A whole number within bounds.
+    Int {
+        /// Smallest allowed value.
+        min: i64,
+        /// Largest allowed value.
+        max: i64,
+    },
+    /// A file path; empty means unset.
+    Path,
+}
+
+/// One setting's definition.
+#[derive(Clone, Copy, Debug)]
+pub struct Def {
+    /// The `config` row name.
+    pub name: &'static str,
+    /// The value type.
+    pub kind: Kind,
+    /// The value used when the row is absent (as stored text).
+    pub default: &'static str,
+    /// One line for `--help`, `setting` and the README.
+    pub help: &'static str,
+    /// True if the value must never be printed back (passwords, tokens).
+    pub secret: bool,
+}
+
+/// `backoffice-disable`
+pub const DISABLE: &str = "backoffice-disable";
+/// `backoffice-nodelay`
+pub const NODELAY: &str = "backoffice-nodelay";
+/// `backoffice-logfile`
+pub const LOGFILE: &str = "backoffice-logfile";
+/// `backoffice-lease-time`
+pub const LEASE_TIME: &str = "backoffice-lease-time";
+
+/// The definition of every setting.
+pub const SETTINGS: &[Def] = &[
+    Def {
+        name: DISABLE,
+        kind: Kind::Bool,
+        default: "off",
+        help: "Never start a worker after a request. Manual and cron runs (`backoffice run`) still work.",
+        secret: false,
+    },
+    Def {
+        name: NODELAY,
+        kind: Kind::Bool,
+        default: "off",
+        help: "Never queue a worker on deck: if the lease is held, a new worker exits at once.",
+        secret: false,
+    },
+    Def {
+        name: LOGFILE,
+        kind: Kind::Path,
+        default: "",
+        help: "Append one line per run that did work (and every failure to start or run) to this file.",
+        secret: false,
+    },
+    Def {
+        name: LEASE_TIME,
+        kind: Kind::Int {
+            min: 1,
+            max: 86_400,
+        },
+        default: "60",
+        help: "Lease length in seconds: runs are at least this far apart, and new work waits at most this long.",
+        secret: false,
+    },
+];
+
+/// Looks up a setting's definition by name.
+pub fn def(name: &str) -> Result<&'static Def> {
+    SETTINGS
+        .iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| Error::UnknownSetting {
+            name: name.to_owned(),
+            known: SETTINGS
+                .iter()
+                .map(|d| d.name)
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
+/// Parses a boolean the way Fossil does (and a little more forgivingly
+/// about case). `None` if it is not a boolean.
+pub fn parse_bool(v: &str) -> Option<bool> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "on" | "yes" | "true" | "1" => Some(true),
+        "off" | "no" | "false" | "0" | "" => Some(false),
+        _ => None,
+    }
+}
+
+impl Def {
+    /// Checks and normalises a value given by a user, or says why not.
+    pub fn validate(&self, value: &str) -> Result<String> {
+        let bad = |reason: String| Error::BadSetting {
+            name: self.name.to_owned(),
+            value: value.to_owned(),
+            reason,
+        };
+        match self.kind {
+            Kind::Bool => match parse_bool(value) {
+                Some(true) => Ok("on".into()),
+                Some(false) => Ok("off".into()),
+                None => Err(bad("expected on or off".into())),
+            },
+            Kind::Int { min, max } => {
+                let n: i64 = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("expected a whole number".into()))?;
+                if n < min || n > max {
+                    return Err(bad(format!("must be between {min} and {max}")));
+                }
+                Ok(n.to_string())
+            }
+            Kind::Path => {
+                if value.contains('\0') || value.contains('\n') {
+                    return Err(bad("a path cannot contain NUL or newline".into()));
+                }
+                Ok(value.to_owned())
+            }
+        }
+    }
+}
+
+/// The engine's settings, read from one repository.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// `backoffice-disable`
+    pub disable: bool,
+    /// `backoffice-nodelay`
+    pub nodelay: bool,
+    /// `backoffice-logfile`, if set.
+    pub logfile: Option<std::path::PathBuf>,
+    /// `backoffice-lease-time`, seconds.
+    pub lease_time: i64,
+    /// Stored values that did not parse, each as "name: problem"; the
+    /// default was used instead.
+    pub problems: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            disable: false,
+            nodelay: false,
+            logfile: None,
+            lease_time: 60,
+            problems: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// Builds settings from stored `(name, value)` pairs; names not listed
+    /// keep their defaults.
+    pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Settings {
+        let mut s = Settings::default();
+        for (name, value) in pairs {
+            let Ok(def) = def(name) else { continue };
+            match def.validate(value) {
+                Ok(v) => match name {
+                    DISABLE => s.disable = v == "on",
+                    NODELAY => s.nodelay = v == "on",
+                    LOGFILE => s.logfile = (!v.is_empty()).then(|| v.into()),
+                    LEASE_TIME => s.lease_time = v.parse().unwrap_or(60),
+                    _ => {}
+                },
+                Err(e) => s
+                    .problems
+                    .push(format!("{e}; using the default ({})", def.default)),
+            }
+        }
+        s
+    }
+
+    /// Reads the engine's settings from a repository connection. A missing
+    /// `config` table means all defaults.
+    pub fn load(conn: &Connection) -> rusqlite::Result<Settings> {
+        let pairs = crate::repo::config_get_many(conn, &[DISABLE, NODELAY, LOGFILE, LEASE_TIME])?;
+        Ok(Settings::from_pairs(
+            pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_problem() {
+        let e = def(LEASE_TIME)
+            .unwrap()
+            .validate("0")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("between 1 and 86400"), "{e}");
+        let e = def(DISABLE)
+            .unwrap()
+            .validate("maybe")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("on or off"), "{e}");
+        assert_eq!(def(DISABLE).unwrap().validate("YES").unwrap(), "on");
+        assert!(
+            def("backoffice-bogus")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown setting")
+        );
+    }
+
+    #[test]
+    fn malformed_stored_values_fall_back_and_are_reported() {
+        let s = Settings::from_pairs([(LEASE_TIME, "soon"), (DISABLE, "1")]);
+        assert_eq!(s.lease_time, 60);
+        assert!(s.disable);
+        assert_eq!(s.problems.len(), 1);
+        assert!(s.problems[0].contains("backoffice-lease-time"));
+    }
+}

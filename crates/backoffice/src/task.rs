@@ -1,0 +1,379 @@
+//! The `Task` trait, the task list, and the run log.
+//!
+//! A task is one kind of background work (send alerts, run hooks, …). The
+//! engine never knows what a task does; it asks each one two things:
+//!
+//! * [`Task::due`]: cheaply and without writing, is anything due now, and if
+//!   not, when next? The after-request check calls this on the request's own
+//!   connection, so it must be a point lookup, not a scan.
+//! * [`Task::run`]: do the work; return how many items were handled.
+//!
+//! Tasks run in the order they were added. An error or a panic in one is
+//! recorded and the others still run. Tasks never touch the lease.
+//!
+//! Each run leaves one line in the run log, in Fossil's format:
+//!
+//! ```text
+//! 2026-11-21 11:33:02 my-project 3 alerts 1 hooks elapse-time 3439 us
+//! 2026-11-21 11:34:05 my-project no-op elapse-time 52 us
+//! 2026-11-21 11:35:07 my-project 2 alerts hooks-failed(exit status 3) elapse-time 912 us
+//! ```
+//!
+//! The line is written when work was done or a task failed, or always with
+//! `--debug`; `no-op` runs are otherwise silent, as in Fossil.
+
+use std::io::Write;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::Connection;
+use serde::{Deserialize, Serialize};
+
+/// An error from a task; any error type will do.
+pub type TaskError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// When a task next has work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind", content = "at")]
+pub enum Due {
+    /// Work is waiting now.
+    Now,
+    /// Nothing now; something becomes due at this Unix time.
+    At(i64),
+    /// Nothing is due until something new arrives.
+    Never,
+}
+
+impl Due {
+    /// The earlier of two answers.
+    pub fn earliest(self, other: Due) -> Due {
+        match (self, other) {
+            (Due::Now, _) | (_, Due::Now) => Due::Now,
+            (Due::At(a), Due::At(b)) => Due::At(a.min(b)),
+            (Due::At(a), Due::Never) | (Due::Never, Due::At(a)) => Due::At(a),
+            (Due::Never, Due::Never) => Due::Never,
+        }
+    }
+
+    /// True if work is due at `now`.
+    pub fn is_due(self, now: i64) -> bool {
+        match self {
+            Due::Now => true,
+            Due::At(t) => t <= now,
+            Due::Never => false,
+        }
+    }
+}
+
+/// What a running task may use.
+pub struct Context<'a> {
+    /// The repository connection. No transaction is open; the lease is held.
+    pub conn: &'a Connection,
+    /// The repository path.
+    pub repo: &'a Path,
+    /// Unix time at the start of the run.
+    pub now: i64,
+    /// True under `--debug`: tasks may say more in the log.
+    pub debug: bool,
+}
+
+/// One kind of background work.
+pub trait Task: Send + Sync {
+    /// A short name for the run log and `status` (e.g. "alerts").
+    fn name(&self) -> &str;
+
+    /// Cheaply and read-only: is anything due at `now`, and if not, when?
+    fn due(&self, conn: &Connection, now: i64) -> Result<Due, TaskError>;
+
+    /// Does the work; returns how many items were handled.
+    fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError>;
+}
+
+/// The tasks a worker runs, in order.
+#[derive(Clone, Default)]
+pub struct Tasks {
+    list: Vec<Arc<dyn Task>>,
+}
+
+impl std::fmt::Debug for Tasks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.list.iter().map(|t| t.name()))
+            .finish()
+    }
+}
+
+impl Tasks {
+    /// No tasks.
+    pub fn new() -> Tasks {
+        Tasks::default()
+    }
+
+    /// Adds a task; tasks run in the order they were added.
+    pub fn with(mut self, task: impl Task + 'static) -> Tasks {
+        self.list.push(Arc::new(task));
+        self
+    }
+
+    /// Adds a task.
+    pub fn push(&mut self, task: Arc<dyn Task>) {
+        self.list.push(task);
+    }
+
+    /// The tasks, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<dyn Task>> {
+        self.list.iter()
+    }
+
+    /// True if there are none.
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// When anything is next due, over all tasks. A task whose check fails
+    /// counts as due now, so that its worker runs and reports the failure
+    /// instead of the work silently never happening.
+    pub fn due(&self, conn: &Connection, now: i64) -> Due {
+        self.due_each(conn, now)
+            .into_iter()
+            .fold(Due::Never, |acc, (_, d)| {
+                acc.earliest(d.unwrap_or(Due::Now))
+            })
+    }
+
+    /// Each task's own answer, for `status`.
+    pub fn due_each(&self, conn: &Connection, now: i64) -> Vec<(String, Result<Due, String>)> {
+        self.list
+            .iter()
+            .map(|t| {
+                let name = t.name().to_owned();
+                let d = catch_unwind(AssertUnwindSafe(|| t.due(conn, now)));
+                let d = match d {
+                    Ok(Ok(d)) => Ok(d),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(p) => Err(format!("panicked: {}", panic_text(&*p))),
+                };
+                (name, d)
+            })
+            .collect()
+    }
+
+    /// Runs every task in order, catching errors and panics.
+    pub fn run_all(&self, ctx: &Context<'_>) -> Vec<TaskResult> {
+        self.list
+            .iter()
+            .map(|t| {
+                let started = std::time::Instant::now();
+                let r = catch_unwind(AssertUnwindSafe(|| t.run(ctx)));
+                let (items, error) = match r {
+                    Ok(Ok(n)) => (n, None),
+                    Ok(Err(e)) => (0, Some(e.to_string())),
+                    Err(p) => (0, Some(format!("panicked: {}", panic_text(&*p)))),
+                };
+                if let Some(e) = &error {
+                    tracing::warn!(task = t.name(), error = %e, "task failed");
+                }
+                TaskResult {
+                    name: t.name().to_owned(),
+                    items,
+                    error,
+                    elapsed_us: started.elapsed().as_micros() as u64,
+                }
+            })
+            .collect()
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(non-text panic)".to_owned()
+    }
+}
+
+/// What one task did in one run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskResult {
+    /// The task's name.
+    pub name: String,
+    /// Items handled.
+    pub items: u64,
+    /// The error or panic message, if it failed.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+    /// How long it took.
+    pub elapsed_us: u64,
+}
+
+/// What one run did; stored as the `backoffice-last-run` config row (JSON)
+/// so `status` can say when the last run was and how it went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    /// Unix time the run started.
+    pub started: i64,
+    /// Wall time of the whole run, microseconds.
+    pub elapsed_us: u64,
+    /// The pid of the process that ran it.
+    pub pid: i64,
+    /// Each task's result, in order.
+    pub tasks: Vec<TaskResult>,
+}
+
+/// The `config` row that holds the last run's [`RunReport`].
+pub const LAST_RUN_ROW: &str = "backoffice-last-run";
+
+impl RunReport {
+    /// Items handled, over all tasks.
+    pub fn items(&self) -> u64 {
+        self.tasks.iter().map(|t| t.items).sum()
+    }
+
+    /// Tasks that failed.
+    pub fn failures(&self) -> usize {
+        self.tasks.iter().filter(|t| t.error.is_some()).count()
+    }
+
+    /// True if the run did nothing and nothing failed.
+    pub fn is_noop(&self) -> bool {
+        self.items() == 0 && self.failures() == 0
+    }
+
+    /// The run log line (without newline), in Fossil's format.
+    pub fn log_line(&self, project: &str) -> String {
+        let mut parts = vec![crate::clock::format_utc(self.started), project.to_owned()];
+        for t in &self.tasks {
+            if let Some(e) = &t.error {
+                parts.push(format!("{}-failed({})", t.name, one_line(e)));
+            } else if t.items > 0 {
+                parts.push(format!("{} {}", t.items, t.name));
+            }
+        }
+        if self.is_noop() {
+            parts.push("no-op".into());
+        }
+        parts.push(format!("elapse-time {} us", self.elapsed_us));
+        parts.join(" ")
+    }
+}
+
+/// Squeezes a message onto one bounded line, so that a log line is a line.
+pub(crate) fn one_line(s: &str) -> String {
+    let mut out: String = s
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(300)
+        .collect();
+    if out.is_empty() {
+        out.push('?');
+    }
+    out
+}
+
+/// Appends one line to a log file, creating it if needed. The whole line is
+/// written with a single `write` on an `O_APPEND` file, so concurrent
+/// workers never interleave within a line.
+pub fn append_log(path: &Path, line: &str) -> crate::Result<()> {
+    let mut buf = String::with_capacity(line.len() + 1);
+    buf.push_str(line);
+    buf.push('\n');
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(buf.as_bytes()))
+        .map_err(|e| crate::Error::LogFile {
+            path: path.to_owned(),
+            source: e,
+        })
+}
+
+/// A log line for a failure outside any task (a worker that could not
+/// start, a repository that could not be opened).
+pub fn error_line(now: i64, project: &str, what: &str) -> String {
+    format!(
+        "{} {} error: {}",
+        crate::clock::format_utc(now),
+        project,
+        one_line(what)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Fixed(&'static str, Result<u64, &'static str>);
+    impl Task for Fixed {
+        fn name(&self) -> &str {
+            self.0
+        }
+        fn due(&self, _: &Connection, _: i64) -> Result<Due, TaskError> {
+            Ok(Due::Now)
+        }
+        fn run(&self, _: &Context<'_>) -> Result<u64, TaskError> {
+            match self.1 {
+                Ok(n) => Ok(n),
+                Err("panic") => panic!("boom"),
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+
+    #[test]
+    fn a_failing_or_panicking_task_does_not_stop_the_others() {
+        let tasks = Tasks::new()
+            .with(Fixed("a", Err("bad\nthing")))
+            .with(Fixed("b", Err("panic")))
+            .with(Fixed("c", Ok(3)));
+        let conn = Connection::open_in_memory().unwrap();
+        let ctx = Context {
+            conn: &conn,
+            repo: Path::new("r.db"),
+            now: 0,
+            debug: false,
+        };
+        let results = tasks.run_all(&ctx);
+        assert_eq!(results[0].error.as_deref(), Some("bad\nthing"));
+        assert_eq!(results[1].error.as_deref(), Some("panicked: boom"));
+        assert_eq!(results[2].items, 3);
+        let report = RunReport {
+            started: 1_795_261_729,
+            elapsed_us: 12,
+            pid: 1,
+            tasks: results,
+        };
+        assert_eq!(
+            report.log_line("proj"),
+            "2026-11-21 11:48:49 proj a-failed(bad thing) b-failed(panicked: boom) 3 c elapse-time 12 us"
+        );
+    }
+
+    #[test]
+    fn noop_line() {
+        let report = RunReport {
+            started: 0,
+            elapsed_us: 52,
+            pid: 1,
+            tasks: vec![],
+        };
+        assert_eq!(
+            report.log_line("r.fossil"),
+            "1970-01-01 00:00:00 r.fossil no-op elapse-time 52 us"
+        );
+    }
+
+    #[test]
+    fn due_combines() {
+        assert_eq!(Due::At(5).earliest(Due::At(3)), Due::At(3));
+        assert_eq!(Due::Never.earliest(Due::At(3)), Due::At(3));
+        assert_eq!(Due::At(3).earliest(Due::Now), Due::Now);
+        assert!(Due::At(3).is_due(3));
+        assert!(!Due::Never.is_due(i64::MAX));
+    }
+}

@@ -1,0 +1,360 @@
+//! The after-request check, and starting a worker.
+//!
+//! After each successful request, a host calls [`Backoffice::after_request`]
+//! with the connection it already has open. The check is read-only and
+//! O(1) — one point lookup of three `config` rows, at most one `kill(2)`, and
+//! each task's cheap `due` — and answers *no* when:
+//!
+//! * the connection is read-only (a read-only repository never starts a
+//!   worker, and never turns a request into an error),
+//! * `backoffice-disable` is on,
+//! * a live worker already waits on deck (it will pick up this request's
+//!   work when the current lease ends), or
+//! * no task has anything due. Fossil starts a worker here even when there
+//!   is nothing to do; we do not, so read-only traffic spawns nothing.
+//!
+//! Otherwise it starts a detached worker ([`crate::process::WorkerCommand`])
+//! and returns at once; the request never waits for the work. If the worker
+//! cannot be started (no `/dev/null` in a chroot, no free pids), the failure
+//! goes to the log and the work runs in-process in no-delay mode, so it is
+//! neither lost nor silent.
+//!
+//! The worker side is [`worker_main`]: detach, open the repository, run the
+//! lease protocol ([`crate::engine`]), and report any failure in the log file
+//! it was handed on its command line (the repository may be the very thing
+//! that cannot be opened).
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rusqlite::Connection;
+use serde::Serialize;
+
+use crate::clock;
+use crate::engine::{self, LEASE_ROW, Outcome, RunOptions};
+use crate::lease::{Lease, Slot};
+use crate::process::{self, Identity, WorkerCommand};
+use crate::repo::{self, Repo};
+use crate::settings::{self, DISABLE, LEASE_TIME, LOGFILE};
+use crate::task::{self, Tasks};
+
+/// The answer of the after-request check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "check")]
+pub enum Check {
+    /// Work is due and nobody is queued for it: start a worker.
+    Needed,
+    /// The connection cannot write.
+    ReadOnly,
+    /// `backoffice-disable` is on.
+    Disabled,
+    /// A live worker already waits on deck.
+    OnDeck {
+        /// Its pid.
+        pid: i64,
+    },
+    /// No task has anything due.
+    NothingDue {
+        /// When something next becomes due, if known.
+        next: Option<i64>,
+    },
+    /// The check itself failed (it never fails the request).
+    Unavailable {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl Check {
+    /// True if a worker should be started.
+    pub fn is_needed(&self) -> bool {
+        *self == Check::Needed
+    }
+
+    /// A short sentence for `backoffice trigger` and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            Check::Needed => "work is due".into(),
+            Check::ReadOnly => "not needed: the repository is read-only".into(),
+            Check::Disabled => "not needed: backoffice-disable is on".into(),
+            Check::OnDeck { pid } => format!("not needed: worker {pid} is already waiting on deck"),
+            Check::NothingDue { next: None } => "not needed: nothing is due".into(),
+            Check::NothingDue { next: Some(t) } => format!(
+                "not needed: nothing is due until {} UTC ({})",
+                clock::format_utc(*t),
+                clock::relative(*t, clock::now())
+            ),
+            Check::Unavailable { reason } => format!("check failed: {reason}"),
+        }
+    }
+}
+
+/// What [`Backoffice::after_request`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Started {
+    /// Nothing: the check said no.
+    NotNeeded(Check),
+    /// A detached worker process was started.
+    Worker {
+        /// Its pid.
+        pid: u32,
+    },
+    /// No worker could be started; the work ran in this process instead.
+    InProcess(Outcome),
+    /// No worker could be started, and running in-process failed too.
+    Failed(String),
+}
+
+/// The engine as a host embeds it: its tasks, and how to start workers.
+///
+/// Create one per process and keep it: it remembers the last on-deck worker
+/// it verified, so a steady stream of requests costs one `kill(2)` each
+/// rather than a read of `/proc`.
+#[derive(Debug)]
+pub struct Backoffice {
+    tasks: Tasks,
+    worker: Option<WorkerCommand>,
+    reap: bool,
+    ondeck: Mutex<Option<(Slot, Instant)>>,
+}
+
+/// How long a verified on-deck worker is trusted without re-reading `/proc`.
+/// A wrong "alive" only delays a spawn to the next request after this.
+const ONDECK_CACHE: Duration = Duration::from_secs(1);
+
+impl Backoffice {
+    /// An engine with these tasks, starting workers as `CURRENT_EXE worker`.
+    pub fn new(tasks: Tasks) -> Backoffice {
+        Backoffice {
+            tasks,
+            worker: None,
+            reap: true,
+            ondeck: Mutex::new(None),
+        }
+    }
+
+    /// Starts workers with this command instead of `CURRENT_EXE worker`.
+    pub fn with_worker_command(mut self, cmd: WorkerCommand) -> Backoffice {
+        self.worker = Some(cmd);
+        self
+    }
+
+    /// Whether started workers are handed to a reaper thread (the default,
+    /// right for any host that lives on). A short-lived process such as
+    /// `backoffice trigger` turns it off and lets init reap.
+    pub fn reap_children(mut self, reap: bool) -> Backoffice {
+        self.reap = reap;
+        self
+    }
+
+    /// The tasks.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// The cheap, read-only check. Never fails: problems come back as
+    /// [`Check::Unavailable`].
+    pub fn check_if_needed(&self, conn: &Connection) -> Check {
+        match conn.is_readonly(rusqlite::MAIN_DB) {
+            Ok(false) => {}
+            Ok(true) => return Check::ReadOnly,
+            Err(e) => {
+                return Check::Unavailable {
+                    reason: e.to_string(),
+                };
+            }
+        }
+        let row = match read_check_rows(conn) {
+            Ok(r) => r,
+            Err(e) => {
+                return Check::Unavailable {
+                    reason: e.to_string(),
+                };
+            }
+        };
+        if row.disable.as_deref().and_then(settings::parse_bool) == Some(true) {
+            return Check::Disabled;
+        }
+        let lease_time = row
+            .lease_time
+            .as_deref()
+            .and_then(|v| v.trim().parse::<i64>().ok())
+            .filter(|&n| n >= 1)
+            .unwrap_or(60);
+        let lease = Lease::parse(row.lease.as_deref().unwrap_or(""));
+        let now = clock::now();
+        let next = lease.next;
+        if next.is_held()
+            && next.expires >= now
+            && next.pid != i64::from(std::process::id())
+            && self.ondeck_alive(&next, lease.boot.as_deref(), lease_time)
+        {
+            return Check::OnDeck { pid: next.pid };
+        }
+        match self.tasks.due(conn, now) {
+            d if d.is_due(now) => Check::Needed,
+            task::Due::At(t) => Check::NothingDue { next: Some(t) },
+            _ => Check::NothingDue { next: None },
+        }
+    }
+
+    fn ondeck_alive(&self, slot: &Slot, boot: Option<&str>, lease_time: i64) -> bool {
+        let mut cache = self.ondeck.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached, at)) = *cache {
+            if cached == *slot && at.elapsed() < ONDECK_CACHE && process::exists(slot.pid) {
+                return true;
+            }
+        }
+        let alive = process::liveness(slot, boot, lease_time).is_alive();
+        *cache = alive.then(|| (*slot, Instant::now()));
+        alive
+    }
+
+    /// The after-request hook: check, and start a worker if needed. Call it
+    /// after the reply has been sent, with the request's connection, and
+    /// with no transaction open on it. Never fails the request.
+    pub fn after_request(&self, conn: &Connection) -> Started {
+        let check = self.check_if_needed(conn);
+        if !check.is_needed() {
+            return Started::NotNeeded(check);
+        }
+        let Some(path) = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from) else {
+            return Started::NotNeeded(Check::Unavailable {
+                reason: "the connection has no file (in-memory database)".into(),
+            });
+        };
+        let logfile = repo::config_get(conn, LOGFILE)
+            .ok()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from);
+        self.start_worker(&path, logfile.as_deref())
+    }
+
+    /// Starts a detached worker for `repo`, or runs the work in-process in
+    /// no-delay mode if no worker can be started.
+    pub fn start_worker(&self, repo: &Path, logfile: Option<&Path>) -> Started {
+        let cmd = match &self.worker {
+            Some(c) => Ok(c.clone()),
+            None => WorkerCommand::current_exe(),
+        };
+        let spawned = cmd.and_then(|c| {
+            c.spawn(repo, logfile)
+                .map_err(|e| (c.program, e))
+                .map_err(|(p, e)| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        });
+        match spawned {
+            Ok(child) => {
+                let pid = child.id();
+                tracing::debug!(repo = %repo.display(), pid, "started a worker");
+                if self.reap {
+                    process::reap(child);
+                }
+                Started::Worker { pid }
+            }
+            Err(e) => {
+                let msg = format!("cannot start a worker ({e}); running in-process without delay");
+                report_failure(repo, logfile, &msg);
+                let opts = RunOptions {
+                    nodelay: true,
+                    logfile: logfile.map(Path::to_owned),
+                    ..RunOptions::default()
+                };
+                match Repo::open(repo).and_then(|mut r| engine::run(&mut r, &self.tasks, &opts)) {
+                    Ok(outcome) => Started::InProcess(outcome),
+                    Err(e) => {
+                        let msg = format!("in-process run failed: {e}");
+                        report_failure(repo, logfile, &msg);
+                        Started::Failed(msg)
+                    }
+                }
+            }
+        }
+    }
+}
+
+struct CheckRows {
+    lease: Option<String>,
+    disable: Option<String>,
+    lease_time: Option<String>,
+}
+
+/// One statement for the three rows the check needs.
+fn read_check_rows(conn: &Connection) -> rusqlite::Result<CheckRows> {
+    let mut rows = CheckRows {
+        lease: None,
+        disable: None,
+        lease_time: None,
+    };
+    let mut stmt =
+        match conn.prepare_cached("SELECT name, value FROM config WHERE name IN (?1, ?2, ?3)") {
+            Ok(s) => s,
+            // No config table yet: every setting at its default, no lease.
+            Err(e) if repo::is_no_such_table(&e) => return Ok(rows),
+            Err(e) => return Err(e),
+        };
+    let mut q = stmt.query([LEASE_ROW, DISABLE, LEASE_TIME])?;
+    while let Some(r) = q.next()? {
+        let name: String = r.get(0)?;
+        let value: Option<String> = match r.get_ref(1)? {
+            rusqlite::types::ValueRef::Null => None,
+            rusqlite::types::ValueRef::Integer(i) => Some(i.to_string()),
+            rusqlite::types::ValueRef::Real(f) => Some(f.to_string()),
+            rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+                Some(String::from_utf8_lossy(t).into_owned())
+            }
+        };
+        match name.as_str() {
+            LEASE_ROW => rows.lease = value,
+            DISABLE => rows.disable = value,
+            LEASE_TIME => rows.lease_time = value,
+            _ => {}
+        }
+    }
+    Ok(rows)
+}
+
+/// Says why a worker could not start or run: in the log file if there is
+/// one, and always through `tracing`.
+fn report_failure(repo: &Path, logfile: Option<&Path>, msg: &str) {
+    tracing::error!(repo = %repo.display(), "{msg}");
+    if let Some(log) = logfile {
+        let project = repo
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if let Err(e) = task::append_log(log, &task::error_line(clock::now(), &project, msg)) {
+            tracing::error!("{e}");
+        }
+    }
+}
+
+/// The body of a detached worker process (`backoffice worker REPO`):
+/// detach, run the lease protocol once, report failures. Returns the exit
+/// status.
+pub fn worker_main(repo: &Path, logfile: Option<&Path>, tasks: &Tasks) -> i32 {
+    process::detach();
+    let _ = Identity::current();
+    let result = Repo::open(repo).and_then(|mut r| {
+        let opts = RunOptions {
+            logfile: logfile.map(Path::to_owned),
+            ..RunOptions::default()
+        };
+        engine::run(&mut r, tasks, &opts)
+    });
+    match result {
+        Ok(outcome) => {
+            tracing::debug!(repo = %repo.display(), ?outcome, "worker done");
+            0
+        }
+        Err(e) => {
+            report_failure(
+                repo,
+                logfile,
+                &format!("worker {}: {e}", std::process::id()),
+            );
+            1
+        }
+    }
+}
