@@ -1,1 +1,21 @@
+//! The one integration-test binary: real processes, real SQLite files.
+//!
+//! Each module is one area; each test gets its own temporary directory
+//! (`harness::Env`). Tests that need an outside program (`fossil`, `setpriv`)
+//! skip with a message when it is missing, except under
+//! `BACKOFFICE_REQUIRE_EXTERNAL=1`, which CI sets.
 
+mod harness;
+
+// The command-line surface: settings, status, lease, pid, errors.
+mod commands;
+// The worker loop with many real processes: exclusion, spacing, on-deck, modes.
+mod engine;
+// Lease liveness: stale and garbage leases, pid reuse, zombies, clock steps.
+mod liveness;
+// The after-request trigger: nothing due, read-only, spawning, reaping, failures.
+mod trigger;
+// Sweeps and --poll over many repositories.
+mod poll;
+// Interoperation with the real Fossil binary.
+mod interop;

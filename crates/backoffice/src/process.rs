@@ -39,8 +39,6 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
-use std::sync::mpsc;
-use std::time::Duration;
 
 use crate::lease::Slot;
 
@@ -329,45 +327,24 @@ fn close_inherited_descriptors() {
     }
 }
 
-/// Hands a child to a background thread that waits for it, so a host that
-/// lives on never accumulates zombies. One thread serves every child.
-pub fn reap(child: Child) {
-    static REAPER: OnceLock<std::sync::Mutex<mpsc::Sender<Child>>> = OnceLock::new();
-    let tx = REAPER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<Child>();
-        std::thread::Builder::new()
-            .name("backoffice-reaper".into())
-            .spawn(move || reaper_loop(rx))
-            .expect("cannot start the reaper thread");
-        std::sync::Mutex::new(tx)
-    });
-    let sent = tx.lock().map(|tx| tx.send(child));
-    if let Ok(Err(mpsc::SendError(mut child))) = sent {
-        // The reaper is gone (cannot happen short of a panic there); wait
-        // here rather than leave a zombie.
-        let _ = child.wait();
-    }
-}
-
-fn reaper_loop(rx: mpsc::Receiver<Child>) {
-    let mut children: Vec<Child> = Vec::new();
-    loop {
-        if children.is_empty() {
-            // Nothing to wait for: block until a child arrives.
-            match rx.recv() {
-                Ok(c) => children.push(c),
-                Err(_) => return,
-            }
-        }
-        while let Ok(c) = rx.try_recv() {
-            children.push(c);
-        }
-        children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_)) | Err(_)));
-        if !children.is_empty() {
-            // Workers live up to a lease time or two; checking every 50 ms
-            // keeps any zombie short-lived at negligible cost.
-            std::thread::sleep(Duration::from_millis(50));
-        }
+/// Waits for a child on a small background thread, so a host that lives
+/// on never accumulates zombies: the child is reaped the moment it exits.
+///
+/// A thread per child (with a 64 KiB stack) rather than one polling reaper:
+/// polling would leave each exited worker a zombie until the next poll, and
+/// `waitpid(-1)` would steal the host's own children. Workers are few (at
+/// most two per repository at a time), so the threads are too.
+pub fn reap(mut child: Child) {
+    let spawned = std::thread::Builder::new()
+        .name("backoffice-reap".into())
+        .stack_size(64 * 1024)
+        .spawn(move || {
+            let _ = child.wait();
+        });
+    if let Err(e) = spawned {
+        // No thread to be had: the child lives on unreaped until this
+        // process exits and init adopts it. Say so rather than block here.
+        tracing::warn!(error = %e, "cannot start a thread to reap a worker");
     }
 }
 
