@@ -13,7 +13,15 @@ fn help_explains_every_command() {
         "the internal worker command is hidden:\n{out}"
     );
     let run = Cmd::backoffice().args(["run", "--help"]).output().success();
-    for flag in ["--poll", "--min", "--nodelay", "--nolease", "--logfile", "--trace", "--debug"] {
+    for flag in [
+        "--poll",
+        "--min",
+        "--nodelay",
+        "--nolease",
+        "--logfile",
+        "--trace",
+        "--debug",
+    ] {
         assert!(run.contains(flag), "run --help lacks {flag}");
     }
 }
@@ -23,8 +31,14 @@ fn settings_are_validated_and_round_trip() {
     let env = Env::new();
     let r = env.repo("r.db", 60);
     let repo = r.path.to_str().unwrap();
-    let out = Cmd::backoffice().args(["setting", "-R", repo]).output().success();
-    assert!(out.contains("backoffice-disable") && out.contains("off (default)"), "{out}");
+    let out = Cmd::backoffice()
+        .args(["setting", "-R", repo])
+        .output()
+        .success();
+    assert!(
+        out.contains("backoffice-disable") && out.contains("off (default)"),
+        "{out}"
+    );
     assert!(out.contains("backoffice-lease-time    60"), "{out}");
 
     Cmd::backoffice()
@@ -47,8 +61,15 @@ fn settings_are_validated_and_round_trip() {
         .args(["setting", "-R", repo, "backoffice-disabled", "on"])
         .output()
         .failure();
-    assert!(err.contains("unknown setting `backoffice-disabled`"), "{err}");
-    assert_eq!(r.get("backoffice-lease-time").as_deref(), Some("5"), "bad values change nothing");
+    assert!(
+        err.contains("unknown setting `backoffice-disabled`"),
+        "{err}"
+    );
+    assert_eq!(
+        r.get("backoffice-lease-time").as_deref(),
+        Some("5"),
+        "bad values change nothing"
+    );
 
     Cmd::backoffice()
         .args(["setting", "-R", repo, "backoffice-disable", "yes"])

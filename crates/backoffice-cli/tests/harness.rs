@@ -32,6 +32,24 @@ pub fn host_bin() -> PathBuf {
         "{} is missing: run the tests with `cargo test` (which builds examples) or `cargo build --examples` first",
         host.display()
     );
+    // `cargo test --test integration` does not rebuild examples: a host
+    // older than any source file would test old code.
+    static CHECKED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    CHECKED.get_or_init(|| {
+        let built = std::fs::metadata(&host).and_then(|m| m.modified()).ok();
+        let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let newest = ["backoffice/src", "backoffice-cli/src", "backoffice-cli/src/commands", "backoffice-cli/examples"]
+            .iter()
+            .filter_map(|d| std::fs::read_dir(crates.join(d)).ok())
+            .flat_map(|rd| rd.flatten())
+            .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
+            .max();
+        assert!(
+            built >= newest,
+            "{} is older than the sources: run `cargo test` without --test, or `cargo build --examples` first",
+            host.display()
+        );
+    });
     host
 }
 
@@ -136,7 +154,9 @@ impl TestRepo {
     pub fn get(&self, name: &str) -> Option<String> {
         use rusqlite::OptionalExtension;
         self.conn()
-            .query_row("SELECT value FROM config WHERE name = ?1", [name], |r| r.get(0))
+            .query_row("SELECT value FROM config WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
             .optional()
             .expect("get config")
     }
@@ -150,15 +170,20 @@ impl TestRepo {
     pub fn publish(&self, n: usize) {
         let c = self.conn();
         for i in 0..n {
-            c.execute("INSERT INTO outbox(body) VALUES (?1)", [format!("item {i}")])
-                .expect("publish");
+            c.execute(
+                "INSERT INTO outbox(body) VALUES (?1)",
+                [format!("item {i}")],
+            )
+            .expect("publish");
         }
     }
 
     /// Items not yet handled.
     pub fn pending(&self) -> i64 {
         self.conn()
-            .query_row("SELECT count(*) FROM outbox WHERE done = 0", [], |r| r.get(0))
+            .query_row("SELECT count(*) FROM outbox WHERE done = 0", [], |r| {
+                r.get(0)
+            })
             .expect("pending")
     }
 
