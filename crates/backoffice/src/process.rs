@@ -152,6 +152,11 @@ pub fn start_to_unix(ticks: u64) -> Option<i64> {
 /// Whether a process with this pid exists at all (Fossil's test: `kill(pid,
 /// 0)` succeeds, or fails with EPERM because it belongs to someone else).
 pub fn exists(pid: i64) -> bool {
+    // 0 and negative numbers name process groups to kill(2), never one
+    // process; and rustix refuses to build a Pid from them.
+    if pid <= 0 {
+        return false;
+    }
     let Some(p) = i32::try_from(pid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
@@ -413,5 +418,8 @@ mod tests {
         };
         assert_eq!(liveness(&slot, None, 60), Liveness::NoProcess);
         assert!(!exists(i64::MAX));
+        for group in [0, -1, -5, i64::MIN] {
+            assert!(!exists(group), "{group} is not a process");
+        }
     }
 }
