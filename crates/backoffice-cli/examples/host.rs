@@ -176,6 +176,8 @@ fn simulate(args: &[String]) -> Res<()> {
     let bo = Backoffice::new(tasks());
     let (n, interval, linger): (u64, u64, u64) = (n.parse()?, interval.parse()?, linger.parse()?);
     let mut out = std::io::stdout().lock();
+    writeln!(out, "host pid {}", std::process::id())?;
+    out.flush()?;
     for i in 0..n {
         publish(&conn, &format!("message {i}"))?;
         match bo.after_request(&conn) {

@@ -1,1 +1,332 @@
-//! (to be written)
+//! The after-request trigger with real processes: nothing due spawns
+//! nothing, workers are detached and reaped, read-only and broken
+//! repositories are handled, and failures to start or run are reported.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use backoffice::process::WorkerCommand;
+use backoffice::{Backoffice, Context, Due, Outcome, Started, Task, TaskError, Tasks};
+
+use crate::harness::{Cmd, Env, have, is_root, wait_until, zombie_children};
+
+#[test]
+fn trigger_spawns_nothing_when_nothing_is_due() {
+    let env = Env::new();
+    let r = env.repo("r.db", 1);
+    let repo = r.path.to_str().unwrap();
+    // The plain binary has no tasks, so nothing is ever due.
+    let out = Cmd::backoffice().args(["trigger", repo]).output().success();
+    assert_eq!(out.trim(), "not needed: nothing is due");
+    // The host's task has nothing pending.
+    let out = Cmd::host().args(["trigger", repo]).output().success();
+    assert_eq!(out.trim(), "not needed: nothing is due");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(r.get("backoffice"), None, "no worker touched the lease");
+    assert!(r.journal().is_empty());
+}
+
+#[test]
+fn trigger_starts_a_detached_worker_and_returns_at_once() {
+    let env = Env::new();
+    let r = env.repo("r.db", 1);
+    let repo = r.path.to_str().unwrap();
+    r.set("host-work-ms", "800");
+    r.publish(2);
+    // A descriptor the caller leaks without close-on-exec (as CGI hosts do):
+    // the worker must not keep it open.
+    let marker = env.path("leaked-fd");
+    let script = format!(
+        "exec 7>{}; exec {} trigger {}",
+        marker.display(),
+        crate::harness::host_bin().display(),
+        repo
+    );
+    let done = Cmd::new("sh").args(["-c", &script]).output();
+    let out = done.stdout();
+    assert!(done.out.status.success(), "{out}");
+    assert!(
+        done.elapsed < Duration::from_millis(800),
+        "trigger waited {:?}",
+        done.elapsed
+    );
+    let pid: u32 = out
+        .trim()
+        .strip_prefix("work is due: started worker ")
+        .unwrap_or_else(|| panic!("{out}"))
+        .parse()
+        .unwrap();
+    // While the worker works: its own session, stdio on /dev/null, no leaked fd.
+    assert!(wait_until(Duration::from_secs(5), || !r
+        .journal()
+        .is_empty()));
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    assert_eq!(
+        rest[3],
+        pid.to_string(),
+        "worker is a session leader (setsid)"
+    );
+    for fd in 0..3 {
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert_eq!(target, Path::new("/dev/null"), "fd {fd}");
+    }
+    for e in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let target = std::fs::read_link(e.path()).unwrap_or_default();
+        assert_ne!(target, marker, "the worker kept an inherited descriptor");
+    }
+    assert!(wait_until(Duration::from_secs(10), || r.pending() == 0));
+}
+
+/// A host that lives on reaps every worker it starts: no zombie at any
+/// sample, and every request's work is done within the lease time.
+#[test]
+fn long_lived_host_leaves_no_zombies() {
+    let env = Env::new();
+    let r = env.repo("r.db", 1);
+    r.set("host-work-ms", "50");
+    let mut child = Cmd::host()
+        .args(["simulate", r.path.to_str().unwrap(), "40", "30", "2500"])
+        .spawn_piped();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let host: u32 = first.strip_prefix("host pid ").unwrap().parse().unwrap();
+    let sampler = std::thread::spawn(move || {
+        let (mut samples, mut zombies) = (0, std::collections::BTreeSet::new());
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(30) && Path::new(&format!("/proc/{host}")).exists()
+        {
+            zombies.extend(zombie_children(host));
+            samples += 1;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (samples, zombies)
+    });
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    assert!(child.wait().unwrap().success());
+    let (samples, zombies) = sampler.join().unwrap();
+    assert!(samples > 100, "only {samples} samples");
+    assert!(
+        zombies.is_empty(),
+        "zombie children of the host: {zombies:?}"
+    );
+    let started = rest.iter().filter(|l| l.contains("started worker")).count();
+    assert!(
+        (1..=8).contains(&started),
+        "40 requests over ~1.2 s with a 1 s lease should start a handful of workers, not {started}:\n{}",
+        rest.join("\n")
+    );
+    assert!(rest.iter().any(|l| l.contains("already waiting on deck")));
+    assert_eq!(r.pending(), 0, "work left behind");
+}
+
+#[test]
+fn read_only_repository_never_starts_a_worker_nor_errors() {
+    let env = Env::new();
+    let r = env.repo("r.db", 1);
+    r.publish(1);
+    let repo = r.path.to_str().unwrap();
+    let (prog, pre): (String, Vec<String>) = if is_root() {
+        if !have("setpriv") {
+            return;
+        }
+        // Root writes anything; run as nobody, who may read but not write.
+        std::fs::set_permissions(env.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&r.path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let pre = ["--reuid=65534", "--regid=65534", "--clear-groups"];
+        (
+            "setpriv".into(),
+            pre.iter().map(|s| s.to_string()).collect(),
+        )
+    } else {
+        std::fs::set_permissions(&r.path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        (crate::harness::host_bin().display().to_string(), vec![])
+    };
+    let host = crate::harness::host_bin().display().to_string();
+    let with_host = |args: &[&str]| {
+        let mut a = pre.clone();
+        if is_root() {
+            a.push(host.clone());
+        }
+        a.extend(args.iter().map(|s| s.to_string()));
+        Cmd::new(&prog).args(a).output()
+    };
+    let out = with_host(&["trigger", repo]).success();
+    assert_eq!(out.trim(), "not needed: the repository is read-only");
+    let err = with_host(&["run", repo]).failure();
+    assert!(err.contains("is read-only"), "{err}");
+    let st = with_host(&["status", "-R", repo]).success();
+    assert!(st.contains("due next:   now"), "status still reads: {st}");
+    assert_eq!(r.pending(), 1);
+    assert_eq!(r.get("backoffice"), None);
+}
+
+#[test]
+fn broken_repositories_get_clear_errors_and_lose_nothing() {
+    let env = Env::new();
+    let junk = env.path("junk.db");
+    let bytes =
+        b"This is a text file, not a database. It is long enough to have a header.\n".repeat(20);
+    std::fs::write(&junk, &bytes).unwrap();
+    for args in [
+        vec!["status", "-R"],
+        vec!["trigger"],
+        vec!["run"],
+        vec!["lease", "-R"],
+        vec!["setting", "-R"],
+    ] {
+        let mut a = args.clone();
+        a.push(junk.to_str().unwrap());
+        let err = Cmd::backoffice().args(&a).output().failure();
+        assert!(
+            err.contains("junk.db is not an SQLite database"),
+            "{a:?}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert_eq!(std::fs::read(&junk).unwrap(), bytes, "the file was changed");
+
+    let missing = env.path("missing.db");
+    let err = Cmd::backoffice()
+        .args(["status", "-R", missing.to_str().unwrap()])
+        .output()
+        .failure();
+    assert!(err.contains("missing.db does not exist"), "{err}");
+    assert!(
+        !missing.exists(),
+        "a mistyped path must not create a repository"
+    );
+
+    let odd = env.path("odd.db");
+    rusqlite::Connection::open(&odd)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE config(key TEXT, val TEXT); INSERT INTO config VALUES ('a','b');",
+        )
+        .unwrap();
+    let err = Cmd::backoffice()
+        .args(["run", odd.to_str().unwrap()])
+        .output()
+        .failure();
+    assert!(
+        err.contains("`config` table of another shape (found columns: key TEXT, val TEXT"),
+        "{err}"
+    );
+    let n: i64 = rusqlite::Connection::open(&odd)
+        .unwrap()
+        .query_row("SELECT count(*) FROM config", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+
+    let err = Cmd::backoffice()
+        .args(["status", "-R", env.dir().to_str().unwrap()])
+        .output()
+        .failure();
+    assert!(err.contains("it is a directory"), "{err}");
+}
+
+#[test]
+fn locked_repository_is_reported_not_waited_on() {
+    let env = Env::new();
+    let r = env.repo("r.db", 1);
+    r.publish(1);
+    let holder = r.conn();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let done = Cmd::host()
+        .args(["run", "--busy-timeout", "300", r.path.to_str().unwrap()])
+        .output();
+    let err = done.stderr();
+    assert!(!done.out.status.success());
+    assert!(
+        err.contains("is locked by another writer (waited 300 ms)"),
+        "{err}"
+    );
+    assert!(
+        done.elapsed < Duration::from_secs(3),
+        "waited {:?}",
+        done.elapsed
+    );
+    holder.execute_batch("COMMIT").unwrap();
+    assert_eq!(r.pending(), 1, "nothing was lost");
+}
+
+/// A worker that cannot open its repository says why in the log file it
+/// was given; it never vanishes silently.
+#[test]
+fn worker_failure_is_logged() {
+    let env = Env::new();
+    let log = env.path("bo.log");
+    let gone = env.path("gone.db");
+    let out = Cmd::backoffice()
+        .args([
+            "worker",
+            "--logfile",
+            log.to_str().unwrap(),
+            gone.to_str().unwrap(),
+        ])
+        .output();
+    assert!(!out.out.status.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("gone.db error: worker "), "{text}");
+    assert!(text.contains("gone.db does not exist"), "{text}");
+}
+
+struct Counting(Arc<AtomicU64>);
+
+impl Task for Counting {
+    fn name(&self) -> &str {
+        "counting"
+    }
+    fn due(&self, _: &rusqlite::Connection, _: i64) -> Result<Due, TaskError> {
+        Ok(Due::Now)
+    }
+    fn run(&self, _: &Context<'_>) -> Result<u64, TaskError> {
+        Ok(self.0.fetch_add(1, Ordering::SeqCst) + 1)
+    }
+}
+
+/// When no worker can be started (here: the worker program is missing; in
+/// a chroot, /dev/null is), the failure is logged and the work runs
+/// in-process without delay.
+#[test]
+fn spawn_failure_runs_in_process_and_is_logged() {
+    let env = Env::new();
+    let r = env.repo("r.db", 60);
+    let log = env.path("bo.log");
+    r.set("backoffice-logfile", log.to_str().unwrap());
+    let runs = Arc::new(AtomicU64::new(0));
+    let bo = Backoffice::new(Tasks::new().with(Counting(runs.clone()))).with_worker_command(
+        WorkerCommand {
+            program: env.path("no-such-program"),
+            args: vec!["worker".into()],
+        },
+    );
+    let conn = r.conn();
+    match bo.after_request(&conn) {
+        Started::InProcess(Outcome::Ran(report)) => assert_eq!(report.items(), 1),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("cannot start a worker"), "{text}");
+    assert!(text.contains("no-such-program"), "{text}");
+    assert!(text.contains("running in-process without delay"), "{text}");
+    // The in-process run released the lease, so this long-lived process is
+    // not mistaken for a live holder: a later run may take it once it expires.
+    let l = r.lease();
+    assert_eq!(l.current.pid, 0, "{l:?}");
+    // A second request within the lease: no-delay, so it neither waits nor
+    // runs, and says so.
+    match bo.after_request(&conn) {
+        Started::InProcess(Outcome::Busy { .. }) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}

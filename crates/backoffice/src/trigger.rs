@@ -358,3 +358,69 @@ pub fn worker_main(repo: &Path, logfile: Option<&Path>, tasks: &Tasks) -> i32 {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rusqlite::OpenFlags;
+
+    struct AlwaysDue;
+    impl crate::Task for AlwaysDue {
+        fn name(&self) -> &str {
+            "always"
+        }
+        fn due(&self, _: &Connection, _: i64) -> Result<task::Due, task::TaskError> {
+            Ok(task::Due::Now)
+        }
+        fn run(&self, _: &task::Context<'_>) -> Result<u64, task::TaskError> {
+            Ok(1)
+        }
+    }
+
+    #[test]
+    fn read_only_connection_never_needs_a_worker() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        Repo::open({
+            Connection::open(&p).unwrap();
+            &p
+        })
+        .unwrap();
+        let ro = Connection::open_with_flags(&p, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let bo = Backoffice::new(Tasks::new().with(AlwaysDue));
+        assert_eq!(bo.check_if_needed(&ro), Check::ReadOnly);
+        assert_eq!(bo.after_request(&ro), Started::NotNeeded(Check::ReadOnly));
+        let rw = Connection::open(&p).unwrap();
+        assert_eq!(bo.check_if_needed(&rw), Check::Needed);
+    }
+
+    #[test]
+    fn no_config_table_and_no_tasks_means_nothing_due() {
+        let conn = Connection::open_in_memory().unwrap();
+        let bo = Backoffice::new(Tasks::new());
+        assert_eq!(bo.check_if_needed(&conn), Check::NothingDue { next: None });
+        let bo = Backoffice::new(Tasks::new().with(AlwaysDue));
+        assert_eq!(bo.check_if_needed(&conn), Check::Needed);
+        // An in-memory database has no file for a worker to open.
+        assert!(matches!(
+            bo.after_request(&conn),
+            Started::NotNeeded(Check::Unavailable { .. })
+        ));
+    }
+
+    #[test]
+    fn disabled_setting_is_honoured_in_any_spelling() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(CONFIG_FOR_TESTS).unwrap();
+        let bo = Backoffice::new(Tasks::new().with(AlwaysDue));
+        for v in ["on", "1", "TRUE", "yes"] {
+            repo::config_set(&conn, DISABLE, v).unwrap();
+            assert_eq!(bo.check_if_needed(&conn), Check::Disabled, "{v}");
+        }
+        repo::config_set(&conn, DISABLE, "off").unwrap();
+        assert_eq!(bo.check_if_needed(&conn), Check::Needed);
+    }
+
+    const CONFIG_FOR_TESTS: &str =
+        "CREATE TABLE config(name TEXT PRIMARY KEY NOT NULL, value CLOB, mtime DATE)";
+}
