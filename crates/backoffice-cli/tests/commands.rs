@@ -88,11 +88,17 @@ fn status_tells_last_run_lease_and_what_is_due() {
     let env = Env::new();
     let r = env.repo("r.db", 60);
     let repo = r.path.to_str().unwrap();
-    let st = Cmd::backoffice().args(["status", "-R", repo]).output().success();
+    let st = Cmd::backoffice()
+        .args(["status", "-R", repo])
+        .output()
+        .success();
     assert!(st.contains("last run:   never"), "{st}");
     assert!(st.contains("lease:      free"), "{st}");
     assert!(st.contains("on deck:    nobody"), "{st}");
-    assert!(st.contains("due next:   nothing (no tasks are configured)"), "{st}");
+    assert!(
+        st.contains("due next:   nothing (no tasks are configured)"),
+        "{st}"
+    );
 
     r.publish(2);
     let st = Cmd::host().args(["status", repo]).output().success();
@@ -103,16 +109,28 @@ fn status_tells_last_run_lease_and_what_is_due() {
     let st = Cmd::host().args(["status", "-R", repo]).output().success();
     assert!(st.contains("last run:   moments ago"), "{st}");
     assert!(st.contains(": 2 items in "), "{st}");
-    assert!(st.contains("lease:      free; the next run may start in 1 minute"), "{st}");
+    assert!(
+        st.contains("lease:      free; the next run may start in 1 minute"),
+        "{st}"
+    );
     assert!(st.contains("due next:   nothing"), "{st}");
 
-    let json = Cmd::host().args(["status", "--json", "-R", repo]).output().success();
+    let json = Cmd::host()
+        .args(["status", "--json", "-R", repo])
+        .output()
+        .success();
     let v: serde_json::Value = serde_json::from_str(&json).expect("status --json is JSON");
     assert_eq!(v["last_run"]["tasks"][1]["name"], "outbox");
     assert_eq!(v["last_run"]["tasks"][1]["items"], 2);
     assert_eq!(v["current"]["pid"], 0);
     assert_eq!(v["next_due"]["kind"], "never");
-    assert!(v["settings"].as_array().unwrap().iter().any(|s| s["name"] == "backoffice-lease-time" && s["value"] == "60"));
+    assert!(
+        v["settings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "backoffice-lease-time" && s["value"] == "60")
+    );
 }
 
 #[test]
@@ -123,7 +141,10 @@ fn lease_reset_deletes_the_row() {
     r.publish(1);
     Cmd::host().args(["run", repo]).output().success();
     assert!(r.get("backoffice").is_some());
-    let out = Cmd::backoffice().args(["lease", "--reset", "-R", repo]).output().success();
+    let out = Cmd::backoffice()
+        .args(["lease", "--reset", "-R", repo])
+        .output()
+        .success();
     assert!(out.contains("lease:      \"\""), "{out}");
     assert_eq!(r.get("backoffice"), None);
 }
@@ -131,9 +152,18 @@ fn lease_reset_deletes_the_row() {
 #[test]
 fn missing_repository_argument_is_a_usage_error() {
     let done = Cmd::backoffice().args(["run"]).output();
-    assert!(done.stderr().contains("no repository given"), "{}", done.stderr());
+    assert!(
+        done.stderr().contains("no repository given"),
+        "{}",
+        done.stderr()
+    );
     let done = Cmd::backoffice().args(["status"]).output();
-    assert!(done.stderr().contains("no repository given; name one with -R REPO"), "{}", done.stderr());
+    assert!(
+        done.stderr()
+            .contains("no repository given; name one with -R REPO"),
+        "{}",
+        done.stderr()
+    );
     let done = Cmd::backoffice().args(["bogus"]).output();
     assert_eq!(done.out.status.code(), Some(2));
 }

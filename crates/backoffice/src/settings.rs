@@ -236,6 +236,16 @@ mod tests {
         );
     }
 
+    /// The README's settings table is this table: same names, defaults, help.
+    #[test]
+    fn readme_documents_every_setting() {
+        let readme = include_str!("../../../README.md");
+        for d in SETTINGS {
+            let row = format!("| `{}` | `{}` | {} |", d.name, d.default, d.help);
+            assert!(readme.contains(&row), "README.md lacks the row:\n{row}");
+        }
+    }
+
     #[test]
     fn malformed_stored_values_fall_back_and_are_reported() {
         let s = Settings::from_pairs([(LEASE_TIME, "soon"), (DISABLE, "1")]);
