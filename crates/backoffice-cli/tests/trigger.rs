@@ -330,3 +330,54 @@ fn spawn_failure_runs_in_process_and_is_logged() {
     }
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// Fossil's backoffice fails silently in a chroot jail without /dev/null.
+/// We reproduce the jail's missing /dev with a private mount namespace
+/// (root only): the worker cannot be started, the log says exactly why,
+/// and the work runs in-process instead.
+#[test]
+fn no_dev_null_is_reported_and_the_work_still_runs() {
+    if !is_root() {
+        eprintln!("SKIPPED: hiding /dev needs root");
+        return;
+    }
+    if !have("unshare") {
+        return;
+    }
+    let env = Env::new();
+    let r = env.repo("r.db", 60);
+    let log = env.path("bo.log");
+    r.set("backoffice-logfile", log.to_str().unwrap());
+    r.publish(2);
+    let script = format!(
+        "mount -t tmpfs none /dev && exec {} trigger {}",
+        crate::harness::host_bin().display(),
+        r.path.display()
+    );
+    let done = Cmd::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output();
+    if !done.out.status.success() && done.stderr().contains("unshare failed") {
+        assert!(
+            std::env::var("BACKOFFICE_REQUIRE_EXTERNAL").as_deref() != Ok("1"),
+            "cannot make a mount namespace: {}",
+            done.stderr()
+        );
+        eprintln!("SKIPPED: no mount namespaces here: {}", done.stderr());
+        return;
+    }
+    let out = done.success();
+    assert!(
+        out.contains("could not start a worker; ran in-process: Ran"),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(
+            "error: cannot start a worker (cannot open /dev/null: No such file or directory"
+        ),
+        "{text}"
+    );
+    assert!(text.contains(" 2 outbox elapse-time "), "{text}");
+    assert_eq!(r.pending(), 0);
+}

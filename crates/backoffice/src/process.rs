@@ -287,12 +287,20 @@ impl WorkerCommand {
         if let Some(log) = logfile {
             cmd.arg("--logfile").arg(std::path::absolute(log)?);
         }
+        // Open /dev/null ourselves so that its absence (a chroot jail without
+        // it, which silently broke Fossil's backoffice) is named in the error.
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(|e| std::io::Error::new(e.kind(), format!("cannot open /dev/null: {e}")))?;
         cmd.arg(repo)
             .current_dir("/")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+            .stdin(Stdio::from(null.try_clone()?))
+            .stdout(Stdio::from(null.try_clone()?))
+            .stderr(Stdio::from(null));
         cmd.spawn()
+            .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.program.display())))
     }
 }
 

@@ -239,11 +239,7 @@ impl Backoffice {
             Some(c) => Ok(c.clone()),
             None => WorkerCommand::current_exe(),
         };
-        let spawned = cmd.and_then(|c| {
-            c.spawn(repo, logfile)
-                .map_err(|e| (c.program, e))
-                .map_err(|(p, e)| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
-        });
+        let spawned = cmd.and_then(|c| c.spawn(repo, logfile));
         match spawned {
             Ok(child) => {
                 let pid = child.id();
