@@ -2,9 +2,9 @@
 //! exclusion, spacing, on-deck promotion, and the no-delay, no-lease and
 //! disable modes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::harness::{Cmd, Env, kill, now, wait_until};
+use crate::harness::{Cmd, Env, kill, now, wait_child, wait_until};
 
 /// Twenty workers started together, in waves, while new work keeps
 /// arriving: their work intervals never overlap, and runs start at least
@@ -26,12 +26,7 @@ fn twenty_concurrent_workers_never_overlap() {
         }
     }
     for mut c in children {
-        let t0 = Instant::now();
-        while c.try_wait().unwrap().is_none() {
-            assert!(t0.elapsed() < Duration::from_secs(30), "a worker hung");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert!(c.wait().unwrap().success());
+        assert!(wait_child(&mut c, Duration::from_secs(30), "a worker").success());
     }
     let runs = r.runs();
     assert!(runs.len() >= 2, "expected several runs, got {runs:?}");
@@ -86,14 +81,7 @@ fn on_deck_worker_runs_when_the_lease_ends() {
         third.elapsed
     );
 
-    let t0 = Instant::now();
-    while deck.try_wait().unwrap().is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "on-deck worker never ran"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_child(&mut deck, Duration::from_secs(10), "the on-deck worker");
     assert_eq!(r.pending(), 0);
     let runs = r.runs();
     assert_eq!(runs.len(), 2, "{runs:?}");
@@ -297,10 +285,6 @@ fn killed_on_deck_worker_is_replaced() {
         "a new worker should replace the dead one on deck: {:?}",
         r.lease()
     );
-    let t0 = Instant::now();
-    while next.try_wait().unwrap().is_none() {
-        assert!(t0.elapsed() < Duration::from_secs(10));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_child(&mut next, Duration::from_secs(10), "the new on-deck worker");
     assert_eq!(r.pending(), 0);
 }

@@ -438,3 +438,20 @@ pub fn kill(mut child: Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Waits for a child to exit, failing the test if it takes longer than
+/// `limit` (the child is then killed, so no test leaves a process behind).
+pub fn wait_child(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let t0 = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if t0.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

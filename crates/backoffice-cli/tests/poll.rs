@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::harness::{Cmd, Env, TestRepo, boot, kill, now, proc_stat, wait_until};
+use crate::harness::{Cmd, Env, TestRepo, boot, kill, now, proc_stat, wait_child, wait_until};
 
 fn lines(path: &std::path::Path) -> Vec<String> {
     std::fs::read_to_string(path)
@@ -125,14 +125,7 @@ fn poll_revisits_on_due_work_and_on_change() {
     // r2 changes without any task being due: the next sweep visits it anyway.
     r2.set("app-setting", "changed");
     assert!(wait_until(Duration::from_secs(5), || lines(&log).len() >= 6));
-    let t0 = std::time::Instant::now();
-    while poller.try_wait().unwrap().is_none() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "--sweeps 4 did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_child(&mut poller, Duration::from_secs(10), "--poll --sweeps 4");
     let l = lines(&log);
     assert_eq!(l.len(), 8, "{l:#?}");
     assert_eq!(count(&l, "r1.db", "1 outbox elapse-time"), 1, "{l:#?}");
