@@ -25,6 +25,15 @@
 //! Fossil's rule: existence means alive. That can only make us *more*
 //! cautious, never let two workers overlap.
 //!
+//! Rule 4's fallback has one blind spot. For a lease Fossil wrote, the take
+//! time is estimated as its expiry minus 60 s, and a process's birth is read
+//! in wall-clock time. If the wall clock is stepped forward by more than a
+//! minute while a Fossil worker runs (or the row is hand-edited to look
+//! older), that live worker looks born after its own lease and is judged
+//! gone. The lease alone cannot tell this from a reused pid. Our own leases
+//! record start times in ticks of the boot clock, which steps do not move,
+//! so they are immune.
+//!
 //! # Starting workers
 //!
 //! A worker is the current executable re-run with arguments the host chooses
