@@ -239,8 +239,13 @@ fn demo(dir: Option<PathBuf>) -> Res<()> {
             started += 1;
         }
     }
+    let build = if cfg!(debug_assertions) {
+        "debug build"
+    } else {
+        "release build"
+    };
     println!(
-        "   workers started: {started} (the checks took {:.1} µs each)",
+        "   workers started: {started} (the checks took {:.1} µs each in this {build})",
         t0.elapsed().as_secs_f64() * 1e6 / 1000.0
     );
 

@@ -2,7 +2,7 @@
 //!
 //! After each successful request, a host calls [`Backoffice::after_request`]
 //! with the connection it already has open. The check is read-only and
-//! O(1) — one point lookup of three `config` rows, at most one `kill(2)`, and
+//! O(1) — one lookup of two `config` rows, at most one `kill(2)`, and
 //! each task's cheap `due` — and answers *no* when:
 //!
 //! * the connection is read-only (a read-only repository never starts a
@@ -176,19 +176,13 @@ impl Backoffice {
         if row.disable.as_deref().and_then(settings::parse_bool) == Some(true) {
             return Check::Disabled;
         }
-        let lease_time = row
-            .lease_time
-            .as_deref()
-            .and_then(|v| v.trim().parse::<i64>().ok())
-            .filter(|&n| n >= 1)
-            .unwrap_or(60);
         let lease = Lease::parse(row.lease.as_deref().unwrap_or(""));
         let now = clock::now();
         let next = lease.next;
         if next.is_held()
             && next.expires >= now
             && next.pid != i64::from(std::process::id())
-            && self.ondeck_alive(&next, lease.boot.as_deref(), lease_time)
+            && self.ondeck_alive(conn, &next, lease.boot.as_deref())
         {
             return Check::OnDeck { pid: next.pid };
         }
@@ -199,13 +193,25 @@ impl Backoffice {
         }
     }
 
-    fn ondeck_alive(&self, slot: &Slot, boot: Option<&str>, lease_time: i64) -> bool {
+    fn ondeck_alive(&self, conn: &Connection, slot: &Slot, boot: Option<&str>) -> bool {
         let mut cache = self.ondeck.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((cached, at)) = *cache {
             if cached == *slot && at.elapsed() < ONDECK_CACHE && process::exists(slot.pid) {
                 return true;
             }
         }
+        // The lease time matters only for a lease without start times
+        // (Fossil's), so it is read only then: one query fewer per request.
+        let lease_time = if slot.start.is_none() {
+            repo::config_get(conn, LEASE_TIME)
+                .ok()
+                .flatten()
+                .and_then(|v| v.trim().parse::<i64>().ok())
+                .filter(|&n| n >= 1)
+                .unwrap_or(60)
+        } else {
+            60
+        };
         let alive = process::liveness(slot, boot, lease_time).is_alive();
         *cache = alive.then(|| (*slot, Instant::now()));
         alive
@@ -273,24 +279,22 @@ impl Backoffice {
 struct CheckRows {
     lease: Option<String>,
     disable: Option<String>,
-    lease_time: Option<String>,
 }
 
-/// One statement for the three rows the check needs.
+/// One statement for the two rows the check always needs.
 fn read_check_rows(conn: &Connection) -> rusqlite::Result<CheckRows> {
     let mut rows = CheckRows {
         lease: None,
         disable: None,
-        lease_time: None,
     };
     let mut stmt =
-        match conn.prepare_cached("SELECT name, value FROM config WHERE name IN (?1, ?2, ?3)") {
+        match conn.prepare_cached("SELECT name, value FROM config WHERE name IN (?1, ?2)") {
             Ok(s) => s,
             // No config table yet: every setting at its default, no lease.
             Err(e) if repo::is_no_such_table(&e) => return Ok(rows),
             Err(e) => return Err(e),
         };
-    let mut q = stmt.query([LEASE_ROW, DISABLE, LEASE_TIME])?;
+    let mut q = stmt.query([LEASE_ROW, DISABLE])?;
     while let Some(r) = q.next()? {
         let name: String = r.get(0)?;
         let value: Option<String> = match r.get_ref(1)? {
@@ -304,7 +308,6 @@ fn read_check_rows(conn: &Connection) -> rusqlite::Result<CheckRows> {
         match name.as_str() {
             LEASE_ROW => rows.lease = value,
             DISABLE => rows.disable = value,
-            LEASE_TIME => rows.lease_time = value,
             _ => {}
         }
     }
