@@ -234,6 +234,27 @@ mod parts {
         process::proc_stat(black_box(i64::from(std::process::id())))
     }
 
+    /// The same read into a stack buffer: `std::fs::read_to_string` costs an
+    /// `openat`, a `statx` and six `read`s (the file reports size 0, so the
+    /// buffer grows from 32 bytes); this is `openat`, one or two `read`s and
+    /// `close`. A measurement for a possible library change.
+    #[divan::bench]
+    fn proc_stat_stack_buffer() -> Option<process::ProcStat> {
+        use std::io::Read;
+        let pid = black_box(std::process::id());
+        let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+        let mut buf = [0u8; 1024];
+        let mut len = 0;
+        while len < buf.len() {
+            match f.read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(_) => return None,
+            }
+        }
+        process::parse_proc_stat(std::str::from_utf8(&buf[..len]).ok()?)
+    }
+
     /// `kill(pid, 0)` (what a cached on-deck check adds).
     #[divan::bench]
     fn kill0_self() -> bool {
