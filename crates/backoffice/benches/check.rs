@@ -1,1 +1,365 @@
-fn main() {}
+//! The after-request check on an open connection, and the lease codec.
+//!
+//! ```text
+//! CARGO_TARGET_DIR=/work/target-bench cargo bench -p backoffice --bench check
+//! ```
+//!
+//! Every `check` case runs `Backoffice::check_if_needed` on one connection
+//! kept open for the whole benchmark, as a server's request handler would,
+//! against a small repository (`config` with 200 rows) in a temporary
+//! directory:
+//!
+//! * `journal`: `rollback` (`journal_mode=DELETE`, SQLite's default) or `wal`;
+//! * `no_tasks`: no task, lease free: answers "nothing due";
+//! * `outbox_idle`: one task whose `due` is a point lookup on a partial index
+//!   (the example host's outbox: 10,000 rows, all done): "nothing due";
+//! * `outbox_pending`: the same with one row pending: "needed" (the check
+//!   only answers; nothing is spawned here);
+//! * `ondeck`: a live worker is recorded on deck (a `sleep` child, with its
+//!   real start time): "on deck". `cached` reuses one `Backoffice`, as a
+//!   server does (it trusts a verified on-deck worker for 1 s, then costs a
+//!   `kill(2)`); `fresh` builds a new `Backoffice` for every check, so every
+//!   check reads `/proc/PID/stat` (a short-lived host such as `backoffice
+//!   trigger` pays this).
+//!
+//! The target is a median of at most 5 µs for the cases a busy server hits.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use backoffice::engine::LEASE_ROW;
+use backoffice::process;
+use backoffice::repo::config_set;
+use backoffice::{Backoffice, Check, Due, Lease, Slot, Task, TaskError, Tasks};
+use divan::{Bencher, black_box};
+use rusqlite::{Connection, OptionalExtension};
+
+fn main() {
+    // Defaults keep the whole run to a few seconds; CLI flags still win.
+    divan::Divan::default()
+        .min_time(Duration::from_millis(50))
+        .max_time(Duration::from_millis(400))
+        .config_with_args()
+        .main();
+}
+
+/// The example host's outbox task, reduced to its `due`.
+struct Outbox;
+
+impl Task for Outbox {
+    fn name(&self) -> &str {
+        "outbox"
+    }
+
+    fn due(&self, conn: &Connection, _now: i64) -> Result<Due, TaskError> {
+        let pending = conn
+            .prepare_cached("SELECT 1 FROM outbox WHERE done = 0 LIMIT 1")?
+            .query_row([], |_| Ok(()))
+            .optional()?;
+        Ok(if pending.is_some() {
+            Due::Now
+        } else {
+            Due::Never
+        })
+    }
+
+    fn run(&self, _: &backoffice::Context<'_>) -> Result<u64, TaskError> {
+        Ok(0)
+    }
+}
+
+const JOURNALS: &[&str] = &["rollback", "wal"];
+
+/// A repository in a fresh temporary directory, and the connection the
+/// "request" holds open.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    conn: Connection,
+}
+
+fn fixture(journal: &str, pending: bool) -> Fixture {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("repo.db");
+    create_repo(&path, journal, pending);
+    let conn = Connection::open(&path).expect("open");
+    conn.busy_timeout(Duration::from_secs(5)).expect("busy");
+    Fixture { _dir: dir, conn }
+}
+
+fn create_repo(path: &Path, journal: &str, pending: bool) {
+    let conn = Connection::open(path).expect("create");
+    let mode = if journal == "wal" { "WAL" } else { "DELETE" };
+    let got: String = conn
+        .query_row(&format!("PRAGMA journal_mode={mode}"), [], |r| r.get(0))
+        .expect("journal mode");
+    assert_eq!(got.to_ascii_uppercase(), mode);
+    conn.execute_batch(
+        "CREATE TABLE outbox(id INTEGER PRIMARY KEY, body TEXT NOT NULL, done INTEGER NOT NULL DEFAULT 0);
+         CREATE INDEX outbox_pending ON outbox(id) WHERE done = 0;
+         BEGIN;
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 10000)
+           INSERT INTO outbox(body, done) SELECT 'message ' || i, 1 FROM n;
+         COMMIT;",
+    )
+    .expect("schema");
+    if pending {
+        conn.execute("INSERT INTO outbox(body) VALUES ('pending')", [])
+            .expect("pending row");
+    }
+    drop(conn);
+    // Repo::open creates the config table exactly as the engine wants it.
+    let repo = backoffice::Repo::open(path).expect("Repo::open");
+    let conn = repo.conn();
+    conn.execute_batch("BEGIN").expect("begin");
+    for i in 0..200 {
+        config_set(conn, &format!("filler-{i:03}"), "some value").expect("filler");
+    }
+    conn.execute_batch("COMMIT").expect("commit");
+}
+
+fn outbox() -> Tasks {
+    Tasks::new().with(Outbox)
+}
+
+fn run_check(bencher: Bencher, fx: &Fixture, bo: &Backoffice, expect: fn(&Check) -> bool) {
+    let first = bo.check_if_needed(&fx.conn);
+    assert!(expect(&first), "unexpected answer: {first:?}");
+    bencher.bench_local(|| black_box(bo.check_if_needed(black_box(&fx.conn))));
+}
+
+mod check {
+    use super::*;
+
+    #[divan::bench(args = JOURNALS)]
+    fn no_tasks(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, false);
+        let bo = Backoffice::new(Tasks::new());
+        run_check(bencher, &fx, &bo, |c| {
+            matches!(c, Check::NothingDue { next: None })
+        });
+    }
+
+    #[divan::bench(args = JOURNALS)]
+    fn outbox_idle(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, false);
+        let bo = Backoffice::new(outbox());
+        run_check(bencher, &fx, &bo, |c| {
+            matches!(c, Check::NothingDue { next: None })
+        });
+    }
+
+    #[divan::bench(args = JOURNALS)]
+    fn outbox_pending(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, true);
+        let bo = Backoffice::new(outbox());
+        run_check(bencher, &fx, &bo, Check::is_needed);
+    }
+
+    /// A live process recorded on deck: a `sleep` child, killed at the end.
+    struct OnDeck {
+        fx: Fixture,
+        child: Child,
+    }
+
+    impl OnDeck {
+        fn new(journal: &str) -> OnDeck {
+            // Pending work too, so that a wrong "not alive" would show as `Needed`.
+            let fx = fixture(journal, true);
+            let child = Command::new("sleep")
+                .arg("600")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn sleep");
+            let pid = i64::from(child.id());
+            let stat = process::proc_stat(pid).expect("/proc/PID/stat of the sleep child");
+            let now = backoffice::clock::now();
+            let lease = Lease {
+                current: Slot {
+                    pid: process::Identity::current().pid,
+                    expires: now + 3600,
+                    start: process::Identity::current().start,
+                },
+                next: Slot {
+                    pid,
+                    expires: now + 3600,
+                    start: Some(stat.start),
+                },
+                boot: process::boot_id().map(str::to_owned),
+            };
+            config_set(&fx.conn, LEASE_ROW, &lease.encode()).expect("write lease");
+            OnDeck { fx, child }
+        }
+    }
+
+    impl Drop for OnDeck {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn is_ondeck(c: &Check) -> bool {
+        matches!(c, Check::OnDeck { .. })
+    }
+
+    #[divan::bench(args = JOURNALS)]
+    fn ondeck_cached(bencher: Bencher, journal: &str) {
+        let od = OnDeck::new(journal);
+        let bo = Backoffice::new(outbox());
+        run_check(bencher, &od.fx, &bo, is_ondeck);
+    }
+
+    #[divan::bench(args = JOURNALS)]
+    fn ondeck_fresh(bencher: Bencher, journal: &str) {
+        let od = OnDeck::new(journal);
+        assert!(is_ondeck(
+            &Backoffice::new(outbox()).check_if_needed(&od.fx.conn)
+        ));
+        bencher
+            .with_inputs(|| Backoffice::new(outbox()))
+            .bench_local_refs(|bo| black_box(bo.check_if_needed(black_box(&od.fx.conn))));
+    }
+}
+
+/// The pieces of the check, to see where its time goes.
+mod parts {
+    use super::*;
+
+    /// `/proc/PID/stat` read and parsed (what an uncached on-deck check adds).
+    #[divan::bench]
+    fn proc_stat_self() -> Option<process::ProcStat> {
+        process::proc_stat(black_box(i64::from(std::process::id())))
+    }
+
+    /// The same read into a stack buffer: `std::fs::read_to_string` costs an
+    /// `openat`, a `statx` and six `read`s (the file reports size 0, so the
+    /// buffer grows from 32 bytes); this is `openat`, one or two `read`s and
+    /// `close`. A measurement for a possible library change.
+    #[divan::bench]
+    fn proc_stat_stack_buffer() -> Option<process::ProcStat> {
+        use std::io::Read;
+        let pid = black_box(std::process::id());
+        let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
+        let mut buf = [0u8; 1024];
+        let mut len = 0;
+        while len < buf.len() {
+            match f.read(&mut buf[len..]) {
+                Ok(0) => break,
+                Ok(n) => len += n,
+                Err(_) => return None,
+            }
+        }
+        process::parse_proc_stat(std::str::from_utf8(&buf[..len]).ok()?)
+    }
+
+    /// `kill(pid, 0)` (what a cached on-deck check adds).
+    #[divan::bench]
+    fn kill0_self() -> bool {
+        process::exists(black_box(i64::from(std::process::id())))
+    }
+
+    /// The three config rows alone (rollback vs WAL read transaction).
+    #[divan::bench(args = JOURNALS)]
+    fn config_rows(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, false);
+        bencher.bench_local(|| {
+            let mut s = fx
+                .conn
+                .prepare_cached("SELECT name, value FROM config WHERE name IN (?1, ?2, ?3)")
+                .unwrap();
+            let mut q = s
+                .query([LEASE_ROW, "backoffice-disable", "backoffice-lease-time"])
+                .unwrap();
+            let mut n = 0;
+            while let Some(_r) = q.next().unwrap() {
+                n += 1;
+            }
+            n
+        });
+    }
+
+    /// The outbox task's `due` alone.
+    #[divan::bench(args = JOURNALS)]
+    fn outbox_due(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, false);
+        bencher.bench_local(|| Outbox.due(black_box(&fx.conn), 0).unwrap());
+    }
+
+    /// One config row by primary key (the query `crates.md` measured).
+    #[divan::bench(args = JOURNALS)]
+    fn config_one_row(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, false);
+        bencher.bench_local(|| backoffice::repo::config_get(&fx.conn, "filler-100").unwrap());
+    }
+
+    /// What the `outbox_idle` check would cost if its two statements shared
+    /// one read transaction (`BEGIN` .. `COMMIT`) instead of one each: a
+    /// measurement for a possible library change, not what the library does.
+    #[divan::bench(args = JOURNALS)]
+    fn two_reads_one_txn(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, false);
+        bencher.bench_local(|| {
+            fx.conn
+                .prepare_cached("BEGIN")
+                .unwrap()
+                .execute([])
+                .unwrap();
+            let mut s = fx
+                .conn
+                .prepare_cached("SELECT name, value FROM config WHERE name IN (?1, ?2, ?3)")
+                .unwrap();
+            let mut q = s
+                .query([LEASE_ROW, "backoffice-disable", "backoffice-lease-time"])
+                .unwrap();
+            while let Some(_r) = q.next().unwrap() {}
+            drop(q);
+            let due = Outbox.due(&fx.conn, 0).unwrap();
+            fx.conn
+                .prepare_cached("COMMIT")
+                .unwrap()
+                .execute([])
+                .unwrap();
+            due
+        });
+    }
+}
+
+mod lease {
+    use super::*;
+
+    /// A lease as Fossil writes it, and one as we write it.
+    #[derive(Clone, Copy, Debug)]
+    enum Text {
+        Fossil,
+        Ours,
+    }
+
+    impl Text {
+        fn text(self) -> &'static str {
+            match self {
+                Text::Fossil => "12345 1795261729 0 0",
+                Text::Ours => {
+                    "12345 1795261729 12399 1795261790 cur-start=123456789 \
+                     next-start=123456999 boot=0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"
+                }
+            }
+        }
+    }
+
+    const TEXTS: &[Text] = &[Text::Fossil, Text::Ours];
+
+    #[divan::bench(args = TEXTS)]
+    fn parse(text: Text) -> Lease {
+        Lease::parse(black_box(text.text()))
+    }
+
+    #[divan::bench(args = TEXTS)]
+    fn encode(bencher: Bencher, text: Text) {
+        let lease = Lease::parse(text.text());
+        assert_eq!(lease.encode(), text.text());
+        bencher.bench_local(|| black_box(&lease).encode());
+    }
+}

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs every benchmark and writes bench/results/*.txt (key=value lines).
+#
+#   usage: bench/run_all.sh            (about 3 minutes on 2 cores)
+#
+# Environment: CARGO_TARGET_DIR (where the release build is), SKIP_BUILD=1,
+# SKIP_DIVAN=1 (skip `cargo bench`), TRIGGER_RUNS (default 20),
+# SWEEP_RUNS (default 3), FOSSIL_FULL=1 to also run the shared Fossil
+# script /work/shared/bench/fossil/a_backoffice_cycle.sh 1000 (about 1-2 min).
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+OUT="$here/results"
+mkdir -p "$OUT"
+build_release
+export SKIP_BUILD=1
+
+run() { # NAME CMD...
+  local name=$1; shift
+  echo "== $name: $*"
+  { describe_machine; echo "command=$*"; "$@"; } 2>&1 | tee "$OUT/$name.txt"
+}
+
+if [ "${SKIP_DIVAN:-0}" != 1 ]; then
+  # Three runs of the check benchmark: the machine is shared and noisy.
+  for k in 1 2 3; do
+    run "check_run$k" bash -c "cd '$REPO_ROOT' && cargo bench -q -p backoffice --bench check -- --color never"
+  done
+  echo "== check_summary"
+  { describe_machine; echo "command=bench/check_summary.py bench/results/check_run1.txt check_run2.txt check_run3.txt";
+    python3 "$here/check_summary.py" "$OUT"/check_run[123].txt; } | tee "$OUT/check_summary.txt"
+fi
+run sweep_1000 "$here/sweep.sh" 1000 "${SWEEP_RUNS:-3}"
+run sweep_10000 "$here/sweep.sh" 10000 "${SWEEP_RUNS:-3}"
+run trigger_latency "$here/trigger_latency.sh" "${TRIGGER_RUNS:-20}"
+run memory "$here/memory.sh" 1000 3
+if [ "${FOSSIL_FULL:-0}" = 1 ] && [ -x /work/shared/bench/fossil/a_backoffice_cycle.sh ]; then
+  run fossil_a_cycle_1000 /work/shared/bench/fossil/a_backoffice_cycle.sh 1000 \
+    "$(mktemp -u "${TMPDIR:-/tmp}/bo-bench-fossil-a.XXXXXX")"
+fi
+echo "results in $OUT"

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# From idle to work: how long after `host trigger REPO` does the work start?
+#
+#   usage: trigger_latency.sh [RUNS=20]
+#
+# The repository is the example host's (`host init`), with `host-journal`
+# set: the outbox task appends `enter PID NANOS` when its run starts.  Each
+# run starts idle (the previous worker has exited, the lease is reset with
+# `host lease --reset`), inserts one pending outbox row, and then times
+#   t0  just before bash starts `host trigger REPO`  (EPOCHREALTIME, no fork)
+#   t1  when `host trigger` has returned (check done, worker started)
+#   te  the worker's `enter` stamp (clock_gettime in the worker)
+# and prints trigger_ms = t1 - t0 and enter_ms = te - t0.  What happens in
+# between: exec of the host, Repo::open, the check, spawning the worker;
+# in the worker: exec, setsid, Repo::open, BEGIN IMMEDIATE + lease write +
+# COMMIT (an fsync in rollback mode), the task's first statement.
+# Cases (JOURNALS="delete wal wal-held" by default):
+#   delete    rollback journal (SQLite's default, and Fossil's)
+#   wal       WAL, nothing else has the database open: every process's open
+#             creates the -wal and -shm files and its close deletes them
+#             (about 1.4 ms per file creation on this VM's disk)
+#   wal-held  WAL while another process (an `sqlite3` shell, standing in for
+#             a server's long-lived connection) keeps the database open, as
+#             a real server does
+# Fossil 2.21's figure (/work/shared/reference/fossil-backoffice.md §4c) is
+# 17-31 ms from the start of the triggering HTTP request to its hook's stamp.
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+
+RUNS=${1:-20}
+JOURNALS=${JOURNALS:-"delete wal wal-held"}
+build_release
+make_workdir trigger
+
+# A fork-free sleep: read with a timeout on a fifo nobody writes to.
+fifo="$W/fifo"; mkfifo "$fifo"; exec {SLEEPFD}<>"$fifo"
+fsleep() { read -t "$1" -u "$SLEEPFD" _ || true; }
+
+# enter_lines JOURNAL: sets ENTERS (count) and LAST_ENTER_NS, with builtins only.
+enter_lines() {
+  local w p ns
+  ENTERS=0; LAST_ENTER_NS=""
+  [ -f "$1" ] || return 0
+  while read -r w p ns; do
+    if [ "$w" = enter ]; then ENTERS=$((ENTERS + 1)); LAST_ENTER_NS=$ns; fi
+  done < "$1"
+}
+
+HOLDER=""
+stop_holder() {
+  if [ -n "$HOLDER" ]; then
+    exec {HFD}>&-
+    wait "$HOLDER" 2>/dev/null || kill "$HOLDER" 2>/dev/null
+    HOLDER=""
+  fi
+}
+trap 'stop_holder; [ "${KEEP:-0}" = 1 ] || rm -rf "$W"' EXIT
+
+for mode in $JOURNALS; do
+  R="$W/repo-$mode.db"
+  J="$W/journal-$mode.txt"
+  "$HOST" init "$R" || exit 1
+  sqlite3 "$R" "PRAGMA journal_mode=${mode%-held};" >/dev/null
+  if [ "$mode" = wal-held ]; then
+    # A long-lived connection: an sqlite3 shell reading from a fifo we keep open.
+    mkfifo "$W/holder.in"
+    sqlite3 "$R" < "$W/holder.in" > "$W/holder.out" 2>&1 &
+    HOLDER=$!
+    exec {HFD}>"$W/holder.in"
+    echo "SELECT count(*) FROM outbox;" >&"$HFD"
+    fsleep 0.2
+    [ -e "$R-shm" ] || echo "warning=the holder did not open $R"
+  fi
+  sqlite3 "$R" "REPLACE INTO config(name,value,mtime) VALUES('host-journal','$J',0);"
+  got_mode=$(sqlite3 "$R" "PRAGMA journal_mode;")
+  lat=(); trig=(); last_pid=""; missed=0
+  for k in $(seq 1 "$RUNS"); do
+    [ -n "$last_pid" ] && { wait_gone "$last_pid" 30 || echo "warning=worker $last_pid still alive"; }
+    "$HOST" lease --reset -R "$R" >/dev/null || exit 1
+    sqlite3 "$R" "INSERT INTO outbox(body) VALUES('message $k');" || exit 1
+    fsleep 0.1
+    enter_lines "$J"; n0=$ENTERS
+    t0=$(now_ns)
+    "$HOST" trigger "$R" > "$W/trigger.out" 2>&1
+    t1=$(now_ns)
+    read -r out < "$W/trigger.out"
+    last_pid=${out##* }
+    [[ $last_pid =~ ^[0-9]+$ ]] || { echo "warning=run $k: trigger said: $out"; last_pid=""; }
+    # wait for the enter stamp, at most 10 s
+    for i in $(seq 1 2000); do
+      enter_lines "$J"
+      [ "$ENTERS" -gt "$n0" ] && break
+      fsleep 0.005
+    done
+    if [ "$ENTERS" -le "$n0" ]; then
+      missed=$((missed + 1)); echo "case=$mode run=$k no enter line within 10 s"; continue
+    fi
+    te=$LAST_ENTER_NS
+    l=$(awk -v a="$t0" -v b="$te" 'BEGIN{printf "%.2f", (b-a)/1e6}')
+    t=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", (b-a)/1e6}')
+    lat+=("$l"); trig+=("$t")
+    echo "case=$mode run=$k trigger_ms=$t enter_ms=$l worker=$last_pid"
+  done
+  [ -n "$last_pid" ] && wait_gone "$last_pid" 30
+  pending=$(sqlite3 "$R" "SELECT count(*) FROM outbox WHERE done=0")
+  echo "case=$mode journal_mode=$got_mode runs=$RUNS missed=$missed pending_left=$pending" \
+       "median_enter_ms=$(median "${lat[@]}") min_enter_ms=$(minimum "${lat[@]}") max_enter_ms=$(maximum "${lat[@]}")" \
+       "median_trigger_ms=$(median "${trig[@]}") max_trigger_ms=$(maximum "${trig[@]}")"
+  stop_holder
+done
+exec {SLEEPFD}<&-
