@@ -6,7 +6,8 @@
 # Environment: CARGO_TARGET_DIR (where the release build is), SKIP_BUILD=1,
 # SKIP_DIVAN=1 (skip `cargo bench`), TRIGGER_RUNS (default 20),
 # SWEEP_RUNS (default 3), FOSSIL_FULL=1 to also run the shared Fossil
-# script /work/shared/bench/fossil/a_backoffice_cycle.sh 1000 (about 1-2 min).
+# script ../shared/bench/fossil/a_backoffice_cycle.sh 1000 (about 1-2 min;
+# FOSSIL_BENCH names another folder holding it).
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
@@ -34,8 +35,9 @@ run sweep_1000 "$here/sweep.sh" 1000 "${SWEEP_RUNS:-3}"
 run sweep_10000 "$here/sweep.sh" 10000 "${SWEEP_RUNS:-3}"
 run trigger_latency "$here/trigger_latency.sh" "${TRIGGER_RUNS:-20}"
 run memory "$here/memory.sh" 1000 3
-if [ "${FOSSIL_FULL:-0}" = 1 ] && [ -x /work/shared/bench/fossil/a_backoffice_cycle.sh ]; then
-  run fossil_a_cycle_1000 /work/shared/bench/fossil/a_backoffice_cycle.sh 1000 \
+FOSSIL_BENCH="${FOSSIL_BENCH:-$REPO_ROOT/../shared/bench/fossil}"
+if [ "${FOSSIL_FULL:-0}" = 1 ] && [ -x "$FOSSIL_BENCH/a_backoffice_cycle.sh" ]; then
+  run fossil_a_cycle_1000 "$FOSSIL_BENCH/a_backoffice_cycle.sh" 1000 \
     "$(mktemp -u "${TMPDIR:-/tmp}/bo-bench-fossil-a.XXXXXX")"
 fi
 echo "results in $OUT"

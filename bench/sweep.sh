@@ -20,7 +20,7 @@
 #   case=fossil-C      `fossil backoffice --nodelay R1..RN` on fresh copies of
 #                      the Fossil repository (lease free: each child takes the
 #                      lease and runs the empty work), exactly cycle C of
-#                      /work/shared/bench/fossil/a_backoffice_cycle.sh, without
+#                      ../shared/bench/fossil/a_backoffice_cycle.sh, without
 #                      its minute of `fossil init`.
 #   case=fossil-B      the same command right after C (lease held, each child
 #                      exits without a write): Fossil's cheapest sweep.

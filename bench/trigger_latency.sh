@@ -22,7 +22,7 @@
 #   wal-held  WAL while another process (an `sqlite3` shell, standing in for
 #             a server's long-lived connection) keeps the database open, as
 #             a real server does
-# Fossil 2.21's figure (/work/shared/reference/fossil-backoffice.md §4c) is
+# Fossil 2.21's figure (../shared/reference/fossil-backoffice.md §4c) is
 # 17-31 ms from the start of the triggering HTTP request to its hook's stamp.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)

