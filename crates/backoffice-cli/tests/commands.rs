@@ -167,3 +167,26 @@ fn missing_repository_argument_is_a_usage_error() {
     let done = Cmd::backoffice().args(["bogus"]).output();
     assert_eq!(done.out.status.code(), Some(2));
 }
+
+#[test]
+fn trace_and_rust_log_show_the_engines_decisions() {
+    let env = Env::new();
+    let r = env.repo("r.db", 60);
+    let repo = r.path.to_str().unwrap();
+    r.publish(1);
+    let err = Cmd::host().args(["run", "--trace", repo]).output();
+    assert!(err.out.status.success());
+    let err = err.stderr();
+    assert!(err.contains("lease \"0 0 0 0\" -> Take("), "{err}");
+    // The lease is now held: a second worker under RUST_LOG says why it left.
+    let done = Cmd::host()
+        .args(["run", "--nodelay", repo])
+        .env("RUST_LOG", "backoffice=debug")
+        .output();
+    let err = done.stderr();
+    assert!(err.contains("lease pass") && err.contains("Busy"), "{err}");
+    assert!(
+        !err.contains('\u{1b}'),
+        "no colour codes when stderr is not a terminal: {err:?}"
+    );
+}
