@@ -67,6 +67,7 @@ pub mod clock;
 pub mod engine;
 mod error;
 pub mod lease;
+pub mod notify;
 pub mod poll;
 pub mod process;
 pub mod repo;
