@@ -54,6 +54,16 @@ pub enum Command {
     /// exits 0 unless the repository itself cannot be opened.
     Trigger(TriggerArgs),
 
+    /// Publish an event, as an application does, from any language; then run
+    /// the after-request check so a worker sends the alerts.
+    Publish(PublishArgs),
+
+    /// Add, list, show, change or remove subscribers.
+    Subscriber(SubscriberArgs),
+
+    /// Look at the outbox: queued, sent and dead messages; retry or purge them.
+    Outbox(OutboxArgs),
+
     /// The detached worker process a trigger starts (internal).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -216,4 +226,159 @@ pub struct WorkerArgs {
     /// The repository.
     #[arg(value_name = "REPO")]
     pub repo: PathBuf,
+}
+
+/// `backoffice publish`
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The repository (SQLite file).
+    #[arg(short = 'R', long = "repository", value_name = "REPO", required = true)]
+    pub repository: PathBuf,
+
+    /// The kind of event (lowercase word, e.g. checkin, wiki, ticket); subscribers filter on it.
+    #[arg(long, value_name = "KIND")]
+    pub kind: String,
+
+    /// One line saying what happened.
+    #[arg(long, value_name = "TEXT")]
+    pub title: String,
+
+    /// More text.
+    #[arg(long, value_name = "TEXT", conflicts_with = "body_file")]
+    pub body: Option<String>,
+
+    /// Read the body from a file (`-` for standard input).
+    #[arg(long, value_name = "FILE")]
+    pub body_file: Option<PathBuf>,
+
+    /// A link to the thing itself.
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+
+    /// Who did it.
+    #[arg(long, value_name = "NAME")]
+    pub author: Option<String>,
+
+    /// Only publish; do not run the after-request check.
+    #[arg(long)]
+    pub no_trigger: bool,
+}
+
+/// `backoffice subscriber`
+#[derive(Debug, Args)]
+pub struct SubscriberArgs {
+    /// The repository (SQLite file).
+    #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
+    pub repository: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub action: SubscriberAction,
+}
+
+/// What `backoffice subscriber` does.
+#[derive(Debug, Subcommand)]
+pub enum SubscriberAction {
+    /// Add a subscriber (with a fresh random unsubscribe code).
+    Add {
+        /// The email address.
+        address: String,
+        /// Kinds of event wanted, comma-separated, or * for all.
+        #[arg(long, value_name = "KINDS", default_value = "*")]
+        kinds: String,
+        /// One daily digest instead of immediate alerts.
+        #[arg(long)]
+        digest: bool,
+        /// Mark the address as verified now (otherwise it gets nothing until verified).
+        #[arg(long)]
+        verified: bool,
+        /// A display name.
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+    /// List subscribers.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one subscriber (by address or id).
+    Show {
+        /// Address or id.
+        who: String,
+    },
+    /// Remove a subscriber (by address or id).
+    Remove {
+        /// Address or id.
+        who: String,
+    },
+    /// Change a subscriber (by address or id).
+    Set {
+        /// Address or id.
+        who: String,
+        /// Kinds of event wanted, comma-separated, or * for all.
+        #[arg(long, value_name = "KINDS")]
+        kinds: Option<String>,
+        /// Daily digest (on) or immediate alerts (off).
+        #[arg(long, value_name = "on|off")]
+        digest: Option<String>,
+        /// Verified (on) or not (off).
+        #[arg(long, value_name = "on|off")]
+        verified: Option<String>,
+        /// Unsubscribed (on: nothing is sent) or subscribed (off).
+        #[arg(long, value_name = "on|off")]
+        unsubscribed: Option<String>,
+        /// A display name (empty to clear).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+    },
+}
+
+/// `backoffice outbox`
+#[derive(Debug, Args)]
+pub struct OutboxArgs {
+    /// The repository (SQLite file).
+    #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
+    pub repository: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub action: OutboxAction,
+}
+
+/// What `backoffice outbox` does.
+#[derive(Debug, Subcommand)]
+pub enum OutboxAction {
+    /// List messages, newest first.
+    List {
+        /// Only queued messages.
+        #[arg(long, conflicts_with_all = ["sent", "dead"])]
+        queued: bool,
+        /// Only sent messages.
+        #[arg(long, conflicts_with = "dead")]
+        sent: bool,
+        /// Only dead messages (given up on, with their reason).
+        #[arg(long)]
+        dead: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue dead messages again, due now, with their attempts reset.
+    Retry {
+        /// One message id; without it, every dead message.
+        id: Option<i64>,
+    },
+    /// Delete sent messages older than --days (and dead ones with --dead).
+    Purge {
+        /// Keep sent messages younger than this many days.
+        #[arg(long, default_value_t = 30)]
+        days: i64,
+        /// Delete dead messages too.
+        #[arg(long)]
+        dead: bool,
+    },
 }

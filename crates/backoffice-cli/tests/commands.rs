@@ -190,3 +190,11 @@ fn trace_and_rust_log_show_the_engines_decisions() {
         "no colour codes when stderr is not a terminal: {err:?}"
     );
 }
+
+/// clap's own consistency checks over every command and flag (they would
+/// otherwise only fire when a user reaches the broken command).
+#[test]
+fn clap_definitions_are_consistent() {
+    use clap::CommandFactory;
+    backoffice_cli::Cli::command().debug_assert();
+}

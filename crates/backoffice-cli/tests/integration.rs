@@ -19,3 +19,5 @@ mod trigger;
 mod poll;
 // Interoperation with the real Fossil binary.
 mod interop;
+// Notifications: publish, subscribers, alerts, send methods, the outbox.
+mod notify;

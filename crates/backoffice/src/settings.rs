@@ -28,6 +28,14 @@ pub enum Kind {
     },
     /// A file path; empty means unset.
     Path,
+    /// One line of text (no control characters); empty means unset.
+    Text,
+    /// One of a fixed set of words.
+    Choice(&'static [&'static str]),
+    /// An email address; empty means unset.
+    Email,
+    /// A time of day and a time zone, e.g. `07:00 Europe/Paris`.
+    DigestTime,
 }
 
 /// One setting's definition.
@@ -53,6 +61,9 @@ pub const NODELAY: &str = "backoffice-nodelay";
 pub const LOGFILE: &str = "backoffice-logfile";
 /// `backoffice-lease-time`
 pub const LEASE_TIME: &str = "backoffice-lease-time";
+
+/// `email-send-method`
+pub const EMAIL_SEND_METHOD: &str = "email-send-method";
 
 /// The definition of every setting.
 pub const SETTINGS: &[Def] = &[
@@ -85,6 +96,111 @@ pub const SETTINGS: &[Def] = &[
         },
         default: "60",
         help: "Lease length in seconds: runs are at least this far apart, and new work waits at most this long.",
+        secret: false,
+    },
+    Def {
+        name: EMAIL_SEND_METHOD,
+        kind: Kind::Choice(&["off", "relay", "pipe", "dir", "db", "stdout"]),
+        default: "off",
+        help: "How alerts and digests leave: off, relay (SMTP), pipe (a command), dir (.eml files), db (an SQLite file), stdout.",
+        secret: false,
+    },
+    Def {
+        name: "email-self",
+        kind: Kind::Email,
+        default: "",
+        help: "The From address of every message (required to send).",
+        secret: false,
+    },
+    Def {
+        name: "email-url",
+        kind: Kind::Text,
+        default: "",
+        help: "The service's base URL, for links and the one-click unsubscribe target (required to send).",
+        secret: false,
+    },
+    Def {
+        name: "email-subname",
+        kind: Kind::Text,
+        default: "",
+        help: "Subject prefix, e.g. [my-project] (required to send).",
+        secret: false,
+    },
+    Def {
+        name: "email-listid",
+        kind: Kind::Text,
+        default: "",
+        help: "The List-Id header, e.g. \"My project <project.example.org>\"; empty: derived from email-self.",
+        secret: false,
+    },
+    Def {
+        name: "email-send-relayhost",
+        kind: Kind::Text,
+        default: "127.0.0.1",
+        help: "relay: the SMTP server, host or host:port.",
+        secret: false,
+    },
+    Def {
+        name: "email-send-relay-security",
+        kind: Kind::Choice(&["none", "starttls", "tls"]),
+        default: "none",
+        help: "relay: none (port 25), starttls (port 587) or tls (port 465).",
+        secret: false,
+    },
+    Def {
+        name: "email-send-relay-user",
+        kind: Kind::Text,
+        default: "",
+        help: "relay: the user name to log in with; empty: no login.",
+        secret: false,
+    },
+    Def {
+        name: "email-send-relay-password",
+        kind: Kind::Text,
+        default: "",
+        help: "relay: the password to log in with. Never printed back.",
+        secret: true,
+    },
+    Def {
+        name: "email-send-command",
+        kind: Kind::Text,
+        default: "sendmail -ti",
+        help: "pipe: the command (run with /bin/sh -c) that reads each message on stdin.",
+        secret: false,
+    },
+    Def {
+        name: "email-send-dir",
+        kind: Kind::Path,
+        default: "",
+        help: "dir: the folder that gets one .eml file per message.",
+        secret: false,
+    },
+    Def {
+        name: "email-send-db",
+        kind: Kind::Path,
+        default: "",
+        help: "db: the SQLite file that gets one row per message in table email(emailid, msg).",
+        secret: false,
+    },
+    Def {
+        name: "email-alert-mode",
+        kind: Kind::Choice(&["batch", "each"]),
+        default: "batch",
+        help: "batch: one message per subscriber per run, listing the new events; each: one message per event.",
+        secret: false,
+    },
+    Def {
+        name: "email-digest-time",
+        kind: Kind::DigestTime,
+        default: "12:00 UTC",
+        help: "When daily digests go out: HH:MM and a time zone, e.g. 07:00 Europe/Paris.",
+        secret: false,
+    },
+    Def {
+        name: "email-max-attempts",
+        kind: Kind::Int { min: 1, max: 100 },
+        default: "10",
+        help: "Delivery attempts before a message is dead (retries back off from 1 minute to 6 hours).",
         secret: false,
     },
 ];
@@ -143,6 +259,32 @@ impl Def {
                     return Err(bad("a path cannot contain NUL or newline".into()));
                 }
                 Ok(value.to_owned())
+            }
+            Kind::Text => {
+                if value.chars().any(char::is_control) {
+                    return Err(bad("must be one line without control characters".into()));
+                }
+                Ok(value.trim().to_owned())
+            }
+            Kind::Choice(words) => {
+                let v = value.trim().to_ascii_lowercase();
+                if words.contains(&v.as_str()) {
+                    Ok(v)
+                } else {
+                    Err(bad(format!("expected one of: {}", words.join(", "))))
+                }
+            }
+            Kind::Email => {
+                let v = value.trim();
+                if v.is_empty() {
+                    return Ok(String::new());
+                }
+                crate::notify::address::check(v).map_err(bad)?;
+                Ok(v.to_owned())
+            }
+            Kind::DigestTime => {
+                crate::notify::schedule::DigestTime::parse(value).map_err(bad)?;
+                Ok(value.trim().to_owned())
             }
         }
     }

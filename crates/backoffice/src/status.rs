@@ -37,6 +37,8 @@ pub struct Status {
     pub next_due: Due,
     /// Every engine setting and its value.
     pub settings: Vec<SettingValue>,
+    /// What the tasks report (queue depths and the like).
+    pub info: Vec<String>,
     /// Malformed settings and other things an operator should fix.
     pub problems: Vec<String>,
 }
@@ -124,6 +126,16 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
             ));
         }
     }
+    let mut info = Vec::new();
+    for t in tasks.iter() {
+        let st = t.status(conn, now);
+        info.extend(st.info.into_iter().map(|l| format!("{}: {l}", t.name())));
+        problems.extend(
+            st.problems
+                .into_iter()
+                .map(|l| format!("{}: {l}", t.name())),
+        );
+    }
     let settings = settings::SETTINGS
         .iter()
         .map(|d| {
@@ -166,6 +178,7 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
             .collect(),
         next_due,
         settings,
+        info,
         problems,
     })
 }
@@ -249,19 +262,27 @@ impl std::fmt::Display for Status {
                 }
             }
         }
+        for i in &self.info {
+            writeln!(f, "  {i}")?;
+        }
         let set: Vec<String> = self
             .settings
             .iter()
-            .map(|s| {
-                format!(
-                    "{}={}{}",
-                    s.name,
-                    s.value,
-                    if s.default { " (default)" } else { "" }
-                )
-            })
+            .filter(|s| !s.default)
+            .map(|s| format!("{}={}", s.name, s.value))
             .collect();
-        writeln!(f, "settings:   {}", set.join(", "))?;
+        if set.is_empty() {
+            writeln!(
+                f,
+                "settings:   all at their defaults (see `backoffice setting`)"
+            )?;
+        } else {
+            writeln!(
+                f,
+                "settings:   {} (others at their defaults)",
+                set.join(", ")
+            )?;
+        }
         for p in &self.problems {
             writeln!(f, "problem:    {p}")?;
         }

@@ -92,6 +92,22 @@ pub trait Task: Send + Sync {
 
     /// Does the work; returns how many items were handled.
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError>;
+
+    /// What `status` should say about this task: facts (queue depths) and
+    /// problems an operator must fix (a missing setting). Read-only.
+    fn status(&self, conn: &Connection, now: i64) -> TaskStatus {
+        let _ = (conn, now);
+        TaskStatus::default()
+    }
+}
+
+/// A task's contribution to `status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct TaskStatus {
+    /// Facts, one line each.
+    pub info: Vec<String>,
+    /// Problems an operator should fix, one line each.
+    pub problems: Vec<String>,
 }
 
 /// The tasks a worker runs, in order.

@@ -9,10 +9,13 @@ use backoffice::{Repo, Tasks};
 use crate::cli::Command;
 
 pub mod lease;
+pub mod outbox;
 pub mod pid;
+pub mod publish;
 pub mod run;
 pub mod setting;
 pub mod status;
+pub mod subscriber;
 pub mod trigger;
 
 /// Runs one parsed command.
@@ -24,6 +27,9 @@ pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
         Command::Setting(a) => setting::run(a),
         Command::Status(a) => status::run(a, tasks),
         Command::Trigger(a) => trigger::run(a, tasks),
+        Command::Publish(a) => publish::run(a, tasks),
+        Command::Subscriber(a) => subscriber::run(a),
+        Command::Outbox(a) => outbox::run(a),
         Command::Worker(a) => {
             let code = backoffice::worker_main(&a.repo, a.logfile.as_deref(), &tasks);
             Ok(ExitCode::from(code as u8))
@@ -40,4 +46,13 @@ pub(crate) fn repo_path(a: Option<PathBuf>, b: Option<PathBuf>) -> Result<PathBu
 /// Opens a repository, with its path in any error.
 pub(crate) fn open(path: &std::path::Path) -> Result<Repo> {
     Ok(Repo::open(path)?)
+}
+
+/// Parses on/off for a flag value.
+pub(crate) fn on_off(name: &str, v: Option<&str>) -> Result<Option<bool>> {
+    v.map(|v| {
+        backoffice::settings::parse_bool(v)
+            .with_context(|| format!("--{name} takes on or off, not {v:?}"))
+    })
+    .transpose()
 }

@@ -1,7 +1,282 @@
 //! Notifications: events, subscribers, immediate alerts, daily digests.
 //!
-//! (Being written.)
+//! # The model
+//!
+//! An application **publishes events** ([`publish`]) inside its own
+//! transaction, so an event commits or rolls back with the data it is
+//! about. Publishing is one `INSERT`; it makes the [`Notify`] task due, so
+//! the next request's check starts a worker.
+//!
+//! **Subscribers** ([`subscribers`]) have an address, the event kinds they
+//! want, and a mode: immediate alerts or one daily digest. Only verified,
+//! not unsubscribed subscribers get mail.
+//!
+//! In each worker run the task:
+//!
+//! 1. turns new events into messages for the matching immediate
+//!    subscribers — one per subscriber listing the run's events, or one per
+//!    event (`email-alert-mode`) — and writes them to the **outbox** in the
+//!    same transaction that marks the events handled;
+//! 2. once the digest time (`email-digest-time`) has passed, writes one
+//!    digest per digest subscriber covering the events since the last one
+//!    (none when there were none);
+//! 3. delivers the outbox messages that are due through the send method
+//!    (`email-send-method`), recording each outcome.
+//!
+//! **Nothing is lost, nothing is sent twice.** Fossil marks alerts as sent
+//! *before* sending, so a failed send is gone. Here a message exists in the
+//! outbox before anyone tries to send it; a failed attempt leaves it queued
+//! with its error and a later attempt time (exponential backoff); after
+//! `email-max-attempts` it is *dead*, with its reason, until an operator
+//! retries or purges it (`backoffice outbox`). Each message's `Message-ID`
+//! is derived from its outbox row, so a crash between sending and recording
+//! can cause at most one duplicate, which mail clients recognise as such.
+//!
+//! # Schema
+//!
+//! Created on first use in the application's database; any language can
+//! publish with plain SQL (`INSERT INTO bo_event(kind, title, body, url,
+//! author, mtime) VALUES (...)`). See the README for the columns.
+//!
+//! # Layout
+//!
+//! * `address.rs`: address validation.
+//! * `subscribers.rs`: adding, listing, changing subscribers.
+//! * `compose.rs`: the text of alerts and digests.
+//! * `message.rs`: building a MIME message (lettre) with its headers.
+//! * `send.rs`: the send methods (`Transport`); `smtp.rs`: SMTP relay.
+//! * `outbox.rs`: delivery, retries, dead letters.
+//! * `schedule.rs`: when digests are due, in a time zone.
+//! * `task.rs`: the [`Notify`] task that ties them together.
 
+pub mod address;
+pub mod compose;
+pub mod config;
+pub mod message;
+pub mod outbox;
 pub mod schedule;
 pub mod send;
 pub mod smtp;
+pub mod subscribers;
+mod task;
+
+pub use task::Notify;
+
+use rusqlite::{Connection, params};
+
+/// The notification tables. `IF NOT EXISTS` throughout: installing is
+/// idempotent and happens on first use.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS bo_event(
+  eventid INTEGER PRIMARY KEY,
+  kind TEXT NOT NULL,
+  title TEXT NOT NULL,
+  body TEXT NOT NULL DEFAULT '',
+  url TEXT,
+  author TEXT,
+  mtime INTEGER NOT NULL,
+  alerted INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS bo_event_new ON bo_event(eventid) WHERE alerted = 0;
+CREATE INDEX IF NOT EXISTS bo_event_mtime ON bo_event(mtime);
+CREATE TABLE IF NOT EXISTS bo_subscriber(
+  subscriberid INTEGER PRIMARY KEY,
+  address TEXT NOT NULL UNIQUE COLLATE NOCASE,
+  name TEXT,
+  kinds TEXT NOT NULL DEFAULT '*',
+  digest INTEGER NOT NULL DEFAULT 0,
+  verified INTEGER NOT NULL DEFAULT 0,
+  donotcall INTEGER NOT NULL DEFAULT 0,
+  code TEXT NOT NULL UNIQUE,
+  ctime INTEGER NOT NULL,
+  mtime INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bo_outbox(
+  msgid INTEGER PRIMARY KEY,
+  subscriberid INTEGER,
+  address TEXT NOT NULL,
+  kind TEXT NOT NULL,
+  subject TEXT NOT NULL,
+  body TEXT NOT NULL,
+  code TEXT,
+  ctime INTEGER NOT NULL,
+  state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'sent', 'dead')),
+  attempts INTEGER NOT NULL DEFAULT 0,
+  next_attempt INTEGER NOT NULL,
+  last_error TEXT,
+  sent_time INTEGER
+);
+CREATE INDEX IF NOT EXISTS bo_outbox_due ON bo_outbox(next_attempt) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS bo_outbox_dead ON bo_outbox(msgid) WHERE state = 'dead';
+";
+
+/// Creates the notification tables if they are missing.
+pub fn install(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)
+}
+
+/// Longest title we keep, in characters; longer ones are cut.
+pub const MAX_TITLE: usize = 500;
+/// Longest body we keep, in bytes; longer ones are cut at a character boundary.
+pub const MAX_BODY: usize = 256 * 1024;
+
+/// Something that happened in the application, worth telling subscribers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Event {
+    /// What kind of event (`checkin`, `wiki`, `ticket`, …): lowercase
+    /// letters, digits, `.`, `_`, `-`; subscribers filter on it.
+    pub kind: String,
+    /// One line saying what happened.
+    pub title: String,
+    /// More text, shown in alerts and digests (may be empty).
+    pub body: String,
+    /// A link to the thing itself.
+    pub url: Option<String>,
+    /// Who did it.
+    pub author: Option<String>,
+    /// When, in Unix seconds; `None`: now.
+    pub time: Option<i64>,
+}
+
+/// Why an event was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// The kind is not a short lowercase word.
+    #[error("bad event kind {0:?}: use 1-32 lowercase letters, digits, '.', '_' or '-'")]
+    Kind(String),
+    /// The title is empty.
+    #[error("an event needs a title")]
+    EmptyTitle,
+    /// SQLite refused.
+    #[error("cannot publish the event: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// True if `kind` is a valid event kind.
+pub fn valid_kind(kind: &str) -> bool {
+    (1..=32).contains(&kind.len())
+        && kind
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+/// Cuts `s` to at most `max` bytes at a character boundary.
+fn clip_bytes(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Publishes an event on `conn`, normally inside the application's own
+/// transaction (pass the `rusqlite::Transaction`; it derefs to a
+/// connection), so the event commits or rolls back with the data it is
+/// about. Returns the event id. Creates the tables on first use.
+///
+/// Titles are kept to one line: control characters (CR, LF, tabs) become
+/// spaces, so no title can ever become a header.
+pub fn publish(conn: &Connection, ev: &Event) -> Result<i64, PublishError> {
+    if !valid_kind(&ev.kind) {
+        return Err(PublishError::Kind(ev.kind.clone()));
+    }
+    let title: String = one_line(&ev.title).chars().take(MAX_TITLE).collect();
+    if title.is_empty() {
+        return Err(PublishError::EmptyTitle);
+    }
+    let body = clip_bytes(&ev.body, MAX_BODY);
+    let url = ev.url.as_deref().map(one_line).filter(|u| !u.is_empty());
+    let author = ev.author.as_deref().map(one_line).filter(|a| !a.is_empty());
+    let time = ev.time.unwrap_or_else(crate::clock::now);
+    const SQL: &str = "INSERT INTO bo_event(kind, title, body, url, author, mtime) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    let insert = |conn: &Connection| {
+        conn.prepare_cached(SQL)?
+            .execute(params![ev.kind, title, body, url, author, time])
+    };
+    match insert(conn) {
+        Ok(_) => {}
+        // First event ever: create the tables (inside the caller's
+        // transaction, so they roll back with it too) and try again.
+        Err(e) if crate::repo::is_no_such_table(&e) => {
+            install(conn)?;
+            insert(conn)?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok(conn.last_insert_rowid())
+}
+
+/// Collapses control characters and runs of whitespace into single spaces.
+pub fn one_line(s: &str) -> String {
+    s.split(|c: char| c.is_whitespace() || c.is_control())
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_validates_and_sanitises() {
+        let conn = Connection::open_in_memory().unwrap();
+        let ev = Event {
+            kind: "wiki".into(),
+            title: "Hello\r\nBcc: evil@example.org\tthere".into(),
+            ..Event::default()
+        };
+        let id = publish(&conn, &ev).unwrap();
+        let title: String = conn
+            .query_row("SELECT title FROM bo_event WHERE eventid=?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(title, "Hello Bcc: evil@example.org there");
+        let bad = Event {
+            kind: "Wiki Page".into(),
+            title: "x".into(),
+            ..Event::default()
+        };
+        assert!(matches!(publish(&conn, &bad), Err(PublishError::Kind(_))));
+        let empty = Event {
+            kind: "wiki".into(),
+            title: " \n ".into(),
+            ..Event::default()
+        };
+        assert!(matches!(
+            publish(&conn, &empty),
+            Err(PublishError::EmptyTitle)
+        ));
+    }
+
+    #[test]
+    fn publish_rolls_back_with_the_application() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        install(&conn).unwrap();
+        let tx = conn.transaction().unwrap();
+        publish(
+            &tx,
+            &Event {
+                kind: "k".into(),
+                title: "t".into(),
+                ..Event::default()
+            },
+        )
+        .unwrap();
+        tx.rollback().unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM bo_event", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 0);
+    }
+
+    #[test]
+    fn long_bodies_are_cut_at_a_character_boundary() {
+        let s = "é".repeat(10);
+        assert_eq!(clip_bytes(&s, 5), "éé");
+    }
+}

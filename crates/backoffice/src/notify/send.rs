@@ -67,7 +67,193 @@ pub trait Transport {
     /// with CRLF line ends.
     fn send(&mut self, envelope: &Envelope, raw: &[u8]) -> Result<(), SendError>;
 
+    /// Sends one message known by a stable id (its outbox row), which a
+    /// transport may use to make a repeated send idempotent (`dir` names the
+    /// file after it). By default the same as [`Transport::send`].
+    fn send_with_id(&mut self, id: &str, envelope: &Envelope, raw: &[u8]) -> Result<(), SendError> {
+        let _ = id;
+        self.send(envelope, raw)
+    }
+
     /// Ends the run: close connections, flush files. Called once, after
     /// the last `send`, whether or not the sends succeeded.
     fn finish(&mut self) {}
+}
+
+/// `dir`: one `.eml` file per message, written to a temporary name and
+/// renamed into place, so a reader never sees half a message. The file is
+/// named after the message's outbox row, so sending it again after a crash
+/// replaces it instead of adding a duplicate.
+pub struct Dir {
+    dir: std::path::PathBuf,
+}
+
+impl Dir {
+    /// Opens (creating if needed) the folder.
+    pub fn open(dir: &std::path::Path) -> Result<Dir, String> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create email-send-dir {}: {e}", dir.display()))?;
+        Ok(Dir {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Sends with a file name derived from the message id.
+    pub fn send_named(&mut self, name: &str, raw: &[u8]) -> Result<(), SendError> {
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-._".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let tmp = self.dir.join(format!(".{safe}.tmp"));
+        let dst = self.dir.join(format!("{safe}.eml"));
+        std::fs::write(&tmp, raw)
+            .and_then(|()| std::fs::rename(&tmp, &dst))
+            .map_err(|e| SendError::transient(format!("cannot write {}: {e}", dst.display())))
+    }
+}
+
+impl Transport for Dir {
+    fn send_with_id(&mut self, id: &str, _: &Envelope, raw: &[u8]) -> Result<(), SendError> {
+        self.send_named(id, raw)
+    }
+
+    fn send(&mut self, envelope: &Envelope, raw: &[u8]) -> Result<(), SendError> {
+        // Without a message id (not the outbox's path), name by time.
+        let name = format!(
+            "{}-{}",
+            crate::clock::now(),
+            envelope.to.first().map(String::as_str).unwrap_or("x")
+        );
+        self.send_named(&name, raw)
+    }
+}
+
+/// `db`: one row per message in `email(emailid INTEGER PRIMARY KEY, msg
+/// TEXT)` of an SQLite file, as Fossil's `db` method writes; the table is
+/// created if missing. One transaction per run.
+pub struct Db {
+    conn: rusqlite::Connection,
+    path: std::path::PathBuf,
+    open_tx: bool,
+}
+
+impl Db {
+    /// Opens (creating if needed) the database and its table.
+    pub fn open(path: &std::path::Path) -> Result<Db, String> {
+        let err = |e: rusqlite::Error| format!("email-send-db {}: {e}", path.display());
+        let conn = rusqlite::Connection::open(path).map_err(err)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(err)?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS email(emailid INTEGER PRIMARY KEY, msg TEXT)",
+        )
+        .map_err(err)?;
+        Ok(Db {
+            conn,
+            path: path.to_owned(),
+            open_tx: false,
+        })
+    }
+}
+
+impl Transport for Db {
+    fn send(&mut self, _: &Envelope, raw: &[u8]) -> Result<(), SendError> {
+        let err = |e: rusqlite::Error| {
+            SendError::transient(format!("email-send-db {}: {e}", self.path.display()))
+        };
+        if !self.open_tx {
+            self.conn.execute_batch("BEGIN IMMEDIATE").map_err(err)?;
+            self.open_tx = true;
+        }
+        self.conn
+            .prepare_cached("INSERT INTO email(msg) VALUES (?1)")
+            .and_then(|mut s| s.execute([String::from_utf8_lossy(raw)]))
+            .map(drop)
+            .map_err(err)
+    }
+
+    fn finish(&mut self) {
+        if self.open_tx {
+            if let Err(e) = self.conn.execute_batch("COMMIT") {
+                tracing::error!(db = %self.path.display(), error = %e, "cannot commit sent messages");
+            }
+            self.open_tx = false;
+        }
+    }
+}
+
+/// `pipe`: runs a command (with `/bin/sh -c`; the command comes from the
+/// `email-send-command` setting, never from event data) once per message
+/// and writes the message to its stdin, e.g. `sendmail -ti`.
+pub struct Pipe {
+    command: String,
+}
+
+impl Pipe {
+    /// A pipe to `command`.
+    pub fn new(command: &str) -> Pipe {
+        Pipe {
+            command: command.to_owned(),
+        }
+    }
+}
+
+impl Transport for Pipe {
+    fn send(&mut self, _: &Envelope, raw: &[u8]) -> Result<(), SendError> {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&self.command)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| SendError::transient(format!("cannot run email-send-command: {e}")))?;
+        // The message uses CRLF; sendmail-style programs expect LF.
+        let text = String::from_utf8_lossy(raw).replace("\r\n", "\n");
+        let wrote = child.stdin.take().map(|mut s| s.write_all(text.as_bytes()));
+        let out = child
+            .wait_with_output()
+            .map_err(|e| SendError::transient(format!("email-send-command: {e}")))?;
+        if let Some(Err(e)) = wrote {
+            return Err(SendError::transient(format!(
+                "email-send-command did not read the message: {e}"
+            )));
+        }
+        if out.status.success() {
+            Ok(())
+        } else {
+            let err = String::from_utf8_lossy(&out.stderr);
+            Err(SendError::transient(format!(
+                "email-send-command failed ({}): {}",
+                out.status,
+                super::one_line(&err).chars().take(200).collect::<String>()
+            )))
+        }
+    }
+}
+
+/// `stdout`: prints each message (for trying things out).
+pub struct Stdout;
+
+impl Transport for Stdout {
+    fn send(&mut self, _: &Envelope, raw: &[u8]) -> Result<(), SendError> {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        out.write_all(
+            &raw.iter()
+                .copied()
+                .filter(|&b| b != b'\r')
+                .collect::<Vec<u8>>(),
+        )
+        .and_then(|()| out.write_all(b"\n"))
+        .map_err(|e| SendError::transient(format!("stdout: {e}")))
+    }
 }

@@ -1,0 +1,49 @@
+//! `backoffice publish`: an event from any language.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use backoffice::notify::{self, Event};
+use backoffice::{Backoffice, Started, Tasks};
+
+use crate::cli::PublishArgs;
+
+/// Runs `backoffice publish`.
+pub fn run(a: PublishArgs, tasks: Tasks) -> Result<ExitCode> {
+    let body = match a.body_file.as_deref() {
+        Some(p) if p.as_os_str() == "-" => {
+            let mut s = String::new();
+            std::io::stdin()
+                .read_to_string(&mut s)
+                .context("reading the body from standard input")?;
+            s
+        }
+        Some(p) => {
+            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?
+        }
+        None => a.body.unwrap_or_default(),
+    };
+    let repo = super::open(&a.repository)?;
+    repo.writable()?;
+    let ev = Event {
+        kind: a.kind,
+        title: a.title,
+        body,
+        url: a.url,
+        author: a.author,
+        time: None,
+    };
+    let id = notify::publish(repo.conn(), &ev)?;
+    println!("published event {id}");
+    if !a.no_trigger {
+        let bo = Backoffice::new(tasks).reap_children(false);
+        match bo.after_request(repo.conn()) {
+            Started::Worker { pid } => println!("started worker {pid}"),
+            Started::NotNeeded(c) => println!("{}", c.describe()),
+            Started::InProcess(o) => println!("could not start a worker; ran in-process: {o:?}"),
+            Started::Failed(e) => println!("could not start a worker: {e}"),
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

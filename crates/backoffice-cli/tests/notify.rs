@@ -1,0 +1,500 @@
+//! Notifications end to end through the real binary: publish, subscribers,
+//! alerts through every local send method, failures kept and retried,
+//! dead letters, and a worker killed mid-run losing nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::harness::{Cmd, Env, wait_child, wait_until};
+
+/// A repository with email set up for `method`, and a few subscribers.
+struct Mail {
+    repo: PathBuf,
+    out: PathBuf,
+}
+
+impl Mail {
+    fn new(env: &Env, method: &str) -> Mail {
+        let repo = env.path("app.db");
+        rusqlite::Connection::open(&repo)
+            .unwrap()
+            .execute_batch("CREATE TABLE app(x)")
+            .unwrap();
+        let m = Mail {
+            repo,
+            out: env.path("mail"),
+        };
+        for (k, v) in [
+            ("email-send-method", method),
+            ("email-self", "bo@example.org"),
+            ("email-url", "https://example.org/r/app"),
+            ("email-subname", "[app]"),
+            ("email-send-dir", m.out.to_str().unwrap()),
+            ("email-send-db", env.path("mail.db").to_str().unwrap()),
+            ("backoffice-lease-time", "1"),
+        ] {
+            m.bo(&["setting", k, v]);
+        }
+        m
+    }
+
+    fn r(&self) -> &str {
+        self.repo.to_str().unwrap()
+    }
+
+    /// Runs `backoffice ARGS -R REPO` (for commands taking -R), asserting success.
+    fn bo(&self, args: &[&str]) -> String {
+        Cmd::backoffice()
+            .args(args)
+            .args(["-R", self.r()])
+            .output()
+            .success()
+    }
+
+    /// A manual worker run (no trigger, no wait).
+    fn run(&self) {
+        Cmd::backoffice()
+            .args(["run", "--nolease", self.r()])
+            .output()
+            .success();
+    }
+
+    fn publish(&self, kind: &str, title: &str) {
+        self.bo(&[
+            "publish",
+            "--kind",
+            kind,
+            "--title",
+            title,
+            "--body",
+            "Details.",
+            "--no-trigger",
+        ]);
+    }
+
+    fn files(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.out)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".eml"))
+                    .map(|e| std::fs::read_to_string(e.path()).unwrap())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn sql<T: rusqlite::types::FromSql>(&self, q: &str) -> T {
+        rusqlite::Connection::open(&self.repo)
+            .unwrap()
+            .query_row(q, [], |r| r.get(0))
+            .unwrap()
+    }
+}
+
+fn header<'a>(msg: &'a str, name: &str) -> Option<&'a str> {
+    msg.split("\r\n\r\n")
+        .next()
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+}
+
+#[test]
+fn alerts_reach_only_verified_subscribed_matching_subscribers() {
+    let env = Env::new();
+    let m = Mail::new(&env, "dir");
+    m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    m.bo(&[
+        "subscriber",
+        "add",
+        "wiki-only@example.org",
+        "--verified",
+        "--kinds",
+        "wiki",
+    ]);
+    m.bo(&["subscriber", "add", "unverified@example.org"]);
+    m.bo(&["subscriber", "add", "gone@example.org", "--verified"]);
+    m.bo(&[
+        "subscriber",
+        "set",
+        "gone@example.org",
+        "--unsubscribed",
+        "on",
+    ]);
+    m.bo(&[
+        "subscriber",
+        "add",
+        "daily@example.org",
+        "--verified",
+        "--digest",
+    ]);
+    m.publish("checkin", "Fix the parser");
+    m.publish("wiki", "Front page edited");
+    m.run();
+    let files = m.files();
+    let to: Vec<&str> = files.iter().map(|f| header(f, "To").unwrap()).collect();
+    assert_eq!(to.len(), 2, "{to:?}");
+    assert!(to.contains(&"ann@example.org") && to.contains(&"wiki-only@example.org"));
+    let ann = files
+        .iter()
+        .find(|f| header(f, "To") == Some("ann@example.org"))
+        .unwrap();
+    assert_eq!(
+        header(ann, "Subject"),
+        Some("[app] Fix the parser (and 1 more)")
+    );
+    assert!(
+        header(ann, "List-Unsubscribe")
+            .unwrap()
+            .starts_with("<https://example.org/r/app/unsubscribe/")
+    );
+    assert_eq!(
+        header(ann, "List-Unsubscribe-Post"),
+        Some("List-Unsubscribe=One-Click")
+    );
+    assert!(header(ann, "Message-ID").unwrap().starts_with("<bo."));
+    assert!(header(ann, "Date").is_some());
+    let wiki = files
+        .iter()
+        .find(|f| header(f, "To") == Some("wiki-only@example.org"))
+        .unwrap();
+    assert_eq!(header(wiki, "Subject"), Some("[app] Front page edited"));
+    // A second run sends nothing more.
+    m.run();
+    assert_eq!(m.files().len(), 2);
+}
+
+#[test]
+fn one_message_per_event_when_asked() {
+    let env = Env::new();
+    let m = Mail::new(&env, "dir");
+    m.bo(&["setting", "email-alert-mode", "each"]);
+    m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    for i in 0..3 {
+        m.publish("wiki", &format!("Page {i}"));
+    }
+    m.run();
+    assert_eq!(m.files().len(), 3);
+}
+
+#[test]
+fn db_and_pipe_methods_deliver() {
+    let env = Env::new();
+    let m = Mail::new(&env, "db");
+    m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    m.publish("wiki", "Into the database");
+    m.run();
+    let db = rusqlite::Connection::open(env.path("mail.db")).unwrap();
+    let msg: String = db
+        .query_row("SELECT msg FROM email", [], |r| r.get(0))
+        .unwrap();
+    assert!(msg.contains("Subject: [app] Into the database"), "{msg}");
+
+    let out = env.path("piped");
+    std::fs::create_dir(&out).unwrap();
+    m.bo(&["setting", "email-send-method", "pipe"]);
+    // The command comes from a setting; event data never reaches it.
+    let cmd = format!("f=$(mktemp {}/m.XXXXXX) && cat > \"$f\"", out.display());
+    m.bo(&["setting", "email-send-command", &cmd]);
+    m.publish(
+        "wiki",
+        "Through a pipe $(touch /tmp/backoffice-pwned) `id` ; rm -rf /",
+    );
+    m.run();
+    let piped: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert_eq!(piped.len(), 1);
+    assert!(
+        piped[0].contains("Subject: [app] Through a pipe"),
+        "{}",
+        piped[0]
+    );
+    assert!(!piped[0].contains('\r'), "pipe gets LF line ends");
+    assert!(
+        !Path::new("/tmp/backoffice-pwned").exists(),
+        "event data was executed"
+    );
+}
+
+#[test]
+fn stdout_method_prints_the_message() {
+    let env = Env::new();
+    let m = Mail::new(&env, "stdout");
+    m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    m.publish("wiki", "Printed");
+    let out = Cmd::backoffice()
+        .args(["run", "--nolease", m.r()])
+        .output()
+        .success();
+    assert!(out.contains("Subject: [app] Printed"), "{out}");
+}
+
+#[test]
+fn missing_settings_are_named_and_nothing_is_lost() {
+    let env = Env::new();
+    let m = Mail::new(&env, "dir");
+    m.bo(&["setting", "--unset", "email-self"]);
+    m.bo(&["setting", "--unset", "email-send-dir"]);
+    m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    m.publish("wiki", "Waiting for settings");
+    let log = env.path("bo.log");
+    Cmd::backoffice()
+        .args([
+            "run",
+            "--nolease",
+            "--logfile",
+            log.to_str().unwrap(),
+            m.r(),
+        ])
+        .output()
+        .success();
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("alerts-failed(email-self is not set"),
+        "{text}"
+    );
+    assert!(text.contains("email-send-dir is not set"), "{text}");
+    let st = m.bo(&["status"]);
+    assert!(
+        st.contains("problem:    alerts: email-self is not set (needed to send email)"),
+        "{st}"
+    );
+    assert_eq!(
+        m.sql::<i64>("SELECT count(*) FROM bo_event WHERE alerted = 0"),
+        1
+    );
+
+    m.bo(&["setting", "email-self", "bo@example.org"]);
+    m.bo(&["setting", "email-send-dir", m.out.to_str().unwrap()]);
+    m.run();
+    assert_eq!(
+        m.files().len(),
+        1,
+        "the waiting alert went out once configured"
+    );
+}
+
+/// A failing send method keeps the message queued with its error, backs
+/// off, and after email-max-attempts the message is dead with its reason;
+/// `outbox retry` brings it back.
+#[test]
+fn failures_are_retried_then_dead_then_retried_by_hand() {
+    let env = Env::new();
+    let m = Mail::new(&env, "pipe");
+    m.bo(&[
+        "setting",
+        "email-send-command",
+        "echo relay is down >&2; exit 75",
+    ]);
+    m.bo(&["setting", "email-max-attempts", "3"]);
+    m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    m.publish("wiki", "Persistent");
+    m.run();
+    assert_eq!(m.sql::<i64>("SELECT attempts FROM bo_outbox"), 1);
+    let next: i64 = m.sql("SELECT next_attempt - ctime FROM bo_outbox");
+    assert!(
+        (60..=70).contains(&next),
+        "first retry after about a minute, not {next} s"
+    );
+    let list = m.bo(&["outbox", "list"]);
+    assert!(list.contains("relay is down"), "{list}");
+    // Time passes (the test moves the due time instead of waiting).
+    for _ in 0..2 {
+        rusqlite::Connection::open(&m.repo)
+            .unwrap()
+            .execute("UPDATE bo_outbox SET next_attempt = 0", [])
+            .unwrap();
+        m.run();
+    }
+    assert_eq!(m.sql::<String>("SELECT state FROM bo_outbox"), "dead");
+    let st = m.bo(&["status"]);
+    assert!(st.contains("1 dead message(s)"), "{st}");
+    assert!(st.contains("exit status: 75"), "{st}");
+
+    let out = env.path("ok");
+    std::fs::create_dir(&out).unwrap();
+    m.bo(&[
+        "setting",
+        "email-send-command",
+        &format!("cat > {}/m", out.display()),
+    ]);
+    m.bo(&["outbox", "retry"]);
+    m.run();
+    assert_eq!(m.sql::<String>("SELECT state FROM bo_outbox"), "sent");
+    assert!(
+        std::fs::read_to_string(out.join("m"))
+            .unwrap()
+            .contains("Subject: [app] Persistent")
+    );
+}
+
+/// A worker killed with SIGKILL in the middle of sending loses nothing; a
+/// message may go out twice at most, with the same Message-ID.
+#[test]
+fn killed_worker_loses_nothing() {
+    let env = Env::new();
+    let m = Mail::new(&env, "pipe");
+    let out = env.path("piped");
+    std::fs::create_dir(&out).unwrap();
+    let cmd = format!(
+        "sleep 0.005; f=$(mktemp {}/m.XXXXXX) && cat > \"$f\"",
+        out.display()
+    );
+    m.bo(&["setting", "email-send-command", &cmd]);
+    m.bo(&["setting", "email-alert-mode", "each"]);
+    m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    let n = 300;
+    let conn = rusqlite::Connection::open(&m.repo).unwrap();
+    for i in 0..n {
+        backoffice::notify::publish(
+            &conn,
+            &backoffice::notify::Event {
+                kind: "wiki".into(),
+                title: format!("Event {i}"),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    let mut worker = Cmd::backoffice().args(["run", m.r()]).spawn();
+    assert!(wait_until(Duration::from_secs(20), || std::fs::read_dir(
+        &out
+    )
+    .unwrap()
+    .count()
+        > 30));
+    worker.kill().unwrap();
+    wait_child(&mut worker, Duration::from_secs(5), "the killed worker");
+    let before = std::fs::read_dir(&out).unwrap().count();
+    assert!(
+        before < n,
+        "the worker finished before it was killed; make the test slower"
+    );
+    // The next run (the dead holder does not block it) finishes the job.
+    m.run();
+    let mut ids: BTreeMap<String, usize> = BTreeMap::new();
+    for e in std::fs::read_dir(&out).unwrap().flatten() {
+        let msg = std::fs::read_to_string(e.path()).unwrap();
+        let id = msg
+            .lines()
+            .find_map(|l| l.strip_prefix("Message-ID: "))
+            .unwrap()
+            .to_owned();
+        *ids.entry(id).or_default() += 1;
+    }
+    assert_eq!(ids.len(), n, "every message delivered");
+    assert!(
+        ids.values().all(|&c| c <= 2),
+        "a message went out more than twice"
+    );
+    assert_eq!(
+        m.sql::<i64>("SELECT count(*) FROM bo_outbox WHERE state = 'sent'"),
+        n as i64
+    );
+}
+
+#[test]
+fn bad_input_is_refused_clearly() {
+    let env = Env::new();
+    let m = Mail::new(&env, "dir");
+    for (addr, why) in [
+        ("not-an-address", "needs an @"),
+        ("a b@example.org", "cannot contain ' '"),
+        ("x@example..org", "bad domain"),
+    ] {
+        let err = Cmd::backoffice()
+            .args(["subscriber", "add", addr, "-R", m.r()])
+            .output()
+            .failure();
+        assert!(err.contains(why), "{addr}: {err}");
+    }
+    let err = Cmd::backoffice()
+        .args([
+            "publish",
+            "-R",
+            m.r(),
+            "--kind",
+            "Not A Kind",
+            "--title",
+            "x",
+        ])
+        .output()
+        .failure();
+    assert!(err.contains("bad event kind"), "{err}");
+    let err = Cmd::backoffice()
+        .args([
+            "setting",
+            "-R",
+            m.r(),
+            "email-send-method",
+            "carrier-pigeon",
+        ])
+        .output()
+        .failure();
+    assert!(
+        err.contains("expected one of: off, relay, pipe, dir, db, stdout"),
+        "{err}"
+    );
+    let err = Cmd::backoffice()
+        .args([
+            "setting",
+            "-R",
+            m.r(),
+            "email-digest-time",
+            "25:00 Mars/Olympus",
+        ])
+        .output()
+        .failure();
+    assert!(err.contains("hour must be 0-23"), "{err}");
+    let err = Cmd::backoffice()
+        .args([
+            "setting",
+            "-R",
+            m.r(),
+            "email-self",
+            "me at example dot org",
+        ])
+        .output()
+        .failure();
+    assert!(err.contains("bad value"), "{err}");
+}
+
+#[test]
+fn titles_cannot_inject_headers() {
+    let env = Env::new();
+    let m = Mail::new(&env, "dir");
+    m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    m.bo(&[
+        "publish",
+        "--kind",
+        "wiki",
+        "--title",
+        "Hello\r\nBcc: victim@example.org\r\n\r\nFake body",
+        "--no-trigger",
+    ]);
+    m.run();
+    let f = &m.files()[0];
+    let headers = f.split("\r\n\r\n").next().unwrap();
+    assert!(!headers.lines().any(|l| l.starts_with("Bcc:")), "{headers}");
+    assert_eq!(
+        header(f, "Subject"),
+        Some("[app] Hello Bcc: victim@example.org Fake body")
+    );
+}
+
+/// Publishing triggers a worker, which sends the alert within moments.
+#[test]
+fn publish_triggers_a_worker() {
+    let env = Env::new();
+    let m = Mail::new(&env, "dir");
+    m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    let out = m.bo(&["publish", "--kind", "wiki", "--title", "Now"]);
+    assert!(out.contains("started worker"), "{out}");
+    assert!(wait_until(Duration::from_secs(10), || m.files().len() == 1));
+}

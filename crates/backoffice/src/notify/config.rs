@@ -1,0 +1,182 @@
+//! The email settings, read and checked together.
+
+use std::path::PathBuf;
+
+use rusqlite::Connection;
+
+use crate::repo::config_get;
+use crate::settings::{self, EMAIL_SEND_METHOD};
+
+use super::schedule::DigestTime;
+
+/// How messages leave.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Method {
+    /// Nothing is sent.
+    Off,
+    /// SMTP to `email-send-relayhost`.
+    Relay,
+    /// A command reading the message on stdin.
+    Pipe(String),
+    /// `.eml` files in a folder.
+    Dir(PathBuf),
+    /// Rows in an SQLite file.
+    Db(PathBuf),
+    /// Printed on stdout.
+    Stdout,
+}
+
+/// The email settings of one repository.
+#[derive(Clone, Debug)]
+pub struct EmailConfig {
+    /// `email-send-method` and its target.
+    pub method: Method,
+    /// `email-self`.
+    pub from: String,
+    /// `email-url`.
+    pub url: String,
+    /// `email-subname`.
+    pub subname: String,
+    /// `email-listid`, or one derived from `email-self`.
+    pub list_id: String,
+    /// `email-alert-mode` is `each`.
+    pub one_per_event: bool,
+    /// `email-digest-time`.
+    pub digest_time: DigestTime,
+    /// `email-max-attempts`.
+    pub max_attempts: i64,
+    /// `email-send-relayhost`.
+    pub relay_host: String,
+    /// `email-send-relay-security`.
+    pub relay_security: String,
+    /// `email-send-relay-user`.
+    pub relay_user: String,
+    /// `email-send-relay-password` (never printed).
+    pub relay_password: String,
+}
+
+/// Reads one setting, validated; a bad stored value is an error naming it.
+fn get(conn: &Connection, name: &str) -> Result<String, String> {
+    let def = settings::def(name).map_err(|e| e.to_string())?;
+    match config_get(conn, name).map_err(|e| format!("reading {name}: {e}"))? {
+        None => Ok(def.default.to_owned()),
+        Some(v) => def.validate(&v).map_err(|e| e.to_string()),
+    }
+}
+
+impl EmailConfig {
+    /// Reads the settings. `Err` lists every problem: settings that are
+    /// missing for the chosen method, or malformed — Fossil silently sends
+    /// nothing in that case; we say exactly what to set.
+    pub fn load(conn: &Connection) -> Result<EmailConfig, Vec<String>> {
+        let mut problems = Vec::new();
+        let mut take = |name: &str| {
+            get(conn, name).unwrap_or_else(|e| {
+                problems.push(e);
+                String::new()
+            })
+        };
+        let method = take(EMAIL_SEND_METHOD);
+        let from = take("email-self");
+        let url = take("email-url");
+        let subname = take("email-subname");
+        let list_id = take("email-listid");
+        let mode = take("email-alert-mode");
+        let digest = take("email-digest-time");
+        let attempts = take("email-max-attempts");
+        let relay_host = take("email-send-relayhost");
+        let relay_security = take("email-send-relay-security");
+        let relay_user = take("email-send-relay-user");
+        let relay_password = take("email-send-relay-password");
+        let command = take("email-send-command");
+        let dir = take("email-send-dir");
+        let db = take("email-send-db");
+        let method = match method.as_str() {
+            "relay" => Method::Relay,
+            "pipe" => Method::Pipe(command),
+            "dir" => Method::Dir(PathBuf::from(dir)),
+            "db" => Method::Db(PathBuf::from(db)),
+            "stdout" => Method::Stdout,
+            _ => Method::Off,
+        };
+        if method != Method::Off {
+            for (name, v) in [
+                ("email-self", &from),
+                ("email-url", &url),
+                ("email-subname", &subname),
+            ] {
+                if v.is_empty() {
+                    problems.push(format!("{name} is not set (needed to send email)"));
+                }
+            }
+            match &method {
+                Method::Dir(p) if p.as_os_str().is_empty() => problems
+                    .push("email-send-dir is not set (needed by email-send-method dir)".into()),
+                Method::Db(p) if p.as_os_str().is_empty() => problems
+                    .push("email-send-db is not set (needed by email-send-method db)".into()),
+                Method::Pipe(c) if c.is_empty() => problems.push(
+                    "email-send-command is not set (needed by email-send-method pipe)".into(),
+                ),
+                Method::Relay if relay_host.is_empty() => problems.push(
+                    "email-send-relayhost is not set (needed by email-send-method relay)".into(),
+                ),
+                _ => {}
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let domain = from.rsplit_once('@').map(|(_, d)| d).unwrap_or("localhost");
+        let list_id = if list_id.is_empty() {
+            format!(
+                "<{}.{domain}>",
+                subname.trim_matches(|c: char| !c.is_ascii_alphanumeric())
+            )
+        } else {
+            list_id
+        };
+        Ok(EmailConfig {
+            method,
+            from,
+            url,
+            subname,
+            list_id,
+            one_per_event: mode == "each",
+            digest_time: DigestTime::parse(&digest).unwrap_or_else(|_| {
+                DigestTime::parse("12:00 UTC").expect("the default digest time parses")
+            }),
+            max_attempts: attempts.parse().unwrap_or(10),
+            relay_host,
+            relay_security,
+            relay_user,
+            relay_password,
+        })
+    }
+
+    /// The domain part of `email-self`, for Message-IDs.
+    pub fn domain(&self) -> &str {
+        self.from
+            .rsplit_once('@')
+            .map(|(_, d)| d)
+            .unwrap_or("localhost")
+    }
+
+    /// The one-click unsubscribe target for a subscriber's code.
+    pub fn unsubscribe_url(&self, code: &str) -> Option<String> {
+        (!self.url.is_empty() && !code.is_empty())
+            .then(|| format!("{}/unsubscribe/{code}", self.url.trim_end_matches('/')))
+    }
+
+    /// Opens the transport for one delivery run.
+    pub fn transport(&self) -> Result<Box<dyn super::send::Transport>, String> {
+        use super::send;
+        Ok(match &self.method {
+            Method::Off => return Err("email-send-method is off".into()),
+            Method::Relay => super::smtp::open(self)?,
+            Method::Pipe(c) => Box::new(send::Pipe::new(c)),
+            Method::Dir(d) => Box::new(send::Dir::open(d)?),
+            Method::Db(p) => Box::new(send::Db::open(p)?),
+            Method::Stdout => Box::new(send::Stdout),
+        })
+    }
+}
