@@ -95,8 +95,9 @@ fn status_tells_last_run_lease_and_what_is_due() {
     assert!(st.contains("last run:   never"), "{st}");
     assert!(st.contains("lease:      free"), "{st}");
     assert!(st.contains("on deck:    nobody"), "{st}");
+    assert!(st.contains("due next:   nothing"), "{st}");
     assert!(
-        st.contains("due next:   nothing (no tasks are configured)"),
+        st.contains("alerts: email-send-method is off: nothing is sent"),
         "{st}"
     );
 

@@ -85,8 +85,15 @@ fn trigger_starts_a_detached_worker_and_returns_at_once() {
     assert!(wait_until(Duration::from_secs(10), || r.pending() == 0));
 }
 
-/// A host that lives on reaps every worker it starts: no zombie at any
-/// sample, and every request's work is done within the lease time.
+/// A host that lives on reaps every worker it starts, and every request's
+/// work is done within the lease time.
+///
+/// A worker is a zombie from its exit until the host's reaper thread
+/// returns from `waitpid`: microseconds, or a few milliseconds when the
+/// test machine is saturated, which no user-space reaper can shorten to
+/// zero. What matters (and what Fossil gets wrong: hundreds of zombies
+/// lingering for seconds) is that none persists or piles up, and none is
+/// left at the end.
 #[test]
 fn long_lived_host_leaves_no_zombies() {
     let env = Env::new();
@@ -99,24 +106,41 @@ fn long_lived_host_leaves_no_zombies() {
     let first = lines.next().unwrap().unwrap();
     let host: u32 = first.strip_prefix("host pid ").unwrap().parse().unwrap();
     let sampler = std::thread::spawn(move || {
-        let (mut samples, mut zombies) = (0, std::collections::BTreeSet::new());
+        // pid -> (first seen, last seen); the most seen at once; the last sample.
+        let mut seen: std::collections::BTreeMap<u32, (Instant, Instant)> = Default::default();
+        let (mut samples, mut most, mut last) = (0, 0, Vec::new());
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(30) && Path::new(&format!("/proc/{host}")).exists()
         {
-            zombies.extend(zombie_children(host));
+            let now = Instant::now();
+            last = zombie_children(host);
+            most = most.max(last.len());
+            for z in &last {
+                seen.entry(*z).or_insert((now, now)).1 = now;
+            }
             samples += 1;
             std::thread::sleep(Duration::from_millis(5));
         }
-        (samples, zombies)
+        let longest = seen
+            .values()
+            .map(|(a, b)| *b - *a)
+            .max()
+            .unwrap_or_default();
+        (samples, most, longest, seen.len(), last)
     });
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     assert!(child.wait().unwrap().success());
-    let (samples, zombies) = sampler.join().unwrap();
+    let (samples, most, longest, distinct, last) = sampler.join().unwrap();
     assert!(samples > 100, "only {samples} samples");
     assert!(
-        zombies.is_empty(),
-        "zombie children of the host: {zombies:?}"
+        longest < Duration::from_millis(250),
+        "a zombie child lingered for {longest:?}"
     );
+    assert!(
+        most <= 1,
+        "{most} zombie children at once ({distinct} seen in all)"
+    );
+    assert!(last.is_empty(), "zombies left at the end: {last:?}");
     let started = rest.iter().filter(|l| l.contains("started worker")).count();
     assert!(
         (1..=8).contains(&started),

@@ -1,7 +1,7 @@
 //! Send methods: how a composed message leaves the outbox.
 //!
 //! Every method implements [`Transport`]. The delivery loop (see
-//! [`super::deliver`]) opens one transport per run, hands it each due
+//! [`super::outbox::deliver`]) opens one transport per run, hands it each due
 //! message as finished RFC 5322 bytes, and records the outcome in the
 //! outbox: sent, retried later with backoff ([`SendError::permanent`] false),
 //! or dead (true, or too many attempts).
@@ -208,12 +208,31 @@ impl Transport for Pipe {
     fn send(&mut self, _: &Envelope, raw: &[u8]) -> Result<(), SendError> {
         use std::io::Write;
         use std::process::{Command, Stdio};
-        let mut child = Command::new("/bin/sh")
-            .arg("-c")
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
             .arg(&self.command)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(Stdio::piped());
+        // If this worker dies mid-message (SIGKILL, OOM), the command must
+        // die too: `sendmail -ti` would otherwise send the half message it
+        // read before EOF. The outbox still has the message and sends it
+        // whole on the next run.
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: prctl(PR_SET_PDEATHSIG) is a single async-signal-safe
+            // system call; the closure allocates nothing and touches no lock.
+            unsafe {
+                cmd.pre_exec(|| {
+                    rustix::process::set_parent_process_death_signal(Some(
+                        rustix::process::Signal::KILL,
+                    ))
+                    .map_err(std::io::Error::from)
+                });
+            }
+        }
+        let mut child = cmd
             .spawn()
             .map_err(|e| SendError::transient(format!("cannot run email-send-command: {e}")))?;
         // The message uses CRLF; sendmail-style programs expect LF.
@@ -222,12 +241,14 @@ impl Transport for Pipe {
         let out = child
             .wait_with_output()
             .map_err(|e| SendError::transient(format!("email-send-command: {e}")))?;
-        if let Some(Err(e)) = wrote {
-            return Err(SendError::transient(format!(
-                "email-send-command did not read the message: {e}"
-            )));
-        }
+        // A command that failed says more (its exit status and stderr) than
+        // the broken pipe we got for writing to it, so that comes first.
         if out.status.success() {
+            if let Some(Err(e)) = wrote {
+                return Err(SendError::transient(format!(
+                    "email-send-command did not read the message: {e}"
+                )));
+            }
             Ok(())
         } else {
             let err = String::from_utf8_lossy(&out.stderr);
