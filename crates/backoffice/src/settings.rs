@@ -282,10 +282,9 @@ impl Def {
                 crate::notify::address::check(v).map_err(bad)?;
                 Ok(v.to_owned())
             }
-            Kind::DigestTime => {
-                crate::notify::schedule::DigestTime::parse(value).map_err(bad)?;
-                Ok(value.trim().to_owned())
-            }
+            Kind::DigestTime => Ok(crate::notify::schedule::DigestTime::parse(value)
+                .map_err(bad)?
+                .to_string()),
         }
     }
 }

@@ -142,9 +142,7 @@ impl EmailConfig {
             subname,
             list_id,
             one_per_event: mode == "each",
-            digest_time: DigestTime::parse(&digest).unwrap_or_else(|_| {
-                DigestTime::parse("12:00 UTC").expect("the default digest time parses")
-            }),
+            digest_time: DigestTime::parse(&digest).unwrap_or_default(),
             max_attempts: attempts.parse().unwrap_or(10),
             relay_host,
             relay_security,

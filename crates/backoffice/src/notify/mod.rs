@@ -75,9 +75,11 @@ CREATE TABLE IF NOT EXISTS bo_event(
   url TEXT,
   author TEXT,
   mtime INTEGER NOT NULL,
-  alerted INTEGER NOT NULL DEFAULT 0
+  alerted INTEGER NOT NULL DEFAULT 0,
+  digested INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS bo_event_new ON bo_event(eventid) WHERE alerted = 0;
+CREATE INDEX IF NOT EXISTS bo_event_undigested ON bo_event(mtime) WHERE digested = 0;
 CREATE INDEX IF NOT EXISTS bo_event_mtime ON bo_event(mtime);
 CREATE TABLE IF NOT EXISTS bo_subscriber(
   subscriberid INTEGER PRIMARY KEY,

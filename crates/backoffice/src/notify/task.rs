@@ -5,6 +5,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use super::compose::{self, EventText};
 use super::config::{EmailConfig, Method};
 use super::outbox;
+use super::schedule::{DigestDue, DigestTime};
 use crate::task::{Context, Due, Task, TaskError, TaskStatus};
 
 /// Events older than this when first seen get no immediate alert (they
@@ -13,6 +14,11 @@ use crate::task::{Context, Due, Task, TaskError, TaskStatus};
 const FRESH_FOR: i64 = 24 * 3600;
 /// Events composed per transaction.
 const EVENT_BATCH: i64 = 1000;
+/// Most events listed in one digest.
+const DIGEST_MAX_EVENTS: usize = 500;
+/// The `config` row holding the last digest boundary sent (Unix seconds).
+/// Not Fossil's `email-last-digest`, which holds a Julian day number.
+pub const LAST_DIGEST: &str = "email-last-digest-boundary";
 
 /// Email alerts, digests and their delivery, as one engine task.
 ///
@@ -32,18 +38,22 @@ impl Task for Notify {
             .prepare_cached(
                 "SELECT EXISTS(SELECT 1 FROM bo_event WHERE alerted = 0),
                         (SELECT min(next_attempt) FROM bo_outbox WHERE state = 'queued'),
-                        (SELECT value FROM config WHERE name = 'email-send-method')",
+                        (SELECT value FROM config WHERE name = 'email-send-method'),
+                        (SELECT value FROM config WHERE name = 'email-digest-time'),
+                        (SELECT value FROM config WHERE name = ?1)",
             )
             .and_then(|mut s| {
-                s.query_row([], |r| {
+                s.query_row([LAST_DIGEST], |r| {
                     Ok((
                         r.get::<_, bool>(0)?,
                         r.get::<_, Option<i64>>(1)?,
                         r.get::<_, Option<String>>(2)?,
+                        r.get::<_, Option<String>>(3)?,
+                        r.get::<_, Option<String>>(4)?,
                     ))
                 })
             });
-        let (new_events, next_send, method) = match row {
+        let (new_events, next_send, method, digest_time, last_digest) = match row {
             Ok(r) => r,
             // No notification tables: nothing was ever published.
             Err(e) if crate::repo::is_no_such_table(&e) => return Ok(Due::Never),
@@ -58,11 +68,17 @@ impl Task for Notify {
         if new_events {
             return Ok(Due::Now);
         }
-        Ok(match next_send {
+        let send = match next_send {
             Some(t) if t <= now => Due::Now,
             Some(t) => Due::At(t),
             None => Due::Never,
-        })
+        };
+        let digest = digest_time
+            .and_then(|t| DigestTime::parse(&t).ok())
+            .unwrap_or_default()
+            .digest_due(last_digest.and_then(|v| v.trim().parse().ok()), now)
+            .task_due();
+        Ok(send.earliest(digest))
     }
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
@@ -77,6 +93,7 @@ impl Task for Notify {
         };
         let project = crate::repo::project_name(conn, ctx.repo);
         while compose_alerts(conn, &cfg, &project, ctx.now)? == EVENT_BATCH as usize {}
+        compose_digests(conn, &cfg, &project, ctx.now)?;
         let mut transport = cfg.transport()?;
         let d = outbox::deliver(conn, &cfg, transport.as_mut(), ctx.now)?;
         if d.sent == 0 && (d.retry > 0 || d.dead > 0) {
@@ -226,4 +243,243 @@ fn compose_alerts(
     )?;
     tx.commit()?;
     Ok(events.len())
+}
+
+/// Queues the digests if the digest time has passed since the last one:
+/// one message per digest subscriber listing the events (of the kinds they
+/// want) not yet in any digest; none for a subscriber with nothing to read.
+/// An idle server's first run after several days sends one digest covering
+/// them all. Returns the number of digests queued.
+fn compose_digests(
+    conn: &Connection,
+    cfg: &EmailConfig,
+    project: &str,
+    now: i64,
+) -> rusqlite::Result<usize> {
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let last: Option<i64> =
+        crate::repo::config_get(&tx, LAST_DIGEST)?.and_then(|v| v.trim().parse().ok());
+    let (from, to) = match cfg.digest_time.digest_due(last, now) {
+        DigestDue::NotUntil(_) => return Ok(0),
+        DigestDue::ClockBehind { reset_to } => {
+            tracing::warn!(
+                ?last,
+                reset_to,
+                "the clock went back; digests resume at the next digest time"
+            );
+            crate::repo::config_set(&tx, LAST_DIGEST, &reset_to.to_string())?;
+            tx.commit()?;
+            return Ok(0);
+        }
+        DigestDue::Due {
+            window_start,
+            window_end,
+        } => (window_start, window_end),
+    };
+    // Events not yet in any digest and older than the window's end (so a
+    // clock step loses nothing). A fresh repository starts with the last
+    // day only, not all of history.
+    let since = if last.is_none() { from } else { i64::MIN };
+    let events: Vec<EventText> = {
+        let mut s = tx.prepare_cached(
+            "SELECT eventid, kind, title, body, url, author, mtime FROM bo_event
+             WHERE digested = 0 AND mtime < ?1 AND mtime >= ?2 ORDER BY mtime, eventid",
+        )?;
+        s.query_map(params![to, since], |r| {
+            Ok(EventText {
+                id: r.get(0)?,
+                kind: r.get(1)?,
+                title: r.get(2)?,
+                body: r.get(3)?,
+                url: r.get(4)?,
+                author: r.get(5)?,
+                time: r.get(6)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?
+    };
+    let mut queued = 0;
+    if !events.is_empty() {
+        let subscribers: Vec<(i64, String, String, String)> = {
+            let mut s = tx.prepare_cached(
+                "SELECT subscriberid, address, kinds, code FROM bo_subscriber
+                 WHERE verified AND NOT donotcall AND digest ORDER BY subscriberid",
+            )?;
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        for (id, address, kinds, code) in &subscribers {
+            let wanted: Vec<EventText> = events
+                .iter()
+                .filter(|e| super::subscribers::wants(kinds, &e.kind))
+                .take(DIGEST_MAX_EVENTS)
+                .cloned()
+                .collect();
+            if wanted.is_empty() {
+                continue;
+            }
+            let unsubscribe = cfg.unsubscribe_url(code);
+            let c = compose::digest(project, &wanted, from, to, unsubscribe.as_deref());
+            outbox::queue(
+                &tx,
+                &outbox::New {
+                    subscriberid: Some(*id),
+                    address,
+                    kind: "digest",
+                    subject: &c.subject,
+                    body: &c.body,
+                    code: Some(code),
+                },
+                now,
+            )?;
+            queued += 1;
+        }
+    }
+    tx.execute(
+        "UPDATE bo_event SET digested = 1 WHERE digested = 0 AND mtime < ?1",
+        [to],
+    )?;
+    crate::repo::config_set(&tx, LAST_DIGEST, &to.to_string())?;
+    tx.commit()?;
+    Ok(queued)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::notify::subscribers::{self, New};
+    use crate::notify::{Event, publish};
+
+    const HOUR: i64 = 3600;
+    /// 2026-11-21 00:00:00 UTC.
+    const DAY0: i64 = 1_795_219_200;
+
+    fn setup() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        super::super::install(&conn).unwrap();
+        for (k, v) in [
+            ("email-send-method", "stdout"),
+            ("email-self", "bo@example.org"),
+            ("email-url", "https://example.org"),
+            ("email-subname", "[t]"),
+            ("email-digest-time", "07:00 Europe/Paris"),
+        ] {
+            crate::repo::config_set(&conn, k, v).unwrap();
+        }
+        for (addr, digest, verified) in [
+            ("daily@example.org", true, true),
+            ("unverified@example.org", true, false),
+            ("instant@example.org", false, true),
+        ] {
+            subscribers::add(
+                &conn,
+                &New {
+                    address: addr.into(),
+                    kinds: "*".into(),
+                    digest,
+                    verified,
+                    ..New::default()
+                },
+            )
+            .unwrap();
+        }
+        conn
+    }
+
+    fn event(conn: &Connection, title: &str, time: i64) {
+        publish(
+            conn,
+            &Event {
+                kind: "wiki".into(),
+                title: title.into(),
+                time: Some(time),
+                ..Event::default()
+            },
+        )
+        .unwrap();
+    }
+
+    fn digests(conn: &Connection) -> Vec<(String, String)> {
+        let mut s = conn
+            .prepare("SELECT address, body FROM bo_outbox WHERE kind = 'digest' ORDER BY msgid")
+            .unwrap();
+        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    fn cfg(conn: &Connection) -> EmailConfig {
+        EmailConfig::load(conn).unwrap()
+    }
+
+    #[test]
+    fn fresh_repository_digests_the_last_day_only() {
+        let conn = setup();
+        event(&conn, "Ancient", DAY0 - 30 * 24 * HOUR);
+        event(&conn, "Yesterday evening", DAY0 - 3 * HOUR);
+        // 07:00 Paris is 06:00 UTC in November; at 09:00 UTC it has passed.
+        let n = compose_digests(&conn, &cfg(&conn), "p", DAY0 + 9 * HOUR).unwrap();
+        assert_eq!(n, 1);
+        let d = digests(&conn);
+        assert_eq!(d[0].0, "daily@example.org");
+        assert!(
+            d[0].1.contains("Yesterday evening") && !d[0].1.contains("Ancient"),
+            "{}",
+            d[0].1
+        );
+        assert!(
+            d[0].1
+                .contains("from 2026-11-20 06:00 to 2026-11-21 06:00 UTC"),
+            "{}",
+            d[0].1
+        );
+        // Later the same day: nothing more.
+        assert_eq!(
+            compose_digests(&conn, &cfg(&conn), "p", DAY0 + 20 * HOUR).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn three_idle_days_make_one_digest_and_empty_days_none() {
+        let conn = setup();
+        compose_digests(&conn, &cfg(&conn), "p", DAY0 + 9 * HOUR).unwrap(); // sets the boundary
+        for d in 0..3 {
+            event(&conn, &format!("Day {d}"), DAY0 + (d * 24 + 12) * HOUR);
+        }
+        // Three days later, one run: one digest with all three.
+        let n = compose_digests(&conn, &cfg(&conn), "p", DAY0 + (3 * 24 + 9) * HOUR).unwrap();
+        assert_eq!(n, 1);
+        let d = digests(&conn);
+        assert_eq!(d.len(), 1);
+        for day in 0..3 {
+            assert!(d[0].1.contains(&format!("Day {day}")), "{}", d[0].1);
+        }
+        // The next day had no events: no digest.
+        assert_eq!(
+            compose_digests(&conn, &cfg(&conn), "p", DAY0 + (4 * 24 + 9) * HOUR).unwrap(),
+            0
+        );
+        assert_eq!(digests(&conn).len(), 1);
+    }
+
+    #[test]
+    fn due_says_when_the_next_digest_is() {
+        let conn = setup();
+        let t = DAY0 + 9 * HOUR;
+        // Fresh: due now (to set the first boundary).
+        assert_eq!(Notify.due(&conn, t).unwrap(), Due::Now);
+        compose_digests(&conn, &cfg(&conn), "p", t).unwrap();
+        // Then: tomorrow 07:00 Paris = 06:00 UTC.
+        assert_eq!(Notify.due(&conn, t).unwrap(), Due::At(DAY0 + 30 * HOUR));
+        // A new event makes alerts due now.
+        event(&conn, "New", t);
+        assert_eq!(Notify.due(&conn, t).unwrap(), Due::Now);
+        // With email off, nothing is ever due.
+        crate::repo::config_set(&conn, "email-send-method", "off").unwrap();
+        assert_eq!(Notify.due(&conn, t).unwrap(), Due::Never);
+    }
 }
