@@ -35,6 +35,10 @@ run sweep_1000 "$here/sweep.sh" 1000 "${SWEEP_RUNS:-3}"
 run sweep_10000 "$here/sweep.sh" 10000 "${SWEEP_RUNS:-3}"
 run trigger_latency "$here/trigger_latency.sh" "${TRIGGER_RUNS:-20}"
 run memory "$here/memory.sh" 1000 3
+run notify "$here/notify.sh" 10000 3
+if [ "${SKIP_DIVAN:-0}" != 1 ]; then
+  run notify_publish bash -c "cd '$REPO_ROOT' && cargo bench -q -p backoffice --bench notify -- --color never"
+fi
 FOSSIL_BENCH="${FOSSIL_BENCH:-$REPO_ROOT/../shared/bench/fossil}"
 if [ "${FOSSIL_FULL:-0}" = 1 ] && [ -x "$FOSSIL_BENCH/a_backoffice_cycle.sh" ]; then
   run fossil_a_cycle_1000 "$FOSSIL_BENCH/a_backoffice_cycle.sh" 1000 \
