@@ -19,3 +19,5 @@ mod trigger;
 mod poll;
 // Interoperation with the real Fossil binary.
 mod interop;
+// The SMTP `relay` send method against a real SMTP server (Python's smtpd).
+mod relay;
