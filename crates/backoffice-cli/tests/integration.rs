@@ -21,3 +21,5 @@ mod poll;
 mod interop;
 // Notifications: publish, subscribers, alerts, send methods, the outbox.
 mod notify;
+// The SMTP `relay` send method against a real SMTP server (Python's smtpd).
+mod relay;

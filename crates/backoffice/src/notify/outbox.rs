@@ -305,6 +305,17 @@ pub fn purge(conn: &Connection, before: i64, dead: bool) -> rusqlite::Result<usi
     )
 }
 
+/// The newest failure recorded on a message still queued, if any.
+pub fn last_error(conn: &Connection) -> rusqlite::Result<Option<String>> {
+    conn.query_row(
+        "SELECT last_error FROM bo_outbox WHERE state = 'queued' AND last_error IS NOT NULL
+         ORDER BY msgid DESC LIMIT 1",
+        [],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
 /// The oldest queued message's next attempt, if any.
 pub fn next_due(conn: &Connection) -> rusqlite::Result<Option<i64>> {
     conn.query_row(

@@ -145,10 +145,8 @@ impl Task for Notify {
                     }
                 }
             }
-            if let Ok(rows) = outbox::list(conn, Some("queued"), 1) {
-                if let Some(e) = rows.first().and_then(|r| r.last_error.clone()) {
-                    st.problems.push(format!("last delivery failure: {e}"));
-                }
+            if let Ok(Some(e)) = outbox::last_error(conn) {
+                st.problems.push(format!("last delivery failure: {e}"));
             }
         }
         st
