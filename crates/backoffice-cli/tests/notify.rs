@@ -504,3 +504,34 @@ fn publish_triggers_a_worker() {
     assert!(out.contains("started worker"), "{out}");
     assert!(wait_until(Duration::from_secs(10), || m.files().len() == 1));
 }
+
+#[test]
+fn the_relay_password_is_never_printed_back() {
+    let env = Env::new();
+    let m = Mail::new(&env, "relay");
+    let secret = "hunter2-Sekr3t";
+    m.bo(&["setting", "email-send-relay-user", "bo"]);
+    let out = m.bo(&["setting", "email-send-relay-password", secret]);
+    assert!(out.contains("********"), "{out}");
+    for args in [
+        vec!["setting"],
+        vec!["setting", "email-send-relay-password"],
+        vec!["status"],
+        vec!["status", "--json"],
+    ] {
+        let out = m.bo(&args);
+        assert!(
+            !out.contains(secret),
+            "{args:?} printed the password:\n{out}"
+        );
+    }
+    // Nor does a failed delivery's error (nothing listens on the relay).
+    m.bo(&["setting", "email-send-relayhost", "127.0.0.1:1"]);
+    m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    m.publish("wiki", "x");
+    m.run();
+    let list = m.bo(&["outbox", "list"]);
+    assert!(list.contains("error: relay 127.0.0.1:1"), "{list}");
+    assert!(!list.contains(secret), "{list}");
+    assert!(!m.bo(&["status"]).contains(secret));
+}

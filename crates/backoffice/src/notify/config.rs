@@ -26,8 +26,8 @@ pub enum Method {
     Stdout,
 }
 
-/// The email settings of one repository.
-#[derive(Clone, Debug)]
+/// The email settings of one repository. Its `Debug` masks the password.
+#[derive(Clone)]
 pub struct EmailConfig {
     /// `email-send-method` and its target.
     pub method: Method,
@@ -53,6 +53,27 @@ pub struct EmailConfig {
     pub relay_user: String,
     /// `email-send-relay-password` (never printed).
     pub relay_password: String,
+}
+
+impl std::fmt::Debug for EmailConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmailConfig")
+            .field("method", &self.method)
+            .field("from", &self.from)
+            .field("url", &self.url)
+            .field("subname", &self.subname)
+            .field("relay_host", &self.relay_host)
+            .field("relay_user", &self.relay_user)
+            .field(
+                "relay_password",
+                &if self.relay_password.is_empty() {
+                    ""
+                } else {
+                    "********"
+                },
+            )
+            .finish_non_exhaustive()
+    }
 }
 
 /// Reads one setting, validated; a bad stored value is an error naming it.
