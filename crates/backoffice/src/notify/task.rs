@@ -162,6 +162,35 @@ fn has_tables(conn: &Connection) -> rusqlite::Result<bool> {
     .map(|n| n == 3)
 }
 
+/// The event columns in `SELECT eventid, kind, title, body, url, author,
+/// mtime` order, as message text.
+fn event_text(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventText> {
+    Ok(EventText {
+        id: r.get(0)?,
+        kind: r.get(1)?,
+        title: r.get(2)?,
+        body: r.get(3)?,
+        url: r.get(4)?,
+        author: r.get(5)?,
+        time: r.get(6)?,
+    })
+}
+
+/// Verified, subscribed subscribers of one mode: (id, address, kinds, code).
+fn active_subscribers(
+    conn: &Connection,
+    digest: bool,
+) -> rusqlite::Result<Vec<(i64, String, String, String)>> {
+    let mut s = conn.prepare_cached(
+        "SELECT subscriberid, address, kinds, code FROM bo_subscriber
+         WHERE verified AND NOT donotcall AND digest = ?1 ORDER BY subscriberid",
+    )?;
+    s.query_map([digest], |r| {
+        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+    })?
+    .collect()
+}
+
 /// Turns up to one batch of new events into queued alerts, in one
 /// transaction that also marks them handled. Returns how many events.
 fn compose_alerts(
@@ -176,18 +205,8 @@ fn compose_alerts(
             "SELECT eventid, kind, title, body, url, author, mtime FROM bo_event
              WHERE alerted = 0 ORDER BY eventid LIMIT ?1",
         )?;
-        s.query_map([EVENT_BATCH], |r| {
-            Ok(EventText {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                title: r.get(2)?,
-                body: r.get(3)?,
-                url: r.get(4)?,
-                author: r.get(5)?,
-                time: r.get(6)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?
+        s.query_map([EVENT_BATCH], event_text)?
+            .collect::<rusqlite::Result<_>>()?
     };
     let Some(last) = events.last().map(|e| e.id) else {
         return Ok(0);
@@ -196,14 +215,7 @@ fn compose_alerts(
         .iter()
         .filter(|e| e.time >= now - FRESH_FOR)
         .collect();
-    let subscribers: Vec<(i64, String, String, String)> = {
-        let mut s = tx.prepare_cached(
-            "SELECT subscriberid, address, kinds, code FROM bo_subscriber
-             WHERE verified AND NOT donotcall AND NOT digest ORDER BY subscriberid",
-        )?;
-        s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-            .collect::<rusqlite::Result<_>>()?
-    };
+    let subscribers = active_subscribers(&tx, false)?;
     for (id, address, kinds, code) in &subscribers {
         let wanted: Vec<EventText> = fresh
             .iter()
@@ -283,29 +295,12 @@ fn compose_digests(
             "SELECT eventid, kind, title, body, url, author, mtime FROM bo_event
              WHERE digested = 0 AND mtime < ?1 AND mtime >= ?2 ORDER BY mtime, eventid",
         )?;
-        s.query_map(params![to, since], |r| {
-            Ok(EventText {
-                id: r.get(0)?,
-                kind: r.get(1)?,
-                title: r.get(2)?,
-                body: r.get(3)?,
-                url: r.get(4)?,
-                author: r.get(5)?,
-                time: r.get(6)?,
-            })
-        })?
-        .collect::<rusqlite::Result<_>>()?
+        s.query_map(params![to, since], event_text)?
+            .collect::<rusqlite::Result<_>>()?
     };
     let mut queued = 0;
     if !events.is_empty() {
-        let subscribers: Vec<(i64, String, String, String)> = {
-            let mut s = tx.prepare_cached(
-                "SELECT subscriberid, address, kinds, code FROM bo_subscriber
-                 WHERE verified AND NOT donotcall AND digest ORDER BY subscriberid",
-            )?;
-            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-                .collect::<rusqlite::Result<_>>()?
-        };
+        let subscribers = active_subscribers(&tx, true)?;
         for (id, address, kinds, code) in &subscribers {
             let wanted: Vec<EventText> = events
                 .iter()
