@@ -535,3 +535,35 @@ fn the_relay_password_is_never_printed_back() {
     assert!(!list.contains(secret), "{list}");
     assert!(!m.bo(&["status"]).contains(secret));
 }
+
+#[test]
+fn outbox_purge_deletes_only_what_it_should() {
+    let env = Env::new();
+    let m = Mail::new(&env, "dir");
+    m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    m.bo(&["subscriber", "add", "bob@example.org", "--verified"]);
+    m.publish("wiki", "Sent twice");
+    m.run();
+    let conn = rusqlite::Connection::open(&m.repo).unwrap();
+    // One message sent long ago, one dead, one still queued.
+    conn.execute_batch(
+        "UPDATE bo_outbox SET sent_time = 1000 WHERE address = 'ann@example.org';
+         UPDATE bo_outbox SET state = 'dead', last_error = 'x' WHERE address = 'bob@example.org';
+         INSERT INTO bo_outbox(address, kind, subject, body, ctime, next_attempt)
+           VALUES ('carl@example.org', 'alert', 's', 'b', 0, 4000000000);",
+    )
+    .unwrap();
+    let out = m.bo(&["outbox", "purge", "--days", "30"]);
+    assert!(out.contains("1 message deleted"), "{out}");
+    assert_eq!(
+        m.sql::<i64>("SELECT count(*) FROM bo_outbox"),
+        2,
+        "dead and queued kept"
+    );
+    let out = m.bo(&["outbox", "purge", "--dead"]);
+    assert!(out.contains("1 message deleted"), "{out}");
+    assert_eq!(
+        m.sql::<String>("SELECT address FROM bo_outbox"),
+        "carl@example.org"
+    );
+}
