@@ -122,7 +122,7 @@ fn outbox() -> Tasks {
     Tasks::new().with(Outbox)
 }
 
-fn run_check(bencher: Bencher, fx: &Fixture, bo: &Backoffice, expect: fn(&Check) -> bool) {
+fn run_check(bencher: Bencher, fx: &Fixture, bo: &Backoffice, expect: impl Fn(&Check) -> bool) {
     let first = bo.check_if_needed(&fx.conn);
     assert!(expect(&first), "unexpected answer: {first:?}");
     bencher.bench_local(|| black_box(bo.check_if_needed(black_box(&fx.conn))));
@@ -147,6 +147,37 @@ mod check {
         run_check(bencher, &fx, &bo, |c| {
             matches!(c, Check::NothingDue { next: None })
         });
+    }
+
+    /// The `backoffice` binary's own task (email alerts) on a repository
+    /// that never published an event: its tables do not exist.
+    #[divan::bench(args = JOURNALS)]
+    fn notify_no_tables(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, false);
+        let bo = Backoffice::new(Tasks::new().with(backoffice::notify::Notify));
+        run_check(bencher, &fx, &bo, |c| {
+            matches!(c, Check::NothingDue { next: None })
+        });
+    }
+
+    /// The same with email set up and nothing new: the next digest is due later.
+    #[divan::bench(args = JOURNALS)]
+    fn notify_idle(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, false);
+        backoffice::notify::install(&fx.conn).expect("install");
+        backoffice::repo::config_set(&fx.conn, "email-send-method", "dir").expect("set");
+        let now = backoffice::clock::now();
+        let next = backoffice::notify::schedule::DigestTime::default().boundary_after(now);
+        let last = backoffice::notify::schedule::DigestTime::default().boundary_at_or_before(now);
+        backoffice::repo::config_set(&fx.conn, "email-last-digest-boundary", &last.to_string())
+            .expect("set");
+        let bo = Backoffice::new(Tasks::new().with(backoffice::notify::Notify));
+        run_check(
+            bencher,
+            &fx,
+            &bo,
+            |c| matches!(c, Check::NothingDue { next: Some(t) } if *t == next),
+        );
     }
 
     #[divan::bench(args = JOURNALS)]
