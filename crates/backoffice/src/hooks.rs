@@ -801,6 +801,11 @@ impl Task for Hooks {
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
         let conn = ctx.conn;
+        // Nothing new and nothing to retry (the common case): as cheap as
+        // the after-request check.
+        if self.due(conn, ctx.now)? != Due::Now {
+            return Ok(0);
+        }
         let edited = !conn.table_exists(None, "bo_hook_state")?
             || crate::repo::config_get(conn, HOOKS_ROW)?
                 != crate::repo::config_get(conn, SEEN_ROW)?;
