@@ -810,10 +810,21 @@ impl Task for Hooks {
             || crate::repo::config_get(conn, HOOKS_ROW)?
                 != crate::repo::config_get(conn, SEEN_ROW)?;
         if edited {
-            if load(conn)?.is_empty() && !conn.table_exists(None, "bo_hook_state")? {
-                return Ok(0);
+            match load(conn) {
+                Ok(h) if h.is_empty() && !conn.table_exists(None, "bo_hook_state")? => {
+                    return Ok(0);
+                }
+                Ok(_) => sync(conn)?,
+                Err(e) => {
+                    // A hand-edited row that does not parse: say so once
+                    // (and in `status` until fixed), not on every request.
+                    if conn.table_exists(None, "bo_hook_state")? {
+                        let text = crate::repo::config_get(conn, HOOKS_ROW)?.unwrap_or_default();
+                        crate::repo::config_set(conn, SEEN_ROW, &text)?;
+                    }
+                    return Err(e.into());
+                }
             }
-            sync(conn)?;
         }
         let timeout = Duration::from_secs(setting_int(conn, TIMEOUT) as u64);
         let max_failures = setting_int(conn, MAX_FAILURES);
@@ -1040,6 +1051,29 @@ mod tests {
         let text = crate::repo::config_get(&conn, HOOKS_ROW).unwrap().unwrap();
         crate::repo::config_set(&conn, HOOKS_ROW, &text.replace("true", "true ")).unwrap();
         assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Now);
+    }
+
+    #[test]
+    fn a_malformed_hooks_row_is_reported_once_not_on_every_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        add(&conn, &new("true")).unwrap();
+        crate::repo::config_set(&conn, HOOKS_ROW, "[{oops").unwrap();
+        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Now);
+        let ctx = Context {
+            conn: &conn,
+            repo: &path,
+            now: 0,
+            debug: false,
+        };
+        let e = Hooks.run(&ctx).unwrap_err().to_string();
+        assert!(e.contains("not a JSON array"), "{e}");
+        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Never);
+        let st = Hooks.status(&conn, 0);
+        assert!(st.problems[0].contains("not a JSON array"), "{st:?}");
     }
 
     #[test]
