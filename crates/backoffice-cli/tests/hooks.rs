@@ -387,3 +387,19 @@ fn hooks_written_by_fossil_are_adopted() {
         "{hooks}"
     );
 }
+
+#[test]
+fn publishing_triggers_a_detached_worker_that_runs_the_hooks() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    r.add("cat >> got", &[]);
+    // With the after-request check (no --no-trigger).
+    r.bo(&["publish", "--kind", "wiki", "--title", "Triggered"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || r
+            .file("got")
+            .contains("Triggered")),
+        "no worker ran the hook"
+    );
+    assert!(wait_until(Duration::from_secs(5), || r.cursor(1) == 1));
+}
