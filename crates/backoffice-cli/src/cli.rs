@@ -64,6 +64,14 @@ pub enum Command {
     /// Look at the outbox: queued, sent and dead messages; retry or purge them.
     Outbox(OutboxArgs),
 
+    /// Add, list, change, remove or try shell hooks run on new events.
+    ///
+    /// Each hook runs as `/bin/sh -c CMD` with the new events since its own
+    /// cursor on stdin, one JSON object per line; `%R` is the repository
+    /// path and `%F` this executable (both shell-quoted). Exit 0 moves its
+    /// cursor; anything else retries the same events later, with backoff.
+    Hook(HookArgs),
+
     /// The detached worker process a trigger starts (internal).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -380,5 +388,68 @@ pub enum OutboxAction {
         /// Delete dead messages too.
         #[arg(long)]
         dead: bool,
+    },
+}
+
+/// `backoffice hook`
+#[derive(Debug, Args)]
+pub struct HookArgs {
+    /// The repository (SQLite file).
+    #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
+    pub repository: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub action: HookAction,
+}
+
+/// What `backoffice hook` does.
+#[derive(Debug, Subcommand)]
+pub enum HookAction {
+    /// Add a hook. It starts from the newest event unless --from-start.
+    Add {
+        /// The command, run with /bin/sh -c; %R and %F are substituted.
+        #[arg(long, value_name = "CMD")]
+        command: String,
+        /// Its place in the order (hooks run in increasing seq) [default: after the others].
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        seq: Option<i64>,
+        /// The hook type: after-event (after-receive is a synonym); other types are kept but never run.
+        #[arg(long = "type", value_name = "TYPE", default_value = "after-event")]
+        kind: String,
+        /// Give it every event already published, not only new ones.
+        #[arg(long)]
+        from_start: bool,
+    },
+    /// List hooks in run order with their cursor and state.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a hook.
+    Edit {
+        /// The hook id (see `hook list`).
+        id: i64,
+        /// A new command.
+        #[arg(long, value_name = "CMD")]
+        command: Option<String>,
+        /// A new seq.
+        #[arg(long, value_name = "N", allow_negative_numbers = true)]
+        seq: Option<i64>,
+        /// A new type.
+        #[arg(long = "type", value_name = "TYPE")]
+        kind: Option<String>,
+    },
+    /// Remove a hook and its state.
+    Remove {
+        /// The hook id.
+        id: i64,
+    },
+    /// Run a hook once on the newest events (or a sample event), without
+    /// moving its cursor; print its exit status and output.
+    Test {
+        /// The hook id.
+        id: i64,
     },
 }

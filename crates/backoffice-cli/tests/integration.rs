@@ -23,3 +23,5 @@ mod interop;
 mod notify;
 // The SMTP `relay` send method against a real SMTP server (Python's smtpd).
 mod relay;
+// Shell hooks: order, stdin JSON, failures and retries, timeouts, output bounds.
+mod hooks;

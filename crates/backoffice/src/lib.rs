@@ -40,6 +40,8 @@
 //! * [`engine`]: the worker loop — current, on deck, no-delay — and the run.
 //! * [`task`]: the [`Task`] trait, the task list, the run log.
 //! * [`trigger`]: the after-request check and starting a worker.
+//! * [`hooks`]: shell hooks run on new events, each with its own cursor,
+//!   retried with backoff (the `hooks` task).
 //! * [`poll`]: servicing many repositories in one sweep, or forever.
 //! * [`status`]: what `backoffice status` reports.
 //! * [`clock`]: Unix seconds and their human forms.
@@ -66,6 +68,7 @@
 pub mod clock;
 pub mod engine;
 mod error;
+pub mod hooks;
 pub mod lease;
 pub mod notify;
 pub mod poll;

@@ -203,6 +203,23 @@ pub const SETTINGS: &[Def] = &[
         help: "Delivery attempts before a message is dead (retries back off from 1 minute to 6 hours).",
         secret: false,
     },
+    Def {
+        name: crate::hooks::TIMEOUT,
+        kind: Kind::Int {
+            min: 1,
+            max: 86_400,
+        },
+        default: "60",
+        help: "Seconds a hook command may run; then its whole process group is killed and the run counts as failed.",
+        secret: false,
+    },
+    Def {
+        name: crate::hooks::MAX_FAILURES,
+        kind: Kind::Int { min: 1, max: 1000 },
+        default: "10",
+        help: "Failures in a row after which `status` and the run log report a hook as failing (it is still retried hourly).",
+        secret: false,
+    },
 ];
 
 /// Looks up a setting's definition by name.

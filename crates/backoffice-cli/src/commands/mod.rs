@@ -8,6 +8,7 @@ use backoffice::{Repo, Tasks};
 
 use crate::cli::Command;
 
+pub mod hook;
 pub mod lease;
 pub mod outbox;
 pub mod pid;
@@ -30,6 +31,7 @@ pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
         Command::Publish(a) => publish::run(a, tasks),
         Command::Subscriber(a) => subscriber::run(a),
         Command::Outbox(a) => outbox::run(a),
+        Command::Hook(a) => hook::run(a),
         Command::Worker(a) => {
             let code = backoffice::worker_main(&a.repo, a.logfile.as_deref(), &tasks);
             Ok(ExitCode::from(code as u8))

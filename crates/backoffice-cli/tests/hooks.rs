@@ -1,0 +1,405 @@
+//! Shell hooks end to end through the real binary: order, the JSON on
+//! stdin, failures kept and retried, timeouts, huge output, hooks that use
+//! the repository, shell metacharacters in events, `--from-start`, status.
+//!
+//! Hooks run in the repository's directory, so the relative file names in
+//! their commands land in the test's own directory.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Cmd, Env, wait_until};
+
+struct Repo {
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl Repo {
+    fn new(env: &Env) -> Repo {
+        let path = env.path("app.db");
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .execute_batch("CREATE TABLE app(x)")
+            .unwrap();
+        Repo {
+            path,
+            dir: env.dir().to_owned(),
+        }
+    }
+
+    fn r(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    /// `backoffice ARGS -R REPO`, asserting success.
+    fn bo(&self, args: &[&str]) -> String {
+        Cmd::backoffice()
+            .args(args)
+            .args(["-R", self.r()])
+            .output()
+            .success()
+    }
+
+    fn add(&self, cmd: &str, extra: &[&str]) {
+        let mut a = vec!["hook", "add", "--command", cmd];
+        a.extend_from_slice(extra);
+        self.bo(&a);
+    }
+
+    fn publish(&self, title: &str) {
+        self.bo(&[
+            "publish",
+            "--kind",
+            "wiki",
+            "--title",
+            title,
+            "--body",
+            "Body\nwith lines.",
+            "--author",
+            "ann",
+            "--no-trigger",
+        ]);
+    }
+
+    /// A manual worker run; returns its stderr (hooks may fail).
+    fn run(&self) -> String {
+        let log = self.dir.join("run.log");
+        Cmd::backoffice()
+            .args([
+                "run",
+                "--nolease",
+                "--logfile",
+                log.to_str().unwrap(),
+                self.r(),
+            ])
+            .output()
+            .stderr()
+    }
+
+    fn file(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap_or_default()
+    }
+
+    fn sql<T: rusqlite::types::FromSql>(&self, q: &str) -> T {
+        rusqlite::Connection::open(&self.path)
+            .unwrap()
+            .query_row(q, [], |r| r.get(0))
+            .unwrap()
+    }
+
+    fn cursor(&self, id: i64) -> i64 {
+        self.sql(&format!(
+            "SELECT cursor FROM bo_hook_state WHERE hookid = {id}"
+        ))
+    }
+
+    fn failures(&self, id: i64) -> i64 {
+        self.sql(&format!(
+            "SELECT failures FROM bo_hook_state WHERE hookid = {id}"
+        ))
+    }
+
+    /// Simulates the backoff passing.
+    fn retry_now(&self) {
+        rusqlite::Connection::open(&self.path)
+            .unwrap()
+            .execute("UPDATE bo_hook_state SET next_attempt = 0", [])
+            .unwrap();
+    }
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn events_reach_hooks_in_seq_order_with_the_right_json() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    // Added first but with the higher seq: runs second.
+    r.add(
+        "{ echo \"B $BACKOFFICE_EVENT_COUNT $BACKOFFICE_FIRST_EVENT $BACKOFFICE_LAST_EVENT\"; cat; } >> order",
+        &["--seq", "20"],
+    );
+    r.add(
+        "{ echo \"A $BACKOFFICE_EVENT_COUNT $BACKOFFICE_REPO\"; cat; } >> order",
+        &["--seq", "10"],
+    );
+    r.publish("First");
+    r.publish("Second");
+    r.run();
+    let text = r.file("order");
+    let heads: Vec<&str> = text.lines().filter(|l| !l.starts_with('{')).collect();
+    assert_eq!(
+        heads,
+        [format!("A 2 {}", r.path.display()), "B 2 1 2".to_owned()],
+        "{text}"
+    );
+    let ev = json_lines(&text);
+    assert_eq!(ev.len(), 4, "{text}");
+    let first = ev[0].as_object().unwrap();
+    let mut keys: Vec<&str> = first.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(
+        keys,
+        ["author", "body", "eventid", "kind", "time", "title", "url"]
+    );
+    assert_eq!(ev[0]["eventid"], 1);
+    assert_eq!(ev[0]["title"], "First");
+    assert_eq!(ev[0]["body"], "Body\nwith lines.");
+    assert_eq!(ev[0]["author"], "ann");
+    assert_eq!(ev[0]["url"], Value::Null);
+    assert!(ev[0]["time"].as_i64().unwrap() > 1_700_000_000);
+    assert_eq!(ev[1]["title"], "Second");
+    assert_eq!(ev[2]["title"], "First");
+    assert_eq!((r.cursor(1), r.cursor(2)), (2, 2));
+    // Nothing new: nothing runs again.
+    r.run();
+    assert_eq!(r.file("order"), text);
+    assert!(
+        r.file("run.log").contains(" 4 hooks "),
+        "{}",
+        r.file("run.log")
+    );
+}
+
+#[test]
+fn shell_metacharacters_in_events_are_never_executed() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    let marker = |n: &str| env.path(n);
+    r.add("cat > got", &[]);
+    let title = format!(
+        "$(touch {}) `touch {}`; touch {} | touch {} && touch {}",
+        marker("m1").display(),
+        marker("m2").display(),
+        marker("m3").display(),
+        marker("m4").display(),
+        marker("m5").display()
+    );
+    r.publish(&title);
+    r.run();
+    let got = json_lines(&r.file("got"));
+    assert_eq!(got[0]["title"], title.as_str());
+    for m in ["m1", "m2", "m3", "m4", "m5"] {
+        assert!(!marker(m).exists(), "{m} was created");
+    }
+}
+
+#[test]
+fn a_failing_hook_keeps_its_cursor_and_gets_the_batch_again_others_advance() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    std::fs::write(env.path("fail"), "").unwrap();
+    r.add("cat >> got1; echo tried >> tries; test ! -e fail", &[]);
+    r.add("cat >> got2", &[]);
+    r.publish("One");
+    r.publish("Two");
+    r.run();
+    assert_eq!((r.cursor(1), r.failures(1)), (0, 1));
+    assert_eq!(r.cursor(2), 2);
+    let log = r.file("run.log");
+    assert!(
+        log.contains("hooks-failed(2 events delivered; hook 1 failed: exit status: 1)"),
+        "{log}"
+    );
+    // Backing off: the next run leaves it alone.
+    r.run();
+    assert_eq!(r.file("tries").lines().count(), 1);
+    // Time passes; it works now and gets the same two events again.
+    std::fs::remove_file(env.path("fail")).unwrap();
+    r.retry_now();
+    r.publish("Three");
+    r.run();
+    assert_eq!((r.cursor(1), r.failures(1)), (3, 0));
+    let titles: Vec<Value> = json_lines(&r.file("got1"))
+        .into_iter()
+        .map(|e| e["title"].clone())
+        .collect();
+    assert_eq!(titles, ["One", "Two", "One", "Two", "Three"]);
+    assert_eq!(json_lines(&r.file("got2")).len(), 3);
+}
+
+#[test]
+fn a_hook_past_its_timeout_is_killed_with_its_children_and_counts_as_failed() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    r.bo(&["setting", "hook-timeout", "1"]);
+    r.add("sleep 30 & echo $! > child; echo started; wait", &[]);
+    r.publish("Slow");
+    let t0 = Instant::now();
+    r.run();
+    assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
+    assert_eq!((r.cursor(1), r.failures(1)), (0, 1));
+    let err: String = r.sql("SELECT last_error FROM bo_hook_state");
+    assert_eq!(err, "timed out after 1 s");
+    let out: String = r.sql("SELECT last_output FROM bo_hook_state");
+    assert_eq!(out, "started\n");
+    let child: u32 = r.file("child").trim().parse().unwrap();
+    assert!(
+        wait_until(Duration::from_secs(5), || crate::harness::proc_stat(child)
+            .is_none_or(|s| s.state == 'Z')),
+        "the hook's child {child} survived"
+    );
+}
+
+#[test]
+fn megabytes_of_output_are_captured_bounded() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    r.add(
+        "echo BEGIN; head -c 3000000 /dev/zero | tr '\\0' x; echo; echo END >&2; exit 5",
+        &[],
+    );
+    r.publish("Loud");
+    r.run();
+    let out: String = r.sql("SELECT last_output FROM bo_hook_state");
+    assert!(out.len() <= 64 * 1024 + 100, "{}", out.len());
+    assert!(out.starts_with("BEGIN\nxxx"));
+    assert!(out.ends_with("END\n"), "{}", &out[out.len() - 50..]);
+    assert!(out.contains("bytes of output cut"));
+    let log = r.file("run.log");
+    assert!(log.lines().count() == 1 && log.len() < 1000, "{log}");
+    assert!(log.contains("exit status: 5"), "{log}");
+}
+
+#[test]
+fn a_hook_may_read_and_write_the_repository() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    // Rollback journal (the default): a lock held by the worker would make
+    // the hook's write wait out its busy timeout and fail.
+    r.add(
+        "if grep -q '\"kind\":\"wiki\"'; then %F publish -R %R --kind derived --title 'from the hook' --no-trigger && %F hook list -R %R > list; fi",
+        &[],
+    );
+    r.publish("Original");
+    let t0 = Instant::now();
+    r.run();
+    assert!(t0.elapsed() < Duration::from_secs(4), "{:?}", t0.elapsed());
+    assert_eq!(r.cursor(1), 1);
+    let kind: String = r.sql("SELECT kind FROM bo_event WHERE eventid = 2");
+    assert_eq!(kind, "derived");
+    assert!(r.file("list").contains("1 hook"), "{}", r.file("list"));
+    // The next run gives the hook its own event, which it ignores.
+    r.run();
+    assert_eq!(r.cursor(1), 2);
+    assert_eq!(r.sql::<i64>("SELECT count(*) FROM bo_event"), 2);
+}
+
+#[test]
+fn a_new_hook_starts_from_the_newest_event_unless_from_start() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    r.publish("Old 1");
+    r.publish("Old 2");
+    r.add("cat >> new", &[]);
+    r.add("cat >> all", &["--from-start"]);
+    r.publish("New");
+    r.run();
+    let titles = |f: &str| -> Vec<Value> {
+        json_lines(&r.file(f))
+            .into_iter()
+            .map(|e| e["title"].clone())
+            .collect()
+    };
+    assert_eq!(titles("new"), ["New"]);
+    assert_eq!(titles("all"), ["Old 1", "Old 2", "New"]);
+}
+
+#[test]
+fn status_reports_a_failing_hook_with_its_last_output_and_test_runs_it() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    r.bo(&["setting", "hook-max-failures", "2"]);
+    r.add("echo \"disk on fire\"; exit 7", &[]);
+    r.publish("Event");
+    r.run();
+    assert!(!r.bo(&["status"]).contains("is failing"));
+    r.retry_now();
+    r.run();
+    assert_eq!(r.failures(1), 2);
+    let status = r.bo(&["status"]);
+    assert!(
+        status.contains("hook 1 is failing (2 failures in a row): exit status: 7: disk on fire"),
+        "{status}"
+    );
+    let log = r.file("run.log");
+    assert!(
+        log.contains("hook 1 failing (2 failures in a row): exit status: 7: disk on fire"),
+        "{log}"
+    );
+    // Still retried, at a backoff.
+    let next: i64 = r.sql("SELECT next_attempt FROM bo_hook_state");
+    assert!(next > crate::harness::now());
+    // `hook test` runs it without moving anything.
+    let out = Cmd::backoffice()
+        .args(["hook", "test", "1", "-R", r.r()])
+        .output();
+    let text = out.stdout();
+    assert!(text.contains("exit status: 7"), "{text}");
+    assert!(text.contains("disk on fire"), "{text}");
+    assert_eq!(r.failures(1), 2);
+    assert_eq!(r.cursor(1), 0);
+    // list, edit, remove.
+    r.bo(&["hook", "edit", "1", "--command", "true", "--seq", "3"]);
+    let list = r.bo(&["hook", "list"]);
+    assert!(
+        list.contains("true") && list.contains("after-event"),
+        "{list}"
+    );
+    r.retry_now();
+    r.run();
+    assert_eq!((r.cursor(1), r.failures(1)), (1, 0));
+    r.bo(&["hook", "remove", "1"]);
+    assert!(r.bo(&["hook", "list"]).contains("0 hooks"));
+}
+
+#[test]
+fn hooks_written_by_fossil_are_adopted() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    r.publish("Before");
+    rusqlite::Connection::open(&r.path)
+        .unwrap()
+        .execute(
+            "REPLACE INTO config(name, value, mtime) VALUES ('hooks', ?1, 0)",
+            [r#"[{"type":"after-receive","cmd":"cat >> got","seq":1},{"type":"disabled","cmd":"touch never","seq":2}]"#],
+        )
+        .unwrap();
+    // The first run only adopts them (from the newest event on).
+    r.run();
+    r.publish("After");
+    r.run();
+    let got = json_lines(&r.file("got"));
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0]["title"], "After");
+    assert!(!env.path("never").exists());
+    let hooks: String = r.sql("SELECT value FROM config WHERE name = 'hooks'");
+    assert!(
+        hooks.contains(r#""id":1"#) && hooks.contains(r#""type":"disabled""#),
+        "{hooks}"
+    );
+}
+
+#[test]
+fn publishing_triggers_a_detached_worker_that_runs_the_hooks() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    r.add("cat >> got", &[]);
+    // With the after-request check (no --no-trigger).
+    r.bo(&["publish", "--kind", "wiki", "--title", "Triggered"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || r
+            .file("got")
+            .contains("Triggered")),
+        "no worker ran the hook"
+    );
+    assert!(wait_until(Duration::from_secs(5), || r.cursor(1) == 1));
+}

@@ -1,0 +1,1182 @@
+//! Shell hooks: every new event reaches every hook, in order, retried.
+//!
+//! Fossil's after-receive hooks, generalised and made reliable.
+//!
+//! # Storage
+//!
+//! * The hooks themselves are Fossil's `config` row `hooks`: a JSON array of
+//!   `{"type": T, "cmd": C, "seq": N}`. Our type is `after-event`; Fossil's
+//!   `after-receive` is a synonym. Entries of any other type (`disabled`,
+//!   `before-commit`, …) are kept untouched and never run. Each entry we
+//!   write or first see gets an `"id"` (a positive integer, unique in the
+//!   array), the stable key of its state; Fossil ignores extra fields. An
+//!   entry without one (written by `fossil hook add`) is given one by the
+//!   next run or `backoffice hook` command.
+//! * Per-hook state is in our table `bo_hook_state(hookid, cursor, failures,
+//!   next_attempt, last_run, last_error, last_output)`: `cursor` is the last
+//!   `bo_event.eventid` the hook handled successfully.
+//! * `config` row `backoffice-hooks-seen` holds the `hooks` value the state
+//!   table was last brought in line with, so an edit made by Fossil (or by
+//!   hand) is noticed by the cheap `due` check and synchronised by the next
+//!   run: new runnable hooks get a state row starting at the newest event,
+//!   state rows of hooks gone (or no longer runnable) are deleted.
+//!
+//! # Running
+//!
+//! For each runnable hook, in `seq` order, whose cursor is behind the newest
+//! event and which is not backing off: the events after its cursor (at most
+//! [`BATCH`] per run of the command) are written to its standard input, one
+//! JSON object per line:
+//!
+//! ```text
+//! {"eventid":7,"kind":"wiki","title":"Front page","body":"…","url":null,"author":"ann","time":1795261729}
+//! ```
+//!
+//! and the command runs as `/bin/sh -c CMD` in its own process group, in
+//! the repository's directory, with
+//! `%R` replaced by the repository's absolute path and `%F` by the
+//! executable, both shell-quoted (`%%` is a `%`). Nothing from an event ever
+//! reaches the command line. The environment adds `BACKOFFICE_REPO`,
+//! `BACKOFFICE_HOOK_ID`, `BACKOFFICE_FIRST_EVENT`, `BACKOFFICE_LAST_EVENT`
+//! and `BACKOFFICE_EVENT_COUNT`.
+//!
+//! No transaction is open while a hook runs, so a hook may read and write
+//! the repository. Exit status 0 moves the cursor past the batch. Anything
+//! else, or running longer than `hook-timeout` (the whole process group is
+//! then killed), leaves the cursor where it was: the same events are offered
+//! again after a backoff (1 minute, doubling, at most 1 hour). After
+//! `hook-max-failures` failures in a row the hook is reported as *failing*
+//! by `status` and the run log, with its last output; it is still retried
+//! every hour. Output (stdout and stderr together) is kept up to
+//! [`OUTPUT_MAX`] bytes: the head and the tail, with the number of bytes cut
+//! in between.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::task::{Context, Due, Task, TaskError, TaskStatus};
+
+/// The `config` row holding the hooks (Fossil's).
+pub const HOOKS_ROW: &str = "hooks";
+/// The `config` row holding the `hooks` value the state table matches.
+pub const SEEN_ROW: &str = "backoffice-hooks-seen";
+/// Our hook type.
+pub const AFTER_EVENT: &str = "after-event";
+/// Fossil's type, accepted as a synonym.
+pub const AFTER_RECEIVE: &str = "after-receive";
+/// `hook-timeout`
+pub const TIMEOUT: &str = "hook-timeout";
+/// `hook-max-failures`
+pub const MAX_FAILURES: &str = "hook-max-failures";
+/// Most events given to one run of a hook command.
+pub const BATCH: usize = 500;
+/// Batches one hook may take in one worker run.
+const MAX_BATCHES_PER_RUN: usize = 20;
+/// Most output bytes kept per run (head and tail halves).
+pub const OUTPUT_MAX: usize = 64 * 1024;
+/// First retry delay, seconds.
+const FIRST_RETRY: i64 = 60;
+/// Longest retry delay, seconds.
+const MAX_RETRY: i64 = 3600;
+
+/// The state table.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS bo_hook_state(
+  hookid INTEGER PRIMARY KEY,
+  cursor INTEGER NOT NULL,
+  failures INTEGER NOT NULL DEFAULT 0,
+  next_attempt INTEGER NOT NULL DEFAULT 0,
+  last_run INTEGER,
+  last_error TEXT,
+  last_output TEXT
+);
+";
+
+/// Why a hook operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// SQLite refused.
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The `hooks` row is not a JSON array of objects.
+    #[error("the config row `hooks` is not a JSON array of hooks: {0}")]
+    BadJson(String),
+    /// No hook has this id.
+    #[error("no hook {0} (see `backoffice hook list`)")]
+    NoSuchHook(i64),
+    /// An empty command.
+    #[error("a hook needs a command")]
+    EmptyCommand,
+    /// A type that is not a word.
+    #[error("bad hook type {0:?}: use after-event (or after-receive, disabled, …)")]
+    BadType(String),
+    /// The command could not be started.
+    #[error("cannot run /bin/sh: {0}")]
+    Spawn(std::io::Error),
+}
+
+/// One entry of the `hooks` row.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Hook {
+    /// Our stable id (0 until one is assigned).
+    pub id: i64,
+    /// `type`: `after-event`, `after-receive`, or anything else (never run).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// `cmd`.
+    pub cmd: String,
+    /// `seq`: hooks run in increasing order.
+    pub seq: i64,
+    /// The entry as stored, with any fields we do not know.
+    #[serde(skip)]
+    raw: Map<String, Value>,
+}
+
+impl Hook {
+    /// True if this hook runs on events.
+    pub fn runnable(&self) -> bool {
+        self.kind == AFTER_EVENT || self.kind == AFTER_RECEIVE
+    }
+
+    fn from_value(v: Value) -> Result<Hook, HookError> {
+        let Value::Object(raw) = v else {
+            return Err(HookError::BadJson("an entry is not an object".into()));
+        };
+        let text = |k: &str| raw.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+        let int = |k: &str| match raw.get(k) {
+            Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+            Some(Value::String(s)) => s.trim().parse().unwrap_or(0),
+            _ => 0,
+        };
+        Ok(Hook {
+            id: int("id").max(0),
+            kind: text("type"),
+            cmd: text("cmd"),
+            seq: int("seq"),
+            raw,
+        })
+    }
+
+    fn to_value(&self) -> Value {
+        let mut m = self.raw.clone();
+        m.insert("id".into(), self.id.into());
+        m.insert("type".into(), self.kind.clone().into());
+        m.insert("cmd".into(), self.cmd.clone().into());
+        m.insert("seq".into(), self.seq.into());
+        Value::Object(m)
+    }
+}
+
+/// A hook's state row.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct State {
+    /// The last event handled.
+    pub cursor: i64,
+    /// Failures in a row.
+    pub failures: i64,
+    /// Not retried before this Unix time.
+    pub next_attempt: i64,
+    /// When it last ran.
+    pub last_run: Option<i64>,
+    /// Why its last run failed (cleared by a success).
+    pub last_error: Option<String>,
+    /// What its last run printed (bounded).
+    pub last_output: Option<String>,
+}
+
+/// Parses a `hooks` value; absent or empty means none.
+pub fn parse(text: Option<&str>) -> Result<Vec<Hook>, HookError> {
+    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(Vec::new());
+    };
+    match serde_json::from_str::<Value>(text).map_err(|e| HookError::BadJson(e.to_string()))? {
+        Value::Array(items) => items.into_iter().map(Hook::from_value).collect(),
+        _ => Err(HookError::BadJson("not an array".into())),
+    }
+}
+
+/// The hooks, as stored (ids of 0 mean "not yet assigned").
+pub fn load(conn: &Connection) -> Result<Vec<Hook>, HookError> {
+    parse(crate::repo::config_get(conn, HOOKS_ROW)?.as_deref())
+}
+
+fn newest_event(conn: &Connection) -> rusqlite::Result<i64> {
+    conn.query_row("SELECT coalesce(max(eventid), 0) FROM bo_event", [], |r| {
+        r.get(0)
+    })
+}
+
+/// Gives ids to entries without one; returns true if any changed.
+fn assign_ids(hooks: &mut [Hook]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    let mut changed = false;
+    let mut next = hooks.iter().map(|h| h.id).max().unwrap_or(0) + 1;
+    for h in hooks.iter_mut() {
+        if h.id <= 0 || !seen.insert(h.id) {
+            h.id = next;
+            seen.insert(next);
+            next += 1;
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Writes the hooks and brings the state table in line, inside the
+/// caller's transaction: new runnable hooks start at the newest event,
+/// state of hooks gone or no longer runnable is deleted.
+fn save(conn: &Connection, hooks: &mut [Hook]) -> Result<(), HookError> {
+    crate::notify::install(conn)?;
+    conn.execute_batch(SCHEMA)?;
+    assign_ids(hooks);
+    let text = serde_json::to_string(&Value::Array(hooks.iter().map(Hook::to_value).collect()))
+        .expect("JSON");
+    crate::repo::config_set(conn, HOOKS_ROW, &text)?;
+    crate::repo::config_set(conn, SEEN_ROW, &text)?;
+    let newest = newest_event(conn)?;
+    let keep: Vec<i64> = hooks
+        .iter()
+        .filter(|h| h.runnable())
+        .map(|h| h.id)
+        .collect();
+    let ids = serde_json::to_string(&keep).expect("JSON");
+    conn.execute(
+        "DELETE FROM bo_hook_state WHERE hookid NOT IN (SELECT value FROM json_each(?1))",
+        [&ids],
+    )?;
+    for id in keep {
+        conn.execute(
+            "INSERT OR IGNORE INTO bo_hook_state(hookid, cursor) VALUES (?1, ?2)",
+            params![id, newest],
+        )?;
+    }
+    Ok(())
+}
+
+/// Runs `f` in a short `BEGIN IMMEDIATE` transaction.
+fn write<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> Result<T, HookError>,
+) -> Result<T, HookError> {
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+    let v = f(&tx)?;
+    tx.commit()?;
+    Ok(v)
+}
+
+/// Brings ids and state in line with a `hooks` row edited elsewhere.
+pub fn sync(conn: &Connection) -> Result<(), HookError> {
+    write(conn, |c| {
+        let mut hooks = load(c)?;
+        save(c, &mut hooks)
+    })
+}
+
+/// A hook to add.
+#[derive(Clone, Debug)]
+pub struct New {
+    /// The command (`%R`, `%F` substituted).
+    pub cmd: String,
+    /// Its place in the order; `None`: after the others.
+    pub seq: Option<i64>,
+    /// Its type (default `after-event`).
+    pub kind: String,
+    /// Start from the first event instead of the newest.
+    pub from_start: bool,
+}
+
+fn check_type(t: &str) -> Result<(), HookError> {
+    if t.is_empty()
+        || t.len() > 32
+        || !t
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err(HookError::BadType(t.to_owned()));
+    }
+    Ok(())
+}
+
+/// Adds a hook; returns it with its id.
+pub fn add(conn: &Connection, new: &New) -> Result<Hook, HookError> {
+    if new.cmd.trim().is_empty() {
+        return Err(HookError::EmptyCommand);
+    }
+    check_type(&new.kind)?;
+    write(conn, |c| {
+        let mut hooks = load(c)?;
+        assign_ids(&mut hooks);
+        let id = hooks.iter().map(|h| h.id).max().unwrap_or(0) + 1;
+        let seq = new
+            .seq
+            .unwrap_or_else(|| hooks.iter().map(|h| h.seq).max().unwrap_or(0) + 10);
+        hooks.push(Hook {
+            id,
+            kind: new.kind.clone(),
+            cmd: new.cmd.clone(),
+            seq,
+            raw: Map::new(),
+        });
+        save(c, &mut hooks)?;
+        if new.from_start {
+            c.execute(
+                "UPDATE bo_hook_state SET cursor = 0 WHERE hookid = ?1",
+                [id],
+            )?;
+        }
+        Ok(hooks.pop().expect("just pushed"))
+    })
+}
+
+/// Changes to a hook.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// A new command.
+    pub cmd: Option<String>,
+    /// A new seq.
+    pub seq: Option<i64>,
+    /// A new type.
+    pub kind: Option<String>,
+}
+
+/// Changes a hook; returns it.
+pub fn edit(conn: &Connection, id: i64, ch: &Changes) -> Result<Hook, HookError> {
+    if ch.cmd.as_deref().is_some_and(|c| c.trim().is_empty()) {
+        return Err(HookError::EmptyCommand);
+    }
+    if let Some(t) = &ch.kind {
+        check_type(t)?;
+    }
+    write(conn, |c| {
+        let mut hooks = load(c)?;
+        assign_ids(&mut hooks);
+        let h = hooks
+            .iter_mut()
+            .find(|h| h.id == id)
+            .ok_or(HookError::NoSuchHook(id))?;
+        if let Some(v) = &ch.cmd {
+            h.cmd = v.clone();
+        }
+        if let Some(v) = ch.seq {
+            h.seq = v;
+        }
+        if let Some(v) = &ch.kind {
+            h.kind = v.clone();
+        }
+        let out = h.clone();
+        save(c, &mut hooks)?;
+        Ok(out)
+    })
+}
+
+/// Removes a hook and its state; returns it.
+pub fn remove(conn: &Connection, id: i64) -> Result<Hook, HookError> {
+    write(conn, |c| {
+        let mut hooks = load(c)?;
+        assign_ids(&mut hooks);
+        let i = hooks
+            .iter()
+            .position(|h| h.id == id)
+            .ok_or(HookError::NoSuchHook(id))?;
+        let h = hooks.remove(i);
+        save(c, &mut hooks)?;
+        Ok(h)
+    })
+}
+
+/// A hook's state, if it has any.
+pub fn state(conn: &Connection, id: i64) -> Result<Option<State>, HookError> {
+    if !conn.table_exists(None, "bo_hook_state")? {
+        return Ok(None);
+    }
+    Ok(conn
+        .prepare_cached(
+            "SELECT cursor, failures, next_attempt, last_run, last_error, last_output
+             FROM bo_hook_state WHERE hookid = ?1",
+        )?
+        .query_row([id], |r| {
+            Ok(State {
+                cursor: r.get(0)?,
+                failures: r.get(1)?,
+                next_attempt: r.get(2)?,
+                last_run: r.get(3)?,
+                last_error: r.get(4)?,
+                last_output: r.get(5)?,
+            })
+        })
+        .optional()?)
+}
+
+/// The hooks in run order (seq, then id), each with its state.
+pub fn list(conn: &Connection) -> Result<Vec<(Hook, Option<State>)>, HookError> {
+    let mut hooks = load(conn)?;
+    hooks.sort_by_key(|h| (h.seq, h.id));
+    hooks
+        .into_iter()
+        .map(|h| {
+            let s = if h.id > 0 { state(conn, h.id)? } else { None };
+            Ok((h, s))
+        })
+        .collect()
+}
+
+/// One event as a hook sees it (one line of its standard input).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventLine {
+    /// `bo_event.eventid`
+    pub eventid: i64,
+    /// The kind.
+    pub kind: String,
+    /// The title (one line).
+    pub title: String,
+    /// The body.
+    pub body: String,
+    /// The link, if any.
+    pub url: Option<String>,
+    /// The author, if any.
+    pub author: Option<String>,
+    /// Unix seconds.
+    pub time: i64,
+}
+
+fn events_after(conn: &Connection, cursor: i64, limit: usize) -> rusqlite::Result<Vec<EventLine>> {
+    let mut s = conn.prepare_cached(
+        "SELECT eventid, kind, title, body, url, author, mtime FROM bo_event
+         WHERE eventid > ?1 ORDER BY eventid LIMIT ?2",
+    )?;
+    s.query_map(params![cursor, limit as i64], |r| {
+        Ok(EventLine {
+            eventid: r.get(0)?,
+            kind: r.get(1)?,
+            title: r.get(2)?,
+            body: r.get(3)?,
+            url: r.get(4)?,
+            author: r.get(5)?,
+            time: r.get(6)?,
+        })
+    })?
+    .collect()
+}
+
+/// Quotes a string for `/bin/sh`.
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// Replaces `%R`, `%F` and `%%` in a command.
+pub fn substitute(cmd: &str, repo: &Path, exe: &Path) -> String {
+    let mut out = String::with_capacity(cmd.len() + 64);
+    let mut chars = cmd.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.peek() {
+            Some('R') => {
+                chars.next();
+                out.push_str(&shell_quote(&repo.to_string_lossy()));
+            }
+            Some('F') => {
+                chars.next();
+                out.push_str(&shell_quote(&exe.to_string_lossy()));
+            }
+            Some('%') => {
+                chars.next();
+                out.push('%');
+            }
+            _ => out.push('%'),
+        }
+    }
+    out
+}
+
+/// Output kept from a command: the first and last `OUTPUT_MAX / 2` bytes.
+#[derive(Debug, Default)]
+struct Capture {
+    head: Vec<u8>,
+    tail: std::collections::VecDeque<u8>,
+    total: usize,
+}
+
+impl Capture {
+    fn push(&mut self, mut data: &[u8]) {
+        let half = OUTPUT_MAX / 2;
+        self.total += data.len();
+        if self.head.len() < half {
+            let n = (half - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..n]);
+            data = &data[n..];
+        }
+        if data.len() >= half {
+            self.tail.clear();
+            self.tail.extend(&data[data.len() - half..]);
+        } else {
+            let excess = (self.tail.len() + data.len()).saturating_sub(half);
+            self.tail.drain(..excess);
+            self.tail.extend(data);
+        }
+    }
+
+    fn text(&self) -> String {
+        let cut = self.total - self.head.len() - self.tail.len();
+        let mut s = String::from_utf8_lossy(&self.head).into_owned();
+        if cut > 0 {
+            s.push_str(&format!("\n[… {cut} bytes of output cut …]\n"));
+        }
+        let tail: Vec<u8> = self.tail.iter().copied().collect();
+        s.push_str(&String::from_utf8_lossy(&tail));
+        s
+    }
+}
+
+/// What one run of a hook command did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// `None` on success; else "exit status 3", "timed out after 60 s", …
+    pub failure: Option<String>,
+    /// Its output (stdout and stderr), bounded.
+    pub output: String,
+    /// Output bytes produced in all.
+    pub output_bytes: usize,
+    /// How long it ran.
+    pub elapsed_ms: u64,
+}
+
+impl Outcome {
+    /// A short one-line form: the failure and the end of the output.
+    pub fn short(&self) -> String {
+        let out = crate::task::one_line(&self.output);
+        let n = out.chars().count();
+        let tail: String = if n > 200 {
+            let s: String = out.chars().skip(n - 200).collect();
+            format!("…{s}")
+        } else {
+            out
+        };
+        match &self.failure {
+            Some(f) if self.output.trim().is_empty() => f.clone(),
+            Some(f) => format!("{f}: {tail}"),
+            None => tail,
+        }
+    }
+}
+
+/// What a command runs with.
+#[derive(Clone, Debug)]
+pub struct Invocation<'a> {
+    /// The hook's id (for the environment).
+    pub id: i64,
+    /// The command as stored.
+    pub cmd: &'a str,
+    /// The repository (made absolute).
+    pub repo: &'a Path,
+    /// The executable for `%F`.
+    pub exe: &'a Path,
+    /// Longest run.
+    pub timeout: Duration,
+}
+
+/// Runs one hook command on a batch of events and waits for it (at most
+/// the timeout, after which its process group is killed).
+pub fn execute(inv: &Invocation<'_>, events: &[EventLine]) -> Result<Outcome, HookError> {
+    use std::os::unix::process::CommandExt;
+    let started = Instant::now();
+    let repo = std::path::absolute(inv.repo).unwrap_or_else(|_| inv.repo.to_owned());
+    let mut input = Vec::with_capacity(events.len() * 128);
+    for e in events {
+        serde_json::to_writer(&mut input, e).expect("JSON");
+        input.push(b'\n');
+    }
+    // stdout and stderr share one pipe, so their order is kept.
+    let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| HookError::Spawn(e.into()))?;
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(substitute(inv.cmd, &repo, inv.exe))
+        .current_dir(repo.parent().unwrap_or(Path::new("/")))
+        .env("BACKOFFICE_REPO", &repo)
+        .env("BACKOFFICE_HOOK_ID", inv.id.to_string())
+        .env(
+            "BACKOFFICE_FIRST_EVENT",
+            events.first().map_or(0, |e| e.eventid).to_string(),
+        )
+        .env(
+            "BACKOFFICE_LAST_EVENT",
+            events.last().map_or(0, |e| e.eventid).to_string(),
+        )
+        .env("BACKOFFICE_EVENT_COUNT", events.len().to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::from(out_w.try_clone().map_err(HookError::Spawn)?))
+        .stderr(Stdio::from(out_w))
+        .process_group(0);
+    // If the worker dies, so does the hook: the next worker offers the
+    // same batch again and two copies must not run at once.
+    #[cfg(target_os = "linux")]
+    // SAFETY: prctl(PR_SET_PDEATHSIG) is a single async-signal-safe system
+    // call; the closure allocates nothing and touches no lock.
+    unsafe {
+        cmd.pre_exec(|| {
+            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+                .map_err(std::io::Error::from)
+        });
+    }
+    let spawned = cmd.spawn().map_err(HookError::Spawn);
+    // The command holds our copies of the pipe's write end: without
+    // dropping it the output would never end.
+    drop(cmd);
+    let mut child = spawned?;
+    let pgid = rustix::process::Pid::from_child(&child);
+    let capture = Arc::new(Mutex::new(Capture::default()));
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    {
+        let capture = Arc::clone(&capture);
+        let mut stream = std::fs::File::from(out_r);
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => capture.lock().expect("capture").push(&buf[..n]),
+                }
+            }
+            let _ = done_tx.send(());
+        });
+    }
+    if let Some(mut stdin) = child.stdin.take() {
+        // A hook that does not read its input is fine (EPIPE ignored).
+        std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+    }
+    let deadline = started + inv.timeout;
+    let mut pause = Duration::from_micros(200);
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() >= deadline => break None,
+            Ok(None) => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+            Err(e) => return Err(HookError::Spawn(e)),
+        }
+    };
+    let kill_group = || {
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
+    };
+    let failure = match status {
+        None => {
+            kill_group();
+            let _ = child.wait();
+            Some(format!("timed out after {} s", inv.timeout.as_secs()))
+        }
+        Some(s) if s.success() => None,
+        Some(s) => Some(s.to_string()),
+    };
+    // Wait briefly for the output to end; something the hook left running
+    // in the background that holds its output is killed.
+    if done_rx.recv_timeout(Duration::from_millis(500)).is_err() {
+        kill_group();
+        let _ = done_rx.recv_timeout(Duration::from_millis(500));
+    }
+    let cap = capture.lock().expect("capture");
+    Ok(Outcome {
+        failure,
+        output: cap.text(),
+        output_bytes: cap.total,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+fn setting_int(conn: &Connection, name: &str) -> i64 {
+    let def = crate::settings::def(name).expect("defined");
+    crate::repo::config_get(conn, name)
+        .ok()
+        .flatten()
+        .and_then(|v| def.validate(&v).ok())
+        .unwrap_or_else(|| def.default.to_owned())
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The retry delay after `failures` failures in a row.
+pub fn backoff(failures: i64) -> i64 {
+    let exp = (failures - 1).clamp(0, 20) as u32;
+    (FIRST_RETRY << exp).min(MAX_RETRY)
+}
+
+/// The executable `%F` names: the running program.
+pub fn current_exe() -> PathBuf {
+    std::env::current_exe().unwrap_or_else(|_| PathBuf::from("backoffice"))
+}
+
+/// Runs one hook once on the newest events (at most 5), or a sample event
+/// when there are none, without touching its state.
+pub fn test(
+    conn: &Connection,
+    repo: &Path,
+    id: i64,
+) -> Result<(Vec<EventLine>, Outcome), HookError> {
+    let hook = list(conn)?
+        .into_iter()
+        .map(|(h, _)| h)
+        .find(|h| h.id == id)
+        .ok_or(HookError::NoSuchHook(id))?;
+    let mut events = if conn.table_exists(None, "bo_event")? {
+        let newest = newest_event(conn)?;
+        events_after(conn, (newest - 5).max(0), 5)?
+    } else {
+        Vec::new()
+    };
+    if events.is_empty() {
+        events.push(EventLine {
+            eventid: 0,
+            kind: "test".into(),
+            title: "A sample event from backoffice hook test".into(),
+            body: String::new(),
+            url: None,
+            author: None,
+            time: crate::clock::now(),
+        });
+    }
+    let exe = current_exe();
+    let out = execute(
+        &Invocation {
+            id,
+            cmd: &hook.cmd,
+            repo,
+            exe: &exe,
+            timeout: Duration::from_secs(setting_int(conn, TIMEOUT) as u64),
+        },
+        &events,
+    )?;
+    Ok((events, out))
+}
+
+/// The hooks task: runs shell hooks on new events (see the module docs).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Hooks;
+
+impl Task for Hooks {
+    fn name(&self) -> &str {
+        "hooks"
+    }
+
+    fn due(&self, conn: &Connection, now: i64) -> Result<Due, TaskError> {
+        if !conn.table_exists(None, "bo_hook_state")? {
+            // Never set up here; a `hooks` row written by Fossil or by hand
+            // needs a first sync.
+            return Ok(match crate::repo::config_get(conn, HOOKS_ROW)? {
+                Some(v) if !parse(Some(&v)).unwrap_or_default().is_empty() => Due::Now,
+                _ => Due::Never,
+            });
+        }
+        let (edited, ready, next): (bool, bool, Option<i64>) = conn
+            .prepare_cached(
+                "SELECT (SELECT value FROM config WHERE name = 'hooks')
+                          IS NOT (SELECT value FROM config WHERE name = ?2),
+                        EXISTS(SELECT 1 FROM bo_hook_state
+                               WHERE cursor < (SELECT max(eventid) FROM bo_event)
+                                 AND next_attempt <= ?1),
+                        (SELECT min(next_attempt) FROM bo_hook_state
+                         WHERE cursor < (SELECT max(eventid) FROM bo_event))",
+            )?
+            .query_row(params![now, SEEN_ROW], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })?;
+        Ok(if edited || ready {
+            Due::Now
+        } else {
+            next.map_or(Due::Never, Due::At)
+        })
+    }
+
+    fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
+        let conn = ctx.conn;
+        // Nothing new and nothing to retry (the common case): as cheap as
+        // the after-request check.
+        if self.due(conn, ctx.now)? != Due::Now {
+            return Ok(0);
+        }
+        let edited = !conn.table_exists(None, "bo_hook_state")?
+            || crate::repo::config_get(conn, HOOKS_ROW)?
+                != crate::repo::config_get(conn, SEEN_ROW)?;
+        if edited {
+            match load(conn) {
+                Ok(h) if h.is_empty() && !conn.table_exists(None, "bo_hook_state")? => {
+                    return Ok(0);
+                }
+                Ok(_) => sync(conn)?,
+                Err(e) => {
+                    // A hand-edited row that does not parse: say so once
+                    // (and in `status` until fixed), not on every request.
+                    if conn.table_exists(None, "bo_hook_state")? {
+                        let text = crate::repo::config_get(conn, HOOKS_ROW)?.unwrap_or_default();
+                        crate::repo::config_set(conn, SEEN_ROW, &text)?;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        let timeout = Duration::from_secs(setting_int(conn, TIMEOUT) as u64);
+        let max_failures = setting_int(conn, MAX_FAILURES);
+        let exe = current_exe();
+        let newest = newest_event(conn)?;
+        let mut delivered = 0u64;
+        let mut failed = Vec::new();
+        for (hook, st) in list(conn)? {
+            let Some(mut st) = st.filter(|_| hook.runnable()) else {
+                continue;
+            };
+            for _ in 0..MAX_BATCHES_PER_RUN {
+                if st.cursor >= newest || st.next_attempt > ctx.now {
+                    break;
+                }
+                let events = events_after(conn, st.cursor, BATCH)?;
+                let Some(last) = events.last().map(|e| e.eventid) else {
+                    break;
+                };
+                // No statement is open and no transaction: the hook may
+                // read and write the repository.
+                let out = execute(
+                    &Invocation {
+                        id: hook.id,
+                        cmd: &hook.cmd,
+                        repo: ctx.repo,
+                        exe: &exe,
+                        timeout,
+                    },
+                    &events,
+                )?;
+                let now = crate::clock::now();
+                if out.failure.is_none() {
+                    conn.prepare_cached(
+                        "UPDATE bo_hook_state SET cursor = ?2, failures = 0, next_attempt = 0,
+                           last_run = ?3, last_error = NULL, last_output = ?4
+                         WHERE hookid = ?1",
+                    )?
+                    .execute(params![hook.id, last, now, out.output])?;
+                    delivered += events.len() as u64;
+                    st.cursor = last;
+                } else {
+                    st.failures += 1;
+                    let short = out.short();
+                    conn.prepare_cached(
+                        "UPDATE bo_hook_state SET failures = ?2, next_attempt = ?3,
+                           last_run = ?4, last_error = ?5, last_output = ?6
+                         WHERE hookid = ?1",
+                    )?
+                    .execute(params![
+                        hook.id,
+                        st.failures,
+                        now + backoff(st.failures),
+                        now,
+                        out.failure,
+                        out.output
+                    ])?;
+                    let what = if st.failures >= max_failures {
+                        format!(
+                            "hook {} failing ({} failures in a row)",
+                            hook.id, st.failures
+                        )
+                    } else {
+                        format!("hook {} failed", hook.id)
+                    };
+                    tracing::warn!(hook = hook.id, failures = st.failures, "{what}: {short}");
+                    failed.push(format!("{what}: {short}"));
+                    break;
+                }
+            }
+        }
+        if failed.is_empty() {
+            Ok(delivered)
+        } else {
+            Err(format!("{delivered} events delivered; {}", failed.join("; ")).into())
+        }
+    }
+
+    fn status(&self, conn: &Connection, now: i64) -> TaskStatus {
+        let mut st = TaskStatus::default();
+        let hooks = match list(conn) {
+            Ok(h) => h,
+            Err(e) => {
+                st.problems.push(e.to_string());
+                return st;
+            }
+        };
+        if hooks.is_empty() {
+            return st;
+        }
+        let max_failures = setting_int(conn, MAX_FAILURES);
+        let newest = if conn.table_exists(None, "bo_event").unwrap_or(false) {
+            newest_event(conn).unwrap_or(0)
+        } else {
+            0
+        };
+        for (h, s) in hooks {
+            let Some(s) = s.filter(|_| h.runnable()) else {
+                st.info.push(format!(
+                    "hook {} ({}): not run (type {})",
+                    h.id, h.cmd, h.kind
+                ));
+                continue;
+            };
+            let behind = (newest - s.cursor).max(0);
+            let mut line = format!(
+                "hook {} ({}): at event {}, {} behind",
+                h.id, h.cmd, s.cursor, behind
+            );
+            if s.failures > 0 {
+                line.push_str(&format!(
+                    ", {} failure(s) in a row, next attempt {}",
+                    s.failures,
+                    crate::clock::relative(s.next_attempt, now)
+                ));
+            }
+            st.info.push(line);
+            if s.failures >= max_failures {
+                let out = Outcome {
+                    failure: s.last_error.clone(),
+                    output: s.last_output.clone().unwrap_or_default(),
+                    output_bytes: 0,
+                    elapsed_ms: 0,
+                };
+                st.problems.push(format!(
+                    "hook {} is failing ({} failures in a row): {}",
+                    h.id,
+                    s.failures,
+                    out.short()
+                ));
+            }
+        }
+        st
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> Connection {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        conn
+    }
+
+    fn publish(conn: &Connection, title: &str) -> i64 {
+        crate::notify::publish(
+            conn,
+            &crate::notify::Event {
+                kind: "wiki".into(),
+                title: title.into(),
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn new(cmd: &str) -> New {
+        New {
+            cmd: cmd.into(),
+            seq: None,
+            kind: AFTER_EVENT.into(),
+            from_start: false,
+        }
+    }
+
+    #[test]
+    fn quoting_and_substitution() {
+        let s = substitute(
+            "%F x -R %R 100%% %Q",
+            Path::new("/srv/it's here.db"),
+            Path::new("/bin/bo"),
+        );
+        assert_eq!(s, "'/bin/bo' x -R '/srv/it'\\''s here.db' 100% %Q");
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("printf %s {}", shell_quote("$(x) `y`; 'z'")))
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "$(x) `y`; 'z'");
+    }
+
+    #[test]
+    fn capture_keeps_head_and_tail() {
+        let mut c = Capture::default();
+        for _ in 0..100 {
+            c.push(&[b'a'; 1000]);
+        }
+        c.push(b"THE END");
+        let t = c.text();
+        assert!(t.len() < OUTPUT_MAX + 100, "{}", t.len());
+        assert!(t.ends_with("THE END"));
+        assert!(t.contains(&format!(
+            "[… {} bytes of output cut …]",
+            100_007 - OUTPUT_MAX
+        )));
+        let mut small = Capture::default();
+        small.push(b"hi");
+        assert_eq!(small.text(), "hi");
+    }
+
+    #[test]
+    fn fossil_entries_get_ids_and_unknown_fields_and_types_are_kept() {
+        let conn = setup();
+        crate::repo::config_set(
+            &conn,
+            HOOKS_ROW,
+            r#"[{"type":"after-receive","cmd":"true","seq":5,"x":1},{"type":"disabled","cmd":"false","seq":1}]"#,
+        )
+        .unwrap();
+        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Now);
+        sync(&conn).unwrap();
+        let hooks = list(&conn).unwrap();
+        assert_eq!(hooks.len(), 2);
+        assert_eq!((hooks[0].0.id, hooks[0].0.kind.as_str()), (2, "disabled"));
+        assert!(hooks[0].1.is_none());
+        assert_eq!(hooks[1].0.id, 1);
+        assert_eq!(hooks[1].0.raw.get("x"), Some(&Value::from(1)));
+        assert_eq!(hooks[1].1.as_ref().unwrap().cursor, 0);
+        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Never);
+        // An edit made elsewhere is noticed.
+        let text = crate::repo::config_get(&conn, HOOKS_ROW).unwrap().unwrap();
+        crate::repo::config_set(&conn, HOOKS_ROW, &text.replace("true", "true ")).unwrap();
+        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Now);
+    }
+
+    #[test]
+    fn a_malformed_hooks_row_is_reported_once_not_on_every_request() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        add(&conn, &new("true")).unwrap();
+        crate::repo::config_set(&conn, HOOKS_ROW, "[{oops").unwrap();
+        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Now);
+        let ctx = Context {
+            conn: &conn,
+            repo: &path,
+            now: 0,
+            debug: false,
+        };
+        let e = Hooks.run(&ctx).unwrap_err().to_string();
+        assert!(e.contains("not a JSON array"), "{e}");
+        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Never);
+        let st = Hooks.status(&conn, 0);
+        assert!(st.problems[0].contains("not a JSON array"), "{st:?}");
+    }
+
+    #[test]
+    fn due_follows_events_and_backoff() {
+        let conn = setup();
+        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Never);
+        publish(&conn, "old");
+        let h = add(&conn, &new("true")).unwrap();
+        assert_eq!(state(&conn, h.id).unwrap().unwrap().cursor, 1);
+        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Never);
+        publish(&conn, "new");
+        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Now);
+        conn.execute("UPDATE bo_hook_state SET next_attempt = 100", [])
+            .unwrap();
+        assert_eq!(Hooks.due(&conn, 50).unwrap(), Due::At(100));
+        assert_eq!(Hooks.due(&conn, 100).unwrap(), Due::Now);
+        let h2 = add(
+            &conn,
+            &New {
+                from_start: true,
+                ..new("true")
+            },
+        )
+        .unwrap();
+        assert_eq!(state(&conn, h2.id).unwrap().unwrap().cursor, 0);
+        remove(&conn, h.id).unwrap();
+        assert!(state(&conn, h.id).unwrap().is_none());
+        edit(
+            &conn,
+            h2.id,
+            &Changes {
+                kind: Some("disabled".into()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(state(&conn, h2.id).unwrap().is_none());
+        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Never);
+    }
+
+    #[test]
+    fn run_delivers_and_failures_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        let out = dir.path().join("out");
+        let good = add(
+            &conn,
+            &new(&format!("cat >> {}", shell_quote(out.to_str().unwrap()))),
+        )
+        .unwrap();
+        let bad = add(&conn, &new("echo oops; exit 3")).unwrap();
+        publish(&conn, "one");
+        publish(&conn, "two");
+        let ctx = Context {
+            conn: &conn,
+            repo: &path,
+            now: crate::clock::now(),
+            debug: false,
+        };
+        let err = Hooks.run(&ctx).unwrap_err().to_string();
+        assert!(err.contains("2 events delivered"), "{err}");
+        assert!(err.contains("exit status: 3: oops"), "{err}");
+        let text = std::fs::read_to_string(&out).unwrap();
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1]["title"], "two");
+        assert_eq!(lines[1]["eventid"], 2);
+        assert_eq!(state(&conn, good.id).unwrap().unwrap().cursor, 2);
+        let s = state(&conn, bad.id).unwrap().unwrap();
+        assert_eq!((s.cursor, s.failures), (0, 1));
+        assert!(s.next_attempt >= ctx.now + 60);
+        assert_eq!(s.last_output.as_deref(), Some("oops\n"));
+        assert_eq!(Hooks.due(&conn, ctx.now).unwrap(), Due::At(s.next_attempt));
+        // Backing off: nothing runs.
+        assert_eq!(Hooks.run(&ctx).unwrap(), 0);
+        assert_eq!(backoff(1), 60);
+        assert_eq!(backoff(2), 120);
+        assert_eq!(backoff(50), 3600);
+    }
+
+    #[test]
+    fn timeout_kills_the_process_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let out = execute(
+            &Invocation {
+                id: 1,
+                cmd: "echo before; sleep 30 & sleep 30; echo never",
+                repo: &dir.path().join("r.db"),
+                exe: Path::new("/bin/true"),
+                timeout: Duration::from_secs(1),
+            },
+            &[],
+        )
+        .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(out.failure.as_deref(), Some("timed out after 1 s"));
+        assert_eq!(out.output, "before\n");
+    }
+}
