@@ -2,5 +2,9 @@
 //! so that a Rust host can ship the same commands with its own tasks.
 
 fn main() -> std::process::ExitCode {
-    backoffice_cli::main(backoffice::Tasks::new().with(backoffice::notify::Notify))
+    backoffice_cli::main(
+        backoffice::Tasks::new()
+            .with(backoffice::notify::Notify)
+            .with(backoffice::webhooks::Webhooks),
+    )
 }

@@ -23,3 +23,6 @@ mod interop;
 mod notify;
 // The SMTP `relay` send method against a real SMTP server (Python's smtpd).
 mod relay;
+// Webhooks against a real HTTP receiver that verifies signatures: order,
+// retries, time-outs, refused connections, dead endpoints, parallelism.
+mod webhooks;
