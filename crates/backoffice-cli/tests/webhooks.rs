@@ -114,6 +114,7 @@ fn hmac_hex(secret: &str, msg: &[u8]) -> String {
 /// One connection: requests one after another (keep-alive) until the
 /// client closes, 5 s of silence, or the receiver stops.
 fn serve(stream: TcpStream, sh: &Shared, bad: Bad) {
+    stream.set_nodelay(true).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
@@ -556,11 +557,25 @@ fn bad_urls_and_short_secrets_are_refused() {
 fn bench_webhook_deliveries_per_second() {
     let env = Env::new();
     let repo = Repo::new(&env);
-    let n = 20_000;
+    let n: usize = std::env::var("BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20_000);
     let r = Receiver::ok();
     repo.add(&r.url, "*");
     repo.publish_many(n);
-    let took = repo.run();
+    let took = match std::env::var("BENCH_STRACE") {
+        // To see where the time goes: BENCH_STRACE=FILE writes an strace.
+        Ok(out) => {
+            Cmd::new("strace")
+                .args(["-f", "-tt", "-o", &out])
+                .arg(crate::harness::backoffice_bin())
+                .args(["run", "--nolease", repo.r()])
+                .output()
+                .elapsed
+        }
+        Err(_) => repo.run(),
+    };
     assert_eq!(r.ids().len(), n);
     assert!(r.got().iter().all(|g| g.signature_ok));
     eprintln!(

@@ -352,13 +352,53 @@ impl Config {
 
     /// An HTTP agent with these settings (one per endpoint and run).
     pub fn agent(&self) -> ureq::Agent {
-        ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .timeout_global(Some(self.timeout))
             .http_status_as_error(false)
             .max_redirects(if self.follow_redirects { 5 } else { 0 })
             .user_agent(concat!("backoffice-webhooks/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into()
+            .build();
+        ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            OnceResolver::default(),
+        )
+    }
+}
+
+/// Resolves a host once per agent (one endpoint's turn in one run).
+///
+/// ureq resolves the host before every request, even one that goes out on
+/// a pooled keep-alive connection, and with a time-out it does so on a new
+/// thread each time: that thread made a delivery to a local receiver cost
+/// 1.6 ms instead of 0.1 ms (630/s against 9,700/s). A turn lasts one run,
+/// so caching its answer is safe; the time-out still bounds the first lookup.
+#[derive(Debug, Default)]
+struct OnceResolver {
+    inner: ureq::unversioned::resolver::DefaultResolver,
+    cache: Mutex<Option<(String, ureq::unversioned::resolver::ResolvedSocketAddrs)>>,
+}
+
+impl ureq::unversioned::resolver::Resolver for OnceResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map(|a| a.as_str()).unwrap_or("")
+        );
+        if let Some((k, addrs)) = &*self.cache.lock().unwrap() {
+            if *k == key {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        *self.cache.lock().unwrap() = Some((key, addrs.clone()));
+        Ok(addrs)
     }
 }
 
