@@ -43,6 +43,8 @@ struct Shared {
     requests: AtomicUsize,
     connections: AtomicUsize,
     bad_left: AtomicUsize,
+    /// Milliseconds to wait before each 200.
+    ok_delay_ms: AtomicUsize,
     stop: AtomicBool,
 }
 
@@ -192,6 +194,9 @@ fn serve(stream: TcpStream, sh: &Shared, bad: Bad) {
             signature_ok,
             at: Instant::now(),
         });
+        std::thread::sleep(Duration::from_millis(
+            sh.ok_delay_ms.load(Ordering::SeqCst) as u64
+        ));
         if out
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             .is_err()
@@ -525,6 +530,47 @@ fn an_endpoint_failing_max_attempts_times_is_dead_with_its_reason_until_retried(
 }
 
 #[test]
+fn a_worker_killed_mid_run_loses_nothing_and_resends_at_most_one_batch() {
+    let env = Env::new();
+    let repo = Repo::new(&env);
+    let r = Receiver::ok();
+    r.shared.ok_delay_ms.store(5, Ordering::SeqCst);
+    repo.add(&r.url, "*");
+    repo.publish_many(200);
+    let mut worker = Cmd::backoffice()
+        .args(["run", "--nolease", repo.r()])
+        .spawn();
+    let got_some = crate::harness::wait_until(Duration::from_secs(20), || r.ids().len() >= 75);
+    worker.kill().unwrap();
+    worker.wait().unwrap();
+    assert!(got_some, "only {} deliveries", r.ids().len());
+    let before = r.ids().len();
+    assert!(before < 200, "the worker finished before it was killed");
+    repo.run();
+    let got = r.got();
+    let events = repo.event_ids(None);
+    // Every event arrived; the only repeats are one re-sent stretch, no
+    // longer than a commit batch, with the same delivery ids.
+    let mut first: Vec<i64> = Vec::new();
+    let mut restarts = 0;
+    for (i, g) in got.iter().enumerate() {
+        if i > 0 && g.eventid <= got[i - 1].eventid {
+            restarts += 1;
+            let resent = got[i - 1].eventid - g.eventid + 1;
+            assert!(resent <= 50, "{resent} deliveries sent twice");
+            let earlier = got[..i].iter().find(|e| e.eventid == g.eventid).unwrap();
+            assert_eq!(earlier.delivery, g.delivery);
+        }
+        if !first.contains(&g.eventid) {
+            first.push(g.eventid);
+        }
+        assert!(g.signature_ok);
+    }
+    assert!(restarts <= 1, "{restarts} restarts");
+    assert_eq!(first, events);
+}
+
+#[test]
 fn bad_urls_and_short_secrets_are_refused() {
     let env = Env::new();
     let repo = Repo::new(&env);
@@ -564,15 +610,18 @@ fn bench_webhook_deliveries_per_second() {
     let r = Receiver::ok();
     repo.add(&r.url, "*");
     repo.publish_many(n);
-    let took = match std::env::var("BENCH_STRACE") {
-        // To see where the time goes: BENCH_STRACE=FILE writes an strace.
-        Ok(out) => {
-            Cmd::new("strace")
-                .args(["-f", "-tt", "-o", &out])
+    let took = match std::env::var("BENCH_WRAP") {
+        // To see where the time goes, e.g. BENCH_WRAP="strace -c -f" or
+        // BENCH_WRAP="perf record -g -o /tmp/webhooks.perf".
+        Ok(wrap) => {
+            let mut w = wrap.split_whitespace();
+            let done = Cmd::new(w.next().unwrap())
+                .args(w)
                 .arg(crate::harness::backoffice_bin())
                 .args(["run", "--nolease", repo.r()])
-                .output()
-                .elapsed
+                .output();
+            eprintln!("{}", done.stderr());
+            done.elapsed
         }
         Err(_) => repo.run(),
     };
