@@ -571,6 +571,25 @@ fn a_worker_killed_mid_run_loses_nothing_and_resends_at_most_one_batch() {
 }
 
 #[test]
+fn redirects_are_failures_unless_the_setting_allows_them() {
+    let env = Env::new();
+    let repo = Repo::new(&env);
+    let r = Receiver::start(Bad::Status(302), 1);
+    repo.add(&r.url, "*");
+    repo.publish("wiki", "Moved?");
+    repo.run();
+    assert!(r.ids().is_empty());
+    let err: String = repo.sql("SELECT last_error FROM bo_webhook");
+    assert!(
+        err.contains("HTTP 302") && err.contains("webhook-follow-redirects"),
+        "{err}"
+    );
+    repo.time_passes();
+    repo.run();
+    assert_eq!(r.ids(), repo.event_ids(None));
+}
+
+#[test]
 fn bad_urls_and_short_secrets_are_refused() {
     let env = Env::new();
     let repo = Repo::new(&env);
