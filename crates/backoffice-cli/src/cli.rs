@@ -72,6 +72,9 @@ pub enum Command {
     /// cursor; anything else retries the same events later, with backoff.
     Hook(HookArgs),
 
+    /// Add, list, test, retry or remove webhook endpoints (signed HTTP POSTs of every event).
+    Webhook(WebhookArgs),
+
     /// The detached worker process a trigger starts (internal).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -450,6 +453,58 @@ pub enum HookAction {
     /// moving its cursor; print its exit status and output.
     Test {
         /// The hook id.
+        id: i64,
+    },
+}
+
+/// `backoffice webhook`
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    /// The repository (SQLite file).
+    #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
+    pub repository: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub action: WebhookAction,
+}
+
+/// What `backoffice webhook` does.
+#[derive(Debug, Subcommand)]
+pub enum WebhookAction {
+    /// Add an endpoint; it gets the events published from now on.
+    Add {
+        /// Where to POST (http:// or https://).
+        url: String,
+        /// The HMAC-SHA256 key receivers verify signatures with (at least 16 characters).
+        #[arg(long, value_name = "SECRET")]
+        secret: String,
+        /// Kinds of event wanted, comma-separated, or * for all.
+        #[arg(long, value_name = "KINDS", default_value = "*")]
+        kinds: String,
+        /// Also deliver every event already published.
+        #[arg(long)]
+        from_start: bool,
+    },
+    /// List endpoints (secrets masked).
+    List {
+        /// Print JSON (without secrets).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an endpoint.
+    Remove {
+        /// The endpoint id.
+        id: i64,
+    },
+    /// Send one signed test delivery (kind `test`) and print the HTTP status.
+    Test {
+        /// The endpoint id.
+        id: i64,
+    },
+    /// Make a dead (or backing-off) endpoint active and due now; nothing is skipped.
+    Retry {
+        /// The endpoint id.
         id: i64,
     },
 }

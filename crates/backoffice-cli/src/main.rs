@@ -5,6 +5,7 @@ fn main() -> std::process::ExitCode {
     backoffice_cli::main(
         backoffice::Tasks::new()
             .with(backoffice::notify::Notify)
-            .with(backoffice::hooks::Hooks),
+            .with(backoffice::hooks::Hooks)
+            .with(backoffice::webhooks::Webhooks),
     )
 }

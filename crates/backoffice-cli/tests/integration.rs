@@ -25,3 +25,6 @@ mod notify;
 mod relay;
 // Shell hooks: order, stdin JSON, failures and retries, timeouts, output bounds.
 mod hooks;
+// Webhooks against a real HTTP receiver that verifies signatures: order,
+// retries, time-outs, refused connections, dead endpoints, parallelism.
+mod webhooks;

@@ -45,6 +45,8 @@
 //! * [`poll`]: servicing many repositories in one sweep, or forever.
 //! * [`status`]: what `backoffice status` reports.
 //! * [`clock`]: Unix seconds and their human forms.
+//! * [`notify`]: events, subscribers, email alerts and digests.
+//! * [`webhooks`]: signed HTTP deliveries of events, in order, retried.
 //!
 //! # Embedding
 //!
@@ -78,6 +80,7 @@ pub mod settings;
 pub mod status;
 pub mod task;
 pub mod trigger;
+pub mod webhooks;
 
 pub use engine::{Outcome, RunOptions};
 pub use error::{Error, Result};

@@ -220,6 +220,27 @@ pub const SETTINGS: &[Def] = &[
         help: "Failures in a row after which `status` and the run log report a hook as failing (it is still retried hourly).",
         secret: false,
     },
+    Def {
+        name: crate::webhooks::TIMEOUT,
+        kind: Kind::Int { min: 1, max: 300 },
+        default: "10",
+        help: "Seconds a webhook endpoint has to connect and answer before the attempt counts as failed.",
+        secret: false,
+    },
+    Def {
+        name: crate::webhooks::MAX_ATTEMPTS,
+        kind: Kind::Int { min: 1, max: 100 },
+        default: "10",
+        help: "Failed attempts in a row before a webhook endpoint is dead (retries back off from 1 minute to 6 hours).",
+        secret: false,
+    },
+    Def {
+        name: crate::webhooks::FOLLOW_REDIRECTS,
+        kind: Kind::Bool,
+        default: "off",
+        help: "Follow 3xx answers from webhook endpoints (at most 5); off: a redirect is a failed attempt.",
+        secret: false,
+    },
 ];
 
 /// Looks up a setting's definition by name.

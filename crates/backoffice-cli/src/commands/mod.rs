@@ -18,6 +18,7 @@ pub mod setting;
 pub mod status;
 pub mod subscriber;
 pub mod trigger;
+pub mod webhook;
 
 /// Runs one parsed command.
 pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
@@ -32,6 +33,7 @@ pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
         Command::Subscriber(a) => subscriber::run(a),
         Command::Outbox(a) => outbox::run(a),
         Command::Hook(a) => hook::run(a),
+        Command::Webhook(a) => webhook::run(a),
         Command::Worker(a) => {
             let code = backoffice::worker_main(&a.repo, a.logfile.as_deref(), &tasks);
             Ok(ExitCode::from(code as u8))

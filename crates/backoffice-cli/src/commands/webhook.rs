@@ -1,0 +1,98 @@
+//! `backoffice webhook`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use backoffice::clock;
+use backoffice::webhooks::{self, New, Webhook};
+
+use crate::cli::{WebhookAction, WebhookArgs};
+
+fn line(w: &Webhook, now: i64) -> String {
+    let mut s = format!(
+        "{:>4}  {:<40} {:<7} kinds {:<12} secret {}  cursor {}  delivered {}",
+        w.id,
+        w.url,
+        w.state,
+        w.kinds,
+        webhooks::mask(&w.secret),
+        w.cursor,
+        w.delivered
+    );
+    if w.failures > 0 {
+        s.push_str(&format!("  failures {}", w.failures));
+        if w.state == "active" && w.next_attempt > now {
+            s.push_str(&format!(
+                ", next attempt {}",
+                clock::relative(w.next_attempt, now)
+            ));
+        }
+    }
+    if let Some(e) = &w.last_error {
+        s.push_str(&format!("\n      last error: {e}"));
+    }
+    s
+}
+
+/// Runs `backoffice webhook`.
+pub fn run(a: WebhookArgs) -> Result<ExitCode> {
+    let path = super::repo_path(a.repository, None)?;
+    let repo = super::open(&path)?;
+    let conn = repo.conn();
+    let now = clock::now();
+    match a.action {
+        WebhookAction::Add {
+            url,
+            secret,
+            kinds,
+            from_start,
+        } => {
+            repo.writable()?;
+            let w = webhooks::add(
+                conn,
+                &New {
+                    url,
+                    secret,
+                    kinds,
+                    from_start,
+                },
+            )?;
+            println!("added: {}", line(&w, now));
+        }
+        WebhookAction::List { json } => {
+            let all = webhooks::list(conn)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else {
+                for w in &all {
+                    println!("{}", line(w, now));
+                }
+                println!(
+                    "{} webhook{}",
+                    all.len(),
+                    if all.len() == 1 { "" } else { "s" }
+                );
+            }
+        }
+        WebhookAction::Remove { id } => {
+            repo.writable()?;
+            let w = webhooks::remove(conn, id)?;
+            println!("removed #{} {}", w.id, w.url);
+        }
+        WebhookAction::Retry { id } => {
+            repo.writable()?;
+            let w = webhooks::retry(conn, id)?;
+            println!("{}", line(&w, now));
+        }
+        WebhookAction::Test { id } => match webhooks::test(conn, id)? {
+            Ok(status) => {
+                println!("HTTP {status}");
+                if !(200..300).contains(&status) {
+                    return Ok(ExitCode::FAILURE);
+                }
+            }
+            Err(e) => anyhow::bail!("test delivery to webhook #{id} failed: {e}"),
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}

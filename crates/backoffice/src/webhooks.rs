@@ -1,0 +1,918 @@
+//! Webhooks: every new event POSTed, signed, in order, to each endpoint.
+//!
+//! # The model
+//!
+//! An endpoint (`backoffice webhook add URL --secret S`) is a row of
+//! `bo_webhook` with its own **cursor**: the last event id it has handled.
+//! In each worker run the [`Webhooks`] task takes every active endpoint whose
+//! next attempt has come and sends it the events after its cursor that match
+//! its kinds, in event order, one HTTP POST each (the cursor also moves past
+//! events of other kinds). A 2xx answer advances the cursor; the cursor is
+//! committed every [`COMMIT_EVERY`] deliveries, so a crash re-sends at most
+//! that many, each with the same `X-Backoffice-Delivery` id, which a receiver
+//! can use to drop duplicates.
+//!
+//! Anything else — another status, a time-out, a refused connection — stops
+//! that endpoint for this run (so its order is kept), counts one failure and
+//! sets its next attempt with exponential backoff and jitter (1 minute, 2, 4,
+//! … capped at 6 hours). After `webhook-max-attempts` failures in a row the
+//! endpoint is *dead*, with its reason in `status`, until `backoffice webhook
+//! retry ID`.
+//!
+//! Endpoints are served in parallel, on at most [`THREADS`] scoped threads,
+//! each with its own connection to the repository and its own HTTP agent
+//! (keep-alive within an endpoint), so a slow or hanging endpoint delays no
+//! other. No write lock is ever held while a request is in flight: a thread
+//! writes only to commit its cursor, in a short transaction.
+//!
+//! # The request
+//!
+//! `POST URL` with `Content-Type: application/json` and the body
+//!
+//! ```json
+//! {"delivery":"3f9a0c1b2d4e-2-17","eventid":17,"kind":"wiki","title":"Front page edited",
+//!  "body":"","url":"https://example.org/wiki/Front","author":"ann","time":1795261729}
+//! ```
+//!
+//! and the headers `X-Backoffice-Delivery` (the same id, stable per endpoint
+//! and event), `X-Backoffice-Event` (the kind), `X-Backoffice-Timestamp`
+//! (Unix seconds at sending) and `X-Backoffice-Signature: sha256=HEX`, the
+//! HMAC-SHA256 of `TIMESTAMP.BODY` keyed with the endpoint's secret
+//! ([`signature`]). A receiver recomputes it, compares in constant time, and
+//! refuses timestamps more than a few minutes old (replays).
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use sha2::Sha256;
+
+use crate::task::{Context, Due, Task, TaskError, TaskStatus};
+
+/// The webhook table. The event table is the notifications' `bo_event`.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS bo_webhook(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  url TEXT NOT NULL,
+  secret TEXT NOT NULL,
+  kinds TEXT NOT NULL DEFAULT '*',
+  cursor INTEGER NOT NULL DEFAULT 0,
+  failures INTEGER NOT NULL DEFAULT 0,
+  next_attempt INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT,
+  state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'dead')),
+  delivered INTEGER NOT NULL DEFAULT 0,
+  salt TEXT NOT NULL,
+  ctime INTEGER NOT NULL
+);
+";
+
+/// `webhook-timeout`
+pub const TIMEOUT: &str = "webhook-timeout";
+/// `webhook-max-attempts`
+pub const MAX_ATTEMPTS: &str = "webhook-max-attempts";
+/// `webhook-follow-redirects`
+pub const FOLLOW_REDIRECTS: &str = "webhook-follow-redirects";
+
+/// Cursor commits happen after this many deliveries (and at the end).
+pub const COMMIT_EVERY: usize = 50;
+/// Events read per query.
+const READ_BATCH: i64 = 200;
+/// Most endpoints served at once.
+pub const THREADS: usize = 8;
+/// Shortest secret accepted.
+pub const MIN_SECRET: usize = 16;
+/// First retry delay, seconds.
+const FIRST_RETRY: i64 = 60;
+/// Longest retry delay, seconds.
+const MAX_RETRY: i64 = 6 * 3600;
+/// Most bytes of a response body read (and of it, kept in an error).
+const MAX_RESPONSE: u64 = 64 * 1024;
+
+/// Why a webhook change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum WebhookError {
+    /// The URL is not an absolute http or https URL.
+    #[error("bad webhook URL {0:?}: {1}")]
+    Url(String, String),
+    /// The secret is too short or not one line.
+    #[error(
+        "the secret must be at least {MIN_SECRET} characters on one line (e.g. `openssl rand -hex 32`)"
+    )]
+    Secret,
+    /// A kind in the list is malformed.
+    #[error("{0}")]
+    Kinds(String),
+    /// No such endpoint.
+    #[error("no webhook {0}")]
+    NotFound(i64),
+    /// SQLite refused.
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+/// One endpoint. `Debug` never shows the secret.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+pub struct Webhook {
+    /// Row id.
+    pub id: i64,
+    /// Where deliveries are POSTed.
+    pub url: String,
+    /// The HMAC key. Never serialised.
+    #[serde(skip)]
+    pub secret: String,
+    /// Kinds wanted (`*` or a comma list).
+    pub kinds: String,
+    /// The last event id handled.
+    pub cursor: i64,
+    /// Failed attempts in a row.
+    pub failures: i64,
+    /// No attempt before this Unix time.
+    pub next_attempt: i64,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// `active` or `dead`.
+    pub state: String,
+    /// Deliveries made so far.
+    pub delivered: i64,
+    /// Makes delivery ids unique across repositories.
+    pub salt: String,
+    /// Created.
+    pub ctime: i64,
+}
+
+impl std::fmt::Debug for Webhook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("id", &self.id)
+            .field("url", &self.url)
+            .field("secret", &mask(&self.secret))
+            .field("kinds", &self.kinds)
+            .field("cursor", &self.cursor)
+            .field("failures", &self.failures)
+            .field("next_attempt", &self.next_attempt)
+            .field("last_error", &self.last_error)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A secret as it may be shown: its first 4 characters, then `****`.
+pub fn mask(secret: &str) -> String {
+    let head: String = if secret.chars().count() >= MIN_SECRET {
+        secret.chars().take(4).collect()
+    } else {
+        String::new()
+    };
+    format!("{head}****")
+}
+
+/// Checks a webhook URL: absolute, `http` or `https`, with a host, one line.
+pub fn check_url(url: &str) -> Result<(), WebhookError> {
+    let bad = |why: &str| Err(WebhookError::Url(url.to_owned(), why.to_owned()));
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return bad("no spaces or control characters");
+    }
+    let uri: ureq::http::Uri = match url.parse() {
+        Ok(u) => u,
+        Err(e) => return bad(&e.to_string()),
+    };
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return bad("only http:// and https:// URLs"),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return bad("no host");
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return bad("no credentials in the URL; receivers check the signature instead");
+    }
+    Ok(())
+}
+
+/// `sha256=HEX`: HMAC-SHA256 of `TIMESTAMP.BODY` keyed with `secret`.
+pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
+    mac.update(timestamp.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    let tag = mac.finalize().into_bytes();
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256=");
+    for b in tag {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// Creates the tables (ours and the event table) if they are missing.
+pub fn install(conn: &Connection) -> rusqlite::Result<()> {
+    crate::notify::install(conn)?;
+    conn.execute_batch(SCHEMA)
+}
+
+/// A new endpoint.
+#[derive(Clone, Default)]
+pub struct New {
+    /// Where to POST.
+    pub url: String,
+    /// The HMAC key.
+    pub secret: String,
+    /// Kinds wanted, comma-separated, or `*`.
+    pub kinds: String,
+    /// Deliver every event already published, not only new ones.
+    pub from_start: bool,
+}
+
+const COLUMNS: &str = "id, url, secret, kinds, cursor, failures, next_attempt, last_error, state, delivered, salt, ctime";
+
+fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Webhook> {
+    Ok(Webhook {
+        id: r.get(0)?,
+        url: r.get(1)?,
+        secret: r.get(2)?,
+        kinds: r.get(3)?,
+        cursor: r.get(4)?,
+        failures: r.get(5)?,
+        next_attempt: r.get(6)?,
+        last_error: r.get(7)?,
+        state: r.get(8)?,
+        delivered: r.get(9)?,
+        salt: r.get(10)?,
+        ctime: r.get(11)?,
+    })
+}
+
+/// Adds an endpoint. It gets the events published from now on (all of
+/// them with `from_start`).
+pub fn add(conn: &Connection, new: &New) -> Result<Webhook, WebhookError> {
+    check_url(&new.url)?;
+    if new.secret.chars().count() < MIN_SECRET || new.secret.chars().any(char::is_control) {
+        return Err(WebhookError::Secret);
+    }
+    let kinds = crate::notify::subscribers::parse_kinds(&new.kinds)
+        .map_err(|e| WebhookError::Kinds(e.to_string()))?;
+    install(conn)?;
+    let cursor: i64 = if new.from_start {
+        0
+    } else {
+        conn.query_row("SELECT coalesce(max(eventid), 0) FROM bo_event", [], |r| {
+            r.get(0)
+        })?
+    };
+    conn.execute(
+        "INSERT INTO bo_webhook(url, secret, kinds, cursor, salt, ctime)
+         VALUES (?1, ?2, ?3, ?4, lower(hex(randomblob(6))), ?5)",
+        params![new.url, new.secret, kinds, cursor, crate::clock::now()],
+    )?;
+    get(conn, conn.last_insert_rowid())
+}
+
+/// One endpoint.
+pub fn get(conn: &Connection, id: i64) -> Result<Webhook, WebhookError> {
+    if !conn.table_exists(None, "bo_webhook")? {
+        return Err(WebhookError::NotFound(id));
+    }
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM bo_webhook WHERE id = ?1"),
+        [id],
+        row,
+    )
+    .optional()?
+    .ok_or(WebhookError::NotFound(id))
+}
+
+/// Every endpoint, by id.
+pub fn list(conn: &Connection) -> Result<Vec<Webhook>, WebhookError> {
+    if !conn.table_exists(None, "bo_webhook")? {
+        return Ok(Vec::new());
+    }
+    let mut s = conn.prepare(&format!("SELECT {COLUMNS} FROM bo_webhook ORDER BY id"))?;
+    Ok(s.query_map([], row)?.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Removes an endpoint.
+pub fn remove(conn: &Connection, id: i64) -> Result<Webhook, WebhookError> {
+    let w = get(conn, id)?;
+    conn.execute("DELETE FROM bo_webhook WHERE id = ?1", [id])?;
+    Ok(w)
+}
+
+/// Makes an endpoint (dead or backing off) active and due now, failures
+/// reset; its cursor is kept, so nothing is skipped.
+pub fn retry(conn: &Connection, id: i64) -> Result<Webhook, WebhookError> {
+    get(conn, id)?;
+    conn.execute(
+        "UPDATE bo_webhook SET state = 'active', failures = 0, next_attempt = 0, last_error = NULL
+         WHERE id = ?1",
+        [id],
+    )?;
+    get(conn, id)
+}
+
+/// Seconds to wait after `failures` failures in a row: 1 min, 2, 4, …, at
+/// most 6 h, plus up to 10 % jitter.
+pub fn backoff(failures: i64, jitter_seed: u64) -> i64 {
+    let base = FIRST_RETRY
+        .saturating_mul(1i64 << (failures - 1).clamp(0, 20))
+        .min(MAX_RETRY);
+    base + (jitter_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) as i64 % (base / 10 + 1)
+}
+
+/// The delivery settings of one repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// Per-request time limit (connect, send, answer).
+    pub timeout: Duration,
+    /// Failures in a row before an endpoint is dead.
+    pub max_attempts: i64,
+    /// Follow 3xx answers (at most 5).
+    pub follow_redirects: bool,
+}
+
+impl Config {
+    /// Reads the settings; a malformed stored value falls back to the default.
+    pub fn load(conn: &Connection) -> rusqlite::Result<Config> {
+        let get = |name: &str| -> rusqlite::Result<String> {
+            let d = crate::settings::def(name).expect("webhook setting defined");
+            let v = crate::repo::config_get(conn, name)?;
+            Ok(v.and_then(|v| d.validate(&v).ok())
+                .unwrap_or_else(|| d.default.to_owned()))
+        };
+        Ok(Config {
+            timeout: Duration::from_secs(get(TIMEOUT)?.parse().unwrap_or(10)),
+            max_attempts: get(MAX_ATTEMPTS)?.parse().unwrap_or(10),
+            follow_redirects: get(FOLLOW_REDIRECTS)? == "on",
+        })
+    }
+
+    /// An HTTP agent with these settings (one per endpoint and run).
+    pub fn agent(&self) -> ureq::Agent {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(self.timeout))
+            .http_status_as_error(false)
+            .max_redirects(if self.follow_redirects { 5 } else { 0 })
+            .user_agent(concat!("backoffice-webhooks/", env!("CARGO_PKG_VERSION")))
+            .build();
+        ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            OnceResolver::default(),
+        )
+    }
+}
+
+/// Resolves a host once per agent (one endpoint's turn in one run).
+///
+/// ureq resolves the host before every request, even one that goes out on
+/// a pooled keep-alive connection, and with a time-out it does so on a new
+/// thread each time: that thread made a delivery to a local receiver cost
+/// 1.6 ms instead of 0.1 ms (630/s against 9,700/s). A turn lasts one run,
+/// so caching its answer is safe; the time-out still bounds the first lookup.
+#[derive(Debug, Default)]
+struct OnceResolver {
+    inner: ureq::unversioned::resolver::DefaultResolver,
+    cache: Mutex<Option<(String, ureq::unversioned::resolver::ResolvedSocketAddrs)>>,
+}
+
+impl ureq::unversioned::resolver::Resolver for OnceResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let key = format!(
+            "{}://{}",
+            uri.scheme_str().unwrap_or(""),
+            uri.authority().map(|a| a.as_str()).unwrap_or("")
+        );
+        if let Some((k, addrs)) = &*self.cache.lock().unwrap() {
+            if *k == key {
+                return Ok(addrs.clone());
+            }
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        *self.cache.lock().unwrap() = Some((key, addrs.clone()));
+        Ok(addrs)
+    }
+}
+
+/// The JSON body of a delivery.
+#[derive(Debug, Serialize)]
+struct Body<'a> {
+    delivery: &'a str,
+    eventid: i64,
+    kind: &'a str,
+    title: &'a str,
+    body: &'a str,
+    url: Option<&'a str>,
+    author: Option<&'a str>,
+    time: i64,
+}
+
+/// One event as read for delivery.
+#[derive(Clone, Debug)]
+struct Ev {
+    id: i64,
+    kind: String,
+    title: String,
+    body: String,
+    url: Option<String>,
+    author: Option<String>,
+    time: i64,
+}
+
+/// The stable id of delivering event `eventid` to endpoint `w`.
+pub fn delivery_id(w: &Webhook, eventid: i64) -> String {
+    format!("{}-{}-{}", w.salt, w.id, eventid)
+}
+
+/// Sends one signed delivery; `Ok(status)` for any HTTP answer, `Err` for
+/// a failure to get one (refused, time-out, TLS, …).
+fn post(agent: &ureq::Agent, w: &Webhook, delivery: &str, ev: &Ev) -> Result<u16, String> {
+    let body = serde_json::to_vec(&Body {
+        delivery,
+        eventid: ev.id,
+        kind: &ev.kind,
+        title: &ev.title,
+        body: &ev.body,
+        url: ev.url.as_deref(),
+        author: ev.author.as_deref(),
+        time: ev.time,
+    })
+    .map_err(|e| e.to_string())?;
+    let ts = crate::clock::now();
+    let mut resp = agent
+        .post(&w.url)
+        .header("Content-Type", "application/json")
+        .header("X-Backoffice-Delivery", delivery)
+        .header("X-Backoffice-Event", &ev.kind)
+        .header("X-Backoffice-Timestamp", &ts.to_string())
+        .header("X-Backoffice-Signature", &signature(&w.secret, ts, &body))
+        .send(&body[..])
+        .map_err(|e| describe(&e))?;
+    // Read (a bounded part of) the answer, so the connection can be reused.
+    let _ = std::io::copy(
+        &mut resp.body_mut().as_reader().take(MAX_RESPONSE),
+        &mut std::io::sink(),
+    );
+    Ok(resp.status().as_u16())
+}
+
+fn describe(e: &ureq::Error) -> String {
+    match e {
+        ureq::Error::Timeout(t) => format!("timed out ({t})"),
+        ureq::Error::Io(io) => format!("{} ({:?})", io, io.kind()),
+        e => e.to_string(),
+    }
+}
+
+/// Sends a test delivery (event id 0, kind `test`) to one endpoint; returns
+/// the HTTP status, or why there was none.
+pub fn test(conn: &Connection, id: i64) -> Result<Result<u16, String>, WebhookError> {
+    let w = get(conn, id)?;
+    let cfg = Config::load(conn)?;
+    let now = crate::clock::now();
+    let ev = Ev {
+        id: 0,
+        kind: "test".into(),
+        title: "Test delivery from backoffice".into(),
+        body: String::new(),
+        url: None,
+        author: None,
+        time: now,
+    };
+    let delivery = format!("{}-{}-test-{now}", w.salt, w.id);
+    Ok(post(&cfg.agent(), &w, &delivery, &ev))
+}
+
+/// The webhook deliveries, as one engine task.
+///
+/// Its `due` is one statement: the earliest next attempt among active
+/// endpoints whose cursor is behind the newest event (`max(eventid)` is a
+/// lookup at the end of the table's b-tree).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Webhooks;
+
+/// What one endpoint's turn did.
+#[derive(Debug, Default)]
+struct Turn {
+    delivered: u64,
+    failed: Option<String>,
+}
+
+impl Task for Webhooks {
+    fn name(&self) -> &str {
+        "webhooks"
+    }
+
+    fn due(&self, conn: &Connection, now: i64) -> Result<Due, TaskError> {
+        if !conn.table_exists(None, "bo_webhook")? {
+            return Ok(Due::Never);
+        }
+        let next: Option<i64> = conn
+            .prepare_cached(
+                "SELECT min(next_attempt) FROM bo_webhook
+                 WHERE state = 'active' AND cursor < (SELECT max(eventid) FROM bo_event)",
+            )?
+            .query_row([], |r| r.get(0))?;
+        Ok(match next {
+            None => Due::Never,
+            Some(t) if t <= now => Due::Now,
+            Some(t) => Due::At(t),
+        })
+    }
+
+    fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
+        let conn = ctx.conn;
+        if !conn.table_exists(None, "bo_webhook")? {
+            return Ok(0);
+        }
+        let cfg = Config::load(conn)?;
+        let endpoints: Vec<Webhook> = {
+            let mut s = conn.prepare(&format!(
+                "SELECT {COLUMNS} FROM bo_webhook
+                 WHERE state = 'active' AND next_attempt <= ?1
+                   AND cursor < (SELECT max(eventid) FROM bo_event)
+                 ORDER BY id"
+            ))?;
+            s.query_map([ctx.now], row)?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        if endpoints.is_empty() {
+            return Ok(0);
+        }
+        let queue = Mutex::new(endpoints.into_iter().rev().collect::<Vec<_>>());
+        let results = Mutex::new(Vec::new());
+        let threads = THREADS.min(queue.lock().unwrap().len());
+        let (repo, now, cfg) = (ctx.repo, ctx.now, &cfg);
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    // Each thread has its own connection: rusqlite connections
+                    // are not shared between threads, and a thread waiting on
+                    // an endpoint must not hold anything another one needs.
+                    let db = match open(repo) {
+                        Ok(db) => db,
+                        Err(e) => {
+                            results.lock().unwrap().push((
+                                0,
+                                Turn {
+                                    delivered: 0,
+                                    failed: Some(e.to_string()),
+                                },
+                            ));
+                            return;
+                        }
+                    };
+                    loop {
+                        let Some(w) = queue.lock().unwrap().pop() else {
+                            break;
+                        };
+                        let turn = serve(&db, cfg, &w, now).unwrap_or_else(|e| Turn {
+                            delivered: 0,
+                            failed: Some(format!("database: {e}")),
+                        });
+                        results.lock().unwrap().push((w.id, turn));
+                    }
+                });
+            }
+        });
+        let results = results.into_inner().unwrap();
+        let delivered: u64 = results.iter().map(|(_, t)| t.delivered).sum();
+        let failed: Vec<String> = results
+            .iter()
+            .filter_map(|(id, t)| t.failed.as_ref().map(|e| format!("#{id}: {e}")))
+            .collect();
+        if delivered == 0 && !failed.is_empty() {
+            return Err(format!(
+                "{} endpoint(s) failing: {}",
+                failed.len(),
+                failed.join("; ")
+            )
+            .into());
+        }
+        if ctx.debug && !failed.is_empty() {
+            tracing::warn!(failed = %failed.join("; "), "webhook endpoints failing");
+        }
+        Ok(delivered)
+    }
+
+    fn status(&self, conn: &Connection, now: i64) -> TaskStatus {
+        let mut st = TaskStatus::default();
+        let Ok(all) = list(conn) else {
+            return st;
+        };
+        if all.is_empty() {
+            return st;
+        }
+        let newest: i64 = conn
+            .query_row("SELECT coalesce(max(eventid), 0) FROM bo_event", [], |r| {
+                r.get(0)
+            })
+            .unwrap_or(0);
+        let dead = all.iter().filter(|w| w.state == "dead").count();
+        let behind = all
+            .iter()
+            .filter(|w| w.state == "active" && w.cursor < newest)
+            .count();
+        st.info.push(format!(
+            "webhooks: {} active ({behind} with events to deliver), {dead} dead",
+            all.len() - dead
+        ));
+        for w in &all {
+            let err = w.last_error.as_deref().unwrap_or("?");
+            if w.state == "dead" {
+                st.problems.push(format!(
+                    "webhook #{} {} is dead after {} failures: {err} (`backoffice webhook retry {}`)",
+                    w.id, w.url, w.failures, w.id
+                ));
+            } else if w.failures > 0 {
+                st.problems.push(format!(
+                    "webhook #{} {} failing ({} in a row, next attempt {}): {err}",
+                    w.id,
+                    w.url,
+                    w.failures,
+                    crate::clock::relative(w.next_attempt, now)
+                ));
+            }
+        }
+        st
+    }
+}
+
+fn open(path: &Path) -> rusqlite::Result<Connection> {
+    let c = Connection::open(path)?;
+    c.busy_timeout(Duration::from_secs(10))?;
+    Ok(c)
+}
+
+/// One endpoint's turn: deliver in order until caught up or a failure.
+fn serve(db: &Connection, cfg: &Config, w: &Webhook, now: i64) -> rusqlite::Result<Turn> {
+    let agent = cfg.agent();
+    let mut turn = Turn::default();
+    let mut cursor = w.cursor;
+    let mut committed = w.cursor;
+    let mut pending = 0usize;
+    let started = Instant::now();
+    'outer: loop {
+        let events: Vec<Ev> = {
+            let mut s = db.prepare_cached(
+                "SELECT eventid, kind, title, body, url, author, mtime FROM bo_event
+                 WHERE eventid > ?1 ORDER BY eventid LIMIT ?2",
+            )?;
+            s.query_map(params![cursor, READ_BATCH], |r| {
+                Ok(Ev {
+                    id: r.get(0)?,
+                    kind: r.get(1)?,
+                    title: r.get(2)?,
+                    body: r.get(3)?,
+                    url: r.get(4)?,
+                    author: r.get(5)?,
+                    time: r.get(6)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?
+        };
+        if events.is_empty() {
+            break;
+        }
+        for ev in &events {
+            if !crate::notify::subscribers::wants(&w.kinds, &ev.kind) {
+                cursor = ev.id;
+                continue;
+            }
+            let outcome = match post(&agent, w, &delivery_id(w, ev.id), ev) {
+                Ok(s) if (200..300).contains(&s) => Ok(()),
+                Ok(s) if (300..400).contains(&s) && !cfg.follow_redirects => Err(format!(
+                    "HTTP {s} (redirects are not followed unless webhook-follow-redirects is on)"
+                )),
+                Ok(s) => Err(format!("HTTP {s}")),
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => {
+                    cursor = ev.id;
+                    turn.delivered += 1;
+                    pending += 1;
+                    if pending >= COMMIT_EVERY {
+                        if !commit(db, w.id, cursor, pending)? {
+                            return Ok(turn); // removed meanwhile
+                        }
+                        committed = cursor;
+                        pending = 0;
+                    }
+                }
+                Err(e) => {
+                    let e = crate::task::one_line(&format!("event {}: {e}", ev.id));
+                    fail(db, cfg, w, cursor, pending, &e, now)?;
+                    turn.failed = Some(e);
+                    break 'outer;
+                }
+            }
+        }
+    }
+    if turn.failed.is_none() && (cursor != committed || pending > 0) {
+        commit(db, w.id, cursor, pending)?;
+    }
+    tracing::debug!(
+        webhook = w.id,
+        delivered = turn.delivered,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "webhook turn"
+    );
+    Ok(turn)
+}
+
+/// Records deliveries up to `cursor`; false if the endpoint is gone.
+fn commit(db: &Connection, id: i64, cursor: i64, n: usize) -> rusqlite::Result<bool> {
+    let changed = db
+        .prepare_cached(
+            "UPDATE bo_webhook SET cursor = max(cursor, ?2), delivered = delivered + ?3,
+               failures = 0, last_error = NULL, next_attempt = 0
+             WHERE id = ?1",
+        )?
+        .execute(params![id, cursor, n as i64])?;
+    Ok(changed > 0)
+}
+
+/// Records what was delivered and one failure: a later next attempt, or
+/// dead after `max_attempts` in a row.
+fn fail(
+    db: &Connection,
+    cfg: &Config,
+    w: &Webhook,
+    cursor: i64,
+    n: usize,
+    error: &str,
+    now: i64,
+) -> rusqlite::Result<()> {
+    // Failures in a row: a turn that delivered something starts counting again.
+    let failures = if n > 0 { 1 } else { w.failures + 1 };
+    let dead = failures >= cfg.max_attempts;
+    let next = now + backoff(failures, (w.id as u64) ^ (now as u64).rotate_left(17));
+    db.prepare_cached(
+        "UPDATE bo_webhook SET cursor = max(cursor, ?2), delivered = delivered + ?3,
+           failures = ?4, last_error = ?5, next_attempt = ?6,
+           state = CASE WHEN ?7 THEN 'dead' ELSE state END
+         WHERE id = ?1",
+    )?
+    .execute(params![w.id, cursor, n as i64, failures, error, next, dead])?;
+    if dead {
+        tracing::warn!(webhook = w.id, url = %w.url, error, "webhook endpoint is dead");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
+    #[test]
+    fn signature_matches_the_rfc_4231_vector() {
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"what do ya want for nothing?");
+        let hex: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Our signature is the same HMAC over "TIMESTAMP.BODY": with the
+        // timestamp "what do ya want for nothing?" cannot be produced, so
+        // check the framing against a hand-built message instead.
+        let mut mac = Hmac::<Sha256>::new_from_slice(b"Jefe").unwrap();
+        mac.update(b"1795261729.{\"a\":1}");
+        let want: String = mac
+            .finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            signature("Jefe", 1_795_261_729, b"{\"a\":1}"),
+            format!("sha256={want}")
+        );
+    }
+
+    /// Python: hmac.new(b"key", b"1700000000.hello", hashlib.sha256).hexdigest()
+    #[test]
+    fn signature_known_value() {
+        assert_eq!(
+            signature("key", 1_700_000_000, b"hello"),
+            "sha256=4d583a269f4f276a3fa80ff31b5a01879a848096983222a17893d198418939aa"
+        );
+    }
+
+    #[test]
+    fn urls_are_http_or_https_with_a_host() {
+        for ok in [
+            "http://127.0.0.1:8080/hook",
+            "https://example.org/x?y=1",
+            "HTTPS://EXAMPLE.ORG",
+        ] {
+            check_url(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for bad in [
+            "ftp://example.org/",
+            "file:///etc/passwd",
+            "example.org/hook",
+            "http://",
+            "http://exa mple.org/",
+            "http://example.org/\nX: y",
+            "https://user:pw@example.org/",
+            "",
+        ] {
+            assert!(check_url(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn secrets_are_masked() {
+        let conn = Connection::open_in_memory().unwrap();
+        let w = add(
+            &conn,
+            &New {
+                url: "http://127.0.0.1:9/h".into(),
+                secret: "s3cr3t-s3cr3t-s3cr3t".into(),
+                kinds: "*".into(),
+                from_start: false,
+            },
+        )
+        .unwrap();
+        let dbg = format!("{w:?}");
+        assert!(!dbg.contains("s3cr3t-s3cr3t"), "{dbg}");
+        assert!(dbg.contains("s3cr****"), "{dbg}");
+        let json = serde_json::to_string(&w).unwrap();
+        assert!(!json.contains("s3cr3t"), "{json}");
+        assert_eq!(mask("short"), "****");
+        assert!(matches!(
+            add(
+                &conn,
+                &New {
+                    url: "http://127.0.0.1:9/h".into(),
+                    secret: "short".into(),
+                    kinds: "*".into(),
+                    from_start: false,
+                }
+            ),
+            Err(WebhookError::Secret)
+        ));
+    }
+
+    #[test]
+    fn due_follows_events_and_next_attempt() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::Never);
+        let w = add(
+            &conn,
+            &New {
+                url: "http://127.0.0.1:9/h".into(),
+                secret: "0123456789abcdef".into(),
+                kinds: "*".into(),
+                from_start: false,
+            },
+        )
+        .unwrap();
+        assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::Never);
+        crate::notify::publish(
+            &conn,
+            &crate::notify::Event {
+                kind: "wiki".into(),
+                title: "t".into(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::Now);
+        conn.execute("UPDATE bo_webhook SET next_attempt = 200", [])
+            .unwrap();
+        assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::At(200));
+        conn.execute("UPDATE bo_webhook SET state = 'dead'", [])
+            .unwrap();
+        assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::Never);
+        retry(&conn, w.id).unwrap();
+        assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::Now);
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        assert!((60..=66).contains(&backoff(1, 5)));
+        assert!((120..=132).contains(&backoff(2, 5)));
+        assert!((MAX_RETRY..=MAX_RETRY * 11 / 10).contains(&backoff(40, 5)));
+        let spread: std::collections::HashSet<i64> = (0..50).map(|s| backoff(3, s)).collect();
+        assert!(spread.len() > 5, "{spread:?}");
+    }
+}
