@@ -180,6 +180,36 @@ mod check {
         );
     }
 
+    /// The `backoffice` binary's three tasks (alerts, hooks, webhooks),
+    /// email set up, no hooks or webhooks configured, nothing new.
+    #[divan::bench(args = JOURNALS)]
+    fn binary_tasks_idle(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, false);
+        backoffice::notify::install(&fx.conn).expect("install");
+        backoffice::repo::config_set(&fx.conn, "email-send-method", "dir").expect("set");
+        let now = backoffice::clock::now();
+        let dt = backoffice::notify::schedule::DigestTime::default();
+        backoffice::repo::config_set(
+            &fx.conn,
+            "email-last-digest-boundary",
+            &dt.boundary_at_or_before(now).to_string(),
+        )
+        .expect("set");
+        let next = dt.boundary_after(now);
+        let bo = Backoffice::new(
+            Tasks::new()
+                .with(backoffice::notify::Notify)
+                .with(backoffice::hooks::Hooks)
+                .with(backoffice::webhooks::Webhooks),
+        );
+        run_check(
+            bencher,
+            &fx,
+            &bo,
+            |c| matches!(c, Check::NothingDue { next: Some(t) } if *t == next),
+        );
+    }
+
     #[divan::bench(args = JOURNALS)]
     fn outbox_pending(bencher: Bencher, journal: &str) {
         let fx = fixture(journal, true);
