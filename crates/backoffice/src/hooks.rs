@@ -428,42 +428,9 @@ pub fn list(conn: &Connection) -> Result<Vec<(Hook, Option<State>)>, HookError> 
 }
 
 /// One event as a hook sees it (one line of its standard input).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct EventLine {
-    /// `bo_event.eventid`
-    pub eventid: i64,
-    /// The kind.
-    pub kind: String,
-    /// The title (one line).
-    pub title: String,
-    /// The body.
-    pub body: String,
-    /// The link, if any.
-    pub url: Option<String>,
-    /// The author, if any.
-    pub author: Option<String>,
-    /// Unix seconds.
-    pub time: i64,
-}
+pub use crate::notify::StoredEvent as EventLine;
 
-fn events_after(conn: &Connection, cursor: i64, limit: usize) -> rusqlite::Result<Vec<EventLine>> {
-    let mut s = conn.prepare_cached(
-        "SELECT eventid, kind, title, body, url, author, mtime FROM bo_event
-         WHERE eventid > ?1 ORDER BY eventid LIMIT ?2",
-    )?;
-    s.query_map(params![cursor, limit as i64], |r| {
-        Ok(EventLine {
-            eventid: r.get(0)?,
-            kind: r.get(1)?,
-            title: r.get(2)?,
-            body: r.get(3)?,
-            url: r.get(4)?,
-            author: r.get(5)?,
-            time: r.get(6)?,
-        })
-    })?
-    .collect()
-}
+use crate::notify::events_after;
 
 /// Quotes a string for `/bin/sh`.
 pub fn shell_quote(s: &str) -> String {

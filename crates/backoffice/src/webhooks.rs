@@ -415,17 +415,7 @@ struct Body<'a> {
     time: i64,
 }
 
-/// One event as read for delivery.
-#[derive(Clone, Debug)]
-struct Ev {
-    id: i64,
-    kind: String,
-    title: String,
-    body: String,
-    url: Option<String>,
-    author: Option<String>,
-    time: i64,
-}
+use crate::notify::StoredEvent as Ev;
 
 /// The stable id of delivering event `eventid` to endpoint `w`.
 pub fn delivery_id(w: &Webhook, eventid: i64) -> String {
@@ -437,7 +427,7 @@ pub fn delivery_id(w: &Webhook, eventid: i64) -> String {
 fn post(agent: &ureq::Agent, w: &Webhook, delivery: &str, ev: &Ev) -> Result<u16, String> {
     let body = serde_json::to_vec(&Body {
         delivery,
-        eventid: ev.id,
+        eventid: ev.eventid,
         kind: &ev.kind,
         title: &ev.title,
         body: &ev.body,
@@ -479,7 +469,7 @@ pub fn test(conn: &Connection, id: i64) -> Result<Result<u16, String>, WebhookEr
     let cfg = Config::load(conn)?;
     let now = crate::clock::now();
     let ev = Ev {
-        id: 0,
+        eventid: 0,
         kind: "test".into(),
         title: "Test delivery from backoffice".into(),
         body: String::new(),
@@ -661,33 +651,16 @@ fn serve(db: &Connection, cfg: &Config, w: &Webhook, now: i64) -> rusqlite::Resu
     let mut pending = 0usize;
     let started = Instant::now();
     'outer: loop {
-        let events: Vec<Ev> = {
-            let mut s = db.prepare_cached(
-                "SELECT eventid, kind, title, body, url, author, mtime FROM bo_event
-                 WHERE eventid > ?1 ORDER BY eventid LIMIT ?2",
-            )?;
-            s.query_map(params![cursor, READ_BATCH], |r| {
-                Ok(Ev {
-                    id: r.get(0)?,
-                    kind: r.get(1)?,
-                    title: r.get(2)?,
-                    body: r.get(3)?,
-                    url: r.get(4)?,
-                    author: r.get(5)?,
-                    time: r.get(6)?,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?
-        };
+        let events: Vec<Ev> = crate::notify::events_after(db, cursor, READ_BATCH as usize)?;
         if events.is_empty() {
             break;
         }
         for ev in &events {
             if !crate::notify::subscribers::wants(&w.kinds, &ev.kind) {
-                cursor = ev.id;
+                cursor = ev.eventid;
                 continue;
             }
-            let outcome = match post(&agent, w, &delivery_id(w, ev.id), ev) {
+            let outcome = match post(&agent, w, &delivery_id(w, ev.eventid), ev) {
                 Ok(s) if (200..300).contains(&s) => Ok(()),
                 Ok(s) if (300..400).contains(&s) && !cfg.follow_redirects => Err(format!(
                     "HTTP {s} (redirects are not followed unless webhook-follow-redirects is on)"
@@ -697,7 +670,7 @@ fn serve(db: &Connection, cfg: &Config, w: &Webhook, now: i64) -> rusqlite::Resu
             };
             match outcome {
                 Ok(()) => {
-                    cursor = ev.id;
+                    cursor = ev.eventid;
                     turn.delivered += 1;
                     pending += 1;
                     if pending >= COMMIT_EVERY {
@@ -709,7 +682,7 @@ fn serve(db: &Connection, cfg: &Config, w: &Webhook, now: i64) -> rusqlite::Resu
                     }
                 }
                 Err(e) => {
-                    let e = crate::task::one_line(&format!("event {}: {e}", ev.id));
+                    let e = crate::task::one_line(&format!("event {}: {e}", ev.eventid));
                     fail(db, cfg, w, cursor, pending, &e, now)?;
                     turn.failed = Some(e);
                     break 'outer;

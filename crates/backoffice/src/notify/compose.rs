@@ -4,23 +4,7 @@
 use crate::clock;
 
 /// One event as it appears in a message.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EventText {
-    /// Event id.
-    pub id: i64,
-    /// Kind.
-    pub kind: String,
-    /// One-line title.
-    pub title: String,
-    /// Body text.
-    pub body: String,
-    /// Link.
-    pub url: Option<String>,
-    /// Who.
-    pub author: Option<String>,
-    /// When (Unix seconds).
-    pub time: i64,
-}
+pub use super::StoredEvent as EventText;
 
 /// A message's subject and body, before headers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -135,7 +119,7 @@ mod tests {
 
     fn ev(id: i64, title: &str, body: &str) -> EventText {
         EventText {
-            id,
+            eventid: id,
             kind: "wiki".into(),
             title: title.into(),
             body: body.into(),

@@ -117,6 +117,56 @@ pub fn install(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)
 }
 
+/// An event as stored in `bo_event`, for the tasks that consume events
+/// (alerts and digests, hooks, webhooks). It serialises to the JSON that
+/// hooks read on stdin and webhooks receive.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct StoredEvent {
+    /// `bo_event.eventid`: events are consumed in this order.
+    pub eventid: i64,
+    /// The kind.
+    pub kind: String,
+    /// The title (one line).
+    pub title: String,
+    /// The body.
+    pub body: String,
+    /// The link, if any.
+    pub url: Option<String>,
+    /// Who, if known.
+    pub author: Option<String>,
+    /// When, Unix seconds.
+    pub time: i64,
+}
+
+/// The `bo_event` columns [`stored_event`] reads, in its order.
+pub(crate) const EVENT_COLUMNS: &str = "eventid, kind, title, body, url, author, mtime";
+
+/// Reads a row selected with [`EVENT_COLUMNS`].
+pub(crate) fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+    Ok(StoredEvent {
+        eventid: r.get(0)?,
+        kind: r.get(1)?,
+        title: r.get(2)?,
+        body: r.get(3)?,
+        url: r.get(4)?,
+        author: r.get(5)?,
+        time: r.get(6)?,
+    })
+}
+
+/// Up to `limit` events after `cursor`, oldest first.
+pub fn events_after(
+    conn: &Connection,
+    cursor: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<StoredEvent>> {
+    conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM bo_event WHERE eventid > ?1 ORDER BY eventid LIMIT ?2"
+    ))?
+    .query_map(params![cursor, limit as i64], stored_event)?
+    .collect()
+}
+
 /// Longest title we keep, in characters; longer ones are cut.
 pub const MAX_TITLE: usize = 500;
 /// Longest body we keep, in bytes; longer ones are cut at a character boundary.

@@ -168,20 +168,6 @@ fn has_tables(conn: &Connection) -> rusqlite::Result<bool> {
     .map(|n| n == 3)
 }
 
-/// The event columns in `SELECT eventid, kind, title, body, url, author,
-/// mtime` order, as message text.
-fn event_text(r: &rusqlite::Row<'_>) -> rusqlite::Result<EventText> {
-    Ok(EventText {
-        id: r.get(0)?,
-        kind: r.get(1)?,
-        title: r.get(2)?,
-        body: r.get(3)?,
-        url: r.get(4)?,
-        author: r.get(5)?,
-        time: r.get(6)?,
-    })
-}
-
 /// Verified, subscribed subscribers of one mode: (id, address, kinds, code).
 fn active_subscribers(
     conn: &Connection,
@@ -211,10 +197,10 @@ fn compose_alerts(
             "SELECT eventid, kind, title, body, url, author, mtime FROM bo_event
              WHERE alerted = 0 ORDER BY eventid LIMIT ?1",
         )?;
-        s.query_map([EVENT_BATCH], event_text)?
+        s.query_map([EVENT_BATCH], super::stored_event)?
             .collect::<rusqlite::Result<_>>()?
     };
-    let Some(last) = events.last().map(|e| e.id) else {
+    let Some(last) = events.last().map(|e| e.eventid) else {
         return Ok(0);
     };
     let fresh: Vec<&EventText> = events
@@ -301,7 +287,7 @@ fn compose_digests(
             "SELECT eventid, kind, title, body, url, author, mtime FROM bo_event
              WHERE digested = 0 AND mtime < ?1 AND mtime >= ?2 ORDER BY mtime, eventid",
         )?;
-        s.query_map(params![to, since], event_text)?
+        s.query_map(params![to, since], super::stored_event)?
             .collect::<rusqlite::Result<_>>()?
     };
     let mut queued = 0;
