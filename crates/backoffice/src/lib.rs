@@ -31,6 +31,8 @@
 //!
 //! # Layout
 //!
+//! The engine:
+//!
 //! * [`lease`]: the lease value and its text codec (Fossil's four integers
 //!   plus our extension fields). Total parsing.
 //! * [`process`]: process identity and liveness (pid, start time, boot id,
@@ -40,13 +42,19 @@
 //! * [`engine`]: the worker loop — current, on deck, no-delay — and the run.
 //! * [`task`]: the [`Task`] trait, the task list, the run log.
 //! * [`trigger`]: the after-request check and starting a worker.
-//! * [`hooks`]: shell hooks run on new events, each with its own cursor,
-//!   retried with backoff (the `hooks` task).
 //! * [`poll`]: servicing many repositories in one sweep, or forever.
 //! * [`status`]: what `backoffice status` reports.
 //! * [`clock`]: Unix seconds and their human forms.
-//! * [`notify`]: events, subscribers, email alerts and digests.
-//! * [`webhooks`]: signed HTTP deliveries of events, in order, retried.
+//!
+//! The tasks the `backoffice` binary ships, in the order they run, all fed
+//! by the events applications publish:
+//!
+//! * [`notify`]: events, subscribers, email alerts and daily digests, the
+//!   outbox and its send methods (the `alerts` task).
+//! * [`hooks`]: shell hooks run on new events, each with its own cursor,
+//!   retried with backoff (the `hooks` task).
+//! * [`webhooks`]: signed HTTP deliveries of events, in order, retried (the
+//!   `webhooks` task).
 //!
 //! # Embedding
 //!
