@@ -455,3 +455,36 @@ pub fn wait_child(child: &mut Child, limit: Duration, what: &str) -> std::proces
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// An application's database, used through the `backoffice` binary: the
+/// common ground of the notification, hook and webhook tests.
+pub struct AppRepo {
+    /// The file.
+    pub path: PathBuf,
+}
+
+impl AppRepo {
+    /// A new SQLite file with one application table.
+    pub fn new(env: &Env, name: &str) -> AppRepo {
+        let path = env.path(name);
+        Connection::open(&path)
+            .expect("create the repository")
+            .execute_batch("CREATE TABLE app(x)")
+            .expect("application table");
+        AppRepo { path }
+    }
+
+    /// The path as text.
+    pub fn r(&self) -> &str {
+        self.path.to_str().expect("UTF-8 temp path")
+    }
+
+    /// Runs `backoffice ARGS -R REPO`, asserting success; returns stdout.
+    pub fn bo(&self, args: &[&str]) -> String {
+        Cmd::backoffice()
+            .args(args)
+            .args(["-R", self.r()])
+            .output()
+            .success()
+    }
+}

@@ -10,37 +10,26 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Cmd, Env, wait_until};
+use crate::harness::{AppRepo, Cmd, Env, wait_until};
 
 struct Repo {
-    path: PathBuf,
+    app: AppRepo,
     dir: PathBuf,
+}
+
+impl std::ops::Deref for Repo {
+    type Target = AppRepo;
+    fn deref(&self) -> &AppRepo {
+        &self.app
+    }
 }
 
 impl Repo {
     fn new(env: &Env) -> Repo {
-        let path = env.path("app.db");
-        rusqlite::Connection::open(&path)
-            .unwrap()
-            .execute_batch("CREATE TABLE app(x)")
-            .unwrap();
         Repo {
-            path,
+            app: AppRepo::new(env, "app.db"),
             dir: env.dir().to_owned(),
         }
-    }
-
-    fn r(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-
-    /// `backoffice ARGS -R REPO`, asserting success.
-    fn bo(&self, args: &[&str]) -> String {
-        Cmd::backoffice()
-            .args(args)
-            .args(["-R", self.r()])
-            .output()
-            .success()
     }
 
     fn add(&self, cmd: &str, extra: &[&str]) {

@@ -6,23 +6,25 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::harness::{Cmd, Env, wait_child, wait_until};
+use crate::harness::{AppRepo, Cmd, Env, wait_child, wait_until};
 
 /// A repository with email set up for `method`, and a few subscribers.
 struct Mail {
-    repo: PathBuf,
+    app: AppRepo,
     out: PathBuf,
+}
+
+impl std::ops::Deref for Mail {
+    type Target = AppRepo;
+    fn deref(&self) -> &AppRepo {
+        &self.app
+    }
 }
 
 impl Mail {
     fn new(env: &Env, method: &str) -> Mail {
-        let repo = env.path("app.db");
-        rusqlite::Connection::open(&repo)
-            .unwrap()
-            .execute_batch("CREATE TABLE app(x)")
-            .unwrap();
         let m = Mail {
-            repo,
+            app: AppRepo::new(env, "app.db"),
             out: env.path("mail"),
         };
         for (k, v) in [
@@ -37,19 +39,6 @@ impl Mail {
             m.bo(&["setting", k, v]);
         }
         m
-    }
-
-    fn r(&self) -> &str {
-        self.repo.to_str().unwrap()
-    }
-
-    /// Runs `backoffice ARGS -R REPO` (for commands taking -R), asserting success.
-    fn bo(&self, args: &[&str]) -> String {
-        Cmd::backoffice()
-            .args(args)
-            .args(["-R", self.r()])
-            .output()
-            .success()
     }
 
     /// A manual worker run (no trigger, no wait).
@@ -87,7 +76,7 @@ impl Mail {
     }
 
     fn sql<T: rusqlite::types::FromSql>(&self, q: &str) -> T {
-        rusqlite::Connection::open(&self.repo)
+        rusqlite::Connection::open(&self.path)
             .unwrap()
             .query_row(q, [], |r| r.get(0))
             .unwrap()
@@ -306,7 +295,7 @@ fn failures_are_retried_then_dead_then_retried_by_hand() {
     assert!(list.contains("relay is down"), "{list}");
     // Time passes (the test moves the due time instead of waiting).
     for _ in 0..2 {
-        rusqlite::Connection::open(&m.repo)
+        rusqlite::Connection::open(&m.path)
             .unwrap()
             .execute("UPDATE bo_outbox SET next_attempt = 0", [])
             .unwrap();
@@ -350,7 +339,7 @@ fn killed_worker_loses_nothing() {
     m.bo(&["setting", "email-alert-mode", "each"]);
     m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
     let n = 300;
-    let conn = rusqlite::Connection::open(&m.repo).unwrap();
+    let conn = rusqlite::Connection::open(&m.path).unwrap();
     for i in 0..n {
         backoffice::notify::publish(
             &conn,
@@ -544,7 +533,7 @@ fn outbox_purge_deletes_only_what_it_should() {
     m.bo(&["subscriber", "add", "bob@example.org", "--verified"]);
     m.publish("wiki", "Sent twice");
     m.run();
-    let conn = rusqlite::Connection::open(&m.repo).unwrap();
+    let conn = rusqlite::Connection::open(&m.path).unwrap();
     // One message sent long ago, one dead, one still queued.
     conn.execute_batch(
         "UPDATE bo_outbox SET sent_time = 1000 WHERE address = 'ann@example.org';

@@ -6,7 +6,6 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 
-use crate::harness::{Cmd, Env};
+use crate::harness::{AppRepo, Cmd, Env};
 
 const SECRET: &str = "test-secret-0123456789abcdef";
 
@@ -215,31 +214,23 @@ fn serve(stream: TcpStream, sh: &Shared, bad: Bad) {
 
 /// A repository for webhook tests.
 struct Repo {
-    path: PathBuf,
+    app: AppRepo,
+}
+
+impl std::ops::Deref for Repo {
+    type Target = AppRepo;
+    fn deref(&self) -> &AppRepo {
+        &self.app
+    }
 }
 
 impl Repo {
     fn new(env: &Env) -> Repo {
-        let path = env.path("app.db");
-        rusqlite::Connection::open(&path)
-            .unwrap()
-            .execute_batch("CREATE TABLE app(x)")
-            .unwrap();
-        let r = Repo { path };
+        let r = Repo {
+            app: AppRepo::new(env, "app.db"),
+        };
         r.bo(&["setting", "backoffice-lease-time", "1"]);
         r
-    }
-
-    fn r(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-
-    fn bo(&self, args: &[&str]) -> String {
-        Cmd::backoffice()
-            .args(args)
-            .args(["-R", self.r()])
-            .output()
-            .success()
     }
 
     /// Adds an endpoint; returns its id.
