@@ -155,26 +155,32 @@ impl Tasks {
     /// counts as due now, so that its worker runs and reports the failure
     /// instead of the work silently never happening.
     pub fn due(&self, conn: &Connection, now: i64) -> Due {
-        self.due_each(conn, now)
-            .into_iter()
-            .fold(Due::Never, |acc, (_, d)| {
-                acc.earliest(d.unwrap_or(Due::Now))
-            })
+        // On every request's path: no allocation, and the first `Now` ends it.
+        let mut acc = Due::Never;
+        for t in &self.list {
+            let d = match catch_unwind(AssertUnwindSafe(|| t.due(conn, now))) {
+                Ok(Ok(d)) => d,
+                Ok(Err(_)) | Err(_) => Due::Now,
+            };
+            acc = acc.earliest(d);
+            if acc == Due::Now {
+                break;
+            }
+        }
+        acc
     }
 
-    /// Each task's own answer, for `status`.
+    /// Each task's own answer, with errors and panics as text, for `status`.
     pub fn due_each(&self, conn: &Connection, now: i64) -> Vec<(String, Result<Due, String>)> {
         self.list
             .iter()
             .map(|t| {
-                let name = t.name().to_owned();
-                let d = catch_unwind(AssertUnwindSafe(|| t.due(conn, now)));
-                let d = match d {
+                let d = match catch_unwind(AssertUnwindSafe(|| t.due(conn, now))) {
                     Ok(Ok(d)) => Ok(d),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(p) => Err(format!("panicked: {}", panic_text(&*p))),
                 };
-                (name, d)
+                (t.name().to_owned(), d)
             })
             .collect()
     }
@@ -386,6 +392,36 @@ mod tests {
             report.log_line("r.fossil"),
             "1970-01-01 00:00:00 r.fossil no-op elapse-time 52 us"
         );
+    }
+
+    struct BadDue(bool);
+    impl Task for BadDue {
+        fn name(&self) -> &str {
+            "bad"
+        }
+        fn due(&self, _: &Connection, _: i64) -> Result<Due, TaskError> {
+            if self.0 {
+                panic!("due panicked");
+            }
+            Err("no such table: x".into())
+        }
+        fn run(&self, _: &Context<'_>) -> Result<u64, TaskError> {
+            Ok(0)
+        }
+    }
+
+    /// A check that fails or panics counts as due, so a worker runs and
+    /// reports it, instead of the work silently never happening.
+    #[test]
+    fn failing_due_counts_as_due_now() {
+        let conn = Connection::open_in_memory().unwrap();
+        for panics in [false, true] {
+            let tasks = Tasks::new().with(BadDue(panics));
+            assert_eq!(tasks.due(&conn, 0), Due::Now);
+            let each = tasks.due_each(&conn, 0);
+            assert!(each[0].1.is_err(), "{each:?}");
+        }
+        assert_eq!(Tasks::new().due(&conn, 0), Due::Never);
     }
 
     #[test]
