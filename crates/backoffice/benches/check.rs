@@ -160,17 +160,27 @@ mod check {
         });
     }
 
+    /// Email set up, the last digest sent, nothing new: returns the time
+    /// the next digest is due.
+    fn email_ready(fx: &Fixture) -> i64 {
+        backoffice::notify::install(&fx.conn).expect("install");
+        backoffice::repo::config_set(&fx.conn, "email-send-method", "dir").expect("set");
+        let now = backoffice::clock::now();
+        let dt = backoffice::notify::schedule::DigestTime::default();
+        backoffice::repo::config_set(
+            &fx.conn,
+            "email-last-digest-boundary",
+            &dt.boundary_at_or_before(now).to_string(),
+        )
+        .expect("set");
+        dt.boundary_after(now)
+    }
+
     /// The same with email set up and nothing new: the next digest is due later.
     #[divan::bench(args = JOURNALS)]
     fn notify_idle(bencher: Bencher, journal: &str) {
         let fx = fixture(journal, false);
-        backoffice::notify::install(&fx.conn).expect("install");
-        backoffice::repo::config_set(&fx.conn, "email-send-method", "dir").expect("set");
-        let now = backoffice::clock::now();
-        let next = backoffice::notify::schedule::DigestTime::default().boundary_after(now);
-        let last = backoffice::notify::schedule::DigestTime::default().boundary_at_or_before(now);
-        backoffice::repo::config_set(&fx.conn, "email-last-digest-boundary", &last.to_string())
-            .expect("set");
+        let next = email_ready(&fx);
         let bo = Backoffice::new(Tasks::new().with(backoffice::notify::Notify));
         run_check(
             bencher,
@@ -185,17 +195,7 @@ mod check {
     #[divan::bench(args = JOURNALS)]
     fn binary_tasks_idle(bencher: Bencher, journal: &str) {
         let fx = fixture(journal, false);
-        backoffice::notify::install(&fx.conn).expect("install");
-        backoffice::repo::config_set(&fx.conn, "email-send-method", "dir").expect("set");
-        let now = backoffice::clock::now();
-        let dt = backoffice::notify::schedule::DigestTime::default();
-        backoffice::repo::config_set(
-            &fx.conn,
-            "email-last-digest-boundary",
-            &dt.boundary_at_or_before(now).to_string(),
-        )
-        .expect("set");
-        let next = dt.boundary_after(now);
+        let next = email_ready(&fx);
         let bo = Backoffice::new(
             Tasks::new()
                 .with(backoffice::notify::Notify)
