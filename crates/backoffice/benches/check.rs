@@ -289,31 +289,11 @@ mod check {
 mod parts {
     use super::*;
 
-    /// `/proc/PID/stat` read and parsed (what an uncached on-deck check adds).
+    /// `/proc/PID/stat` read and parsed (what an uncached on-deck check adds;
+    /// one read into a stack buffer since the A/B in `results/check_ab.txt`).
     #[divan::bench]
     fn proc_stat_self() -> Option<process::ProcStat> {
         process::proc_stat(black_box(i64::from(std::process::id())))
-    }
-
-    /// The same read into a stack buffer: `std::fs::read_to_string` costs an
-    /// `openat`, a `statx` and six `read`s (the file reports size 0, so the
-    /// buffer grows from 32 bytes); this is `openat`, one or two `read`s and
-    /// `close`. A measurement for a possible library change.
-    #[divan::bench]
-    fn proc_stat_stack_buffer() -> Option<process::ProcStat> {
-        use std::io::Read;
-        let pid = black_box(std::process::id());
-        let mut f = std::fs::File::open(format!("/proc/{pid}/stat")).ok()?;
-        let mut buf = [0u8; 1024];
-        let mut len = 0;
-        while len < buf.len() {
-            match f.read(&mut buf[len..]) {
-                Ok(0) => break,
-                Ok(n) => len += n,
-                Err(_) => return None,
-            }
-        }
-        process::parse_proc_stat(std::str::from_utf8(&buf[..len]).ok()?)
     }
 
     /// `kill(pid, 0)` (what a cached on-deck check adds).
@@ -322,18 +302,17 @@ mod parts {
         process::exists(black_box(i64::from(std::process::id())))
     }
 
-    /// The three config rows alone (rollback vs WAL read transaction).
+    /// The two config rows the check reads, alone (rollback vs WAL read
+    /// transaction).
     #[divan::bench(args = JOURNALS)]
     fn config_rows(bencher: Bencher, journal: &str) {
         let fx = fixture(journal, false);
         bencher.bench_local(|| {
             let mut s = fx
                 .conn
-                .prepare_cached("SELECT name, value FROM config WHERE name IN (?1, ?2, ?3)")
+                .prepare_cached("SELECT name, value FROM config WHERE name IN (?1, ?2)")
                 .unwrap();
-            let mut q = s
-                .query([LEASE_ROW, "backoffice-disable", "backoffice-lease-time"])
-                .unwrap();
+            let mut q = s.query([LEASE_ROW, "backoffice-disable"]).unwrap();
             let mut n = 0;
             while let Some(_r) = q.next().unwrap() {
                 n += 1;
@@ -354,37 +333,6 @@ mod parts {
     fn config_one_row(bencher: Bencher, journal: &str) {
         let fx = fixture(journal, false);
         bencher.bench_local(|| backoffice::repo::config_get(&fx.conn, "filler-100").unwrap());
-    }
-
-    /// What the `outbox_idle` check would cost if its two statements shared
-    /// one read transaction (`BEGIN` .. `COMMIT`) instead of one each: a
-    /// measurement for a possible library change, not what the library does.
-    #[divan::bench(args = JOURNALS)]
-    fn two_reads_one_txn(bencher: Bencher, journal: &str) {
-        let fx = fixture(journal, false);
-        bencher.bench_local(|| {
-            fx.conn
-                .prepare_cached("BEGIN")
-                .unwrap()
-                .execute([])
-                .unwrap();
-            let mut s = fx
-                .conn
-                .prepare_cached("SELECT name, value FROM config WHERE name IN (?1, ?2, ?3)")
-                .unwrap();
-            let mut q = s
-                .query([LEASE_ROW, "backoffice-disable", "backoffice-lease-time"])
-                .unwrap();
-            while let Some(_r) = q.next().unwrap() {}
-            drop(q);
-            let due = Outbox.due(&fx.conn, 0).unwrap();
-            fx.conn
-                .prepare_cached("COMMIT")
-                .unwrap()
-                .execute([])
-                .unwrap();
-            due
-        });
     }
 }
 
