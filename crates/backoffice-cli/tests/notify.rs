@@ -556,3 +556,21 @@ fn outbox_purge_deletes_only_what_it_should() {
         "carl@example.org"
     );
 }
+
+/// A worker started for other work (or with nothing to do) leaves email
+/// alone: no settings read, no transport opened (here: no mail database
+/// created).
+#[test]
+fn nothing_due_opens_no_transport() {
+    let env = Env::new();
+    let m = Mail::new(&env, "db");
+    m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    m.run();
+    assert!(
+        !env.path("mail.db").exists(),
+        "the transport was opened for nothing"
+    );
+    m.publish("wiki", "Now there is work");
+    m.run();
+    assert!(env.path("mail.db").exists());
+}
