@@ -107,7 +107,7 @@ impl Task for Notify {
         while compose_alerts(conn, &cfg, &project, ctx.now)? == EVENT_BATCH as usize {}
         compose_digests(conn, &cfg, &project, ctx.now)?;
         // Open a transport (a connection, a file) only for something to send.
-        if !outbox::next_due(conn)?.is_some_and(|t| t <= ctx.now) {
+        if outbox::next_due(conn)?.is_none_or(|t| t > ctx.now) {
             return Ok(0);
         }
         let mut transport = cfg.transport()?;
