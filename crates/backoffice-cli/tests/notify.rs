@@ -458,6 +458,42 @@ fn bad_input_is_refused_clearly() {
         .output()
         .failure();
     assert!(err.contains("bad value"), "{err}");
+    let err = Cmd::backoffice()
+        .args(["publish", "-R", m.r(), "--kind", "wiki", "--title", "x"])
+        .args(["--body-file", "/nonexistent/body.txt"])
+        .output()
+        .failure();
+    assert!(err.contains("reading /nonexistent/body.txt"), "{err}");
+    let err = Cmd::backoffice()
+        .args([
+            "subscriber",
+            "-R",
+            m.r(),
+            "set",
+            "nobody@example.org",
+            "--verified",
+            "maybe",
+        ])
+        .output()
+        .failure();
+    assert!(err.contains("--verified takes on or off"), "{err}");
+    let err = Cmd::backoffice()
+        .args(["subscriber", "-R", m.r(), "remove", "42"])
+        .output()
+        .failure();
+    assert!(err.contains("no subscriber 42"), "{err}");
+    // A repository that never had email: nothing to retry, not an SQL error.
+    let plain = crate::harness::AppRepo::new(&env, "plain.db");
+    assert!(
+        plain
+            .bo(&["outbox", "retry"])
+            .contains("0 messages queued again")
+    );
+    assert!(
+        plain
+            .bo(&["outbox", "purge", "--dead"])
+            .contains("0 messages deleted")
+    );
 }
 
 #[test]

@@ -290,19 +290,27 @@ pub fn list(conn: &Connection, state: Option<&str>, limit: i64) -> rusqlite::Res
 /// Puts every dead message, or the one given (dead or waiting to retry),
 /// back in the queue, due now, with attempts reset. Returns how many.
 pub fn retry(conn: &Connection, msgid: Option<i64>, now: i64) -> rusqlite::Result<usize> {
-    conn.execute(
+    no_outbox_is_empty(conn.execute(
         "UPDATE bo_outbox SET state = 'queued', attempts = 0, next_attempt = ?2
          WHERE (?1 IS NULL AND state = 'dead') OR (msgid = ?1 AND state IN ('dead', 'queued'))",
         params![msgid, now],
-    )
+    ))
+}
+
+/// A repository that never had an outbox has no messages in it.
+fn no_outbox_is_empty(r: rusqlite::Result<usize>) -> rusqlite::Result<usize> {
+    match r {
+        Err(e) if crate::repo::is_no_such_table(&e) => Ok(0),
+        r => r,
+    }
 }
 
 /// Deletes sent messages older than `before`, and dead ones too if `dead`.
 pub fn purge(conn: &Connection, before: i64, dead: bool) -> rusqlite::Result<usize> {
-    conn.execute(
+    no_outbox_is_empty(conn.execute(
         "DELETE FROM bo_outbox WHERE (state = 'sent' AND sent_time < ?1) OR (?2 AND state = 'dead')",
         params![before, dead],
-    )
+    ))
 }
 
 /// The newest failure recorded on a message still queued, if any.
