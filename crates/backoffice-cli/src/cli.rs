@@ -75,6 +75,35 @@ pub enum Command {
     /// Add, list, test, retry or remove webhook endpoints (signed HTTP POSTs of every event).
     Webhook(WebhookArgs),
 
+    /// Serve status pages, the JSON API and metrics over HTTP; each
+    /// successful request runs the after-request check, as Fossil's server does.
+    ///
+    /// Routes: `/` (every repository), `/r/NAME` (status page),
+    /// `/r/NAME/status.json`, `POST /r/NAME/events` and `/r/NAME/subscribers`
+    /// (these need `Authorization: Bearer TOKEN`; see `backoffice token`),
+    /// `/r/NAME/unsubscribe/CODE` (the List-Unsubscribe target), `/metrics`.
+    /// NAME is the repository's file name without its extension.
+    ///
+    /// Stop it with Ctrl-C or SIGTERM; requests in flight finish first.
+    Serve(ServeArgs),
+
+    /// Answer one request as a CGI program (nginx with fcgiwrap, Apache,
+    /// althttpd): the same routes as `serve`.
+    ///
+    /// The repository comes from $BACKOFFICE_REPO (one file) or --repolist DIR.
+    /// After the reply, the after-request check may start a detached worker;
+    /// this process exits at once and the worker holds none of the web
+    /// server's descriptors.
+    Cgi(CgiArgs),
+
+    /// Make a new API token for a repository (the old one stops working),
+    /// or revoke it. The token is printed once; only its hash is stored.
+    Token(TokenArgs),
+
+    /// Try it: make a demo repository with subscribers and events, send
+    /// email into a local folder, and serve it on 127.0.0.1.
+    Demo(DemoArgs),
+
     /// The detached worker process a trigger starts (internal).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -507,4 +536,108 @@ pub enum WebhookAction {
         /// The endpoint id.
         id: i64,
     },
+}
+
+/// Limits for the web front (shared by `serve` and `cgi`).
+#[derive(Debug, Args, Clone)]
+pub struct WebLimitArgs {
+    /// Largest request body, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub max_body: usize,
+
+    /// Seconds allowed to send a request body.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub body_timeout: u64,
+}
+
+/// `backoffice serve`
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// One repository (SQLite file), or with --repolist a directory of them.
+    #[arg(value_name = "PATH")]
+    pub path: PathBuf,
+
+    /// Serve every SQLite file in the directory PATH (Fossil's --repolist).
+    #[arg(long)]
+    pub repolist: bool,
+
+    /// Address and port to listen on; port 0 picks a free one. Anything but
+    /// loopback exposes the status pages to that network.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Never run the after-request check (for setups where cron runs
+    /// `backoffice run --poll`).
+    #[arg(long)]
+    pub no_trigger: bool,
+
+    /// Seconds a client has to send a request's headers; also how long an
+    /// idle keep-alive connection is kept.
+    #[arg(long, value_name = "SECS", default_value_t = 15)]
+    pub header_timeout: u64,
+
+    /// Most connections served at once.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Request limits.
+    #[command(flatten)]
+    pub limits: WebLimitArgs,
+
+    /// Stop after this many seconds (for scripts and tests).
+    #[arg(long, value_name = "SECS", hide = true)]
+    pub exit_after: Option<u64>,
+}
+
+/// `backoffice cgi`
+#[derive(Debug, Args)]
+pub struct CgiArgs {
+    /// Serve every SQLite file in this directory (otherwise $BACKOFFICE_REPO
+    /// names the one repository).
+    #[arg(long, value_name = "DIR")]
+    pub repolist: Option<PathBuf>,
+
+    /// Request limits.
+    #[command(flatten)]
+    pub limits: WebLimitArgs,
+}
+
+/// `backoffice token`
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The repository (SQLite file).
+    #[arg(short = 'R', long = "repository", value_name = "REPO")]
+    pub repository: Option<PathBuf>,
+
+    /// The repository, as a plain argument.
+    #[arg(value_name = "REPO", conflicts_with = "repository")]
+    pub repo: Option<PathBuf>,
+
+    /// Remove the token: the API refuses every request until a new one is made.
+    #[arg(long)]
+    pub revoke: bool,
+
+    /// Say whether a token is set, without changing it.
+    #[arg(long, conflicts_with = "revoke")]
+    pub check: bool,
+}
+
+/// `backoffice demo`
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo lives (made if missing): demo.db, mail/, backoffice.log.
+    #[arg(value_name = "DIR", default_value = "backoffice-demo")]
+    pub dir: PathBuf,
+
+    /// Address and port to listen on; port 0 picks a free one.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+
+    /// Start over: delete the demo's database, mail and log first.
+    #[arg(long)]
+    pub fresh: bool,
+
+    /// Stop after this many seconds (for scripts and tests).
+    #[arg(long, value_name = "SECS", hide = true)]
+    pub exit_after: Option<u64>,
 }

@@ -12,9 +12,12 @@
 //!   the `--help` text.
 //! * `commands/`: one file per command; each takes its parsed arguments and
 //!   the task list, and returns `anyhow::Result`.
+//! * `web/`: the web front behind `serve` and `cgi` (axum on tokio; this
+//!   crate only, so the library stays synchronous and light).
 
 mod cli;
 pub mod commands;
+pub mod web;
 
 use std::process::ExitCode;
 

@@ -320,6 +320,23 @@ impl Cmd {
             .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.label))
     }
 
+    /// Starts it in the background with stdin piped and the given stdout
+    /// and stderr.
+    pub fn spawn_with(mut self, stdout: Stdio, stderr: Stdio) -> Child {
+        self.cmd
+            .stdin(Stdio::piped())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.label))
+    }
+
+    /// Runs it in this directory.
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Cmd {
+        self.cmd.current_dir(dir);
+        self
+    }
+
     /// Starts it in the background with stdout piped.
     pub fn spawn_piped(mut self) -> Child {
         self.cmd

@@ -183,6 +183,62 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
     })
 }
 
+impl Status {
+    /// The current holder in words: "held by worker 42 (running), lease
+    /// expires in 50 seconds", "free", ...
+    pub fn lease_words(&self) -> String {
+        let (c, now) = (&self.current, self.now);
+        if c.pid > 0 && c.alive {
+            let exp = if c.expires >= now {
+                format!("lease expires {}", clock::relative(c.expires, now))
+            } else {
+                format!(
+                    "lease expired {}, still running",
+                    clock::relative(c.expires, now)
+                )
+            };
+            format!("held by worker {} (running), {}", c.pid, exp)
+        } else if c.expires >= now {
+            format!(
+                "free; the next run may start {} (runs are spaced by the lease time)",
+                clock::relative(c.expires + 1, now)
+            )
+        } else {
+            "free".to_owned()
+        }
+    }
+
+    /// The on-deck worker in words.
+    pub fn on_deck_words(&self) -> String {
+        let n = &self.next;
+        if n.pid > 0 && n.alive && n.expires >= self.now {
+            format!("worker {} waiting to run", n.pid)
+        } else if n.pid > 0 {
+            format!("nobody (worker {} {})", n.pid, n.state)
+        } else {
+            "nobody".to_owned()
+        }
+    }
+
+    /// When anything is next due, in words.
+    pub fn next_due_words(&self) -> String {
+        if self.tasks.is_empty() {
+            "nothing (no tasks are configured)".to_owned()
+        } else {
+            due_words(self.next_due, self.now)
+        }
+    }
+
+    /// When one task is next due, in words.
+    pub fn task_due_words(&self, t: &TaskDue) -> String {
+        match (&t.due, &t.error) {
+            (_, Some(e)) => format!("check failed: {e}"),
+            (Some(d), None) => due_words(*d, self.now),
+            _ => String::new(),
+        }
+    }
+}
+
 fn due_words(d: Due, now: i64) -> String {
     match d {
         Due::Now => "now".into(),
@@ -194,7 +250,6 @@ fn due_words(d: Due, now: i64) -> String {
 
 impl std::fmt::Display for Status {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let now = self.now;
         writeln!(f, "repository: {}", self.repo)?;
         match &self.last_run {
             Some(r) => {
@@ -222,44 +277,13 @@ impl std::fmt::Display for Status {
             }
             None => writeln!(f, "last run:   {}", self.last_run_ago)?,
         }
-        let c = &self.current;
-        if c.pid > 0 && c.alive {
-            let exp = if c.expires >= now {
-                format!("lease expires {}", clock::relative(c.expires, now))
-            } else {
-                format!(
-                    "lease expired {}, still running",
-                    clock::relative(c.expires, now)
-                )
-            };
-            writeln!(f, "lease:      held by worker {} (running), {}", c.pid, exp)?;
-        } else if c.expires >= now {
-            writeln!(
-                f,
-                "lease:      free; the next run may start {} (runs are spaced by the lease time)",
-                clock::relative(c.expires + 1, now)
-            )?;
-        } else {
-            writeln!(f, "lease:      free")?;
-        }
-        let n = &self.next;
-        if n.pid > 0 && n.alive && n.expires >= now {
-            writeln!(f, "on deck:    worker {} waiting to run", n.pid)?;
-        } else if n.pid > 0 {
-            writeln!(f, "on deck:    nobody (worker {} {})", n.pid, n.state)?;
-        } else {
-            writeln!(f, "on deck:    nobody")?;
-        }
-        if self.tasks.is_empty() {
-            writeln!(f, "due next:   nothing (no tasks are configured)")?;
-        } else {
-            writeln!(f, "due next:   {}", due_words(self.next_due, now))?;
-            for t in &self.tasks {
-                match (&t.due, &t.error) {
-                    (_, Some(e)) => writeln!(f, "  {:<10} check failed: {e}", t.task)?,
-                    (Some(d), None) => writeln!(f, "  {:<10} {}", t.task, due_words(*d, now))?,
-                    _ => {}
-                }
+        writeln!(f, "lease:      {}", self.lease_words())?;
+        writeln!(f, "on deck:    {}", self.on_deck_words())?;
+        writeln!(f, "due next:   {}", self.next_due_words())?;
+        for t in &self.tasks {
+            let words = self.task_due_words(t);
+            if !words.is_empty() {
+                writeln!(f, "  {:<10} {words}", t.task)?;
             }
         }
         for i in &self.info {

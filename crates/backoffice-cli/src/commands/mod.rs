@@ -8,15 +8,19 @@ use backoffice::{Repo, Tasks};
 
 use crate::cli::Command;
 
+pub mod cgi;
+pub mod demo;
 pub mod hook;
 pub mod lease;
 pub mod outbox;
 pub mod pid;
 pub mod publish;
 pub mod run;
+pub mod serve;
 pub mod setting;
 pub mod status;
 pub mod subscriber;
+pub mod token;
 pub mod trigger;
 pub mod webhook;
 
@@ -34,6 +38,10 @@ pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
         Command::Outbox(a) => outbox::run(a),
         Command::Hook(a) => hook::run(a),
         Command::Webhook(a) => webhook::run(a),
+        Command::Serve(a) => serve::run(a, tasks),
+        Command::Cgi(a) => cgi::run(a, tasks),
+        Command::Token(a) => token::run(a),
+        Command::Demo(a) => demo::run(a, tasks),
         Command::Worker(a) => {
             let code = backoffice::worker_main(&a.repo, a.logfile.as_deref(), &tasks);
             Ok(ExitCode::from(code as u8))

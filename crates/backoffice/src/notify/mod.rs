@@ -167,6 +167,19 @@ pub fn events_after(
     .collect()
 }
 
+/// The newest `limit` events, newest first (none if nothing was ever
+/// published). For status pages.
+pub fn recent_events(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<StoredEvent>> {
+    let stmt = conn.prepare_cached(&format!(
+        "SELECT {EVENT_COLUMNS} FROM bo_event ORDER BY eventid DESC LIMIT ?1"
+    ));
+    match stmt {
+        Ok(mut s) => s.query_map([limit as i64], stored_event)?.collect(),
+        Err(e) if crate::repo::is_no_such_table(&e) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// Longest title we keep, in characters; longer ones are cut.
 pub const MAX_TITLE: usize = 500;
 /// Longest body we keep, in bytes; longer ones are cut at a character boundary.

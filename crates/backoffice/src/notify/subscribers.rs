@@ -245,6 +245,23 @@ pub fn set(conn: &Connection, key: &str, changes: &Changes) -> Result<Subscriber
     find(conn, &s.id.to_string())?.ok_or_else(|| SubscriberError::NotFound(key.to_owned()))
 }
 
+/// The subscriber who holds this unsubscribe code, if any (changes nothing).
+pub fn find_by_code(conn: &Connection, code: &str) -> Result<Option<Subscriber>, SubscriberError> {
+    if code.len() != 32 || !code.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(None);
+    }
+    let sql = format!("SELECT {COLUMNS} FROM bo_subscriber WHERE code = ?1");
+    match conn
+        .query_row(&sql, [code.to_ascii_lowercase()], from_row)
+        .optional()
+    {
+        Ok(s) => Ok(s),
+        // No subscriber table: nobody has a code.
+        Err(e) if crate::repo::is_no_such_table(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Unsubscribes whoever holds this code (the one-click unsubscribe link).
 /// Returns the address, or `None` for an unknown code.
 pub fn unsubscribe_by_code(
@@ -254,14 +271,18 @@ pub fn unsubscribe_by_code(
     if code.len() != 32 || !code.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Ok(None);
     }
-    let addr: Option<String> = conn
+    let addr = conn
         .query_row(
             "UPDATE bo_subscriber SET donotcall = 1, mtime = ?2 WHERE code = ?1 RETURNING address",
             params![code.to_ascii_lowercase(), crate::clock::now()],
-            |r| r.get(0),
+            |r| r.get::<_, String>(0),
         )
-        .optional()?;
-    Ok(addr)
+        .optional();
+    match addr {
+        Ok(a) => Ok(a),
+        Err(e) if crate::repo::is_no_such_table(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

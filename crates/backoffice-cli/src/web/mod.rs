@@ -1,0 +1,141 @@
+//! The web front: `backoffice serve` and `backoffice cgi`.
+//!
+//! In Fossil, web requests are what drive the backoffice: after each reply
+//! the server runs a cheap check and perhaps starts a worker. This module
+//! plays that part for our repositories. One [`router`] answers every route
+//! — status pages, the JSON API, the unsubscribe target, Prometheus metrics
+//! — and two front ends feed it:
+//!
+//! * [`serve`]: a long-running HTTP/1 server (hyper under our own accept
+//!   loop, so the header, idle and body timeouts and the connection limit
+//!   are ours). After each successful reply for a repository it runs the
+//!   after-request check on a blocking thread, off the request's path, and
+//!   reaps every worker it starts.
+//! * [`cgi`]: one request from the environment and stdin (RFC 3875). After
+//!   the reply is written and stdout closed, it runs the same check, starts
+//!   a detached worker if one is needed, and exits; the worker holds none of
+//!   the web server's descriptors.
+//!
+//! # Layout
+//!
+//! * `site.rs`: repositories by name (one file, or a `--repolist`
+//!   directory) and a small connection pool per repository.
+//! * `router.rs`: the routes, request limits, security headers, auth.
+//! * `pages.rs`: the HTML pages (every value escaped).
+//! * `metrics.rs`: the Prometheus text.
+//! * `serve.rs`, `cgi.rs`: the two front ends.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use backoffice::{Backoffice, Started};
+
+pub mod cgi;
+mod metrics;
+mod pages;
+pub mod router;
+pub mod serve;
+pub mod site;
+
+pub use site::Site;
+
+/// Request limits. The defaults suit a status page and a small JSON API.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body, bytes.
+    pub max_body: usize,
+    /// Longest time to receive a request body.
+    pub body_timeout: Duration,
+    /// Longest time to receive a request's headers, and longest a
+    /// keep-alive connection may sit idle between requests.
+    pub header_timeout: Duration,
+    /// Largest request head (request line and headers), bytes.
+    pub max_header: usize,
+    /// Most connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// Longest a connection may live, however busy (bounds a client that
+    /// never reads its replies).
+    pub connection_lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body: 1 << 20,
+            body_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(15),
+            max_header: 16 * 1024,
+            max_connections: 1024,
+            connection_lifetime: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct App {
+    /// The served repositories.
+    pub site: Site,
+    /// The engine: tasks and how to start workers.
+    pub bo: Backoffice,
+    /// Request limits.
+    pub limits: Limits,
+    /// Whether replies run the after-request check (off: pages only, for
+    /// cron-driven setups).
+    pub trigger: bool,
+    started: Mutex<HashMap<String, u64>>,
+}
+
+impl App {
+    /// An app serving `site` with this engine.
+    pub fn new(site: Site, bo: Backoffice, limits: Limits, trigger: bool) -> App {
+        App {
+            site,
+            bo,
+            limits,
+            trigger,
+            started: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The after-request check for repository `name`: start a worker if work
+    /// is due and none is queued. Blocking (SQLite); never fails a request.
+    pub fn after_request(&self, name: &str) -> Option<Started> {
+        let started = match self.site.with_repo(name, |r| self.bo.after_request(r.conn()))? {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(repo = name, "after-request check: {e}");
+                return None;
+            }
+        };
+        if let Started::Worker { pid } = started {
+            tracing::debug!(repo = name, pid, "started a worker");
+            *self
+                .started
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(name.to_owned())
+                .or_default() += 1;
+        }
+        Some(started)
+    }
+
+    /// Workers this process has started for `name`.
+    pub fn workers_started(&self, name: &str) -> u64 {
+        self.started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .copied()
+            .unwrap_or(0)
+    }
+}
+
+/// The repository a request path is about: `NAME` in `/r/NAME` and
+/// `/r/NAME/...`.
+pub fn repo_in_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/r/")?;
+    let name = rest.split('/').next()?;
+    site::valid_name(name).then_some(name)
+}

@@ -1,0 +1,226 @@
+//! The repositories a server answers for, by name, and a small pool of open
+//! connections to each.
+//!
+//! A name is what appears in `/r/NAME`: the file name without its extension
+//! (`demo.db` → `demo`). Names are checked against a strict alphabet before
+//! anything else happens, and a name is only ever looked up in the map built
+//! from the directory listing — never joined onto a path — so no request can
+//! reach a file outside the served set (`..`, `/`, NUL all fail the alphabet,
+//! and an unlisted name is simply not found).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+
+use anyhow::{Context, Result, bail};
+use backoffice::Repo;
+
+/// Idle connections kept per repository; more are opened under load and
+/// closed when returned to a full pool.
+const POOL_IDLE: usize = 4;
+
+/// A directory is listed again at most this often when a name is not found,
+/// so a new repository appears without a restart, and a flood of requests
+/// for unknown names cannot turn into a flood of directory scans.
+const RESCAN_EVERY: Duration = Duration::from_secs(2);
+
+/// At most this many repositories are served from one directory.
+pub const MAX_REPOS: usize = 100_000;
+
+/// Where the repositories come from.
+#[derive(Debug)]
+enum Source {
+    /// One repository file.
+    One(PathBuf),
+    /// Every SQLite file directly inside a directory (`--repolist`).
+    Dir(PathBuf),
+}
+
+/// The served repositories.
+#[derive(Debug)]
+pub struct Site {
+    source: Source,
+    names: Mutex<(Instant, BTreeMap<String, PathBuf>)>,
+    pool: Mutex<HashMap<String, Vec<Pooled>>>,
+}
+
+/// An idle connection and the file it opened (device, inode), so a file
+/// replaced under the same name (restored from a backup, say) gets a fresh
+/// connection rather than one to the unlinked old file.
+#[derive(Debug)]
+struct Pooled {
+    repo: Repo,
+    file: (u64, u64),
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// True if `name` may be a repository name: 1–100 of `[A-Za-z0-9._-]`, not
+/// starting with a dot.
+pub fn valid_name(name: &str) -> bool {
+    (1..=100).contains(&name.len())
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+/// The name a repository file is served under: its file name without the
+/// extension, or `None` if that is not a valid name.
+pub fn name_of(path: &Path) -> Option<String> {
+    let stem = path.file_stem()?.to_str()?;
+    valid_name(stem).then(|| stem.to_owned())
+}
+
+/// True if the file starts with SQLite's header.
+fn is_sqlite(path: &Path) -> bool {
+    let mut head = [0u8; 16];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && &head == b"SQLite format 3\0"
+}
+
+impl Site {
+    /// Serves `path`: one repository, or with `repolist` every SQLite file
+    /// in the directory `path`.
+    pub fn new(path: &Path, repolist: bool) -> Result<Site> {
+        let meta = std::fs::metadata(path)
+            .with_context(|| format!("cannot serve {}", path.display()))?;
+        let source = match (meta.is_dir(), repolist) {
+            (true, true) => Source::Dir(path.to_owned()),
+            (true, false) => bail!(
+                "{} is a directory: add --repolist to serve every repository in it",
+                path.display()
+            ),
+            (false, true) => bail!("--repolist needs a directory, and {} is a file", path.display()),
+            (false, false) => {
+                if name_of(path).is_none() {
+                    bail!(
+                        "cannot serve {}: its file name must be letters, digits, '.', '_' or '-'",
+                        path.display()
+                    );
+                }
+                // Open it once now, so a bad file is refused at start-up
+                // rather than on the first request.
+                Repo::open(path)?;
+                Source::One(path.to_owned())
+            }
+        };
+        let site = Site {
+            source,
+            names: Mutex::new((Instant::now(), BTreeMap::new())),
+            pool: Mutex::new(HashMap::new()),
+        };
+        let list = site.scan()?;
+        *site.names.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), list);
+        Ok(site)
+    }
+
+    fn scan(&self) -> Result<BTreeMap<String, PathBuf>> {
+        let mut out = BTreeMap::new();
+        match &self.source {
+            Source::One(p) => {
+                if let Some(n) = name_of(p) {
+                    out.insert(n, p.clone());
+                }
+            }
+            Source::Dir(d) => {
+                let entries =
+                    std::fs::read_dir(d).with_context(|| format!("listing {}", d.display()))?;
+                for e in entries.flatten() {
+                    let p = e.path();
+                    // Regular files only (following symlinks is the
+                    // operator's choice of what to put in the directory).
+                    if !p.is_file() {
+                        continue;
+                    }
+                    let Some(n) = name_of(&p) else { continue };
+                    if out.contains_key(&n) || !is_sqlite(&p) {
+                        continue;
+                    }
+                    out.insert(n, p);
+                    if out.len() >= MAX_REPOS {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every served repository, by name.
+    pub fn list(&self) -> Vec<(String, PathBuf)> {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if names.0.elapsed() >= RESCAN_EVERY {
+            if let Ok(list) = self.scan() {
+                *names = (Instant::now(), list);
+            }
+        }
+        names
+            .1
+            .iter()
+            .map(|(n, p)| (n.clone(), p.clone()))
+            .collect()
+    }
+
+    /// The repository file for `name`, if it is served.
+    pub fn resolve(&self, name: &str) -> Option<PathBuf> {
+        if !valid_name(name) {
+            return None;
+        }
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(p) = names.1.get(name) {
+            return Some(p.clone());
+        }
+        if matches!(self.source, Source::Dir(_)) && names.0.elapsed() >= RESCAN_EVERY {
+            if let Ok(list) = self.scan() {
+                *names = (Instant::now(), list);
+            }
+            return names.1.get(name).cloned();
+        }
+        None
+    }
+
+    /// Runs `f` on an open connection to repository `name` (from the pool,
+    /// or newly opened), then returns the connection to the pool. `None`:
+    /// no such repository.
+    pub fn with_repo<R>(
+        &self,
+        name: &str,
+        f: impl FnOnce(&mut Repo) -> R,
+    ) -> Option<backoffice::Result<R>> {
+        let path = self.resolve(name)?;
+        let pooled = self
+            .pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(name)
+            .and_then(Vec::pop);
+        let now_id = file_id(&path);
+        let mut repo = match pooled {
+            Some(p) if p.repo.path() == path && Some(p.file) == now_id => p.repo,
+            _ => match Repo::open(&path) {
+                Ok(r) => r,
+                Err(e) => return Some(Err(e)),
+            },
+        };
+        let out = f(&mut repo);
+        // A connection left inside a transaction (a handler that failed
+        // half-way) is not reused.
+        if let (true, Some(file)) = (repo.conn().is_autocommit(), now_id) {
+            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            let idle = pool.entry(name.to_owned()).or_default();
+            if idle.len() < POOL_IDLE {
+                idle.push(Pooled { repo, file });
+            }
+        }
+        Some(Ok(out))
+    }
+}

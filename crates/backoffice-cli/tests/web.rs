@@ -1,0 +1,798 @@
+//! The web front over real HTTP on 127.0.0.1: `backoffice serve` as a child
+//! process, spoken to with raw HTTP/1.1 on TCP sockets; `backoffice cgi`
+//! run as a CGI host runs it (from the environment and stdin), and under
+//! Python's standard-library CGI server.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::harness::{AppRepo, Cmd, Env, have, wait_child, wait_until, zombie_children};
+
+/// A reply.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// One HTTP/1.1 request on a new connection (`Connection: close`).
+pub fn request(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !body.is_empty() || method == "POST" {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).expect("send");
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read reply");
+    parse_reply(&raw)
+}
+
+fn parse_reply(raw: &[u8]) -> Reply {
+    let text = String::from_utf8_lossy(raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no end of head in {text:?}"));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {head:?}"));
+    Reply {
+        status,
+        head: head.to_owned(),
+        body: body.to_owned(),
+    }
+}
+
+pub fn get(addr: &str, path: &str) -> Reply {
+    request(addr, "GET", path, &[], "")
+}
+
+/// `backoffice serve` as a child process, stopped (SIGTERM) on drop.
+pub struct Server {
+    pub child: Child,
+    pub addr: String,
+    pub stderr: PathBuf,
+}
+
+impl Server {
+    pub fn start(path: &Path, args: &[&str], env: &Env) -> Server {
+        let stderr = env.path("serve.stderr");
+        let mut child = Cmd::backoffice()
+            .arg("serve")
+            .arg(path)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .spawn_with(
+                Stdio::piped(),
+                Stdio::from(std::fs::File::create(&stderr).unwrap()),
+            );
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|r| r.split('/').next())
+            .unwrap_or_else(|| {
+                panic!(
+                    "no address in {line:?}; stderr: {}",
+                    std::fs::read_to_string(&stderr).unwrap_or_default()
+                )
+            })
+            .to_owned();
+        Server {
+            child,
+            addr,
+            stderr,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// A metric's value for this repository from `/metrics`.
+    pub fn metric(&self, line_start: &str) -> f64 {
+        let m = get(&self.addr, "/metrics");
+        m.body
+            .lines()
+            .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {line_start} in {}", m.body))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        if !wait_until(Duration::from_secs(10), || {
+            self.child.try_wait().ok().flatten().is_some()
+        }) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A repository with email into a folder, three subscribers and a token.
+pub struct Site {
+    pub app: AppRepo,
+    pub mail: PathBuf,
+    pub token: String,
+}
+
+impl Site {
+    pub fn new(env: &Env, name: &str) -> Site {
+        let app = AppRepo::new(env, &format!("{name}.db"));
+        let mail = env.path(&format!("{name}-mail"));
+        for (k, v) in [
+            ("email-send-method", "dir"),
+            ("email-self", "bo@example.org"),
+            ("email-url", "http://127.0.0.1/r/app"),
+            ("email-send-dir", mail.to_str().unwrap()),
+            ("backoffice-lease-time", "1"),
+            ("backoffice-logfile", env.path("run.log").to_str().unwrap()),
+        ] {
+            app.bo(&["setting", k, v]);
+        }
+        app.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+        app.bo(&["subscriber", "add", "bob@example.org", "--verified", "--kinds", "wiki"]);
+        let token = app.bo(&["token"]).trim().to_owned();
+        Site { app, mail, token }
+    }
+
+    pub fn mails(&self) -> usize {
+        std::fs::read_dir(&self.mail)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().ends_with(".eml"))
+                    .count()
+            })
+            .unwrap_or(0)
+    }
+
+    pub fn auth(&self) -> String {
+        format!("Bearer {}", self.token)
+    }
+
+    pub fn sql<T: rusqlite::types::FromSql>(&self, q: &str) -> T {
+        rusqlite::Connection::open(&self.app.path)
+            .unwrap()
+            .query_row(q, [], |r| r.get(0))
+            .unwrap()
+    }
+}
+
+#[test]
+fn status_page_json_index_and_metrics_show_the_facts() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    site.app.bo(&["publish", "--kind", "wiki", "--title", "First page", "--no-trigger"]);
+    site.app.bo(&["run", "--nolease"]);
+    assert_eq!(site.mails(), 2, "the setup sent one alert to each subscriber");
+    let srv = Server::start(&site.app.path, &[], &env);
+
+    let page = get(&srv.addr, "/r/app");
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(page.header("content-security-policy").unwrap().contains("default-src 'none'"));
+    for fact in [
+        "<h1>app</h1>",
+        "Last run",
+        "2 items",
+        "On deck",
+        "nobody",
+        "Due next",
+        "First page",
+        "outbox",
+        "email-send-method",
+        "<td>dir</td>",
+        "1 runs, 2 items",
+    ] {
+        assert!(page.body.contains(fact), "{fact:?} missing from the page:\n{}", page.body);
+    }
+    assert!(!page.body.contains("<script"), "no JavaScript");
+    // The run log's last lines.
+    assert!(page.body.contains("2 alerts"), "{}", page.body);
+
+    let js = get(&srv.addr, "/r/app/status.json");
+    assert_eq!(js.status, 200);
+    assert_eq!(js.header("content-type").as_deref(), Some("application/json"));
+    let v = js.json();
+    assert_eq!(v["repo"], "app", "the name, never the path");
+    assert_eq!(v["totals"]["runs"], 1);
+    assert_eq!(v["last_run"]["tasks"][0]["items"], 2);
+    let sent = v["gauges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["queue"] == "outbox" && g["state"] == "sent")
+        .expect("an outbox gauge");
+    assert_eq!(sent["value"], 2);
+    assert!(!js.body.contains(env.dir().to_str().unwrap()) || js.body.contains("email-send-dir"));
+
+    let index = get(&srv.addr, "/");
+    assert_eq!(index.status, 200);
+    assert!(index.body.contains("href=\"/r/app\""), "{}", index.body);
+
+    let m = get(&srv.addr, "/metrics");
+    assert_eq!(m.status, 200);
+    assert!(m.header("content-type").unwrap().starts_with("text/plain"));
+    for line in [
+        "backoffice_runs_total{repo=\"app\"} 1",
+        "backoffice_items_total{repo=\"app\"} 2",
+        "backoffice_task_failures_total{repo=\"app\"} 0",
+        "backoffice_queue{repo=\"app\",task=\"alerts\",queue=\"outbox\",state=\"sent\"} 2",
+        "# TYPE backoffice_runs_total counter",
+    ] {
+        assert!(m.body.contains(line), "{line:?} missing from:\n{}", m.body);
+    }
+    assert!(m.body.contains("backoffice_last_run_age_seconds{repo=\"app\"}"));
+}
+
+#[test]
+fn publishing_over_http_needs_the_token_and_the_alert_follows_the_reply() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    let srv = Server::start(&site.app.path, &[], &env);
+    let ev = r#"{"kind":"wiki","title":"Hello over HTTP","author":"ann"}"#;
+
+    let none = request(&srv.addr, "POST", "/r/app/events", &[], ev);
+    assert_eq!(none.status, 401, "{none:?}");
+    assert!(none.header("www-authenticate").unwrap().starts_with("Bearer"));
+    assert!(none.json()["error"].as_str().unwrap().contains("Authorization: Bearer"));
+    let wrong_token = format!("Bearer {}x", site.token);
+    for auth in ["Bearer bo_0000", wrong_token.as_str(), "Basic YWxhZGRpbjpvcGVuc2VzYW1l", &site.token] {
+        let r = request(&srv.addr, "POST", "/r/app/events", &[("Authorization", auth)], ev);
+        assert_eq!(r.status, 401, "{auth}: {r:?}");
+    }
+    let ok_auth = site.auth();
+    let auth = [("Authorization", ok_auth.as_str())];
+    for (body, status, says) in [
+        ("", 400, "empty"),
+        ("{not json", 400, "bad JSON"),
+        (r#"{"kind":"wiki"}"#, 400, "title"),
+        (r#"{"kind":"Wiki!","title":"x"}"#, 400, "bad event kind"),
+        (r#"{"kind":"wiki","title":"x","colour":"red"}"#, 400, "colour"),
+        (r#"{"kind":"wiki","title":"   "}"#, 400, "needs a title"),
+    ] {
+        let r = request(&srv.addr, "POST", "/r/app/events", &auth, body);
+        assert_eq!(r.status, status, "{body}: {r:?}");
+        assert!(r.json()["error"].as_str().unwrap().contains(says), "{body}: {}", r.body);
+    }
+    assert_eq!(site.mails(), 0, "nothing was published");
+    let r = request(&srv.addr, "POST", "/r/app/events", &auth, ev);
+    assert_eq!(r.status, 201, "{r:?}");
+    assert!(r.json()["id"].as_i64().unwrap() > 0);
+    // The reply's after-request check started a worker: both subscribers
+    // want wiki events.
+    assert!(
+        wait_until(Duration::from_secs(10), || site.mails() == 2),
+        "alerts: {}; server log:\n{}",
+        site.mails(),
+        srv.log()
+    );
+    assert!(srv.metric("backoffice_workers_started_total{repo=\"app\"}") >= 1.0);
+
+    // A new token replaces the old; a revoked token leaves the API shut.
+    site.app.bo(&["token"]);
+    let r = request(&srv.addr, "POST", "/r/app/events", &auth, ev);
+    assert_eq!(r.status, 401, "the old token no longer works");
+    site.app.bo(&["token", "--revoke"]);
+    let r = request(&srv.addr, "POST", "/r/app/events", &auth, ev);
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.body.contains("backoffice token"));
+    assert!(!srv.log().contains(&site.token), "the token never reaches the log");
+}
+
+#[test]
+fn the_subscribers_api_lists_adds_refuses_and_removes() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    let srv = Server::start(&site.app.path, &[], &env);
+    let a = site.auth();
+    let auth = [("Authorization", a.as_str())];
+    assert_eq!(get(&srv.addr, "/r/app/subscribers").status, 401);
+    let list = request(&srv.addr, "GET", "/r/app/subscribers", &auth, "");
+    assert_eq!(list.status, 200);
+    let v = list.json();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert!(!list.body.contains("\"code\""), "unsubscribe codes are not listed");
+
+    let add = request(
+        &srv.addr,
+        "POST",
+        "/r/app/subscribers",
+        &auth,
+        r#"{"address":"Cy@Example.org","name":"Cy","kinds":"checkin, wiki","verified":true}"#,
+    );
+    assert_eq!(add.status, 201, "{add:?}");
+    assert_eq!(add.json()["kinds"], "checkin,wiki");
+    let dup = request(&srv.addr, "POST", "/r/app/subscribers", &auth, r#"{"address":"cy@example.org"}"#);
+    assert_eq!(dup.status, 409, "{dup:?}");
+    let bad = request(&srv.addr, "POST", "/r/app/subscribers", &auth, r#"{"address":"not an address"}"#);
+    assert_eq!(bad.status, 400);
+    assert!(bad.body.contains("bad address"), "{}", bad.body);
+
+    let del = request(&srv.addr, "DELETE", "/r/app/subscribers/cy@example.org", &auth, "");
+    assert_eq!(del.status, 200, "{del:?}");
+    assert_eq!(del.json()["removed"]["address"], "cy@example.org");
+    let again = request(&srv.addr, "DELETE", "/r/app/subscribers?address=cy@example.org", &auth, "");
+    assert_eq!(again.status, 404, "{again:?}");
+    let del = request(&srv.addr, "DELETE", "/r/app/subscribers?address=bob@example.org", &auth, "");
+    assert_eq!(del.status, 200, "{del:?}");
+    assert_eq!(site.sql::<i64>("SELECT count(*) FROM bo_subscriber"), 1);
+}
+
+#[test]
+fn unsubscribe_get_asks_and_post_unsubscribes() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    let srv = Server::start(&site.app.path, &[], &env);
+    let code: String = site.sql("SELECT code FROM bo_subscriber WHERE address = 'ann@example.org'");
+    let url = format!("/r/app/unsubscribe/{code}");
+    let form = get(&srv.addr, &url);
+    assert_eq!(form.status, 200, "{form:?}");
+    assert!(form.body.contains("method=\"post\""), "{}", form.body);
+    assert!(form.body.contains("ann@example.org"));
+    assert_eq!(
+        site.sql::<i64>("SELECT donotcall FROM bo_subscriber WHERE address = 'ann@example.org'"),
+        0,
+        "a GET (a mail scanner following the link) changes nothing"
+    );
+    // RFC 8058 one-click: a form POST of List-Unsubscribe=One-Click.
+    let post = request(
+        &srv.addr,
+        "POST",
+        &url,
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        "List-Unsubscribe=One-Click",
+    );
+    assert_eq!(post.status, 200, "{post:?}");
+    assert!(post.body.contains("no more email"));
+    assert_eq!(
+        site.sql::<i64>("SELECT donotcall FROM bo_subscriber WHERE address = 'ann@example.org'"),
+        1
+    );
+    assert_eq!(
+        site.sql::<i64>("SELECT donotcall FROM bo_subscriber WHERE address = 'bob@example.org'"),
+        0,
+        "only the code's holder"
+    );
+    for bad in ["0123456789abcdef0123456789abcdef", "short", "x'%20OR%201=1"] {
+        let r = request(&srv.addr, "POST", &format!("/r/app/unsubscribe/{bad}"), &[], "");
+        assert_eq!(r.status, 404, "{bad}: {r:?}");
+    }
+}
+
+#[test]
+fn unknown_names_and_traversal_get_404_without_paths() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    std::fs::write(env.path("secret.txt"), "top secret").unwrap();
+    let srv = Server::start(&site.app.path, &[], &env);
+    let dir = env.dir().to_str().unwrap().to_owned();
+    for path in [
+        "/r/nope",
+        "/r/nope/status.json",
+        "/r/..%2F..%2Fetc%2Fpasswd/status.json",
+        "/r/%2e%2e/status.json",
+        "/r/../app",
+        "/r/secret/status.json",
+        "/r/secret.txt",
+        "/r/app%00/status.json",
+        "/r/.app",
+        "/nothing/here",
+    ] {
+        let r = get(&srv.addr, path);
+        assert!(r.status == 404 || r.status == 400, "{path}: {r:?}");
+        assert!(!r.body.contains(&dir), "{path} reveals a path: {}", r.body);
+        assert!(!r.body.contains("top secret"));
+    }
+    let r = get(&srv.addr, "/r/nope/status.json");
+    assert_eq!(r.json()["error"], "no repository named \"nope\"");
+}
+
+#[test]
+fn injections_in_titles_names_and_settings_render_as_text() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    let evil = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>";
+    site.app.bo(&["publish", "--kind", "wiki", "--title", evil, "--author", evil, "--no-trigger"]);
+    site.app.bo(&["subscriber", "add", "eve@example.org", "--verified", "--name", evil]);
+    site.app.bo(&["setting", "email-subname", evil]);
+    site.app.bo(&["hook", "add", &format!("true {}", evil.replace('\'', ""))]);
+    let srv = Server::start(&site.app.path, &[], &env);
+    let page = get(&srv.addr, "/r/app");
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{}", page.body);
+    assert!(!page.body.contains("<script"), "{}", page.body);
+    assert!(!page.body.contains("<img"), "{}", page.body);
+    let code: String = site.sql("SELECT code FROM bo_subscriber WHERE address = 'eve@example.org'");
+    let form = get(&srv.addr, &format!("/r/app/unsubscribe/{code}"));
+    assert!(form.body.contains("&lt;img src=x"), "{}", form.body);
+    assert!(!form.body.contains("<img"), "{}", form.body);
+    let index = get(&srv.addr, "/");
+    assert!(!index.body.contains("<script") && !index.body.contains("<img"));
+}
+
+#[test]
+fn secrets_never_appear_in_pages_json_metrics_or_the_log() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    let password = "hunter2-correct-horse-battery";
+    let secret = "whsec-0123456789abcdef-SECRET";
+    site.app.bo(&["setting", "email-send-relay-password", password]);
+    site.app.bo(&["webhook", "add", "http://127.0.0.1:9/hook", "--secret", secret]);
+    site.app.bo(&["publish", "--kind", "wiki", "--title", "x", "--no-trigger"]);
+    let srv = Server::start(&site.app.path, &[], &env);
+    let a = site.auth();
+    let mut seen = String::new();
+    for path in ["/", "/r/app", "/r/app/status.json", "/metrics"] {
+        seen.push_str(&get(&srv.addr, path).body);
+    }
+    seen.push_str(&request(&srv.addr, "GET", "/r/app/subscribers", &[("Authorization", &a)], "").body);
+    assert!(seen.contains("email-send-relay-password"), "the setting is listed");
+    for s in [password, secret, site.token.as_str()] {
+        assert!(!seen.contains(s), "{s} was shown");
+        assert!(!srv.log().contains(s), "{s} was logged");
+    }
+    let stored: String = site.sql("SELECT value FROM config WHERE name = 'backoffice-api-token'");
+    assert!(!stored.contains(&site.token), "only a hash is stored");
+}
+
+#[test]
+fn limits_refuse_big_bodies_big_heads_and_slow_clients() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    let srv = Server::start(
+        &site.app.path,
+        &["--max-body", "1000", "--body-timeout", "1", "--header-timeout", "1"],
+        &env,
+    );
+    let a = site.auth();
+    let auth = [("Authorization", a.as_str())];
+    let big = format!(r#"{{"kind":"wiki","title":"{}"}}"#, "x".repeat(2000));
+    let r = request(&srv.addr, "POST", "/r/app/events", &auth, &big);
+    assert_eq!(r.status, 413, "{r:?}");
+
+    // A chunked body over the limit, with no Content-Length to refuse early.
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let chunk = "y".repeat(800);
+    write!(
+        s,
+        "POST /r/app/events HTTP/1.1\r\nHost: x\r\nAuthorization: {a}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n{:x}\r\n{chunk}\r\n{:x}\r\n{chunk}\r\n0\r\n\r\n",
+        chunk.len(),
+        chunk.len()
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    assert_eq!(parse_reply(&raw).status, 413);
+
+    let huge = "h".repeat(20_000);
+    let mut s = TcpStream::connect(&srv.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = write!(s, "GET /r/app HTTP/1.1\r\nHost: x\r\nX-Big: {huge}\r\n\r\n");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 431"), "{text}");
+
+    // A body that never finishes: 408 after the body timeout.
+    let mut slow_body = TcpStream::connect(&srv.addr).unwrap();
+    slow_body.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(slow_body, "POST /r/app/events HTTP/1.1\r\nHost: x\r\nAuthorization: {a}\r\nContent-Length: 100\r\n\r\n{{\"kind\"").unwrap();
+    // Headers that never finish: closed after the header timeout.
+    let mut slow_head = TcpStream::connect(&srv.addr).unwrap();
+    slow_head.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    slow_head.write_all(b"GET /r/app HTTP/1.1\r\nHost: x\r\n").unwrap();
+    // An idle keep-alive connection after one request: closed too.
+    let mut idle = TcpStream::connect(&srv.addr).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    idle.write_all(b"GET /r/app/status.json HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+
+    // Meanwhile the server answers everyone else at once.
+    let t0 = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(get(&srv.addr, "/r/app/status.json").status, 200);
+    }
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+
+    let t0 = Instant::now();
+    let mut raw = Vec::new();
+    let _ = slow_body.read_to_end(&mut raw);
+    assert_eq!(parse_reply(&raw).status, 408, "{}", String::from_utf8_lossy(&raw));
+    let mut raw = Vec::new();
+    let n = slow_head.read_to_end(&mut raw);
+    assert!(n.is_ok(), "closed by the server, not by our read timeout: {n:?}");
+    let mut raw = Vec::new();
+    let n = idle.read_to_end(&mut raw);
+    assert!(n.is_ok(), "the idle connection was closed: {n:?}");
+    assert!(String::from_utf8_lossy(&raw).starts_with("HTTP/1.1 200"));
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn read_only_traffic_starts_no_worker_and_the_server_leaves_no_zombies() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    let srv = Server::start(&site.app.path, &[], &env);
+    for _ in 0..300 {
+        assert_eq!(get(&srv.addr, "/r/app/status.json").status, 200);
+    }
+    assert_eq!(srv.metric("backoffice_workers_started_total{repo=\"app\"}"), 0.0);
+    assert!(site.app.bo(&["lease"]).contains("0"), "no worker took the lease");
+
+    // Now with work: events published without a trigger, each followed by
+    // a read request whose reply runs the check.
+    let a = site.auth();
+    let mut worst_zombies = 0;
+    for i in 0..6 {
+        let body = format!(r#"{{"kind":"wiki","title":"event {i}"}}"#);
+        let r = request(&srv.addr, "POST", "/r/app/events", &[("Authorization", &a)], &body);
+        assert_eq!(r.status, 201);
+        for _ in 0..20 {
+            get(&srv.addr, "/r/app/status.json");
+            worst_zombies = worst_zombies.max(zombie_children(srv.pid()).len());
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+    assert!(
+        wait_until(Duration::from_secs(15), || site.mails() == 12),
+        "every alert went out: {}",
+        site.mails()
+    );
+    let started = srv.metric("backoffice_workers_started_total{repo=\"app\"}");
+    assert!((1.0..=12.0).contains(&started), "workers started: {started}");
+    assert!(
+        wait_until(Duration::from_secs(5), || zombie_children(srv.pid()).is_empty()),
+        "zombies left: {:?}",
+        zombie_children(srv.pid())
+    );
+    assert!(worst_zombies <= 1, "zombies piled up: {worst_zombies}");
+}
+
+#[test]
+fn repolist_serves_every_sqlite_file_in_a_directory() {
+    let env = Env::new();
+    let dir = env.path("repos");
+    std::fs::create_dir(&dir).unwrap();
+    for n in ["one", "two"] {
+        rusqlite::Connection::open(dir.join(format!("{n}.db")))
+            .unwrap()
+            .execute_batch("CREATE TABLE t(x)")
+            .unwrap();
+    }
+    std::fs::write(dir.join("notes.txt"), "not a database").unwrap();
+    let srv = Server::start(&dir, &["--repolist"], &env);
+    let index = get(&srv.addr, "/");
+    assert!(index.body.contains("/r/one") && index.body.contains("/r/two"), "{}", index.body);
+    assert!(!index.body.contains("notes"));
+    assert_eq!(get(&srv.addr, "/r/two/status.json").status, 200);
+    assert_eq!(get(&srv.addr, "/r/notes").status, 404);
+    // A repository added later appears without a restart.
+    rusqlite::Connection::open(dir.join("three.db"))
+        .unwrap()
+        .execute_batch("CREATE TABLE t(x)")
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(6), || get(&srv.addr, "/r/three/status.json").status == 200));
+
+    // Without --repolist a directory is refused, with the fix in the message.
+    let err = Cmd::backoffice()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg(&dir)
+        .output()
+        .failure();
+    assert!(err.contains("--repolist"), "{err}");
+    let err = Cmd::backoffice()
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .arg(dir.join("notes.txt"))
+        .output()
+        .failure();
+    assert!(err.contains("not a database") || err.contains("notes.txt"), "{err}");
+}
+
+/// Runs `backoffice cgi` as a CGI host would: environment and stdin.
+fn cgi(repo: &Path, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> (String, Duration) {
+    let mut cmd = Cmd::backoffice()
+        .arg("cgi")
+        .env("BACKOFFICE_REPO", repo)
+        .env("GATEWAY_INTERFACE", "CGI/1.1")
+        .env("REQUEST_METHOD", method)
+        .env("PATH_INFO", path)
+        .env("QUERY_STRING", "")
+        .env("CONTENT_LENGTH", body.len().to_string());
+    for (k, v) in headers {
+        cmd = cmd.env(k, v);
+    }
+    let t0 = Instant::now();
+    let mut child = cmd.spawn_with(Stdio::piped(), Stdio::inherit());
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    wait_child(&mut child, Duration::from_secs(20), "backoffice cgi");
+    (out, t0.elapsed())
+}
+
+#[test]
+fn cgi_answers_from_the_environment_and_starts_a_detached_worker() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    let (out, _) = cgi(&site.app.path, "GET", "/r/app/status.json", &[], "");
+    assert!(out.starts_with("Status: 200 OK\r\n"), "{out}");
+    assert!(out.contains("\r\ncontent-type: application/json\r\n"), "{out}");
+    let body = out.split_once("\r\n\r\n").unwrap().1;
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["repo"], "app");
+
+    let (out, _) = cgi(&site.app.path, "POST", "/r/app/events", &[], r#"{"kind":"wiki","title":"x"}"#);
+    assert!(out.starts_with("Status: 401"), "{out}");
+    let a = site.auth();
+    // A slow hook makes the worker outlive the request by seconds.
+    site.app.bo(&["hook", "add", "sleep 3; cat > /dev/null"]);
+    let (out, took) = cgi(
+        &site.app.path,
+        "POST",
+        "/r/app/events",
+        &[("HTTP_AUTHORIZATION", a.as_str()), ("CONTENT_TYPE", "application/json")],
+        r#"{"kind":"wiki","title":"over CGI"}"#,
+    );
+    assert!(out.starts_with("Status: 201"), "{out}");
+    assert!(took < Duration::from_secs(2), "the CGI process waited for the worker: {took:?}");
+    assert!(
+        wait_until(Duration::from_secs(10), || site.mails() == 2),
+        "the detached worker sent the alerts: {}",
+        site.mails()
+    );
+
+    let big = "x".repeat(2 << 20);
+    let (out, _) = cgi(&site.app.path, "POST", "/r/app/events", &[("HTTP_AUTHORIZATION", a.as_str())], &big);
+    assert!(out.starts_with("Status: 413"), "{}", &out[..out.len().min(200)]);
+    let (out, _) = cgi(&site.app.path, "GET", "/r/other", &[], "");
+    assert!(out.starts_with("Status: 404"), "{out}");
+    assert!(!out.contains(env.dir().to_str().unwrap()));
+
+    let err = Cmd::backoffice().arg("cgi").env("BACKOFFICE_REPO", &site.app.path).output().failure();
+    assert!(err.contains("REQUEST_METHOD"), "{err}");
+    let err = Cmd::backoffice().arg("cgi").env("REQUEST_METHOD", "GET").output().failure();
+    assert!(err.contains("BACKOFFICE_REPO"), "{err}");
+}
+
+#[test]
+fn cgi_under_pythons_cgi_server_is_never_held_open_by_the_worker() {
+    if !have("python3") {
+        return;
+    }
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    // The worker outlives the request by seconds.
+    site.app.bo(&["hook", "add", &format!("sleep 4; cat > {}", env.path("hook.out").display())]);
+    site.app.bo(&["publish", "--kind", "wiki", "--title", "waiting", "--no-trigger"]);
+    let root = env.path("www");
+    std::fs::create_dir_all(root.join("cgi-bin")).unwrap();
+    let script = root.join("cgi-bin/bo");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nBACKOFFICE_REPO='{}' exec '{}' cgi\n",
+            site.app.path.display(),
+            crate::harness::backoffice_bin().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut py = Cmd::new("python3")
+        .args(["-u", "-m", "http.server", "--cgi", "--bind", "127.0.0.1", "0"])
+        .current_dir(&root)
+        .spawn_with(Stdio::piped(), Stdio::null());
+    let mut line = String::new();
+    BufReader::new(py.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line
+        .split(" port ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no port in {line:?}"))
+        .to_owned();
+    let addr = format!("127.0.0.1:{port}");
+    let t0 = Instant::now();
+    let r = get(&addr, "/cgi-bin/bo/r/app/status.json");
+    let took = t0.elapsed();
+    let _ = py.kill();
+    let _ = py.wait();
+    // Python's server writes its own status line and passes ours through.
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.head.contains("Status: 200 OK"), "{}", r.head);
+    assert_eq!(r.json()["repo"], "app");
+    assert!(took < Duration::from_secs(3), "the reply waited for the worker: {took:?}");
+    assert!(
+        wait_until(Duration::from_secs(15), || env.path("hook.out").exists()),
+        "the detached worker ran the hook after the reply"
+    );
+    assert!(wait_until(Duration::from_secs(10), || site.mails() == 2));
+}
+
+#[test]
+fn the_demo_serves_a_repository_and_an_event_becomes_alert_files() {
+    let env = Env::new();
+    let dir = env.path("demo");
+    let mut child = Cmd::backoffice()
+        .args(["demo", "--listen", "127.0.0.1:0", "--exit-after", "60"])
+        .arg(&dir)
+        .spawn_with(Stdio::piped(), Stdio::inherit());
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    while !text.contains("Ctrl-C") {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        text.push_str(&line);
+    }
+    let base = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("status page"))
+        .map(|u| u.trim().trim_end_matches("/r/demo").trim_start_matches("http://").to_owned())
+        .unwrap_or_else(|| panic!("no URL in {text}"));
+    assert!(text.contains("curl -H \"Authorization: Bearer $(cat "), "{text}");
+    let mails = || {
+        std::fs::read_dir(dir.join("mail"))
+            .map(|d| d.flatten().filter(|e| e.path().extension().is_some_and(|x| x == "eml")).count())
+            .unwrap_or(0)
+    };
+    // The seeded events: one alert to Alice (all three), one to Bob (his
+    // two kinds); Carol takes a digest.
+    assert!(wait_until(Duration::from_secs(10), || mails() == 2), "{}", mails());
+    let token = std::fs::read_to_string(dir.join("token")).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    let r = request(
+        &base,
+        "POST",
+        "/r/demo/events",
+        &[("Authorization", auth.as_str())],
+        r#"{"kind":"checkin","title":"Hello from curl"}"#,
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    assert!(wait_until(Duration::from_secs(10), || mails() == 4), "{}", mails());
+    let page = get(&base, "/r/demo");
+    assert!(page.body.contains("Hello from curl"), "{}", page.body);
+    assert!(page.body.contains("alerts"), "the run log is on the page");
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
+    let st = wait_child(&mut child, Duration::from_secs(10), "demo");
+    assert!(st.success(), "{st:?}");
+}
