@@ -41,7 +41,7 @@ use crate::lease::{Lease, Slot};
 use crate::process::{self, Identity};
 use crate::repo::{self, Repo};
 use crate::settings::Settings;
-use crate::task::{self, Context, RunReport, Tasks};
+use crate::task::{self, Context, RunReport, RunTotals, Tasks};
 
 /// The lease's config row.
 pub const LEASE_ROW: &str = "backoffice";
@@ -403,6 +403,13 @@ fn finish(repo: &mut Repo, report: &RunReport, me: Identity, release: bool) -> R
         .map_err(|e| sq("taking the write lock", e))?;
     let json = serde_json::to_string(report).unwrap_or_default();
     repo::config_set(&tx, task::LAST_RUN_ROW, &json).map_err(|e| sq("recording the run", e))?;
+    // The totals ride in the same transaction, so they agree with the last
+    // run and cost the request path nothing. Every recorded run counts,
+    // no-ops included. A damaged row restarts the count instead of failing.
+    let mut totals = RunTotals::load(&tx);
+    totals.add(report);
+    let json = serde_json::to_string(&totals).unwrap_or_default();
+    repo::config_set(&tx, task::TOTALS_ROW, &json).map_err(|e| sq("recording the totals", e))?;
     if release {
         let (mut lease, _) = read_lease(&tx).map_err(|e| sq("reading the lease", e))?;
         if me.holds(&lease.current) {
@@ -521,6 +528,69 @@ mod tests {
         assert!(p.clamped);
         assert_eq!(p.normalized.current.expires, 1060);
         assert_eq!(p.normalized.next.expires, 1120);
+    }
+
+    struct Counts(u64, bool);
+    impl task::Task for Counts {
+        fn name(&self) -> &str {
+            "counts"
+        }
+        fn due(
+            &self,
+            _: &rusqlite::Connection,
+            _: i64,
+        ) -> std::result::Result<task::Due, task::TaskError> {
+            Ok(task::Due::Now)
+        }
+        fn run(&self, _: &Context<'_>) -> std::result::Result<u64, task::TaskError> {
+            if self.1 {
+                Err("broken".into())
+            } else {
+                Ok(self.0)
+            }
+        }
+    }
+
+    fn temp_repo() -> (tempfile::TempDir, Repo) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        rusqlite::Connection::open(&p).unwrap();
+        let r = Repo::open(&p).unwrap();
+        (dir, r)
+    }
+
+    #[test]
+    fn runs_add_up_in_the_totals() {
+        let (_d, mut r) = temp_repo();
+        let opts = RunOptions {
+            nolease: true,
+            ..RunOptions::default()
+        };
+        let tasks = Tasks::new().with(Counts(3, false)).with(Counts(0, true));
+        let before = clock::now();
+        run(&mut r, &tasks, &opts).unwrap();
+        run(&mut r, &tasks, &opts).unwrap();
+        // A no-op run counts too: it is a run.
+        run(&mut r, &Tasks::new(), &opts).unwrap();
+        let t = RunTotals::load(r.conn());
+        assert_eq!((t.runs, t.items, t.failures), (3, 6, 2), "{t:?}");
+        assert!(t.since >= before && t.since <= clock::now(), "{t:?}");
+    }
+
+    #[test]
+    fn a_damaged_totals_row_restarts_the_count() {
+        let (_d, mut r) = temp_repo();
+        r.set(task::TOTALS_ROW, "{not json").unwrap();
+        let opts = RunOptions {
+            nolease: true,
+            ..RunOptions::default()
+        };
+        let tasks = Tasks::new().with(Counts(2, false));
+        run(&mut r, &tasks, &opts).unwrap();
+        let t = RunTotals::load(r.conn());
+        assert_eq!((t.runs, t.items, t.failures), (1, 2, 0), "{t:?}");
+        // The run itself was recorded.
+        assert!(r.get(task::LAST_RUN_ROW).unwrap().is_some());
     }
 
     /// A simulated world of workers sharing one lease, stepped in random

@@ -61,7 +61,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::task::{Context, Due, Task, TaskError, TaskStatus};
+use crate::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// The `config` row holding the hooks (Fossil's).
 pub const HOOKS_ROW: &str = "hooks";
@@ -880,6 +880,9 @@ impl Task for Hooks {
             }
         };
         if hooks.is_empty() {
+            // Zeros rather than nothing: the task is installed, and a metric
+            // that vanishes when the last hook is removed reads as "stale".
+            st.gauges = hook_gauges(0, 0, 0);
             return st;
         }
         let max_failures = setting_int(conn, MAX_FAILURES);
@@ -888,6 +891,7 @@ impl Task for Hooks {
         } else {
             0
         };
+        let (mut ok, mut failing, mut behind_total) = (0, 0, 0);
         for (h, s) in hooks {
             let Some(s) = s.filter(|_| h.runnable()) else {
                 st.info.push(format!(
@@ -897,6 +901,15 @@ impl Task for Hooks {
                 continue;
             };
             let behind = (newest - s.cursor).max(0);
+            behind_total += behind;
+            // "Failing" as the problem line below and the run log mean it:
+            // hook-max-failures in a row, the operator's own threshold. A
+            // hook retrying after fewer failures counts as ok.
+            if s.failures >= max_failures {
+                failing += 1;
+            } else {
+                ok += 1;
+            }
             let mut line = format!(
                 "hook {} ({}): at event {}, {} behind",
                 h.id, h.cmd, s.cursor, behind
@@ -924,8 +937,19 @@ impl Task for Hooks {
                 ));
             }
         }
+        st.gauges = hook_gauges(ok, failing, behind_total);
         st
     }
+}
+
+/// The hooks task's gauges: runnable hooks ok and failing, and the events
+/// they have yet to handle, summed.
+fn hook_gauges(ok: i64, failing: i64, behind: i64) -> Vec<Gauge> {
+    vec![
+        Gauge::new("hooks", "ok", ok),
+        Gauge::new("hooks", "failing", failing),
+        Gauge::new("hook-events", "behind", behind),
+    ]
 }
 
 #[cfg(test)]
@@ -1125,6 +1149,39 @@ mod tests {
         assert_eq!(backoff(1), 60);
         assert_eq!(backoff(2), 120);
         assert_eq!(backoff(50), 3600);
+    }
+
+    #[test]
+    fn status_gauges_count_hooks_and_events_behind() {
+        let conn = setup();
+        assert_eq!(Hooks.status(&conn, 0).gauges, hook_gauges(0, 0, 0));
+        let a = add(&conn, &new("true")).unwrap();
+        let b = add(&conn, &new("false")).unwrap();
+        let c = add(&conn, &new("true")).unwrap();
+        // Never run, so no state and not counted.
+        add(
+            &conn,
+            &New {
+                kind: "disabled".into(),
+                ..new("x")
+            },
+        )
+        .unwrap();
+        for t in ["one", "two", "three"] {
+            publish(&conn, t);
+        }
+        crate::repo::config_set(&conn, MAX_FAILURES, "3").unwrap();
+        let set = |id: i64, cursor: i64, failures: i64| {
+            conn.execute(
+                "UPDATE bo_hook_state SET cursor = ?2, failures = ?3 WHERE hookid = ?1",
+                params![id, cursor, failures],
+            )
+            .unwrap();
+        };
+        set(a.id, 3, 0);
+        set(b.id, 1, 3); // failing: 2 behind
+        set(c.id, 0, 2); // retrying, not yet failing: 3 behind
+        assert_eq!(Hooks.status(&conn, 0).gauges, hook_gauges(2, 1, 5));
     }
 
     #[test]

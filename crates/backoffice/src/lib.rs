@@ -45,6 +45,8 @@
 //! * [`poll`]: servicing many repositories in one sweep, or forever.
 //! * [`status`]: what `backoffice status` reports.
 //! * [`clock`]: Unix seconds and their human forms.
+//! * [`token`]: the per-repository API bearer token of a web front (only
+//!   its hash is stored).
 //!
 //! The tasks the `backoffice` binary ships, in the order they run, all fed
 //! by the events applications publish:
@@ -87,6 +89,7 @@ pub mod repo;
 pub mod settings;
 pub mod status;
 pub mod task;
+pub mod token;
 pub mod trigger;
 pub mod webhooks;
 

@@ -1,6 +1,9 @@
 //! What `backoffice status` reports: the last run, the lease in words, and
 //! what is due next — as text for a person and as JSON for tools.
 
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
 use serde::Serialize;
 
 use crate::clock;
@@ -10,7 +13,7 @@ use crate::lease::Slot;
 use crate::process::{self, Liveness};
 use crate::repo::Repo;
 use crate::settings::{self, Settings};
-use crate::task::{self, Due, RunReport, Tasks};
+use crate::task::{self, Due, RunReport, RunTotals, Tasks};
 
 /// One repository's state.
 #[derive(Clone, Debug, Serialize)]
@@ -41,6 +44,64 @@ pub struct Status {
     pub info: Vec<String>,
     /// Malformed settings and other things an operator should fix.
     pub problems: Vec<String>,
+    /// Each task's gauges (queue depths as numbers), for metrics.
+    pub gauges: Vec<TaskGauge>,
+    /// Counts over all recorded runs.
+    pub totals: RunTotals,
+    /// The last [`LOG_TAIL_LINES`] lines of the `backoffice-logfile`, if
+    /// one is set and readable.
+    pub log_tail: Vec<String>,
+    /// Seconds since the last recorded run started (never negative), if
+    /// one was recorded.
+    pub last_run_age: Option<i64>,
+}
+
+/// One task's [`task::Gauge`], with the task's name.
+#[derive(Clone, Debug, Serialize)]
+pub struct TaskGauge {
+    /// The task that reported it.
+    pub task: String,
+    /// What is counted (e.g. "outbox").
+    pub queue: String,
+    /// Which part of it (e.g. "queued").
+    pub state: String,
+    /// How many.
+    pub value: i64,
+}
+
+/// How many lines of the log file [`Status::log_tail`] holds.
+pub const LOG_TAIL_LINES: usize = 20;
+
+/// The most of the log file's end that is read for [`Status::log_tail`]:
+/// status must stay cheap however large the log has grown, and 20 of our
+/// (bounded) lines fit many times over.
+pub const LOG_TAIL_BYTES: u64 = 64 * 1024;
+
+/// The last `lines` lines of the file at `path`, read from at most its last
+/// `max_bytes` bytes. A line cut by that window is dropped rather than shown
+/// half (so a final line longer than the window gives nothing). Invalid
+/// UTF-8 is replaced, not an error: a log is for reading.
+pub fn log_tail(path: &Path, lines: usize, max_bytes: u64) -> std::io::Result<Vec<String>> {
+    let mut f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let start = len.saturating_sub(max_bytes);
+    f.seek(SeekFrom::Start(start))?;
+    let mut buf = Vec::new();
+    // take(): the file may grow while we read; read no more than promised.
+    f.take(max_bytes).read_to_end(&mut buf)?;
+    let mut text: &[u8] = &buf;
+    if start > 0 {
+        text = match text.iter().position(|&b| b == b'\n') {
+            Some(i) => &text[i + 1..],
+            None => &[],
+        };
+    }
+    let text = String::from_utf8_lossy(text);
+    let all: Vec<&str> = text.lines().collect();
+    Ok(all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| (*l).to_owned())
+        .collect())
 }
 
 /// A lease slot, interpreted.
@@ -127,15 +188,34 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
         }
     }
     let mut info = Vec::new();
+    let mut gauges = Vec::new();
     for t in tasks.iter() {
         let st = t.status(conn, now);
         info.extend(st.info.into_iter().map(|l| format!("{}: {l}", t.name())));
+        gauges.extend(st.gauges.into_iter().map(|g| TaskGauge {
+            task: t.name().to_owned(),
+            queue: g.queue,
+            state: g.state,
+            value: g.value,
+        }));
         problems.extend(
             st.problems
                 .into_iter()
                 .map(|l| format!("{}: {l}", t.name())),
         );
     }
+    let log_tail = match &s.logfile {
+        None => Vec::new(),
+        Some(p) => match log_tail(p, LOG_TAIL_LINES, LOG_TAIL_BYTES) {
+            Ok(l) => l,
+            // Not a problem: the file is created by the first run that logs.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                problems.push(format!("cannot read the log file {}: {e}", p.display()));
+                Vec::new()
+            }
+        },
+    };
     let settings = settings::SETTINGS
         .iter()
         .map(|d| {
@@ -155,6 +235,7 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
     Ok(Status {
         repo: repo.path().display().to_string(),
         now,
+        last_run_age: last_run.as_ref().map(|r| (now - r.started).max(0)),
         last_run,
         last_run_ago,
         lease_raw: raw,
@@ -180,6 +261,9 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
         settings,
         info,
         problems,
+        gauges,
+        totals: RunTotals::load(conn),
+        log_tail,
     })
 }
 
@@ -277,6 +361,19 @@ impl std::fmt::Display for Status {
             }
             None => writeln!(f, "last run:   {}", self.last_run_ago)?,
         }
+        let t = &self.totals;
+        if t.runs > 0 {
+            writeln!(
+                f,
+                "runs:       {} since {} UTC: {} item{}, {} failed task run{}",
+                t.runs,
+                clock::format_utc(t.since),
+                t.items,
+                if t.items == 1 { "" } else { "s" },
+                t.failures,
+                if t.failures == 1 { "" } else { "s" },
+            )?;
+        }
         writeln!(f, "lease:      {}", self.lease_words())?;
         writeln!(f, "on deck:    {}", self.on_deck_words())?;
         writeln!(f, "due next:   {}", self.next_due_words())?;
@@ -311,5 +408,142 @@ impl std::fmt::Display for Status {
             writeln!(f, "problem:    {p}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{Context, Gauge, Task, TaskError, TaskStatus};
+
+    fn numbered(n: usize) -> String {
+        (1..=n).map(|i| format!("line {i}\n")).collect()
+    }
+
+    #[test]
+    fn log_tail_gives_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        std::fs::write(&p, numbered(100)).unwrap();
+        let t = log_tail(&p, 20, LOG_TAIL_BYTES).unwrap();
+        assert_eq!(t.len(), 20);
+        assert_eq!(t[0], "line 81");
+        assert_eq!(t[19], "line 100");
+        // Fewer lines than asked for, and no final newline.
+        std::fs::write(&p, "a\nb").unwrap();
+        assert_eq!(log_tail(&p, 20, LOG_TAIL_BYTES).unwrap(), ["a", "b"]);
+        std::fs::write(&p, "").unwrap();
+        assert!(log_tail(&p, 20, LOG_TAIL_BYTES).unwrap().is_empty());
+    }
+
+    #[test]
+    fn log_tail_reads_only_the_end_and_drops_a_cut_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("log");
+        // "line 1\n" … "line 9\n" are 7 bytes each: a 17-byte window starts
+        // inside "line 7\n" (at byte 46 of 63), which must not show as "7\n".
+        std::fs::write(&p, numbered(9)).unwrap();
+        assert_eq!(log_tail(&p, 20, 17).unwrap(), ["line 8", "line 9"]);
+        // A window starting exactly at a line start still drops that line
+        // (it cannot tell), which is harmless.
+        assert_eq!(log_tail(&p, 20, 14).unwrap(), ["line 9"]);
+        // A huge last part: short lines, then 100 KiB without a newline in
+        // the window, and invalid UTF-8.
+        let mut big = numbered(50).into_bytes();
+        big.extend(std::iter::repeat_n(b'x', 100 * 1024));
+        big.extend(b"\nend \xff\n");
+        std::fs::write(&p, &big).unwrap();
+        assert_eq!(log_tail(&p, 20, LOG_TAIL_BYTES).unwrap(), ["end \u{fffd}"]);
+        big.truncate(big.len() - 8); // the window now holds only x's
+        std::fs::write(&p, &big).unwrap();
+        assert!(log_tail(&p, 20, LOG_TAIL_BYTES).unwrap().is_empty());
+    }
+
+    #[test]
+    fn log_tail_of_a_missing_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = log_tail(&dir.path().join("nope"), 20, LOG_TAIL_BYTES).unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    struct Gauged;
+    impl Task for Gauged {
+        fn name(&self) -> &str {
+            "g"
+        }
+        fn due(&self, _: &rusqlite::Connection, _: i64) -> std::result::Result<Due, TaskError> {
+            Ok(Due::Never)
+        }
+        fn run(&self, _: &Context<'_>) -> std::result::Result<u64, TaskError> {
+            Ok(2)
+        }
+        fn status(&self, _: &rusqlite::Connection, _: i64) -> TaskStatus {
+            TaskStatus {
+                gauges: vec![Gauge::new("q", "s", 7)],
+                ..TaskStatus::default()
+            }
+        }
+    }
+
+    fn temp_repo() -> (tempfile::TempDir, Repo) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        rusqlite::Connection::open(&p).unwrap();
+        let r = Repo::open(&p).unwrap();
+        (dir, r)
+    }
+
+    #[test]
+    fn status_has_gauges_totals_age_and_log_tail() {
+        let (dir, mut r) = temp_repo();
+        let tasks = Tasks::new().with(Gauged);
+        let st = status(&r, &tasks).unwrap();
+        assert_eq!(st.last_run_age, None);
+        assert_eq!(st.totals, RunTotals::default());
+        assert!(st.log_tail.is_empty());
+        assert!(!st.to_string().contains("runs:"), "{st}");
+        let g = &st.gauges[0];
+        assert_eq!(
+            (g.task.as_str(), g.queue.as_str(), g.state.as_str(), g.value),
+            ("g", "q", "s", 7)
+        );
+
+        // A log file that does not exist yet is normal, not a problem.
+        let log = dir.path().join("bo.log");
+        r.set(settings::LOGFILE, log.to_str().unwrap()).unwrap();
+        let st = status(&r, &tasks).unwrap();
+        assert!(st.log_tail.is_empty() && st.problems.is_empty(), "{st:?}");
+
+        let opts = crate::RunOptions {
+            nolease: true,
+            ..Default::default()
+        };
+        crate::engine::run(&mut r, &tasks, &opts).unwrap();
+        crate::engine::run(&mut r, &tasks, &opts).unwrap();
+        let st = status(&r, &tasks).unwrap();
+        assert_eq!((st.totals.runs, st.totals.items), (2, 4));
+        let age = st.last_run_age.unwrap();
+        assert!((0..5).contains(&age), "{age}");
+        assert_eq!(st.log_tail.len(), 2, "{:?}", st.log_tail);
+        assert!(st.log_tail[1].ends_with(" us") && st.log_tail[1].contains(" 2 g "));
+        let text = st.to_string();
+        assert!(
+            text.contains("\nruns:       2 since ")
+                && text.contains(": 4 items, 0 failed task runs\n"),
+            "{text}"
+        );
+
+        // An unreadable log file (here a directory) is a problem, named.
+        r.set(settings::LOGFILE, dir.path().to_str().unwrap())
+            .unwrap();
+        let st = status(&r, &tasks).unwrap();
+        assert!(st.log_tail.is_empty());
+        assert!(
+            st.problems
+                .iter()
+                .any(|p| p.starts_with("cannot read the log file ")),
+            "{:?}",
+            st.problems
+        );
     }
 }

@@ -108,6 +108,32 @@ pub struct TaskStatus {
     pub info: Vec<String>,
     /// Problems an operator should fix, one line each.
     pub problems: Vec<String>,
+    /// Queue depths and the like as numbers, for metrics (Prometheus):
+    /// the same facts as `info`, but machine-readable.
+    pub gauges: Vec<Gauge>,
+}
+
+/// One number a task reports about itself: how many items of `queue` are
+/// in `state` right now (e.g. `outbox` / `queued` / 3).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Gauge {
+    /// What is counted (e.g. "outbox", "hooks").
+    pub queue: String,
+    /// Which part of it (e.g. "queued", "dead").
+    pub state: String,
+    /// How many.
+    pub value: i64,
+}
+
+impl Gauge {
+    /// A gauge; a shorthand for the struct literal.
+    pub fn new(queue: &str, state: &str, value: i64) -> Gauge {
+        Gauge {
+            queue: queue.to_owned(),
+            state: state.to_owned(),
+            value,
+        }
+    }
 }
 
 /// The tasks a worker runs, in order.
@@ -251,6 +277,54 @@ pub struct RunReport {
 
 /// The `config` row that holds the last run's [`RunReport`].
 pub const LAST_RUN_ROW: &str = "backoffice-last-run";
+
+/// Cumulative counts over every recorded run, stored as the
+/// [`TOTALS_ROW`] config row (JSON) and updated in the transaction that
+/// records each run, so that metrics cost a point read and nothing on the
+/// request path.
+///
+/// Every run the engine records counts, `no-op`s included: a run is a
+/// worker that held the lease, whether or not it found work.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunTotals {
+    /// Runs recorded.
+    pub runs: u64,
+    /// Items handled, over all runs and tasks.
+    pub items: u64,
+    /// Failed task runs, over all runs (a run where two tasks failed adds 2).
+    pub failures: u64,
+    /// Unix time of the first run counted (0 before any), so that a rate
+    /// can be computed and a reset (see [`RunTotals::load`]) noticed.
+    pub since: i64,
+}
+
+/// The `config` row that holds the [`RunTotals`].
+pub const TOTALS_ROW: &str = "backoffice-totals";
+
+impl RunTotals {
+    /// Counts one more run.
+    pub fn add(&mut self, report: &RunReport) {
+        if self.runs == 0 {
+            self.since = report.started;
+        }
+        // Saturating: a counter that stops is better than a panic or a wrap
+        // to zero that a metrics system would read as a reset.
+        self.runs = self.runs.saturating_add(1);
+        self.items = self.items.saturating_add(report.items());
+        self.failures = self.failures.saturating_add(report.failures() as u64);
+    }
+
+    /// The stored totals. A missing or malformed row, or no `config` table,
+    /// reads as zero totals (counting restarts; `since` shows when), never
+    /// as an error: counters must not stop a run from being recorded.
+    pub fn load(conn: &Connection) -> RunTotals {
+        crate::repo::config_get(conn, TOTALS_ROW)
+            .ok()
+            .flatten()
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default()
+    }
+}
 
 impl RunReport {
     /// Items handled, over all tasks.
@@ -422,6 +496,49 @@ mod tests {
             assert!(each[0].1.is_err(), "{each:?}");
         }
         assert_eq!(Tasks::new().due(&conn, 0), Due::Never);
+    }
+
+    #[test]
+    fn totals_add_and_load() {
+        let report = |started, items, failed: bool| RunReport {
+            started,
+            elapsed_us: 1,
+            pid: 1,
+            tasks: vec![
+                TaskResult {
+                    name: "a".into(),
+                    items,
+                    error: None,
+                    elapsed_us: 0,
+                },
+                TaskResult {
+                    name: "b".into(),
+                    items: 0,
+                    error: failed.then(|| "x".into()),
+                    elapsed_us: 0,
+                },
+            ],
+        };
+        let mut t = RunTotals::default();
+        t.add(&report(100, 4, true));
+        t.add(&report(200, 1, false));
+        assert_eq!(
+            t,
+            RunTotals {
+                runs: 2,
+                items: 5,
+                failures: 1,
+                since: 100
+            }
+        );
+        let conn = Connection::open_in_memory().unwrap();
+        assert_eq!(RunTotals::load(&conn), RunTotals::default(), "no table");
+        conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        crate::repo::config_set(&conn, TOTALS_ROW, &serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(RunTotals::load(&conn), t);
+        crate::repo::config_set(&conn, TOTALS_ROW, r#"{"runs":"many"}"#).unwrap();
+        assert_eq!(RunTotals::load(&conn), RunTotals::default(), "malformed");
     }
 
     #[test]

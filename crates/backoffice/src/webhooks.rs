@@ -51,7 +51,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::task::{Context, Due, Task, TaskError, TaskStatus};
+use crate::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// The webhook table. The event table is the notifications' `bo_event`.
 pub const SCHEMA: &str = "
@@ -599,6 +599,9 @@ impl Task for Webhooks {
             return st;
         };
         if all.is_empty() {
+            // Zeros rather than nothing, as for hooks: a metric that vanishes
+            // with the last endpoint reads as "stale".
+            st.gauges = webhook_gauges(0, 0, 0);
             return st;
         }
         let newest: i64 = conn
@@ -607,6 +610,14 @@ impl Task for Webhooks {
             })
             .unwrap_or(0);
         let dead = all.iter().filter(|w| w.state == "dead").count();
+        // A dead endpoint's backlog is not counted: nothing will deliver it
+        // until `webhook retry`, and the dead gauge already says so.
+        let events_behind: i64 = all
+            .iter()
+            .filter(|w| w.state == "active")
+            .map(|w| (newest - w.cursor).max(0))
+            .sum();
+        st.gauges = webhook_gauges((all.len() - dead) as i64, dead as i64, events_behind);
         let behind = all
             .iter()
             .filter(|w| w.state == "active" && w.cursor < newest)
@@ -634,6 +645,16 @@ impl Task for Webhooks {
         }
         st
     }
+}
+
+/// The webhooks task's gauges: endpoints active and dead, and the events
+/// the active ones have yet to handle, summed.
+fn webhook_gauges(active: i64, dead: i64, behind: i64) -> Vec<Gauge> {
+    vec![
+        Gauge::new("webhooks", "active", active),
+        Gauge::new("webhooks", "dead", dead),
+        Gauge::new("webhook-events", "behind", behind),
+    ]
 }
 
 fn open(path: &Path) -> rusqlite::Result<Connection> {
@@ -878,6 +899,43 @@ mod tests {
         assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::Never);
         retry(&conn, w.id).unwrap();
         assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::Now);
+    }
+
+    #[test]
+    fn status_gauges_count_endpoints_and_events_behind() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        assert_eq!(Webhooks.status(&conn, 0).gauges, webhook_gauges(0, 0, 0));
+        let new = New {
+            url: "http://127.0.0.1:9/h".into(),
+            secret: "0123456789abcdef".into(),
+            kinds: "*".into(),
+            from_start: true,
+        };
+        let ids: Vec<i64> = (0..3).map(|_| add(&conn, &new).unwrap().id).collect();
+        for t in ["a", "b", "c", "d"] {
+            crate::notify::publish(
+                &conn,
+                &crate::notify::Event {
+                    kind: "wiki".into(),
+                    title: t.into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        }
+        let set = |id: i64, cursor: i64, state: &str| {
+            conn.execute(
+                "UPDATE bo_webhook SET cursor = ?2, state = ?3 WHERE id = ?1",
+                params![id, cursor, state],
+            )
+            .unwrap();
+        };
+        set(ids[0], 1, "active"); // 3 behind
+        set(ids[1], 9, "active"); // ahead (hand-edited): 0, not -5
+        set(ids[2], 0, "dead"); // not counted as behind
+        assert_eq!(Webhooks.status(&conn, 0).gauges, webhook_gauges(2, 1, 3));
     }
 
     #[test]

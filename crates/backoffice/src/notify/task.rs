@@ -6,7 +6,7 @@ use super::compose::{self, EventText};
 use super::config::{EmailConfig, Method};
 use super::outbox;
 use super::schedule::{DigestDue, DigestTime};
-use crate::task::{Context, Due, Task, TaskError, TaskStatus};
+use crate::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// Events older than this when first seen get no immediate alert (they
 /// still appear in digests): turning email on after a month must not mail
@@ -137,6 +137,11 @@ impl Task for Notify {
             return st;
         }
         if let Ok((queued, sent, dead)) = outbox::counts(conn) {
+            st.gauges.extend([
+                Gauge::new("outbox", "queued", queued),
+                Gauge::new("outbox", "sent", sent),
+                Gauge::new("outbox", "dead", dead),
+            ]);
             let next = match outbox::next_due(conn) {
                 Ok(Some(t)) if t > now => {
                     format!(", next attempt {}", crate::clock::relative(t, now))
@@ -459,6 +464,42 @@ mod tests {
             0
         );
         assert_eq!(digests(&conn).len(), 1);
+    }
+
+    #[test]
+    fn status_gauges_count_the_outbox() {
+        // Without the tables: no gauges (nothing to count, and a host that
+        // never used email should not export zeros for it).
+        let bare = Connection::open_in_memory().unwrap();
+        assert!(Notify.status(&bare, 0).gauges.is_empty());
+
+        let conn = setup();
+        let m = outbox::New {
+            subscriberid: None,
+            address: "a@example.org",
+            kind: "alert",
+            subject: "s",
+            body: "b",
+            code: None,
+        };
+        for _ in 0..6 {
+            outbox::queue(&conn, &m, DAY0).unwrap();
+        }
+        // Distinct numbers, so a mixed-up state shows.
+        conn.execute_batch(
+            "UPDATE bo_outbox SET state = 'dead' WHERE msgid = 1;
+             UPDATE bo_outbox SET state = 'sent' WHERE msgid IN (2, 3);",
+        )
+        .unwrap();
+        let g = Notify.status(&conn, DAY0).gauges;
+        assert_eq!(
+            g,
+            vec![
+                Gauge::new("outbox", "queued", 3),
+                Gauge::new("outbox", "sent", 2),
+                Gauge::new("outbox", "dead", 1),
+            ]
+        );
     }
 
     #[test]
