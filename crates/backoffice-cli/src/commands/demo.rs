@@ -1,6 +1,7 @@
 //! `backoffice demo`: a repository with subscribers and events, email into a
 //! folder, and `serve` on 127.0.0.1 — the README's first command.
 
+use std::io::Write;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -31,7 +32,13 @@ pub fn run(a: DemoArgs, tasks: Tasks) -> Result<ExitCode> {
     let dir = a.dir;
     let db = dir.join("demo.db");
     if a.fresh {
-        for f in ["demo.db", "demo.db-wal", "demo.db-shm", "backoffice.log", "token"] {
+        for f in [
+            "demo.db",
+            "demo.db-wal",
+            "demo.db-shm",
+            "backoffice.log",
+            "token",
+        ] {
             let _ = std::fs::remove_file(dir.join(f));
         }
         let _ = std::fs::remove_dir_all(dir.join("mail"));
@@ -62,6 +69,7 @@ pub fn run(a: DemoArgs, tasks: Tasks) -> Result<ExitCode> {
         ("email-send-method", "dir".to_owned()),
         ("email-send-dir", mail.display().to_string()),
         ("email-self", "backoffice@example.org".to_owned()),
+        ("email-subname", "[demo]".to_owned()),
         ("email-url", format!("{base}/r/demo")),
         ("backoffice-logfile", log.display().to_string()),
         // Short, so a second event within a minute is not kept waiting
@@ -108,23 +116,37 @@ pub fn run(a: DemoArgs, tasks: Tasks) -> Result<ExitCode> {
     Backoffice::new(tasks.clone()).after_request(conn);
     drop(repo);
 
-    let dirs = dir.display();
-    println!(
-        "backoffice demo in {dirs} ({})\n\n\
-  status page  {base}/r/demo\n\
-  JSON         {base}/r/demo/status.json\n\
-  metrics      {base}/metrics\n\
-  email        {mail} (one .eml file per message)\n\
-  run log      {log}\n\n\
-Publish an event; its alerts appear in the mail folder within a second:\n\n\
-  curl -H \"Authorization: Bearer $(cat {tok})\" \\\n\
-       -d '{{\"kind\":\"checkin\",\"title\":\"Hello from curl\"}}' {base}/r/demo/events\n\n\
-(the API token is in {tok}). Ctrl-C stops the server.",
-        if fresh { "new" } else { "existing; --fresh starts over" },
-        mail = mail.display(),
-        log = log.display(),
-        tok = shell_word(&token_file),
-    );
+    let tok = shell_word(&token_file);
+    let text = [
+        format!(
+            "backoffice demo in {} ({})",
+            dir.display(),
+            if fresh {
+                "new"
+            } else {
+                "existing; --fresh starts over"
+            }
+        ),
+        String::new(),
+        format!("  status page  {base}/r/demo"),
+        format!("  JSON         {base}/r/demo/status.json"),
+        format!("  metrics      {base}/metrics"),
+        format!(
+            "  email        {} (one .eml file per message)",
+            mail.display()
+        ),
+        format!("  run log      {}", log.display()),
+        String::new(),
+        "Publish an event; its alerts appear in the mail folder within a second:".to_owned(),
+        String::new(),
+        format!("  curl -H \"Authorization: Bearer $(cat {tok})\" \\"),
+        format!(
+            "       -d '{{\"kind\":\"checkin\",\"title\":\"Hello from curl\"}}' {base}/r/demo/events"
+        ),
+        String::new(),
+        format!("The API token is in {tok}. Ctrl-C stops the server."),
+    ];
+    let _ = writeln!(std::io::stdout(), "{}", text.join("\n"));
     let site = Site::new(&db_abs, false)?;
     super::serve::serve_site(
         site,
@@ -140,7 +162,6 @@ Publish an event; its alerts appear in the mail folder within a second:\n\n\
 
 /// Writes a secret file readable by its owner only.
 fn write_private(path: &Path, text: &str) -> Result<()> {
-    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
@@ -156,10 +177,11 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
 /// A path as one shell word, for a command line the user copies.
 fn shell_word(p: &Path) -> String {
     let s = p.display().to_string();
-    if s.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-+:,".contains(&b)) {
+    if s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+:,".contains(&b))
+    {
         s
     } else {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
-

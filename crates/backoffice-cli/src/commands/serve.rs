@@ -60,12 +60,20 @@ pub fn run(a: ServeArgs, tasks: Tasks) -> Result<ExitCode> {
         !a.no_trigger,
         a.exit_after.map(Duration::from_secs),
         |addr, names| {
-            println!("backoffice: serving {} repositor{} on http://{addr}/", names.len(), if names.len() == 1 { "y" } else { "ies" });
+            // Not println!: a closed stdout (a supervisor that read the
+            // first line and went away) must not take the server down.
+            let mut out = std::io::stdout().lock();
+            let plural = if names.len() == 1 { "y" } else { "ies" };
+            let _ = writeln!(
+                out,
+                "backoffice: serving {} repositor{plural} on http://{addr}/",
+                names.len()
+            );
             for n in names.iter().take(10) {
-                println!("  http://{addr}/r/{n}");
+                let _ = writeln!(out, "  http://{addr}/r/{n}");
             }
             if names.len() > 10 {
-                println!("  ... and {} more", names.len() - 10);
+                let _ = writeln!(out, "  ... and {} more", names.len() - 10);
             }
         },
     )?;

@@ -172,7 +172,10 @@ fn write_reply(out: &mut impl Write, resp: &Response<Vec<u8>>) -> Result<()> {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
     }
-    if !resp.headers().contains_key(axum::http::header::CONTENT_LENGTH) {
+    if !resp
+        .headers()
+        .contains_key(axum::http::header::CONTENT_LENGTH)
+    {
         head.push_str(&format!("Content-Length: {}\r\n", resp.body().len()));
     }
     head.push_str("\r\n");
@@ -185,7 +188,11 @@ fn write_reply(out: &mut impl Write, resp: &Response<Vec<u8>>) -> Result<()> {
 /// Closes stdin and stdout (points them at /dev/null), so the web server
 /// sees the end of the reply before any check or worker start.
 pub fn close_stdio() {
-    if let Ok(null) = std::fs::OpenOptions::new().read(true).write(true).open("/dev/null") {
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
         let _ = rustix::stdio::dup2_stdin(&null);
         let _ = rustix::stdio::dup2_stdout(&null);
     }

@@ -6,7 +6,9 @@ use super::App;
 
 /// Escapes a label value (backslash, double quote, newline).
 pub fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 struct Family {
@@ -33,15 +35,51 @@ impl Family {
 
 /// The metrics text for every served repository.
 pub fn render(app: &App) -> String {
-    let mut runs = Family::new("backoffice_runs_total", "counter", "Worker runs recorded in the repository.");
-    let mut items = Family::new("backoffice_items_total", "counter", "Items handled by all runs (alerts sent, hooks run, deliveries...).");
-    let mut failures = Family::new("backoffice_task_failures_total", "counter", "Task runs that failed.");
-    let mut age = Family::new("backoffice_last_run_age_seconds", "gauge", "Seconds since the last run started.");
-    let mut queue = Family::new("backoffice_queue", "gauge", "Queue depth by task, queue and state.");
-    let mut problems = Family::new("backoffice_problems", "gauge", "Problems status reports (failing hooks, dead messages, bad settings).");
-    let mut worker = Family::new("backoffice_worker_running", "gauge", "1 while a worker holds the lease.");
-    let mut started = Family::new("backoffice_workers_started_total", "counter", "Workers this server process started after requests.");
-    let mut up = Family::new("backoffice_repository_up", "gauge", "1 if the repository could be read.");
+    let mut runs = Family::new(
+        "backoffice_runs_total",
+        "counter",
+        "Worker runs recorded in the repository.",
+    );
+    let mut items = Family::new(
+        "backoffice_items_total",
+        "counter",
+        "Items handled by all runs (alerts sent, hooks run, deliveries...).",
+    );
+    let mut failures = Family::new(
+        "backoffice_task_failures_total",
+        "counter",
+        "Task runs that failed.",
+    );
+    let mut age = Family::new(
+        "backoffice_last_run_age_seconds",
+        "gauge",
+        "Seconds since the last run started.",
+    );
+    let mut queue = Family::new(
+        "backoffice_queue",
+        "gauge",
+        "Queue depth by task, queue and state.",
+    );
+    let mut problems = Family::new(
+        "backoffice_problems",
+        "gauge",
+        "Problems status reports (failing hooks, dead messages, bad settings).",
+    );
+    let mut worker = Family::new(
+        "backoffice_worker_running",
+        "gauge",
+        "1 while a worker holds the lease.",
+    );
+    let mut started = Family::new(
+        "backoffice_workers_started_total",
+        "counter",
+        "Workers this server process started after requests.",
+    );
+    let mut up = Family::new(
+        "backoffice_repository_up",
+        "gauge",
+        "1 if the repository could be read.",
+    );
     for (name, _) in app.site.list() {
         let l = format!("repo=\"{}\"", label(&name));
         started.add(format!("{{{l}}}"), app.workers_started(&name));
@@ -80,7 +118,9 @@ pub fn render(app: &App) -> String {
         }
     }
     let mut out = String::new();
-    for f in [up, runs, items, failures, age, worker, started, problems, queue] {
+    for f in [
+        up, runs, items, failures, age, worker, started, problems, queue,
+    ] {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);
         for (labels, v) in f.samples {

@@ -102,7 +102,10 @@ impl App {
     /// The after-request check for repository `name`: start a worker if work
     /// is due and none is queued. Blocking (SQLite); never fails a request.
     pub fn after_request(&self, name: &str) -> Option<Started> {
-        let started = match self.site.with_repo(name, |r| self.bo.after_request(r.conn()))? {
+        let started = match self
+            .site
+            .with_repo(name, |r| self.bo.after_request(r.conn()))?
+        {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(repo = name, "after-request check: {e}");

@@ -115,10 +115,7 @@ pub fn index(app: &App) -> axum::response::Response {
         )
     };
     (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/html; charset=utf-8",
-        )],
+        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
         page("backoffice", Some(30), &body),
     )
         .into_response()
@@ -128,11 +125,18 @@ pub fn index(app: &App) -> axum::response::Response {
 pub fn status(name: &str, st: &Status, events: &[StoredEvent], started_here: u64) -> String {
     let mut b = String::new();
     let n = esc(name);
-    let _ = writeln!(b, "<h1>{n}</h1>\n<p class=\"dim\">backoffice status, {} UTC &middot; <a href=\"/r/{n}/status.json\">JSON</a> &middot; <a href=\"/\">all repositories</a></p>", esc(&clock::format_utc(st.now)));
+    let _ = writeln!(
+        b,
+        "<h1>{n}</h1>\n<p class=\"dim\">backoffice status, {} UTC &middot; <a href=\"/r/{n}/status.json\">JSON</a> &middot; <a href=\"/\">all repositories</a></p>",
+        esc(&clock::format_utc(st.now))
+    );
 
     // The facts a person wants first.
     let worker = if st.current.pid > 0 && st.current.alive {
-        format!("<span class=\"ok\">running</span> &mdash; {}", esc(&st.lease_words()))
+        format!(
+            "<span class=\"ok\">running</span> &mdash; {}",
+            esc(&st.lease_words())
+        )
     } else {
         format!("idle &mdash; lease {}", esc(&st.lease_words()))
     };
@@ -235,7 +239,9 @@ pub fn status(name: &str, st: &Status, events: &[StoredEvent], started_here: u64
     if events.is_empty() {
         b.push_str("<p class=\"dim\">None published yet.</p>\n");
     } else {
-        b.push_str("<table>\n<tr><th>#</th><th>Kind</th><th>Title</th><th>By</th><th>When</th></tr>\n");
+        b.push_str(
+            "<table>\n<tr><th>#</th><th>Kind</th><th>Title</th><th>By</th><th>When</th></tr>\n",
+        );
         for e in events {
             let _ = writeln!(
                 b,
@@ -289,7 +295,10 @@ pub fn unsubscribe_form(name: &str, s: &Subscriber) -> String {
 <form method=\"post\"><input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
 <button type=\"submit\">Unsubscribe</button></form>",
             esc(name),
-            s.name.as_deref().map(|n| format!("{} ", esc(n))).unwrap_or_default(),
+            s.name
+                .as_deref()
+                .map(|n| format!("{} ", esc(n)))
+                .unwrap_or_default(),
             esc(&format!("<{}>", s.address))
         )
     };

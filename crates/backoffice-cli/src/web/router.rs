@@ -60,7 +60,10 @@ impl Failure {
 
     fn no_repo(name: &str) -> Failure {
         // The name the client sent, never a path.
-        Failure::new(StatusCode::NOT_FOUND, format!("no repository named {name:?}"))
+        Failure::new(
+            StatusCode::NOT_FOUND,
+            format!("no repository named {name:?}"),
+        )
     }
 
     /// Something broke inside the server: logged here in full, answered
@@ -220,7 +223,8 @@ async fn read_body(State(app): State<Arc<App>>, req: Request, next: Next) -> Res
         }
         Ok(Ok(b)) => b,
     };
-    next.run(Request::from_parts(parts, Body::from(bytes))).await
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 fn too_large(max: usize) -> Response {
@@ -247,7 +251,10 @@ async fn security_headers(req: Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
@@ -314,7 +321,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 }
 
 /// The status of `name`, with the repository shown by name (never its path).
-pub fn web_status(app: &App, name: &str, repo: &Repo) -> Result<backoffice::status::Status, Failure> {
+pub fn web_status(
+    app: &App,
+    name: &str,
+    repo: &Repo,
+) -> Result<backoffice::status::Status, Failure> {
     let mut st = backoffice::status::status(repo, app.bo.tasks())
         .map_err(|e| Failure::internal("reading the status", e))?;
     st.repo = name.to_owned();
@@ -491,13 +502,16 @@ async fn unsubscribe_form(
 ) -> Response {
     // A GET changes nothing: mail scanners fetch links. It shows a button
     // that POSTs, which is also what RFC 8058 one-click clients send.
-    on_repo(app, name.clone(), true, move |_, repo| {
-        match subscribers::find_by_code(repo.conn(), &code) {
+    on_repo(
+        app,
+        name.clone(),
+        true,
+        move |_, repo| match subscribers::find_by_code(repo.conn(), &code) {
             Ok(Some(s)) => Ok((html_type(), pages::unsubscribe_form(&name, &s)).into_response()),
             Ok(None) => Err(bad_code()),
             Err(e) => Err(subscriber_failure(e)),
-        }
-    })
+        },
+    )
     .await
 }
 
@@ -505,13 +519,16 @@ async fn unsubscribe(
     State(app): State<Arc<App>>,
     Path((name, code)): Path<(String, String)>,
 ) -> Response {
-    on_repo(app, name.clone(), true, move |_, repo| {
-        match subscribers::unsubscribe_by_code(repo.conn(), &code) {
+    on_repo(
+        app,
+        name.clone(),
+        true,
+        move |_, repo| match subscribers::unsubscribe_by_code(repo.conn(), &code) {
             Ok(Some(addr)) => Ok((html_type(), pages::unsubscribed(&name, &addr)).into_response()),
             Ok(None) => Err(bad_code()),
             Err(e) => Err(subscriber_failure(e)),
-        }
-    })
+        },
+    )
     .await
 }
 

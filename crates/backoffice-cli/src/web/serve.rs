@@ -64,8 +64,8 @@ async fn run(
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     let limits = app.limits;
-    let svc = router::router(app.clone())
-        .layer(middleware::from_fn_with_state(app.clone(), after_reply));
+    let svc =
+        router::router(app.clone()).layer(middleware::from_fn_with_state(app.clone(), after_reply));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut shutdown = std::pin::pin!(shutdown_signal(stop_after));
     ready(addr);
@@ -107,11 +107,7 @@ async fn run(
     }
     // Let requests in flight finish: every slot back, or 5 seconds.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(5),
-        slots.acquire_many(all),
-    )
-    .await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), slots.acquire_many(all)).await;
     Ok(())
 }
 

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-
 use anyhow::{Context, Result, bail};
 use backoffice::Repo;
 
@@ -91,15 +90,18 @@ impl Site {
     /// Serves `path`: one repository, or with `repolist` every SQLite file
     /// in the directory `path`.
     pub fn new(path: &Path, repolist: bool) -> Result<Site> {
-        let meta = std::fs::metadata(path)
-            .with_context(|| format!("cannot serve {}", path.display()))?;
+        let meta =
+            std::fs::metadata(path).with_context(|| format!("cannot serve {}", path.display()))?;
         let source = match (meta.is_dir(), repolist) {
             (true, true) => Source::Dir(path.to_owned()),
             (true, false) => bail!(
                 "{} is a directory: add --repolist to serve every repository in it",
                 path.display()
             ),
-            (false, true) => bail!("--repolist needs a directory, and {} is a file", path.display()),
+            (false, true) => bail!(
+                "--repolist needs a directory, and {} is a file",
+                path.display()
+            ),
             (false, false) => {
                 if name_of(path).is_none() {
                     bail!(
