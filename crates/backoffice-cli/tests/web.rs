@@ -909,9 +909,17 @@ fn cgi_answers_from_the_environment_and_starts_a_detached_worker() {
     );
     assert!(out.starts_with("Status: 401"), "{out}");
     let a = site.auth();
-    // A slow hook makes the worker outlive the request by seconds.
-    site.app
-        .bo(&["hook", "add", "--command", "sleep 3; cat > /dev/null"]);
+    // A slow hook makes the worker outlive the request by seconds; the
+    // lease time (1 s, counted in whole seconds) passes first, so the work
+    // can start at once.
+    let hook_out = env.path("hook.out");
+    site.app.bo(&[
+        "hook",
+        "add",
+        "--command",
+        &format!("sleep 3; cat > {}", hook_out.display()),
+    ]);
+    std::thread::sleep(Duration::from_millis(2100));
     let (out, took) = cgi(
         &site.app.path,
         "POST",
@@ -931,6 +939,10 @@ fn cgi_answers_from_the_environment_and_starts_a_detached_worker() {
         wait_until(Duration::from_secs(10), || site.mails() == 2),
         "the detached worker sent the alerts: {}",
         site.mails()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || hook_out.exists()),
+        "the detached worker ran the slow hook after the CGI process exited"
     );
 
     let big = "x".repeat(2 << 20);
