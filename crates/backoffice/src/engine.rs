@@ -551,17 +551,9 @@ mod tests {
         }
     }
 
-    fn temp_repo() -> (tempfile::TempDir, Repo) {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("r.db");
-        rusqlite::Connection::open(&p).unwrap();
-        let r = Repo::open(&p).unwrap();
-        (dir, r)
-    }
-
     #[test]
     fn runs_add_up_in_the_totals() {
-        let (_d, mut r) = temp_repo();
+        let (_d, mut r) = crate::repo::temp_repo();
         let opts = RunOptions {
             nolease: true,
             ..RunOptions::default()
@@ -579,7 +571,7 @@ mod tests {
 
     #[test]
     fn a_damaged_totals_row_restarts_the_count() {
-        let (_d, mut r) = temp_repo();
+        let (_d, mut r) = crate::repo::temp_repo();
         r.set(task::TOTALS_ROW, "{not json").unwrap();
         let opts = RunOptions {
             nolease: true,

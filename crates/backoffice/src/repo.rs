@@ -281,6 +281,16 @@ pub(crate) fn is_no_such_table(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(_, Some(msg)) if msg.starts_with("no such table"))
 }
 
+/// A new empty repository in a temporary directory (for unit tests).
+#[cfg(test)]
+pub(crate) fn temp_repo() -> (tempfile::TempDir, Repo) {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("r.db");
+    Connection::open(&p).unwrap();
+    let r = Repo::open(&p).unwrap();
+    (dir, r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

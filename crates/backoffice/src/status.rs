@@ -337,12 +337,7 @@ impl std::fmt::Display for Status {
         writeln!(f, "repository: {}", self.repo)?;
         match &self.last_run {
             Some(r) => {
-                let failed: Vec<&str> = r
-                    .tasks
-                    .iter()
-                    .filter(|t| t.error.is_some())
-                    .map(|t| t.name.as_str())
-                    .collect();
+                let failed = r.failed_tasks();
                 write!(
                     f,
                     "last run:   {} ({} UTC, pid {}): {} item{} in {} ms",
@@ -485,17 +480,9 @@ mod tests {
         }
     }
 
-    fn temp_repo() -> (tempfile::TempDir, Repo) {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("r.db");
-        rusqlite::Connection::open(&p).unwrap();
-        let r = Repo::open(&p).unwrap();
-        (dir, r)
-    }
-
     #[test]
     fn status_has_gauges_totals_age_and_log_tail() {
-        let (dir, mut r) = temp_repo();
+        let (dir, mut r) = crate::repo::temp_repo();
         let tasks = Tasks::new().with(Gauged);
         let st = status(&r, &tasks).unwrap();
         assert_eq!(st.last_run_age, None);

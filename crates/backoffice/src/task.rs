@@ -332,6 +332,15 @@ impl RunReport {
         self.tasks.iter().map(|t| t.items).sum()
     }
 
+    /// The names of the tasks that failed, in order.
+    pub fn failed_tasks(&self) -> Vec<&str> {
+        self.tasks
+            .iter()
+            .filter(|t| t.error.is_some())
+            .map(|t| t.name.as_str())
+            .collect()
+    }
+
     /// Tasks that failed.
     pub fn failures(&self) -> usize {
         self.tasks.iter().filter(|t| t.error.is_some()).count()

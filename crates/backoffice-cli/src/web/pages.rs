@@ -142,12 +142,7 @@ pub fn status(name: &str, st: &Status, events: &[StoredEvent], started_here: u64
     };
     let last = match &st.last_run {
         Some(r) => {
-            let failed: Vec<&str> = r
-                .tasks
-                .iter()
-                .filter(|t| t.error.is_some())
-                .map(|t| t.name.as_str())
-                .collect();
+            let failed = r.failed_tasks();
             format!(
                 "{} ({} UTC, worker {}): {} item{} in {} ms{}",
                 esc(&st.last_run_ago),
