@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every benchmark and writes bench/results/*.txt (key=value lines).
 #
-#   usage: bench/run_all.sh            (about 3 minutes on 2 cores)
+#   usage: bench/run_all.sh            (about 8 minutes on 2 cores)
 #
 # Environment: CARGO_TARGET_DIR (where the release build is), SKIP_BUILD=1,
 # SKIP_DIVAN=1 (skip `cargo bench`), TRIGGER_RUNS (default 20),
@@ -36,6 +36,18 @@ run sweep_10000 "$here/sweep.sh" 10000 "${SWEEP_RUNS:-3}"
 run trigger_latency "$here/trigger_latency.sh" "${TRIGGER_RUNS:-20}"
 run memory "$here/memory.sh" 1000 3
 run notify "$here/notify.sh" 10000 3
+# The web front (needs wrk; FOSSIL=0 skips Fossil's side of part b, which
+# takes about 2 minutes) and the status page in headless Chromium.
+if command -v wrk >/dev/null; then
+  run web "$here/web.sh" 3 5
+else
+  echo "== web: skipped (needs wrk: apt-get install wrk)"
+fi
+if command -v chromium >/dev/null; then
+  run screenshot "$here/screenshot.sh" "$OUT/status-page.png"
+else
+  echo "== screenshot: skipped (needs chromium: apt-get install chromium)"
+fi
 if [ "${SKIP_DIVAN:-0}" != 1 ]; then
   run notify_publish bash -c "cd '$REPO_ROOT' && cargo bench -q -p backoffice --bench notify -- --color never"
 fi
