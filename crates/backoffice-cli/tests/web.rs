@@ -801,6 +801,44 @@ fn read_only_traffic_starts_no_worker_and_the_server_leaves_no_zombies() {
 }
 
 #[test]
+fn a_burst_of_replies_starts_one_worker_not_one_per_reply() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    let srv = Server::start(&site.app.path, &[], &env);
+    site.app.bo(&[
+        "publish",
+        "--kind",
+        "wiki",
+        "--title",
+        "burst",
+        "--no-trigger",
+    ]);
+    // Eight clients at once: many replies land in the milliseconds between
+    // the first worker's start and its first lease transaction.
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let addr = srv.addr.clone();
+            std::thread::spawn(move || {
+                for _ in 0..40 {
+                    assert_eq!(get(&addr, "/r/app/status.json").status, 200);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert!(wait_until(Duration::from_secs(10), || site.mails() == 2));
+    let started = srv.metric("backoffice_workers_started_total{repo=\"app\"}");
+    // One to do the work; perhaps one more on deck if a reply's check ran
+    // while the first held the lease with events still unconsumed.
+    assert!(
+        (1.0..=2.0).contains(&started),
+        "workers started for one event: {started}"
+    );
+}
+
+#[test]
 fn repolist_serves_every_sqlite_file_in_a_directory() {
     let env = Env::new();
     let dir = env.path("repos");

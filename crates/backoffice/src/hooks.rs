@@ -866,7 +866,10 @@ impl Task for Hooks {
         if failed.is_empty() {
             Ok(delivered)
         } else {
-            Err(format!("{delivered} events delivered; {}", failed.join("; ")).into())
+            Err(Box::new(crate::task::Partial {
+                items: delivered,
+                error: format!("{delivered} events delivered; {}", failed.join("; ")),
+            }))
         }
     }
 
@@ -882,7 +885,7 @@ impl Task for Hooks {
         if hooks.is_empty() {
             // Zeros rather than nothing: the task is installed, and a metric
             // that vanishes when the last hook is removed reads as "stale".
-            st.gauges = hook_gauges(0, 0, 0);
+            st.gauges = hook_gauges(0, 0, 0, 0);
             return st;
         }
         let max_failures = setting_int(conn, MAX_FAILURES);
@@ -891,7 +894,7 @@ impl Task for Hooks {
         } else {
             0
         };
-        let (mut ok, mut failing, mut behind_total) = (0, 0, 0);
+        let (mut ok, mut retrying, mut failing, mut behind_total) = (0, 0, 0, 0);
         for (h, s) in hooks {
             let Some(s) = s.filter(|_| h.runnable()) else {
                 st.info.push(format!(
@@ -902,11 +905,14 @@ impl Task for Hooks {
             };
             let behind = (newest - s.cursor).max(0);
             behind_total += behind;
-            // "Failing" as the problem line below and the run log mean it:
-            // hook-max-failures in a row, the operator's own threshold. A
-            // hook retrying after fewer failures counts as ok.
+            // "Failing" as the problem line below means it: hook-max-failures
+            // in a row, the operator's own threshold. Below it a hook that
+            // failed is "retrying" (backing off), so a page never shows
+            // "failing 0" next to a hook that just failed.
             if s.failures >= max_failures {
                 failing += 1;
+            } else if s.failures > 0 {
+                retrying += 1;
             } else {
                 ok += 1;
             }
@@ -937,16 +943,17 @@ impl Task for Hooks {
                 ));
             }
         }
-        st.gauges = hook_gauges(ok, failing, behind_total);
+        st.gauges = hook_gauges(ok, retrying, failing, behind_total);
         st
     }
 }
 
-/// The hooks task's gauges: runnable hooks ok and failing, and the events
-/// they have yet to handle, summed.
-fn hook_gauges(ok: i64, failing: i64, behind: i64) -> Vec<Gauge> {
+/// The hooks task's gauges: runnable hooks ok, retrying and failing, and
+/// the events they have yet to handle, summed.
+fn hook_gauges(ok: i64, retrying: i64, failing: i64, behind: i64) -> Vec<Gauge> {
     vec![
         Gauge::new("hooks", "ok", ok),
+        Gauge::new("hooks", "retrying", retrying),
         Gauge::new("hooks", "failing", failing),
         Gauge::new("hook-events", "behind", behind),
     ]
@@ -1154,7 +1161,7 @@ mod tests {
     #[test]
     fn status_gauges_count_hooks_and_events_behind() {
         let conn = setup();
-        assert_eq!(Hooks.status(&conn, 0).gauges, hook_gauges(0, 0, 0));
+        assert_eq!(Hooks.status(&conn, 0).gauges, hook_gauges(0, 0, 0, 0));
         let a = add(&conn, &new("true")).unwrap();
         let b = add(&conn, &new("false")).unwrap();
         let c = add(&conn, &new("true")).unwrap();
@@ -1181,7 +1188,7 @@ mod tests {
         set(a.id, 3, 0);
         set(b.id, 1, 3); // failing: 2 behind
         set(c.id, 0, 2); // retrying, not yet failing: 3 behind
-        assert_eq!(Hooks.status(&conn, 0).gauges, hook_gauges(2, 1, 5));
+        assert_eq!(Hooks.status(&conn, 0).gauges, hook_gauges(1, 1, 1, 5));
     }
 
     #[test]

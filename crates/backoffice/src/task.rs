@@ -33,6 +33,24 @@ use serde::{Deserialize, Serialize};
 /// An error from a task; any error type will do.
 pub type TaskError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
+/// A task error after some items were handled: the run counts them, so a
+/// partly failed run does not read as "0 items".
+#[derive(Debug)]
+pub struct Partial {
+    /// Items handled before (or besides) the failure.
+    pub items: u64,
+    /// What failed.
+    pub error: String,
+}
+
+impl std::fmt::Display for Partial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
+    }
+}
+
+impl std::error::Error for Partial {}
+
 /// When a task next has work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind", content = "at")]
@@ -220,7 +238,10 @@ impl Tasks {
                 let r = catch_unwind(AssertUnwindSafe(|| t.run(ctx)));
                 let (items, error) = match r {
                     Ok(Ok(n)) => (n, None),
-                    Ok(Err(e)) => (0, Some(e.to_string())),
+                    Ok(Err(e)) => (
+                        e.downcast_ref::<Partial>().map_or(0, |p| p.items),
+                        Some(e.to_string()),
+                    ),
                     Err(p) => (0, Some(format!("panicked: {}", panic_text(&*p)))),
                 };
                 if let Some(e) = &error {
@@ -429,9 +450,33 @@ mod tests {
             match self.1 {
                 Ok(n) => Ok(n),
                 Err("panic") => panic!("boom"),
+                Err("partial") => Err(Box::new(Partial {
+                    items: 3,
+                    error: "3 done; one failed".into(),
+                })),
                 Err(e) => Err(e.into()),
             }
         }
+    }
+
+    #[test]
+    fn a_partial_failure_keeps_its_items() {
+        let conn = Connection::open_in_memory().unwrap();
+        let tasks = Tasks::new()
+            .with(Fixed("part", Err("partial")))
+            .with(Fixed("plain", Err("no")));
+        let ctx = Context {
+            conn: &conn,
+            repo: Path::new("r.db"),
+            now: 0,
+            debug: false,
+        };
+        let r = tasks.run_all(&ctx);
+        assert_eq!(
+            (r[0].items, r[0].error.as_deref()),
+            (3, Some("3 done; one failed"))
+        );
+        assert_eq!((r[1].items, r[1].error.as_deref()), (0, Some("no")));
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //!   worker, and never turns a request into an error),
 //! * `backoffice-disable` is on,
 //! * a live worker already waits on deck (it will pick up this request's
-//!   work when the current lease ends), or
+//!   work when the current lease ends),
+//! * a worker this process started moments ago has not yet written itself
+//!   into the lease (without this, every reply in the few milliseconds
+//!   between a spawn and the worker's first transaction would start one
+//!   more worker: a busy server started 27 workers for 4 runs), or
 //! * no task has anything due. Fossil starts a worker here even when there
 //!   is nothing to do; we do not, so read-only traffic spawns nothing.
 //!
@@ -54,6 +58,12 @@ pub enum Check {
         /// Its pid.
         pid: i64,
     },
+    /// A worker this process just started has not taken its place in the
+    /// lease yet; it will do the work.
+    Starting {
+        /// Its pid.
+        pid: i64,
+    },
     /// No task has anything due.
     NothingDue {
         /// When something next becomes due, if known.
@@ -79,6 +89,9 @@ impl Check {
             Check::ReadOnly => "not needed: the repository is read-only".into(),
             Check::Disabled => "not needed: backoffice-disable is on".into(),
             Check::OnDeck { pid } => format!("not needed: worker {pid} is already waiting on deck"),
+            Check::Starting { pid } => {
+                format!("not needed: worker {pid} was just started and will do it")
+            }
             Check::NothingDue { next: None } => "not needed: nothing is due".into(),
             Check::NothingDue { next: Some(t) } => format!(
                 "not needed: nothing is due until {} UTC ({})",
@@ -117,7 +130,40 @@ pub struct Backoffice {
     worker: Option<WorkerCommand>,
     reap: bool,
     ondeck: Mutex<Option<(Slot, Instant)>>,
+    starting: Mutex<Vec<Starting>>,
 }
+
+/// A worker this process started, until it shows up in its lease, exits,
+/// or [`STARTING_GRACE`] passes.
+#[derive(Debug)]
+struct Starting {
+    repo: PathBuf,
+    pid: i64,
+    /// Its start time, so a reused pid is not mistaken for it.
+    start: Option<u64>,
+    at: Instant,
+}
+
+impl Starting {
+    /// True while it may still be on its way to the lease: being spawned
+    /// (pid 0), or alive, not a zombie, the same process (start time), and
+    /// within the grace.
+    fn alive(&self) -> bool {
+        if self.at.elapsed() >= STARTING_GRACE {
+            return false;
+        }
+        if self.pid == 0 {
+            return true;
+        }
+        process::proc_stat(self.pid)
+            .is_some_and(|st| st.state != 'Z' && self.start.is_none_or(|t| t == st.start))
+    }
+}
+
+/// How long a started worker that has not reached its lease still stops
+/// further starts. A worker takes its lease within milliseconds; one that
+/// has not after this long is stuck on a lock, and another may try.
+const STARTING_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a verified on-deck worker is trusted without re-reading `/proc`.
 /// A wrong "alive" only delays a spawn to the next request after this.
@@ -131,6 +177,7 @@ impl Backoffice {
             worker: None,
             reap: true,
             ondeck: Mutex::new(None),
+            starting: Mutex::new(Vec::new()),
         }
     }
 
@@ -191,10 +238,68 @@ impl Backoffice {
         {
             return Check::OnDeck { pid: next.pid };
         }
+        if let Some(pid) = self.still_starting(conn, &lease) {
+            return Check::Starting { pid };
+        }
         match self.tasks.due(conn, now) {
             d if d.is_due(now) => Check::Needed,
             task::Due::At(t) => Check::NothingDue { next: Some(t) },
             _ => Check::NothingDue { next: None },
+        }
+    }
+
+    /// The pid of a worker this process started for this repository that
+    /// is alive but not yet in the lease, if any. Entries for workers that
+    /// reached the lease, exited, or outlived the grace are dropped.
+    fn still_starting(&self, conn: &Connection, lease: &Lease) -> Option<i64> {
+        let mut list = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+        if list.is_empty() {
+            return None;
+        }
+        let path = Path::new(conn.path()?);
+        let i = list.iter().position(|s| s.repo == path)?;
+        let s = &list[i];
+        let in_lease = s.pid > 0 && (lease.current.pid == s.pid || lease.next.pid == s.pid);
+        if in_lease || !s.alive() {
+            list.swap_remove(i);
+            return None;
+        }
+        Some(s.pid)
+    }
+
+    /// Claims the right to start a worker for `repo`: refused (with the
+    /// other worker's pid, 0 while it is being spawned) if another thread
+    /// of this process started one that is still on its way, since two
+    /// replies' checks can both see "needed" before either spawns.
+    fn claim(&self, repo: &Path) -> Result<(), i64> {
+        let mut list = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = list.iter().position(|s| s.repo == repo) {
+            if list[i].alive() {
+                return Err(list[i].pid);
+            }
+            list.swap_remove(i);
+        }
+        list.push(Starting {
+            repo: repo.to_owned(),
+            pid: 0,
+            start: None,
+            at: Instant::now(),
+        });
+        Ok(())
+    }
+
+    /// Records the worker just spawned for `repo` (or, with `None`, that
+    /// the spawn failed).
+    fn settle(&self, repo: &Path, pid: Option<u32>) {
+        let mut list = self.starting.lock().unwrap_or_else(|p| p.into_inner());
+        list.retain(|s| s.repo != repo);
+        if let Some(pid) = pid {
+            list.push(Starting {
+                repo: repo.to_owned(),
+                pid: i64::from(pid),
+                start: process::proc_stat(i64::from(pid)).map(|s| s.start),
+                at: Instant::now(),
+            });
         }
     }
 
@@ -235,6 +340,9 @@ impl Backoffice {
                 reason: "the connection has no file (in-memory database)".into(),
             });
         };
+        if let Err(pid) = self.claim(&path) {
+            return Started::NotNeeded(Check::Starting { pid });
+        }
         let logfile = repo::config_get(conn, LOGFILE)
             .ok()
             .flatten()
@@ -255,12 +363,14 @@ impl Backoffice {
             Ok(child) => {
                 let pid = child.id();
                 tracing::debug!(repo = %repo.display(), pid, "started a worker");
+                self.settle(repo, Some(pid));
                 if self.reap {
                     process::reap(child);
                 }
                 Started::Worker { pid }
             }
             Err(e) => {
+                self.settle(repo, None);
                 let msg = format!("cannot start a worker ({e}); running in-process without delay");
                 report_failure(repo, logfile, &msg);
                 let opts = RunOptions {

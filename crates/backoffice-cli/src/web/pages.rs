@@ -11,6 +11,11 @@ use backoffice::status::Status;
 
 use super::App;
 
+/// "1 run", "2 runs".
+fn count(n: u64, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
 /// Escapes text for HTML element content and quoted attribute values.
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -167,13 +172,13 @@ pub fn status(name: &str, st: &Status, events: &[StoredEvent], started_here: u64
         b,
         "<table class=\"facts\">\n<tr><th>Worker</th><td>{worker}</td></tr>\n\
 <tr><th>On deck</th><td>{}</td></tr>\n<tr><th>Last run</th><td>{last}</td></tr>\n\
-<tr><th>Due next</th><td>{}</td></tr>\n<tr><th>Totals</th><td>{} runs, {} items, {} task failures{}</td></tr>\n\
+<tr><th>Due next</th><td>{}</td></tr>\n<tr><th>Totals</th><td>{}, {}, {}{}</td></tr>\n\
 <tr><th>This server</th><td>started {started_here} worker{}</td></tr>\n</table>",
         esc(&st.on_deck_words()),
         esc(&st.next_due_words()),
-        st.totals.runs,
-        st.totals.items,
-        st.totals.failures,
+        count(st.totals.runs, "run"),
+        count(st.totals.items, "item"),
+        count(st.totals.failures, "task failure"),
         if st.totals.since > 0 {
             format!(" since {} UTC", esc(&clock::format_utc(st.totals.since)))
         } else {
@@ -211,7 +216,7 @@ pub fn status(name: &str, st: &Status, events: &[StoredEvent], started_here: u64
                 "<tr><td>{}</td><td>{}</td><td{}>{}</td><td>{}</td></tr>",
                 esc(&g.task),
                 esc(&g.queue),
-                if g.value > 0 && matches!(g.state.as_str(), "dead" | "failing") {
+                if g.value > 0 && matches!(g.state.as_str(), "dead" | "failing" | "retrying") {
                     " class=\"bad\""
                 } else {
                     ""

@@ -252,10 +252,15 @@ impl Transport for Pipe {
             Ok(())
         } else {
             let err = String::from_utf8_lossy(&out.stderr);
+            let err: String = super::one_line(&err).chars().take(200).collect();
+            let said = if err.is_empty() {
+                " and printed nothing".to_owned()
+            } else {
+                format!(": {err}")
+            };
             Err(SendError::transient(format!(
-                "email-send-command failed ({}): {}",
-                out.status,
-                super::one_line(&err).chars().take(200).collect::<String>()
+                "email-send-command failed ({}){said}",
+                out.status
             )))
         }
     }
