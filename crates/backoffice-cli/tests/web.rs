@@ -745,12 +745,20 @@ fn read_only_traffic_starts_no_worker_and_the_server_leaves_no_zombies() {
     let env = Env::new();
     let site = Site::new(&env, "app");
     let srv = Server::start(&site.app.path, &[], &env);
+    let t0 = Instant::now();
     for _ in 0..300 {
         assert_eq!(get(&srv.addr, "/r/app/status.json").status, 200);
     }
+    let secs = t0.elapsed().as_secs_f64();
     assert_eq!(
         srv.metric("backoffice_workers_started_total{repo=\"app\"}"),
         0.0
+    );
+    // Reads run the check at most once a second (READ_CHECK_EVERY).
+    let checks = srv.metric("backoffice_checks_total{repo=\"app\"}");
+    assert!(
+        checks >= 1.0 && checks <= secs.ceil() + 1.0,
+        "{checks} checks in {secs:.1} s of reads"
     );
     assert!(
         site.app.bo(&["lease"]).contains("0"),

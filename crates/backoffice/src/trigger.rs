@@ -520,6 +520,38 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_checks_start_one_worker_until_it_reaches_the_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        Connection::open(&p).unwrap();
+        Repo::open(&p).unwrap();
+        // A "worker" that lives a second and never takes the lease: every
+        // check in that second sees work due and nobody on deck.
+        let bo = Backoffice::new(Tasks::new().with(AlwaysDue)).with_worker_command(WorkerCommand {
+            program: "/bin/sh".into(),
+            args: vec!["-c".into(), "sleep 1".into(), "sh".into()],
+        });
+        let started = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    let conn = Connection::open(&p).unwrap();
+                    for _ in 0..20 {
+                        match bo.after_request(&conn) {
+                            Started::Worker { .. } => {
+                                started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            }
+                            Started::NotNeeded(Check::Starting { .. }) => {}
+                            other => panic!("{other:?}"),
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(started.into_inner(), 1);
+    }
+
+    #[test]
     fn read_only_connection_never_needs_a_worker() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.db");

@@ -75,6 +75,11 @@ pub fn render(app: &App) -> String {
         "counter",
         "Workers this server process started after requests.",
     );
+    let mut checks = Family::new(
+        "backoffice_checks_total",
+        "counter",
+        "After-request checks this server process ran.",
+    );
     let mut up = Family::new(
         "backoffice_repository_up",
         "gauge",
@@ -83,6 +88,7 @@ pub fn render(app: &App) -> String {
     for (name, _) in app.site.list() {
         let l = format!("repo=\"{}\"", label(&name));
         started.add(format!("{{{l}}}"), app.workers_started(&name));
+        checks.add(format!("{{{l}}}"), app.checks_run(&name));
         let st = match app
             .site
             .with_repo(&name, |r| super::router::web_status(app, &name, r))
@@ -119,7 +125,7 @@ pub fn render(app: &App) -> String {
     }
     let mut out = String::new();
     for f in [
-        up, runs, items, failures, age, worker, started, problems, queue,
+        up, runs, items, failures, age, worker, checks, started, problems, queue,
     ] {
         let _ = writeln!(out, "# HELP {} {}", f.name, f.help);
         let _ = writeln!(out, "# TYPE {} {}", f.name, f.kind);

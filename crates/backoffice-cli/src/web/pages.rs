@@ -36,7 +36,7 @@ const STYLE: &str = "body{font:15px/1.45 system-ui,sans-serif;margin:1.5em auto;
 h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.1em;margin:1.4em 0 .4em;border-bottom:1px solid #ddd}\
 table{border-collapse:collapse}td,th{text-align:left;padding:.15em .8em .15em 0;vertical-align:top}\
 th{font-weight:600}.facts th{width:9em}.bad{color:#a00}.ok{color:#070}.dim{color:#777}\
-pre{background:#f5f5f5;padding:.6em;overflow-x:auto;font-size:13px}\
+pre{background:#f5f5f5;padding:.6em;white-space:pre-wrap;overflow-wrap:anywhere;font-size:13px}\
 .problems li{color:#a00}code{background:#f3f3f3;padding:0 .2em}";
 
 /// A whole page around `body`; `refresh` reloads it every N seconds.

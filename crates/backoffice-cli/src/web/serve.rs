@@ -8,15 +8,18 @@
 //! body limits are in the router, so CGI has them too.
 //!
 //! After each successful reply for a repository, a blocking task runs the
-//! after-request check. The check is spawned once the handler has produced
-//! the reply, so the reply never waits for it; workers it starts are reaped
-//! by the engine's reaper threads, so the server leaves no zombies.
+//! after-request check (after a read-only request, at most once a second
+//! per repository: [`super::READ_CHECK_EVERY`]). The check is spawned once
+//! the handler has produced the reply, so the reply never waits for it;
+//! workers it starts are reaped by the engine's reaper threads, so the
+//! server leaves no zombies.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use axum::extract::{Request, State};
+use axum::http::Method;
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -29,10 +32,13 @@ use super::{App, repo_in_path, router};
 /// has been produced.
 async fn after_reply(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
     let name = repo_in_path(req.uri().path()).map(str::to_owned);
+    let read_only = matches!(*req.method(), Method::GET | Method::HEAD);
     let resp = next.run(req).await;
-    if let (true, true, Some(name)) = (app.trigger, resp.status().is_success(), name) {
-        let app = app.clone();
-        tokio::task::spawn_blocking(move || app.after_request(&name));
+    if let (true, Some(name)) = (resp.status().is_success(), name) {
+        if app.wants_check(&name, read_only) {
+            let app = app.clone();
+            tokio::task::spawn_blocking(move || app.after_request(&name));
+        }
     }
     resp
 }
