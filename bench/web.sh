@@ -4,7 +4,8 @@
 #
 #   usage: bench/web.sh [ROUNDS=3] [SECONDS=5]
 #
-# Environment: SKIP_BUILD=1 (use the release build under $CARGO_TARGET_DIR),
+# Environment: PARTS (default abcd: which parts to run),
+# SKIP_BUILD=1 (use the release build under $CARGO_TARGET_DIR),
 # FOSSIL=0 (skip Fossil 2.21's side of part b), REQS (default 2000),
 # LAT_RUNS (default 20), CONNS (wrk connections, default 8), KEEP=1.
 # Needs: wrk (apt-get install wrk), python3, sqlite3; perf for Fossil's
@@ -309,11 +310,15 @@ TOKEN=$("$BO" token -R "$R" 2>/dev/null)
 echo "repo=$NAME journal_mode=$(sqlite3 "$R" 'PRAGMA journal_mode;') subscribers=2 wrk=\"$(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)\""
 
 # start_server [ARGS...]: sets SPID and ADDR.
+# Part a pins the server to CPU 0 and wrk to CPU 1 (PIN=0 to not), so the
+# two do not fight over one core; on this 2-core machine that halves the
+# round-to-round spread of the on/off comparison.
+SERVER_PIN=""; WRK_PIN=""
 start_server() {
   local i
   ADDR=""
   : > "$W/serve.out"
-  "$BO" serve "$R" --listen 127.0.0.1:0 "$@" > "$W/serve.out" 2>> "$W/serve.err" &
+  $SERVER_PIN "$BO" serve "$R" --listen 127.0.0.1:0 "$@" > "$W/serve.out" 2>> "$W/serve.err" &
   SPID=$!
   for i in $(seq 1 500); do
     ADDR=$(sed -n '1s#.*http://\([^/]*\)/$#\1#p' "$W/serve.out")
@@ -350,14 +355,24 @@ wrk_line() {
 
 URL_PATH="/r/$NAME/status.json"
 
+PARTS=${PARTS:-abcd}
+
 # ---- a. throughput, check on vs off ----
-echo "# a. GET $URL_PATH, wrk -t1 -c$CONNS -d${SECS}s, a fresh server per round, check on/off alternately"
+if [[ $PARTS == *a* ]]; then
+echo "# a. GET $URL_PATH, wrk -t1 -c$CONNS -d${SECS}s, a fresh server per round, check on/off alternately (on first in odd rounds, off first in even); server on CPU 0, wrk on CPU 1 unless PIN=0"
 on=(); off=(); zmax=0
 for k in $(seq 1 "$ROUNDS"); do
-  for mode in on off; do
+  # Alternate which goes first, so a drift within a round (the machine
+  # warming up or another tenant) does not always favour the same mode.
+  order="on off"; (( k % 2 == 0 )) && order="off on"
+  for mode in $order; do
+    if [ "${PIN:-1}" = 1 ] && [ "$(nproc)" -ge 2 ] && command -v taskset > /dev/null; then
+      SERVER_PIN="taskset -c 0"; WRK_PIN="taskset -c 1"
+    fi
     if [ $mode = on ]; then start_server; else start_server --no-trigger; fi
+    SERVER_PIN=""
     start_sampler "$W/sample-a.txt"
-    wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "http://$ADDR$URL_PATH" > "$W/wrk.txt" 2>&1
+    $WRK_PIN wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "http://$ADDR$URL_PATH" > "$W/wrk.txt" 2>&1
     stop_sampler
     ws=$(python3 "$PY" metric "$ADDR" "$NAME")
     stop_server
@@ -371,8 +386,10 @@ for k in $(seq 1 "$ROUNDS"); do
 done
 mon=$(median "${on[@]}"); moff=$(median "${off[@]}")
 echo "a summary median_req_per_s_on=$mon median_req_per_s_off=$moff ratio_on_off=$(awk -v a="$mon" -v b="$moff" 'BEGIN{printf "%.3f", a/b}') target_ratio=0.98 max_zombies=$zmax"
+fi
 
 # ---- b. workers started per REQS read-only requests ----
+if [[ $PARTS == *b* ]]; then
 echo "# b. $REQS GETs of $URL_PATH on one keep-alive connection (python3 http.client), nothing due"
 for nd in off on; do
   bo setting backoffice-nodelay "$nd"
@@ -396,8 +413,10 @@ else
   echo "b fossil: $("$fb" version | cut -d' ' -f1-5); command: $FOSSIL_BENCH/b_server_load.sh $REQS 1 \"default nodelay\" (page /timeline, curl --config, one connection)"
   FOSSIL="$fb" WORKDIR="$W/fossil-b" timeout 400 "$FOSSIL_BENCH/b_server_load.sh" "$REQS" 1 "default nodelay" 2>&1 | sed 's/^/b fossil /'
 fi
+fi
 
 # ---- c. work due while under load ----
+if [[ $PARTS == *c* ]]; then
 echo "# c. wrk -t1 -c$CONNS -d${SECS}s on $URL_PATH while POSTing 20 events/s for ${SECS}s; children sampled every 10 ms"
 m0=$(ls "$MAIL" 2>/dev/null | grep -c '\.eml$')
 start_server
@@ -424,11 +443,14 @@ ws=$(python3 "$PY" metric "$ADDR" "$NAME")
 stop_server
 m1=$(ls "$MAIL" | grep -c '\.eml$')
 echo "c $pres $(wrk_line "$W/wrk-c.txt") workers_started=$ws alert_files=$((m1 - m0)) event_mentions=$(seen_events) event_mentions_expected=$((2 * posted)) drain_after_load_ms=$drain_ms $(cat "$W/sample-c.txt")"
+fi
 
 # ---- d. idle -> alert on disk ----
+if [[ $PARTS == *d* ]]; then
 echo "# d. POST /r/$NAME/events from idle -> first / both .eml files in the mail folder (poll every 0.5 ms, <= 5 s), $LAT_RUNS runs"
 start_server
 python3 "$PY" latency "$ADDR" "$NAME" "$TOKEN" "$MAIL" "$R" "$LAT_RUNS" "$SPID" | sed 's/^/d /'
 ws=$(python3 "$PY" metric "$ADDR" "$NAME")
 stop_server
 echo "d workers_started=$ws (one per run expected)"
+fi
