@@ -75,6 +75,10 @@ pub enum Command {
     /// Add, list, test, retry or remove webhook endpoints (signed HTTP POSTs of every event).
     Webhook(WebhookArgs),
 
+    /// Add, list, remove or sync replication peers: consistent copies of the
+    /// repository kept at file paths (local disks, network mounts).
+    Peer(PeerArgs),
+
     /// Serve status pages, the JSON API and metrics over HTTP; each
     /// successful request runs the after-request check, as Fossil's server does.
     ///
@@ -640,4 +644,42 @@ pub struct DemoArgs {
     /// Stop after this many seconds (for scripts and tests).
     #[arg(long, value_name = "SECS", hide = true)]
     pub exit_after: Option<u64>,
+}
+
+/// `backoffice peer`
+#[derive(Debug, Args)]
+pub struct PeerArgs {
+    /// The repository (SQLite file).
+    #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
+    pub repository: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub action: PeerAction,
+}
+
+/// What `backoffice peer` does.
+#[derive(Debug, Subcommand)]
+pub enum PeerAction {
+    /// Add a peer: the absolute path of the replica file (its folder must exist).
+    Add {
+        /// Where the replica goes, e.g. /backup/app.db (older copies: app.db.1, app.db.2, ...).
+        target: String,
+    },
+    /// List peers and how replication to each went.
+    List {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a peer (by id or target); its replicas stay where they are.
+    Remove {
+        /// Id or target.
+        who: String,
+    },
+    /// Copy to every peer (or one) now, whatever the schedule.
+    Sync {
+        /// Id or target (default: every peer).
+        who: Option<String>,
+    },
 }

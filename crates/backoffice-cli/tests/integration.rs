@@ -31,3 +31,5 @@ mod webhooks;
 // The web front: `serve` over real HTTP, `cgi` from the environment and
 // under Python's CGI server, the demo.
 mod web;
+// Replication to file peers: generations, failures, a copy killed half-way.
+mod replicate;

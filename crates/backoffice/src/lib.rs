@@ -57,6 +57,8 @@
 //!   retried with backoff (the `hooks` task).
 //! * [`webhooks`]: signed HTTP deliveries of events, in order, retried (the
 //!   `webhooks` task).
+//! * [`replicate`]: consistent copies of the repository on peers (file
+//!   paths), through SQLite's online backup API (the `replicate` task).
 //!
 //! # Embedding
 //!
@@ -85,6 +87,7 @@ pub mod lease;
 pub mod notify;
 pub mod poll;
 pub mod process;
+pub mod replicate;
 pub mod repo;
 pub mod settings;
 pub mod status;

@@ -241,6 +241,40 @@ pub const SETTINGS: &[Def] = &[
         help: "Follow 3xx answers from webhook endpoints (at most 5); off: a redirect is a failed attempt.",
         secret: false,
     },
+    Def {
+        name: crate::replicate::INTERVAL,
+        kind: Kind::Int {
+            min: 10,
+            max: 31_536_000,
+        },
+        default: "3600",
+        help: "Seconds between copies to each replication peer.",
+        secret: false,
+    },
+    Def {
+        name: crate::replicate::KEEP,
+        kind: Kind::Int { min: 1, max: 100 },
+        default: "3",
+        help: "Replica generations kept on each peer: the target and older copies TARGET.1, TARGET.2, ...",
+        secret: false,
+    },
+    Def {
+        name: crate::replicate::STEP_PAGES,
+        kind: Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+        default: "256",
+        help: "Database pages copied per step of a replication (256 pages of 4 KiB: 1 MiB).",
+        secret: false,
+    },
+    Def {
+        name: crate::replicate::STEP_PAUSE_MS,
+        kind: Kind::Int { min: 0, max: 1000 },
+        default: "1",
+        help: "Milliseconds a replication pauses between steps, leaving the disk to the application.",
+        secret: false,
+    },
 ];
 
 /// Looks up a setting's definition by name.

@@ -1,0 +1,839 @@
+//! Replication: consistent copies of a live repository, kept on peers.
+//!
+//! Fossil's backoffice document lists "automatic syncing of peer
+//! repositories" as backoffice work and never built it. Here a peer is a
+//! file path — a local disk or a network mount — and the `replicate` task
+//! keeps the newest [`KEEP`] generations of the repository there.
+//!
+//! # A copy that is consistent, and a live application that keeps writing
+//!
+//! A snapshot is taken with SQLite's online backup API, a bounded number of
+//! pages per step ([`STEP_PAGES`]) with a pause between steps
+//! ([`STEP_PAUSE_MS`]), from a connection of its own:
+//!
+//! * In WAL mode that connection holds one read transaction for the whole
+//!   copy: the copy is the database as of that instant, and the
+//!   application's writers are never blocked (WAL readers do not block
+//!   writers); only checkpoints wait, so the WAL grows while the copy runs.
+//! * In rollback-journal mode a read transaction would block every writer
+//!   for the whole copy, so it copies step by step without one; a write by
+//!   the application restarts the copy (SQLite's rule). After
+//!   [`MAX_RESTARTS`] restarts it holds the read lock and finishes in large
+//!   steps, so a busy database still gets its copy — and its writers wait
+//!   for that last stretch. WAL mode is the one to use with replication.
+//!
+//! # A replica is whole or absent
+//!
+//! The copy is written to a temporary file beside the target
+//! (`.NAME.partial-PID`), switched to a rollback journal (a replica is one
+//! file), fsynced, and renamed over the target; the directory is fsynced
+//! too. Older generations are `TARGET.1`, `TARGET.2`, … made by renames and
+//! a hard link before the final rename, so a reader of `TARGET` sees the old
+//! replica or the new one, never a missing or partial file. A worker killed
+//! mid-copy leaves only its temporary file, which the next run removes.
+//!
+//! # When
+//!
+//! A peer is due [`INTERVAL`] seconds after its last success (or at once
+//! when new); failures are retried with backoff (1 minute doubling to 6
+//! hours) and shown in `status` with their reason.
+//!
+//! Not yet: copying only when the repository changed. A file stamp (size
+//! and modification time) cannot tell the application's writes from the
+//! engine's own (the lease, the run record, the peer's bookkeeping), and
+//! SQLite's `data_version` is per connection, so for now every interval
+//! makes a copy. The stamp at each copy is recorded for that future use.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use rusqlite::backup::{Backup, StepResult};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+
+/// `replicate-interval`: seconds between copies to a peer.
+pub const INTERVAL: &str = "replicate-interval";
+/// `replicate-keep`: generations kept on each peer.
+pub const KEEP: &str = "replicate-keep";
+/// `replicate-step-pages`: pages copied per backup step.
+pub const STEP_PAGES: &str = "replicate-step-pages";
+/// `replicate-step-pause-ms`: pause between steps.
+pub const STEP_PAUSE_MS: &str = "replicate-step-pause-ms";
+
+/// Restarts (rollback-journal mode) after which the copy holds the read
+/// lock to finish.
+pub const MAX_RESTARTS: u32 = 3;
+
+/// Longest a copy waits on locks in all before it gives up (retried later).
+const LOCK_WAIT: Duration = Duration::from_secs(120);
+
+const FIRST_RETRY: i64 = 60;
+const MAX_RETRY: i64 = 6 * 3600;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS bo_peer(
+  peerid INTEGER PRIMARY KEY,
+  target TEXT NOT NULL UNIQUE,
+  stamp TEXT,
+  last_ok INTEGER,
+  last_try INTEGER,
+  failures INTEGER NOT NULL DEFAULT 0,
+  next_attempt INTEGER NOT NULL DEFAULT 0,
+  last_error TEXT,
+  last_bytes INTEGER,
+  last_ms INTEGER,
+  ctime INTEGER NOT NULL
+);";
+
+/// A peer and how replication to it went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Peer {
+    /// Row id.
+    pub id: i64,
+    /// The replica's path.
+    pub target: String,
+    /// The source's change stamp at the last success.
+    pub stamp: Option<String>,
+    /// Unix time of the last success.
+    pub last_ok: Option<i64>,
+    /// Unix time of the last attempt.
+    pub last_try: Option<i64>,
+    /// Failures in a row.
+    pub failures: i64,
+    /// No attempt before this Unix time.
+    pub next_attempt: i64,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// Size of the last replica, bytes.
+    pub last_bytes: Option<i64>,
+    /// How long the last copy took, ms.
+    pub last_ms: Option<i64>,
+}
+
+/// What went wrong with a peer or a copy.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplicateError {
+    /// A target that cannot be a replica.
+    #[error("bad peer target {0:?}: {1}")]
+    Target(String, String),
+    /// No such peer.
+    #[error("no peer {0}")]
+    NotFound(String),
+    /// The peer is already there.
+    #[error("{0} is already a peer")]
+    Duplicate(String),
+    /// A file operation failed.
+    #[error("{what} {}: {source}", path.display())]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// On which file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// SQLite failed.
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The source stayed locked.
+    #[error("the repository stayed locked for {0:?}; the copy is retried later")]
+    Locked(Duration),
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ReplicateError {
+    let path = path.to_owned();
+    move |source| ReplicateError::Io { what, path, source }
+}
+
+/// Creates the peer table if needed.
+pub fn install(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)
+}
+
+const COLUMNS: &str = "peerid, target, stamp, last_ok, last_try, failures, next_attempt, last_error, last_bytes, last_ms";
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Peer> {
+    Ok(Peer {
+        id: r.get(0)?,
+        target: r.get(1)?,
+        stamp: r.get(2)?,
+        last_ok: r.get(3)?,
+        last_try: r.get(4)?,
+        failures: r.get(5)?,
+        next_attempt: r.get(6)?,
+        last_error: r.get(7)?,
+        last_bytes: r.get(8)?,
+        last_ms: r.get(9)?,
+    })
+}
+
+/// Adds a file peer. The target must be an absolute path whose directory
+/// exists (a network mount that is not mounted must fail, not be created)
+/// and must not be the repository itself.
+pub fn add(conn: &Connection, target: &str) -> Result<Peer, ReplicateError> {
+    let bad = |why: &str| ReplicateError::Target(target.to_owned(), why.to_owned());
+    let path = Path::new(target);
+    if !path.is_absolute() {
+        return Err(bad("use an absolute path"));
+    }
+    if target.chars().any(char::is_control) {
+        return Err(bad("control characters"));
+    }
+    let Some(name) = path.file_name() else {
+        return Err(bad("name a file, not a directory"));
+    };
+    if path.is_dir() {
+        return Err(bad("it is a directory; name the replica file inside it"));
+    }
+    if let Some(repo) = conn.path().filter(|p| !p.is_empty()) {
+        let same = std::fs::canonicalize(repo).ok()
+            == path
+                .parent()
+                .and_then(|d| std::fs::canonicalize(d).ok())
+                .map(|d| d.join(name));
+        if same {
+            return Err(bad("that is the repository itself"));
+        }
+    }
+    install(conn)?;
+    let now = crate::clock::now();
+    match conn.execute(
+        "INSERT INTO bo_peer(target, ctime) VALUES (?1, ?2)",
+        params![target, now],
+    ) {
+        Ok(_) => {}
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            return Err(ReplicateError::Duplicate(target.to_owned()));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    find(conn, &conn.last_insert_rowid().to_string())?
+        .ok_or_else(|| ReplicateError::NotFound(target.to_owned()))
+}
+
+/// Every peer (none if the table does not exist).
+pub fn list(conn: &Connection) -> Result<Vec<Peer>, ReplicateError> {
+    let stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM bo_peer ORDER BY peerid"));
+    match stmt {
+        Ok(mut s) => Ok(s.query_map([], from_row)?.collect::<Result<_, _>>()?),
+        Err(e) if crate::repo::is_no_such_table(&e) => Ok(Vec::new()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A peer by id or target.
+pub fn find(conn: &Connection, key: &str) -> Result<Option<Peer>, ReplicateError> {
+    let sql = format!("SELECT {COLUMNS} FROM bo_peer WHERE peerid = ?1 OR target = ?2");
+    let id: i64 = key.parse().unwrap_or(-1);
+    match conn.query_row(&sql, params![id, key], from_row).optional() {
+        Ok(p) => Ok(p),
+        Err(e) if crate::repo::is_no_such_table(&e) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Removes a peer (its replicas stay where they are).
+pub fn remove(conn: &Connection, key: &str) -> Result<Peer, ReplicateError> {
+    let p = find(conn, key)?.ok_or_else(|| ReplicateError::NotFound(key.to_owned()))?;
+    conn.execute("DELETE FROM bo_peer WHERE peerid = ?1", [p.id])?;
+    Ok(p)
+}
+
+/// How a copy steps.
+#[derive(Clone, Copy, Debug)]
+pub struct Step {
+    /// Pages per step.
+    pub pages: i32,
+    /// Pause between steps.
+    pub pause: Duration,
+    /// Generations to keep (the target and `keep - 1` older ones).
+    pub keep: u32,
+}
+
+impl Step {
+    /// The settings of this repository.
+    pub fn from_settings(conn: &Connection) -> Step {
+        Step {
+            pages: setting_int(conn, STEP_PAGES).clamp(1, i64::from(i32::MAX)) as i32,
+            pause: Duration::from_millis(setting_int(conn, STEP_PAUSE_MS).max(0) as u64),
+            keep: setting_int(conn, KEEP).clamp(1, 100) as u32,
+        }
+    }
+}
+
+/// What one copy did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Snapshot {
+    /// Size of the replica, bytes.
+    pub bytes: u64,
+    /// Pages copied.
+    pub pages: i64,
+    /// Times a write restarted the copy (rollback-journal mode).
+    pub restarts: u32,
+    /// Whether it had to hold the read lock to finish.
+    pub held_lock: bool,
+    /// Wall time, ms.
+    pub ms: u64,
+}
+
+/// Copies the database at `src` to `target` as described in the module
+/// docs, keeping `step.keep` generations.
+pub fn snapshot(src: &Path, target: &Path, step: Step) -> Result<Snapshot, ReplicateError> {
+    let t0 = Instant::now();
+    let dir = target
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = target
+        .file_name()
+        .ok_or_else(|| ReplicateError::Target(target.display().to_string(), "no file name".into()))?
+        .to_string_lossy()
+        .into_owned();
+    if !dir.is_dir() {
+        return Err(ReplicateError::Io {
+            what: "the peer's folder is missing:",
+            path: dir.to_owned(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        });
+    }
+    remove_stale_partials(dir, &name);
+    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let result = copy_to(src, &tmp, step);
+    let (pages, restarts, held_lock) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    let sync = std::fs::File::open(&tmp).and_then(|f| f.sync_all());
+    if let Err(e) = sync {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io("syncing", &tmp)(e));
+    }
+    let bytes = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
+    rotate(target, step.keep)?;
+    std::fs::rename(&tmp, target).map_err(io("renaming the replica into place at", target))?;
+    // The rename is durable once the directory is.
+    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    Ok(Snapshot {
+        bytes,
+        pages,
+        restarts,
+        held_lock,
+        ms: t0.elapsed().as_millis() as u64,
+    })
+}
+
+/// The copy itself: backup steps into `tmp`; returns (pages, restarts,
+/// held the lock).
+fn copy_to(src: &Path, tmp: &Path, step: Step) -> Result<(i64, u32, bool), ReplicateError> {
+    let from = Connection::open_with_flags(
+        src,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    from.busy_timeout(Duration::from_secs(5))?;
+    let wal = from
+        .query_row("PRAGMA journal_mode", [], |r| r.get::<_, String>(0))?
+        .eq_ignore_ascii_case("wal");
+    let begin = |c: &Connection| c.execute_batch("BEGIN; SELECT count(*) FROM sqlite_schema;");
+    let mut held = false;
+    if wal {
+        // One snapshot for the whole copy; writers go on (WAL).
+        begin(&from)?;
+        held = true;
+    }
+    let mut to = Connection::open(tmp)?;
+    let (pages, restarts, held_lock) = {
+        let backup = Backup::new(&from, &mut to)?;
+        let mut restarts = 0;
+        let mut last_remaining = i32::MAX;
+        let mut waited = Duration::ZERO;
+        let mut pages = step.pages;
+        loop {
+            match backup.step(pages)? {
+                StepResult::Done => break,
+                StepResult::More => {
+                    let p = backup.progress();
+                    if p.remaining > last_remaining {
+                        // A writer changed the source: SQLite started over.
+                        restarts += 1;
+                        if restarts > MAX_RESTARTS && !held {
+                            begin(&from)?;
+                            held = true;
+                            pages = pages.max(4096);
+                        }
+                    }
+                    last_remaining = p.remaining;
+                    if !held || wal {
+                        std::thread::sleep(step.pause);
+                    }
+                }
+                // Locked by a writer: wait a little (bounded overall).
+                _ => {
+                    if waited >= LOCK_WAIT {
+                        return Err(ReplicateError::Locked(waited));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                    waited += Duration::from_millis(10);
+                }
+            }
+        }
+        (
+            i64::from(backup.progress().pagecount),
+            restarts,
+            held && !wal,
+        )
+    };
+    if held {
+        from.execute_batch("COMMIT")?;
+    }
+    // A replica is one self-contained file.
+    to.query_row("PRAGMA journal_mode=DELETE", [], |_| Ok(()))?;
+    drop(to);
+    Ok((pages, restarts, held_lock))
+}
+
+/// Removes `.NAME.partial-PID` files whose process is gone (a worker
+/// killed mid-copy).
+fn remove_stale_partials(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.partial-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let f = e.file_name();
+        let Some(pid) = f.to_str().and_then(|f| f.strip_prefix(&prefix)) else {
+            continue;
+        };
+        let live = pid
+            .parse::<i64>()
+            .is_ok_and(|p| p == i64::from(std::process::id()) || crate::process::exists(p));
+        if !live {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// `TARGET.N` for generation N (0 is the target itself).
+fn generation(target: &Path, n: u32) -> PathBuf {
+    if n == 0 {
+        return target.to_owned();
+    }
+    let mut s = target.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+/// Makes room for a new replica at `target`: shifts `TARGET.i` to
+/// `TARGET.i+1`, hard-links the current target as `TARGET.1` (so the target
+/// itself never disappears), and removes generations past `keep`.
+fn rotate(target: &Path, keep: u32) -> Result<(), ReplicateError> {
+    // Beyond what is kept (also after `keep` was lowered).
+    let mut n = keep;
+    while n < 200 {
+        let g = generation(target, n);
+        if std::fs::remove_file(&g).is_err() && !g.exists() && n > keep + 1 {
+            break;
+        }
+        n += 1;
+    }
+    if keep < 2 || !target.exists() {
+        return Ok(());
+    }
+    for i in (1..keep - 1).rev() {
+        let from = generation(target, i);
+        if from.exists() {
+            std::fs::rename(&from, generation(target, i + 1))
+                .map_err(io("keeping an older replica", &from))?;
+        }
+    }
+    let one = generation(target, 1);
+    if std::fs::hard_link(target, &one).is_err() {
+        // No hard links here (some network filesystems): copy instead, so
+        // the target still never goes missing.
+        std::fs::copy(target, &one).map_err(io("keeping the previous replica as", &one))?;
+    }
+    Ok(())
+}
+
+/// The repository's change stamp: size and modification time of the
+/// database file and of its WAL.
+pub fn change_stamp(repo: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let part = |p: &Path| match std::fs::metadata(p) {
+        Ok(m) => format!("{}.{}.{}", m.len(), m.mtime(), m.mtime_nsec()),
+        Err(_) => "-".to_owned(),
+    };
+    let mut wal = repo.as_os_str().to_owned();
+    wal.push("-wal");
+    format!("{}/{}", part(repo), part(Path::new(&wal)))
+}
+
+/// The retry delay after `failures` failures in a row.
+pub fn backoff(failures: i64) -> i64 {
+    let exp = (failures - 1).clamp(0, 20) as u32;
+    (FIRST_RETRY << exp).min(MAX_RETRY)
+}
+
+fn setting_int(conn: &Connection, name: &str) -> i64 {
+    let def = crate::settings::def(name).expect("defined");
+    crate::repo::config_get(conn, name)
+        .ok()
+        .flatten()
+        .and_then(|v| def.validate(&v).ok())
+        .unwrap_or_else(|| def.default.to_owned())
+        .parse()
+        .unwrap_or(0)
+}
+
+/// When `p` is next due.
+fn peer_due(p: &Peer, interval: i64) -> i64 {
+    let after_ok = p.last_ok.map_or(0, |t| t + interval);
+    after_ok.max(p.next_attempt)
+}
+
+/// Replicates one peer now. Returns the snapshot (`None` is reserved for
+/// "unchanged, nothing to copy", which is not decided yet; `force` will
+/// then copy anyway).
+pub fn sync_peer(
+    conn: &Connection,
+    repo: &Path,
+    peer: &Peer,
+    force: bool,
+    now: i64,
+) -> Result<Option<Snapshot>, ReplicateError> {
+    let _ = force;
+    let stamp = change_stamp(repo);
+    let step = Step::from_settings(conn);
+    match snapshot(repo, Path::new(&peer.target), step) {
+        Ok(s) => {
+            conn.execute(
+                "UPDATE bo_peer SET stamp = ?2, last_ok = ?3, last_try = ?3, failures = 0,
+                        next_attempt = 0, last_error = NULL, last_bytes = ?4, last_ms = ?5
+                 WHERE peerid = ?1",
+                params![peer.id, stamp, now, s.bytes as i64, s.ms as i64],
+            )?;
+            tracing::info!(
+                peer = %peer.target, bytes = s.bytes, ms = s.ms, restarts = s.restarts,
+                "replicated"
+            );
+            Ok(Some(s))
+        }
+        Err(e) => {
+            let failures = peer.failures + 1;
+            conn.execute(
+                "UPDATE bo_peer SET last_try = ?2, failures = ?3, next_attempt = ?4, last_error = ?5
+                 WHERE peerid = ?1",
+                params![
+                    peer.id,
+                    now,
+                    failures,
+                    now + backoff(failures),
+                    crate::task::one_line(&e.to_string())
+                ],
+            )?;
+            Err(e)
+        }
+    }
+}
+
+/// The `replicate` task.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Replicate;
+
+impl Task for Replicate {
+    fn name(&self) -> &str {
+        "replicate"
+    }
+
+    fn due(&self, conn: &Connection, _now: i64) -> Result<Due, TaskError> {
+        // A schema lookup first: most repositories have no peers, and a
+        // failing statement would be prepared again on every request.
+        if !conn.table_exists(None, "bo_peer")? {
+            return Ok(Due::Never);
+        }
+        // One statement: the interval setting (a bad value counts as the
+        // default, as everywhere) and the earliest peer.
+        let (n, earliest): (i64, Option<i64>) = conn
+            .prepare_cached(
+                "WITH iv(s) AS (SELECT coalesce((SELECT CAST(value AS INTEGER) FROM config
+                                  WHERE name = ?1 AND CAST(value AS INTEGER) >= 10), 3600))
+                 SELECT count(*), min(max(coalesce(last_ok + (SELECT s FROM iv), 0), next_attempt))
+                 FROM bo_peer",
+            )?
+            .query_row([INTERVAL], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(match (n, earliest) {
+            (0, _) | (_, None) => Due::Never,
+            (_, Some(t)) => Due::At(t),
+        })
+    }
+
+    fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
+        let peers = list(ctx.conn)?;
+        let interval = setting_int(ctx.conn, INTERVAL);
+        let mut done = 0;
+        let mut failed = Vec::new();
+        for p in peers.iter().filter(|p| peer_due(p, interval) <= ctx.now) {
+            match sync_peer(ctx.conn, ctx.repo, p, false, ctx.now) {
+                Ok(Some(_)) => done += 1,
+                Ok(None) => {}
+                Err(e) => failed.push(format!("peer {} ({}): {e}", p.id, p.target)),
+            }
+        }
+        if failed.is_empty() {
+            Ok(done)
+        } else {
+            Err(Box::new(crate::task::Partial {
+                items: done,
+                error: failed.join("; "),
+            }))
+        }
+    }
+
+    fn status(&self, conn: &Connection, now: i64) -> TaskStatus {
+        let mut st = TaskStatus::default();
+        let Ok(peers) = list(conn) else {
+            return st;
+        };
+        if peers.is_empty() {
+            return st;
+        }
+        let failing = peers.iter().filter(|p| p.failures > 0).count() as i64;
+        st.gauges = vec![
+            Gauge::new("peers", "ok", peers.len() as i64 - failing),
+            Gauge::new("peers", "failing", failing),
+        ];
+        for p in &peers {
+            let last = match p.last_ok {
+                Some(t) => format!(
+                    "last copy {} ({} bytes in {} ms)",
+                    crate::clock::relative(t, now),
+                    p.last_bytes.unwrap_or(0),
+                    p.last_ms.unwrap_or(0)
+                ),
+                None => "no copy yet".to_owned(),
+            };
+            st.info.push(format!("peer {} {}: {last}", p.id, p.target));
+            if p.failures > 0 {
+                st.problems.push(format!(
+                    "peer {} {} failed {} time(s) in a row: {}; next attempt {}",
+                    p.id,
+                    p.target,
+                    p.failures,
+                    p.last_error.as_deref().unwrap_or("?"),
+                    crate::clock::relative(p.next_attempt, now)
+                ));
+            }
+        }
+        st
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(dir: &Path, wal: bool, rows: i64) -> PathBuf {
+        let p = dir.join("src.db");
+        let c = Connection::open(&p).unwrap();
+        if wal {
+            c.query_row("PRAGMA journal_mode=WAL", [], |_| Ok(()))
+                .unwrap();
+        }
+        c.execute_batch(
+            "CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime);
+             CREATE TABLE t(id INTEGER PRIMARY KEY, v TEXT);",
+        )
+        .unwrap();
+        insert(&c, rows);
+        p
+    }
+
+    fn insert(c: &Connection, n: i64) {
+        c.execute_batch("BEGIN").unwrap();
+        for i in 0..n {
+            c.execute(
+                "INSERT INTO t(v) VALUES (?1)",
+                [format!("row {i} {}", "x".repeat(200))],
+            )
+            .unwrap();
+        }
+        c.execute_batch("COMMIT").unwrap();
+    }
+
+    fn rows(p: &Path) -> i64 {
+        let c = Connection::open_with_flags(p, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+        let ok: String = c
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ok, "ok");
+        c.query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    const STEP: Step = Step {
+        pages: 16,
+        pause: Duration::ZERO,
+        keep: 3,
+    };
+
+    #[test]
+    fn a_snapshot_is_a_whole_database_and_generations_rotate() {
+        for wal in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let src = source(dir.path(), wal, 500);
+            let target = dir.path().join("replica.db");
+            let s = snapshot(&src, &target, STEP).unwrap();
+            assert!(s.pages > 16 && s.bytes > 100_000, "{s:?}");
+            assert_eq!(rows(&target), 500);
+            let c = Connection::open(&src).unwrap();
+            for (i, want) in [(1, 600), (2, 700), (3, 800)] {
+                insert(&c, 100);
+                snapshot(&src, &target, STEP).unwrap();
+                assert_eq!(rows(&target), want, "wal={wal} round {i}");
+            }
+            // keep = 3: the target and two older ones, newest first.
+            assert_eq!(rows(&generation(&target, 1)), 700);
+            assert_eq!(rows(&generation(&target, 2)), 600);
+            assert!(!generation(&target, 3).exists());
+            // A replica is one file in rollback mode, and no temporary is left.
+            let names: Vec<String> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("replica") || n.starts_with(".replica"))
+                .collect();
+            let mut names = names;
+            names.sort();
+            assert_eq!(
+                names,
+                ["replica.db", "replica.db.1", "replica.db.2"],
+                "wal={wal}"
+            );
+            // Lowering keep removes what is no longer kept, and only that.
+            std::fs::write(dir.path().join("replica.db.notes"), "mine").unwrap();
+            snapshot(&src, &target, Step { keep: 1, ..STEP }).unwrap();
+            assert!(!generation(&target, 1).exists() && !generation(&target, 2).exists());
+            assert!(dir.path().join("replica.db.notes").exists());
+        }
+    }
+
+    #[test]
+    fn stale_partials_of_dead_workers_are_removed_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path(), true, 10);
+        let target = dir.path().join("r.db");
+        let dead = dir.path().join(".r.db.partial-999999999");
+        let live = dir.path().join(format!(".r.db.partial-{}", 1));
+        std::fs::write(&dead, "half a copy").unwrap();
+        std::fs::write(&live, "pid 1 is alive").unwrap();
+        snapshot(&src, &target, STEP).unwrap();
+        assert!(!dead.exists());
+        assert!(live.exists());
+        assert_eq!(rows(&target), 10);
+    }
+
+    #[test]
+    fn a_missing_folder_fails_and_the_peer_backs_off_with_its_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path(), true, 10);
+        let c = Connection::open(&src).unwrap();
+        let target = dir.path().join("mnt/replica.db");
+        let p = add(&c, target.to_str().unwrap()).unwrap();
+        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(0));
+        let err = sync_peer(&c, &src, &p, false, 1000).unwrap_err();
+        assert!(err.to_string().contains("missing"), "{err}");
+        let p = find(&c, "1").unwrap().unwrap();
+        assert_eq!((p.failures, p.next_attempt), (1, 1060));
+        assert!(p.last_error.as_deref().unwrap().contains("missing"));
+        let st = Replicate.status(&c, 1000);
+        assert!(
+            st.problems[0].contains("failed 1 time"),
+            "{:?}",
+            st.problems
+        );
+        // The folder appears (the mount is back): the next attempt works.
+        std::fs::create_dir(dir.path().join("mnt")).unwrap();
+        let s = sync_peer(&c, &src, &p, false, 1100).unwrap();
+        assert!(s.is_some());
+        let p = find(&c, "1").unwrap().unwrap();
+        assert_eq!((p.failures, p.last_ok), (0, Some(1100)));
+        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(1100 + 3600));
+        crate::repo::config_set(&c, INTERVAL, "600").unwrap();
+        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(1100 + 600));
+        crate::repo::config_set(&c, INTERVAL, "soon").unwrap();
+        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(1100 + 3600));
+    }
+
+    #[test]
+    fn peers_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path(), false, 1);
+        let c = Connection::open(&src).unwrap();
+        for bad in [
+            "relative.db",
+            "/",
+            dir.path().to_str().unwrap(),
+            src.to_str().unwrap(),
+        ] {
+            assert!(
+                matches!(add(&c, bad), Err(ReplicateError::Target(..))),
+                "{bad}"
+            );
+        }
+        let t = dir.path().join("r.db");
+        add(&c, t.to_str().unwrap()).unwrap();
+        assert!(matches!(
+            add(&c, t.to_str().unwrap()),
+            Err(ReplicateError::Duplicate(_))
+        ));
+        assert_eq!(remove(&c, t.to_str().unwrap()).unwrap().id, 1);
+        assert!(list(&c).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_writer_keeps_writing_during_a_wal_copy_and_the_copy_is_a_prefix() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path(), true, 20_000);
+        let target = dir.path().join("r.db");
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        let (written, worst) = std::thread::scope(|s| {
+            let w = s.spawn(|| {
+                let c = Connection::open(&src).unwrap();
+                c.busy_timeout(Duration::from_secs(10)).unwrap();
+                let (mut n, mut worst) = (0, Duration::ZERO);
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) && n < 100_000 {
+                    let t = Instant::now();
+                    c.execute("INSERT INTO t(v) VALUES ('during')", []).unwrap();
+                    worst = worst.max(t.elapsed());
+                    n += 1;
+                }
+                (n, worst)
+            });
+            let slow = Step {
+                pages: 8,
+                pause: Duration::from_millis(1),
+                keep: 1,
+            };
+            snapshot(&src, &target, slow).unwrap();
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            w.join().unwrap()
+        });
+        assert!(written > 0, "the writer wrote during the copy");
+        // The copy is the database as of one instant: all the first rows,
+        // then some of the writer's, with no gap.
+        let n = rows(&target);
+        assert!((20_000..=20_000 + written).contains(&n), "{n}");
+        let c = Connection::open(&target).unwrap();
+        let max: i64 = c
+            .query_row("SELECT max(id) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(max, n);
+        eprintln!("writer: {written} inserts during the copy, worst {worst:?}");
+    }
+}
