@@ -6,6 +6,7 @@ fn main() -> std::process::ExitCode {
         backoffice::Tasks::new()
             .with(backoffice::notify::Notify)
             .with(backoffice::hooks::Hooks)
-            .with(backoffice::webhooks::Webhooks),
+            .with(backoffice::webhooks::Webhooks)
+            .with(backoffice::maintain::Maintenance),
     )
 }
