@@ -273,7 +273,7 @@ pub struct Record {
 pub struct CheckFailure {
     /// When the check ran.
     pub at: i64,
-    /// What it reported (at most [`CHECK_MAX_ERRORS`] lines).
+    /// What it reported (at most 100 lines).
     pub lines: Vec<String>,
 }
 
