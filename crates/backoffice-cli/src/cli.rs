@@ -78,6 +78,16 @@ pub enum Command {
     /// Add, list, remove or sync replication peers: consistent copies of the
     /// repository kept at file paths (local disks, network mounts).
     Peer(PeerArgs),
+    /// Run the database maintenance steps now and print what each did.
+    ///
+    /// Without --now, the steps that are due on their schedules (the same
+    /// ones the `maintenance` task would run); with --now, every step that
+    /// is not turned off, ignoring schedules and thresholds: `PRAGMA
+    /// optimize`, a WAL checkpoint (TRUNCATE), incremental vacuum (with
+    /// auto_vacuum=INCREMENTAL), `PRAGMA quick_check`, and deleting old sent
+    /// outbox messages. Exits 1 if a step failed or the check found a
+    /// problem. Does not take the lease: the steps are safe beside a worker.
+    Maintain(MaintainArgs),
 
     /// Serve status pages, the JSON API and metrics over HTTP; each
     /// successful request runs the after-request check, as Fossil's server does.
@@ -604,6 +614,26 @@ pub struct CgiArgs {
     /// Request limits.
     #[command(flatten)]
     pub limits: WebLimitArgs,
+}
+
+/// `backoffice maintain`
+#[derive(Debug, Args)]
+pub struct MaintainArgs {
+    /// The repository (SQLite file).
+    #[arg(short = 'R', long = "repository", value_name = "REPO")]
+    pub repository: Option<PathBuf>,
+
+    /// The repository, as a plain argument.
+    #[arg(value_name = "REPO", conflicts_with = "repository")]
+    pub repo: Option<PathBuf>,
+
+    /// Run every step that is on now, ignoring schedules and thresholds.
+    #[arg(long)]
+    pub now: bool,
+
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `backoffice token`

@@ -7,6 +7,7 @@ fn main() -> std::process::ExitCode {
             .with(backoffice::notify::Notify)
             .with(backoffice::hooks::Hooks)
             .with(backoffice::webhooks::Webhooks)
-            .with(backoffice::replicate::Replicate),
+            .with(backoffice::replicate::Replicate)
+            .with(backoffice::maintain::Maintenance),
     )
 }

@@ -28,6 +28,8 @@ mod hooks;
 // Webhooks against a real HTTP receiver that verifies signatures: order,
 // retries, time-outs, refused connections, dead endpoints, parallelism.
 mod webhooks;
+// Database maintenance: `maintain --now`, maintenance in a worker run, status.
+mod maintain;
 // The web front: `serve` over real HTTP, `cgi` from the environment and
 // under Python's CGI server, the demo.
 mod web;

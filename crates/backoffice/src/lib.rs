@@ -48,8 +48,8 @@
 //! * [`token`]: the per-repository API bearer token of a web front (only
 //!   its hash is stored).
 //!
-//! The tasks the `backoffice` binary ships, in the order they run, all fed
-//! by the events applications publish:
+//! The tasks the `backoffice` binary ships, in the order they run (the first
+//! three fed by the events applications publish):
 //!
 //! * [`notify`]: events, subscribers, email alerts and daily digests, the
 //!   outbox and its send methods (the `alerts` task).
@@ -59,6 +59,9 @@
 //!   `webhooks` task).
 //! * [`replicate`]: consistent copies of the repository on peers (file
 //!   paths), through SQLite's online backup API (the `replicate` task).
+//! * [`maintain`]: the database's own upkeep — `PRAGMA optimize`, WAL
+//!   checkpoints, incremental vacuum, `quick_check` (failures mailed to
+//!   `email-admin`), old sent messages deleted (the `maintenance` task).
 //!
 //! # Embedding
 //!
@@ -84,6 +87,7 @@ pub mod engine;
 mod error;
 pub mod hooks;
 pub mod lease;
+pub mod maintain;
 pub mod notify;
 pub mod poll;
 pub mod process;

@@ -275,6 +275,60 @@ pub const SETTINGS: &[Def] = &[
         help: "Milliseconds a replication pauses between steps, leaving the disk to the application.",
         secret: false,
     },
+    Def {
+        name: crate::maintain::EMAIL_ADMIN,
+        kind: Kind::Email,
+        default: "",
+        help: "The administrator's address: a failed database check is mailed here (through the outbox). Empty: only reported by `status`.",
+        secret: false,
+    },
+    Def {
+        name: crate::maintain::OPTIMIZE_INTERVAL,
+        kind: Kind::Int {
+            min: 0,
+            max: 31_622_400,
+        },
+        default: "86400",
+        help: "Seconds between runs of `PRAGMA optimize`; 0: never.",
+        secret: false,
+    },
+    Def {
+        name: crate::maintain::WAL_LIMIT,
+        kind: Kind::Int {
+            min: 0,
+            max: 1 << 40,
+        },
+        default: "67108864",
+        help: "In WAL mode, checkpoint and truncate the WAL (`wal_checkpoint(TRUNCATE)`) when its file is larger than this many bytes (looked at every 10 minutes); 0: never.",
+        secret: false,
+    },
+    Def {
+        name: crate::maintain::VACUUM_SHARE,
+        kind: Kind::Int { min: 0, max: 100 },
+        default: "25",
+        help: "With auto_vacuum=INCREMENTAL, run `PRAGMA incremental_vacuum` (in bounded steps) when free pages are more than this percentage of the file; 0: never.",
+        secret: false,
+    },
+    Def {
+        name: crate::maintain::CHECK_INTERVAL,
+        kind: Kind::Int {
+            min: 0,
+            max: 31_622_400,
+        },
+        default: "604800",
+        help: "Seconds between runs of `PRAGMA quick_check`; a failure is reported by `status` and mailed to email-admin; 0: never.",
+        secret: false,
+    },
+    Def {
+        name: crate::maintain::RETENTION_DAYS,
+        kind: Kind::Int {
+            min: 0,
+            max: 36_500,
+        },
+        default: "30",
+        help: "Sent outbox messages older than this many days are deleted once a day (queued and dead ones are kept); 0: never.",
+        secret: false,
+    },
 ];
 
 /// Looks up a setting's definition by name.

@@ -372,10 +372,18 @@ impl std::fmt::Display for Status {
         writeln!(f, "lease:      {}", self.lease_words())?;
         writeln!(f, "on deck:    {}", self.on_deck_words())?;
         writeln!(f, "due next:   {}", self.next_due_words())?;
+        // Names in one column, at least 10 wide (`maintenance` is 11).
+        let width = self
+            .tasks
+            .iter()
+            .map(|t| t.task.len())
+            .max()
+            .unwrap_or(0)
+            .max(10);
         for t in &self.tasks {
             let words = self.task_due_words(t);
             if !words.is_empty() {
-                writeln!(f, "  {:<10} {words}", t.task)?;
+                writeln!(f, "  {:<width$} {words}", t.task)?;
             }
         }
         for i in &self.info {

@@ -12,6 +12,7 @@ pub mod cgi;
 pub mod demo;
 pub mod hook;
 pub mod lease;
+pub mod maintain;
 pub mod outbox;
 pub mod peer;
 pub mod pid;
@@ -40,6 +41,7 @@ pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
         Command::Hook(a) => hook::run(a),
         Command::Webhook(a) => webhook::run(a),
         Command::Peer(a) => peer::run(a),
+        Command::Maintain(a) => maintain::run(a),
         Command::Serve(a) => serve::run(a, tasks),
         Command::Cgi(a) => cgi::run(a, tasks),
         Command::Token(a) => token::run(a),

@@ -1,0 +1,33 @@
+//! `backoffice maintain`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use backoffice::maintain;
+
+use crate::cli::MaintainArgs;
+
+/// Runs `backoffice maintain`.
+pub fn run(a: MaintainArgs) -> Result<ExitCode> {
+    let path = super::repo_path(a.repository, a.repo)?;
+    let repo = super::open(&path)?;
+    repo.writable()?;
+    let reports = maintain::maintain(repo.conn(), repo.path(), backoffice::clock::now(), a.now)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            let mark = match (r.ran, r.ok && !r.alarm) {
+                (false, _) => "-",
+                (true, true) => "ok",
+                (true, false) => "FAILED",
+            };
+            println!("{:<11} {:<6} {}", r.step.name(), mark, r.text);
+        }
+    }
+    Ok(if reports.iter().all(|r| r.ok && !r.alarm) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
