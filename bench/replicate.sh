@@ -9,7 +9,8 @@
 #   1. the writer alone for WRITE_SECS: p50 / p99 / max latency of a write;
 #   2. the writer during `backoffice peer sync` (the replicate task's copy,
 #      default steps): the copy's MB/s, and the writer's p50 / p99 / max;
-#   3. the replica's integrity_check and that it holds a prefix of the rows.
+#   3. the replica's integrity_check and that it holds a prefix of the rows;
+#   4. the wall time of `backoffice maintain --now` on the same repository.
 # Prints key=value lines. Every loop is bounded in count and time.
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -90,3 +91,9 @@ s = sqlite3.connect(src)
 sn = s.execute("SELECT count(*) FROM t").fetchone()[0]
 print(f"replica integrity={ok} rows={n} max_id={mx} prefix={'yes' if n == mx else 'NO'} source_rows_now={sn}")
 PY
+
+# 4. the cost of a maintenance run on the same repository (every step, now)
+t0=$(now_us)
+"$BO" maintain --now -R "$R" > "$W/maintain.txt" 2>&1
+echo "maintain_now wall_ms=$(ms_since "$t0") exit=$?"
+sed 's/^/maintain /' "$W/maintain.txt"

@@ -36,10 +36,11 @@ run sweep_10000 "$here/sweep.sh" 10000 "${SWEEP_RUNS:-3}"
 run trigger_latency "$here/trigger_latency.sh" "${TRIGGER_RUNS:-20}"
 run memory "$here/memory.sh" 1000 3
 run notify "$here/notify.sh" 10000 3
+run replicate "$here/replicate.sh" "${REPLICATE_MB:-1024}" 10
 # The web front (needs wrk; FOSSIL=0 skips Fossil's side of part b, which
 # takes about 2 minutes) and the status page in headless Chromium.
 if command -v wrk >/dev/null; then
-  run web "$here/web.sh" 3 5
+  run web "$here/web.sh" 10 3
 else
   echo "== web: skipped (needs wrk: apt-get install wrk)"
 fi
