@@ -175,6 +175,11 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Peer> {
 pub fn add(conn: &Connection, target: &str) -> Result<Peer, ReplicateError> {
     let bad = |why: &str| ReplicateError::Target(target.to_owned(), why.to_owned());
     let path = Path::new(target);
+    if target.starts_with("http://") || target.starts_with("https://") {
+        return Err(bad(
+            "peers over HTTP are not supported yet; use a file path (a local disk or a network mount)",
+        ));
+    }
     if !path.is_absolute() {
         return Err(bad("use an absolute path"));
     }
