@@ -598,6 +598,23 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub limits: WebLimitArgs,
 
+    /// Take copies pushed by peers (`PUT /replica/NAME`) into this folder,
+    /// as NAME.db with older generations NAME.db.1, ...; needs --replica-token-file.
+    #[arg(long, value_name = "DIR", requires = "replica_token_file")]
+    pub replica_dir: Option<PathBuf>,
+
+    /// A file holding the token peers must send to push a copy (16 characters or more).
+    #[arg(long, value_name = "FILE", requires = "replica_dir")]
+    pub replica_token_file: Option<PathBuf>,
+
+    /// Generations of each pushed replica to keep.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub replica_keep: u32,
+
+    /// Largest copy a peer may push, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 40)]
+    pub max_replica_bytes: u64,
+
     /// Stop after this many seconds (for scripts and tests).
     #[arg(long, value_name = "SECS", hide = true)]
     pub exit_after: Option<u64>,
@@ -691,10 +708,15 @@ pub struct PeerArgs {
 /// What `backoffice peer` does.
 #[derive(Debug, Subcommand)]
 pub enum PeerAction {
-    /// Add a peer: the absolute path of the replica file (its folder must exist).
+    /// Add a peer: the absolute path of a replica file (its folder must
+    /// exist), or the replica URL of another `backoffice serve` with its token.
     Add {
-        /// Where the replica goes, e.g. /backup/app.db (older copies: app.db.1, app.db.2, ...).
+        /// Where the replica goes: /backup/app.db (older copies: app.db.1,
+        /// app.db.2, ...), or https://peer.example.org/replica/app.
         target: String,
+        /// The peer server's replica token (HTTP peers; see `serve --replica-dir`).
+        #[arg(long, value_name = "TOKEN")]
+        token: Option<String>,
     },
     /// List peers and how replication to each went.
     List {

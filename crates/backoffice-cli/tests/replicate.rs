@@ -145,3 +145,88 @@ fn a_copy_killed_half_way_leaves_the_previous_replica_whole() {
     );
     assert_eq!(replica_rows(&dir.join("app.db.1")), 3000);
 }
+
+#[test]
+fn an_http_peer_takes_checked_copies_and_refuses_the_rest() {
+    let env = Env::new();
+    // The peer: a server that takes replicas into a folder.
+    let served = AppRepo::new(&env, "served.db");
+    let dir = env.path("replicas");
+    std::fs::create_dir(&dir).unwrap();
+    let token = "replica-token-0123456789";
+    std::fs::write(env.path("token"), format!("{token}\n")).unwrap();
+    let srv = crate::web::Server::start(
+        &served.path,
+        &[
+            "--replica-dir",
+            dir.to_str().unwrap(),
+            "--replica-token-file",
+            env.path("token").to_str().unwrap(),
+        ],
+        &env,
+    );
+    // The source.
+    let repo = AppRepo::new(&env, "app.db");
+    fill(&repo, 300);
+    let url = format!("http://{}/replica/app", srv.addr);
+    repo.bo(&["peer", "add", &url, "--token", token]);
+    let list = repo.bo(&["peer", "list"]);
+    assert!(!list.contains(token), "the token is never printed: {list}");
+    repo.bo(&["peer", "sync"]);
+    assert_eq!(replica_rows(&dir.join("app.db")), 300);
+    fill(&repo, 10);
+    repo.bo(&["peer", "sync"]);
+    assert_eq!(replica_rows(&dir.join("app.db")), 310);
+    assert_eq!(replica_rows(&dir.join("app.db.1")), 300);
+
+    // A wrong token and a closed port fail, are retried later, and say why.
+    let bad = format!("http://{}/replica/other", srv.addr);
+    repo.bo(&["peer", "add", &bad, "--token", "not-the-token-at-all"]);
+    repo.bo(&[
+        "peer",
+        "add",
+        "http://127.0.0.1:1/replica/app",
+        "--token",
+        token,
+    ]);
+    let out = Cmd::backoffice()
+        .args(["peer", "sync", "-R", repo.r()])
+        .output();
+    assert!(!out.out.status.success());
+    assert!(out.stderr().contains("answered 401"), "{}", out.stderr());
+    assert!(!dir.join("other.db").exists());
+    let status = repo.bo(&["status"]);
+    assert!(status.contains("answered 401"), "{status}");
+    assert!(status.contains("127.0.0.1:1"), "{status}");
+
+    // Not a database, or a cut-off one: refused, and nothing is left.
+    let auth = format!("Bearer {token}");
+    let junk = crate::web::request(
+        &srv.addr,
+        "PUT",
+        "/replica/junk",
+        &[("Authorization", auth.as_str())],
+        "this is not an SQLite database, not even close",
+    );
+    assert_eq!(junk.status, 422, "{junk:?}");
+    let half = std::fs::read(dir.join("app.db")).unwrap();
+    let half = String::from_utf8_lossy(&half[..half.len() / 2]).into_owned();
+    let cut = crate::web::request(
+        &srv.addr,
+        "PUT",
+        "/replica/cut",
+        &[("Authorization", auth.as_str())],
+        &half,
+    );
+    assert_eq!(cut.status, 422, "{cut:?}");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| n.starts_with("app.db")),
+        "only app's replicas: {names:?}"
+    );
+    let none = crate::web::request(&srv.addr, "PUT", "/replica/app", &[], "x");
+    assert_eq!(none.status, 401);
+}

@@ -2,8 +2,10 @@
 //!
 //! Fossil's backoffice document lists "automatic syncing of peer
 //! repositories" as backoffice work and never built it. Here a peer is a
-//! file path — a local disk or a network mount — and the `replicate` task
-//! keeps the newest [`KEEP`] generations of the repository there.
+//! file path — a local disk or a network mount — or another host's
+//! `backoffice serve --replica-dir` (the copy is pushed with `PUT`, see
+//! [`push`]), and the `replicate` task keeps the newest [`KEEP`]
+//! generations of the repository there.
 //!
 //! # A copy that is consistent, and a live application that keeps writing
 //!
@@ -76,6 +78,7 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS bo_peer(
   peerid INTEGER PRIMARY KEY,
   target TEXT NOT NULL UNIQUE,
+  token TEXT,
   stamp TEXT,
   last_ok INTEGER,
   last_try INTEGER,
@@ -92,8 +95,11 @@ CREATE TABLE IF NOT EXISTS bo_peer(
 pub struct Peer {
     /// Row id.
     pub id: i64,
-    /// The replica's path.
+    /// The replica's path, or the URL of a peer server's replica endpoint.
     pub target: String,
+    /// The bearer token for an HTTP peer (never printed).
+    #[serde(skip)]
+    pub token: Option<String>,
     /// The source's change stamp at the last success.
     pub stamp: Option<String>,
     /// Unix time of the last success.
@@ -137,6 +143,9 @@ pub enum ReplicateError {
     /// SQLite failed.
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// An HTTP peer refused the copy or could not be reached.
+    #[error("{0}")]
+    Peer(String),
     /// The source stayed locked.
     #[error("the repository stayed locked for {0:?}; the copy is retried later")]
     Locked(Duration),
@@ -152,39 +161,84 @@ pub fn install(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)
 }
 
-const COLUMNS: &str = "peerid, target, stamp, last_ok, last_try, failures, next_attempt, last_error, last_bytes, last_ms";
+const COLUMNS: &str = "peerid, target, token, stamp, last_ok, last_try, failures, next_attempt, last_error, last_bytes, last_ms";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Peer> {
     Ok(Peer {
         id: r.get(0)?,
         target: r.get(1)?,
-        stamp: r.get(2)?,
-        last_ok: r.get(3)?,
-        last_try: r.get(4)?,
-        failures: r.get(5)?,
-        next_attempt: r.get(6)?,
-        last_error: r.get(7)?,
-        last_bytes: r.get(8)?,
-        last_ms: r.get(9)?,
+        token: r.get(2)?,
+        stamp: r.get(3)?,
+        last_ok: r.get(4)?,
+        last_try: r.get(5)?,
+        failures: r.get(6)?,
+        next_attempt: r.get(7)?,
+        last_error: r.get(8)?,
+        last_bytes: r.get(9)?,
+        last_ms: r.get(10)?,
     })
 }
 
-/// Adds a file peer. The target must be an absolute path whose directory
-/// exists (a network mount that is not mounted must fail, not be created)
-/// and must not be the repository itself.
-pub fn add(conn: &Connection, target: &str) -> Result<Peer, ReplicateError> {
+/// True if `target` names an HTTP peer.
+pub fn is_http(target: &str) -> bool {
+    target.starts_with("http://") || target.starts_with("https://")
+}
+
+/// Adds a peer: a file path, or with a token the URL of another
+/// `backoffice serve`'s replica endpoint (`https://host/replica/NAME`).
+///
+/// A file target must be an absolute path whose directory exists (a
+/// network mount that is not mounted must fail, not be created) and must
+/// not be the repository itself.
+pub fn add(conn: &Connection, target: &str, token: Option<&str>) -> Result<Peer, ReplicateError> {
     let bad = |why: &str| ReplicateError::Target(target.to_owned(), why.to_owned());
-    let path = Path::new(target);
-    if target.starts_with("http://") || target.starts_with("https://") {
-        return Err(bad(
-            "peers over HTTP are not supported yet; use a file path (a local disk or a network mount)",
-        ));
-    }
-    if !path.is_absolute() {
-        return Err(bad("use an absolute path"));
-    }
     if target.chars().any(char::is_control) {
         return Err(bad("control characters"));
+    }
+    if is_http(target) {
+        let ok = target
+            .parse::<ureq::http::Uri>()
+            .is_ok_and(|u| u.host().is_some_and(|h| !h.is_empty()));
+        if !ok {
+            return Err(bad("not a URL with a host"));
+        }
+        match token {
+            Some(t) if t.len() >= 16 && !t.chars().any(char::is_whitespace) => {}
+            _ => {
+                return Err(bad(
+                    "an HTTP peer needs --token: the peer server's replica token (16 characters or more)",
+                ));
+            }
+        }
+    } else {
+        if token.is_some() {
+            return Err(bad("a token is for HTTP peers only"));
+        }
+        check_file_target(conn, target)?;
+    }
+    install(conn)?;
+    let now = crate::clock::now();
+    match conn.execute(
+        "INSERT INTO bo_peer(target, token, ctime) VALUES (?1, ?2, ?3)",
+        params![target, token, now],
+    ) {
+        Ok(_) => {}
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            return Err(ReplicateError::Duplicate(target.to_owned()));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    find(conn, &conn.last_insert_rowid().to_string())?
+        .ok_or_else(|| ReplicateError::NotFound(target.to_owned()))
+}
+
+fn check_file_target(conn: &Connection, target: &str) -> Result<(), ReplicateError> {
+    let bad = |why: &str| ReplicateError::Target(target.to_owned(), why.to_owned());
+    let path = Path::new(target);
+    if !path.is_absolute() {
+        return Err(bad("use an absolute path, or an http(s) URL with --token"));
     }
     let Some(name) = path.file_name() else {
         return Err(bad("name a file, not a directory"));
@@ -202,22 +256,7 @@ pub fn add(conn: &Connection, target: &str) -> Result<Peer, ReplicateError> {
             return Err(bad("that is the repository itself"));
         }
     }
-    install(conn)?;
-    let now = crate::clock::now();
-    match conn.execute(
-        "INSERT INTO bo_peer(target, ctime) VALUES (?1, ?2)",
-        params![target, now],
-    ) {
-        Ok(_) => {}
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            return Err(ReplicateError::Duplicate(target.to_owned()));
-        }
-        Err(e) => return Err(e.into()),
-    }
-    find(conn, &conn.last_insert_rowid().to_string())?
-        .ok_or_else(|| ReplicateError::NotFound(target.to_owned()))
+    Ok(())
 }
 
 /// Every peer (none if the table does not exist).
@@ -316,16 +355,13 @@ pub fn snapshot(src: &Path, target: &Path, step: Step) -> Result<Snapshot, Repli
             return Err(e);
         }
     };
-    let sync = std::fs::File::open(&tmp).and_then(|f| f.sync_all());
-    if let Err(e) = sync {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io("syncing", &tmp)(e));
-    }
-    let bytes = std::fs::metadata(&tmp).map(|m| m.len()).unwrap_or(0);
-    rotate(target, step.keep)?;
-    std::fs::rename(&tmp, target).map_err(io("renaming the replica into place at", target))?;
-    // The rename is durable once the directory is.
-    let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    let bytes = match install_replica(&tmp, target, step.keep) {
+        Ok(b) => b,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     Ok(Snapshot {
         bytes,
         pages,
@@ -333,6 +369,83 @@ pub fn snapshot(src: &Path, target: &Path, step: Step) -> Result<Snapshot, Repli
         held_lock,
         ms: t0.elapsed().as_millis() as u64,
     })
+}
+
+/// Makes the finished copy `tmp` (beside `target`) the replica: fsyncs
+/// it, keeps `keep` generations, renames it over `target` and fsyncs the
+/// directory. Returns its size. Used for local copies and for copies a
+/// server receives from a peer.
+pub fn install_replica(tmp: &Path, target: &Path, keep: u32) -> Result<u64, ReplicateError> {
+    std::fs::File::open(tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io("syncing", tmp))?;
+    let bytes = std::fs::metadata(tmp).map(|m| m.len()).unwrap_or(0);
+    rotate(target, keep)?;
+    std::fs::rename(tmp, target).map_err(io("renaming the replica into place at", target))?;
+    // The rename is durable once the directory is.
+    if let Some(dir) = target.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(bytes)
+}
+
+/// Pushes a snapshot of `src` to an HTTP peer: copies it to a temporary
+/// file beside the repository, sends it with `PUT` and the peer's token,
+/// and removes the temporary file. The peer checks it (`quick_check`)
+/// before it replaces its replica.
+pub fn push(src: &Path, url: &str, token: &str, step: Step) -> Result<Snapshot, ReplicateError> {
+    let t0 = Instant::now();
+    let dir = src
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = src
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "repo".into());
+    remove_stale_partials(dir, &format!("{name}.push"));
+    let tmp = dir.join(format!(".{name}.push.partial-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    let sent = (|| {
+        let (pages, restarts, held_lock) = copy_to(src, &tmp, step)?;
+        let file = std::fs::File::open(&tmp).map_err(io("reading the copy", &tmp))?;
+        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_global(Some(Duration::from_secs(3600)))
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let resp = agent
+            .put(url)
+            .header("Authorization", &format!("Bearer {token}"))
+            .header("Content-Type", "application/vnd.sqlite3")
+            .send(&file)
+            .map_err(|e| ReplicateError::Peer(format!("sending to {url}: {e}")))?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body = resp
+                .into_body()
+                .read_to_string()
+                .unwrap_or_default()
+                .chars()
+                .take(300)
+                .collect::<String>();
+            return Err(ReplicateError::Peer(format!(
+                "{url} answered {status}: {}",
+                crate::task::one_line(&body)
+            )));
+        }
+        Ok(Snapshot {
+            bytes,
+            pages,
+            restarts,
+            held_lock,
+            ms: t0.elapsed().as_millis() as u64,
+        })
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    sent
 }
 
 /// The copy itself: backup steps into `tmp`; returns (pages, restarts,
@@ -516,7 +629,17 @@ pub fn sync_peer(
     let _ = force;
     let stamp = change_stamp(repo);
     let step = Step::from_settings(conn);
-    match snapshot(repo, Path::new(&peer.target), step) {
+    let copied = if is_http(&peer.target) {
+        push(
+            repo,
+            &peer.target,
+            peer.token.as_deref().unwrap_or(""),
+            step,
+        )
+    } else {
+        snapshot(repo, Path::new(&peer.target), step)
+    };
+    match copied {
         Ok(s) => {
             conn.execute(
                 "UPDATE bo_peer SET stamp = ?2, last_ok = ?3, last_try = ?3, failures = 0,
@@ -749,7 +872,7 @@ mod tests {
         let src = source(dir.path(), true, 10);
         let c = Connection::open(&src).unwrap();
         let target = dir.path().join("mnt/replica.db");
-        let p = add(&c, target.to_str().unwrap()).unwrap();
+        let p = add(&c, target.to_str().unwrap(), None).unwrap();
         assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(0));
         let err = sync_peer(&c, &src, &p, false, 1000).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
@@ -787,18 +910,37 @@ mod tests {
             src.to_str().unwrap(),
         ] {
             assert!(
-                matches!(add(&c, bad), Err(ReplicateError::Target(..))),
+                matches!(add(&c, bad, None), Err(ReplicateError::Target(..))),
                 "{bad}"
             );
         }
         let t = dir.path().join("r.db");
-        add(&c, t.to_str().unwrap()).unwrap();
+        add(&c, t.to_str().unwrap(), None).unwrap();
         assert!(matches!(
-            add(&c, t.to_str().unwrap()),
+            add(&c, t.to_str().unwrap(), None),
             Err(ReplicateError::Duplicate(_))
         ));
+        let url = "https://peer.example.org/replica/app";
+        for (target, token) in [
+            (url, None),
+            (url, Some("short")),
+            ("https://", Some("0123456789abcdef0")),
+            (t.to_str().unwrap(), Some("0123456789abcdef0")),
+        ] {
+            assert!(
+                matches!(add(&c, target, token), Err(ReplicateError::Target(..))),
+                "{target} {token:?}"
+            );
+        }
+        let p = add(&c, url, Some("0123456789abcdef0")).unwrap();
+        assert_eq!(p.token.as_deref(), Some("0123456789abcdef0"));
+        assert!(
+            !serde_json::to_string(&p)
+                .unwrap()
+                .contains("0123456789abcdef0")
+        );
         assert_eq!(remove(&c, t.to_str().unwrap()).unwrap().id, 1);
-        assert!(list(&c).unwrap().is_empty());
+        assert_eq!(list(&c).unwrap().len(), 1, "the HTTP peer is left");
     }
 
     #[test]

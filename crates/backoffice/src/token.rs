@@ -101,6 +101,16 @@ fn stored_form(token: &str) -> String {
     out
 }
 
+/// True if `presented` is `expected`, compared through their SHA-256 in
+/// constant time (for a token kept outside a repository, such as the one a
+/// server takes replicas with).
+pub fn matches(expected: &str, presented: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let a = Sha256::digest(expected.as_bytes());
+    let b = Sha256::digest(presented.as_bytes());
+    !expected.is_empty() && ct_eq(&a, &b)
+}
+
 /// The 32 hash bytes of a stored row, or None if it is not in our form.
 fn parse_stored(stored: &str) -> Option<[u8; 32]> {
     let hex = stored.strip_prefix(HASH_PREFIX)?.as_bytes();

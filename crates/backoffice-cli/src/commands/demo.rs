@@ -152,9 +152,12 @@ pub fn run(a: DemoArgs, tasks: Tasks) -> Result<ExitCode> {
         site,
         tasks,
         listener,
-        Limits::default(),
-        true,
-        a.exit_after.map(Duration::from_secs),
+        super::serve::ServeOptions {
+            limits: Limits::default(),
+            trigger: true,
+            stop_after: a.exit_after.map(Duration::from_secs),
+            replicas: None,
+        },
         |_, _| {},
     )?;
     Ok(ExitCode::SUCCESS)

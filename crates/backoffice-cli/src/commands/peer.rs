@@ -35,9 +35,9 @@ pub fn run(a: PeerArgs) -> Result<ExitCode> {
     let repo = super::open(&path)?;
     let conn = repo.conn();
     match a.action {
-        PeerAction::Add { target } => {
+        PeerAction::Add { target, token } => {
             repo.writable()?;
-            let p = replicate::add(conn, &target)?;
+            let p = replicate::add(conn, &target, token.as_deref())?;
             println!("added: {}", line(&p));
         }
         PeerAction::List { json } => {

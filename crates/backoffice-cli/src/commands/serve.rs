@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use backoffice::{Backoffice, Tasks};
 
 use crate::cli::{ServeArgs, WebLimitArgs};
-use crate::web::{self, App, Limits, Site};
+use crate::web::{self, App, Limits, ReplicaSink, Site};
 
 /// The limits from the command line.
 pub(crate) fn limits(a: &WebLimitArgs) -> Limits {
@@ -27,19 +27,33 @@ pub(crate) fn bind(listen: &str) -> Result<std::net::TcpListener> {
     })
 }
 
+/// How a site is served.
+pub(crate) struct ServeOptions {
+    /// Request limits.
+    pub limits: Limits,
+    /// Run the after-request check.
+    pub trigger: bool,
+    /// Stop after this long.
+    pub stop_after: Option<Duration>,
+    /// Take copies pushed by peers.
+    pub replicas: Option<ReplicaSink>,
+}
+
 /// Serves `site` on `listener` and prints where.
 pub(crate) fn serve_site(
     site: Site,
     tasks: Tasks,
     listener: std::net::TcpListener,
-    limits: Limits,
-    trigger: bool,
-    stop_after: Option<Duration>,
+    opts: ServeOptions,
     banner: impl FnOnce(std::net::SocketAddr, &[String]),
 ) -> Result<()> {
     let names: Vec<String> = site.list().into_iter().map(|(n, _)| n).collect();
-    let app = Arc::new(App::new(site, Backoffice::new(tasks), limits, trigger));
-    web::serve::serve(app, listener, stop_after, |addr| {
+    let mut app = App::new(site, Backoffice::new(tasks), opts.limits, opts.trigger);
+    if let Some(r) = opts.replicas {
+        app = app.with_replicas(r);
+    }
+    let app = Arc::new(app);
+    web::serve::serve(app, listener, opts.stop_after, |addr| {
         banner(addr, &names);
         let _ = std::io::stdout().flush();
     })
@@ -52,30 +66,52 @@ pub fn run(a: ServeArgs, tasks: Tasks) -> Result<ExitCode> {
     let mut limits = limits(&a.limits);
     limits.header_timeout = Duration::from_secs(a.header_timeout.max(1));
     limits.max_connections = a.max_connections.max(1);
-    serve_site(
-        site,
-        tasks,
-        listener,
+    let replicas = match (a.replica_dir, a.replica_token_file) {
+        (Some(dir), Some(file)) => {
+            if !dir.is_dir() {
+                anyhow::bail!("--replica-dir {} is not a folder", dir.display());
+            }
+            let token = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading --replica-token-file {}", file.display()))?
+                .trim()
+                .to_owned();
+            if token.len() < 16 {
+                anyhow::bail!(
+                    "the replica token in {} is shorter than 16 characters",
+                    file.display()
+                );
+            }
+            Some(ReplicaSink {
+                dir,
+                token,
+                keep: a.replica_keep.clamp(1, 100),
+                max_bytes: a.max_replica_bytes,
+            })
+        }
+        _ => None,
+    };
+    let opts = ServeOptions {
         limits,
-        !a.no_trigger,
-        a.exit_after.map(Duration::from_secs),
-        |addr, names| {
-            // Not println!: a closed stdout (a supervisor that read the
-            // first line and went away) must not take the server down.
-            let mut out = std::io::stdout().lock();
-            let plural = if names.len() == 1 { "y" } else { "ies" };
-            let _ = writeln!(
-                out,
-                "backoffice: serving {} repositor{plural} on http://{addr}/",
-                names.len()
-            );
-            for n in names.iter().take(10) {
-                let _ = writeln!(out, "  http://{addr}/r/{n}");
-            }
-            if names.len() > 10 {
-                let _ = writeln!(out, "  ... and {} more", names.len() - 10);
-            }
-        },
-    )?;
+        trigger: !a.no_trigger,
+        stop_after: a.exit_after.map(Duration::from_secs),
+        replicas,
+    };
+    serve_site(site, tasks, listener, opts, |addr, names| {
+        // Not println!: a closed stdout (a supervisor that read the
+        // first line and went away) must not take the server down.
+        let mut out = std::io::stdout().lock();
+        let plural = if names.len() == 1 { "y" } else { "ies" };
+        let _ = writeln!(
+            out,
+            "backoffice: serving {} repositor{plural} on http://{addr}/",
+            names.len()
+        );
+        for n in names.iter().take(10) {
+            let _ = writeln!(out, "  http://{addr}/r/{n}");
+        }
+        if names.len() > 10 {
+            let _ = writeln!(out, "  ... and {} more", names.len() - 10);
+        }
+    })?;
     Ok(ExitCode::SUCCESS)
 }

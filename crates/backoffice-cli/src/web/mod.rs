@@ -23,6 +23,7 @@
 //! * `router.rs`: the routes, request limits, security headers, auth.
 //! * `pages.rs`: the HTML pages (every value escaped).
 //! * `metrics.rs`: the Prometheus text.
+//! * `replica.rs`: copies pushed by peers (`PUT /replica/NAME`).
 //! * `serve.rs`, `cgi.rs`: the two front ends.
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use backoffice::{Backoffice, Started};
 pub mod cgi;
 mod metrics;
 mod pages;
+mod replica;
 pub mod router;
 pub mod serve;
 pub mod site;
@@ -87,6 +89,22 @@ pub struct App {
     started: Mutex<HashMap<String, u64>>,
     checks: Mutex<HashMap<String, u64>>,
     read_checks: Mutex<HashMap<String, Instant>>,
+    /// Where copies pushed by peers go (`serve --replica-dir`), if anywhere.
+    pub replicas: Option<ReplicaSink>,
+}
+
+/// Copies of other servers' repositories this server takes: `PUT
+/// /replica/NAME` with the token stores `DIR/NAME.db`.
+#[derive(Debug)]
+pub struct ReplicaSink {
+    /// The folder.
+    pub dir: std::path::PathBuf,
+    /// The token peers send.
+    pub token: String,
+    /// Generations kept.
+    pub keep: u32,
+    /// Largest copy taken, bytes.
+    pub max_bytes: u64,
 }
 
 /// After a read-only request (GET, HEAD) the check runs at most this often
@@ -110,7 +128,14 @@ impl App {
             started: Mutex::new(HashMap::new()),
             checks: Mutex::new(HashMap::new()),
             read_checks: Mutex::new(HashMap::new()),
+            replicas: None,
         }
+    }
+
+    /// Takes copies pushed by peers into `sink`.
+    pub fn with_replicas(mut self, sink: ReplicaSink) -> App {
+        self.replicas = Some(sink);
+        self
     }
 
     /// Whether the reply to a request with this method should run the

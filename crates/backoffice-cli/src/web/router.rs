@@ -10,6 +10,7 @@
 //! | `DELETE /r/NAME/subscribers/WHO` | remove one, by address or id (token) |
 //! | `GET`, `POST /r/NAME/unsubscribe/CODE` | the one-click unsubscribe target (RFC 8058) |
 //! | `GET /metrics` | Prometheus text for every repository |
+//! | `PUT /replica/NAME` | a copy pushed by a peer (`serve --replica-dir`; its own token) |
 //!
 //! Handlers run their SQLite work on blocking threads. Errors are JSON
 //! (`{"error": "..."}`) on API routes and small HTML pages elsewhere; a
@@ -24,7 +25,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use backoffice::Repo;
 use backoffice::notify::{self, subscribers};
 use backoffice::token::{self, Verdict};
@@ -68,7 +69,7 @@ impl Failure {
 
     /// Something broke inside the server: logged here in full, answered
     /// with no details.
-    fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
+    pub(crate) fn internal(what: &str, e: impl std::fmt::Display) -> Failure {
         tracing::error!("{what}: {e}");
         Failure::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -158,7 +159,9 @@ where
 /// The router, with request limits and security headers. The after-request
 /// check is not in here: each front end runs it after its reply is sent.
 pub fn router(app: Arc<App>) -> Router {
-    Router::new()
+    // Replicas stream to disk, so they are outside the buffered-body limit.
+    let replicas = Router::new().route("/replica/{name}", put(super::replica::receive));
+    let main = Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
         .route("/r/{name}", get(status_page))
@@ -177,7 +180,9 @@ pub fn router(app: Arc<App>) -> Router {
             get(unsubscribe_form).post(unsubscribe),
         )
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(app.clone(), read_body))
+        .layer(middleware::from_fn_with_state(app.clone(), read_body));
+    replicas
+        .merge(main)
         .layer(middleware::from_fn(security_headers))
         .with_state(app)
 }
@@ -260,20 +265,28 @@ async fn security_headers(req: Request, next: Next) -> Response {
     resp
 }
 
-/// Checks `Authorization: Bearer TOKEN` against the repository's token.
-fn authorize(repo: &Repo, headers: &HeaderMap) -> Result<(), Failure> {
-    let presented = headers
+/// The bearer token of a request, if it sent one.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, rest) = v.trim().split_once(' ')?;
             scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        });
-    let unauthorized = |msg: &str| Failure {
+        })
+}
+
+/// A 401 that asks for a bearer token.
+pub(crate) fn unauthorized(msg: &str) -> Failure {
+    Failure {
         bearer: true,
         ..Failure::new(StatusCode::UNAUTHORIZED, msg)
-    };
-    let Some(presented) = presented else {
+    }
+}
+
+/// Checks `Authorization: Bearer TOKEN` against the repository's token.
+fn authorize(repo: &Repo, headers: &HeaderMap) -> Result<(), Failure> {
+    let Some(presented) = bearer(headers) else {
         return Err(unauthorized(
             "this needs an API token: send `Authorization: Bearer TOKEN`",
         ));
