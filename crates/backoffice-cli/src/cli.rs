@@ -729,9 +729,13 @@ pub enum PeerAction {
         /// Id or target.
         who: String,
     },
-    /// Copy to every peer (or one) now, whatever the schedule.
+    /// Copy to every peer (or one) now, whatever the schedule, if the
+    /// application wrote since that peer's last copy.
     Sync {
         /// Id or target (default: every peer).
         who: Option<String>,
+        /// Copy even if nothing changed.
+        #[arg(long)]
+        force: bool,
     },
 }

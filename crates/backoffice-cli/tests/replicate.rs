@@ -81,6 +81,18 @@ fn peers_are_managed_and_a_run_copies_when_due() {
         .success();
     assert_eq!(replica_rows(&target), 250);
     assert_eq!(replica_rows(&env.path("backup/app.db.1")), 200);
+    // Only the application's writes call for a new copy, not the engine's
+    // own runs.
+    Cmd::backoffice()
+        .args(["run", "--nolease", repo.r()])
+        .output()
+        .success();
+    let out = repo.bo(&["peer", "sync"]);
+    assert!(out.contains("unchanged"), "{out}");
+    fill(&repo, 1);
+    let out = repo.bo(&["peer", "sync"]);
+    assert!(out.contains("bytes in"), "{out}");
+    assert_eq!(replica_rows(&target), 251);
     let status = repo.bo(&["status"]);
     assert!(status.contains("peer 1"), "{status}");
     repo.bo(&["peer", "remove", "1"]);

@@ -292,6 +292,7 @@ pub fn run(repo: &mut Repo, tasks: &Tasks, opts: &RunOptions) -> Result<Outcome>
         if let Some(l) = to_write {
             repo::config_set(&tx, LEASE_ROW, &l.encode())
                 .map_err(|e| sq("writing the lease", e))?;
+            crate::replicate::note_own_write(&tx).map_err(|e| sq("noting the write", e))?;
         }
         tx.commit().map_err(|e| sq("committing the lease", e))?;
         if opts.trace {
@@ -419,6 +420,7 @@ fn finish(repo: &mut Repo, report: &RunReport, me: Identity, release: bool) -> R
                 .map_err(|e| sq("releasing the lease", e))?;
         }
     }
+    crate::replicate::note_own_write(&tx).map_err(|e| sq("noting the write", e))?;
     tx.commit().map_err(|e| sq("committing the run record", e))
 }
 

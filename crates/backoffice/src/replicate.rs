@@ -38,13 +38,21 @@
 //!
 //! A peer is due [`INTERVAL`] seconds after its last success (or at once
 //! when new); failures are retried with backoff (1 minute doubling to 6
-//! hours) and shown in `status` with their reason.
+//! hours) and shown in `status` with their reason. A due peer is copied only
+//! if the application wrote to the repository since its last copy.
 //!
-//! Not yet: copying only when the repository changed. A file stamp (size
-//! and modification time) cannot tell the application's writes from the
-//! engine's own (the lease, the run record, the peer's bookkeeping), and
-//! SQLite's `data_version` is per connection, so for now every interval
-//! makes a copy. The stamp at each copy is recorded for that future use.
+//! Telling the application's writes from the engine's own (the lease, the
+//! run record, the peers' bookkeeping) uses the counter SQLite bumps on
+//! every write transaction: the file change counter in the database header
+//! (rollback journal) or `iChange` in the `-shm` header (WAL). Inside each
+//! of its own write transactions the engine reads that counter — stable,
+//! since it holds the write lock — and compares it with the value its last
+//! write left ([`note_own_write`]): a difference means somebody else
+//! committed in between, and the *application generation* goes up. A peer
+//! is copied when the generation moved since its last copy. Anything the
+//! engine cannot account for (a WAL index rebuilt, a checkpoint that
+//! restarts the WAL, a command-line change) counts as a change: an extra
+//! copy, never a missed one.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -79,6 +87,7 @@ CREATE TABLE IF NOT EXISTS bo_peer(
   peerid INTEGER PRIMARY KEY,
   target TEXT NOT NULL UNIQUE,
   token TEXT,
+  generation INTEGER,
   stamp TEXT,
   last_ok INTEGER,
   last_try INTEGER,
@@ -100,6 +109,8 @@ pub struct Peer {
     /// The bearer token for an HTTP peer (never printed).
     #[serde(skip)]
     pub token: Option<String>,
+    /// The application generation its last copy holds.
+    pub generation: Option<i64>,
     /// The source's change stamp at the last success.
     pub stamp: Option<String>,
     /// Unix time of the last success.
@@ -156,26 +167,105 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Replica
     move |source| ReplicateError::Io { what, path, source }
 }
 
+/// `config` row: the write counter the engine's last write left.
+pub const WRITE_EXPECTED: &str = "backoffice-write-expected";
+/// `config` row: the application generation (see the module docs).
+pub const APP_GENERATION: &str = "backoffice-app-generation";
+
+/// SQLite's per-write-transaction counter for this connection's database:
+/// the header's file change counter (rollback journal) or `iChange` of the
+/// WAL index (WAL). `None` if it cannot be read (in-memory database, WAL
+/// without a `-shm` file).
+pub fn write_counter(conn: &Connection) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let path = conn.path().filter(|p| !p.is_empty())?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .ok()?;
+    let mut b = [0u8; 4];
+    if mode.eq_ignore_ascii_case("wal") {
+        // The WAL index header is shared memory in the machine's byte order.
+        let f = std::fs::File::open(format!("{path}-shm")).ok()?;
+        f.read_exact_at(&mut b, 8).ok()?;
+        Some(u64::from(u32::from_ne_bytes(b)))
+    } else {
+        let f = std::fs::File::open(path).ok()?;
+        f.read_exact_at(&mut b, 24).ok()?;
+        Some(u64::from(u32::from_be_bytes(b)))
+    }
+}
+
+/// The application generation now.
+pub fn app_generation(conn: &Connection) -> i64 {
+    crate::repo::config_get(conn, APP_GENERATION)
+        .ok()
+        .flatten()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Call inside each of the engine's own write transactions (with the write
+/// lock held, before the commit): if another connection committed since
+/// the engine's last write, the application generation goes up; then the
+/// counter this transaction will leave is recorded. Does nothing where no
+/// peer was ever added.
+pub fn note_own_write(conn: &Connection) -> rusqlite::Result<()> {
+    if !conn.table_exists(None, "bo_peer")? {
+        return Ok(());
+    }
+    let now = write_counter(conn);
+    let expected: Option<u64> =
+        crate::repo::config_get(conn, WRITE_EXPECTED)?.and_then(|v| v.trim().parse().ok());
+    if now.is_none() || now != expected {
+        let g = app_generation(conn) + 1;
+        crate::repo::config_set(conn, APP_GENERATION, &g.to_string())?;
+    }
+    // This transaction commits once: the counter goes up by one (a u32).
+    let next = now.map(|c| ((c + 1) & 0xffff_ffff).to_string());
+    crate::repo::config_set(conn, WRITE_EXPECTED, next.as_deref().unwrap_or(""))
+}
+
+/// Runs `f` in an immediate transaction that counts as the engine's own
+/// write.
+fn own_write<T>(
+    conn: &Connection,
+    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let r = note_own_write(conn).and_then(|()| f(conn));
+    match r {
+        Ok(v) => {
+            conn.execute_batch("COMMIT")?;
+            Ok(v)
+        }
+        Err(e) => {
+            let _ = conn.execute_batch("ROLLBACK");
+            Err(e)
+        }
+    }
+}
+
 /// Creates the peer table if needed.
 pub fn install(conn: &Connection) -> rusqlite::Result<()> {
     conn.execute_batch(SCHEMA)
 }
 
-const COLUMNS: &str = "peerid, target, token, stamp, last_ok, last_try, failures, next_attempt, last_error, last_bytes, last_ms";
+const COLUMNS: &str = "peerid, target, token, generation, stamp, last_ok, last_try, failures, next_attempt, last_error, last_bytes, last_ms";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Peer> {
     Ok(Peer {
         id: r.get(0)?,
         target: r.get(1)?,
         token: r.get(2)?,
-        stamp: r.get(3)?,
-        last_ok: r.get(4)?,
-        last_try: r.get(5)?,
-        failures: r.get(6)?,
-        next_attempt: r.get(7)?,
-        last_error: r.get(8)?,
-        last_bytes: r.get(9)?,
-        last_ms: r.get(10)?,
+        generation: r.get(3)?,
+        stamp: r.get(4)?,
+        last_ok: r.get(5)?,
+        last_try: r.get(6)?,
+        failures: r.get(7)?,
+        next_attempt: r.get(8)?,
+        last_error: r.get(9)?,
+        last_bytes: r.get(10)?,
+        last_ms: r.get(11)?,
     })
 }
 
@@ -626,7 +716,21 @@ pub fn sync_peer(
     force: bool,
     now: i64,
 ) -> Result<Option<Snapshot>, ReplicateError> {
-    let _ = force;
+    // Account for every write so far, then read the generation the copy
+    // will hold (writes during the copy move it on, for the next time).
+    let g0 = own_write(conn, |c| Ok(app_generation(c)))?;
+    let present = is_http(&peer.target) || Path::new(&peer.target).exists();
+    if !force && peer.generation == Some(g0) && present {
+        own_write(conn, |c| {
+            c.execute(
+                "UPDATE bo_peer SET last_ok = ?2, last_try = ?2, failures = 0, next_attempt = 0,
+                        last_error = NULL
+                 WHERE peerid = ?1",
+                params![peer.id, now],
+            )
+        })?;
+        return Ok(None);
+    }
     let stamp = change_stamp(repo);
     let step = Step::from_settings(conn);
     let copied = if is_http(&peer.target) {
@@ -641,12 +745,15 @@ pub fn sync_peer(
     };
     match copied {
         Ok(s) => {
-            conn.execute(
-                "UPDATE bo_peer SET stamp = ?2, last_ok = ?3, last_try = ?3, failures = 0,
-                        next_attempt = 0, last_error = NULL, last_bytes = ?4, last_ms = ?5
-                 WHERE peerid = ?1",
-                params![peer.id, stamp, now, s.bytes as i64, s.ms as i64],
-            )?;
+            own_write(conn, |c| {
+                c.execute(
+                    "UPDATE bo_peer SET generation = ?6, stamp = ?2, last_ok = ?3, last_try = ?3,
+                            failures = 0, next_attempt = 0, last_error = NULL, last_bytes = ?4,
+                            last_ms = ?5
+                     WHERE peerid = ?1",
+                    params![peer.id, stamp, now, s.bytes as i64, s.ms as i64, g0],
+                )
+            })?;
             tracing::info!(
                 peer = %peer.target, bytes = s.bytes, ms = s.ms, restarts = s.restarts,
                 "replicated"
@@ -655,17 +762,20 @@ pub fn sync_peer(
         }
         Err(e) => {
             let failures = peer.failures + 1;
-            conn.execute(
-                "UPDATE bo_peer SET last_try = ?2, failures = ?3, next_attempt = ?4, last_error = ?5
-                 WHERE peerid = ?1",
-                params![
-                    peer.id,
-                    now,
-                    failures,
-                    now + backoff(failures),
-                    crate::task::one_line(&e.to_string())
-                ],
-            )?;
+            own_write(conn, |c| {
+                c.execute(
+                    "UPDATE bo_peer SET last_try = ?2, failures = ?3, next_attempt = ?4,
+                            last_error = ?5
+                     WHERE peerid = ?1",
+                    params![
+                        peer.id,
+                        now,
+                        failures,
+                        now + backoff(failures),
+                        crate::task::one_line(&e.to_string())
+                    ],
+                )
+            })?;
             Err(e)
         }
     }
@@ -848,6 +958,47 @@ mod tests {
             snapshot(&src, &target, Step { keep: 1, ..STEP }).unwrap();
             assert!(!generation(&target, 1).exists() && !generation(&target, 2).exists());
             assert!(dir.path().join("replica.db.notes").exists());
+        }
+    }
+
+    #[test]
+    fn only_application_writes_make_a_copy_due() {
+        for wal in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let src = source(dir.path(), wal, 100);
+            let c = Connection::open(&src).unwrap();
+            let target = dir.path().join("r.db");
+            add(&c, target.to_str().unwrap(), None).unwrap();
+            let peer = || find(&c, "1").unwrap().unwrap();
+            assert!(sync_peer(&c, &src, &peer(), false, 1000).unwrap().is_some());
+            // The engine's own writes (a lease, a run record) are not changes.
+            for i in 0..3 {
+                own_write(&c, |c| {
+                    crate::repo::config_set(c, "backoffice", &format!("{i} 9 0 0"))
+                })
+                .unwrap();
+            }
+            assert!(
+                sync_peer(&c, &src, &peer(), false, 2000).unwrap().is_none(),
+                "wal={wal}"
+            );
+            assert_eq!(peer().last_ok, Some(2000), "checked and current");
+            // Another connection's commit is.
+            let app = Connection::open(&src).unwrap();
+            insert(&app, 1);
+            assert!(
+                sync_peer(&c, &src, &peer(), false, 3000).unwrap().is_some(),
+                "wal={wal}"
+            );
+            assert_eq!(rows(&target), 101);
+            assert!(
+                sync_peer(&c, &src, &peer(), false, 4000).unwrap().is_none(),
+                "wal={wal}"
+            );
+            // --force copies anyway; a missing replica is copied again.
+            assert!(sync_peer(&c, &src, &peer(), true, 5000).unwrap().is_some());
+            std::fs::remove_file(&target).unwrap();
+            assert!(sync_peer(&c, &src, &peer(), false, 6000).unwrap().is_some());
         }
     }
 

@@ -248,7 +248,7 @@ pub const SETTINGS: &[Def] = &[
             max: 31_536_000,
         },
         default: "3600",
-        help: "Seconds between copies to each replication peer.",
+        help: "Seconds between copies to each replication peer; a copy is made only if the application wrote since the last one.",
         secret: false,
     },
     Def {

@@ -57,7 +57,7 @@ pub fn run(a: PeerArgs) -> Result<ExitCode> {
             let p = replicate::remove(conn, &who)?;
             println!("removed: {} (its replicas are left in place)", p.target);
         }
-        PeerAction::Sync { who } => {
+        PeerAction::Sync { who, force } => {
             repo.writable()?;
             let all = match who {
                 Some(w) => {
@@ -68,7 +68,7 @@ pub fn run(a: PeerArgs) -> Result<ExitCode> {
             let mut failed = 0;
             for p in &all {
                 let now = backoffice::clock::now();
-                match replicate::sync_peer(conn, repo.path(), p, true, now) {
+                match replicate::sync_peer(conn, repo.path(), p, force, now) {
                     Ok(Some(s)) => println!(
                         "{}: {} bytes in {} ms{}",
                         p.target,
@@ -80,7 +80,10 @@ pub fn run(a: PeerArgs) -> Result<ExitCode> {
                             String::new()
                         }
                     ),
-                    Ok(None) => println!("{}: unchanged", p.target),
+                    Ok(None) => println!(
+                        "{}: unchanged since its last copy (--force copies anyway)",
+                        p.target
+                    ),
                     Err(e) => {
                         failed += 1;
                         eprintln!("backoffice: peer {} {}: {e}", p.id, p.target);
