@@ -177,22 +177,58 @@ pub const APP_GENERATION: &str = "backoffice-app-generation";
 /// WAL index (WAL). `None` if it cannot be read (in-memory database, WAL
 /// without a `-shm` file).
 pub fn write_counter(conn: &Connection) -> Option<u64> {
-    use std::os::unix::fs::FileExt;
     let path = conn.path().filter(|p| !p.is_empty())?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .ok()?;
-    let mut b = [0u8; 4];
     if mode.eq_ignore_ascii_case("wal") {
         // The WAL index header is shared memory in the machine's byte order.
-        let f = std::fs::File::open(format!("{path}-shm")).ok()?;
-        f.read_exact_at(&mut b, 8).ok()?;
+        let b = read_kept_open(Path::new(&format!("{path}-shm")), 8)?;
         Some(u64::from(u32::from_ne_bytes(b)))
     } else {
-        let f = std::fs::File::open(path).ok()?;
-        f.read_exact_at(&mut b, 24).ok()?;
+        let b = read_kept_open(Path::new(path), 24)?;
         Some(u64::from(u32::from_be_bytes(b)))
     }
+}
+
+/// Files this process read counters from, kept open for its whole life.
+///
+/// Closing *any* descriptor of a file drops every POSIX lock this process
+/// holds on it — SQLite's own locks included, behind SQLite's back, which
+/// lets another process write in the middle of our transaction and corrupt
+/// the database (found by `bench/replicate.sh`: a writer process and a
+/// copy, `database disk image is malformed`). So a database or `-shm` file
+/// is opened here once and never closed; a file replaced under the same
+/// name gets a new descriptor and the old one is kept too.
+static KEPT_OPEN: std::sync::Mutex<Vec<KeptFile>> = std::sync::Mutex::new(Vec::new());
+
+/// A descriptor kept open, with the path and (device, inode) it was opened as.
+struct KeptFile {
+    path: PathBuf,
+    id: (u64, u64),
+    file: std::fs::File,
+}
+
+fn read_kept_open(path: &Path, offset: u64) -> Option<[u8; 4]> {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let m = std::fs::metadata(path).ok()?;
+    let id = (m.dev(), m.ino());
+    let mut kept = KEPT_OPEN.lock().unwrap_or_else(|p| p.into_inner());
+    let i = match kept.iter().position(|k| k.path == path && k.id == id) {
+        Some(i) => i,
+        None => {
+            let file = std::fs::File::open(path).ok()?;
+            kept.push(KeptFile {
+                path: path.to_owned(),
+                id,
+                file,
+            });
+            kept.len() - 1
+        }
+    };
+    let mut b = [0u8; 4];
+    kept[i].file.read_exact_at(&mut b, offset).ok()?;
+    Some(b)
 }
 
 /// The application generation now.

@@ -120,12 +120,14 @@ impl Site {
             names: Mutex::new((Instant::now(), BTreeMap::new())),
             pool: Mutex::new(HashMap::new()),
         };
-        let list = site.scan()?;
+        let list = site.scan(&BTreeMap::new())?;
         *site.names.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), list);
         Ok(site)
     }
 
-    fn scan(&self) -> Result<BTreeMap<String, PathBuf>> {
+    /// Lists the repositories; `known` (the last listing) are not opened
+    /// again.
+    fn scan(&self, known: &BTreeMap<String, PathBuf>) -> Result<BTreeMap<String, PathBuf>> {
         let mut out = BTreeMap::new();
         match &self.source {
             Source::One(p) => {
@@ -144,7 +146,14 @@ impl Site {
                         continue;
                     }
                     let Some(n) = name_of(&p) else { continue };
-                    if out.contains_key(&n) || !is_sqlite(&p) {
+                    if out.contains_key(&n) {
+                        continue;
+                    }
+                    // A file already served is not opened again: closing a
+                    // descriptor of a database drops the POSIX locks this
+                    // process's connections hold on it.
+                    let known = known.get(&n).is_some_and(|q| q == &p);
+                    if !known && !is_sqlite(&p) {
                         continue;
                     }
                     out.insert(n, p);
@@ -161,7 +170,7 @@ impl Site {
     pub fn list(&self) -> Vec<(String, PathBuf)> {
         let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
         if names.0.elapsed() >= RESCAN_EVERY {
-            if let Ok(list) = self.scan() {
+            if let Ok(list) = self.scan(&names.1) {
                 *names = (Instant::now(), list);
             }
         }
@@ -182,7 +191,7 @@ impl Site {
             return Some(p.clone());
         }
         if matches!(self.source, Source::Dir(_)) && names.0.elapsed() >= RESCAN_EVERY {
-            if let Ok(list) = self.scan() {
+            if let Ok(list) = self.scan(&names.1) {
                 *names = (Instant::now(), list);
             }
             return names.1.get(name).cloned();
