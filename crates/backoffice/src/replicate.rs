@@ -532,36 +532,49 @@ pub fn push(src: &Path, url: &str, token: &str, step: Step) -> Result<Snapshot, 
     remove_stale_partials(dir, &format!("{name}.push"));
     let tmp = dir.join(format!(".{name}.push.partial-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_connect(Some(Duration::from_secs(10)))
+        .timeout_global(Some(Duration::from_secs(3600)))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let auth = format!("Bearer {token}");
+    let answered = |resp: ureq::http::Response<ureq::Body>| -> Result<(), ReplicateError> {
+        let status = resp.status().as_u16();
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let body: String = resp
+            .into_body()
+            .read_to_string()
+            .unwrap_or_default()
+            .chars()
+            .take(300)
+            .collect();
+        Err(ReplicateError::Peer(format!(
+            "{url} answered {status}: {}",
+            crate::task::one_line(&body)
+        )))
+    };
+    // Ask first: a server that refuses a copy closes the connection under
+    // a large upload, and the sender would see a broken pipe, not why.
+    let asked = agent
+        .get(url)
+        .header("Authorization", &auth)
+        .call()
+        .map_err(|e| ReplicateError::Peer(format!("asking {url}: {e}")))?;
+    answered(asked)?;
     let sent = (|| {
         let (pages, restarts, held_lock) = copy_to(src, &tmp, step)?;
         let file = std::fs::File::open(&tmp).map_err(io("reading the copy", &tmp))?;
         let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(Duration::from_secs(10)))
-            .timeout_global(Some(Duration::from_secs(3600)))
-            .http_status_as_error(false)
-            .build()
-            .into();
         let resp = agent
             .put(url)
-            .header("Authorization", &format!("Bearer {token}"))
+            .header("Authorization", &auth)
             .header("Content-Type", "application/vnd.sqlite3")
             .send(&file)
             .map_err(|e| ReplicateError::Peer(format!("sending to {url}: {e}")))?;
-        let status = resp.status().as_u16();
-        if !(200..300).contains(&status) {
-            let body = resp
-                .into_body()
-                .read_to_string()
-                .unwrap_or_default()
-                .chars()
-                .take(300)
-                .collect::<String>();
-            return Err(ReplicateError::Peer(format!(
-                "{url} answered {status}: {}",
-                crate::task::one_line(&body)
-            )));
-        }
+        answered(resp)?;
         Ok(Snapshot {
             bytes,
             pages,

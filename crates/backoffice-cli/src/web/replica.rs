@@ -23,6 +23,46 @@ use super::{App, site};
 
 static UPLOADS: AtomicU64 = AtomicU64::new(0);
 
+/// `GET /replica/NAME`: 204 if this server takes replicas and the token is
+/// right. A peer asks before it sends a copy, because a server refusing a
+/// large upload closes the connection under the sender, who then sees a
+/// broken pipe rather than the reason.
+pub async fn probe(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match admit(&app, &name, &headers) {
+        Ok(_) => StatusCode::NO_CONTENT.into_response(),
+        Err(f) => f.into_response(),
+    }
+}
+
+/// The sink, if this request may deliver a replica named `name`.
+fn admit<'a>(
+    app: &'a App,
+    name: &str,
+    headers: &HeaderMap,
+) -> Result<&'a super::ReplicaSink, Failure> {
+    let Some(sink) = app.replicas.as_ref() else {
+        return Err(Failure::new(
+            StatusCode::NOT_FOUND,
+            "this server takes no replicas (start it with --replica-dir)",
+        ));
+    };
+    let ok = bearer(headers).is_some_and(|t| backoffice::token::matches(&sink.token, t));
+    if !ok {
+        return Err(unauthorized("a replica needs this server's replica token"));
+    }
+    if !site::valid_name(name) {
+        return Err(Failure::new(
+            StatusCode::BAD_REQUEST,
+            "a replica name is 1-100 letters, digits, '.', '_' or '-'",
+        ));
+    }
+    Ok(sink)
+}
+
 /// Takes one pushed copy.
 pub async fn receive(
     State(app): State<Arc<App>>,
@@ -42,22 +82,7 @@ async fn take(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, Failure> {
-    let Some(sink) = app.replicas.as_ref() else {
-        return Err(Failure::new(
-            StatusCode::NOT_FOUND,
-            "this server takes no replicas (start it with --replica-dir)",
-        ));
-    };
-    let ok = bearer(&headers).is_some_and(|t| backoffice::token::matches(&sink.token, t));
-    if !ok {
-        return Err(unauthorized("a replica needs this server's replica token"));
-    }
-    if !site::valid_name(&name) {
-        return Err(Failure::new(
-            StatusCode::BAD_REQUEST,
-            "a replica name is 1-100 letters, digits, '.', '_' or '-'",
-        ));
-    }
+    let sink = admit(&app, &name, &headers)?;
     let tmp = sink.dir.join(format!(
         ".{name}.db.upload-{}-{}",
         std::process::id(),

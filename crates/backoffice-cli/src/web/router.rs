@@ -10,7 +10,7 @@
 //! | `DELETE /r/NAME/subscribers/WHO` | remove one, by address or id (token) |
 //! | `GET`, `POST /r/NAME/unsubscribe/CODE` | the one-click unsubscribe target (RFC 8058) |
 //! | `GET /metrics` | Prometheus text for every repository |
-//! | `PUT /replica/NAME` | a copy pushed by a peer (`serve --replica-dir`; its own token) |
+//! | `GET`, `PUT /replica/NAME` | ask whether a copy would be taken; a copy pushed by a peer (`serve --replica-dir`; its own token) |
 //!
 //! Handlers run their SQLite work on blocking threads. Errors are JSON
 //! (`{"error": "..."}`) on API routes and small HTML pages elsewhere; a
@@ -160,7 +160,10 @@ where
 /// check is not in here: each front end runs it after its reply is sent.
 pub fn router(app: Arc<App>) -> Router {
     // Replicas stream to disk, so they are outside the buffered-body limit.
-    let replicas = Router::new().route("/replica/{name}", put(super::replica::receive));
+    let replicas = Router::new().route(
+        "/replica/{name}",
+        put(super::replica::receive).get(super::replica::probe),
+    );
     let main = Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
