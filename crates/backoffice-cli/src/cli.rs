@@ -121,6 +121,10 @@ pub enum Command {
     /// The detached worker process a trigger starts (internal).
     #[command(hide = true)]
     Worker(WorkerArgs),
+
+    /// Removes a replication copy's temporary file if its copier dies (internal).
+    #[command(hide = true)]
+    GuardTemp(GuardTempArgs),
 }
 
 /// `backoffice run`
@@ -738,4 +742,15 @@ pub enum PeerAction {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `backoffice guard-temp`
+#[derive(Debug, Args)]
+pub struct GuardTempArgs {
+    /// The copier's pid.
+    pub pid: i64,
+    /// Its start time (clock ticks since boot; 0: unknown).
+    pub start: u64,
+    /// The temporary file.
+    pub file: PathBuf,
 }

@@ -45,6 +45,14 @@ where
         }
     };
     init_tracing();
+    // Replication copies start `EXE guard-temp` to clean up after a copier
+    // that is killed; every binary built on this crate understands it.
+    if let Ok(exe) = std::env::current_exe() {
+        backoffice::replicate::set_temp_guard(backoffice::process::WorkerCommand {
+            program: exe,
+            args: vec!["guard-temp".into()],
+        });
+    }
     match commands::dispatch(cli.command, tasks) {
         Ok(code) => code,
         Err(e) => {

@@ -143,10 +143,16 @@ fn a_copy_killed_half_way_leaves_the_previous_replica_whole() {
     );
     child.kill().unwrap();
     child.wait().unwrap();
-    // The replica is the previous one, whole; the half copy is only the
-    // temporary file, beside it.
+    // The replica is the previous one, whole, and the copy's guard removed
+    // the half-written temporary file.
     assert_eq!(replica_rows(&target), 3000);
-    assert!(partial().is_some());
+    assert!(
+        wait_until(Duration::from_secs(5), || partial().is_none()),
+        "no partial file is left"
+    );
+    // Without a guard (a killed guard too), the next copy removes it.
+    let stale = dir.join(".app.db.partial-999999999");
+    std::fs::write(&stale, "half a copy").unwrap();
     repo.bo(&["setting", "replicate-step-pages", "256"]);
     repo.bo(&["setting", "replicate-step-pause-ms", "0"]);
     repo.bo(&["peer", "sync"]);

@@ -31,8 +31,9 @@
 //! file), fsynced, and renamed over the target; the directory is fsynced
 //! too. Older generations are `TARGET.1`, `TARGET.2`, … made by renames and
 //! a hard link before the final rename, so a reader of `TARGET` sees the old
-//! replica or the new one, never a missing or partial file. A worker killed
-//! mid-copy leaves only its temporary file, which the next run removes.
+//! replica or the new one, never a missing or partial file. A guard
+//! process ([`set_temp_guard`]) removes the temporary file if the copier is
+//! killed before its rename; without one, the next copy removes it.
 //!
 //! # When
 //!
@@ -473,6 +474,9 @@ pub fn snapshot(src: &Path, target: &Path, step: Step) -> Result<Snapshot, Repli
     remove_stale_partials(dir, &name);
     let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
+    // The file must exist before its guard looks for it.
+    std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+    guard(&tmp);
     let result = copy_to(src, &tmp, step);
     let (pages, restarts, held_lock) = match result {
         Ok(r) => r,
@@ -532,6 +536,8 @@ pub fn push(src: &Path, url: &str, token: &str, step: Step) -> Result<Snapshot, 
     remove_stale_partials(dir, &format!("{name}.push"));
     let tmp = dir.join(format!(".{name}.push.partial-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);
+    std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+    guard(&tmp);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(10)))
         .timeout_global(Some(Duration::from_secs(3600)))
@@ -587,6 +593,68 @@ pub fn push(src: &Path, url: &str, token: &str, step: Step) -> Result<Snapshot, 
     sent
 }
 
+/// The command that starts a temporary-file guard (see [`set_temp_guard`]).
+static TEMP_GUARD: std::sync::OnceLock<crate::process::WorkerCommand> = std::sync::OnceLock::new();
+
+/// Lets copies start a guard process: `CMD PID START FILE`, which removes
+/// the temporary `FILE` if this process (PID, with that start time) dies
+/// before it renamed it — a worker killed mid-copy then leaves no partial
+/// file at all. `backoffice-cli` sets it to its hidden `guard-temp`
+/// command; a host that does not set it gets no guard, and the next copy
+/// removes what a killed one left.
+pub fn set_temp_guard(cmd: crate::process::WorkerCommand) {
+    let _ = TEMP_GUARD.set(cmd);
+}
+
+/// Starts the guard for `file`, if one is configured; it is reaped by a
+/// thread, so a long-lived host keeps no zombie.
+fn guard(file: &Path) {
+    let Some(cmd) = TEMP_GUARD.get() else {
+        return;
+    };
+    let me = std::process::id();
+    let start = crate::process::proc_stat(i64::from(me)).map_or(0, |s| s.start);
+    let spawned = std::process::Command::new(&cmd.program)
+        .args(&cmd.args)
+        .arg(me.to_string())
+        .arg(start.to_string())
+        .arg(file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    match spawned {
+        Ok(child) => crate::process::reap(child),
+        Err(e) => tracing::warn!("no guard for {}: {e}", file.display()),
+    }
+}
+
+/// The guard's body: waits (polling every 100 ms, at most a day) until
+/// `file` is gone — renamed into place, the normal end — or the process
+/// `pid` with start time `start` is gone, and then removes `file`.
+pub fn guard_temp(pid: i64, start: u64, file: &Path) -> i32 {
+    // Not in the copier's session: a Ctrl-C of `peer sync` must not stop
+    // the guard that cleans up after it.
+    let _ = rustix::process::setsid();
+    let deadline = Instant::now() + Duration::from_secs(86_400);
+    while Instant::now() < deadline {
+        if !file.exists() {
+            return 0;
+        }
+        let alive = crate::process::proc_stat(pid)
+            .is_some_and(|s| s.state != 'Z' && (start == 0 || s.start == start));
+        if !alive {
+            let _ = std::fs::remove_file(file);
+            let mut journal = file.as_os_str().to_owned();
+            journal.push("-journal");
+            let _ = std::fs::remove_file(journal);
+            return 0;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    0
+}
+
 /// The copy itself: backup steps into `tmp`; returns (pages, restarts,
 /// held the lock).
 fn copy_to(src: &Path, tmp: &Path, step: Step) -> Result<(i64, u32, bool), ReplicateError> {
@@ -606,6 +674,10 @@ fn copy_to(src: &Path, tmp: &Path, step: Step) -> Result<(i64, u32, bool), Repli
         held = true;
     }
     let mut to = Connection::open(tmp)?;
+    // A fresh temporary copy needs no rollback journal (a failed copy is
+    // thrown away) and no fsync per step (the finished file is fsynced
+    // once); and a killed copier then leaves one file for its guard.
+    to.execute_batch("PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF;")?;
     let (pages, restarts, held_lock) = {
         let backup = Backup::new(&from, &mut to)?;
         let mut restarts = 0;

@@ -46,6 +46,10 @@ pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
         Command::Cgi(a) => cgi::run(a, tasks),
         Command::Token(a) => token::run(a),
         Command::Demo(a) => demo::run(a, tasks),
+        Command::GuardTemp(a) => {
+            let code = backoffice::replicate::guard_temp(a.pid, a.start, &a.file);
+            Ok(ExitCode::from(code as u8))
+        }
         Command::Worker(a) => {
             let code = backoffice::worker_main(&a.repo, a.logfile.as_deref(), &tasks);
             Ok(ExitCode::from(code as u8))
