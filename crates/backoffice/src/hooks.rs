@@ -663,17 +663,6 @@ pub fn execute(inv: &Invocation<'_>, events: &[EventLine]) -> Result<Outcome, Ho
     })
 }
 
-fn setting_int(conn: &Connection, name: &str) -> i64 {
-    let def = crate::settings::def(name).expect("defined");
-    crate::repo::config_get(conn, name)
-        .ok()
-        .flatten()
-        .and_then(|v| def.validate(&v).ok())
-        .unwrap_or_else(|| def.default.to_owned())
-        .parse()
-        .unwrap_or(0)
-}
-
 /// The retry delay after `failures` failures in a row.
 pub fn backoff(failures: i64) -> i64 {
     let exp = (failures - 1).clamp(0, 20) as u32;
@@ -721,7 +710,7 @@ pub fn test(
             cmd: &hook.cmd,
             repo,
             exe: &exe,
-            timeout: Duration::from_secs(setting_int(conn, TIMEOUT) as u64),
+            timeout: Duration::from_secs(crate::settings::int(conn, TIMEOUT) as u64),
         },
         &events,
     )?;
@@ -793,8 +782,8 @@ impl Task for Hooks {
                 }
             }
         }
-        let timeout = Duration::from_secs(setting_int(conn, TIMEOUT) as u64);
-        let max_failures = setting_int(conn, MAX_FAILURES);
+        let timeout = Duration::from_secs(crate::settings::int(conn, TIMEOUT) as u64);
+        let max_failures = crate::settings::int(conn, MAX_FAILURES);
         let exe = current_exe();
         let newest = newest_event(conn)?;
         let mut delivered = 0u64;
@@ -888,7 +877,7 @@ impl Task for Hooks {
             st.gauges = hook_gauges(0, 0, 0, 0);
             return st;
         }
-        let max_failures = setting_int(conn, MAX_FAILURES);
+        let max_failures = crate::settings::int(conn, MAX_FAILURES);
         let newest = if conn.table_exists(None, "bo_event").unwrap_or(false) {
             newest_event(conn).unwrap_or(0)
         } else {

@@ -429,9 +429,9 @@ impl Step {
     /// The settings of this repository.
     pub fn from_settings(conn: &Connection) -> Step {
         Step {
-            pages: setting_int(conn, STEP_PAGES).clamp(1, i64::from(i32::MAX)) as i32,
-            pause: Duration::from_millis(setting_int(conn, STEP_PAUSE_MS).max(0) as u64),
-            keep: setting_int(conn, KEEP).clamp(1, 100) as u32,
+            pages: crate::settings::int(conn, STEP_PAGES).clamp(1, i64::from(i32::MAX)) as i32,
+            pause: Duration::from_millis(crate::settings::int(conn, STEP_PAUSE_MS).max(0) as u64),
+            keep: crate::settings::int(conn, KEEP).clamp(1, 100) as u32,
         }
     }
 }
@@ -810,17 +810,6 @@ pub fn backoff(failures: i64) -> i64 {
     (FIRST_RETRY << exp).min(MAX_RETRY)
 }
 
-fn setting_int(conn: &Connection, name: &str) -> i64 {
-    let def = crate::settings::def(name).expect("defined");
-    crate::repo::config_get(conn, name)
-        .ok()
-        .flatten()
-        .and_then(|v| def.validate(&v).ok())
-        .unwrap_or_else(|| def.default.to_owned())
-        .parse()
-        .unwrap_or(0)
-}
-
 /// When `p` is next due.
 fn peer_due(p: &Peer, interval: i64) -> i64 {
     let after_ok = p.last_ok.map_or(0, |t| t + interval);
@@ -935,7 +924,7 @@ impl Task for Replicate {
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
         let peers = list(ctx.conn)?;
-        let interval = setting_int(ctx.conn, INTERVAL);
+        let interval = crate::settings::int(ctx.conn, INTERVAL);
         let mut done = 0;
         let mut failed = Vec::new();
         for p in peers.iter().filter(|p| peer_due(p, interval) <= ctx.now) {

@@ -331,6 +331,24 @@ pub const SETTINGS: &[Def] = &[
     },
 ];
 
+/// The value of integer setting `name` in this repository: the stored value
+/// if it is valid, otherwise the default (`status` reports a bad one).
+///
+/// An unknown name (a programming error) reads as 0.
+pub fn int(conn: &Connection, name: &str) -> i64 {
+    let Ok(def) = def(name) else {
+        debug_assert!(false, "unknown setting {name}");
+        return 0;
+    };
+    crate::repo::config_get(conn, name)
+        .ok()
+        .flatten()
+        .and_then(|v| def.validate(&v).ok())
+        .unwrap_or_else(|| def.default.to_owned())
+        .parse()
+        .unwrap_or(0)
+}
+
 /// Looks up a setting's definition by name.
 pub fn def(name: &str) -> Result<&'static Def> {
     SETTINGS
