@@ -190,8 +190,9 @@ mod check {
         );
     }
 
-    /// The `backoffice` binary's three tasks (alerts, hooks, webhooks),
-    /// email set up, no hooks or webhooks configured, nothing new.
+    /// The `backoffice` binary's five tasks (alerts, hooks, webhooks,
+    /// replicate, maintenance), email set up, no hooks, webhooks or peers
+    /// configured, nothing new.
     #[divan::bench(args = JOURNALS)]
     fn binary_tasks_idle(bencher: Bencher, journal: &str) {
         let fx = fixture(journal, false);
@@ -200,7 +201,9 @@ mod check {
             Tasks::new()
                 .with(backoffice::notify::Notify)
                 .with(backoffice::hooks::Hooks)
-                .with(backoffice::webhooks::Webhooks),
+                .with(backoffice::webhooks::Webhooks)
+                .with(backoffice::replicate::Replicate)
+                .with(backoffice::maintain::Maintenance),
         );
         run_check(
             bencher,
