@@ -175,61 +175,62 @@ pub const APP_GENERATION: &str = "backoffice-app-generation";
 
 /// SQLite's per-write-transaction counter for this connection's database:
 /// the header's file change counter (rollback journal) or `iChange` of the
-/// WAL index (WAL). `None` if it cannot be read (in-memory database, WAL
-/// without a `-shm` file).
+/// WAL index (WAL). `None` if it cannot be read (in-memory database, a VFS
+/// without shared memory).
+///
+/// It is read through SQLite's own open file, never by opening the file
+/// ourselves: closing *any* descriptor of a file drops every POSIX lock
+/// this process holds on it — SQLite's locks included, behind its back —
+/// which lets another process write in the middle of our transaction and
+/// corrupt the database (found by `bench/replicate.sh`: a writer process
+/// and a copy, `database disk image is malformed`; tested by
+/// `engine_writes_beside_a_busy_writer_never_corrupt_the_database`).
 pub fn write_counter(conn: &Connection) -> Option<u64> {
-    let path = conn.path().filter(|p| !p.is_empty())?;
+    use rusqlite::ffi;
+    use std::ffi::c_void;
+    conn.path().filter(|p| !p.is_empty())?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .ok()?;
-    if mode.eq_ignore_ascii_case("wal") {
-        // The WAL index header is shared memory in the machine's byte order.
-        let b = read_kept_open(Path::new(&format!("{path}-shm")), 8)?;
-        Some(u64::from(u32::from_ne_bytes(b)))
-    } else {
-        let b = read_kept_open(Path::new(path), 24)?;
-        Some(u64::from(u32::from_be_bytes(b)))
-    }
-}
-
-/// Files this process read counters from, kept open for its whole life.
-///
-/// Closing *any* descriptor of a file drops every POSIX lock this process
-/// holds on it — SQLite's own locks included, behind SQLite's back, which
-/// lets another process write in the middle of our transaction and corrupt
-/// the database (found by `bench/replicate.sh`: a writer process and a
-/// copy, `database disk image is malformed`). So a database or `-shm` file
-/// is opened here once and never closed; a file replaced under the same
-/// name gets a new descriptor and the old one is kept too.
-static KEPT_OPEN: std::sync::Mutex<Vec<KeptFile>> = std::sync::Mutex::new(Vec::new());
-
-/// A descriptor kept open, with the path and (device, inode) it was opened as.
-struct KeptFile {
-    path: PathBuf,
-    id: (u64, u64),
-    file: std::fs::File,
-}
-
-fn read_kept_open(path: &Path, offset: u64) -> Option<[u8; 4]> {
-    use std::os::unix::fs::{FileExt, MetadataExt};
-    let m = std::fs::metadata(path).ok()?;
-    let id = (m.dev(), m.ino());
-    let mut kept = KEPT_OPEN.lock().unwrap_or_else(|p| p.into_inner());
-    let i = match kept.iter().position(|k| k.path == path && k.id == id) {
-        Some(i) => i,
-        None => {
-            let file = std::fs::File::open(path).ok()?;
-            kept.push(KeptFile {
-                path: path.to_owned(),
-                id,
-                file,
-            });
-            kept.len() - 1
-        }
+    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+    // SAFETY: `handle` is this open connection's; FILE_POINTER writes the
+    // main database's `sqlite3_file*` (owned by SQLite, valid while the
+    // connection is open, which it is for this whole function).
+    let rc = unsafe {
+        ffi::sqlite3_file_control(
+            conn.handle(),
+            c"main".as_ptr(),
+            ffi::SQLITE_FCNTL_FILE_POINTER,
+            (&raw mut file).cast::<c_void>(),
+        )
     };
-    let mut b = [0u8; 4];
-    kept[i].file.read_exact_at(&mut b, offset).ok()?;
-    Some(b)
+    if rc != ffi::SQLITE_OK || file.is_null() {
+        return None;
+    }
+    // SAFETY: a non-null sqlite3_file from SQLite; pMethods is null only
+    // for a file that failed to open, checked here.
+    let methods = unsafe { (*file).pMethods.as_ref() }?;
+    if mode.eq_ignore_ascii_case("wal") {
+        let shm_map = methods.xShmMap.filter(|_| methods.iVersion >= 2)?;
+        let mut region: *mut c_void = std::ptr::null_mut();
+        // SAFETY: region 0 of the WAL index (32 KiB), not extended; SQLite
+        // keeps it mapped while the connection is in WAL mode. The header's
+        // iChange is a u32 at offset 8 in the machine's byte order; the
+        // region is page-aligned.
+        let rc = unsafe { shm_map(file, 0, 32768, 0, &raw mut region) };
+        if rc != ffi::SQLITE_OK || region.is_null() {
+            return None;
+        }
+        let v = unsafe { std::ptr::read_volatile(region.cast::<u8>().add(8).cast::<u32>()) };
+        Some(u64::from(v))
+    } else {
+        let read = methods.xRead?;
+        let mut b = [0u8; 4];
+        // SAFETY: reads 4 bytes at offset 24 into `b` through SQLite's own
+        // descriptor.
+        let rc = unsafe { read(file, b.as_mut_ptr().cast::<c_void>(), 4, 24) };
+        (rc == ffi::SQLITE_OK).then(|| u64::from(u32::from_be_bytes(b)))
+    }
 }
 
 /// The application generation now.
