@@ -213,6 +213,13 @@ fn an_http_peer_takes_checked_copies_and_refuses_the_rest() {
     assert!(!out.out.status.success());
     assert!(out.stderr().contains("answered 401"), "{}", out.stderr());
     assert!(!dir.join("other.db").exists());
+    // A refused push leaves no temporary copy beside the source.
+    let left: Vec<String> = std::fs::read_dir(env.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".partial-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     let status = repo.bo(&["status"]);
     assert!(status.contains("answered 401"), "{status}");
     assert!(status.contains("127.0.0.1:1"), "{status}");

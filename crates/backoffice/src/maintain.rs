@@ -738,23 +738,7 @@ pub fn maintain(
     }
     let text = serde_json::to_string(&state).expect("JSON");
     // The engine's own write: not an application change for replication.
-    let own = conn.is_autocommit();
-    if own {
-        conn.execute_batch("BEGIN IMMEDIATE")?;
-    }
-    let saved = crate::replicate::note_own_write(conn)
-        .and_then(|()| crate::repo::config_set(conn, STATE_ROW, &text));
-    if own {
-        match saved {
-            Ok(()) => conn.execute_batch("COMMIT")?,
-            Err(e) => {
-                let _ = conn.execute_batch("ROLLBACK");
-                return Err(e);
-            }
-        }
-    } else {
-        saved?;
-    }
+    crate::replicate::own_write(conn, |c| crate::repo::config_set(c, STATE_ROW, &text))?;
     Ok(out)
 }
 

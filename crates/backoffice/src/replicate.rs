@@ -263,12 +263,15 @@ pub fn note_own_write(conn: &Connection) -> rusqlite::Result<()> {
     crate::repo::config_set(conn, WRITE_EXPECTED, next.as_deref().unwrap_or(""))
 }
 
-/// Runs `f` in an immediate transaction that counts as the engine's own
-/// write.
-fn own_write<T>(
+/// Runs `f` as the engine's own write: in an immediate transaction of its
+/// own, or inside the caller's if one is open.
+pub(crate) fn own_write<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<T> {
+    if !conn.is_autocommit() {
+        return note_own_write(conn).and_then(|()| f(conn));
+    }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     let r = note_own_write(conn).and_then(|()| f(conn));
     match r {
@@ -460,11 +463,12 @@ pub fn snapshot(src: &Path, target: &Path, step: Step) -> Result<Snapshot, Repli
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let name = target
-        .file_name()
-        .ok_or_else(|| ReplicateError::Target(target.display().to_string(), "no file name".into()))?
-        .to_string_lossy()
-        .into_owned();
+    if target.file_name().is_none() {
+        return Err(ReplicateError::Target(
+            target.display().to_string(),
+            "no file name".into(),
+        ));
+    }
     if !dir.is_dir() {
         return Err(ReplicateError::Io {
             what: "the peer's folder is missing:",
@@ -472,12 +476,7 @@ pub fn snapshot(src: &Path, target: &Path, step: Step) -> Result<Snapshot, Repli
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
         });
     }
-    remove_stale_partials(dir, &name);
-    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    // The file must exist before its guard looks for it.
-    std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-    guard(&tmp);
+    let tmp = guarded_temp(target, "")?;
     let result = copy_to(src, &tmp, step);
     let (pages, restarts, held_lock) = match result {
         Ok(r) => r,
@@ -526,19 +525,6 @@ pub fn install_replica(tmp: &Path, target: &Path, keep: u32) -> Result<u64, Repl
 /// before it replaces its replica.
 pub fn push(src: &Path, url: &str, token: &str, step: Step) -> Result<Snapshot, ReplicateError> {
     let t0 = Instant::now();
-    let dir = src
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = src
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "repo".into());
-    remove_stale_partials(dir, &format!("{name}.push"));
-    let tmp = dir.join(format!(".{name}.push.partial-{}", std::process::id()));
-    let _ = std::fs::remove_file(&tmp);
-    std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-    guard(&tmp);
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_connect(Some(Duration::from_secs(10)))
         .timeout_global(Some(Duration::from_secs(3600)))
@@ -571,6 +557,7 @@ pub fn push(src: &Path, url: &str, token: &str, step: Step) -> Result<Snapshot, 
         .call()
         .map_err(|e| ReplicateError::Peer(format!("asking {url}: {e}")))?;
     answered(asked)?;
+    let tmp = guarded_temp(src, ".push")?;
     let sent = (|| {
         let (pages, restarts, held_lock) = copy_to(src, &tmp, step)?;
         let file = std::fs::File::open(&tmp).map_err(io("reading the copy", &tmp))?;
@@ -592,6 +579,27 @@ pub fn push(src: &Path, url: &str, token: &str, step: Step) -> Result<Snapshot, 
     })();
     let _ = std::fs::remove_file(&tmp);
     sent
+}
+
+/// A new, empty, guarded temporary file beside `path`:
+/// `.NAME{tag}.partial-PID`, after removing those of dead processes.
+fn guarded_temp(path: &Path, tag: &str) -> Result<PathBuf, ReplicateError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "repo".into());
+    let name = format!("{name}{tag}");
+    remove_stale_partials(dir, &name);
+    let tmp = dir.join(format!(".{name}.partial-{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
+    // The file must exist before its guard looks for it.
+    std::fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+    guard(&tmp);
+    Ok(tmp)
 }
 
 /// The command that starts a temporary-file guard (see [`set_temp_guard`]).
