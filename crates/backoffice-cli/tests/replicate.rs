@@ -183,6 +183,51 @@ fn an_http_peer_takes_checked_copies_and_refuses_the_rest() {
         ],
         &env,
     );
+    // Bad replica flags are refused at start-up, saying which and why.
+    std::fs::write(env.path("short"), "too-short\n").unwrap();
+    for (args, says) in [
+        (
+            vec!["--replica-dir", dir.to_str().unwrap()],
+            "--replica-token-file",
+        ),
+        (
+            vec![
+                "--replica-dir",
+                env.path("nowhere").to_str().unwrap(),
+                "--replica-token-file",
+                env.path("token").to_str().unwrap(),
+            ],
+            "not a folder",
+        ),
+        (
+            vec![
+                "--replica-dir",
+                dir.to_str().unwrap(),
+                "--replica-token-file",
+                env.path("short").to_str().unwrap(),
+            ],
+            "shorter than 16",
+        ),
+        (
+            vec![
+                "--replica-dir",
+                dir.to_str().unwrap(),
+                "--replica-token-file",
+                env.path("missing").to_str().unwrap(),
+            ],
+            "reading --replica-token-file",
+        ),
+    ] {
+        let err = Cmd::backoffice()
+            // Bounded, should a bad flag ever be accepted.
+            .args(["serve", "--listen", "127.0.0.1:0", "--exit-after", "5"])
+            .args(&args)
+            .arg(&served.path)
+            .output()
+            .failure();
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert!(!err.contains(token), "the token is never printed");
+    }
     // The source.
     let repo = AppRepo::new(&env, "app.db");
     fill(&repo, 300);
