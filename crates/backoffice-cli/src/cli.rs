@@ -175,7 +175,8 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
 
-    /// With --poll: stop after N sweeps (for tests, or cron with a time budget).
+    /// With --poll: stop after N sweeps (for tests, or cron with a time budget);
+    /// the exit status is 1 if a repository failed in any of them.
     #[arg(long, value_name = "N", requires = "poll")]
     pub sweeps: Option<u64>,
 

@@ -53,13 +53,45 @@ where
             args: vec!["guard-temp".into()],
         });
     }
-    match commands::dispatch(cli.command, tasks) {
-        Ok(code) => code,
-        Err(e) => {
+    quiet_on_closed_stdout();
+    let dispatched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        commands::dispatch(cli.command, tasks)
+    }));
+    match dispatched {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             eprintln!("backoffice: error: {e:#}");
             ExitCode::FAILURE
         }
+        // `backoffice status | head -1`: the reader went away, which is not
+        // a failure of ours. Every command prints its results last, after
+        // its work is committed, so stopping here loses nothing.
+        Err(payload) if is_closed_stdout(payload.as_ref()) => ExitCode::SUCCESS,
+        Err(payload) => std::panic::resume_unwind(payload),
     }
+}
+
+/// `println!` panics when stdout is a closed pipe (Rust ignores SIGPIPE, so
+/// the write fails with EPIPE instead of killing us). Rather than thread an
+/// I/O error through every line every command prints, the panic is caught
+/// once in [`main_from`]; this hook keeps it from printing a backtrace on
+/// the way. Any other panic is reported as usual.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !is_closed_stdout(info.payload()) {
+            default(info)
+        }
+    }));
+}
+
+/// Whether a panic is std's "failed printing to stdout: Broken pipe".
+fn is_closed_stdout(payload: &(dyn std::any::Any + Send)) -> bool {
+    let msg = match payload.downcast_ref::<String>() {
+        Some(s) => s.as_str(),
+        None => payload.downcast_ref::<&str>().copied().unwrap_or(""),
+    };
+    msg.starts_with("failed printing to stdout") && msg.contains("Broken pipe")
 }
 
 /// Structured logs on stderr under `RUST_LOG` (default: warnings only).

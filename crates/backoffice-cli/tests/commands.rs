@@ -199,3 +199,67 @@ fn clap_definitions_are_consistent() {
     use clap::CommandFactory;
     backoffice_cli::Cli::command().debug_assert();
 }
+
+/// `backoffice status | head -1` and the like: a reader that went away is
+/// not an error of ours. Every command exits quietly (status 0, nothing on
+/// stderr) instead of panicking with "failed printing to stdout".
+#[test]
+fn every_command_exits_quietly_on_a_closed_pipe() {
+    let env = Env::new();
+    let r = env.repo("r.db", 60);
+    let repo = r.path.to_str().unwrap();
+    r.publish(1);
+    for args in [
+        vec!["status", "-R", repo],
+        vec!["status", "--json", "-R", repo],
+        vec!["setting", "-R", repo],
+        vec!["lease", "-R", repo],
+        vec!["pid"],
+        vec!["--help"],
+    ] {
+        // A pipe whose reading end is closed before the command starts:
+        // its first write fails with EPIPE, whatever the timing.
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        let out = std::process::Command::new(crate::harness::backoffice_bin())
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run backoffice");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && err.is_empty(),
+            "backoffice {args:?} on a closed pipe: {} stderr: {err}",
+            out.status
+        );
+    }
+}
+
+/// `run --poll N --sweeps K` exits non-zero when a repository failed in any
+/// sweep, as a single sweep does: cron mails the failure to someone.
+#[test]
+fn poll_with_sweeps_fails_when_a_sweep_failed() {
+    let env = Env::new();
+    let bad = env.path("bad.db");
+    std::fs::write(&bad, b"this is not a SQLite database, it is a text file\n").unwrap();
+    let bad = bad.to_str().unwrap();
+    let err = Cmd::backoffice()
+        .args(["run", "--poll", "1", "--sweeps", "2", bad])
+        .output()
+        .failure();
+    assert!(err.contains("bad.db"), "the failure names the file: {err}");
+
+    // A healthy repository beside it does not hide the failure; alone, it succeeds.
+    let r = env.repo("ok.db", 60);
+    let ok = r.path.to_str().unwrap();
+    Cmd::backoffice()
+        .args(["run", "--poll", "1", "--sweeps", "2", ok, bad])
+        .output()
+        .failure();
+    Cmd::backoffice()
+        .args(["run", "--poll", "1", "--sweeps", "2", ok])
+        .output()
+        .success();
+}

@@ -54,10 +54,17 @@ pub fn run(a: RunArgs, tasks: Tasks) -> Result<ExitCode> {
             })
         }
         Some(secs) => {
+            // With --sweeps the poll ends, and like a single sweep it
+            // reports failure when any repository failed in any sweep.
+            let mut failed = 0;
             poller.poll(Duration::from_secs(secs.max(1)), a.sweeps, |r| {
-                print_report(r, &opts);
+                failed += print_report(r, &opts);
             });
-            Ok(ExitCode::SUCCESS)
+            Ok(if failed > 0 {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            })
         }
     }
 }
