@@ -326,14 +326,25 @@ fn engine_writes_beside_a_busy_writer_never_corrupt_the_database() {
         let script = format!(
             "import os, sqlite3, time\n\
              c = sqlite3.connect({:?}, timeout=30, isolation_level=None)\n\
-             end = time.time() + 20\n\
+             end = time.time() + 60\n\
+             n = 0\n\
              while time.time() < end and not os.path.exists({:?}):\n\
              \x20   c.execute(\"INSERT INTO t(v) VALUES ('w')\")\n\
-             \x20   time.sleep(0.001)\n",
+             \x20   n += 1\n\
+             \x20   if n == 1: open({:?}, 'w').close()\n\
+             \x20   time.sleep(0.001)\n\
+             open({:?}, 'w').write(str(n))\n",
             repo.r(),
-            stop.to_str().unwrap()
+            stop.to_str().unwrap(),
+            env.path("started").to_str().unwrap(),
+            env.path("wrote").to_str().unwrap(),
         );
         let mut writer = Cmd::new("python3").args(["-c", &script]).spawn();
+        // The engine's writes must meet the writer's: wait until it writes.
+        assert!(
+            crate::harness::wait_until(Duration::from_secs(30), || env.path("started").exists()),
+            "the writer never wrote"
+        );
         for _ in 0..15 {
             Cmd::backoffice()
                 .args(["run", "--nolease", repo.r()])
@@ -341,12 +352,29 @@ fn engine_writes_beside_a_busy_writer_never_corrupt_the_database() {
                 .success();
             repo.bo(&["peer", "sync"]);
         }
+        assert!(
+            writer.try_wait().unwrap().is_none(),
+            "the writer stopped before the engine's writes ended (wal={wal})"
+        );
         std::fs::write(&stop, "").unwrap();
         crate::harness::wait_child(&mut writer, Duration::from_secs(30), "the writer");
+        let wrote: i64 = std::fs::read_to_string(env.path("wrote"))
+            .expect("the writer says how many rows it wrote")
+            .parse()
+            .unwrap();
         let c = Connection::open(&repo.path).unwrap();
         let ok: String = c
             .query_row("PRAGMA integrity_check", [], |r| r.get(0))
             .unwrap();
         assert_eq!(ok, "ok", "wal={wal}");
+        // Every row the writer committed is there, beside the 100 of `fill`.
+        let rows: i64 = c
+            .query_row("SELECT count(*) FROM t WHERE v = 'w'", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, wrote, "wal={wal}");
+        assert!(
+            wrote >= 15,
+            "the writer wrote while the engine ran: {wrote} rows"
+        );
     }
 }
