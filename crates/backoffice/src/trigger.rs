@@ -414,6 +414,10 @@ impl Drop for ReadTxn<'_> {
                 .and_then(|mut s| s.execute([]))
             {
                 tracing::warn!(error = %e, "ending the check's read transaction");
+                // Never leave the host's connection inside our transaction.
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
             }
         }
     }
