@@ -155,6 +155,9 @@ fn holder(slot: &Slot, boot: Option<&str>, lease_time: i64) -> Holder {
 /// Builds the status of `repo` for these tasks.
 pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
     let conn = repo.conn();
+    // Status is read on a request's path (the web front) or for a person:
+    // a locked repository is reported as such at once, never waited on.
+    let _short = crate::repo::ShortBusy::new(conn, crate::repo::CHECK_BUSY_TIMEOUT);
     let now = clock::now();
     let s = Settings::load(conn).map_err(|e| repo.err("reading settings", e))?;
     let raw = repo.get(crate::engine::LEASE_ROW)?.unwrap_or_default();
