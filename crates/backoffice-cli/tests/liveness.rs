@@ -254,7 +254,10 @@ fn assert_no_overlap(r: &crate::harness::TestRepo) -> usize {
     let runs = r.runs();
     for w in runs.windows(2) {
         let (a, b) = (&w[0], &w[1]);
-        assert!(a.2 <= b.1, "two workers at once: {a:?} and {b:?} (all: {runs:?})");
+        assert!(
+            a.2 <= b.1,
+            "two workers at once: {a:?} and {b:?} (all: {runs:?})"
+        );
     }
     runs.len()
 }
@@ -286,7 +289,10 @@ fn hostile_rows_naming_a_live_non_holder_are_taken_over_promptly() {
         r.set("backoffice", row);
         r.publish(1);
         let st = Cmd::host().args(["status", "-R", repo]).output().success();
-        assert!(!st.contains("(running)"), "{row:?}: status says running:\n{st}");
+        assert!(
+            !st.contains("(running)"),
+            "{row:?}: status says running:\n{st}"
+        );
         let mut child = Cmd::host().args(["run", repo]).spawn();
         let status = crate::harness::wait_child(
             &mut child,
@@ -331,7 +337,10 @@ fn an_over_running_holder_is_reported_not_waited_on_in_silence() {
     let done = waiter.join().unwrap();
     assert!(done.out.status.success(), "{}", done.stderr());
     assert!(
-        done.stderr().contains(&format!("backoffice process {} still running after", holder.id())),
+        done.stderr().contains(&format!(
+            "backoffice process {} still running after",
+            holder.id()
+        )),
         "the waiting run said nothing:\n{}",
         done.stderr()
     );
@@ -377,7 +386,11 @@ fn a_long_lived_host_that_cannot_release_its_lease_does_not_stall_the_repository
             .contains("cannot record the run: ")
     });
     locker.execute_batch("COMMIT").unwrap();
-    assert!(failed, "the end-of-run write never failed: {:?}", std::fs::read_to_string(&log));
+    assert!(
+        failed,
+        "the end-of-run write never failed: {:?}",
+        std::fs::read_to_string(&log)
+    );
     assert_eq!(
         r.lease().current.pid,
         i64::from(poller.id()),
@@ -401,7 +414,11 @@ fn a_long_lived_host_that_cannot_release_its_lease_does_not_stall_the_repository
         .iter()
         .map(|(k, pid, _)| (k.as_str(), *pid == worker.id()))
         .collect();
-    assert_eq!(kinds, [("enter", false), ("enter", true), ("exit", true)], "{j:?}");
+    assert_eq!(
+        kinds,
+        [("enter", false), ("enter", true), ("exit", true)],
+        "{j:?}"
+    );
 }
 
 /// Issue 10, item 5: a worker in another PID namespace (`unshare --pid`,
@@ -414,7 +431,10 @@ fn a_long_lived_host_that_cannot_release_its_lease_does_not_stall_the_repository
 fn a_holder_in_another_pid_namespace_is_not_run_beside() {
     let required = std::env::var("BACKOFFICE_REQUIRE_EXTERNAL").as_deref() == Ok("1");
     if !crate::harness::is_root() {
-        assert!(!required, "PID namespaces need root here (BACKOFFICE_REQUIRE_EXTERNAL=1)");
+        assert!(
+            !required,
+            "PID namespaces need root here (BACKOFFICE_REQUIRE_EXTERNAL=1)"
+        );
         eprintln!("SKIPPED: unshare --pid needs root");
         return;
     }
@@ -446,20 +466,30 @@ fn a_holder_in_another_pid_namespace_is_not_run_beside() {
         "the namespaced worker never started"
     );
     let l = r.lease();
-    assert_eq!(l.current.pid, 1, "the namespaced worker is pid 1 in its namespace: {l:?}");
+    assert_eq!(
+        l.current.pid, 1,
+        "the namespaced worker is pid 1 in its namespace: {l:?}"
+    );
     // While it works: outside workers, no-delay and ordinary ones, with
     // work of their own waiting.
     let t0 = std::time::Instant::now();
     let mut outside = Vec::new();
     while inside.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(30) {
         r.publish(1);
-        Cmd::host().args(["run", "--nodelay", repo]).output().success();
+        Cmd::host()
+            .args(["run", "--nodelay", repo])
+            .output()
+            .success();
         if outside.len() < 3 {
             outside.push(Cmd::host().args(["run", repo]).spawn());
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    let st = crate::harness::wait_child(&mut inside, Duration::from_secs(30), "the namespaced worker");
+    let st = crate::harness::wait_child(
+        &mut inside,
+        Duration::from_secs(30),
+        "the namespaced worker",
+    );
     assert!(st.success());
     for mut c in outside {
         crate::harness::wait_child(&mut c, Duration::from_secs(30), "an outside worker");

@@ -44,7 +44,11 @@ fn proc_exe(pid: u32) -> Option<(u64, u64)> {
 fn http_get(addr: &str, path: &str) -> String {
     let mut s = std::net::TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut reply = String::new();
     let _ = s.read_to_string(&mut reply);
     reply
@@ -63,7 +67,10 @@ fn serve_starts_workers_from_the_upgraded_binary() {
     let (mut line, mut url) = (String::new(), String::new());
     out.read_line(&mut line).unwrap();
     out.read_line(&mut url).unwrap();
-    let url = url.trim().strip_prefix("http://").unwrap_or_else(|| panic!("{line}{url}"));
+    let url = url
+        .trim()
+        .strip_prefix("http://")
+        .unwrap_or_else(|| panic!("{line}{url}"));
     let (addr, path) = url.split_once('/').unwrap();
     let old = proc_exe(srv.id()).unwrap();
 

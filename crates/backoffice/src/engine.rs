@@ -124,7 +124,10 @@ pub fn decide(stored: &Lease, me: Me<'_>, alive: &mut dyn FnMut(&Slot) -> bool) 
             slot.expires = limit;
             changed = true;
         }
-        if slot.alive_until.is_some_and(|t| t > now.saturating_add(grace)) {
+        if slot
+            .alive_until
+            .is_some_and(|t| t > now.saturating_add(grace))
+        {
             slot.alive_until = Some(now.saturating_add(grace));
             changed = true;
         }
@@ -524,7 +527,8 @@ fn renew(
         None => {
             let c = rusqlite::Connection::open_with_flags(
                 path,
-                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
             )?;
             // Wait for the lock at most one interval: the next beat retries.
             c.busy_timeout(beat.every)?;
@@ -831,7 +835,11 @@ mod tests {
         let s = slot(5, 100);
         assert_eq!(overrun(&s, 130), Some(30));
         assert_eq!(
-            overrun_message(&s, 130, 60).unwrap().split(" (").next().unwrap(),
+            overrun_message(&s, 130, 60)
+                .unwrap()
+                .split(" (")
+                .next()
+                .unwrap(),
             "backoffice process 5 still running after 90 seconds"
         );
     }
@@ -923,7 +931,13 @@ mod tests {
     }
 
     fn any_slot() -> impl Strategy<Value = Slot> {
-        let t = prop_oneof![Just(i64::MIN), Just(i64::MAX), Just(0i64), any::<i64>(), 900i64..1200];
+        let t = prop_oneof![
+            Just(i64::MIN),
+            Just(i64::MAX),
+            Just(0i64),
+            any::<i64>(),
+            900i64..1200
+        ];
         (
             prop_oneof![Just(0i64), 1i64..10, any::<i64>()],
             t.clone(),

@@ -100,7 +100,8 @@ impl Identity {
         let pid = std::process::id();
         // Cache per pid: a fork()ed child (which we never do, but a host might)
         // must not inherit its parent's identity.
-        let &(cached_pid, start) = ME.get_or_init(|| (pid, proc_stat(i64::from(pid)).map(|s| s.start)));
+        let &(cached_pid, start) =
+            ME.get_or_init(|| (pid, proc_stat(i64::from(pid)).map(|s| s.start)));
         let start = if cached_pid == pid {
             start
         } else {
@@ -450,7 +451,9 @@ pub fn installed_exe() -> std::io::Result<PathBuf> {
     INSTALLED
         .get_or_init(find_installed_exe)
         .clone()
-        .ok_or_else(|| std::io::Error::other("cannot tell which file this program was started from"))
+        .ok_or_else(|| {
+            std::io::Error::other("cannot tell which file this program was started from")
+        })
 }
 
 static INSTALLED: OnceLock<Option<PathBuf>> = OnceLock::new();
@@ -655,7 +658,10 @@ mod tests {
             ns: Some(ns ^ 1),
             alive_until: Some(now + 5),
         };
-        assert_eq!(liveness_at(&elsewhere, boot_id(), 60, now), Liveness::Elsewhere);
+        assert_eq!(
+            liveness_at(&elsewhere, boot_id(), 60, now),
+            Liveness::Elsewhere
+        );
         assert_eq!(
             liveness_at(&elsewhere, boot_id(), 60, now + 6),
             Liveness::HeartbeatStopped
@@ -673,7 +679,10 @@ mod tests {
             ns: Some(ns),
             ..elsewhere
         };
-        assert_eq!(liveness_at(&other_host, Some("00-11"), 60, now), Liveness::Elsewhere);
+        assert_eq!(
+            liveness_at(&other_host, Some("00-11"), 60, now),
+            Liveness::Elsewhere
+        );
         // Ourselves, with a current and with a stopped heartbeat.
         let mine = me.slot(now - 100, Some(now + 5));
         assert_eq!(liveness_at(&mine, boot_id(), 60, now), Liveness::Alive);

@@ -1267,7 +1267,8 @@ mod tests {
         let c = Connection::open(&p).unwrap();
         c.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
             .unwrap();
-        c.busy_timeout(std::time::Duration::from_millis(20)).unwrap();
+        c.busy_timeout(std::time::Duration::from_millis(20))
+            .unwrap();
         // Another connection (its own file descriptor, so real POSIX locks)
         // in the middle of a read transaction: it holds SHARED.
         let reader = Connection::open(&p).unwrap();
@@ -1285,7 +1286,9 @@ mod tests {
         // Nothing was written, and the connection writes again.
         assert_eq!(crate::repo::config_get(&c, "x").unwrap(), None);
         own_write(&c, |c| crate::repo::config_set(c, "x", "2")).unwrap();
-        assert_eq!(crate::repo::config_get(&reader, "x").unwrap().as_deref(), Some("2"));
+        assert_eq!(
+            crate::repo::config_get(&reader, "x").unwrap().as_deref(),
+            Some("2")
+        );
     }
-
 }

@@ -501,7 +501,10 @@ impl Settings {
     /// Reads the engine's settings from a repository connection. A missing
     /// `config` table means all defaults.
     pub fn load(conn: &Connection) -> rusqlite::Result<Settings> {
-        let pairs = crate::repo::config_get_many(conn, &[DISABLE, NODELAY, LOGFILE, LEASE_TIME, HEARTBEAT])?;
+        let pairs = crate::repo::config_get_many(
+            conn,
+            &[DISABLE, NODELAY, LOGFILE, LEASE_TIME, HEARTBEAT],
+        )?;
         Ok(Settings::from_pairs(
             pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         ))

@@ -20,14 +20,7 @@ pub fn run(a: PidArgs) -> Result<ExitCode> {
         // involved, so only existence and the zombie state count.
         let zombie = process::proc_stat(pid).is_some_and(|s| matches!(s.state, 'Z' | 'X' | 'x'));
         let done = !exists || zombie;
-        let l = process::liveness(
-            &Slot {
-                pid,
-                ..Slot::EMPTY
-            },
-            None,
-            60,
-        );
+        let l = process::liveness(&Slot { pid, ..Slot::EMPTY }, None, 60);
         print!(
             "ProcessId {pid}: exists {} done {}",
             exists as u8, done as u8
