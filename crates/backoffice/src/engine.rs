@@ -15,16 +15,26 @@
 //! apart, at most two workers exist per repository, and work left behind by
 //! a request is picked up within `L` seconds.
 //!
-//! Two guards go beyond Fossil:
+//! Guards that go beyond Fossil:
 //!
 //! * A lease time further ahead than `L` (the clock was stepped back, or the
 //!   row was hand-edited) is pulled back to `now + L` and written back, so
-//!   it stalls work for at most `L` after it is first seen.
+//!   it stalls work for at most `L` after it is first seen; if the slot's
+//!   holder is judged gone on the row as stored, the slot is emptied too.
+//! * While its tasks run, the holder renews a heartbeat (`alive-until` in
+//!   the lease, see [`crate::lease`]) from a thread with its own connection
+//!   every `backoffice-heartbeat` seconds; a renewal vouches for
+//!   [`HEARTBEAT_GRACE_BEATS`] intervals. That is what keeps a holder alive
+//!   where its pid cannot be checked (another PID namespace), and what ends
+//!   the holding of a process that lives on after its run.
+//! * A holder that runs past its lease is waited for, never in silence: the
+//!   waiting worker reports it at once and then at doubling intervals.
 //! * After the tasks, the worker records its [`RunReport`] and releases the
-//!   lease (holder pid 0, expiry kept) in one transaction. The expiry still
-//!   spaces runs `L` apart, but a host process that runs work in-process and
-//!   lives on (a `--poll` loop, a spawn failure's fallback) does not look
-//!   like a live holder forever.
+//!   lease (holder pid 0, expiry kept) in one transaction, tried
+//!   [`FINISH_TRIES`] times. The expiry still spaces runs `L` apart, but a
+//!   host process that runs work in-process and lives on (a `--poll` loop,
+//!   a spawn failure's fallback) does not look like a live holder forever;
+//!   and if even the retries fail, its stopped heartbeat ends its holding.
 //!
 //! The write lock is never held while tasks run.
 
@@ -550,7 +560,7 @@ fn renew(
 
 /// How many times the end-of-run write (run record and lease release) is
 /// tried before giving up; each try waits up to the busy timeout.
-const FINISH_TRIES: u32 = 3;
+pub const FINISH_TRIES: u32 = 3;
 
 /// Runs the tasks (renewing the heartbeat meanwhile, when `holder` is given),
 /// then records the report and releases the lease in one short transaction,
