@@ -314,8 +314,8 @@ pub fn run(repo: &mut Repo, tasks: &Tasks, opts: &RunOptions) -> Result<Outcome>
     let boot = process::boot_id();
     let nodelay = opts.nodelay || settings.nodelay;
     let beat = Heartbeat::from_settings(&settings);
-    // Seconds of waiting behind an over-running holder before the next
-    // warning; the first comes as soon as one is seen.
+    // When to warn next about an over-running holder: the first warning
+    // comes as soon as one is seen, then at doubling intervals up to an hour.
     let mut next_warning: Option<Instant> = None;
     let mut warn_every = Duration::from_secs(10);
     let path = repo.path().to_owned();
@@ -384,8 +384,8 @@ pub fn run(repo: &mut Repo, tasks: &Tasks, opts: &RunOptions) -> Result<Outcome>
                 if let Some(msg) = overrun_message(&plan.normalized.current, now, lease_time) {
                     if next_warning.is_none_or(|t| Instant::now() >= t) {
                         log.error(now, &msg);
-                        next_warning = Some(Instant::now() + warn_every);
-                        warn_every = warn_every.saturating_mul(2);
+                        next_warning = Instant::now().checked_add(warn_every);
+                        warn_every = warn_every.saturating_mul(2).min(Duration::from_secs(3600));
                     }
                 }
                 // Bounded: decide() clamps times, but never trust a sleep
