@@ -20,11 +20,18 @@ use crate::error::{Error, Result};
 /// that a stuck writer is reported rather than waited on forever.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The longest the after-request check and `status` wait for a lock. They
-/// sit on a request's path (or in front of a person): a database locked by
-/// another writer answers "not now" at once, and the next request looks
-/// again, rather than stalling a reply for the full busy timeout.
-pub const CHECK_BUSY_TIMEOUT: Duration = Duration::from_millis(10);
+/// The longest the after-request check waits for a lock. It sits on a
+/// request's path: a database locked by another writer answers "not now"
+/// at once, and the next request looks again, rather than stalling a reply
+/// for the full busy timeout. Long enough to ride out another connection's
+/// commit (a few fsyncs), which in rollback mode briefly locks out readers.
+pub const CHECK_BUSY_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// The longest `status` (the command, and the web front's status page)
+/// waits for a lock before saying the repository is locked: a person or a
+/// monitor can wait half a second, not the full busy timeout, and a page
+/// should not fail because another connection was committing.
+pub const STATUS_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Lowers a connection's busy timeout for as long as it lives, and puts the
 /// old one back when dropped. A connection without a busy timeout (0, or a

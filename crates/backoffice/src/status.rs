@@ -163,7 +163,7 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
     let conn = repo.conn();
     // Status is read on a request's path (the web front) or for a person:
     // a locked repository is reported as such at once, never waited on.
-    let _short = crate::repo::ShortBusy::new(conn, crate::repo::CHECK_BUSY_TIMEOUT);
+    let _short = crate::repo::ShortBusy::new(conn, crate::repo::STATUS_BUSY_TIMEOUT);
     let now = clock::now();
     let s = Settings::load(conn).map_err(|e| repo.err("reading settings", e))?;
     let raw = repo.get(crate::engine::LEASE_ROW)?.unwrap_or_default();
