@@ -37,6 +37,10 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
+    // Before anything else, while the file we were started from is surely
+    // still the one running: workers are started by this path, so the next
+    // worker after an upgrade is the new binary.
+    backoffice::process::remember_installed_exe();
     let cli = match Cli::try_parse_from(args) {
         Ok(c) => c,
         Err(e) => {
@@ -47,7 +51,7 @@ where
     init_tracing();
     // Replication copies start `EXE guard-temp` to clean up after a copier
     // that is killed; every binary built on this crate understands it.
-    if let Ok(exe) = std::env::current_exe() {
+    if let Ok(exe) = backoffice::process::installed_exe() {
         backoffice::replicate::set_temp_guard(backoffice::process::WorkerCommand {
             program: exe,
             args: vec!["guard-temp".into()],

@@ -241,15 +241,13 @@ mod check {
             let stat = process::proc_stat(pid).expect("/proc/PID/stat of the sleep child");
             let now = backoffice::clock::now();
             let lease = Lease {
-                current: Slot {
-                    pid: process::Identity::current().pid,
-                    expires: now + 3600,
-                    start: process::Identity::current().start,
-                },
+                current: process::Identity::current().slot(now + 3600, Some(now + 3600)),
                 next: Slot {
                     pid,
                     expires: now + 3600,
                     start: Some(stat.start),
+                    ns: process::pid_namespace(),
+                    alive_until: Some(now + 3600),
                 },
                 boot: process::boot_id().map(str::to_owned),
             };

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 /// The current Unix time in whole seconds.
 pub fn now() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(d) => d.as_secs() as i64,
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
         // A clock before 1970 is broken; treat it as the epoch rather than panic.
         Err(_) => 0,
     }
@@ -15,7 +15,12 @@ pub fn now() -> i64 {
 /// How long until the wall clock reaches the start of second `t`
 /// (zero if it already has).
 pub fn until(t: i64) -> Duration {
-    let target = UNIX_EPOCH + Duration::from_secs(t.max(0) as u64);
+    // A time too far ahead for the system clock's type is "a very long
+    // time"; callers bound their sleeps anyway.
+    let Some(target) = UNIX_EPOCH.checked_add(Duration::from_secs(u64::try_from(t).unwrap_or(0)))
+    else {
+        return Duration::MAX;
+    };
     target
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO)
@@ -33,7 +38,7 @@ pub fn format_utc(t: i64) -> String {
 /// relative to now.
 pub fn relative(t: i64, now: i64) -> String {
     let d = now.saturating_sub(t);
-    if d.abs() < 60 {
+    if d.unsigned_abs() < 60 {
         return if d >= 0 {
             "moments ago".into()
         } else {
@@ -67,6 +72,18 @@ mod tests {
         assert_eq!(relative(100, 100 + 60), "1 minute ago");
         assert_eq!(relative(100 + 7200, 100), "in 2 hours");
         assert_eq!(relative(0, 3 * 86_400), "3 days ago");
+    }
+
+    #[test]
+    fn extreme_times_never_panic() {
+        for t in [i64::MIN, -1, 0, i64::MAX] {
+            for now in [i64::MIN, 0, i64::MAX] {
+                let _ = relative(t, now);
+            }
+            let _ = until(t);
+            let _ = format_utc(t);
+        }
+        assert_eq!(until(i64::MIN), Duration::ZERO);
     }
 
     #[test]

@@ -15,16 +15,26 @@
 //! apart, at most two workers exist per repository, and work left behind by
 //! a request is picked up within `L` seconds.
 //!
-//! Two guards go beyond Fossil:
+//! Guards that go beyond Fossil:
 //!
 //! * A lease time further ahead than `L` (the clock was stepped back, or the
 //!   row was hand-edited) is pulled back to `now + L` and written back, so
-//!   it stalls work for at most `L` after it is first seen.
+//!   it stalls work for at most `L` after it is first seen; if the slot's
+//!   holder is judged gone on the row as stored, the slot is emptied too.
+//! * While its tasks run, the holder renews a heartbeat (`alive-until` in
+//!   the lease, see [`crate::lease`]) from a thread with its own connection
+//!   every `backoffice-heartbeat` seconds; a renewal vouches for
+//!   [`HEARTBEAT_GRACE_BEATS`] intervals. That is what keeps a holder alive
+//!   where its pid cannot be checked (another PID namespace), and what ends
+//!   the holding of a process that lives on after its run.
+//! * A holder that runs past its lease is waited for, never in silence: the
+//!   waiting worker reports it at once and then at doubling intervals.
 //! * After the tasks, the worker records its [`RunReport`] and releases the
-//!   lease (holder pid 0, expiry kept) in one transaction. The expiry still
-//!   spaces runs `L` apart, but a host process that runs work in-process and
-//!   lives on (a `--poll` loop, a spawn failure's fallback) does not look
-//!   like a live holder forever.
+//!   lease (holder pid 0, expiry kept) in one transaction, tried
+//!   [`FINISH_TRIES`] times. The expiry still spaces runs `L` apart, but a
+//!   host process that runs work in-process and lives on (a `--poll` loop,
+//!   a spawn failure's fallback) does not look like a live holder forever;
+//!   and if even the retries fail, its stopped heartbeat ends its holding.
 //!
 //! The write lock is never held while tasks run.
 
@@ -93,40 +103,62 @@ pub struct Me<'a> {
     pub now: i64,
     /// Lease length, seconds (at least 1).
     pub lease_time: i64,
+    /// How far ahead a heartbeat vouches for its holder, seconds (at
+    /// least 1): a holder's `alive-until` is at most `now + grace`.
+    pub grace: i64,
     /// No-delay mode: never queue.
     pub nodelay: bool,
 }
 
 /// One pass of the lease protocol. Pure: liveness comes from `alive`.
+///
+/// Stored times are untrusted (a stepped clock, a hand-written row):
+/// every sum saturates, and times further ahead than a legitimate writer
+/// could have put them are pulled back to `now + L` (`now + 2L` on deck,
+/// `now + grace` for a heartbeat). A far-future slot whose holder is judged
+/// gone on the row as stored (a process older than a lease "taken" in the
+/// future cannot be its holder) is emptied as well as pulled back, so such
+/// a row stops the work for at most one lease time.
 pub fn decide(stored: &Lease, me: Me<'_>, alive: &mut dyn FnMut(&Slot) -> bool) -> Plan {
     let l_time = me.lease_time.max(1);
+    let grace = me.grace.max(1);
     let now = me.now;
     let mut l = stored.clone();
     let mut clamped = false;
-    if l.current.expires > now.saturating_add(l_time) {
-        l.current.expires = now + l_time;
-        clamped = true;
-    }
-    if l.next.expires > now.saturating_add(2 * l_time) {
-        l.next.expires = now + 2 * l_time;
-        clamped = true;
-    }
-    let normalized = l.clone();
-    let mine = |s: &Slot| Slot {
-        pid: me.id.pid,
-        expires: s.expires,
-        start: me.id.start,
+    let pull_back = |slot: &mut Slot, limit: i64, alive: &mut dyn FnMut(&Slot) -> bool| {
+        let mut changed = false;
+        if slot.expires > limit {
+            if slot.is_held() && !alive(slot) {
+                *slot = Slot::EMPTY;
+            }
+            slot.expires = limit;
+            changed = true;
+        }
+        if slot
+            .alive_until
+            .is_some_and(|t| t > now.saturating_add(grace))
+        {
+            slot.alive_until = Some(now.saturating_add(grace));
+            changed = true;
+        }
+        changed
     };
+    clamped |= pull_back(&mut l.current, now.saturating_add(l_time), alive);
+    clamped |= pull_back(
+        &mut l.next,
+        now.saturating_add(l_time.saturating_mul(2)),
+        alive,
+    );
+    let normalized = l.clone();
 
     let decision =
         if l.next.is_held() && !me.id.holds(&l.next) && l.next.expires >= now && alive(&l.next) {
             Decision::OnDeckExists { pid: l.next.pid }
         } else if l.current.expires < now && !(l.current.is_held() && alive(&l.current)) {
             Decision::Take(Lease {
-                current: mine(&Slot {
-                    expires: now + l_time,
-                    ..Slot::EMPTY
-                }),
+                current: me
+                    .id
+                    .slot(now.saturating_add(l_time), Some(now.saturating_add(grace))),
                 next: Slot::EMPTY,
                 boot: me.boot.map(str::to_owned),
             })
@@ -136,15 +168,14 @@ pub fn decide(stored: &Lease, me: Me<'_>, alive: &mut dyn FnMut(&Slot) -> bool) 
             }
         } else {
             let wake_at = if l.current.expires >= now {
-                l.current.expires + 1
+                l.current.expires.saturating_add(1)
             } else {
                 // Expired, but the holder is still running: look again shortly.
-                now + 1
+                now.saturating_add(1)
             };
-            l.next = mine(&Slot {
-                expires: now.max(l.current.expires) + l_time,
-                ..Slot::EMPTY
-            });
+            // On deck, the slot's expiry is also how long it vouches for us.
+            let expires = now.max(l.current.expires).saturating_add(l_time);
+            l.next = me.id.slot(expires, Some(expires));
             l.boot = me.boot.map(str::to_owned);
             Decision::Queue { lease: l, wake_at }
         };
@@ -153,6 +184,29 @@ pub fn decide(stored: &Lease, me: Me<'_>, alive: &mut dyn FnMut(&Slot) -> bool) 
         normalized,
         clamped,
     }
+}
+
+/// How long the current holder has been past its lease, if it has: the
+/// seconds since its lease expired, never negative, whatever is stored.
+pub fn overrun(current: &Slot, now: i64) -> Option<u64> {
+    if !current.is_held() || current.expires >= now {
+        return None;
+    }
+    u64::try_from(now.saturating_sub(current.expires)).ok()
+}
+
+/// The warning for a holder past its lease, in words: how long it has held
+/// the lease (its expiry minus the lease time, to now) and how far past it is.
+pub fn overrun_message(current: &Slot, now: i64, lease_time: i64) -> Option<String> {
+    let late = overrun(current, now)?;
+    let held = now
+        .saturating_sub(current.expires.saturating_sub(lease_time.max(1)))
+        .max(0);
+    Some(format!(
+        "backoffice process {} still running after {held} seconds ({late} s past its lease); \
+         waiting for it (its tasks take longer than backoffice-lease-time)",
+        current.pid
+    ))
 }
 
 /// How a worker runs.
@@ -245,16 +299,25 @@ pub fn run(repo: &mut Repo, tasks: &Tasks, opts: &RunOptions) -> Result<Outcome>
         }
     }
     let key = working_key(repo.path());
+    let repo_path = repo.path().to_owned();
+    let log = Log {
+        file: logfile.as_deref(),
+        project: &project,
+        repo: &repo_path,
+    };
     if opts.nolease {
         let _guard = WorkingGuard::new(key);
-        let report = work(repo, tasks, opts, logfile.as_deref(), &project, false);
+        let report = work(repo, tasks, opts, &log, None);
         return Ok(Outcome::Ran(report));
     }
     let me = Identity::current();
     let boot = process::boot_id();
     let nodelay = opts.nodelay || settings.nodelay;
-    let first_wait = Instant::now();
-    let mut next_warning = 30u64;
+    let beat = Heartbeat::from_settings(&settings);
+    // When to warn next about an over-running holder: the first warning
+    // comes as soon as one is seen, then at doubling intervals up to an hour.
+    let mut next_warning: Option<Instant> = None;
+    let mut warn_every = Duration::from_secs(10);
     let path = repo.path().to_owned();
     let busy = repo.busy_ms();
     let sq = |what, e| crate::Error::sqlite(what, &path, busy, e);
@@ -280,6 +343,7 @@ pub fn run(repo: &mut Repo, tasks: &Tasks, opts: &RunOptions) -> Result<Outcome>
                 boot,
                 now,
                 lease_time,
+                grace: beat.grace_secs(),
                 nodelay,
             },
             &mut alive,
@@ -309,51 +373,209 @@ pub fn run(repo: &mut Repo, tasks: &Tasks, opts: &RunOptions) -> Result<Outcome>
             Decision::Busy { holder } => return Ok(Outcome::Busy { holder }),
             Decision::Take(_) => {
                 let _guard = WorkingGuard::new(key.clone());
-                let report = work(repo, tasks, opts, logfile.as_deref(), &project, true);
+                let report = work(repo, tasks, opts, &log, Some((me, beat)));
                 return Ok(Outcome::Ran(report));
             }
             Decision::Queue { wake_at, .. } => {
-                let holder_late = stored.current.expires < now;
-                if holder_late {
-                    let waited = first_wait.elapsed().as_secs();
-                    if waited >= next_warning {
-                        let msg = format!(
-                            "backoffice process {} still running after {} seconds",
-                            stored.current.pid,
-                            now - (stored.current.expires - lease_time)
-                        );
-                        tracing::warn!(repo = %repo.path().display(), "{msg}");
-                        if let Some(log) = &logfile {
-                            let _ = task::append_log(log, &task::error_line(now, &project, &msg));
-                        }
-                        next_warning *= 2;
+                // A holder past its lease is waited for (it is alive and may
+                // be half-way through its tasks), but never in silence: at
+                // once, then at doubling intervals, on stderr (through
+                // tracing) and in the log.
+                if let Some(msg) = overrun_message(&plan.normalized.current, now, lease_time) {
+                    if next_warning.is_none_or(|t| Instant::now() >= t) {
+                        log.error(now, &msg);
+                        next_warning = Instant::now().checked_add(warn_every);
+                        warn_every = warn_every.saturating_mul(2).min(Duration::from_secs(3600));
                     }
                 }
                 // Bounded: decide() clamps times, but never trust a sleep
                 // computed from stored data to be short.
-                let nap = clock::until(wake_at).clamp(
-                    Duration::from_millis(10),
-                    Duration::from_secs(lease_time as u64 + 1),
-                );
+                let most = u64::try_from(lease_time).unwrap_or(1).saturating_add(1);
+                let nap = clock::until(wake_at)
+                    .clamp(Duration::from_millis(10), Duration::from_secs(most));
                 std::thread::sleep(nap);
             }
         }
     }
 }
 
-/// Runs the tasks, then records the report (and releases the lease if
-/// `release`) in one short transaction, and writes the log line.
+/// Where a run reports: the log file (if any) and `tracing`.
+struct Log<'a> {
+    file: Option<&'a Path>,
+    project: &'a str,
+    repo: &'a Path,
+}
+
+impl Log<'_> {
+    fn error(&self, now: i64, msg: &str) {
+        tracing::warn!(repo = %self.repo.display(), "{msg}");
+        if let Some(f) = self.file {
+            let _ = task::append_log(f, &task::error_line(now, self.project, msg));
+        }
+    }
+}
+
+/// The heartbeat of a working holder: how often it renews, and how long a
+/// renewal vouches for it (four intervals, so three renewals in a row may
+/// fail, for instance on a lock held by the application, before the holder
+/// counts as gone).
+#[derive(Clone, Copy, Debug)]
+struct Heartbeat {
+    every: Duration,
+}
+
+/// How many heartbeat intervals one renewal vouches for.
+pub const HEARTBEAT_GRACE_BEATS: i64 = 4;
+
+impl Heartbeat {
+    fn from_settings(s: &Settings) -> Heartbeat {
+        Heartbeat {
+            every: Duration::from_secs(u64::try_from(s.heartbeat.max(1)).unwrap_or(1)),
+        }
+    }
+
+    fn grace_secs(&self) -> i64 {
+        i64::try_from(self.every.as_secs())
+            .unwrap_or(i64::MAX)
+            .saturating_mul(HEARTBEAT_GRACE_BEATS)
+    }
+}
+
+/// The thread that renews a working holder's heartbeat, and stops (and is
+/// joined) when the run ends: a process that is not running tasks must
+/// never look like a working holder.
+struct Beating {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Beating {
+    fn start(path: &Path, me: Identity, beat: Heartbeat, log: &Log<'_>) -> Beating {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let path = path.to_owned();
+        let file = log.file.map(Path::to_owned);
+        let project = log.project.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name("backoffice-heartbeat".into())
+            .spawn(move || {
+                let log = Log {
+                    file: file.as_deref(),
+                    project: &project,
+                    repo: &path,
+                };
+                let mut conn: Option<rusqlite::Connection> = None;
+                let mut failing = false;
+                // recv_timeout: woken at once by stop (or by the sender
+                // being dropped), else every interval.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(beat.every)
+                {
+                    match renew(&mut conn, &path, me, beat) {
+                        Ok(held) => {
+                            if failing {
+                                log.error(clock::now(), "heartbeat renewed again");
+                                failing = false;
+                            }
+                            if !held {
+                                // Someone took the lease from us: nothing to renew.
+                                log.error(
+                                    clock::now(),
+                                    "the lease no longer names this worker; heartbeat stopped",
+                                );
+                                return;
+                            }
+                        }
+                        Err(e) => {
+                            // Never fatal to the run: the tasks go on, and a
+                            // later beat may succeed. But said every time.
+                            conn = None;
+                            failing = true;
+                            log.error(clock::now(), &format!("cannot renew the heartbeat: {e}"));
+                        }
+                    }
+                }
+            });
+        match spawned {
+            Ok(t) => Beating {
+                stop: Some(tx),
+                thread: Some(t),
+            },
+            Err(e) => {
+                log.error(
+                    clock::now(),
+                    &format!("cannot start the heartbeat thread ({e}); the lease will lapse"),
+                );
+                Beating {
+                    stop: None,
+                    thread: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Beating {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One heartbeat: in a short `BEGIN IMMEDIATE` of the heartbeat's own
+/// connection, push `alive-until` forward if the lease still names `me`.
+/// Returns whether it did.
+fn renew(
+    conn: &mut Option<rusqlite::Connection>,
+    path: &Path,
+    me: Identity,
+    beat: Heartbeat,
+) -> rusqlite::Result<bool> {
+    let c = match conn {
+        Some(c) => c,
+        None => {
+            let c = rusqlite::Connection::open_with_flags(
+                path,
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE
+                    | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            // Wait for the lock at most one interval: the next beat retries.
+            c.busy_timeout(beat.every)?;
+            conn.insert(c)
+        }
+    };
+    // A rusqlite transaction rolls back on drop, a failed COMMIT included.
+    let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (mut lease, _) = read_lease(&tx)?;
+    if !me.holds(&lease.current) {
+        return Ok(false);
+    }
+    lease.current.alive_until = Some(clock::now().saturating_add(beat.grace_secs()));
+    repo::config_set(&tx, LEASE_ROW, &lease.encode())?;
+    crate::replicate::note_own_write(&tx)?;
+    tx.commit()?;
+    Ok(true)
+}
+
+/// How many times the end-of-run write (run record and lease release) is
+/// tried before giving up; each try waits up to the busy timeout.
+pub const FINISH_TRIES: u32 = 3;
+
+/// Runs the tasks (renewing the heartbeat meanwhile, when `holder` is given),
+/// then records the report and releases the lease in one short transaction,
+/// retried if it fails, and writes the log line.
 fn work(
     repo: &mut Repo,
     tasks: &Tasks,
     opts: &RunOptions,
-    logfile: Option<&Path>,
-    project: &str,
-    release: bool,
+    log: &Log<'_>,
+    holder: Option<(Identity, Heartbeat)>,
 ) -> RunReport {
     let started = clock::now();
     let t0 = Instant::now();
     let results = {
+        let _beating = holder.map(|(me, beat)| Beating::start(repo.path(), me, beat, log));
         let ctx = Context {
             conn: repo.conn(),
             repo: repo.path(),
@@ -361,32 +583,45 @@ fn work(
             debug: opts.debug,
         };
         tasks.run_all(&ctx)
+        // The heartbeat stops here, before the lease is released: from now
+        // on this process is not working.
     };
     let me = Identity::current();
     let report = RunReport {
         started,
-        elapsed_us: t0.elapsed().as_micros() as u64,
+        elapsed_us: u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX),
         pid: me.pid,
         tasks: results,
     };
-    if let Err(e) = finish(repo, &report, me, release) {
-        tracing::error!(repo = %repo.path().display(), error = %e, "cannot record the run");
-        if let Some(log) = logfile {
-            let _ = task::append_log(
-                log,
-                &task::error_line(
+    let release = holder.is_some();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match finish(repo, &report, me, release) {
+            Ok(()) => break,
+            Err(e) if tries < FINISH_TRIES => {
+                log.error(
                     clock::now(),
-                    project,
-                    &format!("cannot record the run: {e}"),
-                ),
-            );
+                    &format!("cannot record the run (try {tries} of {FINISH_TRIES}): {e}"),
+                );
+                std::thread::sleep(Duration::from_millis(100u64 << tries));
+            }
+            Err(e) => {
+                let lapse = if release {
+                    "; the lease lapses when its heartbeat runs out"
+                } else {
+                    ""
+                };
+                log.error(clock::now(), &format!("cannot record the run: {e}{lapse}"));
+                break;
+            }
         }
     }
     if !report.is_noop() || opts.debug {
-        let line = report.log_line(project);
+        let line = report.log_line(log.project);
         tracing::info!(repo = %repo.path().display(), "{line}");
-        if let Some(log) = logfile {
-            if let Err(e) = task::append_log(log, &line) {
+        if let Some(f) = log.file {
+            if let Err(e) = task::append_log(f, &line) {
                 tracing::error!("{e}");
             }
         }
@@ -414,13 +649,19 @@ fn finish(repo: &mut Repo, report: &RunReport, me: Identity, release: bool) -> R
     if release {
         let (mut lease, _) = read_lease(&tx).map_err(|e| sq("reading the lease", e))?;
         if me.holds(&lease.current) {
-            lease.current.pid = 0;
-            lease.current.start = None;
+            // Nobody holds it now; the expiry stays and still spaces runs.
+            lease.current = Slot {
+                expires: lease.current.expires,
+                ..Slot::EMPTY
+            };
             repo::config_set(&tx, LEASE_ROW, &lease.encode())
                 .map_err(|e| sq("releasing the lease", e))?;
         }
     }
     crate::replicate::note_own_write(&tx).map_err(|e| sq("noting the write", e))?;
+    // On failure the transaction is rolled back when dropped (rusqlite
+    // does so when COMMIT fails too), so the connection is never left
+    // inside it.
     tx.commit().map_err(|e| sq("committing the run record", e))
 }
 
@@ -434,10 +675,12 @@ mod tests {
             id: Identity {
                 pid,
                 start: Some(pid as u64 * 10),
+                ns: Some(77),
             },
             boot: Some("b007"),
             now,
             lease_time: 60,
+            grace: 20,
             nodelay: false,
         }
     }
@@ -447,6 +690,8 @@ mod tests {
             pid,
             expires,
             start: Some(pid as u64 * 10),
+            ns: Some(77),
+            alive_until: None,
         }
     }
 
@@ -455,9 +700,18 @@ mod tests {
         let p = decide(&Lease::default(), me(7, 1000), &mut |_| false);
         match p.decision {
             Decision::Take(l) => {
-                assert_eq!(l.current, slot(7, 1060));
+                assert_eq!(
+                    l.current,
+                    Slot {
+                        alive_until: Some(1020),
+                        ..slot(7, 1060)
+                    }
+                );
                 assert_eq!(l.next, Slot::EMPTY);
-                assert_eq!(l.encode(), "7 1060 0 0 cur-start=70 boot=b007");
+                assert_eq!(
+                    l.encode(),
+                    "7 1060 0 0 cur-start=70 cur-ns=77 cur-alive-until=1020 boot=b007"
+                );
             }
             d => panic!("{d:?}"),
         }
@@ -474,7 +728,13 @@ mod tests {
             Decision::Queue { lease, wake_at } => {
                 assert_eq!(wake_at, 1031);
                 assert_eq!(lease.current, held.current);
-                assert_eq!(lease.next, slot(7, 1090));
+                assert_eq!(
+                    lease.next,
+                    Slot {
+                        alive_until: Some(1090),
+                        ..slot(7, 1090)
+                    }
+                );
             }
             d => panic!("{d:?}"),
         }
@@ -530,6 +790,68 @@ mod tests {
         assert!(p.clamped);
         assert_eq!(p.normalized.current.expires, 1060);
         assert_eq!(p.normalized.next.expires, 1120);
+        // Judged gone on the row as stored: emptied as well.
+        assert_eq!(p.normalized.current.pid, 0);
+        assert_eq!(p.normalized.next.pid, 0);
+        // A live holder is kept, only pulled back; so is its heartbeat.
+        let future = Lease {
+            current: Slot {
+                alive_until: Some(i64::MAX),
+                ..slot(5, 1_000_000)
+            },
+            ..Lease::default()
+        };
+        let p = decide(&future, me(7, 1000), &mut |_| true);
+        assert_eq!(p.normalized.current.pid, 5);
+        assert_eq!(p.normalized.current.expires, 1060);
+        assert_eq!(p.normalized.current.alive_until, Some(1020));
+    }
+
+    /// The hostile rows of issue 10: whatever a row says, a holder judged
+    /// gone stops the work for at most one lease time (here: the first pass
+    /// empties the slot; a pass after its pulled-back expiry takes it).
+    #[test]
+    fn a_far_future_row_naming_a_non_holder_is_taken_within_a_lease_time() {
+        let row = Lease::parse("1 4102444800 0 0");
+        let p = decide(&row, me(7, 1000), &mut |s| s.expires < 2_000);
+        match p.decision {
+            Decision::Queue { wake_at, lease } => {
+                assert_eq!(wake_at, 1061);
+                let p2 = decide(&lease, me(7, 1061), &mut |_| true);
+                assert!(matches!(p2.decision, Decision::Take(_)), "{p2:?}");
+            }
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn overrun_is_never_negative() {
+        for (expires, now) in [
+            (i64::MIN, i64::MAX),
+            (i64::MAX, i64::MIN),
+            (0, i64::MAX),
+            (-5, 0),
+            (10, 5),
+        ] {
+            let s = Slot {
+                expires,
+                ..slot(5, 0)
+            };
+            if let Some(m) = overrun_message(&s, now, i64::MAX) {
+                assert!(!m.contains(" -"), "{m}");
+            }
+            let _ = overrun_message(&s, now, i64::MIN);
+        }
+        let s = slot(5, 100);
+        assert_eq!(overrun(&s, 130), Some(30));
+        assert_eq!(
+            overrun_message(&s, 130, 60)
+                .unwrap()
+                .split(" (")
+                .next()
+                .unwrap(),
+            "backoffice process 5 still running after 90 seconds"
+        );
     }
 
     struct Counts(u64, bool);
@@ -618,7 +940,70 @@ mod tests {
         Exited,
     }
 
+    fn any_slot() -> impl Strategy<Value = Slot> {
+        let t = prop_oneof![
+            Just(i64::MIN),
+            Just(i64::MAX),
+            Just(0i64),
+            any::<i64>(),
+            900i64..1200
+        ];
+        (
+            prop_oneof![Just(0i64), 1i64..10, any::<i64>()],
+            t.clone(),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(t),
+        )
+            .prop_map(|(pid, expires, start, ns, alive_until)| Slot {
+                pid,
+                expires,
+                start,
+                ns,
+                alive_until,
+            })
+    }
+
     proptest! {
+        /// Whatever is stored and whatever the clock and settings say,
+        /// deciding never panics (a debug build checks every overflow),
+        /// never sleeps longer than a lease time, and never writes a time
+        /// further ahead than a legitimate writer could.
+        #[test]
+        fn decide_is_total_and_bounded(
+            current in any_slot(), next in any_slot(),
+            // The clock (clock::now) is never negative; stored values can be anything.
+            now in prop_oneof![Just(0i64), Just(i64::MAX), 0i64..2_000_000_000],
+            lease_time in prop_oneof![Just(i64::MIN), Just(i64::MAX), 1i64..100],
+            grace in prop_oneof![Just(i64::MIN), Just(i64::MAX), 1i64..100],
+            nodelay in any::<bool>(), alive_bits in any::<u8>(),
+        ) {
+            let stored = Lease { current, next, boot: None };
+            let mut n = 0u32;
+            let mut alive = |_: &Slot| { n += 1; alive_bits & (1 << (n % 8)) != 0 };
+            let m = Me { lease_time, grace, nodelay, ..me(3, now) };
+            let plan = decide(&stored, m, &mut alive);
+            let l = lease_time.max(1);
+            let limit = now.saturating_add(l.saturating_mul(2));
+            let written = match &plan.decision {
+                Decision::Take(x) | Decision::Queue { lease: x, .. } => Some(x.clone()),
+                _ => None,
+            };
+            for x in written.iter().chain([&plan.normalized]) {
+                prop_assert!(x.current.expires <= limit && x.next.expires <= limit, "{x:?}");
+                for s in [&x.current, &x.next] {
+                    if let Some(t) = s.alive_until {
+                        prop_assert!(t <= now.saturating_add(grace.max(1)).max(s.expires), "{s:?}");
+                    }
+                }
+            }
+            if let Decision::Queue { wake_at, .. } = plan.decision {
+                prop_assert!(wake_at.saturating_sub(now) <= l.saturating_add(1));
+            }
+            let _ = overrun_message(&stored.current, now, lease_time);
+            let _ = overrun_message(&plan.normalized.current, now, lease_time);
+        }
+
         #[test]
         fn lease_protocol_properties(acts in proptest::collection::vec(act(), 1..200), nodelay in any::<bool>()) {
             let l_time = 10;

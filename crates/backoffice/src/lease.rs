@@ -4,7 +4,8 @@
 //! text Fossil can read and write:
 //!
 //! ```text
-//! ID_CUR TM_CUR ID_NEXT TM_NEXT [cur-start=S] [next-start=S] [boot=B]
+//! ID_CUR TM_CUR ID_NEXT TM_NEXT [cur-start=S] [cur-ns=N] [cur-alive-until=T]
+//!                               [next-start=S] [next-ns=N] [next-alive-until=T] [boot=B]
 //! ```
 //!
 //! The first four fields are decimal integers exactly as Fossil writes them:
@@ -14,10 +15,22 @@
 //! holder".
 //!
 //! Fossil's reader stops after four integers, so we append `key=value`
-//! extension fields that make liveness safe against pid reuse: each holder's
-//! process start time (`/proc/PID/stat` field 22, clock ticks since boot) and
-//! the boot id of the machine that wrote the lease. A lease written by Fossil
-//! simply has none, and [`crate::process`] then falls back to a weaker rule.
+//! extension fields that make liveness safe against pid reuse and usable
+//! across PID namespaces: each holder's process start time (`/proc/PID/stat`
+//! field 22, clock ticks since boot), its PID namespace (the inode of
+//! `/proc/self/ns/pid`: a pid means nothing outside its namespace), the
+//! time until which its heartbeat vouches for it (`alive-until`, Unix
+//! seconds, renewed while it works), and the boot id of the machine that
+//! wrote the lease. A lease written by Fossil simply has none, and
+//! [`crate::process`] then falls back to weaker rules.
+//!
+//! The four integers are read exactly as Fossil reads them (its
+//! `backofficeParseInt`): skip white space (spaces, tabs, newlines), then
+//! take decimal digits. No sign, no other character: a field that does not
+//! start with a digit reads as 0 and so do the fields after it (Fossil's
+//! reader does not move past it). So `+1 …` or `-7 …` is a free lease to
+//! Fossil, and to us; `0001` is 1 to both. Both readers must agree on who
+//! holds the lease, or each would wait for, or run beside, the other.
 //!
 //! Parsing is total: any text yields a [`Lease`] and never panics. Fields
 //! that do not parse read as 0 ("no holder", "expired long ago"), which is
@@ -33,6 +46,13 @@ pub struct Slot {
     /// The holder's process start time in clock ticks since boot, when the
     /// writer recorded it (we always do; Fossil never does).
     pub start: Option<u64>,
+    /// The holder's PID namespace (inode of `/proc/self/ns/pid`), when
+    /// recorded. A checker in another namespace cannot check the pid.
+    pub ns: Option<u64>,
+    /// Unix time until which the holder's heartbeat vouches for it: a
+    /// current holder renews it while it works; an on-deck worker's is its
+    /// slot's expiry. Past it, the holder counts as gone.
+    pub alive_until: Option<i64>,
 }
 
 impl Slot {
@@ -41,6 +61,8 @@ impl Slot {
         pid: 0,
         expires: 0,
         start: None,
+        ns: None,
+        alive_until: None,
     };
 
     /// True if the slot names a process at all.
@@ -81,61 +103,86 @@ impl Lease {
                 problem = Some(p);
             }
         };
-        let mut tokens = text.split_ascii_whitespace();
+        // Fossil's reader: four times, skip white space and take digits.
+        let mut rest = text;
         let mut ints = [0i64; 4];
-        let mut found = 0;
         for (i, slot) in ints.iter_mut().enumerate() {
-            match tokens.next() {
-                Some(tok) => match tok.parse::<i64>() {
-                    Ok(v) => {
-                        *slot = v;
-                        found += 1;
+            rest = rest.trim_start_matches(is_fossil_space);
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            let (num, after) = rest.split_at(digits);
+            if num.is_empty() {
+                if rest.is_empty() {
+                    // The empty value (a fresh repository) is clean.
+                    if i > 0 {
+                        note(format!("only {i} of 4 fields"));
                     }
-                    Err(_) => note(format!(
-                        "field {} is not an integer: {:?}",
+                    break;
+                } else {
+                    let tok = rest.split(is_fossil_space).next().unwrap_or("");
+                    note(format!(
+                        "field {} is not a plain integer: {:?} (Fossil reads 0)",
                         i + 1,
                         clip(tok)
-                    )),
-                },
-                None => break,
+                    ));
+                }
+                continue;
             }
-        }
-        if found > 0 && found < 4 {
-            // `note` keeps only the first problem, so a bad field wins.
-            note(format!("only {found} of 4 fields"));
+            match num.parse::<i64>() {
+                Ok(v) => *slot = v,
+                Err(_) => note(format!("field {} is out of range: {:?}", i + 1, clip(num))),
+            }
+            rest = after;
+            if !rest.is_empty() && !rest.starts_with(is_fossil_space) {
+                let tok = rest.split(is_fossil_space).next().unwrap_or("");
+                note(format!(
+                    "field {} has trailing characters: {:?}",
+                    i + 1,
+                    clip(tok)
+                ));
+            }
         }
         let mut lease = Lease {
             current: Slot {
                 pid: ints[0],
                 expires: ints[1],
-                start: None,
+                ..Slot::EMPTY
             },
             next: Slot {
                 pid: ints[2],
                 expires: ints[3],
-                start: None,
+                ..Slot::EMPTY
             },
             boot: None,
         };
-        for tok in tokens {
+        for tok in rest.split(is_fossil_space).filter(|t| !t.is_empty()) {
             let Some((key, value)) = tok.split_once('=') else {
                 note(format!("unexpected extra field {:?}", clip(tok)));
                 continue;
             };
-            match key {
-                "cur-start" => match value.parse::<u64>() {
-                    Ok(v) => lease.current.start = Some(v),
-                    Err(_) => note(format!("bad cur-start {:?}", clip(value))),
-                },
-                "next-start" => match value.parse::<u64>() {
-                    Ok(v) => lease.next.start = Some(v),
-                    Err(_) => note(format!("bad next-start {:?}", clip(value))),
-                },
-                "boot" if is_boot_id(value) => lease.boot = Some(value.to_owned()),
-                "boot" => note(format!("bad boot id {:?}", clip(value))),
-                // Unknown keys are ignored so that a newer writer's fields do
-                // not make an older reader think the lease is corrupt.
-                _ => {}
+            let (slot, field) = if let Some(f) = key.strip_prefix("cur-") {
+                (&mut lease.current, f)
+            } else if let Some(f) = key.strip_prefix("next-") {
+                (&mut lease.next, f)
+            } else {
+                match key {
+                    "boot" if is_boot_id(value) => lease.boot = Some(value.to_owned()),
+                    "boot" => note(format!("bad boot id {:?}", clip(value))),
+                    // Unknown keys are ignored so that a newer writer's fields
+                    // do not make an older reader think the lease is corrupt.
+                    _ => {}
+                }
+                continue;
+            };
+            let ok = match field {
+                "start" => plain_u64(value).map(|v| slot.start = Some(v)),
+                "ns" => plain_u64(value).map(|v| slot.ns = Some(v)),
+                "alive-until" => plain_u64(value)
+                    .and_then(|v| i64::try_from(v).ok())
+                    .map(|v| slot.alive_until = Some(v)),
+                _ => Some(()),
+            };
+            if ok.is_none() {
+                note(format!("bad {key} {:?}", clip(value)));
             }
         }
         (lease, problem)
@@ -145,21 +192,44 @@ impl Lease {
     /// extension fields for whatever is recorded.
     pub fn encode(&self) -> String {
         use std::fmt::Write;
+        // Fossil cannot read a sign: a negative value is written as 0,
+        // which is what both readers would make of it anyway.
         let mut s = format!(
             "{} {} {} {}",
-            self.current.pid, self.current.expires, self.next.pid, self.next.expires
+            self.current.pid.max(0),
+            self.current.expires.max(0),
+            self.next.pid.max(0),
+            self.next.expires.max(0)
         );
-        if let Some(v) = self.current.start {
-            let _ = write!(s, " cur-start={v}");
-        }
-        if let Some(v) = self.next.start {
-            let _ = write!(s, " next-start={v}");
+        for (prefix, slot) in [("cur", &self.current), ("next", &self.next)] {
+            if let Some(v) = slot.start {
+                let _ = write!(s, " {prefix}-start={v}");
+            }
+            if let Some(v) = slot.ns {
+                let _ = write!(s, " {prefix}-ns={v}");
+            }
+            if let Some(v) = slot.alive_until {
+                let _ = write!(s, " {prefix}-alive-until={}", v.max(0));
+            }
         }
         if let Some(b) = self.boot.as_deref().filter(|b| is_boot_id(b)) {
             let _ = write!(s, " boot={b}");
         }
         s
     }
+}
+
+/// White space as Fossil's `fossil_isspace` sees it.
+fn is_fossil_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
+}
+
+/// A non-negative decimal integer, digits only (no sign, no spaces).
+fn plain_u64(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
 }
 
 /// A boot id is short and made of hex digits and dashes; anything else is
@@ -225,22 +295,91 @@ mod tests {
 
     #[test]
     fn negative_pids_are_not_holders() {
-        let l = Lease::parse("-5 100 -1 100");
+        let (l, problem) = Lease::parse_report("-5 100 -1 100");
         assert!(!l.current.is_held());
         assert!(!l.next.is_held());
+        assert!(problem.is_some());
+    }
+
+    /// The four integers are read as Fossil's `backofficeParseInt` reads
+    /// them: white space of any kind skipped, digits taken, anything else
+    /// stops the reading (and reads as 0 from there on).
+    #[test]
+    fn integers_are_read_as_fossil_reads_them() {
+        let far = 4_102_444_800;
+        for (text, want) in [
+            ("1 4102444800 0 0", [1, far, 0, 0]),
+            ("0001 4102444800 0 0", [1, far, 0, 0]),
+            ("1\t4102444800\t0\t0", [1, far, 0, 0]),
+            ("\n 1 \r\n4102444800  0 0", [1, far, 0, 0]),
+            ("+1 4102444800 0 0", [0, 0, 0, 0]),
+            ("-1 4102444800 5 6", [0, 0, 0, 0]),
+            ("1x 4102444800 5 6", [1, 0, 0, 0]),
+            ("1 2 +3 4", [1, 2, 0, 0]),
+        ] {
+            let (l, _) = Lease::parse_report(text);
+            assert_eq!(
+                [l.current.pid, l.current.expires, l.next.pid, l.next.expires],
+                want,
+                "{text:?}"
+            );
+        }
+        let (l, problem) = Lease::parse_report("1 4102444800 0 0 cur-start=zz");
+        assert_eq!((l.current.pid, l.current.start), (1, None));
+        assert!(problem.unwrap().contains("cur-start"));
+        let (l, problem) = Lease::parse_report("7 8 0 0 cur-start=+5 cur-ns=-1");
+        assert_eq!((l.current.start, l.current.ns), (None, None));
+        assert!(problem.is_some());
+    }
+
+    #[test]
+    fn namespace_and_heartbeat_round_trip() {
+        let text = "10 20 30 40 cur-start=5 cur-ns=4026531836 cur-alive-until=25 next-start=6 next-ns=7 next-alive-until=40 boot=ab-cd";
+        let (l, problem) = Lease::parse_report(text);
+        assert_eq!(problem, None);
+        assert_eq!(l.current.ns, Some(4_026_531_836));
+        assert_eq!(l.current.alive_until, Some(25));
+        assert_eq!(l.next.alive_until, Some(40));
+        assert_eq!(l.encode(), text);
     }
 
     fn slot() -> impl Strategy<Value = Slot> {
         (
-            any::<i64>(),
-            any::<i64>(),
+            0..=i64::MAX,
+            0..=i64::MAX,
             proptest::option::of(any::<u64>()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of(0..=i64::MAX),
         )
-            .prop_map(|(pid, expires, start)| Slot {
+            .prop_map(|(pid, expires, start, ns, alive_until)| Slot {
                 pid,
                 expires,
                 start,
+                ns,
+                alive_until,
             })
+    }
+
+    /// Fossil's `backofficeParseInt`, four times, in Rust (u64 arithmetic;
+    /// a value that does not fit an i64 reads as 0 here).
+    fn fossil_model(text: &str) -> [i64; 4] {
+        let b = text.as_bytes();
+        let mut i = 0;
+        let mut out = [0i64; 4];
+        for v in out.iter_mut() {
+            while i < b.len() && (b[i] == b' ' || (b'\t'..=b'\r').contains(&b[i])) {
+                i += 1;
+            }
+            let mut acc: Option<i64> = Some(0);
+            while i < b.len() && b[i].is_ascii_digit() {
+                acc = acc
+                    .and_then(|a| a.checked_mul(10))
+                    .and_then(|a| a.checked_add(i64::from(b[i] - b'0')));
+                i += 1;
+            }
+            *v = acc.unwrap_or(0);
+        }
+        out
     }
 
     proptest! {
@@ -276,6 +415,29 @@ mod tests {
             let text = Lease { current, next, boot: Some("b".into()) }.encode();
             let ints: Vec<i64> = text.split(' ').take(4).map(|t| t.parse().unwrap()).collect();
             prop_assert_eq!(ints, vec![current.pid, current.expires, next.pid, next.expires]);
+        }
+
+        /// Whatever is stored, what we read as the four integers is what
+        /// Fossil's reader makes of it (modelled here on its C code, with
+        /// out-of-range numbers read as 0 where Fossil's would wrap).
+        #[test]
+        fn four_integers_agree_with_fossils_reader(
+            parts in proptest::collection::vec("([+-]?[0-9]{0,21}[a-z=]{0,2}|[ \t\n]{0,2})", 0..8)
+        ) {
+            let text = parts.join(" ");
+            let (l, _) = Lease::parse_report(&text);
+            prop_assert_eq!(
+                [l.current.pid, l.current.expires, l.next.pid, l.next.expires],
+                fossil_model(&text)
+            );
+        }
+
+        /// Encoding never writes a sign, so Fossil reads what we meant.
+        #[test]
+        fn encoding_is_fossil_readable(pid in any::<i64>(), expires in any::<i64>()) {
+            let lease = Lease { current: Slot { pid, expires, ..Slot::EMPTY }, ..Lease::default() };
+            let text = lease.encode();
+            prop_assert_eq!(fossil_model(&text), [pid.max(0), expires.max(0), 0, 0]);
         }
     }
 }

@@ -201,21 +201,22 @@ impl Poller {
     }
 
     /// Sweeps every `interval`, forever or for `max_sweeps`, handing each
-    /// report to `on_sweep`.
+    /// report to `on_sweep`, which may end the polling (for instance to
+    /// re-execute an upgraded binary, see [`crate::process::exe_replaced`]).
+    /// Returns the number of sweeps made.
     pub fn poll(
         &mut self,
         interval: Duration,
         max_sweeps: Option<u64>,
-        mut on_sweep: impl FnMut(&SweepReport),
-    ) {
+        mut on_sweep: impl FnMut(&SweepReport) -> std::ops::ControlFlow<()>,
+    ) -> u64 {
         let mut n = 0u64;
         loop {
             let t0 = Instant::now();
             let report = self.sweep();
-            on_sweep(&report);
-            n += 1;
-            if max_sweeps.is_some_and(|m| n >= m) {
-                return;
+            n = n.saturating_add(1);
+            if on_sweep(&report).is_break() || max_sweeps.is_some_and(|m| n >= m) {
+                return n;
             }
             if let Some(rest) = interval.checked_sub(t0.elapsed()) {
                 std::thread::sleep(rest);

@@ -25,6 +25,28 @@
 //! Fossil's rule: existence means alive. That can only make us *more*
 //! cautious, never let two workers overlap.
 //!
+//! Rule 4 has a second half for a lease without start times: a legitimate
+//! holder takes its lease within moments of starting, or within about one
+//! lease time when it first waited on deck. A process born long before the
+//! lease was taken (pid 1; a `sleep` started before the row was written by
+//! hand) cannot be its holder either: such a row would otherwise stall the
+//! backoffice for as long as that process lives.
+//!
+//! # Where a pid cannot be checked: heartbeats
+//!
+//! A pid means something only in its own PID namespace (containers, or
+//! `unshare --pid`, sharing one repository) and on its own machine; the boot
+//! id is the same for every container of a host. So our leases also record
+//! each holder's PID namespace and an `alive-until` time that a working
+//! holder keeps pushing forward from a heartbeat thread (see
+//! [`crate::engine`]). A holder in another namespace or on another boot is
+//! alive exactly while its heartbeat is current. In our own namespace the pid
+//! is checked as above *and* the heartbeat must be current: a long-lived
+//! process (`run --poll`, `serve`) whose release failed is alive, but it no
+//! longer works, and its heartbeat stopped with its run. One exception: a
+//! process that is stopped (SIGSTOP, a debugger) may resume in the middle of
+//! its tasks, so it keeps its lease, as it would in Fossil.
+//!
 //! Rule 4's fallback has one blind spot. For a lease Fossil wrote, the take
 //! time is estimated as its expiry minus 60 s, and a process's birth is read
 //! in wall-clock time. If the wall clock is stepped forward by more than a
@@ -59,13 +81,16 @@ const START_SLACK_SECS: i64 = 2;
 /// Fossil (or an old version of us) with this length.
 const FOSSIL_LEASE_SECS: i64 = 60;
 
-/// Who a process is: its pid and, where the OS tells us, its start time.
+/// Who a process is: its pid and, where the OS tells us, its start time
+/// and PID namespace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Identity {
     /// The process id.
     pub pid: i64,
     /// Start time in clock ticks since boot (`/proc/PID/stat` field 22).
     pub start: Option<u64>,
+    /// The PID namespace the pid belongs to.
+    pub ns: Option<u64>,
 }
 
 impl Identity {
@@ -75,29 +100,50 @@ impl Identity {
         let pid = std::process::id();
         // Cache per pid: a fork()ed child (which we never do, but a host might)
         // must not inherit its parent's identity.
-        let &(cached_pid, start) = ME.get_or_init(|| (pid, proc_stat(pid as i64).map(|s| s.start)));
-        if cached_pid == pid {
-            Identity {
-                pid: pid as i64,
-                start,
-            }
+        let &(cached_pid, start) =
+            ME.get_or_init(|| (pid, proc_stat(i64::from(pid)).map(|s| s.start)));
+        let start = if cached_pid == pid {
+            start
         } else {
-            Identity {
-                pid: pid as i64,
-                start: proc_stat(pid as i64).map(|s| s.start),
-            }
+            proc_stat(i64::from(pid)).map(|s| s.start)
+        };
+        Identity {
+            pid: i64::from(pid),
+            start,
+            ns: pid_namespace(),
         }
     }
 
     /// True if `slot` names this identity (same pid and, when both are
-    /// known, the same start time).
+    /// known, the same start time and PID namespace).
     pub fn holds(&self, slot: &Slot) -> bool {
-        slot.pid == self.pid
-            && match (slot.start, self.start) {
-                (Some(a), Some(b)) => a == b,
-                _ => true,
-            }
+        let same = |a: Option<u64>, b: Option<u64>| match (a, b) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        slot.pid == self.pid && same(slot.start, self.start) && same(slot.ns, self.ns)
     }
+
+    /// A lease slot naming this identity.
+    pub fn slot(&self, expires: i64, alive_until: Option<i64>) -> Slot {
+        Slot {
+            pid: self.pid,
+            expires,
+            start: self.start,
+            ns: self.ns,
+            alive_until,
+        }
+    }
+}
+
+/// This process's PID namespace: the inode of `/proc/self/ns/pid`, which
+/// names the namespace for as long as it exists.
+pub fn pid_namespace() -> Option<u64> {
+    static NS: OnceLock<Option<u64>> = OnceLock::new();
+    *NS.get_or_init(|| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata("/proc/self/ns/pid").ok().map(|m| m.ino())
+    })
 }
 
 /// This machine's boot id (`/proc/sys/kernel/random/boot_id`), if known.
@@ -170,7 +216,7 @@ pub fn start_to_unix(ticks: u64) -> Option<i64> {
     if hz == 0 {
         return None;
     }
-    Some(btime + (ticks / hz) as i64)
+    btime.checked_add(i64::try_from(ticks / hz).ok()?)
 }
 
 /// Whether a process with this pid exists at all (Fossil's test: `kill(pid,
@@ -198,13 +244,17 @@ pub fn exists(pid: i64) -> bool {
 pub enum Liveness {
     /// The holder is running.
     Alive,
-    /// The slot names no process (pid 0 or negative).
+    /// The holder's pid cannot be checked from here (another PID namespace
+    /// or another boot), and its heartbeat is current: alive.
+    Elsewhere,
+    /// The slot names no process (pid 0).
     Nobody,
     /// No process with that pid exists.
     NoProcess,
     /// The process exited and awaits reaping.
     Zombie,
-    /// The lease was written during another boot.
+    /// The lease was written during another boot, and no heartbeat vouches
+    /// for its holder.
     OtherBoot,
     /// A process with that pid exists but started at another time: the pid
     /// was reused by an unrelated process.
@@ -212,68 +262,119 @@ pub enum Liveness {
     /// The lease records no start time, and the process with that pid
     /// started after the lease was taken, so it cannot be the holder.
     StartedAfterLease,
+    /// The lease records no start time, and the process with that pid
+    /// started long before the lease was taken, so it cannot be the holder.
+    StartedBeforeLease,
+    /// The holder's heartbeat stopped: it is not working any more (or cannot
+    /// be seen from here and has not shown a sign of life in time).
+    HeartbeatStopped,
+    /// The holder is in another PID namespace and no heartbeat vouches for it.
+    OtherNamespace,
 }
 
 impl Liveness {
-    /// True for [`Liveness::Alive`].
+    /// True for [`Liveness::Alive`] and [`Liveness::Elsewhere`].
     pub fn is_alive(self) -> bool {
-        self == Liveness::Alive
+        matches!(self, Liveness::Alive | Liveness::Elsewhere)
     }
 
     /// A few words for `lease` and `status` output.
     pub fn describe(self) -> &'static str {
         match self {
             Liveness::Alive => "running",
+            Liveness::Elsewhere => {
+                "running elsewhere (another PID namespace or host; its heartbeat is current)"
+            }
             Liveness::Nobody => "nobody",
             Liveness::NoProcess => "exited",
             Liveness::Zombie => "exited (zombie, not yet reaped)",
             Liveness::OtherBoot => "gone (lease from an earlier boot)",
             Liveness::PidReused => "gone (pid reused by another process)",
             Liveness::StartedAfterLease => "gone (pid reused by a newer process)",
+            Liveness::StartedBeforeLease => {
+                "gone (that process is older than the lease: not its holder)"
+            }
+            Liveness::HeartbeatStopped => "gone (its heartbeat stopped)",
+            Liveness::OtherNamespace => "gone (another PID namespace, no heartbeat)",
         }
     }
 }
 
-/// Decides whether the holder of `slot` is alive. `lease_boot` is the boot
-/// id recorded in the lease; `lease_time` the configured lease length,
+/// Decides whether the holder of `slot` is alive, now. `lease_boot` is the
+/// boot id recorded in the lease; `lease_time` the configured lease length,
 /// used to estimate when a Fossil-written lease was taken.
 pub fn liveness(slot: &Slot, lease_boot: Option<&str>, lease_time: i64) -> Liveness {
+    liveness_at(slot, lease_boot, lease_time, crate::clock::now())
+}
+
+/// [`liveness`] at Unix time `now`.
+pub fn liveness_at(slot: &Slot, lease_boot: Option<&str>, lease_time: i64, now: i64) -> Liveness {
     if slot.pid <= 0 {
         return Liveness::Nobody;
+    }
+    let beat = slot.alive_until.map(|t| now <= t);
+    let other_boot = matches!((lease_boot, boot_id()), (Some(r), Some(o)) if r != o);
+    let other_ns = matches!((slot.ns, pid_namespace()), (Some(a), Some(b)) if a != b);
+    if other_boot || other_ns {
+        // The pid means nothing here: only the heartbeat can tell.
+        return match beat {
+            Some(true) => Liveness::Elsewhere,
+            Some(false) => Liveness::HeartbeatStopped,
+            None if other_boot => Liveness::OtherBoot,
+            None => Liveness::OtherNamespace,
+        };
     }
     if !exists(slot.pid) {
         return Liveness::NoProcess;
     }
-    if let (Some(recorded), Some(ours)) = (lease_boot, boot_id()) {
-        if recorded != ours {
-            return Liveness::OtherBoot;
-        }
-    }
     let Some(stat) = proc_stat(slot.pid) else {
-        // Exists but /proc says nothing (another OS, hidepid): Fossil's rule.
-        return Liveness::Alive;
+        // Exists but /proc says nothing (another OS, hidepid): Fossil's
+        // rule, unless a heartbeat we asked for has stopped.
+        return if beat == Some(false) {
+            Liveness::HeartbeatStopped
+        } else {
+            Liveness::Alive
+        };
     };
     if matches!(stat.state, 'Z' | 'X' | 'x') {
         return Liveness::Zombie;
     }
     match slot.start {
         Some(recorded) if recorded != stat.start => Liveness::PidReused,
-        Some(_) => Liveness::Alive,
-        None => {
-            // Fossil wrote this lease (no start time). The holder took it at
-            // about `expires - lease length`; Fossil's length is 60 s. Using
-            // the shorter of ours and Fossil's errs towards "alive".
-            let taken = slot
-                .expires
-                .saturating_sub(lease_time.clamp(1, FOSSIL_LEASE_SECS));
-            match start_to_unix(stat.start) {
-                Some(born) if born > taken.saturating_add(START_SLACK_SECS) => {
-                    Liveness::StartedAfterLease
-                }
-                _ => Liveness::Alive,
-            }
+        // The holder itself. A stopped one may resume mid-task: it keeps
+        // the lease whatever its heartbeat says.
+        Some(_) if beat == Some(false) && !matches!(stat.state, 'T' | 't') => {
+            Liveness::HeartbeatStopped
         }
+        Some(_) => Liveness::Alive,
+        None => fossil_holder(slot, lease_time, stat.start),
     }
+}
+
+/// Rule 4 for a lease without start times (Fossil's): is a process born at
+/// `start` (ticks since boot) possibly the one that took `slot`?
+fn fossil_holder(slot: &Slot, lease_time: i64, start: u64) -> Liveness {
+    let Some(born) = start_to_unix(start) else {
+        return Liveness::Alive;
+    };
+    // Fossil writes expiry = take + 60; we write take + L. The take time
+    // is somewhere in [expires - max, expires - min].
+    let l = lease_time.clamp(1, 86_400);
+    let (short, long) = (l.min(FOSSIL_LEASE_SECS), l.max(FOSSIL_LEASE_SECS));
+    let latest_take = slot.expires.saturating_sub(short);
+    let earliest_take = slot.expires.saturating_sub(long);
+    if born > latest_take.saturating_add(START_SLACK_SECS) {
+        return Liveness::StartedAfterLease;
+    }
+    // A worker takes its lease at once, or after waiting on deck for at
+    // most about one lease time (the current lease's rest, plus a second).
+    let oldest_holder = earliest_take
+        .saturating_sub(long)
+        .saturating_sub(1 + START_SLACK_SECS);
+    if born < oldest_holder {
+        return Liveness::StartedBeforeLease;
+    }
+    Liveness::Alive
 }
 
 /// How to start a worker process: a program and the arguments that come
@@ -292,10 +393,12 @@ pub struct WorkerCommand {
 }
 
 impl WorkerCommand {
-    /// The current executable, re-run as `EXE worker`.
+    /// The current executable, re-run as `EXE worker` by the path it was
+    /// installed at ([`installed_exe`]), so that after an upgrade the next
+    /// worker is the new binary.
     pub fn current_exe() -> std::io::Result<WorkerCommand> {
         Ok(WorkerCommand {
-            program: std::env::current_exe()?,
+            program: installed_exe()?,
             args: vec!["worker".into()],
         })
     }
@@ -325,6 +428,90 @@ impl WorkerCommand {
             .stderr(Stdio::from(null));
         cmd.spawn()
             .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", self.program.display())))
+    }
+}
+
+/// The path this program was started by, for starting workers (and for
+/// re-executing itself) after the file there was replaced.
+///
+/// Package managers upgrade a binary by moving a new file over the old
+/// path. The running process keeps the old, now unlinked, file, and
+/// `/proc/self/exe` then reads `/path/backoffice (deleted)`: starting that
+/// fails. So the path is worked out once, as early as possible
+/// ([`remember_installed_exe`] at start-up), and kept:
+///
+/// * `argv[0]`, made absolute against the start-up directory (or looked up
+///   in `PATH` when it has no slash), if that file is the very one running
+///   (same device and inode as `/proc/self/exe`). This keeps a symbolic
+///   link such as `/usr/local/bin/backoffice -> /opt/backoffice-1.2/…`
+///   as a link, so an upgrade that points the link elsewhere is followed.
+/// * Otherwise `/proc/self/exe` (`std::env::current_exe`), without the
+///   " (deleted)" suffix the kernel adds once the file is replaced.
+pub fn installed_exe() -> std::io::Result<PathBuf> {
+    INSTALLED
+        .get_or_init(find_installed_exe)
+        .clone()
+        .ok_or_else(|| {
+            std::io::Error::other("cannot tell which file this program was started from")
+        })
+}
+
+static INSTALLED: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// Works out [`installed_exe`] now. Call it first thing in `main`, before
+/// the binary can be replaced.
+pub fn remember_installed_exe() {
+    let _ = INSTALLED.get_or_init(find_installed_exe);
+}
+
+fn find_installed_exe() -> Option<PathBuf> {
+    let running = file_id(Path::new("/proc/self/exe"));
+    if let (Some(arg0), Some(running)) = (std::env::args_os().next(), running) {
+        let arg0 = PathBuf::from(arg0);
+        let candidate = if arg0.components().count() > 1 || arg0.is_absolute() {
+            std::path::absolute(&arg0).ok()
+        } else {
+            std::env::var_os("PATH").and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|d| d.join(&arg0))
+                    .find(|p| file_id(p) == Some(running))
+            })
+        };
+        if let Some(c) = candidate.filter(|c| file_id(c) == Some(running)) {
+            return Some(c);
+        }
+    }
+    let exe = std::env::current_exe().ok()?;
+    Some(strip_deleted(exe))
+}
+
+/// `/path/x (deleted)` → `/path/x`, when the kernel marked the file as
+/// replaced and something exists at the original path.
+fn strip_deleted(exe: PathBuf) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = exe.as_os_str().as_bytes();
+    match bytes.strip_suffix(b" (deleted)") {
+        Some(orig) if !exe.exists() => PathBuf::from(std::ffi::OsStr::from_bytes(orig)),
+        _ => exe,
+    }
+}
+
+/// A file's (device, inode), following symbolic links.
+pub fn file_id(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// True if the file at [`installed_exe`] is no longer the one this process
+/// runs (it was replaced by an upgrade). False when that cannot be told,
+/// or while nothing is at the path (an upgrade half-way).
+pub fn exe_replaced() -> bool {
+    let Ok(path) = installed_exe() else {
+        return false;
+    };
+    match (file_id(&path), file_id(Path::new("/proc/self/exe"))) {
+        (Some(on_disk), Some(running)) => on_disk != running,
+        _ => false,
     }
 }
 
@@ -407,11 +594,7 @@ mod tests {
     fn we_are_alive_by_our_own_rules() {
         let me = Identity::current();
         assert!(me.start.is_some(), "this test needs Linux /proc");
-        let slot = Slot {
-            pid: me.pid,
-            expires: i64::MAX,
-            start: me.start,
-        };
+        let slot = me.slot(i64::MAX, None);
         assert_eq!(liveness(&slot, boot_id(), 60), Liveness::Alive);
         let reused = Slot {
             start: me.start.map(|s| s + 1),
@@ -428,16 +611,108 @@ mod tests {
         let slot = Slot {
             pid: me.pid,
             expires: 1_000_000,
-            start: None,
+            ..Slot::EMPTY
         };
         assert_eq!(liveness(&slot, None, 60), Liveness::StartedAfterLease);
-        // One that is current: we might be its holder.
-        let now = crate::clock::now();
+        // One taken just after we started: we might be its holder.
+        let born = start_to_unix(me.start.unwrap()).unwrap();
         let slot = Slot {
-            expires: now + 60,
+            expires: born + 61,
             ..slot
         };
         assert_eq!(liveness(&slot, None, 60), Liveness::Alive);
+    }
+
+    /// A process born long before a Fossil-style lease was taken (pid 1,
+    /// or this test process under a lease "taken" in the far future) is
+    /// not its holder.
+    #[test]
+    fn a_process_born_long_before_a_fossil_lease_is_not_its_holder() {
+        let me = Identity::current();
+        for expires in [4_102_444_800, i64::MAX] {
+            let slot = Slot {
+                pid: me.pid,
+                expires,
+                ..Slot::EMPTY
+            };
+            assert_eq!(
+                liveness(&slot, None, 60),
+                Liveness::StartedBeforeLease,
+                "{expires}"
+            );
+        }
+    }
+
+    /// Heartbeats: another namespace's holder lives exactly while its
+    /// heartbeat is current; our own namespace's holder needs both its
+    /// process and a current heartbeat.
+    #[test]
+    fn heartbeats_decide_where_pids_cannot() {
+        let me = Identity::current();
+        let now = crate::clock::now();
+        let ns = me.ns.expect("this test needs /proc/self/ns/pid");
+        let elsewhere = Slot {
+            pid: 2,
+            expires: now - 100,
+            start: Some(1),
+            ns: Some(ns ^ 1),
+            alive_until: Some(now + 5),
+        };
+        assert_eq!(
+            liveness_at(&elsewhere, boot_id(), 60, now),
+            Liveness::Elsewhere
+        );
+        assert_eq!(
+            liveness_at(&elsewhere, boot_id(), 60, now + 6),
+            Liveness::HeartbeatStopped
+        );
+        let no_beat = Slot {
+            alive_until: None,
+            ..elsewhere
+        };
+        assert_eq!(
+            liveness_at(&no_beat, boot_id(), 60, now),
+            Liveness::OtherNamespace
+        );
+        // Another boot with a current heartbeat: another host, alive.
+        let other_host = Slot {
+            ns: Some(ns),
+            ..elsewhere
+        };
+        assert_eq!(
+            liveness_at(&other_host, Some("00-11"), 60, now),
+            Liveness::Elsewhere
+        );
+        // Ourselves, with a current and with a stopped heartbeat.
+        let mine = me.slot(now - 100, Some(now + 5));
+        assert_eq!(liveness_at(&mine, boot_id(), 60, now), Liveness::Alive);
+        assert_eq!(
+            liveness_at(&mine, boot_id(), 60, now + 6),
+            Liveness::HeartbeatStopped
+        );
+        // Extreme stored values never overflow.
+        for t in [i64::MIN, -1, 0, i64::MAX] {
+            let s = Slot {
+                expires: t,
+                alive_until: Some(t),
+                ..mine
+            };
+            let _ = liveness_at(&s, boot_id(), 60, t);
+            let _ = liveness_at(&Slot { start: None, ..s }, None, i64::MAX, t);
+            let _ = liveness_at(&Slot { start: None, ..s }, None, i64::MIN, t);
+        }
+    }
+
+    #[test]
+    fn installed_exe_is_the_running_file_and_strips_deleted() {
+        let exe = installed_exe().unwrap();
+        assert_eq!(file_id(&exe), file_id(Path::new("/proc/self/exe")));
+        assert!(!exe_replaced());
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("bin");
+        std::fs::write(&f, "x").unwrap();
+        let deleted = PathBuf::from(format!("{} (deleted)", f.display()));
+        assert_eq!(strip_deleted(deleted), f);
     }
 
     #[test]
@@ -445,8 +720,7 @@ mod tests {
         assert_eq!(liveness(&Slot::EMPTY, None, 60), Liveness::Nobody);
         let slot = Slot {
             pid: i64::from(i32::MAX),
-            expires: 0,
-            start: None,
+            ..Slot::EMPTY
         };
         assert_eq!(liveness(&slot, None, 60), Liveness::NoProcess);
         assert!(!exists(i64::MAX));

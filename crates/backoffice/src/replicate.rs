@@ -273,17 +273,19 @@ pub(crate) fn own_write<T>(
         return note_own_write(conn).and_then(|()| f(conn));
     }
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    let r = note_own_write(conn).and_then(|()| f(conn));
-    match r {
-        Ok(v) => {
-            conn.execute_batch("COMMIT")?;
-            Ok(v)
-        }
-        Err(e) => {
-            let _ = conn.execute_batch("ROLLBACK");
-            Err(e)
+    // Every failure rolls back, the COMMIT's included: a COMMIT refused with
+    // SQLITE_BUSY leaves the transaction open, and a connection stuck inside
+    // a write transaction keeps the write lock (and, in rollback mode, may
+    // keep refusing the application's readers) until it is closed.
+    let r = note_own_write(conn)
+        .and_then(|()| f(conn))
+        .and_then(|v| conn.execute_batch("COMMIT").map(|()| v));
+    if r.is_err() && !conn.is_autocommit() {
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "cannot roll back the engine's write");
         }
     }
+    r
 }
 
 /// Creates the peer table if needed.
@@ -1252,5 +1254,41 @@ mod tests {
             .unwrap();
         assert_eq!(max, n);
         eprintln!("writer: {written} inserts during the copy, worst {worst:?}");
+    }
+
+    /// A COMMIT that fails (a reader's SHARED lock keeps the writer from
+    /// the EXCLUSIVE lock it needs, in rollback mode) must not leave the
+    /// connection inside the write transaction: the write is rolled back,
+    /// the error returned, and the connection usable again.
+    #[test]
+    fn own_write_rolls_back_when_commit_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        c.busy_timeout(std::time::Duration::from_millis(20))
+            .unwrap();
+        // Another connection (its own file descriptor, so real POSIX locks)
+        // in the middle of a read transaction: it holds SHARED.
+        let reader = Connection::open(&p).unwrap();
+        reader
+            .execute_batch("BEGIN; SELECT count(*) FROM config;")
+            .unwrap();
+        let r = own_write(&c, |c| crate::repo::config_set(c, "x", "1"));
+        let e = r.expect_err("COMMIT must fail while a reader holds SHARED");
+        assert!(e.to_string().contains("locked"), "{e}");
+        assert!(
+            c.is_autocommit(),
+            "the failed COMMIT left the connection inside a transaction"
+        );
+        reader.execute_batch("COMMIT").unwrap();
+        // Nothing was written, and the connection writes again.
+        assert_eq!(crate::repo::config_get(&c, "x").unwrap(), None);
+        own_write(&c, |c| crate::repo::config_set(c, "x", "2")).unwrap();
+        assert_eq!(
+            crate::repo::config_get(&reader, "x").unwrap().as_deref(),
+            Some("2")
+        );
     }
 }

@@ -20,6 +20,63 @@ use crate::error::{Error, Result};
 /// that a stuck writer is reported rather than waited on forever.
 pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest the after-request check waits for a lock. It sits on a
+/// request's path: a database locked by another writer answers "not now"
+/// at once, and the next request looks again, rather than stalling a reply
+/// for the full busy timeout. Long enough to ride out another connection's
+/// commit (a few fsyncs), which in rollback mode briefly locks out readers.
+pub const CHECK_BUSY_TIMEOUT: Duration = Duration::from_millis(20);
+
+/// The longest `status` (the command, and the web front's status page)
+/// waits for a lock before saying the repository is locked: a person or a
+/// monitor can wait half a second, not the full busy timeout, and a page
+/// should not fail because another connection was committing.
+pub const STATUS_BUSY_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Lowers a connection's busy timeout for as long as it lives, and puts the
+/// old one back when dropped. A connection without a busy timeout (0, or a
+/// busy handler of the host's own, which SQLite cannot report) is left alone:
+/// it does not wait on its own, and a handler we cannot read we could not
+/// restore.
+pub struct ShortBusy<'c> {
+    conn: &'c Connection,
+    restore_ms: Option<u64>,
+}
+
+impl<'c> ShortBusy<'c> {
+    /// Caps `conn`'s busy timeout at `limit` until the guard is dropped.
+    pub fn new(conn: &'c Connection, limit: Duration) -> ShortBusy<'c> {
+        let current: Option<i64> = conn
+            .prepare_cached("PRAGMA busy_timeout")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .ok();
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        let restore_ms = match current.and_then(|ms| u64::try_from(ms).ok()) {
+            Some(ms) if ms > limit_ms && conn.busy_timeout(limit).is_ok() => Some(ms),
+            _ => None,
+        };
+        ShortBusy { conn, restore_ms }
+    }
+}
+
+impl Drop for ShortBusy<'_> {
+    fn drop(&mut self) {
+        if let Some(ms) = self.restore_ms {
+            if let Err(e) = self.conn.busy_timeout(Duration::from_millis(ms)) {
+                tracing::warn!(error = %e, "cannot restore the busy timeout");
+            }
+        }
+    }
+}
+
+/// True if an SQLite error means "another connection holds the lock".
+pub fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// The `config` table as Fossil 2.21 creates it.
 const CREATE_CONFIG: &str = "CREATE TABLE IF NOT EXISTS config(
   name TEXT PRIMARY KEY NOT NULL,

@@ -62,6 +62,9 @@ pub const LOGFILE: &str = "backoffice-logfile";
 /// `backoffice-lease-time`
 pub const LEASE_TIME: &str = "backoffice-lease-time";
 
+/// `backoffice-heartbeat`
+pub const HEARTBEAT: &str = "backoffice-heartbeat";
+
 /// `email-send-method`
 pub const EMAIL_SEND_METHOD: &str = "email-send-method";
 
@@ -96,6 +99,13 @@ pub const SETTINGS: &[Def] = &[
         },
         default: "60",
         help: "Lease length in seconds: runs are at least this far apart, and new work waits at most this long.",
+        secret: false,
+    },
+    Def {
+        name: HEARTBEAT,
+        kind: Kind::Int { min: 1, max: 3600 },
+        default: "5",
+        help: "Seconds between a working worker's heartbeats. A holder whose last heartbeat is 4 intervals old counts as gone, even where its pid cannot be checked (another PID namespace).",
         secret: false,
     },
     Def {
@@ -444,6 +454,8 @@ pub struct Settings {
     pub logfile: Option<std::path::PathBuf>,
     /// `backoffice-lease-time`, seconds.
     pub lease_time: i64,
+    /// `backoffice-heartbeat`, seconds.
+    pub heartbeat: i64,
     /// Stored values that did not parse, each as "name: problem"; the
     /// default was used instead.
     pub problems: Vec<String>,
@@ -456,6 +468,7 @@ impl Default for Settings {
             nodelay: false,
             logfile: None,
             lease_time: 60,
+            heartbeat: 5,
             problems: Vec::new(),
         }
     }
@@ -474,6 +487,7 @@ impl Settings {
                     NODELAY => s.nodelay = v == "on",
                     LOGFILE => s.logfile = (!v.is_empty()).then(|| v.into()),
                     LEASE_TIME => s.lease_time = v.parse().unwrap_or(60),
+                    HEARTBEAT => s.heartbeat = v.parse().unwrap_or(5),
                     _ => {}
                 },
                 Err(e) => s
@@ -487,7 +501,10 @@ impl Settings {
     /// Reads the engine's settings from a repository connection. A missing
     /// `config` table means all defaults.
     pub fn load(conn: &Connection) -> rusqlite::Result<Settings> {
-        let pairs = crate::repo::config_get_many(conn, &[DISABLE, NODELAY, LOGFILE, LEASE_TIME])?;
+        let pairs = crate::repo::config_get_many(
+            conn,
+            &[DISABLE, NODELAY, LOGFILE, LEASE_TIME, HEARTBEAT],
+        )?;
         Ok(Settings::from_pairs(
             pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
         ))

@@ -10,7 +10,7 @@ use crate::clock;
 use crate::engine::read_lease;
 use crate::error::Result;
 use crate::lease::Slot;
-use crate::process::{self, Liveness};
+use crate::process;
 use crate::repo::Repo;
 use crate::settings::{self, Settings};
 use crate::task::{self, Due, RunReport, RunTotals, Tasks};
@@ -113,6 +113,10 @@ pub struct Holder {
     pub expires: i64,
     /// Recorded start time (clock ticks since boot), if any.
     pub start: Option<u64>,
+    /// Recorded PID namespace (inode of `/proc/PID/ns/pid`), if any.
+    pub ns: Option<u64>,
+    /// Until when its heartbeat vouches for it (Unix seconds), if recorded.
+    pub alive_until: Option<i64>,
     /// Alive or why not.
     pub state: String,
     /// True if alive.
@@ -147,14 +151,19 @@ fn holder(slot: &Slot, boot: Option<&str>, lease_time: i64) -> Holder {
         pid: slot.pid,
         expires: slot.expires,
         start: slot.start,
+        ns: slot.ns,
+        alive_until: slot.alive_until,
         state: l.describe().to_owned(),
-        alive: l == Liveness::Alive,
+        alive: l.is_alive(),
     }
 }
 
 /// Builds the status of `repo` for these tasks.
 pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
     let conn = repo.conn();
+    // Status is read on a request's path (the web front) or for a person:
+    // a locked repository is reported as such at once, never waited on.
+    let _short = crate::repo::ShortBusy::new(conn, crate::repo::STATUS_BUSY_TIMEOUT);
     let now = clock::now();
     let s = Settings::load(conn).map_err(|e| repo.err("reading settings", e))?;
     let raw = repo.get(crate::engine::LEASE_ROW)?.unwrap_or_default();
@@ -166,7 +175,7 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
         (Some(r), _) => clock::relative(r.started, now),
         (None, t) if t > 0 => format!(
             "{} (from the lease)",
-            clock::relative(t - s.lease_time, now)
+            clock::relative(t.saturating_sub(s.lease_time), now)
         ),
         _ => "never".to_owned(),
     };
@@ -185,6 +194,13 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
                 t.name,
                 t.error.as_deref().unwrap_or("")
             ));
+        }
+    }
+    // A holder past its lease is never passed over in silence.
+    let current = holder(&lease.current, lease.boot.as_deref(), s.lease_time);
+    if current.alive {
+        if let Some(msg) = crate::engine::overrun_message(&lease.current, now, s.lease_time) {
+            problems.push(msg);
         }
     }
     let mut info = Vec::new();
@@ -235,12 +251,14 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
     Ok(Status {
         repo: repo.path().display().to_string(),
         now,
-        last_run_age: last_run.as_ref().map(|r| (now - r.started).max(0)),
+        last_run_age: last_run
+            .as_ref()
+            .map(|r| now.saturating_sub(r.started).max(0)),
         last_run,
         last_run_ago,
         lease_raw: raw,
         lease_problem,
-        current: holder(&lease.current, lease.boot.as_deref(), s.lease_time),
+        current,
         next: holder(&lease.next, lease.boot.as_deref(), s.lease_time),
         tasks: each
             .into_iter()
@@ -285,7 +303,7 @@ impl Status {
         } else if c.expires >= now {
             format!(
                 "free; the next run may start {} (runs are spaced by the lease time)",
-                clock::relative(c.expires + 1, now)
+                clock::relative(c.expires.saturating_add(1), now)
             )
         } else {
             "free".to_owned()

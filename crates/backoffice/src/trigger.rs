@@ -64,6 +64,10 @@ pub enum Check {
         /// Its pid.
         pid: i64,
     },
+    /// Another connection holds the database locked: not now. The check
+    /// never waits for a lock (more than [`repo::CHECK_BUSY_TIMEOUT`]); the
+    /// next request looks again.
+    Busy,
     /// No task has anything due.
     NothingDue {
         /// When something next becomes due, if known.
@@ -91,6 +95,10 @@ impl Check {
             Check::OnDeck { pid } => format!("not needed: worker {pid} is already waiting on deck"),
             Check::Starting { pid } => {
                 format!("not needed: worker {pid} was just started and will do it")
+            }
+            Check::Busy => {
+                "not now: the repository is locked by another writer (the next request will look again)"
+                    .into()
             }
             Check::NothingDue { next: None } => "not needed: nothing is due".into(),
             Check::NothingDue { next: Some(t) } => format!(
@@ -203,6 +211,11 @@ impl Backoffice {
     /// The cheap, read-only check. Never fails: problems come back as
     /// [`Check::Unavailable`].
     pub fn check_if_needed(&self, conn: &Connection) -> Check {
+        let _short = repo::ShortBusy::new(conn, repo::CHECK_BUSY_TIMEOUT);
+        self.check_with(conn)
+    }
+
+    fn check_with(&self, conn: &Connection) -> Check {
         match conn.is_readonly(rusqlite::MAIN_DB) {
             Ok(false) => {}
             Ok(true) => return Check::ReadOnly,
@@ -219,6 +232,7 @@ impl Backoffice {
         let _txn = (!self.tasks.is_empty()).then(|| ReadTxn::begin(conn));
         let row = match read_check_rows(conn) {
             Ok(r) => r,
+            Err(e) if repo::is_busy(&e) => return Check::Busy,
             Err(e) => {
                 return Check::Unavailable {
                     reason: e.to_string(),
@@ -331,7 +345,8 @@ impl Backoffice {
     /// after the reply has been sent, with the request's connection, and
     /// with no transaction open on it. Never fails the request.
     pub fn after_request(&self, conn: &Connection) -> Started {
-        let check = self.check_if_needed(conn);
+        let short = repo::ShortBusy::new(conn, repo::CHECK_BUSY_TIMEOUT);
+        let check = self.check_with(conn);
         if !check.is_needed() {
             return Started::NotNeeded(check);
         }
@@ -348,6 +363,9 @@ impl Backoffice {
             .flatten()
             .filter(|s| !s.is_empty())
             .map(PathBuf::from);
+        // The in-process fallback opens its own connection; the host's gets
+        // its own busy timeout back first.
+        drop(short);
         self.start_worker(&path, logfile.as_deref())
     }
 
@@ -414,6 +432,10 @@ impl Drop for ReadTxn<'_> {
                 .and_then(|mut s| s.execute([]))
             {
                 tracing::warn!(error = %e, "ending the check's read transaction");
+                // Never leave the host's connection inside our transaction.
+                if !conn.is_autocommit() {
+                    let _ = conn.execute_batch("ROLLBACK");
+                }
             }
         }
     }
@@ -614,6 +636,32 @@ mod tests {
         );
         conn.execute_batch("ROLLBACK").unwrap();
         assert_eq!(bo.check_if_needed(&conn), Check::Needed);
+    }
+
+    /// A locked database answers "not now" (another connection, with its
+    /// own file descriptor, holds an EXCLUSIVE lock in rollback mode), and
+    /// the host's busy timeout is put back afterwards.
+    #[test]
+    fn locked_database_is_busy_and_the_hosts_timeout_is_restored() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        Connection::open(&p).unwrap();
+        Repo::open(&p).unwrap();
+        let host = Connection::open(&p).unwrap();
+        host.busy_timeout(Duration::from_secs(5)).unwrap();
+        let locker = Connection::open(&p).unwrap();
+        locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+        let bo = Backoffice::new(Tasks::new().with(AlwaysDue));
+        let t0 = Instant::now();
+        assert_eq!(bo.after_request(&host), Started::NotNeeded(Check::Busy));
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        let ms: i64 = host
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ms, 5000, "the host's busy timeout was not restored");
+        assert!(host.is_autocommit());
+        locker.execute_batch("COMMIT").unwrap();
+        assert_eq!(bo.check_if_needed(&host), Check::Needed);
     }
 
     const CONFIG_FOR_TESTS: &str =

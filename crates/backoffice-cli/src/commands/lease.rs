@@ -54,7 +54,7 @@ pub fn render(repo: &Repo) -> Result<String> {
                 "{:<11} {:<20} (now{:+})",
                 tm,
                 slot.expires,
-                slot.expires - now
+                slot.expires.saturating_sub(now)
             );
         } else {
             let _ = writeln!(out, "{:<11} {:<20}", tm, slot.expires);
@@ -77,6 +77,28 @@ pub fn render(repo: &Repo) -> Result<String> {
         let _ = writeln!(out, "{:<11} {:<20} {}", label, start, note).map(|_| ());
         let l: Liveness = live(slot);
         let _ = writeln!(out, "{:<11} {}", state, l.describe());
+    }
+    for (ns_label, beat_label, slot) in [
+        ("nsCur:", "aliveCur:", &lease.current),
+        ("nsNext:", "aliveNext:", &lease.next),
+    ] {
+        if let Some(ns) = slot.ns {
+            let here = match process::pid_namespace() {
+                Some(mine) if mine == ns => "(this PID namespace)",
+                Some(_) => "(another PID namespace: its pid cannot be checked from here)",
+                None => "",
+            };
+            let _ = writeln!(out, "{:<11} {:<20} {}", ns_label, ns, here);
+        }
+        if let Some(t) = slot.alive_until {
+            let _ = writeln!(
+                out,
+                "{:<11} {:<20} (now{:+}; heartbeat)",
+                beat_label,
+                t,
+                t.saturating_sub(now)
+            );
+        }
     }
     let boot_note = match (boot, process::boot_id()) {
         (Some(b), Some(ours)) if b == ours => "(this boot)",

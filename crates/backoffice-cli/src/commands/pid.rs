@@ -16,14 +16,11 @@ pub fn run(a: PidArgs) -> Result<ExitCode> {
     }
     for pid in a.pids {
         let exists = process::exists(pid);
-        // "done" is our verdict: a zombie exists but is done.
-        let slot = Slot {
-            pid,
-            expires: i64::MAX,
-            start: None,
-        };
-        let l = process::liveness(&slot, None, 60);
-        let done = !l.is_alive();
+        // "done" is our verdict: a zombie exists but is done. No lease is
+        // involved, so only existence and the zombie state count.
+        let zombie = process::proc_stat(pid).is_some_and(|s| matches!(s.state, 'Z' | 'X' | 'x'));
+        let done = !exists || zombie;
+        let l = process::liveness(&Slot { pid, ..Slot::EMPTY }, None, 60);
         print!(
             "ProcessId {pid}: exists {} done {}",
             exists as u8, done as u8

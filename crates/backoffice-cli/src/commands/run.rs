@@ -54,12 +54,43 @@ pub fn run(a: RunArgs, tasks: Tasks) -> Result<ExitCode> {
             })
         }
         Some(secs) => {
+            // Sweeps made by earlier images of this process (see below).
+            let carried = |name: &str| -> u64 {
+                std::env::var(name)
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            let before = carried(SWEEPS_DONE);
             // With --sweeps the poll ends, and like a single sweep it
-            // reports failure when any repository failed in any sweep.
-            let mut failed = 0;
-            poller.poll(Duration::from_secs(secs.max(1)), a.sweeps, |r| {
-                failed += print_report(r, &opts);
-            });
+            // reports failure when any repository failed in any sweep
+            // (of this image or an earlier one).
+            let mut failed = carried(SWEEPS_FAILED);
+            let interval = Duration::from_secs(secs.max(1));
+            let mut done = before;
+            loop {
+                let left = a.sweeps.map(|m| m.saturating_sub(done));
+                if left == Some(0) {
+                    break;
+                }
+                let mut replaced = false;
+                let n = poller.poll(interval, left, |r| {
+                    failed = failed.saturating_add(print_report(r, &opts) as u64);
+                    replaced = backoffice::process::exe_replaced();
+                    if replaced {
+                        std::ops::ControlFlow::Break(())
+                    } else {
+                        std::ops::ControlFlow::Continue(())
+                    }
+                });
+                done = done.saturating_add(n);
+                if !replaced {
+                    break;
+                }
+                // Returns only if the new binary could not be started.
+                reexec(done, failed);
+                std::thread::sleep(interval);
+            }
             Ok(if failed > 0 {
                 ExitCode::FAILURE
             } else {
@@ -67,6 +98,37 @@ pub fn run(a: RunArgs, tasks: Tasks) -> Result<ExitCode> {
             })
         }
     }
+}
+
+/// The environment variable that carries the number of sweeps already
+/// made across a re-execution, so `--sweeps` still counts them all.
+const SWEEPS_DONE: &str = "BACKOFFICE_POLL_SWEEPS_DONE";
+/// Failures in those sweeps, so the exit status counts them too.
+const SWEEPS_FAILED: &str = "BACKOFFICE_POLL_SWEEPS_FAILED";
+
+/// Re-executes this `run --poll` with the same arguments from the binary now
+/// installed at its path: an upgrade (a new file moved over the old one)
+/// is picked up between sweeps without restarting anything by hand, as the
+/// next detached worker picks it up. No lease is held between sweeps. If the
+/// new binary cannot be started, this one goes on polling.
+fn reexec(sweeps_done: u64, failed: u64) {
+    use std::os::unix::process::CommandExt;
+    let exe = match backoffice::process::installed_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("backoffice: the binary was replaced, but {e}; polling on");
+            return;
+        }
+    };
+    let err = std::process::Command::new(&exe)
+        .args(std::env::args_os().skip(1))
+        .env(SWEEPS_DONE, sweeps_done.to_string())
+        .env(SWEEPS_FAILED, failed.to_string())
+        .exec();
+    eprintln!(
+        "backoffice: the binary was replaced, but {} cannot be started ({err}); polling on with the old one",
+        exe.display()
+    );
 }
 
 fn report_outcome(path: &std::path::Path, o: &Outcome, opts: &RunOptions) {

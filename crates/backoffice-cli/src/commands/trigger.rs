@@ -3,14 +3,25 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use backoffice::{Backoffice, Started, Tasks};
+use backoffice::{Backoffice, Check, Repo, Started, Tasks};
 
 use crate::cli::TriggerArgs;
 
 /// Runs `backoffice trigger`.
 pub fn run(a: TriggerArgs, tasks: Tasks) -> Result<ExitCode> {
     let path = super::repo_path(a.repository, a.repo)?;
-    let repo = super::open(&path)?;
+    // The check never waits for a lock, and neither does opening the
+    // repository for it: a locked repository answers "not now".
+    let repo = match Repo::open_with(&path, backoffice::repo::CHECK_BUSY_TIMEOUT) {
+        Ok(r) => r,
+        Err(backoffice::Error::Locked { .. }) => {
+            if !a.quiet {
+                println!("{}", Check::Busy.describe());
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Err(e) => return Err(e.into()),
+    };
     // This process exits right away; init reaps the worker.
     let bo = Backoffice::new(tasks).reap_children(false);
     let started = bo.after_request(repo.conn());
