@@ -111,7 +111,8 @@ impl Task for Notify {
             return Ok(0);
         }
         let mut transport = cfg.transport()?;
-        let d = outbox::deliver(conn, &cfg, transport.as_mut(), ctx.now)?;
+        let journal = outbox::journal_path(ctx.repo);
+        let d = outbox::deliver(conn, &cfg, transport.as_mut(), ctx.now, Some(&journal))?;
         if d.sent == 0 && (d.retry > 0 || d.dead > 0) {
             return Err(format!(
                 "{} to retry, {} dead: {}",
