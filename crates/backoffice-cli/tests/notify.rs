@@ -323,8 +323,9 @@ fn failures_are_retried_then_dead_then_retried_by_hand() {
     );
 }
 
-/// A worker killed with SIGKILL in the middle of sending loses nothing; a
-/// message may go out twice at most, with the same Message-ID.
+/// A worker killed with SIGKILL in the middle of sending loses nothing; the
+/// kill causes at most one duplicate (the message in flight), with the same
+/// Message-ID.
 #[test]
 fn killed_worker_loses_nothing() {
     let env = Env::new();
@@ -384,10 +385,10 @@ fn killed_worker_loses_nothing() {
     }
     assert!(partial <= 1, "{partial} partial messages");
     assert_eq!(ids.len(), n, "every message delivered");
-    assert!(
-        ids.values().all(|&c| c <= 2),
-        "a message went out more than twice"
-    );
+    // One kill, one message in flight: at most one duplicate in all (each
+    // finished send is journalled before the next one starts).
+    let duplicates: usize = ids.values().map(|&c| c - 1).sum();
+    assert!(duplicates <= 1, "{duplicates} duplicates from one kill");
     assert_eq!(
         m.sql::<i64>("SELECT count(*) FROM bo_outbox WHERE state = 'sent'"),
         n as i64

@@ -749,3 +749,46 @@ fn refused_and_dropped_messages_arrive_in_the_end() {
         );
     }
 }
+
+/// Item 7 of issue 10: a worker SIGKILLed in the middle of a long relay
+/// run. Every message arrives, and the kill causes at most one duplicate
+/// (the message in flight on the one connection), with the same Message-ID.
+#[test]
+fn killed_relay_worker_causes_at_most_one_duplicate() {
+    if !harness::have("python3") {
+        return;
+    }
+    let env = Env::new();
+    let server = SmtpServer::start(&env, &[]);
+    let n = 1500;
+    let repo = relay_repo(&env, server.port, n);
+    let received = || {
+        std::fs::read_dir(env.path("received"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let mut worker = harness::Cmd::backoffice()
+        .args(["run", "--nolease"])
+        .arg(&repo)
+        .spawn();
+    // Past the first batch of outcomes (200), so a batch-only record would
+    // re-send up to 200.
+    assert!(
+        harness::wait_until(Duration::from_secs(60), || received() > 330),
+        "the worker did not get going"
+    );
+    worker.kill().unwrap();
+    harness::wait_child(&mut worker, Duration::from_secs(10), "the killed worker");
+    let before = server.messages().len();
+    assert!(before < n, "the worker finished before it was killed");
+    run_worker(&repo);
+    assert_eq!(outbox_states(&repo), (0, n as i64, 0), "log:\n{}", server.log());
+    let ids = ids(&server);
+    assert_eq!(ids.len(), n, "every message arrived");
+    let duplicates: usize = ids.values().map(|c| c - 1).sum();
+    eprintln!("killed after {before} messages: {duplicates} duplicate(s)");
+    assert!(
+        duplicates <= 1,
+        "{duplicates} duplicates from one kill on one connection"
+    );
+}
