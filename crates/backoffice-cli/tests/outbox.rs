@@ -4,7 +4,7 @@
 //! repository; an operator's retry made during a run is not undone by it;
 //! relative paths in settings mean the repository's folder.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::harness::{AppRepo, Cmd, Env, wait_child, wait_until};
@@ -242,4 +242,97 @@ fn an_operator_retry_during_a_run_is_not_undone() {
         "the run's stale outcome undid the retry"
     );
     assert_eq!(sql::<i64>(&app.path, "SELECT attempts FROM bo_outbox"), 0);
+}
+
+/// Item 4 of issue 10: relative paths in `email-send-dir`, `email-send-db`
+/// and `backoffice-logfile` mean the repository's folder — for detached
+/// workers too, which run with working directory `/`, started here from a
+/// third folder.
+#[test]
+fn relative_paths_in_settings_mean_the_repository_folder() {
+    let env = Env::new();
+    std::fs::create_dir(env.path("repo")).unwrap();
+    std::fs::create_dir(env.path("elsewhere")).unwrap();
+    let app = AppRepo::new(&env, "repo/app.db");
+    // A name no other test uses, so a wrong resolution against `/` (or
+    // against the starting folder) shows, and can be cleaned up.
+    let unique = format!("bo-rel-{}", std::process::id());
+    let dir = format!("{unique}/mail");
+    let log = format!("{unique}/logs/bo.log");
+    for (k, v) in [
+        ("email-send-method", "dir"),
+        ("email-self", "bo@example.org"),
+        ("email-url", "https://example.org/r/app"),
+        ("email-subname", "[app]"),
+        ("email-send-dir", dir.as_str()),
+        ("email-send-db", &format!("{unique}/mail.db")),
+        ("backoffice-logfile", log.as_str()),
+        ("backoffice-lease-time", "1"),
+    ] {
+        app.bo(&["setting", k, v]);
+    }
+    app.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    let cleanup = || {
+        for base in [Path::new("/"), &env.path("elsewhere")] {
+            let _ = std::fs::remove_dir_all(base.join(&unique));
+        }
+    };
+    let base = env.path("repo").join(&unique);
+    // The log's folder exists (only) in the repository's folder.
+    std::fs::create_dir_all(base.join("logs")).unwrap();
+    let publish_and_wait = |title: &str, done: &dyn Fn() -> bool| {
+        // `publish` starts a detached worker (working directory `/`); the
+        // command itself runs in a third folder.
+        Cmd::backoffice()
+            .args([
+                "publish",
+                "-R",
+                "../repo/app.db",
+                "--kind",
+                "wiki",
+                "--title",
+                title,
+            ])
+            .current_dir(env.path("elsewhere"))
+            .output()
+            .success();
+        let ok = wait_until(Duration::from_secs(30), done);
+        if !ok {
+            let wrong: Vec<String> = [Path::new("/"), &env.path("elsewhere")]
+                .iter()
+                .map(|b| b.join(&unique))
+                .filter(|p| p.exists())
+                .map(|p| p.display().to_string())
+                .collect();
+            cleanup();
+            panic!(
+                "{title}: nothing in {}; written instead to {wrong:?}",
+                base.display()
+            );
+        }
+    };
+    publish_and_wait("Into the folder", &|| {
+        eml_files(&base.join("mail")).len() == 1
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+            base.join("logs/bo.log")
+        )
+        .is_ok_and(|t| t.contains("alert"))),
+        "no run log in {}",
+        base.display()
+    );
+    app.bo(&["setting", "email-send-method", "db"]);
+    publish_and_wait("Into the database", &|| {
+        rusqlite::Connection::open_with_flags(
+            base.join("mail.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .and_then(|c| c.query_row("SELECT count(*) FROM email", [], |r| r.get::<_, i64>(0)))
+        .is_ok_and(|n| n == 1)
+    });
+    let stray =
+        Path::new("/").join(&unique).exists() || env.path("elsewhere").join(&unique).exists();
+    cleanup();
+    assert!(!stray, "something was written relative to another folder");
 }

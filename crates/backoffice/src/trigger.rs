@@ -347,7 +347,7 @@ impl Backoffice {
             .ok()
             .flatten()
             .filter(|s| !s.is_empty())
-            .map(PathBuf::from);
+            .map(|s| crate::settings::resolve_path(conn, Path::new(&s)));
         self.start_worker(&path, logfile.as_deref())
     }
 

@@ -1,6 +1,6 @@
 //! The email settings, read and checked together.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
@@ -115,8 +115,9 @@ impl EmailConfig {
         let method = match method.as_str() {
             "relay" => Method::Relay,
             "pipe" => Method::Pipe(command),
-            "dir" => Method::Dir(PathBuf::from(dir)),
-            "db" => Method::Db(PathBuf::from(db)),
+            // Relative to the repository's folder (see settings::resolve_path).
+            "dir" => Method::Dir(settings::resolve_path(conn, Path::new(&dir))),
+            "db" => Method::Db(settings::resolve_path(conn, Path::new(&db))),
             "stdout" => Method::Stdout,
             _ => Method::Off,
         };
