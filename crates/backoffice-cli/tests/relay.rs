@@ -1,5 +1,5 @@
 //! The `relay` send method against a real SMTP server on 127.0.0.1:
-//! `smtp_server.py` (Python's standard `smtpd`), one per test, whose modes
+//! `smtp_server.py` (a small asyncio SMTP server of our own), one per test, whose modes
 //! refuse, reject or drop. The server writes each message it accepts to a
 //! file and logs each connection, so the tests check what arrived and over
 //! how many connections.
