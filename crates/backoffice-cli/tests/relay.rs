@@ -846,3 +846,201 @@ fn killed_relay_worker_causes_at_most_one_duplicate() {
         "{duplicates} duplicates from one kill on one connection"
     );
 }
+
+// ---------------------------------------------------------------------------
+// TLS and AUTH success paths, with a test CA made by the `openssl` command.
+
+/// A throwaway CA and a server certificate it signed for 127.0.0.1 only:
+/// (ca.pem, server.pem, server.key) in `dir`.
+fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = dir.join("ca.key");
+    let ca = dir.join("ca.pem");
+    let key = dir.join("server.key");
+    let csr = dir.join("server.csr");
+    let cert = dir.join("server.pem");
+    let ext = dir.join("server.ext");
+    std::fs::write(
+        &ext,
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n\
+         extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+    )
+    .unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let p = |p: &PathBuf| p.to_str().unwrap().to_owned();
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=backoffice test CA",
+        "-keyout",
+        &p(&ca_key),
+        "-out",
+        &p(&ca),
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        &p(&key),
+        "-out",
+        &p(&csr),
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        &p(&csr),
+        "-CA",
+        &p(&ca),
+        "-CAkey",
+        &p(&ca_key),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        &p(&ext),
+        "-out",
+        &p(&cert),
+    ]);
+    (ca, cert, key)
+}
+
+/// STARTTLS and AUTH succeed against a relay whose certificate chains to
+/// the CA given in `ca_file`; without that CA, or under a host name the
+/// certificate does not name, the handshake fails (nothing is trusted
+/// blindly); SMTPS (TLS from the first byte) succeeds the same way.
+#[test]
+fn relay_starttls_smtps_and_auth_succeed_with_a_trusted_ca() {
+    if !harness::have("python3") || !harness::have("openssl") {
+        return;
+    }
+    let env = Env::new();
+    let (ca, cert, key) = test_certificates(env.dir());
+    let (c, k) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let server = SmtpServer::start(
+        &env,
+        &[
+            "--tls-cert",
+            c,
+            "--tls-key",
+            k,
+            "--auth",
+            "alice:right-Pw-1",
+        ],
+    );
+    let (envelope, raw) = message(1);
+    let mut config = server.config();
+    config.security = Security::StartTls;
+    config.user = Some("alice".into());
+    config.password = Some("right-Pw-1".into());
+
+    // The built-in roots do not know the test CA.
+    let e = Relay::new(config.clone())
+        .send(&envelope, &raw)
+        .expect_err("an unknown CA must not be trusted");
+    assert!(e.message.contains("STARTTLS failed"), "{e}");
+
+    config.ca_file = Some(ca.clone());
+    let mut relay = Relay::new(config.clone());
+    relay.send(&envelope, &raw).expect("STARTTLS + AUTH");
+    let (envelope2, raw2) = message(2);
+    relay.send(&envelope2, &raw2).expect("same connection");
+    relay.finish();
+    assert_eq!(server.numbers(), vec![1, 2], "log:\n{}", server.log());
+
+    // The certificate names 127.0.0.1, not "localhost".
+    let mut other = config.clone();
+    other.host = "localhost".into();
+    let e = Relay::new(other)
+        .send(&envelope, &raw)
+        .expect_err("a certificate for another name");
+    assert!(
+        e.message.contains("STARTTLS failed") || e.message.contains("cannot connect"),
+        "{e}"
+    );
+    drop(server);
+
+    let env2 = Env::new();
+    let smtps = SmtpServer::start(
+        &env2,
+        &[
+            "--tls-cert",
+            c,
+            "--tls-key",
+            k,
+            "--smtps",
+            "--auth",
+            "alice:right-Pw-1",
+        ],
+    );
+    let mut config = smtps.config();
+    config.security = Security::Tls;
+    config.user = Some("alice".into());
+    config.password = Some("right-Pw-1".into());
+    config.ca_file = Some(ca);
+    let mut relay = Relay::new(config);
+    relay.send(&envelope, &raw).expect("SMTPS + AUTH");
+    relay.finish();
+    assert_eq!(smtps.numbers(), vec![1], "log:\n{}", smtps.log());
+}
+
+/// The same through the binary's settings: `email-send-relay-security
+/// starttls`, a login, and `email-send-relay-ca` as a path relative to the
+/// repository's folder.
+#[test]
+fn alerts_through_starttls_with_a_login_end_to_end() {
+    if !harness::have("python3") || !harness::have("openssl") {
+        return;
+    }
+    let env = Env::new();
+    let (_, cert, key) = test_certificates(env.dir());
+    let server = SmtpServer::start(
+        &env,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--auth",
+            "alice:right-Pw-1",
+        ],
+    );
+    let repo = relay_repo(&env, server.port, 3);
+    let r = repo.to_str().unwrap();
+    for (k, v) in [
+        ("email-send-relay-security", "starttls"),
+        ("email-send-relay-user", "alice"),
+        ("email-send-relay-password", "right-Pw-1"),
+        // ca.pem sits next to app.db.
+        ("email-send-relay-ca", "ca.pem"),
+    ] {
+        harness::Cmd::backoffice()
+            .args(["setting", "-R", r, k, v])
+            .output()
+            .success();
+    }
+    run_worker(&repo);
+    assert_eq!(outbox_states(&repo), (0, 3, 0), "log:\n{}", server.log());
+    assert_eq!(ids(&server).len(), 3);
+    assert_eq!(server.connections(), 1);
+}

@@ -162,6 +162,13 @@ pub const SETTINGS: &[Def] = &[
         secret: true,
     },
     Def {
+        name: "email-send-relay-ca",
+        kind: Kind::Path,
+        default: "",
+        help: "relay: a PEM file of CA certificates to trust besides the built-in public roots (a private CA's); host names are still checked. A relative path is relative to the repository's folder.",
+        secret: false,
+    },
+    Def {
         name: "email-send-command",
         kind: Kind::Text,
         default: "sendmail -ti",

@@ -53,6 +53,8 @@ pub struct EmailConfig {
     pub relay_user: String,
     /// `email-send-relay-password` (never printed).
     pub relay_password: String,
+    /// `email-send-relay-ca`, resolved against the repository's folder.
+    pub relay_ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for EmailConfig {
@@ -109,6 +111,7 @@ impl EmailConfig {
         let relay_security = take("email-send-relay-security");
         let relay_user = take("email-send-relay-user");
         let relay_password = take("email-send-relay-password");
+        let relay_ca = take("email-send-relay-ca");
         let command = take("email-send-command");
         let dir = take("email-send-dir");
         let db = take("email-send-db");
@@ -170,6 +173,8 @@ impl EmailConfig {
             relay_security,
             relay_user,
             relay_password,
+            relay_ca: (!relay_ca.is_empty())
+                .then(|| settings::resolve_path(conn, Path::new(&relay_ca))),
         })
     }
 
