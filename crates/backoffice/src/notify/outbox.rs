@@ -605,6 +605,67 @@ pub fn next_due(conn: &Connection) -> rusqlite::Result<Option<i64>> {
 mod tests {
     use super::*;
 
+    /// The sent journal a killed run left: whole lines whose token matches
+    /// a queued row mark it sent; a line cut short, a wrong token, or a row
+    /// no longer queued change nothing; the journal is gone afterwards.
+    #[test]
+    fn fold_journal_marks_only_what_was_sent() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        super::super::install(&conn).unwrap();
+        let m = New {
+            subscriberid: None,
+            address: "a@example.org",
+            kind: "alert",
+            subject: "s",
+            body: "b",
+            code: None,
+        };
+        let ids: Vec<i64> = (0..4).map(|_| queue(&conn, &m, 100).unwrap()).collect();
+        let token = |id: i64| -> String {
+            conn.query_row("SELECT token FROM bo_outbox WHERE msgid = ?1", [id], |r| {
+                r.get(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(token(ids[0]).len(), 32);
+        assert_ne!(token(ids[0]), token(ids[1]));
+        conn.execute(
+            "UPDATE bo_outbox SET state = 'dead' WHERE msgid = ?1",
+            [ids[3]],
+        )
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.db-bo-sent");
+        let cut = &token(ids[2])[..20];
+        std::fs::write(
+            &path,
+            format!(
+                "{} {}\n{} {}\n{} {}\n{} {cut}",
+                ids[0],
+                token(ids[0]),
+                ids[1],
+                token(ids[0]), // someone else's token
+                ids[3],
+                token(ids[3]),
+                ids[2],
+            ),
+        )
+        .unwrap();
+        assert_eq!(fold_journal(&conn, &path, 200).unwrap(), 1);
+        let states: Vec<String> = conn
+            .prepare("SELECT state FROM bo_outbox ORDER BY msgid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(states, ["sent", "queued", "queued", "dead"]);
+        assert!(!path.exists());
+        assert_eq!(fold_journal(&conn, &path, 300).unwrap(), 0);
+    }
+
     #[test]
     fn backoff_grows_and_is_capped() {
         assert!((60..=66).contains(&backoff(1, 5)));
