@@ -1003,10 +1003,7 @@ fn relay_starttls_smtps_and_auth_succeed_with_a_trusted_ca() {
     let e = Relay::new(other)
         .send(&envelope, &raw)
         .expect_err("a certificate for another name");
-    assert!(
-        e.message.contains("STARTTLS failed") || e.message.contains("cannot connect"),
-        "{e}"
-    );
+    assert!(e.message.contains("STARTTLS failed"), "{e}");
     drop(server);
 
     let env2 = Env::new();
