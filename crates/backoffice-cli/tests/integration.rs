@@ -21,7 +21,9 @@ mod poll;
 mod interop;
 // Notifications: publish, subscribers, alerts, send methods, the outbox.
 mod notify;
-// The SMTP `relay` send method against a real SMTP server (Python's smtpd).
+// The outbox at its edges: durable sends, unique identities, retries, paths.
+mod outbox;
+// The SMTP `relay` send method against a real SMTP server (tests/smtp_server.py, asyncio).
 mod relay;
 // Shell hooks: order, stdin JSON, failures and retries, timeouts, output bounds.
 mod hooks;

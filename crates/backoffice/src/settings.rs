@@ -88,7 +88,7 @@ pub const SETTINGS: &[Def] = &[
         name: LOGFILE,
         kind: Kind::Path,
         default: "",
-        help: "Append one line per run that did work (and every failure to start or run) to this file.",
+        help: "Append one line per run that did work (and every failure to start or run) to this file. A relative path is relative to the repository's folder.",
         secret: false,
     },
     Def {
@@ -172,6 +172,13 @@ pub const SETTINGS: &[Def] = &[
         secret: true,
     },
     Def {
+        name: "email-send-relay-ca",
+        kind: Kind::Path,
+        default: "",
+        help: "relay: a PEM file of CA certificates to trust besides the built-in public roots (a private CA's); host names are still checked. A relative path is relative to the repository's folder.",
+        secret: false,
+    },
+    Def {
         name: "email-send-command",
         kind: Kind::Text,
         default: "sendmail -ti",
@@ -182,14 +189,14 @@ pub const SETTINGS: &[Def] = &[
         name: "email-send-dir",
         kind: Kind::Path,
         default: "",
-        help: "dir: the folder that gets one .eml file per message.",
+        help: "dir: the folder that gets one .eml file per message (never overwriting one). A relative path is relative to the repository's folder.",
         secret: false,
     },
     Def {
         name: "email-send-db",
         kind: Kind::Path,
         default: "",
-        help: "db: the SQLite file that gets one row per message in table email(emailid, msg).",
+        help: "db: the SQLite file that gets one row per message in table email(emailid, msg). A relative path is relative to the repository's folder.",
         secret: false,
     },
     Def {
@@ -499,15 +506,38 @@ impl Settings {
     }
 
     /// Reads the engine's settings from a repository connection. A missing
-    /// `config` table means all defaults.
+    /// `config` table means all defaults. A relative `backoffice-logfile`
+    /// is resolved against the repository's folder ([`resolve_path`]).
     pub fn load(conn: &Connection) -> rusqlite::Result<Settings> {
         let pairs = crate::repo::config_get_many(
             conn,
             &[DISABLE, NODELAY, LOGFILE, LEASE_TIME, HEARTBEAT],
         )?;
-        Ok(Settings::from_pairs(
-            pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
-        ))
+        let mut s = Settings::from_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
+        s.logfile = s.logfile.map(|p| resolve_path(conn, &p));
+        Ok(s)
+    }
+}
+
+/// A path from a setting, made absolute: a relative one is relative to the
+/// repository's folder (the folder of `conn`'s main database file), never
+/// to the working directory, which is `/` for a detached worker and
+/// anything at all for a command or an application. An absolute path, or
+/// a connection without a file, leaves it as it is.
+pub fn resolve_path(conn: &Connection, value: &std::path::Path) -> std::path::PathBuf {
+    if value.is_absolute() || value.as_os_str().is_empty() {
+        return value.to_owned();
+    }
+    // SQLite keeps the database's full path name (made absolute when it
+    // was opened).
+    match conn
+        .path()
+        .filter(|p| !p.is_empty())
+        .map(std::path::Path::new)
+        .and_then(std::path::Path::parent)
+    {
+        Some(folder) => folder.join(value),
+        None => value.to_owned(),
     }
 }
 

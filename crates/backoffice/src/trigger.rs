@@ -362,7 +362,7 @@ impl Backoffice {
             .ok()
             .flatten()
             .filter(|s| !s.is_empty())
-            .map(PathBuf::from);
+            .map(|s| crate::settings::resolve_path(conn, Path::new(&s)));
         // The in-process fallback opens its own connection; the host's gets
         // its own busy timeout back first.
         drop(short);

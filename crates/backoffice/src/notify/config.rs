@@ -1,6 +1,6 @@
 //! The email settings, read and checked together.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
@@ -53,6 +53,8 @@ pub struct EmailConfig {
     pub relay_user: String,
     /// `email-send-relay-password` (never printed).
     pub relay_password: String,
+    /// `email-send-relay-ca`, resolved against the repository's folder.
+    pub relay_ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for EmailConfig {
@@ -109,14 +111,16 @@ impl EmailConfig {
         let relay_security = take("email-send-relay-security");
         let relay_user = take("email-send-relay-user");
         let relay_password = take("email-send-relay-password");
+        let relay_ca = take("email-send-relay-ca");
         let command = take("email-send-command");
         let dir = take("email-send-dir");
         let db = take("email-send-db");
         let method = match method.as_str() {
             "relay" => Method::Relay,
             "pipe" => Method::Pipe(command),
-            "dir" => Method::Dir(PathBuf::from(dir)),
-            "db" => Method::Db(PathBuf::from(db)),
+            // Relative to the repository's folder (see settings::resolve_path).
+            "dir" => Method::Dir(settings::resolve_path(conn, Path::new(&dir))),
+            "db" => Method::Db(settings::resolve_path(conn, Path::new(&db))),
             "stdout" => Method::Stdout,
             _ => Method::Off,
         };
@@ -169,6 +173,8 @@ impl EmailConfig {
             relay_security,
             relay_user,
             relay_password,
+            relay_ca: (!relay_ca.is_empty())
+                .then(|| settings::resolve_path(conn, Path::new(&relay_ca))),
         })
     }
 

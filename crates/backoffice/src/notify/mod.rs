@@ -29,8 +29,11 @@
 //! with its error and a later attempt time (exponential backoff); after
 //! `email-max-attempts` it is *dead*, with its reason, until an operator
 //! retries or purges it (`backoffice outbox`). Each message's `Message-ID`
-//! is derived from its outbox row, so a crash between sending and recording
-//! can cause at most one duplicate, which mail clients recognise as such.
+//! is derived from a random token minted when it is queued (never reused,
+//! across purges and copies of the repository), and each finished send is
+//! journalled before the next one starts, so a worker killed mid-run causes
+//! at most one duplicate per connection, with the same `Message-ID`, which
+//! mail clients recognise as such (see [`outbox`]).
 //!
 //! # Schema
 //!
@@ -106,7 +109,9 @@ CREATE TABLE IF NOT EXISTS bo_outbox(
   attempts INTEGER NOT NULL DEFAULT 0,
   next_attempt INTEGER NOT NULL,
   last_error TEXT,
-  sent_time INTEGER
+  sent_time INTEGER,
+  token TEXT,
+  gen INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS bo_outbox_due ON bo_outbox(next_attempt) WHERE state = 'queued';
 CREATE INDEX IF NOT EXISTS bo_outbox_dead ON bo_outbox(msgid) WHERE state = 'dead';
@@ -114,7 +119,9 @@ CREATE INDEX IF NOT EXISTS bo_outbox_dead ON bo_outbox(msgid) WHERE state = 'dea
 
 /// Creates the notification tables if they are missing.
 pub fn install(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(SCHEMA)
+    conn.execute_batch(SCHEMA)?;
+    // An outbox made by an older version lacks the newer columns.
+    outbox::upgrade(conn)
 }
 
 /// An event as stored in `bo_event`, for the tasks that consume events

@@ -75,15 +75,33 @@ pub trait Transport {
         self.send(envelope, raw)
     }
 
+    /// True if the messages `send` accepted are not yet held by the
+    /// destination until [`Transport::commit`] (the `db` method's
+    /// transaction). False (the default): each `Ok` from `send` means the
+    /// destination has the message.
+    fn batched(&self) -> bool {
+        false
+    }
+
+    /// Makes every message accepted since the last commit durable at the
+    /// destination. The delivery loop records none of them as sent before
+    /// this returns `Ok`; an `Err` turns each into a failed attempt with
+    /// that error. By default nothing to do.
+    fn commit(&mut self) -> Result<(), SendError> {
+        Ok(())
+    }
+
     /// Ends the run: close connections, flush files. Called once, after
     /// the last `send`, whether or not the sends succeeded.
     fn finish(&mut self) {}
 }
 
 /// `dir`: one `.eml` file per message, written to a temporary name and
-/// renamed into place, so a reader never sees half a message. The file is
-/// named after the message's outbox row, so sending it again after a crash
-/// replaces it instead of adding a duplicate.
+/// moved into place, so a reader never sees half a message. The file is
+/// named after the message's unique token (see [`super::outbox`]), and an
+/// existing file is never replaced: a file already there under a message's
+/// name is that same message from an attempt whose outcome a crash kept
+/// from being recorded, so it counts as sent and is left alone.
 pub struct Dir {
     dir: std::path::PathBuf,
 }
@@ -110,12 +128,41 @@ impl Dir {
                 }
             })
             .collect();
-        let tmp = self.dir.join(format!(".{safe}.tmp"));
+        let tmp = self.dir.join(format!(".{safe}.{}.tmp", std::process::id()));
         let dst = self.dir.join(format!("{safe}.eml"));
-        std::fs::write(&tmp, raw)
-            .and_then(|()| std::fs::rename(&tmp, &dst))
-            .map_err(|e| SendError::transient(format!("cannot write {}: {e}", dst.display())))
+        let put = std::fs::write(&tmp, raw).and_then(|()| move_no_replace(&tmp, &dst));
+        match put {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    // The same message, from an earlier attempt.
+                    return Ok(());
+                }
+                Err(SendError::transient(format!(
+                    "cannot write {}: {e}",
+                    dst.display()
+                )))
+            }
+        }
     }
+}
+
+/// Moves `from` to `to` unless `to` exists (`AlreadyExists` then):
+/// `renameat2(RENAME_NOREPLACE)`, or a hard link and an unlink where the
+/// file system lacks it.
+fn move_no_replace(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::{CWD, RenameFlags, renameat_with};
+        match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+            Ok(()) => return Ok(()),
+            Err(e) if e == rustix::io::Errno::INVAL || e == rustix::io::Errno::NOSYS => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
 }
 
 impl Transport for Dir {
@@ -124,11 +171,16 @@ impl Transport for Dir {
     }
 
     fn send(&mut self, envelope: &Envelope, raw: &[u8]) -> Result<(), SendError> {
-        // Without a message id (not the outbox's path), name by time.
+        // Without a message id (not the outbox's path): the time, the
+        // recipient and random bits, so no two messages share a name.
+        let mut b = [0u8; 8];
+        let _ = std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
         let name = format!(
-            "{}-{}",
+            "{}-{}-{}",
             crate::clock::now(),
-            envelope.to.first().map(String::as_str).unwrap_or("x")
+            envelope.to.first().map(String::as_str).unwrap_or("x"),
+            u64::from_le_bytes(b)
         );
         self.send_named(&name, raw)
     }
@@ -136,7 +188,10 @@ impl Transport for Dir {
 
 /// `db`: one row per message in `email(emailid INTEGER PRIMARY KEY, msg
 /// TEXT)` of an SQLite file, as Fossil's `db` method writes; the table is
-/// created if missing. One transaction per run.
+/// created if missing. One transaction per batch of the delivery loop: its
+/// messages count as sent only once [`Transport::commit`] has committed it
+/// (a reader holding the mail database past the busy timeout makes the
+/// commit fail, and the whole batch stays queued with that error).
 pub struct Db {
     conn: rusqlite::Connection,
     path: std::path::PathBuf,
@@ -178,11 +233,34 @@ impl Transport for Db {
             .map_err(err)
     }
 
-    fn finish(&mut self) {
-        if self.open_tx {
-            if let Err(e) = self.conn.execute_batch("COMMIT") {
-                tracing::error!(db = %self.path.display(), error = %e, "cannot commit sent messages");
+    fn batched(&self) -> bool {
+        true
+    }
+
+    fn commit(&mut self) -> Result<(), SendError> {
+        if !self.open_tx {
+            return Ok(());
+        }
+        self.open_tx = false;
+        match self.conn.execute_batch("COMMIT") {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // A failed COMMIT may leave the transaction open: end it,
+                // so the next batch starts clean.
+                let _ = self.conn.execute_batch("ROLLBACK");
+                Err(SendError::transient(format!(
+                    "email-send-db {}: cannot commit: {e}",
+                    self.path.display()
+                )))
             }
+        }
+    }
+
+    fn finish(&mut self) {
+        // Everything that counted was committed by `commit`; anything left
+        // (a send after the last commit cannot happen) is not claimed sent.
+        if self.open_tx {
+            let _ = self.conn.execute_batch("ROLLBACK");
             self.open_tx = false;
         }
     }

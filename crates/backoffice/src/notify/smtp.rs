@@ -53,7 +53,7 @@ use std::time::Duration;
 use lettre::Address;
 use lettre::transport::smtp::Error as SmtpError;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{SmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, SmtpConnection, TlsParameters};
 use lettre::transport::smtp::commands::{Data, Mail, Quit, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 
@@ -156,6 +156,11 @@ pub struct RelayConfig {
     pub timeout: Duration,
     /// The name we give in `EHLO`; `None` means this machine's host name.
     pub helo: Option<String>,
+    /// A PEM file of CA certificates to trust in addition to the built-in
+    /// public roots (`email-send-relay-ca`): a private CA, or a test
+    /// relay's. Host name checking stays on; nothing is ever trusted
+    /// without a chain to a root.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl RelayConfig {
@@ -221,6 +226,7 @@ impl RelayConfig {
             password: None,
             timeout: RelayConfig::DEFAULT_TIMEOUT,
             helo: None,
+            ca_file: None,
         })
     }
 
@@ -262,6 +268,7 @@ impl fmt::Debug for RelayConfig {
             .field("password", &self.password.as_ref().map(|_| MASK))
             .field("timeout", &self.timeout)
             .field("helo", &self.helo)
+            .field("ca_file", &self.ca_file)
             .finish()
     }
 }
@@ -378,7 +385,24 @@ impl Relay {
     fn open(&mut self) -> Result<SmtpConnection, String> {
         let timeout = Some(self.config.timeout);
         if self.config.security != Security::None && self.tls.is_none() {
-            let params = TlsParameters::new(self.config.host.clone())
+            let mut builder = TlsParameters::builder(self.config.host.clone());
+            if let Some(ca) = &self.config.ca_file {
+                let pem = std::fs::read(ca).map_err(|e| {
+                    format!("cannot read email-send-relay-ca {}: {e}", ca.display())
+                })?;
+                let cert = Certificate::from_pem(&pem)
+                    .ok()
+                    .filter(|_| pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----"))
+                    .ok_or_else(|| {
+                        format!(
+                            "email-send-relay-ca {}: no PEM certificate in it",
+                            ca.display()
+                        )
+                    })?;
+                builder = builder.add_root_certificate(cert);
+            }
+            let params = builder
+                .build()
                 .map_err(|e| format!("cannot set up TLS: {}", reason(&e, timeout)))?;
             self.tls = Some(params);
         }
@@ -708,6 +732,7 @@ pub fn open(cfg: &super::config::EmailConfig) -> Result<Box<dyn Transport>, Stri
         rc.user = Some(cfg.relay_user.clone());
         rc.password = Some(cfg.relay_password.clone());
     }
+    rc.ca_file = cfg.relay_ca.clone();
     // The HELO name is the domain we send from, not the whole address
     // (a Fossil bug fixed after 2.21).
     rc.helo = Some(cfg.domain().to_owned());

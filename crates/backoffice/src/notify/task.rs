@@ -111,7 +111,8 @@ impl Task for Notify {
             return Ok(0);
         }
         let mut transport = cfg.transport()?;
-        let d = outbox::deliver(conn, &cfg, transport.as_mut(), ctx.now)?;
+        let journal = outbox::journal_path(ctx.repo);
+        let d = outbox::deliver(conn, &cfg, transport.as_mut(), ctx.now, Some(&journal))?;
         if d.sent == 0 && (d.retry > 0 || d.dead > 0) {
             return Err(format!(
                 "{} to retry, {} dead: {}",
@@ -464,6 +465,54 @@ mod tests {
             0
         );
         assert_eq!(digests(&conn).len(), 1);
+    }
+
+    /// Events more than a day old when first seen get no immediate alert
+    /// (turning email on after a month must not mail a month of alerts);
+    /// they stay for the digest.
+    #[test]
+    fn events_older_than_a_day_when_first_seen_get_no_alert() {
+        let conn = setup();
+        let now = DAY0 + 12 * HOUR;
+        event(&conn, "Last month", now - 30 * 24 * HOUR);
+        event(&conn, "Just over a day ago", now - FRESH_FOR - 1);
+        event(&conn, "Just under a day ago", now - FRESH_FOR + 60);
+        assert_eq!(compose_alerts(&conn, &cfg(&conn), "p", now).unwrap(), 3);
+        let alerts: Vec<(String, String)> = conn
+            .prepare("SELECT address, body FROM bo_outbox WHERE kind = 'alert'")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(alerts.len(), 1, "{alerts:?}");
+        assert_eq!(alerts[0].0, "instant@example.org");
+        assert!(
+            alerts[0].1.contains("Just under a day ago"),
+            "{}",
+            alerts[0].1
+        );
+        assert!(
+            !alerts[0].1.contains("Last month") && !alerts[0].1.contains("Just over"),
+            "{}",
+            alerts[0].1
+        );
+        // All three are handled for alerts, and still waiting for a digest.
+        let undigested: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM bo_event WHERE alerted = 1 AND digested = 0",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(undigested, 3);
+        // Only old events: no alert at all.
+        event(&conn, "Old again", now - 2 * 24 * HOUR);
+        compose_alerts(&conn, &cfg(&conn), "p", now).unwrap();
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM bo_outbox", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 1);
     }
 
     #[test]
