@@ -1182,3 +1182,152 @@ fn the_demo_serves_a_repository_and_an_event_becomes_alert_files() {
     let st = wait_child(&mut child, Duration::from_secs(10), "demo");
     assert!(st.success(), "{st:?}");
 }
+
+/// Many clients publishing at once into a rollback-journal repository (the
+/// default mode): each POST takes the write lock up front and waits for it,
+/// so none fails with 500 "database is locked"; one that still cannot get
+/// the lock in time is told 503 with `Retry-After`.
+#[test]
+fn concurrent_publishing_in_rollback_mode_never_fails_with_500() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    let mode: String = site.sql("PRAGMA journal_mode");
+    assert_eq!(mode, "delete", "the repository is in rollback-journal mode");
+    let srv = Server::start(&site.app.path, &[], &env);
+    let auth = site.auth();
+    let (threads, each) = (100, 10);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let addr = srv.addr.clone();
+            let auth = auth.clone();
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                for i in 0..each {
+                    let body = format!(r#"{{"kind":"load","title":"event {t}-{i}"}}"#);
+                    let r = request(
+                        &addr,
+                        "POST",
+                        "/r/app/events",
+                        &[("Authorization", &auth)],
+                        &body,
+                    );
+                    out.push((r.status, r.header("retry-after"), r.body));
+                }
+                out
+            })
+        })
+        .collect();
+    let replies: Vec<_> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let created = replies.iter().filter(|r| r.0 == 201).count();
+    let busy: Vec<_> = replies.iter().filter(|r| r.0 == 503).collect();
+    let other: Vec<_> = replies
+        .iter()
+        .filter(|r| r.0 != 201 && r.0 != 503)
+        .collect();
+    eprintln!(
+        "{} POSTs: {created} created, {} busy (503), {} other",
+        replies.len(),
+        busy.len(),
+        other.len()
+    );
+    assert!(
+        other.is_empty(),
+        "{} replies neither 201 nor 503, e.g. {:?}; server log:\n{}",
+        other.len(),
+        other.first(),
+        srv.log()
+            .lines()
+            .filter(|l| l.contains("ERROR"))
+            .take(5)
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    for b in &busy {
+        assert!(b.1.is_some(), "a 503 without Retry-After: {b:?}");
+    }
+    assert!(created > 0);
+    let stored: i64 = site.sql("SELECT count(*) FROM bo_event WHERE kind = 'load'");
+    assert_eq!(
+        stored as usize, created,
+        "every 201 is stored, nothing else"
+    );
+}
+
+/// Every event field is bounded (the library's one definition, so the CLI
+/// refuses the same): over a limit is 400 naming the field, nothing stored.
+#[test]
+fn event_fields_over_their_limits_get_400_naming_the_field() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    let srv = Server::start(&site.app.path, &[], &env);
+    let a = site.auth();
+    let auth = [("Authorization", a.as_str())];
+    let big_title = "t".repeat(900_000);
+    let long_url = format!("https://example.org/{}", "u".repeat(3000));
+    let cases = [
+        (
+            format!(r#"{{"kind":"wiki","title":"x","time":{}}}"#, i64::MAX),
+            "time",
+        ),
+        (
+            r#"{"kind":"wiki","title":"x","time":-5}"#.to_owned(),
+            "time",
+        ),
+        (
+            format!(r#"{{"kind":"wiki","title":"{big_title}"}}"#),
+            "title",
+        ),
+        (
+            format!(r#"{{"kind":"wiki","title":"{}"}}"#, "é".repeat(501)),
+            "title",
+        ),
+        (
+            format!(r#"{{"kind":"wiki","title":"x","url":"{long_url}"}}"#),
+            "url",
+        ),
+        (
+            format!(
+                r#"{{"kind":"wiki","title":"x","author":"{}"}}"#,
+                "a".repeat(201)
+            ),
+            "author",
+        ),
+        (
+            format!(
+                r#"{{"kind":"wiki","title":"x","body":"{}"}}"#,
+                "b".repeat(300_000)
+            ),
+            "body",
+        ),
+    ];
+    for (body, field) in &cases {
+        let r = request(&srv.addr, "POST", "/r/app/events", &auth, body);
+        assert_eq!(r.status, 400, "{field}: {}", r.body);
+        let e = r.json()["error"].as_str().unwrap().to_owned();
+        assert!(e.contains(field), "{field}: {e}");
+    }
+    // At the limits: accepted.
+    let body = format!(
+        r#"{{"kind":"wiki","title":"{}","time":253402300799,"author":"{}"}}"#,
+        "é".repeat(500),
+        "a".repeat(200)
+    );
+    let r = request(&srv.addr, "POST", "/r/app/events", &auth, &body);
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(site.sql::<i64>("SELECT count(*) FROM bo_event"), 1);
+    // The command line refuses the same, naming the field.
+    let huge = env.path("huge-body");
+    std::fs::write(&huge, "b".repeat(300_000)).unwrap();
+    let err = Cmd::backoffice()
+        .args(["publish", "--kind", "wiki", "--title", "x", "--no-trigger"])
+        .arg("--body-file")
+        .arg(&huge)
+        .args(["-R", site.app.r()])
+        .output()
+        .failure();
+    assert!(err.contains("body") && err.contains("too long"), "{err}");
+    assert_eq!(site.sql::<i64>("SELECT count(*) FROM bo_event"), 1);
+}
