@@ -598,6 +598,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_connections: usize,
 
+    /// Most connections from one client address at once; more are refused.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub max_connections_per_client: usize,
+
     /// Request limits.
     #[command(flatten)]
     pub limits: WebLimitArgs,

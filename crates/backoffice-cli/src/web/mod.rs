@@ -56,6 +56,12 @@ pub struct Limits {
     pub max_header: usize,
     /// Most connections served at once; more wait to be accepted.
     pub max_connections: usize,
+    /// Most connections from one client address at once; more are refused
+    /// (closed at once), so one client cannot take every connection.
+    pub max_per_client: usize,
+    /// Header (and idle) timeout for connections accepted while the server
+    /// is near its connection cap, when idle connections are also shed.
+    pub busy_header_timeout: Duration,
     /// Longest a connection may live, however busy (bounds a client that
     /// never reads its replies).
     pub connection_lifetime: Duration,
@@ -69,6 +75,8 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(15),
             max_header: 16 * 1024,
             max_connections: 1024,
+            max_per_client: 64,
+            busy_header_timeout: Duration::from_secs(2),
             connection_lifetime: Duration::from_secs(600),
         }
     }
