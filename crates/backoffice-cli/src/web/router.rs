@@ -603,12 +603,13 @@ async fn unsubscribe(
     Path((name, code)): Path<(String, String)>,
 ) -> Response {
     on_repo(app, name.clone(), true, move |app, repo| {
-        match {
+        let done = {
             let _gate = app.write_gate(&name);
             immediate(repo.conn(), || {
                 subscribers::unsubscribe_by_code(repo.conn(), &code)
             })
-        } {
+        };
+        match done {
             Ok(Some(addr)) => Ok((html_type(), pages::unsubscribed(&name, &addr)).into_response()),
             Ok(None) => Err(bad_code()),
             Err(e) => Err(subscriber_failure(e)),
