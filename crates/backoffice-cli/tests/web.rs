@@ -1478,3 +1478,122 @@ fn idle_connections_from_one_client_do_not_lock_out_another() {
     assert!(log.contains("connections from 127.0.0.1"), "{log}");
     drop(idle);
 }
+
+/// `serve` as a child process under descriptor limits (`ulimit -n`, soft
+/// and hard, set by the shell that then becomes the server).
+fn start_with_nofile(path: &Path, args: &[&str], (soft, hard): (u32, u32), env: &Env) -> Server {
+    let stderr = env.path("serve.stderr");
+    let mut child = Cmd::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" serve \"$@\""
+        ))
+        .arg(crate::harness::backoffice_bin())
+        .arg(path)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .spawn_with(
+            Stdio::piped(),
+            Stdio::from(std::fs::File::create(&stderr).unwrap()),
+        );
+    let mut line = String::new();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .unwrap_or_else(|| {
+            panic!(
+                "no address in {line:?}; stderr: {}",
+                std::fs::read_to_string(&stderr).unwrap_or_default()
+            )
+        })
+        .to_owned();
+    Server {
+        child,
+        _stdout: stdout,
+        addr,
+        stderr,
+    }
+}
+
+/// Descriptors a process has open.
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// 10,000 repositories under a limit of 1,024 descriptors: a `/metrics`
+/// scrape reads every one, and the server keeps a bounded number of
+/// connections open (the least recently used are closed), so every
+/// repository is up, and the server still answers and accepts afterwards.
+#[test]
+fn serve_repolist_of_10000_repositories_under_1024_descriptors() {
+    let env = Env::new();
+    let dir = env.path("repos");
+    std::fs::create_dir(&dir).unwrap();
+    // One template with the config table already made (so opening writes
+    // nothing), copied: quicker than creating 10,000 databases.
+    let template = env.path("template.db");
+    rusqlite::Connection::open(&template)
+        .unwrap()
+        .execute_batch(
+            "CREATE TABLE config(name TEXT PRIMARY KEY NOT NULL, value CLOB, mtime DATE,
+               CHECK( typeof(name)='text' AND length(name)>=1 ));
+             CREATE TABLE app(x);",
+        )
+        .unwrap();
+    let n = 10_000;
+    for i in 0..n {
+        std::fs::copy(&template, dir.join(format!("r{i:05}.db"))).unwrap();
+    }
+    let srv = start_with_nofile(&dir, &["--repolist"], (1024, 1024), &env);
+    let m = get(&srv.addr, "/metrics");
+    assert_eq!(m.status, 200, "{}", m.body);
+    let up = m
+        .body
+        .lines()
+        .filter(|l| l.starts_with("backoffice_repository_up{") && l.ends_with(" 1"))
+        .count();
+    let down: Vec<_> = m
+        .body
+        .lines()
+        .filter(|l| l.starts_with("backoffice_repository_up{") && l.ends_with(" 0"))
+        .take(3)
+        .collect();
+    assert_eq!(up, n, "repositories down, e.g. {down:?}; log:\n{}", {
+        let log = srv.log();
+        log.lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    });
+    let fds = open_fds(srv.pid());
+    eprintln!("after a scrape of {n} repositories: {fds} descriptors open");
+    assert!(fds < 600, "{fds} descriptors held after the scrape");
+    // The server still answers, for any repository, on new connections.
+    for i in [0, 4999, 9999] {
+        let r = get(&srv.addr, &format!("/r/r{i:05}/status.json"));
+        assert_eq!(r.status, 200, "{r:?}");
+    }
+    assert!(
+        !srv.log().contains("accept:"),
+        "accept failed: {}",
+        srv.log()
+    );
+}
+
+/// The soft descriptor limit is raised to the hard one at start-up.
+#[test]
+fn serve_raises_its_soft_descriptor_limit_to_the_hard_one() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    let srv = start_with_nofile(&site.app.path, &[], (256, 2048), &env);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", srv.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
+    assert_eq!(nums, ["2048", "2048"], "{line}");
+}

@@ -61,6 +61,8 @@ pub(crate) fn serve_site(
 
 /// Runs `backoffice serve`.
 pub fn run(a: ServeArgs, tasks: Tasks) -> Result<ExitCode> {
+    // Before the site: its pool's bound follows the limit.
+    web::site::raise_descriptor_limit();
     let site = Site::new(&a.path, a.repolist)?;
     let listener = bind(&a.listen)?;
     let mut limits = limits(&a.limits);

@@ -1,6 +1,14 @@
 //! The repositories a server answers for, by name, and a small pool of open
 //! connections to each.
 //!
+//! The pool is bounded twice: a few idle connections per repository, and a
+//! total across all repositories ([`Site::pool_cap`], from the descriptor
+//! limit), beyond which the least recently used idle connection is closed.
+//! Without the total, one `/metrics` scrape of 1,100 repositories kept a
+//! connection (a descriptor, three in WAL mode) to each for good, and under
+//! the common limit of 1,024 descriptors repositories went "down", requests
+//! failed and `accept` failed.
+//!
 //! A name is what appears in `/r/NAME`: the file name without its extension
 //! (`demo.db` → `demo`). Names are checked against a strict alphabet before
 //! anything else happens, and a name is only ever looked up in the map built
@@ -43,7 +51,18 @@ enum Source {
 pub struct Site {
     source: Source,
     names: Mutex<(Instant, BTreeMap<String, PathBuf>)>,
-    pool: Mutex<HashMap<String, Vec<Pooled>>>,
+    pool: Mutex<Pool>,
+}
+
+/// Idle connections by repository, with their order of last use.
+#[derive(Debug, Default)]
+struct Pool {
+    /// Per repository, oldest first.
+    idle: HashMap<String, Vec<Pooled>>,
+    /// Every idle connection by when it was returned: (tick, repository).
+    order: BTreeMap<u64, String>,
+    tick: u64,
+    cap: usize,
 }
 
 /// An idle connection and the file it opened (device, inode), so a file
@@ -53,6 +72,81 @@ pub struct Site {
 struct Pooled {
     repo: Repo,
     file: (u64, u64),
+    tick: u64,
+}
+
+impl Pool {
+    /// The most recently returned idle connection to `name`.
+    fn take(&mut self, name: &str) -> Option<Pooled> {
+        let list = self.idle.get_mut(name)?;
+        let p = list.pop()?;
+        if list.is_empty() {
+            self.idle.remove(name);
+        }
+        self.order.remove(&p.tick);
+        Some(p)
+    }
+
+    /// Keeps `repo` idle for `name`; returns the connections to close (the
+    /// least recently used beyond the caps), to be dropped outside the lock.
+    fn put(&mut self, name: &str, repo: Repo, file: (u64, u64)) -> Vec<Pooled> {
+        let mut out = Vec::new();
+        let list = self.idle.entry(name.to_owned()).or_default();
+        if list.len() >= POOL_IDLE {
+            let old = list.remove(0);
+            self.order.remove(&old.tick);
+            out.push(old);
+        }
+        self.tick += 1;
+        list.push(Pooled {
+            repo,
+            file,
+            tick: self.tick,
+        });
+        self.order.insert(self.tick, name.to_owned());
+        while self.order.len() > self.cap {
+            let Some((tick, who)) = self.order.pop_first() else {
+                break;
+            };
+            if let Some(list) = self.idle.get_mut(&who) {
+                if let Some(i) = list.iter().position(|p| p.tick == tick) {
+                    out.push(list.remove(i));
+                }
+                if list.is_empty() {
+                    self.idle.remove(&who);
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Idle connections kept across all repositories, from the descriptor
+/// limit: an eighth of it (a connection holds up to three descriptors in
+/// WAL mode), between 16 and 512. The rest is for client connections,
+/// connections in use, workers' pipes and the log.
+pub fn pool_cap() -> usize {
+    let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX);
+    usize::try_from(soft / 8)
+        .unwrap_or(usize::MAX)
+        .clamp(16, 512)
+}
+
+/// Raises the soft limit on open descriptors to the hard limit, so a server
+/// over many repositories is not held to the common default soft limit of
+/// 1,024 when the system allows more. Returns the limit now in force.
+pub fn raise_descriptor_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut lim = getrlimit(Resource::Nofile);
+    if lim.current < lim.maximum {
+        lim.current = lim.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, lim) {
+            tracing::debug!("raising the descriptor limit: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current
 }
 
 fn file_id(path: &Path) -> Option<(u64, u64)> {
@@ -118,7 +212,10 @@ impl Site {
         let site = Site {
             source,
             names: Mutex::new((Instant::now(), BTreeMap::new())),
-            pool: Mutex::new(HashMap::new()),
+            pool: Mutex::new(Pool {
+                cap: pool_cap(),
+                ..Pool::default()
+            }),
         };
         let list = site.scan(&BTreeMap::new())?;
         *site.names.lock().unwrap_or_else(|p| p.into_inner()) = (Instant::now(), list);
@@ -212,8 +309,7 @@ impl Site {
             .pool
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get_mut(name)
-            .and_then(Vec::pop);
+            .take(name);
         let now_id = file_id(&path);
         let mut repo = match pooled {
             Some(p) if p.repo.path() == path && Some(p.file) == now_id => p.repo,
@@ -226,11 +322,12 @@ impl Site {
         // A connection left inside a transaction (a handler that failed
         // half-way) is not reused.
         if let (true, Some(file)) = (repo.conn().is_autocommit(), now_id) {
-            let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
-            let idle = pool.entry(name.to_owned()).or_default();
-            if idle.len() < POOL_IDLE {
-                idle.push(Pooled { repo, file });
-            }
+            let closed = self
+                .pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .put(name, repo, file);
+            drop(closed);
         }
         Some(Ok(out))
     }
