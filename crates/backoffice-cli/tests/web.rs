@@ -1597,3 +1597,86 @@ fn serve_raises_its_soft_descriptor_limit_to_the_hard_one() {
     let nums: Vec<&str> = line.split_whitespace().skip(3).take(2).collect();
     assert_eq!(nums, ["2048", "2048"], "{line}");
 }
+
+/// The POSIX locks process `pid` holds on the file with inode `ino`, from
+/// /proc/locks.
+fn locks_held(pid: u32, ino: u64) -> usize {
+    let text = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    text.lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // "1: POSIX ADVISORY WRITE PID MAJ:MIN:INODE START END"
+            f.len() >= 6
+                && f[1] == "POSIX"
+                && f[4] == pid.to_string()
+                && f[5].rsplit(':').next() == Some(&ino.to_string())
+        })
+        .count()
+}
+
+/// A served repository that appears under a second name (a hard link in
+/// the `--repolist` folder) is never opened outside SQLite: closing such a
+/// descriptor would drop every POSIX lock this process holds on the file,
+/// and another process could then write beside the server's own write.
+#[test]
+fn an_aliased_repository_is_never_opened_outside_sqlite() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let dir = env.path("repos");
+    std::fs::create_dir(&dir).unwrap();
+    let app = AppRepo::new(&env, "repos/app.db");
+    let token = app.bo(&["token"]).trim().to_owned();
+    let ino = std::fs::metadata(&app.path).unwrap().ino();
+    let srv = Server::start(&dir, &["--repolist", "--no-trigger"], &env);
+    let started = Instant::now();
+    // A reader holds SHARED, so the server's publish below takes RESERVED
+    // and then waits (up to its busy timeout) at COMMIT, holding its locks.
+    let reader = rusqlite::Connection::open(&app.path).unwrap();
+    reader
+        .execute_batch("BEGIN; SELECT count(*) FROM config;")
+        .unwrap();
+    // The folder is listed again for an unknown name at most every 2 s
+    // (RESCAN_EVERY); start the write once the next listing is allowed.
+    std::thread::sleep(Duration::from_millis(2200).saturating_sub(started.elapsed()));
+    let addr = srv.addr.clone();
+    let auth = format!("Bearer {token}");
+    let post = std::thread::spawn(move || {
+        request(
+            &addr,
+            "POST",
+            "/r/app/events",
+            &[("Authorization", &auth)],
+            r#"{"kind":"wiki","title":"during the alias"}"#,
+        )
+    });
+    assert!(
+        wait_until(Duration::from_secs(3), || locks_held(srv.pid(), ino) > 0),
+        "the server's write holds its locks"
+    );
+    // The alias appears, and a request for an unknown name lists the folder.
+    std::fs::hard_link(&app.path, dir.join("alias.db")).unwrap();
+    assert_eq!(get(&srv.addr, "/r/nothing-here").status, 404);
+    // The server still holds its write lock: another writer is refused.
+    let other = rusqlite::Connection::open(&app.path).unwrap();
+    other.busy_timeout(Duration::ZERO).unwrap();
+    let second_writer = other.execute_batch("BEGIN IMMEDIATE");
+    let still_held = locks_held(srv.pid(), ino);
+    if second_writer.is_ok() {
+        let _ = other.execute_batch("ROLLBACK");
+    }
+    reader.execute_batch("COMMIT").unwrap();
+    let r = post.join().unwrap();
+    assert!(
+        second_writer.is_err() && still_held > 0,
+        "listing the folder dropped the server's locks on the repository \
+         ({still_held} left): a second writer got in beside the server's write"
+    );
+    assert_eq!(r.status, 201, "{r:?}");
+    // The alias is served, and the database is sound.
+    assert_eq!(get(&srv.addr, "/r/alias/status.json").status, 200);
+    let check: String = rusqlite::Connection::open(&app.path)
+        .unwrap()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+}

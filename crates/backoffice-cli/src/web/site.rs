@@ -17,7 +17,6 @@
 //! and an unlisted name is simply not found).
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -171,13 +170,31 @@ pub fn name_of(path: &Path) -> Option<String> {
     valid_name(stem).then(|| stem.to_owned())
 }
 
-/// True if the file starts with SQLite's header.
+/// True if `path` is an SQLite database, asked of SQLite itself.
+///
+/// Never by opening the file ourselves: the file may be one this process
+/// already has open through SQLite under another name (a hard link or
+/// symlink in the folder, a repository renamed), and closing *any*
+/// descriptor of a file drops every POSIX lock the process holds on it —
+/// the server's own write lock included, letting another process write
+/// beside it. SQLite's own open shares its per-file state (locks, open
+/// descriptors) between connections of one process and defers closing,
+/// so opening through SQLite is safe. Read-only, and no waiting: a file
+/// that is locked right now is looked at again on the next listing.
 fn is_sqlite(path: &Path) -> bool {
-    let mut head = [0u8; 16];
-    std::fs::File::open(path)
-        .and_then(|mut f| f.read_exact(&mut head))
+    use rusqlite::{Connection, OpenFlags};
+    // Smaller than one page: not a database (SQLite would take an empty
+    // file for an empty database).
+    if std::fs::metadata(path).map_or(true, |m| m.len() < 512) {
+        return false;
+    }
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let Ok(conn) = Connection::open_with_flags(path, flags) else {
+        return false;
+    };
+    let _ = conn.busy_timeout(Duration::ZERO);
+    conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
         .is_ok()
-        && &head == b"SQLite format 3\0"
 }
 
 impl Site {
@@ -235,6 +252,10 @@ impl Site {
             Source::Dir(d) => {
                 let entries =
                     std::fs::read_dir(d).with_context(|| format!("listing {}", d.display()))?;
+                // Files already served, by (device, inode): a new name for
+                // one of them (an alias) needs no look at all.
+                let served: std::collections::HashSet<(u64, u64)> =
+                    known.values().filter_map(|p| file_id(p)).collect();
                 for e in entries.flatten() {
                     let p = e.path();
                     // Regular files only (following symlinks is the
@@ -246,10 +267,11 @@ impl Site {
                     if out.contains_key(&n) {
                         continue;
                     }
-                    // A file already served is not opened again: closing a
-                    // descriptor of a database drops the POSIX locks this
-                    // process's connections hold on it.
-                    let known = known.get(&n).is_some_and(|q| q == &p);
+                    // A file already served (by this name, or by another:
+                    // the same device and inode) is not looked at again;
+                    // any other is asked of SQLite (see `is_sqlite`).
+                    let known = known.get(&n).is_some_and(|q| q == &p)
+                        || file_id(&p).is_some_and(|id| served.contains(&id));
                     if !known && !is_sqlite(&p) {
                         continue;
                     }
