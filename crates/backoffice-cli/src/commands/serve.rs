@@ -68,7 +68,10 @@ pub fn run(a: ServeArgs, tasks: Tasks) -> Result<ExitCode> {
     let mut limits = limits(&a.limits);
     limits.header_timeout = Duration::from_secs(a.header_timeout.max(1));
     limits.max_connections = a.max_connections.max(1);
-    limits.max_per_client = a.max_connections_per_client.max(1);
+    limits.max_per_client = a
+        .max_connections_per_client
+        .unwrap_or(limits.max_connections / 4)
+        .max(1);
     let replicas = match (a.replica_dir, a.replica_token_file) {
         (Some(dir), Some(file)) => {
             if !dir.is_dir() {

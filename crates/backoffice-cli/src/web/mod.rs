@@ -75,7 +75,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(15),
             max_header: 16 * 1024,
             max_connections: 1024,
-            max_per_client: 64,
+            max_per_client: 256,
             busy_header_timeout: Duration::from_secs(2),
             connection_lifetime: Duration::from_secs(600),
         }
@@ -197,7 +197,7 @@ impl App {
         Some(started)
     }
 
-    /// Held by a request while it writes to repository `name`, so this
+    /// Held by a request that writes to repository `name`, so this
     /// server's own writers to one repository queue here, in order, rather
     /// than all polling SQLite's lock at once: SQLite's busy handler sleeps
     /// and retries, which under a burst of concurrent writers lets some

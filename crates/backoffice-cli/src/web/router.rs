@@ -186,7 +186,28 @@ async fn on_repo<F>(app: Arc<App>, name: String, html: bool, f: F) -> Response
 where
     F: FnOnce(&App, &mut Repo) -> Reply + Send + 'static,
 {
+    on_repo_as(app, name, html, false, f).await
+}
+
+/// [`on_repo`] for a request that writes: the whole request runs behind
+/// the repository's in-process write gate ([`App::write_gate`]), its reads
+/// (the token) included, so this server's writers to one repository take
+/// turns instead of all polling SQLite's locks, where under a burst some
+/// would wait out the whole busy timeout (in rollback-journal mode a
+/// reader also waits while a writer commits).
+async fn on_repo_write<F>(app: Arc<App>, name: String, html: bool, f: F) -> Response
+where
+    F: FnOnce(&App, &mut Repo) -> Reply + Send + 'static,
+{
+    on_repo_as(app, name, html, true, f).await
+}
+
+async fn on_repo_as<F>(app: Arc<App>, name: String, html: bool, write: bool, f: F) -> Response
+where
+    F: FnOnce(&App, &mut Repo) -> Reply + Send + 'static,
+{
     let joined = tokio::task::spawn_blocking(move || {
+        let _gate = write.then(|| app.write_gate(&name));
         match app.site.with_repo(&name, |repo| f(&app, repo)) {
             None => Err(Failure::no_repo(&name)),
             Some(Err(backoffice::Error::Locked { .. })) => Err(Failure::busy()),
@@ -446,8 +467,7 @@ async fn post_event(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let gate = name.clone();
-    on_repo(app, name, false, move |app, repo| {
+    on_repo_write(app, name, false, move |_, repo| {
         authorize(repo, &headers)?;
         let ev: EventIn = parse_json(&body)?;
         let ev = notify::Event {
@@ -458,7 +478,6 @@ async fn post_event(
             author: ev.author,
             time: ev.time,
         };
-        let _gate = app.write_gate(&gate);
         match notify::publish(repo.conn(), &ev) {
             Ok(id) => Ok(json(
                 StatusCode::CREATED,
@@ -506,8 +525,7 @@ async fn add_subscriber(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let gate = name.clone();
-    on_repo(app, name, false, move |app, repo| {
+    on_repo_write(app, name, false, move |_, repo| {
         authorize(repo, &headers)?;
         let s: SubscriberIn = parse_json(&body)?;
         let new = subscribers::New {
@@ -517,7 +535,6 @@ async fn add_subscriber(
             digest: s.digest,
             verified: s.verified,
         };
-        let _gate = app.write_gate(&gate);
         match immediate(repo.conn(), || subscribers::add(repo.conn(), &new)) {
             Ok(s) => Ok(json(StatusCode::CREATED, &s)),
             Err(e) => Err(subscriber_failure(e)),
@@ -551,8 +568,7 @@ async fn remove_subscriber(
 }
 
 async fn remove(app: Arc<App>, name: String, who: Option<String>, headers: HeaderMap) -> Response {
-    let gate = name.clone();
-    on_repo(app, name, false, move |app, repo| {
+    on_repo_write(app, name, false, move |_, repo| {
         authorize(repo, &headers)?;
         let Some(who) = who else {
             return Err(Failure::new(
@@ -560,7 +576,6 @@ async fn remove(app: Arc<App>, name: String, who: Option<String>, headers: Heade
                 "say whom to remove: DELETE /r/NAME/subscribers/ADDRESS or ?address=ADDRESS",
             ));
         };
-        let _gate = app.write_gate(&gate);
         match immediate(repo.conn(), || subscribers::remove(repo.conn(), &who)) {
             Ok(s) => Ok(json(StatusCode::OK, &serde_json::json!({ "removed": s }))),
             Err(e) => Err(subscriber_failure(e)),
@@ -602,14 +617,10 @@ async fn unsubscribe(
     State(app): State<Arc<App>>,
     Path((name, code)): Path<(String, String)>,
 ) -> Response {
-    on_repo(app, name.clone(), true, move |app, repo| {
-        let done = {
-            let _gate = app.write_gate(&name);
-            immediate(repo.conn(), || {
-                subscribers::unsubscribe_by_code(repo.conn(), &code)
-            })
-        };
-        match done {
+    on_repo_write(app, name.clone(), true, move |_, repo| {
+        match immediate(repo.conn(), || {
+            subscribers::unsubscribe_by_code(repo.conn(), &code)
+        }) {
             Ok(Some(addr)) => Ok((html_type(), pages::unsubscribed(&name, &addr)).into_response()),
             Ok(None) => Err(bad_code()),
             Err(e) => Err(subscriber_failure(e)),

@@ -120,17 +120,20 @@ impl Pool {
     }
 }
 
-/// Idle connections kept across all repositories, from the descriptor
-/// limit: an eighth of it (a connection holds up to three descriptors in
-/// WAL mode), between 16 and 512. The rest is for client connections,
-/// connections in use, workers' pipes and the log.
+/// Idle connections kept across all repositories: 64, or an eighth of the
+/// descriptor limit if that is less (a connection holds up to three
+/// descriptors in WAL mode; the rest is for client connections,
+/// connections in use, workers' pipes and the log), but at least 16. Each
+/// idle connection also holds memory (its schema, cached statements and
+/// pages), so the bound is low: enough for the repositories in active use,
+/// while a scrape of thousands reopens the rest as it goes.
 pub fn pool_cap() -> usize {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX);
     usize::try_from(soft / 8)
         .unwrap_or(usize::MAX)
-        .clamp(16, 512)
+        .clamp(16, 64)
 }
 
 /// Raises the soft limit on open descriptors to the hard limit, so a server
