@@ -1551,7 +1551,17 @@ fn serve_repolist_of_10000_repositories_under_1024_descriptors() {
         std::fs::copy(&template, dir.join(format!("r{i:05}.db"))).unwrap();
     }
     let srv = start_with_nofile(&dir, &["--repolist"], (1024, 1024), &env);
-    let m = get(&srv.addr, "/metrics");
+    // The scrape reads 10,000 repositories: in a debug build on a loaded
+    // machine, longer than `request`'s 20 s read timeout.
+    let m = {
+        let mut s = TcpStream::connect(&srv.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let mut raw = Vec::new();
+        s.read_to_end(&mut raw).expect("the scrape's reply");
+        parse_reply(&raw)
+    };
     assert_eq!(m.status, 200, "{}", m.body);
     let up = m
         .body
