@@ -8,7 +8,7 @@
 # concurrent `POST /r/r0/events` (100 client threads), IDLE idle connections
 # from 11 loopback addresses (127.0.0.1-11, within the per-client share),
 # held 2 s, then closed. RSS is read at start, after each round, and after
-# 10 s of quiet at the end. `BO=path` measures another binary (for example
+# 10 s of quiet at the end. `BO_OVERRIDE=path` measures another binary (e.g.
 # a debug build, or the code before a change); SKIP_BUILD=1 as in lib.sh.
 # Environment passed through to the server (e.g. MALLOC_ARENA_MAX) applies.
 set -u
@@ -61,7 +61,6 @@ def get(path):
     r = c.getresponse(); body = r.read(); c.close()
     return r.status, body
 st, body = get("/metrics")
-up = body.count(b"backoffice_repository_up{") - body.count(b"} 0\n") * 0
 codes = {}
 lock = threading.Lock()
 left = [posts]
