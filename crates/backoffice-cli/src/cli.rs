@@ -599,6 +599,12 @@ pub struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_connections: usize,
 
+    /// Most connections from one client address at once; more are refused
+    /// (default: a quarter of --max-connections; raise it behind a reverse
+    /// proxy, where every client has the proxy's address).
+    #[arg(long, value_name = "N")]
+    pub max_connections_per_client: Option<usize>,
+
     /// Request limits.
     #[command(flatten)]
     pub limits: WebLimitArgs,

@@ -61,11 +61,17 @@ pub(crate) fn serve_site(
 
 /// Runs `backoffice serve`.
 pub fn run(a: ServeArgs, tasks: Tasks) -> Result<ExitCode> {
+    // Before the site: its pool's bound follows the limit.
+    web::site::raise_descriptor_limit();
     let site = Site::new(&a.path, a.repolist)?;
     let listener = bind(&a.listen)?;
     let mut limits = limits(&a.limits);
     limits.header_timeout = Duration::from_secs(a.header_timeout.max(1));
     limits.max_connections = a.max_connections.max(1);
+    limits.max_per_client = a
+        .max_connections_per_client
+        .unwrap_or(limits.max_connections / 4)
+        .max(1);
     let replicas = match (a.replica_dir, a.replica_token_file) {
         (Some(dir), Some(file)) => {
             if !dir.is_dir() {

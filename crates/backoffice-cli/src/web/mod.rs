@@ -56,6 +56,12 @@ pub struct Limits {
     pub max_header: usize,
     /// Most connections served at once; more wait to be accepted.
     pub max_connections: usize,
+    /// Most connections from one client address at once; more are refused
+    /// (closed at once), so one client cannot take every connection.
+    pub max_per_client: usize,
+    /// Header (and idle) timeout for connections accepted while the server
+    /// is near its connection cap, when idle connections are also shed.
+    pub busy_header_timeout: Duration,
     /// Longest a connection may live, however busy (bounds a client that
     /// never reads its replies).
     pub connection_lifetime: Duration,
@@ -69,6 +75,8 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(15),
             max_header: 16 * 1024,
             max_connections: 1024,
+            max_per_client: 256,
+            busy_header_timeout: Duration::from_secs(2),
             connection_lifetime: Duration::from_secs(600),
         }
     }
@@ -91,7 +99,12 @@ pub struct App {
     read_checks: Mutex<HashMap<String, Instant>>,
     /// Where copies pushed by peers go (`serve --replica-dir`), if anywhere.
     pub replicas: Option<ReplicaSink>,
+    write_gates: Vec<Mutex<()>>,
 }
+
+/// Stripes of the in-process write gate ([`App::write_gate`]): a fixed
+/// number, so the gate costs the same for one repository or 10,000.
+const WRITE_GATES: usize = 64;
 
 /// Copies of other servers' repositories this server takes: `PUT
 /// /replica/NAME` with the token stores `DIR/NAME.db`.
@@ -129,6 +142,7 @@ impl App {
             checks: Mutex::new(HashMap::new()),
             read_checks: Mutex::new(HashMap::new()),
             replicas: None,
+            write_gates: (0..WRITE_GATES).map(|_| Mutex::new(())).collect(),
         }
     }
 
@@ -181,6 +195,22 @@ impl App {
             bump(&self.started, name);
         }
         Some(started)
+    }
+
+    /// Held by a request that writes to repository `name`, so this
+    /// server's own writers to one repository queue here, in order, rather
+    /// than all polling SQLite's lock at once: SQLite's busy handler sleeps
+    /// and retries, which under a burst of concurrent writers lets some
+    /// wait out the whole busy timeout while others get in. With the gate,
+    /// only one of ours contends with other processes at a time.
+    pub fn write_gate(&self, name: &str) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        let i = (h.finish() % WRITE_GATES as u64) as usize;
+        self.write_gates[i]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// Workers this process has started for `name`.

@@ -40,6 +40,7 @@ pub struct Failure {
     message: String,
     html: bool,
     bearer: bool,
+    retry_after: bool,
 }
 
 impl Failure {
@@ -50,6 +51,31 @@ impl Failure {
             message: message.into(),
             html: false,
             bearer: false,
+            retry_after: false,
+        }
+    }
+
+    /// The repository's write lock stayed taken for the whole busy timeout:
+    /// 503 with `Retry-After`, since the same request will work once the
+    /// other writer is done. Never a 500: nothing is broken.
+    pub(crate) fn busy() -> Failure {
+        Failure {
+            retry_after: true,
+            ..Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the repository is busy with another writer; try again shortly",
+            )
+        }
+    }
+
+    /// [`Failure::busy`] for a busy or locked database, else
+    /// [`Failure::internal`].
+    pub(crate) fn sqlite(what: &str, e: rusqlite::Error) -> Failure {
+        if is_busy(&e) {
+            tracing::warn!("{what}: {e}");
+            Failure::busy()
+        } else {
+            Failure::internal(what, e)
         }
     }
 
@@ -93,6 +119,10 @@ impl IntoResponse for Failure {
                 HeaderValue::from_static("Bearer realm=\"backoffice\""),
             );
         }
+        if self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
     }
 }
@@ -121,14 +151,66 @@ fn json(status: StatusCode, v: &impl serde::Serialize) -> Response {
 
 type Reply = Result<Response, Failure>;
 
+/// True for SQLite's "busy" and "locked": another connection held the lock
+/// for longer than the busy timeout.
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Runs the write `f` in a transaction that takes the write lock up front
+/// (`BEGIN IMMEDIATE`, which waits for the busy timeout), and rolls back on
+/// any failure, COMMIT's included. A deferred transaction, or a lone
+/// statement that reads before it writes, gets `SQLITE_BUSY` at once in
+/// rollback-journal mode when another connection is writing: SQLite will
+/// not wait while holding a read lock, as that could deadlock.
+fn immediate<T, E>(conn: &rusqlite::Connection, f: impl FnOnce() -> Result<T, E>) -> Result<T, E>
+where
+    E: From<rusqlite::Error>,
+{
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let out = f().and_then(|v| {
+        conn.execute_batch("COMMIT")?;
+        Ok(v)
+    });
+    if out.is_err() && !conn.is_autocommit() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    out
+}
+
 /// Runs `f` on repository `name` on a blocking thread.
 async fn on_repo<F>(app: Arc<App>, name: String, html: bool, f: F) -> Response
 where
     F: FnOnce(&App, &mut Repo) -> Reply + Send + 'static,
 {
+    on_repo_as(app, name, html, false, f).await
+}
+
+/// [`on_repo`] for a request that writes: the whole request runs behind
+/// the repository's in-process write gate ([`App::write_gate`]), its reads
+/// (the token) included, so this server's writers to one repository take
+/// turns instead of all polling SQLite's locks, where under a burst some
+/// would wait out the whole busy timeout (in rollback-journal mode a
+/// reader also waits while a writer commits).
+async fn on_repo_write<F>(app: Arc<App>, name: String, html: bool, f: F) -> Response
+where
+    F: FnOnce(&App, &mut Repo) -> Reply + Send + 'static,
+{
+    on_repo_as(app, name, html, true, f).await
+}
+
+async fn on_repo_as<F>(app: Arc<App>, name: String, html: bool, write: bool, f: F) -> Response
+where
+    F: FnOnce(&App, &mut Repo) -> Reply + Send + 'static,
+{
     let joined = tokio::task::spawn_blocking(move || {
+        let _gate = write.then(|| app.write_gate(&name));
         match app.site.with_repo(&name, |repo| f(&app, repo)) {
             None => Err(Failure::no_repo(&name)),
+            Some(Err(backoffice::Error::Locked { .. })) => Err(Failure::busy()),
             Some(Err(e)) => Err(Failure::internal("opening the repository", e)),
             Some(Ok(reply)) => reply,
         }
@@ -301,7 +383,7 @@ fn authorize(repo: &Repo, headers: &HeaderMap) -> Result<(), Failure> {
             StatusCode::FORBIDDEN,
             "the API is off for this repository: its administrator makes a token with `backoffice token`",
         )),
-        Err(e) => Err(Failure::internal("checking the token", e)),
+        Err(e) => Err(Failure::sqlite("checking the token", e)),
     }
 }
 
@@ -385,7 +467,7 @@ async fn post_event(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    on_repo(app, name, false, move |_, repo| {
+    on_repo_write(app, name, false, move |_, repo| {
         authorize(repo, &headers)?;
         let ev: EventIn = parse_json(&body)?;
         let ev = notify::Event {
@@ -401,7 +483,7 @@ async fn post_event(
                 StatusCode::CREATED,
                 &serde_json::json!({ "id": id, "kind": ev.kind }),
             )),
-            Err(notify::PublishError::Sqlite(e)) => Err(Failure::internal("publishing", e)),
+            Err(notify::PublishError::Sqlite(e)) => Err(Failure::sqlite("publishing", e)),
             Err(e) => Err(Failure::new(StatusCode::BAD_REQUEST, e.to_string())),
         }
     })
@@ -443,7 +525,7 @@ async fn add_subscriber(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    on_repo(app, name, false, move |_, repo| {
+    on_repo_write(app, name, false, move |_, repo| {
         authorize(repo, &headers)?;
         let s: SubscriberIn = parse_json(&body)?;
         let new = subscribers::New {
@@ -453,7 +535,7 @@ async fn add_subscriber(
             digest: s.digest,
             verified: s.verified,
         };
-        match subscribers::add(repo.conn(), &new) {
+        match immediate(repo.conn(), || subscribers::add(repo.conn(), &new)) {
             Ok(s) => Ok(json(StatusCode::CREATED, &s)),
             Err(e) => Err(subscriber_failure(e)),
         }
@@ -486,7 +568,7 @@ async fn remove_subscriber(
 }
 
 async fn remove(app: Arc<App>, name: String, who: Option<String>, headers: HeaderMap) -> Response {
-    on_repo(app, name, false, move |_, repo| {
+    on_repo_write(app, name, false, move |_, repo| {
         authorize(repo, &headers)?;
         let Some(who) = who else {
             return Err(Failure::new(
@@ -494,7 +576,7 @@ async fn remove(app: Arc<App>, name: String, who: Option<String>, headers: Heade
                 "say whom to remove: DELETE /r/NAME/subscribers/ADDRESS or ?address=ADDRESS",
             ));
         };
-        match subscribers::remove(repo.conn(), &who) {
+        match immediate(repo.conn(), || subscribers::remove(repo.conn(), &who)) {
             Ok(s) => Ok(json(StatusCode::OK, &serde_json::json!({ "removed": s }))),
             Err(e) => Err(subscriber_failure(e)),
         }
@@ -505,7 +587,7 @@ async fn remove(app: Arc<App>, name: String, who: Option<String>, headers: Heade
 fn subscriber_failure(e: subscribers::SubscriberError) -> Failure {
     use subscribers::SubscriberError as E;
     match e {
-        E::Sqlite(e) => Failure::internal("the subscriber change", e),
+        E::Sqlite(e) => Failure::sqlite("the subscriber change", e),
         E::NotFound(_) => Failure::new(StatusCode::NOT_FOUND, e.to_string()),
         E::Duplicate(_) => Failure::new(StatusCode::CONFLICT, e.to_string()),
         e => Failure::new(StatusCode::BAD_REQUEST, e.to_string()),
@@ -535,16 +617,15 @@ async fn unsubscribe(
     State(app): State<Arc<App>>,
     Path((name, code)): Path<(String, String)>,
 ) -> Response {
-    on_repo(
-        app,
-        name.clone(),
-        true,
-        move |_, repo| match subscribers::unsubscribe_by_code(repo.conn(), &code) {
+    on_repo_write(app, name.clone(), true, move |_, repo| {
+        match immediate(repo.conn(), || {
+            subscribers::unsubscribe_by_code(repo.conn(), &code)
+        }) {
             Ok(Some(addr)) => Ok((html_type(), pages::unsubscribed(&name, &addr)).into_response()),
             Ok(None) => Err(bad_code()),
             Err(e) => Err(subscriber_failure(e)),
-        },
-    )
+        }
+    })
     .await
 }
 

@@ -7,6 +7,31 @@
 //! request head, a cap on connections, and a lifetime for each one. The
 //! body limits are in the router, so CGI has them too.
 //!
+//! # Sharing the connections
+//!
+//! A connection slot is held from accept to close, so idle connections
+//! could take them all: 1,100 idle connections from one client once kept
+//! every other client waiting for the header timeout. Two rules prevent
+//! it. Each client address may hold at most `max_per_client` connections;
+//! more are answered 503 and closed at once, never queued. And when the
+//! server is near its cap (7/8 of the slots taken), it sheds idle
+//! connections — keep-alive connections between requests are shut down
+//! gracefully, connections that have not sent a request yet are closed —
+//! and gives the connections it accepts meanwhile a short header timeout,
+//! so a newcomer from another address is served at once instead of after
+//! the header timeout.
+//!
+//! # Memory
+//!
+//! After a burst of load the server gives memory back: `serve` grew from 9
+//! to 165–188 MB resident once and stayed there. What held it: glibc's
+//! malloc keeps one arena per thread that ever allocated (up to 8 per
+//! core), and freed memory stays in them; and an idle SQLite connection to
+//! every repository ever read. So the arenas are capped at two
+//! (`M_ARENA_MAX`), freed memory is handed back to the system every 10 s
+//! (`malloc_trim`), and the idle connections are bounded in number across
+//! all repositories (see `site.rs`). Measured with `bench/serve_memory.sh`.
+//!
 //! After each successful reply for a repository, a blocking task runs the
 //! after-request check (after a read-only request, at most once a second
 //! per repository: [`super::READ_CHECK_EVERY`]). The check is spawned once
@@ -14,8 +39,10 @@
 //! workers it starts are reaped by the engine's reaper threads, so the
 //! server leaves no zombies.
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use axum::extract::{Request, State};
@@ -24,7 +51,9 @@ use axum::middleware::{self, Next};
 use axum::response::Response;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::Semaphore;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Notify, Semaphore};
+use tower::ServiceExt;
 
 use super::{App, repo_in_path, router};
 
@@ -43,6 +72,83 @@ async fn after_reply(State(app): State<Arc<App>>, req: Request, next: Next) -> R
     resp
 }
 
+/// Connections open per client address.
+#[derive(Default)]
+struct PerClient(std::sync::Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection counted against its client's share; uncounted on drop.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    ip: IpAddr,
+}
+
+impl PerClient {
+    /// Counts a connection from `ip`, unless it already has `max`.
+    fn take(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<ClientSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ClientSlot {
+            clients: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut m = self.clients.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The reply to a client over its share of connections, written without
+/// waiting (the socket's buffer is empty) before the connection is closed.
+const TOO_MANY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+
+/// Bounds glibc malloc's arenas: by default it keeps up to 8 per core, one
+/// per thread that allocated while others held theirs, and memory freed in
+/// them is rarely returned. Two is plenty for a server whose work is
+/// SQLite queries and small replies.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn bound_allocator() {
+    unsafe extern "C" {
+        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    const M_ARENA_MAX: std::ffi::c_int = -8;
+    // SAFETY: glibc's mallopt takes two ints and may be called at any
+    // time; this runs before the runtime's threads start.
+    unsafe {
+        mallopt(M_ARENA_MAX, 2);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn bound_allocator() {}
+
+/// Hands memory that is free in malloc's arenas back to the system.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_allocator() {
+    unsafe extern "C" {
+        fn malloc_trim(pad: usize) -> std::ffi::c_int;
+    }
+    // SAFETY: glibc's malloc_trim takes a size and is thread-safe.
+    unsafe {
+        malloc_trim(0);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_allocator() {}
+
 /// Serves `app` on `listener` until SIGINT or SIGTERM, then lets requests in
 /// flight finish (for a few seconds at most). `ready` is called with the
 /// bound address once the server accepts connections.
@@ -52,6 +158,7 @@ pub fn serve(
     stop_after: Option<std::time::Duration>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
+    bound_allocator();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("backoffice-web")
@@ -73,16 +180,29 @@ async fn run(
     let svc =
         router::router(app.clone()).layer(middleware::from_fn_with_state(app.clone(), after_reply));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let clients = Arc::new(PerClient::default());
+    // Wakes every connection to shed itself if it is idle.
+    let shed = Arc::new(Notify::new());
+    // Near the cap: 7/8 of the slots taken (at least one slot short of it).
+    let near = limits
+        .max_connections
+        .saturating_sub((limits.max_connections / 8).max(1));
+    let mut last_refusal_log: Option<std::time::Instant> = None;
     let mut shutdown = std::pin::pin!(shutdown_signal(stop_after));
+    // Memory freed after a burst goes back to the system within 10 s.
+    tokio::spawn(async {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let _ = tokio::task::spawn_blocking(trim_allocator).await;
+        }
+    });
     ready(addr);
     loop {
-        // A connection slot first, so past the cap new clients wait in the
-        // kernel's backlog rather than in our memory.
-        let slot = tokio::select! {
-            s = slots.clone().acquire_owned() => s?,
-            _ = &mut shutdown => break,
-        };
-        let (stream, peer) = tokio::select! {
+        // Accept first: a client over its share is refused at once rather
+        // than queued behind everyone's slots.
+        let (mut stream, peer) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
                 Err(e) => {
@@ -94,21 +214,92 @@ async fn run(
             },
             _ = &mut shutdown => break,
         };
+        let Some(client) = clients.take(peer.ip(), limits.max_per_client) else {
+            // Logged at most once a second: the refusals themselves can be
+            // a flood.
+            if last_refusal_log.is_none_or(|t| t.elapsed().as_secs() >= 1) {
+                tracing::warn!(
+                    "refused a connection: {} connections from {} already (--max-connections-per-client)",
+                    limits.max_per_client,
+                    peer.ip()
+                );
+                last_refusal_log = Some(std::time::Instant::now());
+            }
+            let _ = stream.try_write(TOO_MANY);
+            let _ = stream.shutdown().await;
+            continue;
+        };
+        let in_use = limits.max_connections - slots.available_permits();
+        let busy = in_use >= near;
+        if busy {
+            shed.notify_waiters();
+        }
+        // A slot; at the cap, wait for one (the idle were just told to go).
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(s) => s,
+            Err(_) => tokio::select! {
+                s = slots.clone().acquire_owned() => s?,
+                _ = &mut shutdown => break,
+            },
+        };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(svc.clone());
+        let seen_request = Arc::new(AtomicBool::new(false));
+        let seen = seen_request.clone();
+        let svc = TowerToHyperService::new(svc.clone().map_request(move |r: Request<_>| {
+            seen.store(true, Ordering::Relaxed);
+            r
+        }));
+        let shed = shed.clone();
+        let header_timeout = if busy {
+            limits.header_timeout.min(limits.busy_header_timeout)
+        } else {
+            limits.header_timeout
+        };
         tokio::spawn(async move {
             let mut http = hyper::server::conn::http1::Builder::new();
             http.timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
+                .header_read_timeout(header_timeout)
                 .max_buf_size(limits.max_header.max(8192))
                 .max_headers(100);
             let conn = http.serve_connection(TokioIo::new(stream), svc);
-            match tokio::time::timeout(limits.connection_lifetime, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(%peer, "connection: {e}"),
-                Err(_) => tracing::debug!(%peer, "connection closed at its lifetime limit"),
+            let mut conn = std::pin::pin!(conn);
+            let lifetime = tokio::time::sleep(limits.connection_lifetime);
+            let mut lifetime = std::pin::pin!(lifetime);
+            let mut shedding = false;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(%peer, "connection: {e}");
+                        }
+                        break;
+                    }
+                    _ = &mut lifetime => {
+                        tracing::debug!(%peer, "connection closed at its lifetime limit");
+                        break;
+                    }
+                    _ = shed.notified(), if !shedding => {
+                        if !seen_request.load(Ordering::Relaxed) {
+                            if busy {
+                                // Accepted near the cap, so its header
+                                // timeout is already short; closing it
+                                // could cut off a newcomer about to send.
+                                continue;
+                            }
+                            // Not one request yet: an idle or slow client
+                            // holding a slot. Closed.
+                            tracing::debug!(%peer, "connection shed: no request yet");
+                            break;
+                        }
+                        // Between requests this closes it now; in a
+                        // request, once its reply is sent.
+                        conn.as_mut().graceful_shutdown();
+                        shedding = true;
+                    }
+                }
             }
             drop(slot);
+            drop(client);
         });
     }
     // Let requests in flight finish: every slot back, or 5 seconds.

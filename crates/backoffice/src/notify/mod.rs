@@ -187,10 +187,23 @@ pub fn recent_events(conn: &Connection, limit: usize) -> rusqlite::Result<Vec<St
     }
 }
 
-/// Longest title we keep, in characters; longer ones are cut.
+// The limits on an event's fields: the one definition that `publish` (and
+// so the CLI's `publish` and the web API) enforces. An event over a limit is
+// refused, naming the field, rather than cut or stored as sent: a 900 KB
+// title or a `time` of i64::MAX would otherwise travel into every alert,
+// digest, hook and webhook built from it, and into arithmetic on times.
+
+/// Longest title, in characters (after folding it onto one line).
 pub const MAX_TITLE: usize = 500;
-/// Longest body we keep, in bytes; longer ones are cut at a character boundary.
+/// Longest body, in bytes.
 pub const MAX_BODY: usize = 256 * 1024;
+/// Longest `url`, in bytes.
+pub const MAX_URL: usize = 2048;
+/// Longest `author`, in characters.
+pub const MAX_AUTHOR: usize = 200;
+/// Latest event time: 9999-12-31 23:59:59 UTC, in Unix seconds. The
+/// earliest is 0 (1970-01-01).
+pub const MAX_TIME: i64 = 253_402_300_799;
 
 /// Something that happened in the application, worth telling subscribers.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -219,6 +232,19 @@ pub enum PublishError {
     /// The title is empty.
     #[error("an event needs a title")]
     EmptyTitle,
+    /// A field is longer than its limit.
+    #[error("the event's {field} is too long: at most {max} {unit}")]
+    TooLong {
+        /// The field: `title`, `body`, `url` or `author`.
+        field: &'static str,
+        /// Its limit.
+        max: usize,
+        /// What the limit counts: `characters` or `bytes`.
+        unit: &'static str,
+    },
+    /// The time is outside 0..=[`MAX_TIME`].
+    #[error("the event's time {0} is out of range: Unix seconds from 0 to {MAX_TIME} (year 9999)")]
+    Time(i64),
     /// SQLite refused.
     #[error("cannot publish the event: {0}")]
     Sqlite(#[from] rusqlite::Error),
@@ -232,16 +258,46 @@ pub fn valid_kind(kind: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
-/// Cuts `s` to at most `max` bytes at a character boundary.
-fn clip_bytes(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
+/// Checks an event against the limits ([`MAX_TITLE`] and the rest) and
+/// returns its title, url and author folded onto one line.
+#[allow(clippy::type_complexity)]
+fn checked(ev: &Event) -> Result<(String, Option<String>, Option<String>), PublishError> {
+    let too_long = |field, max, unit| PublishError::TooLong { field, max, unit };
+    if !valid_kind(&ev.kind) {
+        return Err(PublishError::Kind(ev.kind.clone()));
     }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
+    // Bytes first, so a huge title is refused before it is folded.
+    if ev.title.len() > MAX_TITLE * 4 || ev.title.chars().count() > MAX_TITLE * 4 {
+        return Err(too_long("title", MAX_TITLE, "characters"));
     }
-    &s[..end]
+    let title = one_line(&ev.title);
+    if title.is_empty() {
+        return Err(PublishError::EmptyTitle);
+    }
+    if title.chars().count() > MAX_TITLE {
+        return Err(too_long("title", MAX_TITLE, "characters"));
+    }
+    if ev.body.len() > MAX_BODY {
+        return Err(too_long("body", MAX_BODY, "bytes"));
+    }
+    if ev.url.as_ref().is_some_and(|u| u.len() > MAX_URL) {
+        return Err(too_long("url", MAX_URL, "bytes"));
+    }
+    if ev
+        .author
+        .as_ref()
+        .is_some_and(|a| a.len() > MAX_AUTHOR * 4 || a.chars().count() > MAX_AUTHOR)
+    {
+        return Err(too_long("author", MAX_AUTHOR, "characters"));
+    }
+    if let Some(t) = ev.time {
+        if !(0..=MAX_TIME).contains(&t) {
+            return Err(PublishError::Time(t));
+        }
+    }
+    let url = ev.url.as_deref().map(one_line).filter(|u| !u.is_empty());
+    let author = ev.author.as_deref().map(one_line).filter(|a| !a.is_empty());
+    Ok((title, url, author))
 }
 
 /// Publishes an event on `conn`, normally inside the application's own
@@ -249,36 +305,50 @@ fn clip_bytes(s: &str, max: usize) -> &str {
 /// connection), so the event commits or rolls back with the data it is
 /// about. Returns the event id. Creates the tables on first use.
 ///
-/// Titles are kept to one line: control characters (CR, LF, tabs) become
-/// spaces, so no title can ever become a header.
+/// On a connection outside any transaction, the event gets a transaction of
+/// its own that takes the write lock up front (`BEGIN IMMEDIATE`), so it
+/// waits for other writers for the busy timeout. (In rollback-journal mode
+/// a statement that read first and then wants to write gets `SQLITE_BUSY`
+/// at once, without waiting, when another connection is writing.)
+///
+/// An event over a limit ([`MAX_TITLE`], [`MAX_BODY`], [`MAX_URL`],
+/// [`MAX_AUTHOR`], [`MAX_TIME`]) is refused with the field's name. Titles
+/// are kept to one line: control characters (CR, LF, tabs) become spaces,
+/// so no title can ever become a header.
 pub fn publish(conn: &Connection, ev: &Event) -> Result<i64, PublishError> {
-    if !valid_kind(&ev.kind) {
-        return Err(PublishError::Kind(ev.kind.clone()));
-    }
-    let title: String = one_line(&ev.title).chars().take(MAX_TITLE).collect();
-    if title.is_empty() {
-        return Err(PublishError::EmptyTitle);
-    }
-    let body = clip_bytes(&ev.body, MAX_BODY);
-    let url = ev.url.as_deref().map(one_line).filter(|u| !u.is_empty());
-    let author = ev.author.as_deref().map(one_line).filter(|a| !a.is_empty());
+    let (title, url, author) = checked(ev)?;
     let time = ev.time.unwrap_or_else(crate::clock::now);
     const SQL: &str = "INSERT INTO bo_event(kind, title, body, url, author, mtime) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
     let insert = |conn: &Connection| {
         conn.prepare_cached(SQL)?
-            .execute(params![ev.kind, title, body, url, author, time])
+            .execute(params![ev.kind, title, ev.body, url, author, time])
     };
-    match insert(conn) {
-        Ok(_) => {}
-        // First event ever: create the tables (inside the caller's
-        // transaction, so they roll back with it too) and try again.
-        Err(e) if crate::repo::is_no_such_table(&e) => {
-            install(conn)?;
-            insert(conn)?;
+    let write = || -> Result<i64, PublishError> {
+        match insert(conn) {
+            Ok(_) => {}
+            // First event ever: create the tables (inside the caller's
+            // transaction, so they roll back with it too) and try again.
+            Err(e) if crate::repo::is_no_such_table(&e) => {
+                install(conn)?;
+                insert(conn)?;
+            }
+            Err(e) => return Err(e.into()),
         }
-        Err(e) => return Err(e.into()),
+        Ok(conn.last_insert_rowid())
+    };
+    if !conn.is_autocommit() {
+        return write();
     }
-    Ok(conn.last_insert_rowid())
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let done = write().and_then(|id| {
+        conn.execute_batch("COMMIT")?;
+        Ok(id)
+    });
+    if done.is_err() && !conn.is_autocommit() {
+        // Whatever failed, COMMIT included, leaves no transaction open.
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    done
 }
 
 /// Collapses control characters and runs of whitespace into single spaces.
@@ -347,8 +417,89 @@ mod tests {
     }
 
     #[test]
-    fn long_bodies_are_cut_at_a_character_boundary() {
-        let s = "é".repeat(10);
-        assert_eq!(clip_bytes(&s, 5), "éé");
+    fn every_field_is_bounded_and_a_refusal_names_it() {
+        let conn = Connection::open_in_memory().unwrap();
+        let ok = Event {
+            kind: "k".into(),
+            title: "é".repeat(MAX_TITLE),
+            body: "b".repeat(MAX_BODY),
+            url: Some("u".repeat(MAX_URL)),
+            author: Some("é".repeat(MAX_AUTHOR)),
+            time: Some(MAX_TIME),
+        };
+        publish(&conn, &ok).unwrap();
+        publish(
+            &conn,
+            &Event {
+                time: Some(0),
+                ..ok.clone()
+            },
+        )
+        .unwrap();
+        for (bad, field) in [
+            (
+                Event {
+                    title: "x".repeat(MAX_TITLE + 1),
+                    ..ok.clone()
+                },
+                "title",
+            ),
+            (
+                Event {
+                    title: "x".repeat(900_000),
+                    ..ok.clone()
+                },
+                "title",
+            ),
+            (
+                Event {
+                    body: "b".repeat(MAX_BODY + 1),
+                    ..ok.clone()
+                },
+                "body",
+            ),
+            (
+                Event {
+                    url: Some("u".repeat(MAX_URL + 1)),
+                    ..ok.clone()
+                },
+                "url",
+            ),
+            (
+                Event {
+                    author: Some("a".repeat(MAX_AUTHOR + 1)),
+                    ..ok.clone()
+                },
+                "author",
+            ),
+            (
+                Event {
+                    time: Some(i64::MAX),
+                    ..ok.clone()
+                },
+                "time",
+            ),
+            (
+                Event {
+                    time: Some(MAX_TIME + 1),
+                    ..ok.clone()
+                },
+                "time",
+            ),
+            (
+                Event {
+                    time: Some(-1),
+                    ..ok.clone()
+                },
+                "time",
+            ),
+        ] {
+            let e = publish(&conn, &bad).unwrap_err().to_string();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM bo_event", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(n, 2, "nothing refused was stored");
     }
 }
