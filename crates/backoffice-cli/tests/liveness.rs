@@ -425,7 +425,7 @@ fn a_long_lived_host_that_cannot_release_its_lease_does_not_stall_the_repository
 /// as in a container sharing the repository) records a namespace-local pid
 /// (1, here). A worker outside must not judge it by that pid: while the
 /// namespaced worker's heartbeat is current, it is alive, and nobody runs
-/// beside it. Its task takes longer than the heartbeat grace (4 s), so
+/// beside it. Its task takes longer than the heartbeat grace (8 s), so
 /// only a renewed heartbeat keeps it alive.
 #[test]
 fn a_holder_in_another_pid_namespace_is_not_run_beside() {
@@ -452,8 +452,9 @@ fn a_holder_in_another_pid_namespace_is_not_run_beside() {
     let env = Env::new();
     let r = env.repo("r.db", 1);
     let repo = r.path.to_str().unwrap();
-    r.set("backoffice-heartbeat", "1");
-    r.set("host-work-ms", "7000");
+    // Renewed every 2 s, each renewal good for 8 s; the work takes longer.
+    r.set("backoffice-heartbeat", "2");
+    r.set("host-work-ms", "11000");
     r.publish(1);
     let host = crate::harness::host_bin();
     let mut inside = Cmd::new("unshare")
