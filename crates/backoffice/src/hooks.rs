@@ -51,11 +51,8 @@
 //! [`OUTPUT_MAX`] bytes: the head and the tail, with the number of bytes cut
 //! in between.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
@@ -552,114 +549,46 @@ pub struct Invocation<'a> {
 }
 
 /// Runs one hook command on a batch of events and waits for it (at most
-/// the timeout, after which its process group is killed).
+/// the timeout, after which it is killed with everything it started). The
+/// command's whole process tree ends with its run, and with its worker if
+/// that dies first (see [`crate::child`]).
 pub fn execute(inv: &Invocation<'_>, events: &[EventLine]) -> Result<Outcome, HookError> {
-    use std::os::unix::process::CommandExt;
-    let started = Instant::now();
     let repo = std::path::absolute(inv.repo).unwrap_or_else(|_| inv.repo.to_owned());
     let mut input = Vec::with_capacity(events.len() * 128);
     for e in events {
         serde_json::to_writer(&mut input, e).expect("JSON");
         input.push(b'\n');
     }
-    // stdout and stderr share one pipe, so their order is kept.
-    let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| HookError::Spawn(e.into()))?;
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(substitute(inv.cmd, &repo, inv.exe))
-        .current_dir(repo.parent().unwrap_or(Path::new("/")))
-        .env("BACKOFFICE_REPO", &repo)
-        .env("BACKOFFICE_HOOK_ID", inv.id.to_string())
-        .env(
-            "BACKOFFICE_FIRST_EVENT",
-            events.first().map_or(0, |e| e.eventid).to_string(),
-        )
-        .env(
-            "BACKOFFICE_LAST_EVENT",
-            events.last().map_or(0, |e| e.eventid).to_string(),
-        )
-        .env("BACKOFFICE_EVENT_COUNT", events.len().to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::from(out_w.try_clone().map_err(HookError::Spawn)?))
-        .stderr(Stdio::from(out_w))
-        .process_group(0);
-    // If the worker dies, so does the hook: the next worker offers the
-    // same batch again and two copies must not run at once.
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is a single async-signal-safe system
-    // call; the closure allocates nothing and touches no lock.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
-        });
-    }
-    let spawned = cmd.spawn().map_err(HookError::Spawn);
-    // The command holds our copies of the pipe's write end: without
-    // dropping it the output would never end.
-    drop(cmd);
-    let mut child = spawned?;
-    let pgid = rustix::process::Pid::from_child(&child);
-    let capture = Arc::new(Mutex::new(Capture::default()));
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    {
-        let capture = Arc::clone(&capture);
-        let mut stream = std::fs::File::from(out_r);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 16 * 1024];
-            loop {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => capture.lock().expect("capture").push(&buf[..n]),
-                }
-            }
-            let _ = done_tx.send(());
-        });
-    }
-    if let Some(mut stdin) = child.stdin.take() {
-        // A hook that does not read its input is fine (EPIPE ignored).
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(&input);
-        });
-    }
-    let deadline = started + inv.timeout;
-    let mut pause = Duration::from_micros(200);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() >= deadline => break None,
-            Ok(None) => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(20));
-            }
-            Err(e) => return Err(HookError::Spawn(e)),
-        }
+    let command = substitute(inv.cmd, &repo, inv.exe);
+    let first = events.first().map_or(0, |e| e.eventid);
+    let last = events.last().map_or(0, |e| e.eventid);
+    let spec = crate::child::Spec {
+        command: &command,
+        dir: Some(repo.parent().unwrap_or(Path::new("/"))),
+        env: vec![
+            ("BACKOFFICE_REPO", repo.clone().into_os_string()),
+            ("BACKOFFICE_HOOK_ID", inv.id.to_string().into()),
+            ("BACKOFFICE_FIRST_EVENT", first.to_string().into()),
+            ("BACKOFFICE_LAST_EVENT", last.to_string().into()),
+            ("BACKOFFICE_EVENT_COUNT", events.len().to_string().into()),
+        ],
+        input: &input,
+        // stdout and stderr share one pipe, so their order is kept.
+        stdout: true,
+        timeout: inv.timeout,
     };
-    let kill_group = || {
-        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
-    };
-    let failure = match status {
-        None => {
-            kill_group();
-            let _ = child.wait();
-            Some(format!("timed out after {} s", inv.timeout.as_secs()))
-        }
+    let mut cap = Capture::default();
+    let ran = crate::child::run(&spec, &mut |b| cap.push(b)).map_err(HookError::Spawn)?;
+    let failure = match ran.status {
+        None => Some(format!("timed out after {} s", inv.timeout.as_secs())),
         Some(s) if s.success() => None,
         Some(s) => Some(s.to_string()),
     };
-    // Wait briefly for the output to end; something the hook left running
-    // in the background that holds its output is killed.
-    if done_rx.recv_timeout(Duration::from_millis(500)).is_err() {
-        kill_group();
-        let _ = done_rx.recv_timeout(Duration::from_millis(500));
-    }
-    let cap = capture.lock().expect("capture");
     Ok(Outcome {
         failure,
         output: cap.text(),
         output_bytes: cap.total,
-        elapsed_ms: started.elapsed().as_millis() as u64,
+        elapsed_ms: u64::try_from(ran.elapsed.as_millis()).unwrap_or(u64::MAX),
     })
 }
 
@@ -1182,6 +1111,7 @@ mod tests {
 
     #[test]
     fn timeout_kills_the_process_group() {
+        use std::time::Instant;
         let dir = tempfile::tempdir().unwrap();
         let started = Instant::now();
         let out = execute(

@@ -169,6 +169,13 @@ pub const SETTINGS: &[Def] = &[
         secret: false,
     },
     Def {
+        name: "email-send-command-timeout",
+        kind: Kind::Int { min: 1, max: 3600 },
+        default: "60",
+        help: "pipe: seconds the command may take per message; then it is killed with everything it started and the message stays queued, with the error recorded.",
+        secret: false,
+    },
+    Def {
         name: "email-send-dir",
         kind: Kind::Path,
         default: "",
