@@ -640,8 +640,9 @@ fn a_killed_worker_never_hands_the_pipe_command_a_cut_off_message() {
     // The outer shell forks a subshell (it is not the last command), which
     // waits a little, reads stdin to its end and "delivers" it.
     let cmd = format!(
-        "echo $$ >> {p}; [ -e {s} ] && sleep 0 || {{ touch {s}; sleep 1; }}; \
-         ( sh -c 'echo $PPID' >> {p}; f=$(mktemp {o}/t.XXXXXX); cat > \"$f\"; mv \"$f\" \"$f.eml\" ); exit 0",
+        "echo $$ >> {p}; \
+         ( sh -c 'echo $PPID' >> {p}; [ -e {s} ] || {{ touch {s}; sleep 1; }}; \
+           f=$(mktemp {o}/t.XXXXXX); cat > \"$f\"; mv \"$f\" \"$f.eml\" ); exit 0",
         p = pids.display(),
         s = started.display(),
         o = out.display(),
@@ -666,7 +667,9 @@ fn a_killed_worker_never_hands_the_pipe_command_a_cut_off_message() {
         .unwrap();
     }
     let mut worker = Cmd::backoffice().args(["run", m.r()]).spawn();
-    let up = wait_until(Duration::from_secs(20), || started.exists());
+    let up = wait_until(Duration::from_secs(20), || {
+        started.exists() && pids_in(&pids).len() == 2
+    });
     if !up {
         crate::harness::kill(worker);
         panic!("the pipe command did not start");
