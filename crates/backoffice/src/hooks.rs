@@ -32,7 +32,8 @@
 //! {"eventid":7,"kind":"wiki","title":"Front page","body":"…","url":null,"author":"ann","time":1795261729}
 //! ```
 //!
-//! and the command runs as `/bin/sh -c CMD` in its own process group, in
+//! and the command runs as `/bin/sh -c CMD` under a guard ([`crate::child`]:
+//! its whole process tree ends with the run, or with a killed worker), in
 //! the repository's directory, with
 //! `%R` replaced by the repository's absolute path and `%F` by the
 //! executable, both shell-quoted (`%%` is a `%`). Nothing from an event ever
@@ -42,8 +43,8 @@
 //!
 //! No transaction is open while a hook runs, so a hook may read and write
 //! the repository. Exit status 0 moves the cursor past the batch. Anything
-//! else, or running longer than `hook-timeout` (the whole process group is
-//! then killed), leaves the cursor where it was: the same events are offered
+//! else, or running longer than `hook-timeout` (its whole process tree is
+//! then killed, see [`crate::child`]), leaves the cursor where it was: the same events are offered
 //! again after a backoff (1 minute, doubling, at most 1 hour). After
 //! `hook-max-failures` failures in a row the hook is reported as *failing*
 //! by `status` and the run log, with its last output; it is still retried

@@ -217,7 +217,7 @@ pub const SETTINGS: &[Def] = &[
             max: 86_400,
         },
         default: "60",
-        help: "Seconds a hook command may run; then its whole process group is killed and the run counts as failed.",
+        help: "Seconds a hook command may run; then everything it started is killed and the run counts as failed.",
         secret: false,
     },
     Def {
