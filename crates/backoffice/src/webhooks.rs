@@ -7,10 +7,13 @@
 //! In each worker run the [`Webhooks`] task takes every active endpoint whose
 //! next attempt has come and sends it the events after its cursor that match
 //! its kinds, in event order, one HTTP POST each (the cursor also moves past
-//! events of other kinds). A 2xx answer advances the cursor; the cursor is
-//! committed every [`COMMIT_EVERY`] deliveries, so a crash re-sends at most
-//! that many, each with the same `X-Backoffice-Delivery` id, which a receiver
-//! can use to drop duplicates.
+//! events of other kinds). A 2xx answer advances the cursor. Each answered
+//! delivery is appended at once to a progress log beside the repository
+//! ([`Progress`]) and the cursor is committed every [`COMMIT_EVERY`]
+//! deliveries; the next run folds the log into the cursors first, so a
+//! killed worker re-sends at most the one delivery per endpoint that was in
+//! flight, with the same `X-Backoffice-Delivery` id, which a receiver can
+//! use to drop duplicates.
 //!
 //! Anything else — another status, a time-out, a refused connection — stops
 //! that endpoint for this run (so its order is kept), counts one failure and
@@ -22,20 +25,24 @@
 //! Endpoints are served in parallel, on at most [`THREADS`] scoped threads,
 //! each with its own connection to the repository and its own HTTP agent
 //! (keep-alive within an endpoint), so a slow or hanging endpoint delays no
-//! other. No write lock is ever held while a request is in flight: a thread
-//! writes only to commit its cursor, in a short transaction.
+//! other. While one is still in flight, a thread that is free looks again
+//! for endpoints with events published since their turn and serves them
+//! (for at most twice `webhook-timeout`, at least 5 s, after the run began),
+//! so a hanging endpoint does not hold back what is published meanwhile
+//! either. No write lock is ever held while a request is in flight: a
+//! thread writes only to commit its cursor, in a short transaction.
 //!
 //! # The request
 //!
 //! `POST URL` with `Content-Type: application/json` and the body
 //!
 //! ```json
-//! {"delivery":"3f9a0c1b2d4e-2-17","eventid":17,"kind":"wiki","title":"Front page edited",
+//! {"delivery":"3f9a0c1b2d4e-2-17-9c41d07be2a5f316","eventid":17,"kind":"wiki","title":"Front page edited",
 //!  "body":"","url":"https://example.org/wiki/Front","author":"ann","time":1795261729}
 //! ```
 //!
 //! and the headers `X-Backoffice-Delivery` (the same id, stable per endpoint
-//! and event), `X-Backoffice-Event` (the kind), `X-Backoffice-Timestamp`
+//! and event, never reused for another event: see [`delivery_id`]), `X-Backoffice-Event` (the kind), `X-Backoffice-Timestamp`
 //! (Unix seconds at sending) and `X-Backoffice-Signature: sha256=HEX`, the
 //! HMAC-SHA256 of `TIMESTAMP.BODY` keyed with the endpoint's secret
 //! ([`signature`]). A receiver recomputes it, compares in constant time, and
