@@ -265,7 +265,11 @@ pub fn run(spec: &Spec<'_>, out: &mut dyn FnMut(&[u8])) -> std::io::Result<Ran> 
     let kill_group = || {
         let _ = rustix::process::kill_process_group(pid, Signal::KILL);
     };
-    let deadline = started + spec.timeout;
+    // A time-out too large for the clock means none (a day is plenty).
+    let deadline = started
+        .checked_add(spec.timeout)
+        .unwrap_or_else(|| started + Duration::from_secs(86_400));
+    let is_guarded = life.is_some();
     let mut output = Some(std::fs::File::from(out_r));
     let mut buf = vec![0u8; 16 * 1024];
     let mut status = None;
@@ -311,12 +315,13 @@ pub fn run(spec: &Spec<'_>, out: &mut dyn FnMut(&[u8])) -> std::io::Result<Ran> 
                 tracing::warn!("the child guard did not stop in time; killing it");
                 let _ = child.kill();
             }
+        } else {
+            kill_group();
         }
-        kill_group();
         let _ = child.wait();
         status = None;
     }
-    if life.is_none() {
+    if !is_guarded {
         // Unguarded: what the shell left running in its group ends with it
         // (the guard does this, and more, for a guarded command).
         kill_group();
