@@ -125,6 +125,11 @@ pub enum Command {
     /// Removes a replication copy's temporary file if its copier dies (internal).
     #[command(hide = true)]
     GuardTemp(GuardTempArgs),
+
+    /// Runs a hook or `pipe` command so that its whole process tree ends
+    /// with its worker (internal).
+    #[command(hide = true)]
+    GuardChild(GuardChildArgs),
 }
 
 /// `backoffice run`
@@ -749,6 +754,16 @@ pub enum PeerAction {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// `backoffice guard-child`
+#[derive(Debug, Args)]
+pub struct GuardChildArgs {
+    /// The read end of the worker's life pipe.
+    pub fd: i32,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true)]
+    pub command: Vec<std::ffi::OsString>,
 }
 
 /// `backoffice guard-temp`

@@ -57,6 +57,15 @@ where
             args: vec!["guard-temp".into()],
         });
     }
+    // Hooks and the `pipe` send method run their command under `EXE
+    // guard-child`, which ends the command's whole process tree with its
+    // worker (see backoffice::child).
+    if let Ok(exe) = backoffice::child::self_exe() {
+        backoffice::child::set_guard(backoffice::process::WorkerCommand {
+            program: exe,
+            args: vec!["guard-child".into()],
+        });
+    }
     quiet_on_closed_stdout();
     let dispatched = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         commands::dispatch(cli.command, tasks)

@@ -392,3 +392,129 @@ fn publishing_triggers_a_detached_worker_that_runs_the_hooks() {
     );
     assert!(wait_until(Duration::from_secs(5), || r.cursor(1) == 1));
 }
+
+/// True while `pid` is a running (not zombie) process.
+fn alive(pid: u32) -> bool {
+    crate::harness::proc_stat(pid).is_some_and(|s| s.state != 'Z')
+}
+
+fn pids(text: &str) -> Vec<u32> {
+    text.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Issue 10 item 6: a worker SIGKILLed mid-hook takes the hook's whole
+/// process tree with it — the shell, a background child, and one that left
+/// the process group with `setsid` — so the next worker's run of the same
+/// batch never overlaps with the old one.
+#[test]
+fn a_killed_workers_hook_tree_dies_with_it_and_never_overlaps_the_next_run() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    r.bo(&["setting", "backoffice-lease-time", "1"]);
+    // A second run records any process of the first that is still alive.
+    r.add(
+        "for p in $(cat pids 2>/dev/null); do \
+           s=$(cut -d' ' -f3 /proc/$p/stat 2>/dev/null); \
+           [ -n \"$s\" ] && [ \"$s\" != Z ] && echo \"$p $s\" >> overlaps; \
+         done; \
+         if [ -e second ]; then cat > got; exit 0; fi; \
+         echo $$ >> pids; sleep 300 & echo $! >> pids; \
+         setsid sleep 300 & echo $! >> pids; \
+         touch started; wait",
+        &[],
+    );
+    r.publish("Once");
+    let mut worker = Cmd::backoffice().args(["run", r.r()]).spawn();
+    let started = wait_until(Duration::from_secs(20), || {
+        r.dir.join("started").exists() && pids(&r.file("pids")).len() == 3
+    });
+    if !started {
+        crate::harness::kill(worker);
+        panic!("the hook did not start");
+    }
+    let tree = pids(&r.file("pids"));
+    assert!(tree.iter().all(|&p| alive(p)), "{tree:?}");
+    worker.kill().unwrap();
+    crate::harness::wait_child(&mut worker, Duration::from_secs(5), "the killed worker");
+    let survivors = || {
+        tree.iter()
+            .copied()
+            .filter(|&p| alive(p))
+            .collect::<Vec<_>>()
+    };
+    let gone = wait_until(Duration::from_secs(5), || survivors().is_empty());
+    let left = survivors();
+    for &p in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status();
+    }
+    assert!(
+        gone,
+        "hook processes outlived their killed worker: {left:?}"
+    );
+    // The next worker runs the same batch, alone.
+    std::fs::write(r.dir.join("second"), "").unwrap();
+    r.run();
+    assert_eq!(r.cursor(1), 1);
+    assert_eq!(json_lines(&r.file("got")).len(), 1);
+    assert_eq!(r.file("overlaps"), "", "the two runs overlapped");
+}
+
+/// Issue 10 item 17: a hook that leaves a `setsid` process holding its
+/// output pipe costs a long-lived host (`run --poll`) nothing: no thread
+/// waits on that pipe, and the process itself ends with the hook's run.
+#[test]
+fn a_hook_leaving_a_setsid_process_on_its_output_leaks_no_thread_in_a_poller() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    r.add("setsid sleep 300 & echo $! >> bg; cat >> got", &[]);
+    let poller = Cmd::backoffice()
+        .args(["run", "--poll", "1", "--nolease", r.r()])
+        .spawn();
+    let pid = poller.id();
+    let threads = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let mut counts = Vec::new();
+    let mut ok = true;
+    for i in 1..=6 {
+        r.publish(&format!("Event {i}"));
+        ok = wait_until(Duration::from_secs(20), || {
+            json_lines(&r.file("got")).len() == i && pids(&r.file("bg")).len() == i
+        });
+        if !ok {
+            break;
+        }
+        // The run has finished with the hook when the cursor moved.
+        ok = wait_until(Duration::from_secs(10), || r.cursor(1) == i as i64);
+        if !ok {
+            break;
+        }
+        // Let the run's own short-lived threads end.
+        std::thread::sleep(Duration::from_millis(300));
+        counts.push(threads());
+    }
+    let bg = pids(&r.file("bg"));
+    let left: Vec<u32> = bg.iter().copied().filter(|&p| alive(p)).collect();
+    for &p in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &p.to_string()])
+            .status();
+    }
+    crate::harness::kill(poller);
+    assert!(ok, "the poller did not run the hook six times: {counts:?}");
+    // One leaked thread per run would make the count grow by five.
+    assert!(
+        counts[5] <= counts[0] + 1,
+        "threads of the poller grew run after run: {counts:?}"
+    );
+    assert!(
+        left.is_empty(),
+        "setsid children of the hook survived: {left:?}"
+    );
+}

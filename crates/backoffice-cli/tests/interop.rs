@@ -681,3 +681,75 @@ fn reused_pid_in_a_fossil_lease_stalls_fossil_but_not_us() {
 
     drop(sleeper);
 }
+
+/// Issue 10 item 19, through the real `fossil`: `fossil hook delete` of our
+/// failing hook and `fossil hook add` of a new one (no id), with no run in
+/// between, is one edit as we see it. The new hook gets a new id, starts at
+/// the newest event with no failures, and never receives the old backlog.
+#[test]
+fn a_hook_fossil_adds_after_deleting_ours_never_inherits_its_id_or_state() {
+    if !harness::have("fossil") {
+        return;
+    }
+    let env = Env::new();
+    let path = env.path("repo.fossil");
+    fossil(&env)
+        .args(["init", path.to_str().unwrap()])
+        .output()
+        .success();
+    let r = path.to_str().unwrap();
+    let bo = |args: &[&str]| {
+        Cmd::backoffice()
+            .args(args)
+            .args(["-R", r])
+            .output()
+            .success()
+    };
+    bo(&["hook", "add", "--command", "exit 1"]);
+    for t in ["Backlog 1", "Backlog 2"] {
+        bo(&["publish", "--kind", "wiki", "--title", t, "--no-trigger"]);
+    }
+    let _ = Cmd::backoffice().args(["run", "--nolease", r]).output();
+    let failures = || {
+        rusqlite::Connection::open(&path)
+            .unwrap()
+            .query_row(
+                "SELECT group_concat(hookid || ':' || cursor || ':' || failures) FROM bo_hook_state",
+                [],
+                |row| row.get::<_, String>(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(failures(), "1:0:1");
+    let got = env.path("got");
+    fossil(&env)
+        .args(["hook", "delete", "0", "-R", r])
+        .output()
+        .success();
+    fossil(&env)
+        .args(["hook", "add", "--command"])
+        .arg(format!("cat >> '{}'", got.display()))
+        .args(["--type", "after-receive", "--sequence", "1", "-R", r])
+        .output()
+        .success();
+    // The first run adopts the edit (a new hook starts at the newest event);
+    // the next delivers what is published after it.
+    let _ = Cmd::backoffice().args(["run", "--nolease", r]).output();
+    bo(&[
+        "publish",
+        "--kind",
+        "wiki",
+        "--title",
+        "New",
+        "--no-trigger",
+    ]);
+    let _ = Cmd::backoffice().args(["run", "--nolease", r]).output();
+    let state = failures();
+    assert!(
+        state.starts_with("2:3:0"),
+        "the new hook took over the removed one's id or state: {state}"
+    );
+    let lines = std::fs::read_to_string(&got).unwrap_or_default();
+    assert_eq!(lines.lines().count(), 1, "{lines}");
+    assert!(lines.contains("\"title\":\"New\""), "{lines}");
+}

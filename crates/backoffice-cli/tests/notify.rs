@@ -657,3 +657,145 @@ fn nothing_due_opens_no_transport() {
     m.run();
     assert!(env.path("mail.db").exists());
 }
+
+/// Pids listed in a file, one per line.
+fn pids_in(path: &std::path::Path) -> Vec<u32> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    crate::harness::proc_stat(pid).is_some_and(|s| s.state != 'Z')
+}
+
+/// Issue 10 item 6 (pipe): a `sendmail` stand-in that, like a real MTA,
+/// hands the message to a process of its own and delivers whatever it read
+/// at EOF. Its worker is SIGKILLed while the stand-in has not read the
+/// message yet: the stand-in's whole tree dies with the worker, so no cut-off
+/// message is ever delivered, and the next run delivers it whole.
+#[test]
+fn a_killed_worker_never_hands_the_pipe_command_a_cut_off_message() {
+    let env = Env::new();
+    let m = Mail::new(&env, "pipe");
+    let out = env.path("delivered");
+    std::fs::create_dir(&out).unwrap();
+    let pids = env.path("pids");
+    let started = env.path("started");
+    // The outer shell forks a subshell (it is not the last command), which
+    // waits a little, reads stdin to its end and "delivers" it.
+    let cmd = format!(
+        "echo $$ >> {p}; \
+         ( sh -c 'echo $PPID' >> {p}; [ -e {s} ] || {{ touch {s}; sleep 1; }}; \
+           f=$(mktemp {o}/t.XXXXXX); cat > \"$f\"; mv \"$f\" \"$f.eml\" ); exit 0",
+        p = pids.display(),
+        s = started.display(),
+        o = out.display(),
+    );
+    m.bo(&["setting", "email-send-command", &cmd]);
+    m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    // One batch message of a few hundred KB: far more than a pipe buffer.
+    let conn = rusqlite::Connection::open(&m.path).unwrap();
+    let body: String = (0..30)
+        .map(|i| format!("line {i} of the details\n"))
+        .collect();
+    for i in 0..400 {
+        backoffice::notify::publish(
+            &conn,
+            &backoffice::notify::Event {
+                kind: "wiki".into(),
+                title: format!("Event {i}"),
+                body: body.clone(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    }
+    let mut worker = Cmd::backoffice().args(["run", m.r()]).spawn();
+    let up = wait_until(Duration::from_secs(20), || {
+        started.exists() && pids_in(&pids).len() == 2
+    });
+    if !up {
+        crate::harness::kill(worker);
+        panic!("the pipe command did not start");
+    }
+    worker.kill().unwrap();
+    wait_child(&mut worker, Duration::from_secs(5), "the killed worker");
+    let gone = wait_until(Duration::from_secs(5), || {
+        pids_in(&pids).iter().all(|&p| !alive(p))
+    });
+    // Give a survivor the time to do its harm before looking (bounded: it
+    // reads at most what is in its pipe, then delivers).
+    if !gone {
+        wait_until(Duration::from_secs(5), || {
+            pids_in(&pids).iter().all(|&p| !alive(p))
+        });
+    }
+    let first: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".eml"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(gone, "the pipe command outlived its killed worker");
+    assert!(
+        first.is_empty(),
+        "a killed worker's pipe command delivered {} message(s) of {:?} bytes",
+        first.len(),
+        first.iter().map(String::len).collect::<Vec<_>>()
+    );
+    m.run();
+    let msgs: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".eml"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert_eq!(msgs.len(), 1);
+    let msg = &msgs[0];
+    assert!(msg.len() > 200_000, "{} bytes", msg.len());
+    assert!(
+        msg.contains("To stop them: ") && msg.ends_with('\n'),
+        "incomplete message: {} bytes ending {:?}",
+        msg.len(),
+        &msg[msg.len().saturating_sub(300)..]
+    );
+    assert_eq!(
+        m.sql::<i64>("SELECT count(*) FROM bo_outbox WHERE state = 'sent'"),
+        1
+    );
+}
+
+/// Issue 10 item 12: a `pipe` command that hangs is killed, with what it
+/// started, after `email-send-command-timeout`; the message stays queued
+/// with the reason recorded, and the run (and its lease) ends.
+#[test]
+fn a_hanging_pipe_command_is_killed_after_its_timeout_and_the_message_stays_queued() {
+    let env = Env::new();
+    let m = Mail::new(&env, "pipe");
+    let bg = env.path("bg");
+    m.bo(&[
+        "setting",
+        "email-send-command",
+        &format!("sleep 300 & echo $! >> {}; sleep 300", bg.display()),
+    ]);
+    m.bo(&["setting", "email-send-command-timeout", "1"]);
+    m.bo(&["subscriber", "add", "ann@example.org", "--verified"]);
+    m.publish("wiki", "Hang on");
+    let mut worker = Cmd::backoffice().args(["run", m.r()]).spawn();
+    wait_child(&mut worker, Duration::from_secs(30), "the worker");
+    let left: Vec<u32> = pids_in(&bg).into_iter().filter(|&p| alive(p)).collect();
+    assert!(left.is_empty(), "the command's child survived: {left:?}");
+    assert_eq!(m.sql::<String>("SELECT state FROM bo_outbox"), "queued");
+    let err: String = m.sql("SELECT last_error FROM bo_outbox");
+    assert!(
+        err.contains("timed out after 1 s") && err.contains("email-send-command-timeout"),
+        "{err}"
+    );
+    let status = m.bo(&["status"]);
+    assert!(status.contains("lease:      free"), "{status}");
+    let help = m.bo(&["setting", "email-send-command-timeout"]);
+    assert!(help.contains('1'), "{help}");
+}

@@ -32,7 +32,8 @@
 //! {"eventid":7,"kind":"wiki","title":"Front page","body":"…","url":null,"author":"ann","time":1795261729}
 //! ```
 //!
-//! and the command runs as `/bin/sh -c CMD` in its own process group, in
+//! and the command runs as `/bin/sh -c CMD` under a guard ([`crate::child`]:
+//! its whole process tree ends with the run, or with a killed worker), in
 //! the repository's directory, with
 //! `%R` replaced by the repository's absolute path and `%F` by the
 //! executable, both shell-quoted (`%%` is a `%`). Nothing from an event ever
@@ -42,8 +43,8 @@
 //!
 //! No transaction is open while a hook runs, so a hook may read and write
 //! the repository. Exit status 0 moves the cursor past the batch. Anything
-//! else, or running longer than `hook-timeout` (the whole process group is
-//! then killed), leaves the cursor where it was: the same events are offered
+//! else, or running longer than `hook-timeout` (its whole process tree is
+//! then killed, see [`crate::child`]), leaves the cursor where it was: the same events are offered
 //! again after a backoff (1 minute, doubling, at most 1 hour). After
 //! `hook-max-failures` failures in a row the hook is reported as *failing*
 //! by `status` and the run log, with its last output; it is still retried
@@ -51,11 +52,8 @@
 //! [`OUTPUT_MAX`] bytes: the head and the tail, with the number of bytes cut
 //! in between.
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
@@ -71,6 +69,9 @@ pub const SEEN_ROW: &str = "backoffice-hooks-seen";
 pub const AFTER_EVENT: &str = "after-event";
 /// Fossil's type, accepted as a synonym.
 pub const AFTER_RECEIVE: &str = "after-receive";
+/// The `config` row holding the highest hook id ever issued, so that none
+/// is issued twice (a removed hook's id would bring back its state).
+pub const LAST_ID_ROW: &str = "backoffice-hooks-last-id";
 /// `hook-timeout`
 pub const TIMEOUT: &str = "hook-timeout";
 /// `hook-max-failures`
@@ -117,6 +118,12 @@ pub enum HookError {
     /// A type that is not a word.
     #[error("bad hook type {0:?}: use after-event (or after-receive, disabled, …)")]
     BadType(String),
+    /// Every positive id is taken (a stored id of 9223372036854775807).
+    #[error(
+        "no hook id is left above the highest stored one ({}): renumber the ids in the config row `hooks`",
+        i64::MAX
+    )]
+    IdsExhausted,
     /// The command could not be started.
     #[error("cannot run /bin/sh: {0}")]
     Spawn(std::io::Error),
@@ -213,20 +220,33 @@ fn newest_event(conn: &Connection) -> rusqlite::Result<i64> {
     })
 }
 
-/// Gives ids to entries without one; returns true if any changed.
-fn assign_ids(hooks: &mut [Hook]) -> bool {
+/// Gives ids to entries without one (or with one an earlier entry has):
+/// each new id is above every id in the array *and* above `issued`, the
+/// highest id ever issued here, so an id is never given twice — a hook
+/// Fossil adds in the same edit that removed another never takes over the
+/// removed one's state. Returns the new highest id issued. Ids are stored
+/// values: no arithmetic on them may wrap, so when none is left above the
+/// highest this fails with [`HookError::IdsExhausted`] instead.
+pub fn assign_ids(hooks: &mut [Hook], issued: i64) -> Result<i64, HookError> {
     let mut seen = std::collections::HashSet::new();
-    let mut changed = false;
-    let mut next = hooks.iter().map(|h| h.id).max().unwrap_or(0) + 1;
+    let mut top = hooks.iter().map(|h| h.id).fold(issued.max(0), i64::max);
     for h in hooks.iter_mut() {
         if h.id <= 0 || !seen.insert(h.id) {
-            h.id = next;
-            seen.insert(next);
-            next += 1;
-            changed = true;
+            top = top.checked_add(1).ok_or(HookError::IdsExhausted)?;
+            h.id = top;
+            seen.insert(top);
         }
     }
-    changed
+    Ok(top)
+}
+
+/// The highest hook id ever issued in this repository (0 if none is
+/// recorded; a malformed row counts as none).
+fn issued(conn: &Connection) -> Result<i64, HookError> {
+    Ok(crate::repo::config_get(conn, LAST_ID_ROW)?
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .unwrap_or(0)
+        .max(0))
 }
 
 /// Writes the hooks and brings the state table in line, inside the
@@ -235,7 +255,8 @@ fn assign_ids(hooks: &mut [Hook]) -> bool {
 fn save(conn: &Connection, hooks: &mut [Hook]) -> Result<(), HookError> {
     crate::notify::install(conn)?;
     conn.execute_batch(SCHEMA)?;
-    assign_ids(hooks);
+    let top = assign_ids(hooks, issued(conn)?)?;
+    crate::repo::config_set(conn, LAST_ID_ROW, &top.to_string())?;
     let text = serde_json::to_string(&Value::Array(hooks.iter().map(Hook::to_value).collect()))
         .expect("JSON");
     crate::repo::config_set(conn, HOOKS_ROW, &text)?;
@@ -312,19 +333,24 @@ pub fn add(conn: &Connection, new: &New) -> Result<Hook, HookError> {
     check_type(&new.kind)?;
     write(conn, |c| {
         let mut hooks = load(c)?;
-        assign_ids(&mut hooks);
-        let id = hooks.iter().map(|h| h.id).max().unwrap_or(0) + 1;
-        let seq = new
-            .seq
-            .unwrap_or_else(|| hooks.iter().map(|h| h.seq).max().unwrap_or(0) + 10);
+        let seq = new.seq.unwrap_or_else(|| {
+            hooks
+                .iter()
+                .map(|h| h.seq)
+                .max()
+                .unwrap_or(0)
+                .saturating_add(10)
+        });
+        // Its id is given by `save`, after those of entries that lack one.
         hooks.push(Hook {
-            id,
+            id: 0,
             kind: new.kind.clone(),
             cmd: new.cmd.clone(),
             seq,
             raw: Map::new(),
         });
         save(c, &mut hooks)?;
+        let id = hooks.last().expect("just pushed").id;
         if new.from_start {
             c.execute(
                 "UPDATE bo_hook_state SET cursor = 0 WHERE hookid = ?1",
@@ -356,7 +382,7 @@ pub fn edit(conn: &Connection, id: i64, ch: &Changes) -> Result<Hook, HookError>
     }
     write(conn, |c| {
         let mut hooks = load(c)?;
-        assign_ids(&mut hooks);
+        assign_ids(&mut hooks, issued(c)?)?;
         let h = hooks
             .iter_mut()
             .find(|h| h.id == id)
@@ -380,7 +406,7 @@ pub fn edit(conn: &Connection, id: i64, ch: &Changes) -> Result<Hook, HookError>
 pub fn remove(conn: &Connection, id: i64) -> Result<Hook, HookError> {
     write(conn, |c| {
         let mut hooks = load(c)?;
-        assign_ids(&mut hooks);
+        assign_ids(&mut hooks, issued(c)?)?;
         let i = hooks
             .iter()
             .position(|h| h.id == id)
@@ -552,120 +578,52 @@ pub struct Invocation<'a> {
 }
 
 /// Runs one hook command on a batch of events and waits for it (at most
-/// the timeout, after which its process group is killed).
+/// the timeout, after which it is killed with everything it started). The
+/// command's whole process tree ends with its run, and with its worker if
+/// that dies first (see [`crate::child`]).
 pub fn execute(inv: &Invocation<'_>, events: &[EventLine]) -> Result<Outcome, HookError> {
-    use std::os::unix::process::CommandExt;
-    let started = Instant::now();
     let repo = std::path::absolute(inv.repo).unwrap_or_else(|_| inv.repo.to_owned());
     let mut input = Vec::with_capacity(events.len() * 128);
     for e in events {
         serde_json::to_writer(&mut input, e).expect("JSON");
         input.push(b'\n');
     }
-    // stdout and stderr share one pipe, so their order is kept.
-    let (out_r, out_w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| HookError::Spawn(e.into()))?;
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg(substitute(inv.cmd, &repo, inv.exe))
-        .current_dir(repo.parent().unwrap_or(Path::new("/")))
-        .env("BACKOFFICE_REPO", &repo)
-        .env("BACKOFFICE_HOOK_ID", inv.id.to_string())
-        .env(
-            "BACKOFFICE_FIRST_EVENT",
-            events.first().map_or(0, |e| e.eventid).to_string(),
-        )
-        .env(
-            "BACKOFFICE_LAST_EVENT",
-            events.last().map_or(0, |e| e.eventid).to_string(),
-        )
-        .env("BACKOFFICE_EVENT_COUNT", events.len().to_string())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::from(out_w.try_clone().map_err(HookError::Spawn)?))
-        .stderr(Stdio::from(out_w))
-        .process_group(0);
-    // If the worker dies, so does the hook: the next worker offers the
-    // same batch again and two copies must not run at once.
-    #[cfg(target_os = "linux")]
-    // SAFETY: prctl(PR_SET_PDEATHSIG) is a single async-signal-safe system
-    // call; the closure allocates nothing and touches no lock.
-    unsafe {
-        cmd.pre_exec(|| {
-            rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-                .map_err(std::io::Error::from)
-        });
-    }
-    let spawned = cmd.spawn().map_err(HookError::Spawn);
-    // The command holds our copies of the pipe's write end: without
-    // dropping it the output would never end.
-    drop(cmd);
-    let mut child = spawned?;
-    let pgid = rustix::process::Pid::from_child(&child);
-    let capture = Arc::new(Mutex::new(Capture::default()));
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    {
-        let capture = Arc::clone(&capture);
-        let mut stream = std::fs::File::from(out_r);
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 16 * 1024];
-            loop {
-                match stream.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => capture.lock().expect("capture").push(&buf[..n]),
-                }
-            }
-            let _ = done_tx.send(());
-        });
-    }
-    if let Some(mut stdin) = child.stdin.take() {
-        // A hook that does not read its input is fine (EPIPE ignored).
-        std::thread::spawn(move || {
-            let _ = stdin.write_all(&input);
-        });
-    }
-    let deadline = started + inv.timeout;
-    let mut pause = Duration::from_micros(200);
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() >= deadline => break None,
-            Ok(None) => {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(Duration::from_millis(20));
-            }
-            Err(e) => return Err(HookError::Spawn(e)),
-        }
+    let command = substitute(inv.cmd, &repo, inv.exe);
+    let first = events.first().map_or(0, |e| e.eventid);
+    let last = events.last().map_or(0, |e| e.eventid);
+    let spec = crate::child::Spec {
+        command: &command,
+        dir: Some(repo.parent().unwrap_or(Path::new("/"))),
+        env: vec![
+            ("BACKOFFICE_REPO", repo.clone().into_os_string()),
+            ("BACKOFFICE_HOOK_ID", inv.id.to_string().into()),
+            ("BACKOFFICE_FIRST_EVENT", first.to_string().into()),
+            ("BACKOFFICE_LAST_EVENT", last.to_string().into()),
+            ("BACKOFFICE_EVENT_COUNT", events.len().to_string().into()),
+        ],
+        input: &input,
+        // stdout and stderr share one pipe, so their order is kept.
+        stdout: true,
+        timeout: inv.timeout,
     };
-    let kill_group = || {
-        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
-    };
-    let failure = match status {
-        None => {
-            kill_group();
-            let _ = child.wait();
-            Some(format!("timed out after {} s", inv.timeout.as_secs()))
-        }
+    let mut cap = Capture::default();
+    let ran = crate::child::run(&spec, &mut |b| cap.push(b)).map_err(HookError::Spawn)?;
+    let failure = match ran.status {
+        None => Some(format!("timed out after {} s", inv.timeout.as_secs())),
         Some(s) if s.success() => None,
         Some(s) => Some(s.to_string()),
     };
-    // Wait briefly for the output to end; something the hook left running
-    // in the background that holds its output is killed.
-    if done_rx.recv_timeout(Duration::from_millis(500)).is_err() {
-        kill_group();
-        let _ = done_rx.recv_timeout(Duration::from_millis(500));
-    }
-    let cap = capture.lock().expect("capture");
     Ok(Outcome {
         failure,
         output: cap.text(),
         output_bytes: cap.total,
-        elapsed_ms: started.elapsed().as_millis() as u64,
+        elapsed_ms: u64::try_from(ran.elapsed.as_millis()).unwrap_or(u64::MAX),
     })
 }
 
 /// The retry delay after `failures` failures in a row.
 pub fn backoff(failures: i64) -> i64 {
-    let exp = (failures - 1).clamp(0, 20) as u32;
+    let exp = failures.saturating_sub(1).clamp(0, 20) as u32;
     (FIRST_RETRY << exp).min(MAX_RETRY)
 }
 
@@ -688,7 +646,7 @@ pub fn test(
         .ok_or(HookError::NoSuchHook(id))?;
     let mut events = if conn.table_exists(None, "bo_event")? {
         let newest = newest_event(conn)?;
-        events_after(conn, (newest - 5).max(0), 5)?
+        events_after(conn, newest.saturating_sub(5).max(0), 5)?
     } else {
         Vec::new()
     };
@@ -823,7 +781,7 @@ impl Task for Hooks {
                     delivered += events.len() as u64;
                     st.cursor = last;
                 } else {
-                    st.failures += 1;
+                    st.failures = st.failures.saturating_add(1);
                     let short = out.short();
                     conn.prepare_cached(
                         "UPDATE bo_hook_state SET failures = ?2, next_attempt = ?3,
@@ -833,7 +791,7 @@ impl Task for Hooks {
                     .execute(params![
                         hook.id,
                         st.failures,
-                        now + backoff(st.failures),
+                        now.saturating_add(backoff(st.failures)),
                         now,
                         out.failure,
                         out.output
@@ -892,8 +850,8 @@ impl Task for Hooks {
                 ));
                 continue;
             };
-            let behind = (newest - s.cursor).max(0);
-            behind_total += behind;
+            let behind = newest.saturating_sub(s.cursor).max(0);
+            behind_total = i64::saturating_add(behind_total, behind);
             // "Failing" as the problem line below means it: hook-max-failures
             // in a row, the operator's own threshold. Below it a hook that
             // failed is "retrying" (backing off), so a page never shows
@@ -1040,6 +998,82 @@ mod tests {
         assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Now);
     }
 
+    /// Issue 10 item 19, as Fossil edits the row: one edit removes hook 1
+    /// and adds an entry without an id.
+    #[test]
+    fn a_hook_added_in_the_edit_that_removed_another_never_gets_its_id_or_state() {
+        let conn = setup();
+        let old = add(&conn, &new("false")).unwrap();
+        publish(&conn, "backlog 1");
+        publish(&conn, "backlog 2");
+        conn.execute(
+            "UPDATE bo_hook_state SET cursor = 0, failures = 4, next_attempt = 99999999999",
+            [],
+        )
+        .unwrap();
+        crate::repo::config_set(
+            &conn,
+            HOOKS_ROW,
+            r#"[{"type":"after-receive","cmd":"cat >> got","seq":1}]"#,
+        )
+        .unwrap();
+        sync(&conn).unwrap();
+        let hooks = list(&conn).unwrap();
+        assert_eq!(hooks.len(), 1);
+        let (h, st) = &hooks[0];
+        assert_ne!(h.id, old.id, "the removed hook's id was given again");
+        let st = st.clone().unwrap();
+        assert_eq!((st.cursor, st.failures, st.next_attempt), (2, 0, 0));
+        assert!(state(&conn, old.id).unwrap().is_none());
+        // And `hook add` after removing the highest does not reuse it either.
+        let a = add(&conn, &new("true")).unwrap();
+        remove(&conn, a.id).unwrap();
+        assert!(add(&conn, &new("true")).unwrap().id > a.id);
+    }
+
+    /// Issue 10 item 20: stored ids and counters at the edges of i64 never
+    /// wrap (a debug build panicked; a release build gave a hook a negative
+    /// id, and it never ran).
+    #[test]
+    fn stored_values_at_the_edges_of_i64_never_wrap() {
+        let conn = setup();
+        crate::repo::config_set(
+            &conn,
+            HOOKS_ROW,
+            r#"[{"type":"after-event","cmd":"true","seq":9223372036854775807,"id":9223372036854775807}]"#,
+        )
+        .unwrap();
+        sync(&conn).unwrap();
+        assert_eq!(list(&conn).unwrap()[0].0.id, i64::MAX);
+        // A new hook has no id left: a clear error, nothing changed.
+        let e = add(&conn, &new("true")).unwrap_err();
+        assert!(matches!(e, HookError::IdsExhausted), "{e}");
+        assert!(e.to_string().contains("renumber"), "{e}");
+        assert_eq!(load(&conn).unwrap().len(), 1);
+        let mut hooks = parse(Some(
+            r#"[{"cmd":"a","id":9223372036854775807},{"cmd":"b"},{"cmd":"c","id":-5}]"#,
+        ))
+        .unwrap();
+        assert!(matches!(
+            assign_ids(&mut hooks, 0),
+            Err(HookError::IdsExhausted)
+        ));
+        let mut hooks = parse(Some(r#"[{"cmd":"a","id":3},{"cmd":"b","id":3}]"#)).unwrap();
+        assert_eq!(assign_ids(&mut hooks, i64::MAX - 1).unwrap(), i64::MAX);
+        assert_eq!((hooks[0].id, hooks[1].id), (3, i64::MAX));
+        assert_eq!(backoff(i64::MIN), 60);
+        assert_eq!(backoff(i64::MAX), 3600);
+        // Counters and cursors written by hand.
+        publish(&conn, "one");
+        conn.execute(
+            "UPDATE bo_hook_state SET cursor = -9223372036854775808, failures = 9223372036854775807",
+            [],
+        )
+        .unwrap();
+        let st = Hooks.status(&conn, 0);
+        assert!(!st.problems.is_empty(), "{st:?}");
+    }
+
     #[test]
     fn a_malformed_hooks_row_is_reported_once_not_on_every_request() {
         let dir = tempfile::tempdir().unwrap();
@@ -1182,6 +1216,7 @@ mod tests {
 
     #[test]
     fn timeout_kills_the_process_group() {
+        use std::time::Instant;
         let dir = tempfile::tempdir().unwrap();
         let started = Instant::now();
         let out = execute(

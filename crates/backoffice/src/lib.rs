@@ -82,6 +82,7 @@
 
 #![warn(missing_docs)]
 
+pub mod child;
 pub mod clock;
 pub mod engine;
 mod error;

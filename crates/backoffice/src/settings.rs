@@ -186,6 +186,13 @@ pub const SETTINGS: &[Def] = &[
         secret: false,
     },
     Def {
+        name: "email-send-command-timeout",
+        kind: Kind::Int { min: 1, max: 3600 },
+        default: "60",
+        help: "pipe: seconds the command may take per message; then it is killed with everything it started and the message stays queued, with the error recorded.",
+        secret: false,
+    },
+    Def {
         name: "email-send-dir",
         kind: Kind::Path,
         default: "",
@@ -227,7 +234,7 @@ pub const SETTINGS: &[Def] = &[
             max: 86_400,
         },
         default: "60",
-        help: "Seconds a hook command may run; then its whole process group is killed and the run counts as failed.",
+        help: "Seconds a hook command may run; then everything it started is killed and the run counts as failed.",
         secret: false,
     },
     Def {

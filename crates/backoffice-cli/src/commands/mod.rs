@@ -50,6 +50,10 @@ pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
             let code = backoffice::replicate::guard_temp(a.pid, a.start, &a.file);
             Ok(ExitCode::from(code as u8))
         }
+        Command::GuardChild(a) => {
+            let code = backoffice::child::guard_main(a.fd, &a.command);
+            Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+        }
         Command::Worker(a) => {
             let code = backoffice::worker_main(&a.repo, a.logfile.as_deref(), &tasks);
             Ok(ExitCode::from(code as u8))

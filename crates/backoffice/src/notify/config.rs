@@ -16,8 +16,8 @@ pub enum Method {
     Off,
     /// SMTP to `email-send-relayhost`.
     Relay,
-    /// A command reading the message on stdin.
-    Pipe(String),
+    /// A command reading the message on stdin, and its time limit in seconds.
+    Pipe(String, u64),
     /// `.eml` files in a folder.
     Dir(PathBuf),
     /// Rows in an SQLite file.
@@ -113,11 +113,12 @@ impl EmailConfig {
         let relay_password = take("email-send-relay-password");
         let relay_ca = take("email-send-relay-ca");
         let command = take("email-send-command");
+        let command_timeout = take("email-send-command-timeout");
         let dir = take("email-send-dir");
         let db = take("email-send-db");
         let method = match method.as_str() {
             "relay" => Method::Relay,
-            "pipe" => Method::Pipe(command),
+            "pipe" => Method::Pipe(command, command_timeout.parse().unwrap_or(60)),
             // Relative to the repository's folder (see settings::resolve_path).
             "dir" => Method::Dir(settings::resolve_path(conn, Path::new(&dir))),
             "db" => Method::Db(settings::resolve_path(conn, Path::new(&db))),
@@ -139,7 +140,7 @@ impl EmailConfig {
                     .push("email-send-dir is not set (needed by email-send-method dir)".into()),
                 Method::Db(p) if p.as_os_str().is_empty() => problems
                     .push("email-send-db is not set (needed by email-send-method db)".into()),
-                Method::Pipe(c) if c.is_empty() => problems.push(
+                Method::Pipe(c, _) if c.is_empty() => problems.push(
                     "email-send-command is not set (needed by email-send-method pipe)".into(),
                 ),
                 Method::Relay if relay_host.is_empty() => problems.push(
@@ -198,7 +199,9 @@ impl EmailConfig {
         Ok(match &self.method {
             Method::Off => return Err("email-send-method is off".into()),
             Method::Relay => super::smtp::open(self)?,
-            Method::Pipe(c) => Box::new(send::Pipe::new(c)),
+            Method::Pipe(c, secs) => {
+                Box::new(send::Pipe::new(c, std::time::Duration::from_secs(*secs)))
+            }
             Method::Dir(d) => Box::new(send::Dir::open(d)?),
             Method::Db(p) => Box::new(send::Db::open(p)?),
             Method::Stdout => Box::new(send::Stdout),

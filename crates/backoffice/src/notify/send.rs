@@ -268,68 +268,71 @@ impl Transport for Db {
 
 /// `pipe`: runs a command (with `/bin/sh -c`; the command comes from the
 /// `email-send-command` setting, never from event data) once per message
-/// and writes the message to its stdin, e.g. `sendmail -ti`.
+/// and gives it the message on stdin, e.g. `sendmail -ti`.
+///
+/// The message is written whole to a memory file before the command
+/// starts, and the command reads that: it can never see a cut-off message
+/// that ends in EOF because this worker died mid-write (`sendmail -ti` sends
+/// whatever it read by then). The command runs under [`crate::child`]: its
+/// whole process tree is killed if this worker dies, and when it runs past
+/// `email-send-command-timeout`; the message then stays queued.
 pub struct Pipe {
     command: String,
+    timeout: std::time::Duration,
 }
 
 impl Pipe {
-    /// A pipe to `command`.
-    pub fn new(command: &str) -> Pipe {
+    /// A pipe to `command`, each run at most `timeout`.
+    pub fn new(command: &str, timeout: std::time::Duration) -> Pipe {
         Pipe {
             command: command.to_owned(),
+            timeout,
         }
     }
 }
 
+/// Most bytes of a failed command's stderr kept for its error.
+const PIPE_STDERR_MAX: usize = 4096;
+
 impl Transport for Pipe {
     fn send(&mut self, _: &Envelope, raw: &[u8]) -> Result<(), SendError> {
-        use std::io::Write;
-        use std::process::{Command, Stdio};
-        let mut cmd = Command::new("/bin/sh");
-        cmd.arg("-c")
-            .arg(&self.command)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // If this worker dies mid-message (SIGKILL, OOM), the command must
-        // die too: `sendmail -ti` would otherwise send the half message it
-        // read before EOF. The outbox still has the message and sends it
-        // whole on the next run.
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: prctl(PR_SET_PDEATHSIG) is a single async-signal-safe
-            // system call; the closure allocates nothing and touches no lock.
-            unsafe {
-                cmd.pre_exec(|| {
-                    rustix::process::set_parent_process_death_signal(Some(
-                        rustix::process::Signal::KILL,
-                    ))
-                    .map_err(std::io::Error::from)
-                });
-            }
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| SendError::transient(format!("cannot run email-send-command: {e}")))?;
         // The message uses CRLF; sendmail-style programs expect LF.
         let text = String::from_utf8_lossy(raw).replace("\r\n", "\n");
-        let wrote = child.stdin.take().map(|mut s| s.write_all(text.as_bytes()));
-        let out = child
-            .wait_with_output()
-            .map_err(|e| SendError::transient(format!("email-send-command: {e}")))?;
+        let mut stderr = Vec::new();
+        let ran = crate::child::run(
+            &crate::child::Spec {
+                command: &self.command,
+                dir: None,
+                env: Vec::new(),
+                input: text.as_bytes(),
+                stdout: false,
+                timeout: self.timeout,
+            },
+            &mut |b| {
+                let room = PIPE_STDERR_MAX.saturating_sub(stderr.len());
+                stderr.extend_from_slice(&b[..b.len().min(room)]);
+            },
+        )
+        .map_err(|e| SendError::transient(format!("cannot run email-send-command: {e}")))?;
+        let Some(status) = ran.status else {
+            return Err(SendError::transient(format!(
+                "email-send-command timed out after {} s (killed; see email-send-command-timeout)",
+                self.timeout.as_secs()
+            )));
+        };
         // A command that failed says more (its exit status and stderr) than
-        // the broken pipe we got for writing to it, so that comes first.
-        if out.status.success() {
-            if let Some(Err(e)) = wrote {
+        // how much of the message it read, so that comes first.
+        if status.success() {
+            let len = text.len() as u64;
+            if ran.input_read < len {
                 return Err(SendError::transient(format!(
-                    "email-send-command did not read the message: {e}"
+                    "email-send-command did not read the message (read {} of {len} bytes)",
+                    ran.input_read
                 )));
             }
             Ok(())
         } else {
-            let err = String::from_utf8_lossy(&out.stderr);
+            let err = String::from_utf8_lossy(&stderr);
             let err: String = super::one_line(&err).chars().take(200).collect();
             let said = if err.is_empty() {
                 " and printed nothing".to_owned()
@@ -337,8 +340,7 @@ impl Transport for Pipe {
                 format!(": {err}")
             };
             Err(SendError::transient(format!(
-                "email-send-command failed ({}){said}",
-                out.status
+                "email-send-command failed ({status}){said}"
             )))
         }
     }
