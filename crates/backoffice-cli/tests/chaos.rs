@@ -798,20 +798,35 @@ fn hook_script(dir: &Path) -> String {
     let p = |n: &str| dir.join(n).display().to_string();
     format!(
         r#"#!/bin/sh
-# $1: the worker's pid (the hook command's $PPID). Nothing from an event is
-# on any command line: the events are read from standard input.
-w=$1
-worker_alive() {{
-  case "$(tr '\0' ' ' < /proc/$w/cmdline 2>/dev/null)" in
-    *backoffice*) return 0 ;;
-  esac
-  return 1
+# Nothing from an event is on any command line: the events are read from
+# standard input.
+#
+# The worker running this hook: the nearest ancestor that is
+# `backoffice run|worker ... REPO` (the command's shell, or whatever the
+# library puts between, is skipped); 0 if there is none any more.
+find_worker() {{
+  p=$PPID
+  while [ "$p" -gt 1 ] 2>/dev/null; do
+    set -- $(tr '\0' ' ' < /proc/$p/cmdline 2>/dev/null)
+    case "${{1##*/}} $2" in
+      "backoffice run"|"backoffice worker")
+        case " $* " in *" {repo} "*) echo "$p"; return ;; esac ;;
+    esac
+    stat=$(cat /proc/$p/stat 2>/dev/null) || break
+    set -- ${{stat##*) }}
+    p=$2
+  done
+  echo 0
 }}
+worker_alive() {{
+  [ "$(find_worker)" = "$w" ]
+}}
+w=$(find_worker)
 echo "start $w $(date +%s%N)" >> '{runs}'
-# The command's shell was already an orphan when it started: the worker had
-# died before its hook began (and the hook was not ended with it).
+# No worker above us: it died before its hook began (and the hook was not
+# ended with it).
 orphan=
-if ! worker_alive; then
+if [ "$w" = 0 ]; then
   orphan=1
   echo "orphan $w $(date +%s%N)" >> '{runs}'
 fi
@@ -835,6 +850,7 @@ fi
 echo "end $w $(date +%s%N) ok" >> '{runs}'
 exit 0
 "#,
+        repo = dir.join("app.db").display(),
         runs = p("hook-runs"),
         control = p("hook-control"),
         events = p("hook-events"),
@@ -1001,7 +1017,7 @@ fn chaos_nothing_lost_few_duplicates_never_two_at_once() {
     set_control(&dir, false);
     // `exit` after the script: the command's shell must fork for it (no
     // exec of the last command), as a real multi-line hook does.
-    let hook_cmd = format!("/bin/sh '{}' \"$PPID\"; exit $?", hook_path.display());
+    let hook_cmd = format!("/bin/sh '{}'; exit $?", hook_path.display());
     ch.app.bo(&["hook", "add", "--command", &hook_cmd]);
 
     // ---- The chaos phase.
