@@ -159,6 +159,8 @@ fn accept_loop(listener: TcpListener, stop: Arc<AtomicBool>, each: impl Fn(TcpSt
 struct Mail {
     /// Accepted during the chaos phase.
     in_chaos: bool,
+    /// The session (connection) it came over.
+    session: usize,
     rcpts: Vec<String>,
     message_id: String,
     subject: String,
@@ -263,7 +265,7 @@ fn header_value(message: &[u8], name: &str) -> Option<String> {
 /// One SMTP session: EHLO/HELO, MAIL, RCPT, DATA (dot-unstuffed), RSET,
 /// NOOP, QUIT, in the order RFC 5321 allows.
 fn smtp_session(stream: TcpStream, sh: &SmtpShared) {
-    sh.sessions.fetch_add(1, SeqCst);
+    let session = sh.sessions.fetch_add(1, SeqCst);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
     let _ = stream.set_nodelay(true);
     let Ok(mut out) = stream.try_clone() else {
@@ -383,6 +385,7 @@ fn smtp_session(stream: TcpStream, sh: &SmtpShared) {
                     // server has taken responsibility for it.
                     sh.accepted.lock().unwrap().push(Mail {
                         in_chaos: sh.chaos.load(SeqCst),
+                        session,
                         rcpts: to,
                         message_id,
                         subject,
@@ -417,6 +420,8 @@ fn smtp_session(stream: TcpStream, sh: &SmtpShared) {
 struct Delivery {
     /// Accepted during the chaos phase.
     in_chaos: bool,
+    /// The connection it came over.
+    conn: usize,
     endpoint: usize,
     eventid: i64,
     delivery: String,
@@ -429,6 +434,7 @@ struct HttpShared {
     stop: Arc<AtomicBool>,
     rng: Mutex<Option<Rng>>,
     got: Mutex<Vec<Delivery>>,
+    connections: AtomicUsize,
     requests: AtomicUsize,
     /// Requests to a failing endpoint in the chaos phase.
     rolls: AtomicUsize,
@@ -488,6 +494,7 @@ fn hmac_hex(secret: &str, msg: &[u8]) -> String {
 
 /// One keep-alive connection: requests until the client closes.
 fn http_connection(stream: TcpStream, sh: &HttpShared) {
+    let conn = sh.connections.fetch_add(1, SeqCst);
     let _ = stream.set_nodelay(true);
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let Ok(mut out) = stream.try_clone() else {
@@ -590,6 +597,7 @@ fn http_connection(stream: TcpStream, sh: &HttpShared) {
         // Recorded before the 200 goes out, as the SMTP server does.
         sh.got.lock().unwrap().push(Delivery {
             in_chaos: sh.chaos.load(SeqCst),
+            conn,
             endpoint,
             eventid: json["eventid"].as_i64().unwrap_or(-1),
             delivery,
@@ -736,10 +744,10 @@ impl Chaos {
         }
     }
 
-    /// The lease's current holder, if it can be read at once.
-    fn holder(&self) -> Option<i64> {
+    /// The lease's current holder, if it can be read within `wait`.
+    fn holder(&self, wait: Duration) -> Option<i64> {
         let c = rusqlite::Connection::open(&self.app.path).ok()?;
-        c.busy_timeout(Duration::from_millis(50)).ok()?;
+        c.busy_timeout(wait).ok()?;
         let v: String = c
             .query_row(
                 "SELECT value FROM config WHERE name = 'backoffice'",
@@ -901,6 +909,26 @@ fn hook_intervals(text: &str, kills: &[Kill]) -> Vec<(u32, u128, Option<u128>)> 
     }
     runs.sort_by_key(|r| r.1);
     runs
+}
+
+/// For each connection, how many of the items that came over it came again
+/// later: sent by its worker but not recorded as sent. Input: (item,
+/// connection) in arrival order.
+fn resent_per_connection<K: Ord, C: Ord + Copy>(
+    arrivals: impl IntoIterator<Item = (K, C)>,
+) -> BTreeMap<C, usize> {
+    let mut by_item: BTreeMap<K, Vec<C>> = BTreeMap::new();
+    for (k, c) in arrivals {
+        by_item.entry(k).or_default().push(c);
+    }
+    let mut resent = BTreeMap::new();
+    for conns in by_item.values() {
+        // Every arrival but the last was followed by another.
+        for &c in &conns[..conns.len() - 1] {
+            *resent.entry(c).or_default() += 1;
+        }
+    }
+    resent
 }
 
 /// Pairs of hook runs of different workers that overlap in time.
@@ -1121,7 +1149,10 @@ fn chaos_nothing_lost_few_duplicates_never_two_at_once() {
                     continue;
                 }
                 let pid = live[rng.below(live.len() as u64) as usize];
-                let holder = ch.holder() == Some(i64::from(pid));
+                // Holding the lease before the kill, or still named by it
+                // after (a dead holder stays named until someone takes over,
+                // which takes at least the rest of its lease).
+                let before = ch.holder(Duration::from_millis(50)) == Some(i64::from(pid));
                 // Still that worker (not exited, pid not reused), and not
                 // one already signalled and dying: each kill counts once.
                 if !live_workers(&repo).contains(&pid)
@@ -1132,6 +1163,8 @@ fn chaos_nothing_lost_few_duplicates_never_two_at_once() {
                 let at_ns = now_ns();
                 if sigkill(pid) {
                     let after_ns = now_ns();
+                    let holder =
+                        before || ch.holder(Duration::from_secs(1)) == Some(i64::from(pid));
                     kills.lock().unwrap().push(Kill {
                         pid,
                         at_ns,
@@ -1382,6 +1415,32 @@ fn chaos_nothing_lost_few_duplicates_never_two_at_once() {
             ));
         }
     }
+    // The promise per connection: what a killed worker sent over one
+    // connection and did not record is at most one message or delivery.
+    let msg_resent = resent_per_connection(mails.iter().filter_map(|m| {
+        let title = m.subject.strip_prefix("[chaos] ").unwrap_or(&m.subject);
+        Some(((m.rcpts.first()?.clone(), *events.get(title)?), m.session))
+    }));
+    let delivery_resent = resent_per_connection(
+        got.iter()
+            .map(|d| ((d.endpoint, d.eventid), (d.conn, d.endpoint))),
+    );
+    let worst_session = msg_resent.values().max().copied().unwrap_or(0);
+    let worst_conn = delivery_resent.values().max().copied().unwrap_or(0);
+    if worst_session > 1 {
+        failures.push(format!(
+            "{} SMTP connections each sent more than one message that had to be sent again \
+             (worst: {worst_session} on one connection; at most one per connection is promised)",
+            msg_resent.values().filter(|&&n| n > 1).count()
+        ));
+    }
+    if worst_conn > 1 {
+        failures.push(format!(
+            "{} webhook connections each sent more than one delivery that had to be sent again \
+             (worst: {worst_conn} on one connection; at most one per connection is promised)",
+            delivery_resent.values().filter(|&&n| n > 1).count()
+        ));
+    }
     if msg_dups > kill_count {
         failures.push(format!(
             "{msg_dups} duplicate messages from {kill_count} kills (up to {} copies of one)",
@@ -1449,7 +1508,8 @@ fn chaos_nothing_lost_few_duplicates_never_two_at_once() {
         "chaos: seed {seed}; chaos phase {:.1} s, healing {:.1} s in {heal_runs} runs\n\
          chaos: {SUBSCRIBERS} subscribers x {EVENTS} events; {runs_started} `run` and \
          {triggers_started} `trigger` started; {publish_failures} failed publishes retried\n\
-         chaos: kills {kill_count} ({holder_kills} of the lease holder)\n\
+         chaos: kills {kill_count} ({holder_kills} of the lease holder); sent again per connection, \
+         worst: SMTP {worst_session}, webhooks {worst_conn}\n\
          chaos: messages {} received, {} distinct, {msg_dups} duplicates (worst: {worst_msg} copies), \
          {missing_msgs} missing, {} received in the chaos phase; SMTP sessions {}, drops {}, 451s {}\n\
          chaos: deliveries {} received ({} in the chaos phase), duplicates per endpoint {delivery_dups:?}, {missing_deliveries} missing; \
@@ -1668,6 +1728,11 @@ fn chaos_receiver_and_books_are_honest() {
     assert_eq!(got.len(), 2);
     assert!(got[0].signature_ok && got[0].delivery == "d0" && got[0].eventid == 0);
     assert!(!got[1].signature_ok, "a wrong secret is noticed");
+
+    // Connection 1 sent a, b, c; its worker died; connection 2 sent b, c
+    // again: connection 1 lost two.
+    let lost = resent_per_connection([("a", 1), ("b", 1), ("c", 1), ("b", 2), ("c", 2), ("d", 2)]);
+    assert_eq!(lost, BTreeMap::from([(1, 2)]));
 
     let kill = |pid, at_ns| Kill {
         pid,
