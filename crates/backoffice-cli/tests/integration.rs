@@ -39,3 +39,6 @@ mod web;
 mod upgrade;
 // Replication to file peers: generations, failures, a copy killed half-way.
 mod replicate;
+// Fault injection: SMTP, webhook and hook failures and SIGKILLed workers at
+// once, then healed; nothing lost, few duplicates, never two workers at once.
+mod chaos;
