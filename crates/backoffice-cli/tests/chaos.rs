@@ -1513,12 +1513,14 @@ fn chaos_nothing_lost_few_duplicates_never_two_at_once() {
     let hook_failed = runs_text.lines().filter(|l| l.ends_with(" fail")).count();
     let overlaps = overlaps(&intervals, &kills);
     let outlived = outlived(&intervals, &kills);
+    // A killed run's interval ends at its kill (see hook_intervals), so the
+    // kill counts when it is at or before the end.
     let killed_in_hook = intervals
         .iter()
         .filter(|&&(pid, start, end)| {
             kills
                 .iter()
-                .any(|k| k.pid == pid && k.after_ns >= start && end.is_none_or(|e| k.at_ns < e))
+                .any(|k| k.pid == pid && k.after_ns >= start && end.is_none_or(|e| k.at_ns <= e))
         })
         .count();
     let orphans = runs_text
