@@ -329,6 +329,19 @@ mod parts {
         bencher.bench_local(|| Outbox.due(black_box(&fx.conn), 0).unwrap());
     }
 
+    /// What the check pays to never wait for a lock: reading the host's
+    /// busy timeout, lowering it and putting it back (issue 10, item 13).
+    #[divan::bench(args = JOURNALS)]
+    fn short_busy_guard(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, false);
+        bencher.bench_local(|| {
+            drop(black_box(backoffice::repo::ShortBusy::new(
+                &fx.conn,
+                backoffice::repo::CHECK_BUSY_TIMEOUT,
+            )))
+        });
+    }
+
     /// One config row by primary key (the query `crates.md` measured).
     #[divan::bench(args = JOURNALS)]
     fn config_one_row(bencher: Bencher, journal: &str) {

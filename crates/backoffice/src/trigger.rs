@@ -15,7 +15,12 @@
 //!   between a spawn and the worker's first transaction would start one
 //!   more worker: a busy server started 27 workers for 4 runs), or
 //! * no task has anything due. Fossil starts a worker here even when there
-//!   is nothing to do; we do not, so read-only traffic spawns nothing.
+//!   is nothing to do; we do not, so read-only traffic spawns nothing; or
+//! * the database is locked by another writer: the check caps the
+//!   connection's busy timeout at [`repo::CHECK_BUSY_TIMEOUT`] while it
+//!   reads (and puts the host's back), and answers "not now"
+//!   ([`Check::Busy`]); the next request looks again. A reply is never
+//!   held up for the busy timeout.
 //!
 //! Otherwise it starts a detached worker ([`crate::process::WorkerCommand`])
 //! and returns at once; the request never waits for the work. If the worker
