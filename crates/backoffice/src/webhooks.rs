@@ -810,7 +810,7 @@ fn due_endpoints(
 
 /// The progress log: one line `ID SALT EVENTID` appended (one `write`, no
 /// fsync) after every delivery an endpoint answered with 2xx, beside the
-/// repository as `REPO-webhooks`.
+/// repository as `REPO-bo-webhooks`.
 ///
 /// Committing the cursor after every delivery would cost a synced SQLite
 /// transaction each (about 135/s on a rollback-journal database here,
@@ -832,7 +832,7 @@ impl Progress {
     /// The log's path for a repository.
     pub fn path(repo: &Path) -> std::path::PathBuf {
         let mut p = repo.as_os_str().to_owned();
-        p.push("-webhooks");
+        p.push("-bo-webhooks");
         std::path::PathBuf::from(p)
     }
 
