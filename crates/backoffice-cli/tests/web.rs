@@ -1690,3 +1690,30 @@ fn an_aliased_repository_is_never_opened_outside_sqlite() {
         .unwrap();
     assert_eq!(check, "ok");
 }
+
+/// Issue 10, item 13 on the web front: while another connection holds the
+/// repository's lock, the status page and JSON answer 503 with
+/// `Retry-After` (nothing is broken; the same request works in a moment),
+/// never 500, and nothing is left behind once the lock is gone.
+#[test]
+fn a_locked_repository_answers_503_on_its_status_routes() {
+    let env = Env::new();
+    let site = Site::new(&env, "app");
+    let srv = Server::start(&site.app.path, &["--no-trigger"], &env);
+    // Served once, so the pooled connection exists before the lock.
+    assert_eq!(get(&srv.addr, "/r/app/status.json").status, 200);
+    let holder = rusqlite::Connection::open(&site.app.path).unwrap();
+    holder.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    for path in ["/r/app/status.json", "/r/app"] {
+        let r = get(&srv.addr, path);
+        assert_eq!(r.status, 503, "{path} while locked: {r:?}");
+        assert_eq!(r.header("retry-after").as_deref(), Some("1"), "{path}");
+        assert!(
+            r.body.contains("busy"),
+            "{path} says why, not a path: {}",
+            r.body
+        );
+    }
+    holder.execute_batch("COMMIT").unwrap();
+    assert_eq!(get(&srv.addr, "/r/app/status.json").status, 200);
+}

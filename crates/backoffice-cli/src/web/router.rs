@@ -424,8 +424,15 @@ pub fn web_status(
     name: &str,
     repo: &Repo,
 ) -> Result<backoffice::status::Status, Failure> {
-    let mut st = backoffice::status::status(repo, app.bo.tasks())
-        .map_err(|e| Failure::internal("reading the status", e))?;
+    let mut st = backoffice::status::status(repo, app.bo.tasks()).map_err(|e| match e {
+        // Status waits only briefly for a lock (it is on a request's path):
+        // another writer holding it is "try again", not a failure.
+        backoffice::Error::Locked { .. } => {
+            tracing::warn!("reading the status of {name}: {e}");
+            Failure::busy()
+        }
+        e => Failure::internal("reading the status", e),
+    })?;
     st.repo = name.to_owned();
     Ok(st)
 }
@@ -434,7 +441,7 @@ async fn status_page(State(app): State<Arc<App>>, Path(name): Path<String>) -> R
     on_repo(app, name.clone(), true, move |app, repo| {
         let st = web_status(app, &name, repo)?;
         let events = notify::recent_events(repo.conn(), 10)
-            .map_err(|e| Failure::internal("reading recent events", e))?;
+            .map_err(|e| Failure::sqlite("reading recent events", e))?;
         let page = pages::status(&name, &st, &events, app.workers_started(&name));
         Ok((html_type(), page).into_response())
     })
