@@ -2,7 +2,7 @@
 //! connections to each.
 //!
 //! The pool is bounded twice: a few idle connections per repository, and a
-//! total across all repositories ([`Site::pool_cap`], from the descriptor
+//! total across all repositories ([`pool_cap`], from the descriptor
 //! limit), beyond which the least recently used idle connection is closed.
 //! Without the total, one `/metrics` scrape of 1,100 repositories kept a
 //! connection (a descriptor, three in WAL mode) to each for good, and under
