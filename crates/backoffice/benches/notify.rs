@@ -55,7 +55,7 @@ fn publish_loop(bencher: Bencher, conn: &Connection) {
         if n % 10_000 == 0 {
             conn.execute_batch("COMMIT; BEGIN").unwrap();
         }
-        notify::publish(&conn, &ev).unwrap()
+        notify::publish(conn, &ev).unwrap()
     });
     conn.execute_batch("COMMIT").unwrap();
 }
