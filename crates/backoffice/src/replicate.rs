@@ -272,20 +272,8 @@ pub(crate) fn own_write<T>(
     if !conn.is_autocommit() {
         return note_own_write(conn).and_then(|()| f(conn));
     }
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    // Every failure rolls back, the COMMIT's included: a COMMIT refused with
-    // SQLITE_BUSY leaves the transaction open, and a connection stuck inside
-    // a write transaction keeps the write lock (and, in rollback mode, may
-    // keep refusing the application's readers) until it is closed.
-    let r = note_own_write(conn)
-        .and_then(|()| f(conn))
-        .and_then(|v| conn.execute_batch("COMMIT").map(|()| v));
-    if r.is_err() && !conn.is_autocommit() {
-        if let Err(e) = conn.execute_batch("ROLLBACK") {
-            tracing::error!(error = %e, "cannot roll back the engine's write");
-        }
-    }
-    r
+    // Every failure rolls back, the COMMIT's included (see repo::immediate).
+    crate::repo::immediate(conn, || note_own_write(conn).and_then(|()| f(conn)))
 }
 
 /// Creates the peer table if needed.

@@ -69,6 +69,37 @@ impl Drop for ShortBusy<'_> {
     }
 }
 
+/// Runs the write `f` in a transaction of its own that takes the write lock
+/// up front (`BEGIN IMMEDIATE`, which waits for the busy timeout), and rolls
+/// back on every failure, the COMMIT's included.
+///
+/// Why up front: a deferred transaction, or a lone statement that reads
+/// before it writes, gets `SQLITE_BUSY` at once in rollback-journal mode
+/// when another connection is writing (SQLite will not wait while holding a
+/// read lock, as that could deadlock). Why a rollback after a failed
+/// COMMIT: one refused with `SQLITE_BUSY` leaves the transaction open, and
+/// a connection stuck inside a write transaction keeps the write lock (and,
+/// in rollback mode, may keep refusing everyone's readers) until it closes.
+///
+/// The caller must not be inside a transaction already (`BEGIN` would fail
+/// and say so).
+pub fn immediate<T, E>(conn: &Connection, f: impl FnOnce() -> Result<T, E>) -> Result<T, E>
+where
+    E: From<rusqlite::Error>,
+{
+    conn.execute_batch("BEGIN IMMEDIATE")?;
+    let out = f().and_then(|v| {
+        conn.execute_batch("COMMIT")?;
+        Ok(v)
+    });
+    if out.is_err() && !conn.is_autocommit() {
+        if let Err(e) = conn.execute_batch("ROLLBACK") {
+            tracing::error!(error = %e, "cannot roll back a failed write");
+        }
+    }
+    out
+}
+
 /// True if an SQLite error means "another connection holds the lock".
 pub fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(

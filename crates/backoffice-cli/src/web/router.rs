@@ -160,27 +160,6 @@ fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
-/// Runs the write `f` in a transaction that takes the write lock up front
-/// (`BEGIN IMMEDIATE`, which waits for the busy timeout), and rolls back on
-/// any failure, COMMIT's included. A deferred transaction, or a lone
-/// statement that reads before it writes, gets `SQLITE_BUSY` at once in
-/// rollback-journal mode when another connection is writing: SQLite will
-/// not wait while holding a read lock, as that could deadlock.
-fn immediate<T, E>(conn: &rusqlite::Connection, f: impl FnOnce() -> Result<T, E>) -> Result<T, E>
-where
-    E: From<rusqlite::Error>,
-{
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let out = f().and_then(|v| {
-        conn.execute_batch("COMMIT")?;
-        Ok(v)
-    });
-    if out.is_err() && !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    out
-}
-
 /// Runs `f` on repository `name` on a blocking thread.
 async fn on_repo<F>(app: Arc<App>, name: String, html: bool, f: F) -> Response
 where
@@ -542,7 +521,7 @@ async fn add_subscriber(
             digest: s.digest,
             verified: s.verified,
         };
-        match immediate(repo.conn(), || subscribers::add(repo.conn(), &new)) {
+        match backoffice::repo::immediate(repo.conn(), || subscribers::add(repo.conn(), &new)) {
             Ok(s) => Ok(json(StatusCode::CREATED, &s)),
             Err(e) => Err(subscriber_failure(e)),
         }
@@ -583,7 +562,7 @@ async fn remove(app: Arc<App>, name: String, who: Option<String>, headers: Heade
                 "say whom to remove: DELETE /r/NAME/subscribers/ADDRESS or ?address=ADDRESS",
             ));
         };
-        match immediate(repo.conn(), || subscribers::remove(repo.conn(), &who)) {
+        match backoffice::repo::immediate(repo.conn(), || subscribers::remove(repo.conn(), &who)) {
             Ok(s) => Ok(json(StatusCode::OK, &serde_json::json!({ "removed": s }))),
             Err(e) => Err(subscriber_failure(e)),
         }
@@ -624,15 +603,18 @@ async fn unsubscribe(
     State(app): State<Arc<App>>,
     Path((name, code)): Path<(String, String)>,
 ) -> Response {
-    on_repo_write(app, name.clone(), true, move |_, repo| {
-        match immediate(repo.conn(), || {
+    on_repo_write(
+        app,
+        name.clone(),
+        true,
+        move |_, repo| match backoffice::repo::immediate(repo.conn(), || {
             subscribers::unsubscribe_by_code(repo.conn(), &code)
         }) {
             Ok(Some(addr)) => Ok((html_type(), pages::unsubscribed(&name, &addr)).into_response()),
             Ok(None) => Err(bad_code()),
             Err(e) => Err(subscriber_failure(e)),
-        }
-    })
+        },
+    )
     .await
 }
 

@@ -339,16 +339,8 @@ pub fn publish(conn: &Connection, ev: &Event) -> Result<i64, PublishError> {
     if !conn.is_autocommit() {
         return write();
     }
-    conn.execute_batch("BEGIN IMMEDIATE")?;
-    let done = write().and_then(|id| {
-        conn.execute_batch("COMMIT")?;
-        Ok(id)
-    });
-    if done.is_err() && !conn.is_autocommit() {
-        // Whatever failed, COMMIT included, leaves no transaction open.
-        let _ = conn.execute_batch("ROLLBACK");
-    }
-    done
+    // Whatever fails, COMMIT included, leaves no transaction open.
+    crate::repo::immediate(conn, write)
 }
 
 /// Collapses control characters and runs of whitespace into single spaces.
