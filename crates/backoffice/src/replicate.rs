@@ -255,7 +255,9 @@ pub fn note_own_write(conn: &Connection) -> rusqlite::Result<()> {
     let expected: Option<u64> =
         crate::repo::config_get(conn, WRITE_EXPECTED)?.and_then(|v| v.trim().parse().ok());
     if now.is_none() || now != expected {
-        let g = app_generation(conn) + 1;
+        // Peers compare generations for equality, so wrapping keeps it
+        // moving where a stored value sits at the edge of i64.
+        let g = app_generation(conn).wrapping_add(1);
         crate::repo::config_set(conn, APP_GENERATION, &g.to_string())?;
     }
     // This transaction commits once: the counter goes up by one (a u32).
@@ -1248,6 +1250,21 @@ mod tests {
     /// the EXCLUSIVE lock it needs, in rollback mode) must not leave the
     /// connection inside the write transaction: the write is rolled back,
     /// the error returned, and the connection usable again.
+    /// Issue 10, item 20: a stored generation at the edge of i64 never
+    /// panics (debug builds check overflow) and still moves, so peers
+    /// still see a change (they compare generations for equality).
+    #[test]
+    fn a_stored_generation_at_i64_max_still_moves() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Connection::open(dir.path().join("r.db")).unwrap();
+        c.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        install(&c).unwrap();
+        crate::repo::config_set(&c, APP_GENERATION, &i64::MAX.to_string()).unwrap();
+        own_write(&c, |c| crate::repo::config_set(c, "x", "1")).unwrap();
+        assert_ne!(app_generation(&c), i64::MAX);
+    }
+
     #[test]
     fn own_write_rolls_back_when_commit_fails() {
         let dir = tempfile::tempdir().unwrap();
