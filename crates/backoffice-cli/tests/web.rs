@@ -91,17 +91,22 @@ pub struct Server {
 
 impl Server {
     pub fn start(path: &Path, args: &[&str], env: &Env) -> Server {
-        let stderr = env.path("serve.stderr");
-        let mut child = Cmd::backoffice()
+        let cmd = Cmd::backoffice()
             .arg("serve")
             .arg(path)
             .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .spawn_with(
-                Stdio::piped(),
-                Stdio::from(std::fs::File::create(&stderr).unwrap()),
-            );
+            .args(args);
+        Server::launch(cmd, env)
+    }
+
+    /// Starts `cmd` (a `serve` command line) and reads the address it
+    /// prints first.
+    fn launch(cmd: Cmd, env: &Env) -> Server {
+        let stderr = env.path("serve.stderr");
+        let mut child = cmd.env("RUST_LOG", "info").spawn_with(
+            Stdio::piped(),
+            Stdio::from(std::fs::File::create(&stderr).unwrap()),
+        );
         let mut line = String::new();
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         stdout.read_line(&mut line).unwrap();
@@ -1482,8 +1487,7 @@ fn idle_connections_from_one_client_do_not_lock_out_another() {
 /// `serve` as a child process under descriptor limits (`ulimit -n`, soft
 /// and hard, set by the shell that then becomes the server).
 fn start_with_nofile(path: &Path, args: &[&str], (soft, hard): (u32, u32), env: &Env) -> Server {
-    let stderr = env.path("serve.stderr");
-    let mut child = Cmd::new("sh")
+    let cmd = Cmd::new("sh")
         .arg("-c")
         .arg(format!(
             "ulimit -Sn {soft} && ulimit -Hn {hard} && exec \"$0\" serve \"$@\""
@@ -1491,32 +1495,8 @@ fn start_with_nofile(path: &Path, args: &[&str], (soft, hard): (u32, u32), env: 
         .arg(crate::harness::backoffice_bin())
         .arg(path)
         .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .env("RUST_LOG", "info")
-        .spawn_with(
-            Stdio::piped(),
-            Stdio::from(std::fs::File::create(&stderr).unwrap()),
-        );
-    let mut line = String::new();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    stdout.read_line(&mut line).unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split('/').next())
-        .unwrap_or_else(|| {
-            panic!(
-                "no address in {line:?}; stderr: {}",
-                std::fs::read_to_string(&stderr).unwrap_or_default()
-            )
-        })
-        .to_owned();
-    Server {
-        child,
-        _stdout: stdout,
-        addr,
-        stderr,
-    }
+        .args(args);
+    Server::launch(cmd, env)
 }
 
 /// Descriptors a process has open.
