@@ -62,9 +62,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
-
 use crate::harness::{AppRepo, Cmd, Env};
 
 /// Verified immediate subscribers.
@@ -495,16 +492,6 @@ impl Drop for Receiver {
     }
 }
 
-fn hmac_hex(secret: &str, msg: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(msg);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// One keep-alive connection: requests until the client closes.
 fn http_connection(stream: TcpStream, sh: &HttpShared) {
     let conn = sh.connections.fetch_add(1, SeqCst);
@@ -515,36 +502,11 @@ fn http_connection(stream: TcpStream, sh: &HttpShared) {
     };
     let mut r = BufReader::new(stream);
     loop {
-        let mut request = String::new();
-        if r.read_line(&mut request).unwrap_or(0) == 0 {
+        let Some(req) = crate::harness::read_http_request(&mut r) else {
             return;
-        }
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-            }
-        }
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
         };
-        let len: usize = header("content-length").parse().unwrap_or(0);
-        let mut body = vec![0; len];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
+        let header = |name: &str| req.header(name);
+        let (request, body) = (&req.line, &req.body);
         sh.requests.fetch_add(1, SeqCst);
         let endpoint: Option<usize> = request
             .split_whitespace()
@@ -585,8 +547,8 @@ fn http_connection(stream: TcpStream, sh: &HttpShared) {
         let ts = header("x-backoffice-timestamp");
         let mut signed = ts.clone().into_bytes();
         signed.push(b'.');
-        signed.extend_from_slice(&body);
-        let json: serde_json::Value = match serde_json::from_slice(&body) {
+        signed.extend_from_slice(body);
+        let json: serde_json::Value = match serde_json::from_slice(body) {
             Ok(j) => j,
             Err(e) => {
                 sh.faults
@@ -601,7 +563,8 @@ fn http_connection(stream: TcpStream, sh: &HttpShared) {
             .parse::<i64>()
             .is_ok_and(|t| (t - backoffice::clock::now()).abs() < 120);
         let signature_ok = fresh
-            && header("x-backoffice-signature") == format!("sha256={}", hmac_hex(SECRET, &signed))
+            && header("x-backoffice-signature")
+                == format!("sha256={}", crate::harness::hmac_hex(SECRET, &signed))
             && json["delivery"] == delivery.as_str()
             && json["kind"] == header("x-backoffice-event").as_str();
         // A receiver does some work per delivery: long enough batches that
@@ -1751,7 +1714,7 @@ fn chaos_receiver_and_books_are_honest() {
     for (i, secret) in [SECRET, "another-secret-0123456789"].iter().enumerate() {
         let body = format!(r#"{{"delivery":"d{i}","eventid":{i},"kind":"wiki"}}"#);
         let ts = backoffice::clock::now().to_string();
-        let sig = hmac_hex(secret, format!("{ts}.{body}").as_bytes());
+        let sig = crate::harness::hmac_hex(secret, format!("{ts}.{body}").as_bytes());
         out.write_all(
             format!(
                 "POST /hook/0 HTTP/1.1\r\nContent-Type: application/json\r\n\

@@ -505,3 +505,68 @@ impl AppRepo {
             .success()
     }
 }
+
+/// One HTTP/1.1 request as a test's own server reads it off a keep-alive
+/// connection (the webhook receivers).
+pub struct HttpRequest {
+    /// The request line, e.g. `POST /hook/0 HTTP/1.1` (with its line end).
+    pub line: String,
+    headers: Vec<(String, String)>,
+    /// `Content-Length` bytes of body.
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// A header's value (the name in lower case), or "" when absent.
+    pub fn header(&self, name: &str) -> String {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Reads one request: its line, its headers and a body of `Content-Length`
+/// bytes. `None` when the connection closes (or its read times out) first.
+pub fn read_http_request(r: &mut impl std::io::BufRead) -> Option<HttpRequest> {
+    let mut line = String::new();
+    if r.read_line(&mut line).unwrap_or(0) == 0 {
+        return None;
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut h = String::new();
+        if r.read_line(&mut h).unwrap_or(0) == 0 {
+            return None;
+        }
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+        }
+    }
+    let mut req = HttpRequest {
+        line,
+        headers,
+        body: Vec::new(),
+    };
+    let len: usize = req.header("content-length").parse().unwrap_or(0);
+    req.body = vec![0; len];
+    r.read_exact(&mut req.body).ok()?;
+    Some(req)
+}
+
+/// Hex HMAC-SHA256 of `msg` under `secret`, as webhook signatures carry it.
+pub fn hmac_hex(secret: &str, msg: &[u8]) -> String {
+    use hmac::{Hmac, KeyInit, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(msg);
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}

@@ -4,14 +4,11 @@
 //! past the client's time-out, or not exist at all (refused connections).
 //! "Time passing" between runs is simulated by moving `next_attempt`.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use hmac::{Hmac, KeyInit, Mac};
-use sha2::Sha256;
 
 use crate::harness::{AppRepo, Cmd, Env};
 
@@ -104,16 +101,6 @@ impl Drop for Receiver {
     }
 }
 
-fn hmac_hex(secret: &str, msg: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(msg);
-    mac.finalize()
-        .into_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// One connection: requests one after another (keep-alive) until the
 /// client closes, 5 s of silence, or the receiver stops.
 fn serve(stream: TcpStream, sh: &Shared, bad: Bad) {
@@ -124,36 +111,11 @@ fn serve(stream: TcpStream, sh: &Shared, bad: Bad) {
     let mut out = stream.try_clone().unwrap();
     let mut r = BufReader::new(stream);
     while !sh.stop.load(Ordering::SeqCst) {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
+        let Some(req) = crate::harness::read_http_request(&mut r) else {
             return;
-        }
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
-            }
-        }
-        let header = |name: &str| {
-            headers
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_default()
         };
-        let len: usize = header("content-length").parse().unwrap_or(0);
-        let mut body = vec![0; len];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
+        let header = |name: &str| req.header(name);
+        let body = &req.body;
         sh.requests.fetch_add(1, Ordering::SeqCst);
         sh.first_request
             .lock()
@@ -180,15 +142,16 @@ fn serve(stream: TcpStream, sh: &Shared, bad: Bad) {
         let ts = header("x-backoffice-timestamp");
         let mut signed = ts.clone().into_bytes();
         signed.push(b'.');
-        signed.extend_from_slice(&body);
-        let json: serde_json::Value = serde_json::from_slice(&body).expect("JSON body");
+        signed.extend_from_slice(body);
+        let json: serde_json::Value = serde_json::from_slice(body).expect("JSON body");
         let delivery = header("x-backoffice-delivery");
         let kind = header("x-backoffice-event");
         let fresh = ts
             .parse::<i64>()
             .is_ok_and(|t| (t - backoffice::clock::now()).abs() < 60);
         let signature_ok = fresh
-            && header("x-backoffice-signature") == format!("sha256={}", hmac_hex(SECRET, &signed))
+            && header("x-backoffice-signature")
+                == format!("sha256={}", crate::harness::hmac_hex(SECRET, &signed))
             && json["delivery"] == delivery.as_str()
             && json["kind"] == kind.as_str()
             && header("content-type") == "application/json";
