@@ -52,7 +52,7 @@ where
     // Replication copies start `EXE guard-temp` to clean up after a copier
     // that is killed; every binary built on this crate understands it.
     if let Ok(exe) = backoffice::process::installed_exe() {
-        backoffice::replicate::set_temp_guard(backoffice::process::WorkerCommand {
+        backoffice_tasks::replicate::set_temp_guard(backoffice::process::WorkerCommand {
             program: exe,
             args: vec!["guard-temp".into()],
         });

@@ -4,10 +4,10 @@
 fn main() -> std::process::ExitCode {
     backoffice_cli::main(
         backoffice::Tasks::new()
-            .with(backoffice::notify::Notify)
-            .with(backoffice::hooks::Hooks)
-            .with(backoffice::webhooks::Webhooks)
-            .with(backoffice::replicate::Replicate)
-            .with(backoffice::maintain::Maintenance),
+            .with(backoffice_tasks::notify::Notify)
+            .with(backoffice_tasks::hooks::Hooks)
+            .with(backoffice_tasks::webhooks::Webhooks)
+            .with(backoffice_tasks::replicate::Replicate)
+            .with(backoffice_tasks::maintain::Maintenance),
     )
 }

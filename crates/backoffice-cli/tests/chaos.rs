@@ -1586,8 +1586,8 @@ fn smtp_say(out: &mut TcpStream, r: &mut BufReader<TcpStream>, line: &str) -> St
 /// commands' order is enforced.
 #[test]
 fn chaos_smtp_server_is_honest() {
-    use backoffice::notify::send::{Envelope, Transport};
-    use backoffice::notify::smtp::{Relay, RelayConfig, Security};
+    use backoffice_tasks::notify::send::{Envelope, Transport};
+    use backoffice_tasks::notify::smtp::{Relay, RelayConfig, Security};
 
     let smtp = SmtpServer::start(Rng::new(7));
     smtp.sh.chaos.store(false, SeqCst);

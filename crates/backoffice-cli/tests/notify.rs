@@ -388,9 +388,9 @@ fn killed_worker_loses_nothing() {
     let n = 300;
     let conn = rusqlite::Connection::open(&m.path).unwrap();
     for i in 0..n {
-        backoffice::notify::publish(
+        backoffice::events::publish(
             &conn,
-            &backoffice::notify::Event {
+            &backoffice::events::Event {
                 kind: "wiki".into(),
                 title: format!("Event {i}"),
                 ..Default::default()
@@ -702,9 +702,9 @@ fn a_killed_worker_never_hands_the_pipe_command_a_cut_off_message() {
         .map(|i| format!("line {i} of the details\n"))
         .collect();
     for i in 0..400 {
-        backoffice::notify::publish(
+        backoffice::events::publish(
             &conn,
-            &backoffice::notify::Event {
+            &backoffice::events::Event {
                 kind: "wiki".into(),
                 title: format!("Event {i}"),
                 body: body.clone(),

@@ -166,9 +166,9 @@ fn db_method_worker_killed_before_its_commit_loses_nothing() {
         let mut conn = rusqlite::Connection::open(&app.path).unwrap();
         let tx = conn.transaction().unwrap();
         for i in 0..n {
-            backoffice::notify::publish(
+            backoffice::events::publish(
                 &tx,
-                &backoffice::notify::Event {
+                &backoffice::events::Event {
                     kind: "wiki".into(),
                     title: format!("Event {i}"),
                     ..Default::default()

@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use backoffice::notify::send::{Envelope, Transport};
-use backoffice::notify::smtp::{Relay, RelayConfig, Security};
+use backoffice_tasks::notify::send::{Envelope, Transport};
+use backoffice_tasks::notify::smtp::{Relay, RelayConfig, Security};
 
 use crate::harness::{self, Env};
 
@@ -573,9 +573,9 @@ fn relay_repo(env: &Env, port: u16, n: usize) -> PathBuf {
     let mut conn = rusqlite::Connection::open(&repo).unwrap();
     let tx = conn.transaction().unwrap();
     for i in 0..n {
-        backoffice::notify::publish(
+        backoffice::events::publish(
             &tx,
-            &backoffice::notify::Event {
+            &backoffice::events::Event {
                 kind: "wiki".into(),
                 title: format!("Event {i} — ünïcödé"),
                 body: format!("Line one of {i}.\n.A line starting with a dot\n"),

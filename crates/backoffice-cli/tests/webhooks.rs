@@ -217,9 +217,9 @@ impl Repo {
         let mut c = rusqlite::Connection::open(&self.path).unwrap();
         let tx = c.transaction().unwrap();
         for i in 0..n {
-            backoffice::notify::publish(
+            backoffice::events::publish(
                 &tx,
-                &backoffice::notify::Event {
+                &backoffice::events::Event {
                     kind: "checkin".into(),
                     title: format!("Check-in {i}"),
                     body: "Some details about it.".into(),

@@ -356,7 +356,7 @@ pub fn run(repo: &mut Repo, tasks: &Tasks, opts: &RunOptions) -> Result<Outcome>
         if let Some(l) = to_write {
             repo::config_set(&tx, LEASE_ROW, &l.encode())
                 .map_err(|e| sq("writing the lease", e))?;
-            crate::replicate::note_own_write(&tx).map_err(|e| sq("noting the write", e))?;
+            crate::writes::note_own_write(&tx).map_err(|e| sq("noting the write", e))?;
         }
         tx.commit().map_err(|e| sq("committing the lease", e))?;
         if opts.trace {
@@ -553,7 +553,7 @@ fn renew(
     }
     lease.current.alive_until = Some(clock::now().saturating_add(beat.grace_secs()));
     repo::config_set(&tx, LEASE_ROW, &lease.encode())?;
-    crate::replicate::note_own_write(&tx)?;
+    crate::writes::note_own_write(&tx)?;
     tx.commit()?;
     Ok(true)
 }
@@ -658,7 +658,7 @@ fn finish(repo: &mut Repo, report: &RunReport, me: Identity, release: bool) -> R
                 .map_err(|e| sq("releasing the lease", e))?;
         }
     }
-    crate::replicate::note_own_write(&tx).map_err(|e| sq("noting the write", e))?;
+    crate::writes::note_own_write(&tx).map_err(|e| sq("noting the write", e))?;
     // On failure the transaction is rolled back when dropped (rusqlite
     // does so when COMMIT fails too), so the connection is never left
     // inside it.

@@ -365,7 +365,7 @@ pub fn config_set(conn: &Connection, name: &str, value: &str) -> rusqlite::Resul
 }
 
 /// True if an SQLite error is "no such table".
-pub(crate) fn is_no_such_table(e: &rusqlite::Error) -> bool {
+pub fn is_no_such_table(e: &rusqlite::Error) -> bool {
     matches!(e, rusqlite::Error::SqliteFailure(_, Some(msg)) if msg.starts_with("no such table"))
 }
 

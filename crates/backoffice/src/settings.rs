@@ -1,10 +1,16 @@
-//! Every setting the engine reads, defined once.
+//! Settings: each one defined once, by whoever reads it.
 //!
-//! Settings live in the repository's `config` table, as Fossil's do. The
-//! [`SETTINGS`] table is the single definition of each one — name, type,
-//! default and help — and the `setting` command, `status` and the README all
-//! read it, so they cannot drift apart. Later features (email, hooks) add
-//! their rows here.
+//! Settings live in the repository's `config` table, as Fossil's do. Each
+//! is defined once by a [`Def`] — name, type, default, help and, where the
+//! type needs one, a validator. The engine's own are [`ENGINE`]; each task
+//! declares its own ([`Task::settings`]), and the task list gathers them
+//! all into a [`Registry`] ([`Tasks::settings`]). The `setting` command,
+//! `status`, the web page and the README check all read that registry, so
+//! they cannot drift apart, and a host's own task adds a setting the same
+//! way the shipped tasks do.
+//!
+//! [`Task::settings`]: crate::Task::settings
+//! [`Tasks::settings`]: crate::Tasks::settings
 //!
 //! A stored value that does not parse (someone wrote the row by hand) never
 //! stops the engine: it falls back to the default and reports the problem
@@ -15,7 +21,7 @@ use rusqlite::Connection;
 use crate::error::{Error, Result};
 
 /// The type of a setting's value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug)]
 pub enum Kind {
     /// on/off; accepts on, off, yes, no, true, false, 1, 0.
     Bool,
@@ -32,10 +38,10 @@ pub enum Kind {
     Text,
     /// One of a fixed set of words.
     Choice(&'static [&'static str]),
-    /// An email address; empty means unset.
-    Email,
-    /// A time of day and a time zone, e.g. `07:00 Europe/Paris`.
-    DigestTime,
+    /// Checked by the task that defines it: the function returns the value
+    /// normalised, or says what is wrong with it (e.g. an email address, a
+    /// time of day in a time zone).
+    Custom(fn(&str) -> std::result::Result<String, String>),
 }
 
 /// One setting's definition.
@@ -65,11 +71,12 @@ pub const LEASE_TIME: &str = "backoffice-lease-time";
 /// `backoffice-heartbeat`
 pub const HEARTBEAT: &str = "backoffice-heartbeat";
 
-/// `email-send-method`
-pub const EMAIL_SEND_METHOD: &str = "email-send-method";
-
-/// The definition of every setting.
-pub const SETTINGS: &[Def] = &[
+/// The engine's own settings. Each task adds its own ([`Task::settings`]);
+/// [`Tasks::settings`] lists them all.
+///
+/// [`Task::settings`]: crate::Task::settings
+/// [`Tasks::settings`]: crate::Tasks::settings
+pub const ENGINE: &[Def] = &[
     Def {
         name: DISABLE,
         kind: Kind::Bool,
@@ -108,259 +115,15 @@ pub const SETTINGS: &[Def] = &[
         help: "Seconds between a working worker's heartbeats. A holder whose last heartbeat is 4 intervals old counts as gone, even where its pid cannot be checked (another PID namespace).",
         secret: false,
     },
-    Def {
-        name: EMAIL_SEND_METHOD,
-        kind: Kind::Choice(&["off", "relay", "pipe", "dir", "db", "stdout"]),
-        default: "off",
-        help: "How alerts and digests leave: off, relay (SMTP), pipe (a command), dir (.eml files), db (an SQLite file), stdout.",
-        secret: false,
-    },
-    Def {
-        name: "email-self",
-        kind: Kind::Email,
-        default: "",
-        help: "The From address of every message (required to send).",
-        secret: false,
-    },
-    Def {
-        name: "email-url",
-        kind: Kind::Text,
-        default: "",
-        help: "The service's base URL, for links and the one-click unsubscribe target (required to send).",
-        secret: false,
-    },
-    Def {
-        name: "email-subname",
-        kind: Kind::Text,
-        default: "",
-        help: "Subject prefix, e.g. [my-project] (required to send).",
-        secret: false,
-    },
-    Def {
-        name: "email-listid",
-        kind: Kind::Text,
-        default: "",
-        help: "The List-Id header, e.g. \"My project <project.example.org>\"; empty: derived from email-self.",
-        secret: false,
-    },
-    Def {
-        name: "email-send-relayhost",
-        kind: Kind::Text,
-        default: "127.0.0.1",
-        help: "relay: the SMTP server, host or host:port.",
-        secret: false,
-    },
-    Def {
-        name: "email-send-relay-security",
-        kind: Kind::Choice(&["none", "starttls", "tls"]),
-        default: "none",
-        help: "relay: none (port 25), starttls (port 587) or tls (port 465).",
-        secret: false,
-    },
-    Def {
-        name: "email-send-relay-user",
-        kind: Kind::Text,
-        default: "",
-        help: "relay: the user name to log in with; empty: no login.",
-        secret: false,
-    },
-    Def {
-        name: "email-send-relay-password",
-        kind: Kind::Text,
-        default: "",
-        help: "relay: the password to log in with. Never printed back.",
-        secret: true,
-    },
-    Def {
-        name: "email-send-relay-ca",
-        kind: Kind::Path,
-        default: "",
-        help: "relay: a PEM file of CA certificates to trust besides the built-in public roots (a private CA's); host names are still checked. A relative path is relative to the repository's folder.",
-        secret: false,
-    },
-    Def {
-        name: "email-send-command",
-        kind: Kind::Text,
-        default: "sendmail -ti",
-        help: "pipe: the command (run with /bin/sh -c) that reads each message on stdin.",
-        secret: false,
-    },
-    Def {
-        name: "email-send-command-timeout",
-        kind: Kind::Int { min: 1, max: 3600 },
-        default: "60",
-        help: "pipe: seconds the command may take per message; then it is killed with everything it started and the message stays queued, with the error recorded.",
-        secret: false,
-    },
-    Def {
-        name: "email-send-dir",
-        kind: Kind::Path,
-        default: "",
-        help: "dir: the folder that gets one .eml file per message (never overwriting one). A relative path is relative to the repository's folder.",
-        secret: false,
-    },
-    Def {
-        name: "email-send-db",
-        kind: Kind::Path,
-        default: "",
-        help: "db: the SQLite file that gets one row per message in table email(emailid, msg). A relative path is relative to the repository's folder.",
-        secret: false,
-    },
-    Def {
-        name: "email-alert-mode",
-        kind: Kind::Choice(&["batch", "each"]),
-        default: "batch",
-        help: "batch: one message per subscriber per run, listing the new events; each: one message per event.",
-        secret: false,
-    },
-    Def {
-        name: "email-digest-time",
-        kind: Kind::DigestTime,
-        default: "12:00 UTC",
-        help: "When daily digests go out: HH:MM and a time zone, e.g. 07:00 Europe/Paris.",
-        secret: false,
-    },
-    Def {
-        name: "email-max-attempts",
-        kind: Kind::Int { min: 1, max: 100 },
-        default: "10",
-        help: "Delivery attempts before a message is dead (retries back off from 1 minute to 6 hours).",
-        secret: false,
-    },
-    Def {
-        name: crate::hooks::TIMEOUT,
-        kind: Kind::Int {
-            min: 1,
-            max: 86_400,
-        },
-        default: "60",
-        help: "Seconds a hook command may run; then everything it started is killed and the run counts as failed.",
-        secret: false,
-    },
-    Def {
-        name: crate::hooks::MAX_FAILURES,
-        kind: Kind::Int { min: 1, max: 1000 },
-        default: "10",
-        help: "Failures in a row after which `status` and the run log report a hook as failing (it is still retried hourly).",
-        secret: false,
-    },
-    Def {
-        name: crate::webhooks::TIMEOUT,
-        kind: Kind::Int { min: 1, max: 300 },
-        default: "10",
-        help: "Seconds a webhook endpoint has to connect and answer before the attempt counts as failed.",
-        secret: false,
-    },
-    Def {
-        name: crate::webhooks::MAX_ATTEMPTS,
-        kind: Kind::Int { min: 1, max: 100 },
-        default: "10",
-        help: "Failed attempts in a row before a webhook endpoint is dead (retries back off from 1 minute to 6 hours).",
-        secret: false,
-    },
-    Def {
-        name: crate::webhooks::FOLLOW_REDIRECTS,
-        kind: Kind::Bool,
-        default: "off",
-        help: "Follow 3xx answers from webhook endpoints (at most 5); off: a redirect is a failed attempt.",
-        secret: false,
-    },
-    Def {
-        name: crate::replicate::INTERVAL,
-        kind: Kind::Int {
-            min: 10,
-            max: 31_536_000,
-        },
-        default: "3600",
-        help: "Seconds between copies to each replication peer; a copy is made only if the application wrote since the last one.",
-        secret: false,
-    },
-    Def {
-        name: crate::replicate::KEEP,
-        kind: Kind::Int { min: 1, max: 100 },
-        default: "3",
-        help: "Replica generations kept on each peer: the target and older copies TARGET.1, TARGET.2, ...",
-        secret: false,
-    },
-    Def {
-        name: crate::replicate::STEP_PAGES,
-        kind: Kind::Int {
-            min: 1,
-            max: 1_000_000,
-        },
-        default: "256",
-        help: "Database pages copied per step of a replication (256 pages of 4 KiB: 1 MiB).",
-        secret: false,
-    },
-    Def {
-        name: crate::replicate::STEP_PAUSE_MS,
-        kind: Kind::Int { min: 0, max: 1000 },
-        default: "1",
-        help: "Milliseconds a replication pauses between steps, leaving the disk to the application.",
-        secret: false,
-    },
-    Def {
-        name: crate::maintain::EMAIL_ADMIN,
-        kind: Kind::Email,
-        default: "",
-        help: "The administrator's address: a failed database check is mailed here (through the outbox). Empty: only reported by `status`.",
-        secret: false,
-    },
-    Def {
-        name: crate::maintain::OPTIMIZE_INTERVAL,
-        kind: Kind::Int {
-            min: 0,
-            max: 31_622_400,
-        },
-        default: "86400",
-        help: "Seconds between runs of `PRAGMA optimize`; 0: never.",
-        secret: false,
-    },
-    Def {
-        name: crate::maintain::WAL_LIMIT,
-        kind: Kind::Int {
-            min: 0,
-            max: 1 << 40,
-        },
-        default: "67108864",
-        help: "In WAL mode, checkpoint and truncate the WAL (`wal_checkpoint(TRUNCATE)`) when its file is larger than this many bytes (looked at every 10 minutes); 0: never.",
-        secret: false,
-    },
-    Def {
-        name: crate::maintain::VACUUM_SHARE,
-        kind: Kind::Int { min: 0, max: 100 },
-        default: "25",
-        help: "With auto_vacuum=INCREMENTAL, run `PRAGMA incremental_vacuum` (in bounded steps) when free pages are more than this percentage of the file; 0: never.",
-        secret: false,
-    },
-    Def {
-        name: crate::maintain::CHECK_INTERVAL,
-        kind: Kind::Int {
-            min: 0,
-            max: 31_622_400,
-        },
-        default: "604800",
-        help: "Seconds between runs of `PRAGMA quick_check`; a failure is reported by `status` and mailed to email-admin; 0: never.",
-        secret: false,
-    },
-    Def {
-        name: crate::maintain::RETENTION_DAYS,
-        kind: Kind::Int {
-            min: 0,
-            max: 36_500,
-        },
-        default: "30",
-        help: "Sent outbox messages older than this many days are deleted once a day (queued and dead ones are kept); 0: never.",
-        secret: false,
-    },
 ];
 
-/// The value of integer setting `name` in this repository: the stored value
-/// if it is valid, otherwise the default (`status` reports a bad one).
+/// The value of integer setting `name`, defined in `defs`, in this
+/// repository: the stored value if it is valid, otherwise the default
+/// (`status` reports a bad one).
 ///
-/// An unknown name (a programming error) reads as 0.
-pub fn int(conn: &Connection, name: &str) -> i64 {
-    let Ok(def) = def(name) else {
+/// A name `defs` does not define (a programming error) reads as 0.
+pub fn int(conn: &Connection, defs: &[Def], name: &str) -> i64 {
+    let Some(def) = find(defs, name) else {
         debug_assert!(false, "unknown setting {name}");
         return 0;
     };
@@ -373,19 +136,51 @@ pub fn int(conn: &Connection, name: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// Looks up a setting's definition by name.
-pub fn def(name: &str) -> Result<&'static Def> {
-    SETTINGS
-        .iter()
-        .find(|d| d.name == name)
-        .ok_or_else(|| Error::UnknownSetting {
+/// The definition of `name` in `defs`, if any.
+pub fn find<'a>(defs: &'a [Def], name: &str) -> Option<&'a Def> {
+    defs.iter().find(|d| d.name == name)
+}
+
+/// Every setting of a task list: the engine's, then each task's, in the
+/// order the tasks were added. Built by [`Tasks::settings`].
+///
+/// [`Tasks::settings`]: crate::Tasks::settings
+#[derive(Clone, Debug)]
+pub struct Registry {
+    defs: Vec<Def>,
+}
+
+impl Registry {
+    /// A registry of these definitions. A name defined twice keeps its
+    /// first definition (the engine's settings come first).
+    pub fn new(defs: impl IntoIterator<Item = Def>) -> Registry {
+        let mut out: Vec<Def> = Vec::new();
+        for d in defs {
+            if !out.iter().any(|o| o.name == d.name) {
+                out.push(d);
+            }
+        }
+        Registry { defs: out }
+    }
+
+    /// Looks up a setting's definition by name; an unknown name is an
+    /// error that lists the known ones.
+    pub fn def(&self, name: &str) -> Result<&Def> {
+        find(&self.defs, name).ok_or_else(|| Error::UnknownSetting {
             name: name.to_owned(),
-            known: SETTINGS
+            known: self
+                .defs
                 .iter()
                 .map(|d| d.name)
                 .collect::<Vec<_>>()
                 .join(", "),
         })
+    }
+
+    /// Every definition, in order.
+    pub fn iter(&self) -> impl Iterator<Item = &Def> {
+        self.defs.iter()
+    }
 }
 
 /// Parses a boolean the way Fossil does (and a little more forgivingly
@@ -442,17 +237,7 @@ impl Def {
                     Err(bad(format!("expected one of: {}", words.join(", "))))
                 }
             }
-            Kind::Email => {
-                let v = value.trim();
-                if v.is_empty() {
-                    return Ok(String::new());
-                }
-                crate::notify::address::check(v).map_err(bad)?;
-                Ok(v.to_owned())
-            }
-            Kind::DigestTime => Ok(crate::notify::schedule::DigestTime::parse(value)
-                .map_err(bad)?
-                .to_string()),
+            Kind::Custom(check) => check(value).map_err(bad),
         }
     }
 }
@@ -494,7 +279,9 @@ impl Settings {
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Settings {
         let mut s = Settings::default();
         for (name, value) in pairs {
-            let Ok(def) = def(name) else { continue };
+            let Some(def) = find(ENGINE, name) else {
+                continue;
+            };
             match def.validate(value) {
                 Ok(v) => match name {
                     DISABLE => s.disable = v == "on",
@@ -554,32 +341,36 @@ mod tests {
 
     #[test]
     fn validation_names_the_problem() {
-        let e = def(LEASE_TIME)
+        let reg = Registry::new(ENGINE.iter().copied());
+        let e = reg
+            .def(LEASE_TIME)
             .unwrap()
             .validate("0")
             .unwrap_err()
             .to_string();
         assert!(e.contains("between 1 and 86400"), "{e}");
-        let e = def(DISABLE)
+        let e = reg
+            .def(DISABLE)
             .unwrap()
             .validate("maybe")
             .unwrap_err()
             .to_string();
         assert!(e.contains("on or off"), "{e}");
-        assert_eq!(def(DISABLE).unwrap().validate("YES").unwrap(), "on");
+        assert_eq!(reg.def(DISABLE).unwrap().validate("YES").unwrap(), "on");
         assert!(
-            def("backoffice-bogus")
+            reg.def("backoffice-bogus")
                 .unwrap_err()
                 .to_string()
                 .contains("unknown setting")
         );
     }
 
-    /// The README's settings table is this table: same names, defaults, help.
+    /// The README's settings table documents the engine's settings: same
+    /// names, defaults, help. (Each task's crate checks its own.)
     #[test]
     fn readme_documents_every_setting() {
         let readme = include_str!("../../../README.md");
-        for d in SETTINGS {
+        for d in ENGINE {
             let row = format!("| `{}` | `{}` | {} |", d.name, d.default, d.help);
             assert!(readme.contains(&row), "README.md lacks the row:\n{row}");
         }

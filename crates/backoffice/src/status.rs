@@ -12,7 +12,7 @@ use crate::error::Result;
 use crate::lease::Slot;
 use crate::process;
 use crate::repo::Repo;
-use crate::settings::{self, Settings};
+use crate::settings::Settings;
 use crate::task::{self, Due, RunReport, RunTotals, Tasks};
 
 /// One repository's state.
@@ -232,7 +232,8 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
             }
         },
     };
-    let settings = settings::SETTINGS
+    let settings = tasks
+        .settings()
         .iter()
         .map(|d| {
             let stored = repo.get(d.name).ok().flatten();
@@ -523,7 +524,8 @@ mod tests {
 
         // A log file that does not exist yet is normal, not a problem.
         let log = dir.path().join("bo.log");
-        r.set(settings::LOGFILE, log.to_str().unwrap()).unwrap();
+        r.set(crate::settings::LOGFILE, log.to_str().unwrap())
+            .unwrap();
         let st = status(&r, &tasks).unwrap();
         assert!(st.log_tail.is_empty() && st.problems.is_empty(), "{st:?}");
 
@@ -547,7 +549,7 @@ mod tests {
         );
 
         // An unreadable log file (here a directory) is a problem, named.
-        r.set(settings::LOGFILE, dir.path().to_str().unwrap())
+        r.set(crate::settings::LOGFILE, dir.path().to_str().unwrap())
             .unwrap();
         let st = status(&r, &tasks).unwrap();
         assert!(st.log_tail.is_empty());

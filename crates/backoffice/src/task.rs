@@ -117,6 +117,15 @@ pub trait Task: Send + Sync {
         let _ = (conn, now);
         TaskStatus::default()
     }
+
+    /// The settings this task reads, each defined once here: `setting`
+    /// checks values against them, and `status`, the status page and the
+    /// README list them ([`Tasks::settings`]). Read them with
+    /// [`settings::int`](crate::settings::int) or
+    /// [`repo::config_get`](crate::repo::config_get).
+    fn settings(&self) -> &'static [crate::settings::Def] {
+        &[]
+    }
 }
 
 /// A task's contribution to `status`.
@@ -193,6 +202,16 @@ impl Tasks {
     /// True if there are none.
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// Every setting: the engine's, then each task's, in task order.
+    pub fn settings(&self) -> crate::settings::Registry {
+        crate::settings::Registry::new(
+            crate::settings::ENGINE
+                .iter()
+                .copied()
+                .chain(self.list.iter().flat_map(|t| t.settings().iter().copied())),
+        )
     }
 
     /// When anything is next due, over all tasks. A task whose check fails
@@ -391,7 +410,7 @@ impl RunReport {
 }
 
 /// Squeezes a message onto one bounded line, so that a log line is a line.
-pub(crate) fn one_line(s: &str) -> String {
+pub fn one_line(s: &str) -> String {
     let mut out: String = s
         .split_whitespace()
         .collect::<Vec<_>>()

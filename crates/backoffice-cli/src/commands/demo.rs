@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use backoffice::notify::{self, subscribers};
 use backoffice::{Backoffice, Repo, Tasks, repo::config_set, token};
+use backoffice_tasks::notify::subscribers;
 
 use crate::cli::DemoArgs;
 use crate::web::{Limits, Site};
@@ -92,14 +92,14 @@ pub fn run(a: DemoArgs, tasks: Tasks) -> Result<ExitCode> {
             )?;
         }
         for (kind, title, author) in EVENTS {
-            notify::publish(
+            backoffice::events::publish(
                 conn,
-                &notify::Event {
+                &backoffice::events::Event {
                     kind: (*kind).into(),
                     title: (*title).into(),
                     body: format!("This is a demo {kind} event."),
                     author: Some((*author).into()),
-                    ..notify::Event::default()
+                    ..backoffice::events::Event::default()
                 },
             )?;
         }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use backoffice::hooks::{self, Changes, Hook, New, State};
+use backoffice_tasks::hooks::{self, Changes, Hook, New, State};
 
 use crate::cli::{HookAction, HookArgs};
 

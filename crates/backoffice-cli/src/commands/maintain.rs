@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use backoffice::maintain;
+use backoffice_tasks::maintain;
 
 use crate::cli::MaintainArgs;
 

@@ -32,7 +32,7 @@ pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
         Command::Run(a) => run::run(a, tasks),
         Command::Lease(a) => lease::run(a),
         Command::Pid(a) => pid::run(a),
-        Command::Setting(a) => setting::run(a),
+        Command::Setting(a) => setting::run(a, &tasks),
         Command::Status(a) => status::run(a, tasks),
         Command::Trigger(a) => trigger::run(a, tasks),
         Command::Publish(a) => publish::run(a, tasks),
@@ -47,7 +47,7 @@ pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
         Command::Token(a) => token::run(a),
         Command::Demo(a) => demo::run(a, tasks),
         Command::GuardTemp(a) => {
-            let code = backoffice::replicate::guard_temp(a.pid, a.start, &a.file);
+            let code = backoffice_tasks::replicate::guard_temp(a.pid, a.start, &a.file);
             Ok(ExitCode::from(code as u8))
         }
         Command::GuardChild(a) => {

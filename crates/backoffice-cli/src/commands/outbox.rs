@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use backoffice::clock;
-use backoffice::notify::outbox;
+use backoffice_tasks::notify::outbox;
 
 use crate::cli::{OutboxAction, OutboxArgs};
 

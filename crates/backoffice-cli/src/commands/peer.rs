@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use backoffice::replicate::{self, Peer};
+use backoffice_tasks::replicate::{self, Peer};
 
 use crate::cli::{PeerAction, PeerArgs};
 

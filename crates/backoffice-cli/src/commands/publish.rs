@@ -4,7 +4,7 @@ use std::io::Read;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use backoffice::notify::{self, Event};
+use backoffice::events::{self, Event};
 use backoffice::{Backoffice, Started, Tasks};
 
 use crate::cli::PublishArgs;
@@ -34,7 +34,7 @@ pub fn run(a: PublishArgs, tasks: Tasks) -> Result<ExitCode> {
         author: a.author,
         time: None,
     };
-    let id = notify::publish(repo.conn(), &ev)?;
+    let id = events::publish(repo.conn(), &ev)?;
     println!("published event {id}");
     if !a.no_trigger {
         let bo = Backoffice::new(tasks).reap_children(false);

@@ -1,18 +1,20 @@
-//! `backoffice setting`: show or change settings, checked against the one
-//! table that defines them (`backoffice::settings::SETTINGS`).
+//! `backoffice setting`: show or change settings, checked against their one
+//! definition: the engine's and each task's, gathered by
+//! `Tasks::settings` (a host's own tasks included).
 
 use std::process::ExitCode;
 
 use anyhow::Result;
-use backoffice::settings;
+use backoffice::{Tasks, settings};
 
 use crate::cli::SettingArgs;
 
 /// Runs `backoffice setting`.
-pub fn run(a: SettingArgs) -> Result<ExitCode> {
+pub fn run(a: SettingArgs, tasks: &Tasks) -> Result<ExitCode> {
+    let registry = tasks.settings();
     // Check the name before touching the repository, so a typo is reported
     // as a typo even when the repository has problems of its own.
-    let def = a.name.as_deref().map(settings::def).transpose()?;
+    let def = a.name.as_deref().map(|n| registry.def(n)).transpose()?;
     let repo = super::open(&a.repository)?;
     let show = |d: &settings::Def| -> Result<String> {
         Ok(match repo.get(d.name)? {
@@ -23,7 +25,7 @@ pub fn run(a: SettingArgs) -> Result<ExitCode> {
     };
     match (def, a.value) {
         (None, _) => {
-            for d in settings::SETTINGS {
+            for d in registry.iter() {
                 println!("{}", show(d)?);
             }
         }

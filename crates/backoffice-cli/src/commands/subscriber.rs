@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use backoffice::notify::subscribers::{self, Changes, New, Subscriber};
+use backoffice_tasks::notify::subscribers::{self, Changes, New, Subscriber};
 
 use crate::cli::{SubscriberAction, SubscriberArgs};
 

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use backoffice::clock;
-use backoffice::webhooks::{self, New, Webhook};
+use backoffice_tasks::webhooks::{self, New, Webhook};
 
 use crate::cli::{WebhookAction, WebhookArgs};
 

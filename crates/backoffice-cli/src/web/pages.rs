@@ -5,9 +5,9 @@ use std::fmt::Write;
 
 use axum::http::StatusCode;
 use backoffice::clock;
-use backoffice::notify::StoredEvent;
-use backoffice::notify::subscribers::Subscriber;
+use backoffice::events::StoredEvent;
 use backoffice::status::Status;
+use backoffice_tasks::notify::subscribers::Subscriber;
 
 use super::App;
 

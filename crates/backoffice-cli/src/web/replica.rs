@@ -110,7 +110,7 @@ async fn take(
             Ok(s) => return Err(format!("the copy failed its check: {s}")),
             Err(e) => return Err(format!("the copy is not a readable database: {e}")),
         }
-        backoffice::replicate::install_replica(&tmp2, &target, keep).map_err(|e| {
+        backoffice_tasks::replicate::install_replica(&tmp2, &target, keep).map_err(|e| {
             tracing::error!("installing a replica: {e}");
             "the copy could not be stored; the server log says why".to_owned()
         })

@@ -27,8 +27,8 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use backoffice::Repo;
-use backoffice::notify::{self, subscribers};
 use backoffice::token::{self, Verdict};
+use backoffice_tasks::notify::subscribers;
 use serde::Deserialize;
 
 use super::{App, pages};
@@ -419,7 +419,7 @@ pub fn web_status(
 async fn status_page(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
     on_repo(app, name.clone(), true, move |app, repo| {
         let st = web_status(app, &name, repo)?;
-        let events = notify::recent_events(repo.conn(), 10)
+        let events = backoffice::events::recent_events(repo.conn(), 10)
             .map_err(|e| Failure::sqlite("reading recent events", e))?;
         let page = pages::status(&name, &st, &events, app.workers_started(&name));
         Ok((html_type(), page).into_response())
@@ -456,7 +456,7 @@ async fn post_event(
     on_repo_write(app, name, false, move |_, repo| {
         authorize(repo, &headers)?;
         let ev: EventIn = parse_json(&body)?;
-        let ev = notify::Event {
+        let ev = backoffice::events::Event {
             kind: ev.kind,
             title: ev.title,
             body: ev.body,
@@ -464,12 +464,14 @@ async fn post_event(
             author: ev.author,
             time: ev.time,
         };
-        match notify::publish(repo.conn(), &ev) {
+        match backoffice::events::publish(repo.conn(), &ev) {
             Ok(id) => Ok(json(
                 StatusCode::CREATED,
                 &serde_json::json!({ "id": id, "kind": ev.kind }),
             )),
-            Err(notify::PublishError::Sqlite(e)) => Err(Failure::sqlite("publishing", e)),
+            Err(backoffice::events::PublishError::Sqlite(e)) => {
+                Err(Failure::sqlite("publishing", e))
+            }
             Err(e) => Err(Failure::new(StatusCode::BAD_REQUEST, e.to_string())),
         }
     })

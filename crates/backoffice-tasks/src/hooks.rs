@@ -32,7 +32,7 @@
 //! {"eventid":7,"kind":"wiki","title":"Front page","body":"…","url":null,"author":"ann","time":1795261729}
 //! ```
 //!
-//! and the command runs as `/bin/sh -c CMD` under a guard ([`crate::child`]:
+//! and the command runs as `/bin/sh -c CMD` under a guard ([`backoffice::child`]:
 //! its whole process tree ends with the run, or with a killed worker), in
 //! the repository's directory, with
 //! `%R` replaced by the repository's absolute path and `%F` by the
@@ -44,7 +44,7 @@
 //! No transaction is open while a hook runs, so a hook may read and write
 //! the repository. Exit status 0 moves the cursor past the batch. Anything
 //! else, or running longer than `hook-timeout` (its whole process tree is
-//! then killed, see [`crate::child`]), leaves the cursor where it was: the same events are offered
+//! then killed, see [`backoffice::child`]), leaves the cursor where it was: the same events are offered
 //! again after a backoff (1 minute, doubling, at most 1 hour). After
 //! `hook-max-failures` failures in a row the hook is reported as *failing*
 //! by `status` and the run log, with its last output; it is still retried
@@ -55,11 +55,12 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use backoffice::settings::{Def, Kind};
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+use backoffice::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// The `config` row holding the hooks (Fossil's).
 pub const HOOKS_ROW: &str = "hooks";
@@ -76,6 +77,27 @@ pub const LAST_ID_ROW: &str = "backoffice-hooks-last-id";
 pub const TIMEOUT: &str = "hook-timeout";
 /// `hook-max-failures`
 pub const MAX_FAILURES: &str = "hook-max-failures";
+
+/// The settings this task reads (see [`backoffice::settings`]).
+pub const SETTINGS: &[Def] = &[
+    Def {
+        name: TIMEOUT,
+        kind: Kind::Int {
+            min: 1,
+            max: 86_400,
+        },
+        default: "60",
+        help: "Seconds a hook command may run; then everything it started is killed and the run counts as failed.",
+        secret: false,
+    },
+    Def {
+        name: MAX_FAILURES,
+        kind: Kind::Int { min: 1, max: 1000 },
+        default: "10",
+        help: "Failures in a row after which `status` and the run log report a hook as failing (it is still retried hourly).",
+        secret: false,
+    },
+];
 /// Most events given to one run of a hook command.
 pub const BATCH: usize = 500;
 /// Batches one hook may take in one worker run.
@@ -211,7 +233,7 @@ pub fn parse(text: Option<&str>) -> Result<Vec<Hook>, HookError> {
 
 /// The hooks, as stored (ids of 0 mean "not yet assigned").
 pub fn load(conn: &Connection) -> Result<Vec<Hook>, HookError> {
-    parse(crate::repo::config_get(conn, HOOKS_ROW)?.as_deref())
+    parse(backoffice::repo::config_get(conn, HOOKS_ROW)?.as_deref())
 }
 
 fn newest_event(conn: &Connection) -> rusqlite::Result<i64> {
@@ -243,7 +265,7 @@ pub fn assign_ids(hooks: &mut [Hook], issued: i64) -> Result<i64, HookError> {
 /// The highest hook id ever issued in this repository (0 if none is
 /// recorded; a malformed row counts as none).
 fn issued(conn: &Connection) -> Result<i64, HookError> {
-    Ok(crate::repo::config_get(conn, LAST_ID_ROW)?
+    Ok(backoffice::repo::config_get(conn, LAST_ID_ROW)?
         .and_then(|v| v.trim().parse::<i64>().ok())
         .unwrap_or(0)
         .max(0))
@@ -256,11 +278,11 @@ fn save(conn: &Connection, hooks: &mut [Hook]) -> Result<(), HookError> {
     crate::notify::install(conn)?;
     conn.execute_batch(SCHEMA)?;
     let top = assign_ids(hooks, issued(conn)?)?;
-    crate::repo::config_set(conn, LAST_ID_ROW, &top.to_string())?;
+    backoffice::repo::config_set(conn, LAST_ID_ROW, &top.to_string())?;
     let text = serde_json::to_string(&Value::Array(hooks.iter().map(Hook::to_value).collect()))
         .expect("JSON");
-    crate::repo::config_set(conn, HOOKS_ROW, &text)?;
-    crate::repo::config_set(conn, SEEN_ROW, &text)?;
+    backoffice::repo::config_set(conn, HOOKS_ROW, &text)?;
+    backoffice::repo::config_set(conn, SEEN_ROW, &text)?;
     let newest = newest_event(conn)?;
     let keep: Vec<i64> = hooks
         .iter()
@@ -454,9 +476,9 @@ pub fn list(conn: &Connection) -> Result<Vec<(Hook, Option<State>)>, HookError> 
 }
 
 /// One event as a hook sees it (one line of its standard input).
-pub use crate::notify::StoredEvent as EventLine;
+pub use backoffice::events::StoredEvent as EventLine;
 
-use crate::notify::events_after;
+use backoffice::events::events_after;
 
 /// Quotes a string for `/bin/sh`.
 pub fn shell_quote(s: &str) -> String {
@@ -546,7 +568,7 @@ pub struct Outcome {
 impl Outcome {
     /// A short one-line form: the failure and the end of the output.
     pub fn short(&self) -> String {
-        let out = crate::task::one_line(&self.output);
+        let out = backoffice::task::one_line(&self.output);
         let n = out.chars().count();
         let tail: String = if n > 200 {
             let s: String = out.chars().skip(n - 200).collect();
@@ -580,7 +602,7 @@ pub struct Invocation<'a> {
 /// Runs one hook command on a batch of events and waits for it (at most
 /// the timeout, after which it is killed with everything it started). The
 /// command's whole process tree ends with its run, and with its worker if
-/// that dies first (see [`crate::child`]).
+/// that dies first (see [`backoffice::child`]).
 pub fn execute(inv: &Invocation<'_>, events: &[EventLine]) -> Result<Outcome, HookError> {
     let repo = std::path::absolute(inv.repo).unwrap_or_else(|_| inv.repo.to_owned());
     let mut input = Vec::with_capacity(events.len() * 128);
@@ -591,7 +613,7 @@ pub fn execute(inv: &Invocation<'_>, events: &[EventLine]) -> Result<Outcome, Ho
     let command = substitute(inv.cmd, &repo, inv.exe);
     let first = events.first().map_or(0, |e| e.eventid);
     let last = events.last().map_or(0, |e| e.eventid);
-    let spec = crate::child::Spec {
+    let spec = backoffice::child::Spec {
         command: &command,
         dir: Some(repo.parent().unwrap_or(Path::new("/"))),
         env: vec![
@@ -607,7 +629,7 @@ pub fn execute(inv: &Invocation<'_>, events: &[EventLine]) -> Result<Outcome, Ho
         timeout: inv.timeout,
     };
     let mut cap = Capture::default();
-    let ran = crate::child::run(&spec, &mut |b| cap.push(b)).map_err(HookError::Spawn)?;
+    let ran = backoffice::child::run(&spec, &mut |b| cap.push(b)).map_err(HookError::Spawn)?;
     let failure = match ran.status {
         None => Some(format!("timed out after {} s", inv.timeout.as_secs())),
         Some(s) if s.success() => None,
@@ -658,7 +680,7 @@ pub fn test(
             body: String::new(),
             url: None,
             author: None,
-            time: crate::clock::now(),
+            time: backoffice::clock::now(),
         });
     }
     let exe = current_exe();
@@ -668,7 +690,7 @@ pub fn test(
             cmd: &hook.cmd,
             repo,
             exe: &exe,
-            timeout: Duration::from_secs(crate::settings::int(conn, TIMEOUT) as u64),
+            timeout: Duration::from_secs(backoffice::settings::int(conn, SETTINGS, TIMEOUT) as u64),
         },
         &events,
     )?;
@@ -684,11 +706,15 @@ impl Task for Hooks {
         "hooks"
     }
 
+    fn settings(&self) -> &'static [backoffice::settings::Def] {
+        SETTINGS
+    }
+
     fn due(&self, conn: &Connection, now: i64) -> Result<Due, TaskError> {
         if !conn.table_exists(None, "bo_hook_state")? {
             // Never set up here; a `hooks` row written by Fossil or by hand
             // needs a first sync.
-            return Ok(match crate::repo::config_get(conn, HOOKS_ROW)? {
+            return Ok(match backoffice::repo::config_get(conn, HOOKS_ROW)? {
                 Some(v) if !parse(Some(&v)).unwrap_or_default().is_empty() => Due::Now,
                 _ => Due::Never,
             });
@@ -721,8 +747,8 @@ impl Task for Hooks {
             return Ok(0);
         }
         let edited = !conn.table_exists(None, "bo_hook_state")?
-            || crate::repo::config_get(conn, HOOKS_ROW)?
-                != crate::repo::config_get(conn, SEEN_ROW)?;
+            || backoffice::repo::config_get(conn, HOOKS_ROW)?
+                != backoffice::repo::config_get(conn, SEEN_ROW)?;
         if edited {
             match load(conn) {
                 Ok(h) if h.is_empty() && !conn.table_exists(None, "bo_hook_state")? => {
@@ -733,15 +759,17 @@ impl Task for Hooks {
                     // A hand-edited row that does not parse: say so once
                     // (and in `status` until fixed), not on every request.
                     if conn.table_exists(None, "bo_hook_state")? {
-                        let text = crate::repo::config_get(conn, HOOKS_ROW)?.unwrap_or_default();
-                        crate::repo::config_set(conn, SEEN_ROW, &text)?;
+                        let text =
+                            backoffice::repo::config_get(conn, HOOKS_ROW)?.unwrap_or_default();
+                        backoffice::repo::config_set(conn, SEEN_ROW, &text)?;
                     }
                     return Err(e.into());
                 }
             }
         }
-        let timeout = Duration::from_secs(crate::settings::int(conn, TIMEOUT) as u64);
-        let max_failures = crate::settings::int(conn, MAX_FAILURES);
+        let timeout =
+            Duration::from_secs(backoffice::settings::int(conn, SETTINGS, TIMEOUT) as u64);
+        let max_failures = backoffice::settings::int(conn, SETTINGS, MAX_FAILURES);
         let exe = current_exe();
         let newest = newest_event(conn)?;
         let mut delivered = 0u64;
@@ -770,7 +798,7 @@ impl Task for Hooks {
                     },
                     &events,
                 )?;
-                let now = crate::clock::now();
+                let now = backoffice::clock::now();
                 if out.failure.is_none() {
                     conn.prepare_cached(
                         "UPDATE bo_hook_state SET cursor = ?2, failures = 0, next_attempt = 0,
@@ -813,7 +841,7 @@ impl Task for Hooks {
         if failed.is_empty() {
             Ok(delivered)
         } else {
-            Err(Box::new(crate::task::Partial {
+            Err(Box::new(backoffice::task::Partial {
                 items: delivered,
                 error: format!("{delivered} events delivered; {}", failed.join("; ")),
             }))
@@ -835,7 +863,7 @@ impl Task for Hooks {
             st.gauges = hook_gauges(0, 0, 0, 0);
             return st;
         }
-        let max_failures = crate::settings::int(conn, MAX_FAILURES);
+        let max_failures = backoffice::settings::int(conn, SETTINGS, MAX_FAILURES);
         let newest = if conn.table_exists(None, "bo_event").unwrap_or(false) {
             newest_event(conn).unwrap_or(0)
         } else {
@@ -871,7 +899,7 @@ impl Task for Hooks {
                 line.push_str(&format!(
                     ", {} failure(s) in a row, next attempt {}",
                     s.failures,
-                    crate::clock::relative(s.next_attempt, now)
+                    backoffice::clock::relative(s.next_attempt, now)
                 ));
             }
             st.info.push(line);
@@ -918,9 +946,9 @@ mod tests {
     }
 
     fn publish(conn: &Connection, title: &str) -> i64 {
-        crate::notify::publish(
+        backoffice::events::publish(
             conn,
-            &crate::notify::Event {
+            &backoffice::events::Event {
                 kind: "wiki".into(),
                 title: title.into(),
                 ..Default::default()
@@ -976,7 +1004,7 @@ mod tests {
     #[test]
     fn fossil_entries_get_ids_and_unknown_fields_and_types_are_kept() {
         let conn = setup();
-        crate::repo::config_set(
+        backoffice::repo::config_set(
             &conn,
             HOOKS_ROW,
             r#"[{"type":"after-receive","cmd":"true","seq":5,"x":1},{"type":"disabled","cmd":"false","seq":1}]"#,
@@ -993,8 +1021,10 @@ mod tests {
         assert_eq!(hooks[1].1.as_ref().unwrap().cursor, 0);
         assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Never);
         // An edit made elsewhere is noticed.
-        let text = crate::repo::config_get(&conn, HOOKS_ROW).unwrap().unwrap();
-        crate::repo::config_set(&conn, HOOKS_ROW, &text.replace("true", "true ")).unwrap();
+        let text = backoffice::repo::config_get(&conn, HOOKS_ROW)
+            .unwrap()
+            .unwrap();
+        backoffice::repo::config_set(&conn, HOOKS_ROW, &text.replace("true", "true ")).unwrap();
         assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Now);
     }
 
@@ -1011,7 +1041,7 @@ mod tests {
             [],
         )
         .unwrap();
-        crate::repo::config_set(
+        backoffice::repo::config_set(
             &conn,
             HOOKS_ROW,
             r#"[{"type":"after-receive","cmd":"cat >> got","seq":1}]"#,
@@ -1037,7 +1067,7 @@ mod tests {
     #[test]
     fn stored_values_at_the_edges_of_i64_never_wrap() {
         let conn = setup();
-        crate::repo::config_set(
+        backoffice::repo::config_set(
             &conn,
             HOOKS_ROW,
             r#"[{"type":"after-event","cmd":"true","seq":9223372036854775807,"id":9223372036854775807}]"#,
@@ -1082,7 +1112,7 @@ mod tests {
         conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
             .unwrap();
         add(&conn, &new("true")).unwrap();
-        crate::repo::config_set(&conn, HOOKS_ROW, "[{oops").unwrap();
+        backoffice::repo::config_set(&conn, HOOKS_ROW, "[{oops").unwrap();
         assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Now);
         let ctx = Context {
             conn: &conn,
@@ -1154,7 +1184,7 @@ mod tests {
         let ctx = Context {
             conn: &conn,
             repo: &path,
-            now: crate::clock::now(),
+            now: backoffice::clock::now(),
             debug: false,
         };
         let err = Hooks.run(&ctx).unwrap_err().to_string();
@@ -1200,7 +1230,7 @@ mod tests {
         for t in ["one", "two", "three"] {
             publish(&conn, t);
         }
-        crate::repo::config_set(&conn, MAX_FAILURES, "3").unwrap();
+        backoffice::repo::config_set(&conn, MAX_FAILURES, "3").unwrap();
         let set = |id: i64, cursor: i64, failures: i64| {
             conn.execute(
                 "UPDATE bo_hook_state SET cursor = ?2, failures = ?3 WHERE hookid = ?1",

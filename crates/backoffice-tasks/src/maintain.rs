@@ -53,11 +53,12 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use backoffice::settings::{Def, Kind};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use crate::notify::outbox;
-use crate::task::{Context, Due, Gauge, Partial, Task, TaskError, TaskStatus};
+use backoffice::task::{Context, Due, Gauge, Partial, Task, TaskError, TaskStatus};
 
 /// `maintenance-optimize-interval`
 pub const OPTIMIZE_INTERVAL: &str = "maintenance-optimize-interval";
@@ -71,6 +72,64 @@ pub const CHECK_INTERVAL: &str = "maintenance-check-interval";
 pub const RETENTION_DAYS: &str = "maintenance-retention-days";
 /// `email-admin`
 pub const EMAIL_ADMIN: &str = "email-admin";
+
+/// The settings this task reads (see [`backoffice::settings`]).
+pub const SETTINGS: &[Def] = &[
+    Def {
+        name: EMAIL_ADMIN,
+        kind: Kind::Custom(crate::notify::address::setting),
+        default: "",
+        help: "The administrator's address: a failed database check is mailed here (through the outbox). Empty: only reported by `status`.",
+        secret: false,
+    },
+    Def {
+        name: OPTIMIZE_INTERVAL,
+        kind: Kind::Int {
+            min: 0,
+            max: 31_622_400,
+        },
+        default: "86400",
+        help: "Seconds between runs of `PRAGMA optimize`; 0: never.",
+        secret: false,
+    },
+    Def {
+        name: WAL_LIMIT,
+        kind: Kind::Int {
+            min: 0,
+            max: 1 << 40,
+        },
+        default: "67108864",
+        help: "In WAL mode, checkpoint and truncate the WAL (`wal_checkpoint(TRUNCATE)`) when its file is larger than this many bytes (looked at every 10 minutes); 0: never.",
+        secret: false,
+    },
+    Def {
+        name: VACUUM_SHARE,
+        kind: Kind::Int { min: 0, max: 100 },
+        default: "25",
+        help: "With auto_vacuum=INCREMENTAL, run `PRAGMA incremental_vacuum` (in bounded steps) when free pages are more than this percentage of the file; 0: never.",
+        secret: false,
+    },
+    Def {
+        name: CHECK_INTERVAL,
+        kind: Kind::Int {
+            min: 0,
+            max: 31_622_400,
+        },
+        default: "604800",
+        help: "Seconds between runs of `PRAGMA quick_check`; a failure is reported by `status` and mailed to email-admin; 0: never.",
+        secret: false,
+    },
+    Def {
+        name: RETENTION_DAYS,
+        kind: Kind::Int {
+            min: 0,
+            max: 36_500,
+        },
+        default: "30",
+        help: "Sent outbox messages older than this many days are deleted once a day (queued and dead ones are kept); 0: never.",
+        secret: false,
+    },
+];
 /// The `config` row holding the [`State`] (JSON).
 pub const STATE_ROW: &str = "maintenance-state";
 
@@ -169,7 +228,7 @@ impl Default for Schedule {
 }
 
 fn int_setting(name: &str, stored: Option<&str>, problems: &mut Vec<String>) -> i64 {
-    let def = crate::settings::def(name).expect("defined");
+    let def = backoffice::settings::find(SETTINGS, name).expect("a maintenance setting");
     let v = match stored.map(|v| def.validate(v)) {
         Some(Ok(v)) => v,
         Some(Err(e)) => {
@@ -201,7 +260,7 @@ impl Schedule {
     pub fn load(conn: &Connection) -> rusqlite::Result<Schedule> {
         let mut v: [Option<String>; 5] = Default::default();
         for (i, s) in Step::ALL.iter().enumerate() {
-            v[i] = crate::repo::config_get(conn, s.setting())?;
+            v[i] = backoffice::repo::config_get(conn, s.setting())?;
         }
         Ok(Schedule::from_values([
             v[0].as_deref(),
@@ -329,7 +388,7 @@ impl State {
 
     /// Reads the state row (`None` if maintenance never ran).
     pub fn load(conn: &Connection) -> rusqlite::Result<Option<State>> {
-        Ok(crate::repo::config_get(conn, STATE_ROW)?.map(|t| State::parse(Some(&t))))
+        Ok(backoffice::repo::config_get(conn, STATE_ROW)?.map(|t| State::parse(Some(&t))))
     }
 }
 
@@ -569,7 +628,7 @@ pub fn quick_check(conn: &Connection) -> rusqlite::Result<Vec<String>> {
 /// Queues the admin's email about a failed check, if email is set up.
 /// Returns what happened, in words.
 fn mail_admin(conn: &Connection, repo: &Path, lines: &[String], now: i64) -> String {
-    let admin = crate::repo::config_get(conn, EMAIL_ADMIN)
+    let admin = backoffice::repo::config_get(conn, EMAIL_ADMIN)
         .ok()
         .flatten()
         .map(|a| a.trim().to_owned())
@@ -584,11 +643,11 @@ fn mail_admin(conn: &Connection, repo: &Path, lines: &[String], now: i64) -> Str
         Ok(_) => {}
         Err(p) => return format!("not mailed: {}", p.join("; ")),
     }
-    let project = crate::repo::project_name(conn, repo);
+    let project = backoffice::repo::project_name(conn, repo);
     let mut body = format!(
         "PRAGMA quick_check found problems in {} ({project}) at {}:\n\n",
         repo.display(),
-        crate::clock::format_utc(now)
+        backoffice::clock::format_utc(now)
     );
     for l in lines.iter().take(20) {
         body.push_str("  ");
@@ -689,7 +748,7 @@ pub fn maintain(
                 ok: true,
                 did: false,
                 alarm: false,
-                text: format!("not due; next {}", crate::clock::relative(next, now)),
+                text: format!("not due; next {}", backoffice::clock::relative(next, now)),
                 ms: 0,
             });
             continue;
@@ -738,7 +797,7 @@ pub fn maintain(
     }
     let text = serde_json::to_string(&state).expect("JSON");
     // The engine's own write: not an application change for replication.
-    crate::replicate::own_write(conn, |c| crate::repo::config_set(c, STATE_ROW, &text))?;
+    backoffice::writes::own_write(conn, |c| backoffice::repo::config_set(c, STATE_ROW, &text))?;
     Ok(out)
 }
 
@@ -749,6 +808,10 @@ pub struct Maintenance;
 impl Task for Maintenance {
     fn name(&self) -> &str {
         "maintenance"
+    }
+
+    fn settings(&self) -> &'static [backoffice::settings::Def] {
+        SETTINGS
     }
 
     fn due(&self, conn: &Connection, now: i64) -> Result<Due, TaskError> {
@@ -830,8 +893,8 @@ impl Task for Maintenance {
             let Some(r) = state.record(step) else {
                 continue;
             };
-            let when = crate::clock::relative(r.at, now);
-            let next = crate::clock::relative(next.max(now), now);
+            let when = backoffice::clock::relative(r.at, now);
+            let next = backoffice::clock::relative(next.max(now), now);
             if r.ok {
                 st.info
                     .push(format!("{name}: {when}: {}; next {next}", r.text));
@@ -845,7 +908,7 @@ impl Task for Maintenance {
         if let Some(f) = &state.check_failure {
             st.problems.push(format!(
                 "quick_check FAILED {}: {}{}",
-                crate::clock::relative(f.at, now),
+                backoffice::clock::relative(f.at, now),
                 f.lines.first().map_or("", String::as_str),
                 if f.lines.len() > 1 {
                     format!(" (and {} more)", f.lines.len() - 1)
@@ -908,7 +971,7 @@ mod tests {
     }
 
     fn set(conn: &Connection, name: &str, value: &str) {
-        crate::repo::config_set(conn, name, value).unwrap();
+        backoffice::repo::config_set(conn, name, value).unwrap();
     }
 
     fn report(rs: &[StepReport], step: Step) -> &StepReport {

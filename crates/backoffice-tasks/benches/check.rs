@@ -154,7 +154,7 @@ mod check {
     #[divan::bench(args = JOURNALS)]
     fn notify_no_tables(bencher: Bencher, journal: &str) {
         let fx = fixture(journal, false);
-        let bo = Backoffice::new(Tasks::new().with(backoffice::notify::Notify));
+        let bo = Backoffice::new(Tasks::new().with(backoffice_tasks::notify::Notify));
         run_check(bencher, &fx, &bo, |c| {
             matches!(c, Check::NothingDue { next: None })
         });
@@ -163,10 +163,10 @@ mod check {
     /// Email set up, the last digest sent, nothing new: returns the time
     /// the next digest is due.
     fn email_ready(fx: &Fixture) -> i64 {
-        backoffice::notify::install(&fx.conn).expect("install");
+        backoffice_tasks::notify::install(&fx.conn).expect("install");
         backoffice::repo::config_set(&fx.conn, "email-send-method", "dir").expect("set");
         let now = backoffice::clock::now();
-        let dt = backoffice::notify::schedule::DigestTime::default();
+        let dt = backoffice_tasks::notify::schedule::DigestTime::default();
         backoffice::repo::config_set(
             &fx.conn,
             "email-last-digest-boundary",
@@ -181,7 +181,7 @@ mod check {
     fn notify_idle(bencher: Bencher, journal: &str) {
         let fx = fixture(journal, false);
         let next = email_ready(&fx);
-        let bo = Backoffice::new(Tasks::new().with(backoffice::notify::Notify));
+        let bo = Backoffice::new(Tasks::new().with(backoffice_tasks::notify::Notify));
         run_check(
             bencher,
             &fx,
@@ -199,11 +199,11 @@ mod check {
         let next = email_ready(&fx);
         let bo = Backoffice::new(
             Tasks::new()
-                .with(backoffice::notify::Notify)
-                .with(backoffice::hooks::Hooks)
-                .with(backoffice::webhooks::Webhooks)
-                .with(backoffice::replicate::Replicate)
-                .with(backoffice::maintain::Maintenance),
+                .with(backoffice_tasks::notify::Notify)
+                .with(backoffice_tasks::hooks::Hooks)
+                .with(backoffice_tasks::webhooks::Webhooks)
+                .with(backoffice_tasks::replicate::Replicate)
+                .with(backoffice_tasks::maintain::Maintenance),
         );
         run_check(
             bencher,

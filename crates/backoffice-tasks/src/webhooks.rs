@@ -53,12 +53,13 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use backoffice::settings::{Def, Kind};
 use hmac::{Hmac, KeyInit, Mac};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+use backoffice::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// The webhook table. The event table is the notifications' `bo_event`.
 pub const SCHEMA: &str = "
@@ -84,6 +85,31 @@ pub const TIMEOUT: &str = "webhook-timeout";
 pub const MAX_ATTEMPTS: &str = "webhook-max-attempts";
 /// `webhook-follow-redirects`
 pub const FOLLOW_REDIRECTS: &str = "webhook-follow-redirects";
+
+/// The settings this task reads (see [`backoffice::settings`]).
+pub const SETTINGS: &[Def] = &[
+    Def {
+        name: TIMEOUT,
+        kind: Kind::Int { min: 1, max: 300 },
+        default: "10",
+        help: "Seconds a webhook endpoint has to connect and answer before the attempt counts as failed.",
+        secret: false,
+    },
+    Def {
+        name: MAX_ATTEMPTS,
+        kind: Kind::Int { min: 1, max: 100 },
+        default: "10",
+        help: "Failed attempts in a row before a webhook endpoint is dead (retries back off from 1 minute to 6 hours).",
+        secret: false,
+    },
+    Def {
+        name: FOLLOW_REDIRECTS,
+        kind: Kind::Bool,
+        default: "off",
+        help: "Follow 3xx answers from webhook endpoints (at most 5); off: a redirect is a failed attempt.",
+        secret: false,
+    },
+];
 
 /// Cursor commits happen after this many deliveries (and at the end).
 pub const COMMIT_EVERY: usize = 50;
@@ -218,43 +244,9 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
 
 /// Creates the tables (ours and the event table) if they are missing.
 pub fn install(conn: &Connection) -> rusqlite::Result<()> {
-    crate::notify::install(conn)?;
+    backoffice::events::install(conn)?;
     conn.execute_batch(SCHEMA)?;
-    ensure_event_uid(conn)
-}
-
-/// Gives `bo_event` its `uid` column (random, minted per event when it is
-/// published, by a trigger, and stored with it) if it lacks one. Delivery
-/// ids include it: event ids restart after the newest events are purged,
-/// and a copy of the repository (`cp app.db other.db`) has the original's
-/// endpoints (salt and id) and event ids, but each repository mints its own
-/// uids for the events published from then on, so a delivery id is never
-/// used for two different events.
-pub fn ensure_event_uid(conn: &Connection) -> rusqlite::Result<()> {
-    let ready: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('bo_event') WHERE name = 'uid')
-            AND EXISTS(SELECT 1 FROM sqlite_schema WHERE type = 'trigger' AND name = 'bo_event_uid')",
-        [],
-        |r| r.get(0),
-    )?;
-    if ready {
-        return Ok(());
-    }
-    let has_column: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('bo_event') WHERE name = 'uid')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_column {
-        conn.execute_batch("ALTER TABLE bo_event ADD COLUMN uid TEXT")?;
-    }
-    conn.execute_batch(
-        "UPDATE bo_event SET uid = lower(hex(randomblob(8))) WHERE uid IS NULL;
-         CREATE TRIGGER IF NOT EXISTS bo_event_uid AFTER INSERT ON bo_event
-         WHEN new.uid IS NULL BEGIN
-           UPDATE bo_event SET uid = lower(hex(randomblob(8))) WHERE eventid = new.eventid;
-         END;",
-    )
+    backoffice::events::ensure_uid(conn)
 }
 
 /// A new endpoint.
@@ -309,7 +301,7 @@ pub fn add(conn: &Connection, new: &New) -> Result<Webhook, WebhookError> {
     conn.execute(
         "INSERT INTO bo_webhook(url, secret, kinds, cursor, salt, ctime)
          VALUES (?1, ?2, ?3, ?4, lower(hex(randomblob(6))), ?5)",
-        params![new.url, new.secret, kinds, cursor, crate::clock::now()],
+        params![new.url, new.secret, kinds, cursor, backoffice::clock::now()],
     )?;
     get(conn, conn.last_insert_rowid())
 }
@@ -380,8 +372,8 @@ impl Config {
     /// Reads the settings; a malformed stored value falls back to the default.
     pub fn load(conn: &Connection) -> rusqlite::Result<Config> {
         let get = |name: &str| -> rusqlite::Result<String> {
-            let d = crate::settings::def(name).expect("webhook setting defined");
-            let v = crate::repo::config_get(conn, name)?;
+            let d = backoffice::settings::find(SETTINGS, name).expect("a webhook setting");
+            let v = backoffice::repo::config_get(conn, name)?;
             Ok(v.and_then(|v| d.validate(&v).ok())
                 .unwrap_or_else(|| d.default.to_owned()))
         };
@@ -457,26 +449,14 @@ struct Body<'a> {
     time: i64,
 }
 
-use crate::notify::StoredEvent as Ev;
+use backoffice::events::StoredEvent as Ev;
 
 /// The stable id of delivering an event to endpoint `w`: the endpoint's
-/// salt and id, the event's id and its `uid` (see [`ensure_event_uid`]),
+/// salt and id, the event's id and its `uid` (see [`backoffice::events::ensure_uid`]),
 /// so it is the same for every attempt and never used for another event,
 /// across purges and copies of the repository.
 pub fn delivery_id(w: &Webhook, eventid: i64, uid: &str) -> String {
     format!("{}-{}-{}-{}", w.salt, w.id, eventid, uid)
-}
-
-/// Up to `limit` events after `cursor`, oldest first, each with its uid.
-fn events_after(db: &Connection, cursor: i64, limit: usize) -> rusqlite::Result<Vec<(Ev, String)>> {
-    db.prepare_cached(&format!(
-        "SELECT {}, coalesce(uid, '') FROM bo_event WHERE eventid > ?1 ORDER BY eventid LIMIT ?2",
-        crate::notify::EVENT_COLUMNS
-    ))?
-    .query_map(params![cursor, limit as i64], |r| {
-        Ok((crate::notify::stored_event(r)?, r.get::<_, String>(7)?))
-    })?
-    .collect()
 }
 
 /// Sends one signed delivery; `Ok(status)` for any HTTP answer, `Err` for
@@ -493,7 +473,7 @@ fn post(agent: &ureq::Agent, w: &Webhook, delivery: &str, ev: &Ev) -> Result<u16
         time: ev.time,
     })
     .map_err(|e| e.to_string())?;
-    let ts = crate::clock::now();
+    let ts = backoffice::clock::now();
     let mut resp = agent
         .post(&w.url)
         .header("Content-Type", "application/json")
@@ -524,7 +504,7 @@ fn describe(e: &ureq::Error) -> String {
 pub fn test(conn: &Connection, id: i64) -> Result<Result<u16, String>, WebhookError> {
     let w = get(conn, id)?;
     let cfg = Config::load(conn)?;
-    let now = crate::clock::now();
+    let now = backoffice::clock::now();
     let ev = Ev {
         eventid: 0,
         kind: "test".into(),
@@ -558,6 +538,10 @@ impl Task for Webhooks {
         "webhooks"
     }
 
+    fn settings(&self) -> &'static [backoffice::settings::Def] {
+        SETTINGS
+    }
+
     fn due(&self, conn: &Connection, now: i64) -> Result<Due, TaskError> {
         if !conn.table_exists(None, "bo_webhook")? {
             return Ok(Due::Never);
@@ -581,7 +565,7 @@ impl Task for Webhooks {
             return Ok(0);
         }
         if conn.table_exists(None, "bo_event")? {
-            ensure_event_uid(conn)?;
+            backoffice::events::ensure_uid(conn)?;
         }
         let cfg = Config::load(conn)?;
         // What a killed run delivered after its last commit.
@@ -759,7 +743,7 @@ impl Task for Webhooks {
                     w.id,
                     w.url,
                     w.failures,
-                    crate::clock::relative(w.next_attempt, now)
+                    backoffice::clock::relative(w.next_attempt, now)
                 ));
             }
         }
@@ -924,7 +908,7 @@ fn serve(
     let commit_every = if log.is_some() { COMMIT_EVERY } else { 1 };
     let mut log = log;
     'outer: loop {
-        let events = events_after(db, cursor, READ_BATCH as usize)?;
+        let events = backoffice::events::events_after_with_uid(db, cursor, READ_BATCH as usize)?;
         if events.is_empty() {
             break;
         }
@@ -961,7 +945,7 @@ fn serve(
                     }
                 }
                 Err(e) => {
-                    let e = crate::task::one_line(&format!("event {}: {e}", ev.eventid));
+                    let e = backoffice::task::one_line(&format!("event {}: {e}", ev.eventid));
                     fail(db, cfg, w, cursor, pending, &e, now)?;
                     turn.failed = Some(e);
                     break 'outer;
@@ -1163,9 +1147,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::Never);
-        crate::notify::publish(
+        backoffice::events::publish(
             &conn,
-            &crate::notify::Event {
+            &backoffice::events::Event {
                 kind: "wiki".into(),
                 title: "t".into(),
                 ..Default::default()
@@ -1197,9 +1181,9 @@ mod tests {
         };
         let ids: Vec<i64> = (0..3).map(|_| add(&conn, &new).unwrap().id).collect();
         for t in ["a", "b", "c", "d"] {
-            crate::notify::publish(
+            backoffice::events::publish(
                 &conn,
-                &crate::notify::Event {
+                &backoffice::events::Event {
                     kind: "wiki".into(),
                     title: t.into(),
                     ..Default::default()

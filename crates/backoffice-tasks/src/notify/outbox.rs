@@ -516,7 +516,7 @@ pub fn counts(conn: &Connection) -> rusqlite::Result<(i64, i64, i64)> {
         [],
         |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     ) {
-        Err(e) if crate::repo::is_no_such_table(&e) => Ok((0, 0, 0)),
+        Err(e) if backoffice::repo::is_no_such_table(&e) => Ok((0, 0, 0)),
         r => r,
     }
 }
@@ -527,7 +527,7 @@ pub fn list(conn: &Connection, state: Option<&str>, limit: i64) -> rusqlite::Res
         "SELECT msgid, address, kind, subject, state, attempts, next_attempt, last_error, ctime, sent_time
          FROM bo_outbox WHERE ?1 IS NULL OR state = ?1 ORDER BY msgid DESC LIMIT ?2",
     ) {
-        Err(e) if crate::repo::is_no_such_table(&e) => return Ok(Vec::new()),
+        Err(e) if backoffice::repo::is_no_such_table(&e) => return Ok(Vec::new()),
         r => r?,
     };
     s.query_map(params![state, limit], |r| {
@@ -566,7 +566,7 @@ pub fn retry(conn: &Connection, msgid: Option<i64>, now: i64) -> rusqlite::Resul
 /// A repository that never had an outbox has no messages in it.
 fn no_outbox_is_empty(r: rusqlite::Result<usize>) -> rusqlite::Result<usize> {
     match r {
-        Err(e) if crate::repo::is_no_such_table(&e) => Ok(0),
+        Err(e) if backoffice::repo::is_no_such_table(&e) => Ok(0),
         r => r,
     }
 }

@@ -143,7 +143,7 @@ pub fn add(conn: &Connection, new: &New) -> Result<Subscriber, SubscriberError> 
     let kinds = parse_kinds(&new.kinds)?;
     check_name(&new.name)?;
     install(conn)?;
-    let now = crate::clock::now();
+    let now = backoffice::clock::now();
     let r = conn.execute(
         "INSERT INTO bo_subscriber(address, name, kinds, digest, verified, code, ctime, mtime)
          VALUES (?1, ?2, ?3, ?4, ?5, lower(hex(randomblob(16))), ?6, ?6)",
@@ -167,7 +167,7 @@ pub fn list(conn: &Connection) -> Result<Vec<Subscriber>, SubscriberError> {
         "SELECT {COLUMNS} FROM bo_subscriber ORDER BY address"
     )) {
         Ok(s) => s,
-        Err(e) if crate::repo::is_no_such_table(&e) => return Ok(Vec::new()),
+        Err(e) if backoffice::repo::is_no_such_table(&e) => return Ok(Vec::new()),
         Err(e) => return Err(e.into()),
     };
     let rows = stmt.query_map([], from_row)?;
@@ -184,7 +184,7 @@ pub fn find(conn: &Connection, key: &str) -> Result<Option<Subscriber>, Subscrib
         .optional()
     {
         Ok(s) => Ok(s),
-        Err(e) if crate::repo::is_no_such_table(&e) => Ok(None),
+        Err(e) if backoffice::repo::is_no_such_table(&e) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -239,7 +239,7 @@ pub fn set(conn: &Connection, key: &str, changes: &Changes) -> Result<Subscriber
             changes.donotcall,
             name.is_some(),
             name.flatten(),
-            crate::clock::now()
+            backoffice::clock::now()
         ],
     )?;
     find(conn, &s.id.to_string())?.ok_or_else(|| SubscriberError::NotFound(key.to_owned()))
@@ -257,7 +257,7 @@ pub fn find_by_code(conn: &Connection, code: &str) -> Result<Option<Subscriber>,
     {
         Ok(s) => Ok(s),
         // No subscriber table: nobody has a code.
-        Err(e) if crate::repo::is_no_such_table(&e) => Ok(None),
+        Err(e) if backoffice::repo::is_no_such_table(&e) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -274,13 +274,13 @@ pub fn unsubscribe_by_code(
     let addr = conn
         .query_row(
             "UPDATE bo_subscriber SET donotcall = 1, mtime = ?2 WHERE code = ?1 RETURNING address",
-            params![code.to_ascii_lowercase(), crate::clock::now()],
+            params![code.to_ascii_lowercase(), backoffice::clock::now()],
             |r| r.get::<_, String>(0),
         )
         .optional();
     match addr {
         Ok(a) => Ok(a),
-        Err(e) if crate::repo::is_no_such_table(&e) => Ok(None),
+        Err(e) if backoffice::repo::is_no_such_table(&e) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }

@@ -149,12 +149,12 @@ pub enum DigestDue {
 }
 
 impl DigestDue {
-    /// The same answer in the engine's terms, for [`crate::Task::due`]:
+    /// The same answer in the engine's terms, for [`backoffice::Task::due`]:
     /// `Now` when the task has something to do (send, or reset `last`).
-    pub fn task_due(self) -> crate::Due {
+    pub fn task_due(self) -> backoffice::Due {
         match self {
-            DigestDue::Due { .. } | DigestDue::ClockBehind { .. } => crate::Due::Now,
-            DigestDue::NotUntil(t) => crate::Due::At(t),
+            DigestDue::Due { .. } | DigestDue::ClockBehind { .. } => backoffice::Due::Now,
+            DigestDue::NotUntil(t) => backoffice::Due::At(t),
         }
     }
 }
@@ -203,6 +203,11 @@ fn digits(s: &str, max_len: usize) -> Option<i8> {
 }
 
 impl DigestTime {
+    /// The validator of `email-digest-time`: the value normalised.
+    pub fn setting(value: &str) -> Result<String, String> {
+        DigestTime::parse(value).map(|d| d.to_string())
+    }
+
     /// Parses `HH:MM ZONE`, `HH:MM UTC` or `HH:MM` (meaning UTC). The zone
     /// is an IANA name (`Europe/Paris`, `America/New_York`). The error says
     /// what is wrong.
@@ -913,9 +918,9 @@ mod tests {
         assert_eq!(d.digest_due(Some(b), b), DigestDue::NotUntil(b + DAY));
         assert_eq!(
             d.digest_due(Some(last), b - 1).task_due(),
-            crate::Due::At(b)
+            backoffice::Due::At(b)
         );
-        assert_eq!(d.digest_due(Some(last), b).task_due(), crate::Due::Now);
+        assert_eq!(d.digest_due(Some(last), b).task_due(), backoffice::Due::Now);
     }
 
     #[test]
@@ -978,7 +983,10 @@ mod tests {
             d.digest_due(Some(last), now),
             DigestDue::ClockBehind { reset_to: reset }
         );
-        assert_eq!(d.digest_due(Some(last), now).task_due(), crate::Due::Now);
+        assert_eq!(
+            d.digest_due(Some(last), now).task_due(),
+            backoffice::Due::Now
+        );
         // After the task stores it, the schedule runs normally.
         assert_eq!(d.digest_due(Some(reset), now), DigestDue::NotUntil(next));
         assert_eq!(

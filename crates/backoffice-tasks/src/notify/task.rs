@@ -6,7 +6,7 @@ use super::compose::{self, EventText};
 use super::config::{EmailConfig, Method};
 use super::outbox;
 use super::schedule::{DigestDue, DigestTime};
-use crate::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+use backoffice::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// Events older than this when first seen get no immediate alert (they
 /// still appear in digests): turning email on after a month must not mail
@@ -31,6 +31,10 @@ pub struct Notify;
 impl Task for Notify {
     fn name(&self) -> &str {
         "alerts"
+    }
+
+    fn settings(&self) -> &'static [backoffice::settings::Def] {
+        super::config::SETTINGS
     }
 
     fn due(&self, conn: &Connection, now: i64) -> Result<Due, TaskError> {
@@ -62,7 +66,7 @@ impl Task for Notify {
         let (new_events, next_send, method, digest_time, last_digest) = match row {
             Ok(r) => r,
             // No notification tables: nothing was ever published.
-            Err(e) if crate::repo::is_no_such_table(&e) => return Ok(Due::Never),
+            Err(e) if backoffice::repo::is_no_such_table(&e) => return Ok(Due::Never),
             Err(e) => return Err(e.into()),
         };
         if method
@@ -103,7 +107,7 @@ impl Task for Notify {
             Ok(c) => c,
             Err(problems) => return Err(problems.join("; ").into()),
         };
-        let project = crate::repo::project_name(conn, ctx.repo);
+        let project = backoffice::repo::project_name(conn, ctx.repo);
         while compose_alerts(conn, &cfg, &project, ctx.now)? == EVENT_BATCH as usize {}
         compose_digests(conn, &cfg, &project, ctx.now)?;
         // Open a transport (a connection, a file) only for something to send.
@@ -145,7 +149,7 @@ impl Task for Notify {
             ]);
             let next = match outbox::next_due(conn) {
                 Ok(Some(t)) if t > now => {
-                    format!(", next attempt {}", crate::clock::relative(t, now))
+                    format!(", next attempt {}", backoffice::clock::relative(t, now))
                 }
                 _ => String::new(),
             };
@@ -276,7 +280,7 @@ fn compose_digests(
 ) -> rusqlite::Result<usize> {
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let last: Option<i64> =
-        crate::repo::config_get(&tx, LAST_DIGEST)?.and_then(|v| v.trim().parse().ok());
+        backoffice::repo::config_get(&tx, LAST_DIGEST)?.and_then(|v| v.trim().parse().ok());
     let (from, to) = match cfg.digest_time.digest_due(last, now) {
         DigestDue::NotUntil(_) => return Ok(0),
         DigestDue::ClockBehind { reset_to } => {
@@ -285,7 +289,7 @@ fn compose_digests(
                 reset_to,
                 "the clock went back; digests resume at the next digest time"
             );
-            crate::repo::config_set(&tx, LAST_DIGEST, &reset_to.to_string())?;
+            backoffice::repo::config_set(&tx, LAST_DIGEST, &reset_to.to_string())?;
             tx.commit()?;
             return Ok(0);
         }
@@ -340,7 +344,7 @@ fn compose_digests(
         "UPDATE bo_event SET digested = 1 WHERE digested = 0 AND mtime < ?1",
         [to],
     )?;
-    crate::repo::config_set(&tx, LAST_DIGEST, &to.to_string())?;
+    backoffice::repo::config_set(&tx, LAST_DIGEST, &to.to_string())?;
     tx.commit()?;
     Ok(queued)
 }
@@ -349,7 +353,7 @@ fn compose_digests(
 mod tests {
     use super::*;
     use crate::notify::subscribers::{self, New};
-    use crate::notify::{Event, publish};
+    use backoffice::events::{Event, publish};
 
     const HOUR: i64 = 3600;
     /// 2026-11-21 00:00:00 UTC.
@@ -367,7 +371,7 @@ mod tests {
             ("email-subname", "[t]"),
             ("email-digest-time", "07:00 Europe/Paris"),
         ] {
-            crate::repo::config_set(&conn, k, v).unwrap();
+            backoffice::repo::config_set(&conn, k, v).unwrap();
         }
         for (addr, digest, verified) in [
             ("daily@example.org", true, true),
@@ -564,7 +568,7 @@ mod tests {
         event(&conn, "New", t);
         assert_eq!(Notify.due(&conn, t).unwrap(), Due::Now);
         // With email off, nothing is ever due.
-        crate::repo::config_set(&conn, "email-send-method", "off").unwrap();
+        backoffice::repo::config_set(&conn, "email-send-method", "off").unwrap();
         assert_eq!(Notify.due(&conn, t).unwrap(), Due::Never);
     }
 }

@@ -4,9 +4,9 @@
 //!
 //! cargo bench -p backoffice --bench hooks
 
-use backoffice::hooks::{self, Hooks, New};
-use backoffice::notify::{self, Event};
+use backoffice::events::{self, Event};
 use backoffice::{Context, Task};
+use backoffice_tasks::hooks::{self, Hooks, New};
 use divan::Bencher;
 use rusqlite::Connection;
 
@@ -22,7 +22,7 @@ fn open(journal: &str) -> (tempfile::TempDir, Connection) {
     conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
         .unwrap();
     for i in 0..100 {
-        notify::publish(
+        events::publish(
             &conn,
             &Event {
                 kind: "wiki".into(),

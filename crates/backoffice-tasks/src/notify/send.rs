@@ -178,7 +178,7 @@ impl Transport for Dir {
             .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut b));
         let name = format!(
             "{}-{}-{}",
-            crate::clock::now(),
+            backoffice::clock::now(),
             envelope.to.first().map(String::as_str).unwrap_or("x"),
             u64::from_le_bytes(b)
         );
@@ -273,7 +273,7 @@ impl Transport for Db {
 /// The message is written whole to a memory file before the command
 /// starts, and the command reads that: it can never see a cut-off message
 /// that ends in EOF because this worker died mid-write (`sendmail -ti` sends
-/// whatever it read by then). The command runs under [`crate::child`]: its
+/// whatever it read by then). The command runs under [`backoffice::child`]: its
 /// whole process tree is killed if this worker dies, and when it runs past
 /// `email-send-command-timeout`; the message then stays queued.
 pub struct Pipe {
@@ -299,8 +299,8 @@ impl Transport for Pipe {
         // The message uses CRLF; sendmail-style programs expect LF.
         let text = String::from_utf8_lossy(raw).replace("\r\n", "\n");
         let mut stderr = Vec::new();
-        let ran = crate::child::run(
-            &crate::child::Spec {
+        let ran = backoffice::child::run(
+            &backoffice::child::Spec {
                 command: &self.command,
                 dir: None,
                 env: Vec::new(),

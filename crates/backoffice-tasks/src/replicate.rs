@@ -48,7 +48,7 @@
 //! (rollback journal) or `iChange` in the `-shm` header (WAL). Inside each
 //! of its own write transactions the engine reads that counter — stable,
 //! since it holds the write lock — and compares it with the value its last
-//! write left ([`note_own_write`]): a difference means somebody else
+//! write left ([`backoffice::writes`]): a difference means somebody else
 //! committed in between, and the *application generation* goes up. A peer
 //! is copied when the generation moved since its last copy. Anything the
 //! engine cannot account for (a WAL index rebuilt, a checkpoint that
@@ -58,11 +58,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use backoffice::settings::{Def, Kind};
+use backoffice::writes::{app_generation, own_write};
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
-use crate::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+use backoffice::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// `replicate-interval`: seconds between copies to a peer.
 pub const INTERVAL: &str = "replicate-interval";
@@ -72,6 +74,44 @@ pub const KEEP: &str = "replicate-keep";
 pub const STEP_PAGES: &str = "replicate-step-pages";
 /// `replicate-step-pause-ms`: pause between steps.
 pub const STEP_PAUSE_MS: &str = "replicate-step-pause-ms";
+
+/// The settings this task reads (see [`backoffice::settings`]).
+pub const SETTINGS: &[Def] = &[
+    Def {
+        name: INTERVAL,
+        kind: Kind::Int {
+            min: 10,
+            max: 31_536_000,
+        },
+        default: "3600",
+        help: "Seconds between copies to each replication peer; a copy is made only if the application wrote since the last one.",
+        secret: false,
+    },
+    Def {
+        name: KEEP,
+        kind: Kind::Int { min: 1, max: 100 },
+        default: "3",
+        help: "Replica generations kept on each peer: the target and older copies TARGET.1, TARGET.2, ...",
+        secret: false,
+    },
+    Def {
+        name: STEP_PAGES,
+        kind: Kind::Int {
+            min: 1,
+            max: 1_000_000,
+        },
+        default: "256",
+        help: "Database pages copied per step of a replication (256 pages of 4 KiB: 1 MiB).",
+        secret: false,
+    },
+    Def {
+        name: STEP_PAUSE_MS,
+        kind: Kind::Int { min: 0, max: 1000 },
+        default: "1",
+        help: "Milliseconds a replication pauses between steps, leaving the disk to the application.",
+        secret: false,
+    },
+];
 
 /// Restarts (rollback-journal mode) after which the copy holds the read
 /// lock to finish.
@@ -168,119 +208,12 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Replica
     move |source| ReplicateError::Io { what, path, source }
 }
 
-/// `config` row: the write counter the engine's last write left.
-pub const WRITE_EXPECTED: &str = "backoffice-write-expected";
-/// `config` row: the application generation (see the module docs).
-pub const APP_GENERATION: &str = "backoffice-app-generation";
-
-/// SQLite's per-write-transaction counter for this connection's database:
-/// the header's file change counter (rollback journal) or `iChange` of the
-/// WAL index (WAL). `None` if it cannot be read (in-memory database, a VFS
-/// without shared memory).
-///
-/// It is read through SQLite's own open file, never by opening the file
-/// ourselves: closing *any* descriptor of a file drops every POSIX lock
-/// this process holds on it — SQLite's locks included, behind its back —
-/// which lets another process write in the middle of our transaction and
-/// corrupt the database (found by `bench/replicate.sh`: a writer process
-/// and a copy, `database disk image is malformed`; tested by
-/// `engine_writes_beside_a_busy_writer_never_corrupt_the_database`).
-pub fn write_counter(conn: &Connection) -> Option<u64> {
-    use rusqlite::ffi;
-    use std::ffi::c_void;
-    conn.path().filter(|p| !p.is_empty())?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
-        .ok()?;
-    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-    // SAFETY: `handle` is this open connection's; FILE_POINTER writes the
-    // main database's `sqlite3_file*` (owned by SQLite, valid while the
-    // connection is open, which it is for this whole function).
-    let rc = unsafe {
-        ffi::sqlite3_file_control(
-            conn.handle(),
-            c"main".as_ptr(),
-            ffi::SQLITE_FCNTL_FILE_POINTER,
-            (&raw mut file).cast::<c_void>(),
-        )
-    };
-    if rc != ffi::SQLITE_OK || file.is_null() {
-        return None;
-    }
-    // SAFETY: a non-null sqlite3_file from SQLite; pMethods is null only
-    // for a file that failed to open, checked here.
-    let methods = unsafe { (*file).pMethods.as_ref() }?;
-    if mode.eq_ignore_ascii_case("wal") {
-        let shm_map = methods.xShmMap.filter(|_| methods.iVersion >= 2)?;
-        let mut region: *mut c_void = std::ptr::null_mut();
-        // SAFETY: region 0 of the WAL index (32 KiB), not extended; SQLite
-        // keeps it mapped while the connection is in WAL mode. The header's
-        // iChange is a u32 at offset 8 in the machine's byte order; the
-        // region is page-aligned.
-        let rc = unsafe { shm_map(file, 0, 32768, 0, &raw mut region) };
-        if rc != ffi::SQLITE_OK || region.is_null() {
-            return None;
-        }
-        let v = unsafe { std::ptr::read_volatile(region.cast::<u8>().add(8).cast::<u32>()) };
-        Some(u64::from(v))
-    } else {
-        let read = methods.xRead?;
-        let mut b = [0u8; 4];
-        // SAFETY: reads 4 bytes at offset 24 into `b` through SQLite's own
-        // descriptor.
-        let rc = unsafe { read(file, b.as_mut_ptr().cast::<c_void>(), 4, 24) };
-        (rc == ffi::SQLITE_OK).then(|| u64::from(u32::from_be_bytes(b)))
-    }
-}
-
-/// The application generation now.
-pub fn app_generation(conn: &Connection) -> i64 {
-    crate::repo::config_get(conn, APP_GENERATION)
-        .ok()
-        .flatten()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// Call inside each of the engine's own write transactions (with the write
-/// lock held, before the commit): if another connection committed since
-/// the engine's last write, the application generation goes up; then the
-/// counter this transaction will leave is recorded. Does nothing where no
-/// peer was ever added.
-pub fn note_own_write(conn: &Connection) -> rusqlite::Result<()> {
-    if !conn.table_exists(None, "bo_peer")? {
-        return Ok(());
-    }
-    let now = write_counter(conn);
-    let expected: Option<u64> =
-        crate::repo::config_get(conn, WRITE_EXPECTED)?.and_then(|v| v.trim().parse().ok());
-    if now.is_none() || now != expected {
-        // Peers compare generations for equality, so wrapping keeps it
-        // moving where a stored value sits at the edge of i64.
-        let g = app_generation(conn).wrapping_add(1);
-        crate::repo::config_set(conn, APP_GENERATION, &g.to_string())?;
-    }
-    // This transaction commits once: the counter goes up by one (a u32).
-    let next = now.map(|c| ((c + 1) & 0xffff_ffff).to_string());
-    crate::repo::config_set(conn, WRITE_EXPECTED, next.as_deref().unwrap_or(""))
-}
-
-/// Runs `f` as the engine's own write: in an immediate transaction of its
-/// own, or inside the caller's if one is open.
-pub(crate) fn own_write<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    if !conn.is_autocommit() {
-        return note_own_write(conn).and_then(|()| f(conn));
-    }
-    // Every failure rolls back, the COMMIT's included (see repo::immediate).
-    crate::repo::immediate(conn, || note_own_write(conn).and_then(|()| f(conn)))
-}
-
-/// Creates the peer table if needed.
+/// Creates the peer table if needed, and turns on the tracking of the
+/// engine's own writes ([`backoffice::writes`]) that tells whether the
+/// application wrote since a peer's last copy.
 pub fn install(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(SCHEMA)
+    conn.execute_batch(SCHEMA)?;
+    backoffice::writes::track(conn)
 }
 
 const COLUMNS: &str = "peerid, target, token, generation, stamp, last_ok, last_try, failures, next_attempt, last_error, last_bytes, last_ms";
@@ -340,7 +273,7 @@ pub fn add(conn: &Connection, target: &str, token: Option<&str>) -> Result<Peer,
         check_file_target(conn, target)?;
     }
     install(conn)?;
-    let now = crate::clock::now();
+    let now = backoffice::clock::now();
     match conn.execute(
         "INSERT INTO bo_peer(target, token, ctime) VALUES (?1, ?2, ?3)",
         params![target, token, now],
@@ -387,7 +320,7 @@ pub fn list(conn: &Connection) -> Result<Vec<Peer>, ReplicateError> {
     let stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM bo_peer ORDER BY peerid"));
     match stmt {
         Ok(mut s) => Ok(s.query_map([], from_row)?.collect::<Result<_, _>>()?),
-        Err(e) if crate::repo::is_no_such_table(&e) => Ok(Vec::new()),
+        Err(e) if backoffice::repo::is_no_such_table(&e) => Ok(Vec::new()),
         Err(e) => Err(e.into()),
     }
 }
@@ -398,7 +331,7 @@ pub fn find(conn: &Connection, key: &str) -> Result<Option<Peer>, ReplicateError
     let id: i64 = key.parse().unwrap_or(-1);
     match conn.query_row(&sql, params![id, key], from_row).optional() {
         Ok(p) => Ok(p),
-        Err(e) if crate::repo::is_no_such_table(&e) => Ok(None),
+        Err(e) if backoffice::repo::is_no_such_table(&e) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
@@ -425,9 +358,12 @@ impl Step {
     /// The settings of this repository.
     pub fn from_settings(conn: &Connection) -> Step {
         Step {
-            pages: crate::settings::int(conn, STEP_PAGES).clamp(1, i64::from(i32::MAX)) as i32,
-            pause: Duration::from_millis(crate::settings::int(conn, STEP_PAUSE_MS).max(0) as u64),
-            keep: crate::settings::int(conn, KEEP).clamp(1, 100) as u32,
+            pages: backoffice::settings::int(conn, SETTINGS, STEP_PAGES)
+                .clamp(1, i64::from(i32::MAX)) as i32,
+            pause: Duration::from_millis(
+                backoffice::settings::int(conn, SETTINGS, STEP_PAUSE_MS).max(0) as u64,
+            ),
+            keep: backoffice::settings::int(conn, SETTINGS, KEEP).clamp(1, 100) as u32,
         }
     }
 }
@@ -538,7 +474,7 @@ pub fn push(src: &Path, url: &str, token: &str, step: Step) -> Result<Snapshot, 
             .collect();
         Err(ReplicateError::Peer(format!(
             "{url} answered {status}: {}",
-            crate::task::one_line(&body)
+            backoffice::task::one_line(&body)
         )))
     };
     // Ask first: a server that refuses a copy closes the connection under
@@ -595,7 +531,8 @@ fn guarded_temp(path: &Path, tag: &str) -> Result<PathBuf, ReplicateError> {
 }
 
 /// The command that starts a temporary-file guard (see [`set_temp_guard`]).
-static TEMP_GUARD: std::sync::OnceLock<crate::process::WorkerCommand> = std::sync::OnceLock::new();
+static TEMP_GUARD: std::sync::OnceLock<backoffice::process::WorkerCommand> =
+    std::sync::OnceLock::new();
 
 /// Lets copies start a guard process: `CMD PID START FILE`, which removes
 /// the temporary `FILE` if this process (PID, with that start time) dies
@@ -603,7 +540,7 @@ static TEMP_GUARD: std::sync::OnceLock<crate::process::WorkerCommand> = std::syn
 /// file at all. `backoffice-cli` sets it to its hidden `guard-temp`
 /// command; a host that does not set it gets no guard, and the next copy
 /// removes what a killed one left.
-pub fn set_temp_guard(cmd: crate::process::WorkerCommand) {
+pub fn set_temp_guard(cmd: backoffice::process::WorkerCommand) {
     let _ = TEMP_GUARD.set(cmd);
 }
 
@@ -614,7 +551,7 @@ fn guard(file: &Path) {
         return;
     };
     let me = std::process::id();
-    let start = crate::process::proc_stat(i64::from(me)).map_or(0, |s| s.start);
+    let start = backoffice::process::proc_stat(i64::from(me)).map_or(0, |s| s.start);
     let spawned = std::process::Command::new(&cmd.program)
         .args(&cmd.args)
         .arg(me.to_string())
@@ -625,7 +562,7 @@ fn guard(file: &Path) {
         .stderr(std::process::Stdio::null())
         .spawn();
     match spawned {
-        Ok(child) => crate::process::reap(child),
+        Ok(child) => backoffice::process::reap(child),
         Err(e) => tracing::warn!("no guard for {}: {e}", file.display()),
     }
 }
@@ -642,7 +579,7 @@ pub fn guard_temp(pid: i64, start: u64, file: &Path) -> i32 {
         if !file.exists() {
             return 0;
         }
-        let alive = crate::process::proc_stat(pid)
+        let alive = backoffice::process::proc_stat(pid)
             .is_some_and(|s| s.state != 'Z' && (start == 0 || s.start == start));
         if !alive {
             let _ = std::fs::remove_file(file);
@@ -743,7 +680,7 @@ fn remove_stale_partials(dir: &Path, name: &str) {
         };
         let live = pid
             .parse::<i64>()
-            .is_ok_and(|p| p == i64::from(std::process::id()) || crate::process::exists(p));
+            .is_ok_and(|p| p == i64::from(std::process::id()) || backoffice::process::exists(p));
         if !live {
             let _ = std::fs::remove_file(e.path());
         }
@@ -883,7 +820,7 @@ pub fn sync_peer(
                         now,
                         failures,
                         now + backoff(failures),
-                        crate::task::one_line(&e.to_string())
+                        backoffice::task::one_line(&e.to_string())
                     ],
                 )
             })?;
@@ -899,6 +836,10 @@ pub struct Replicate;
 impl Task for Replicate {
     fn name(&self) -> &str {
         "replicate"
+    }
+
+    fn settings(&self) -> &'static [backoffice::settings::Def] {
+        SETTINGS
     }
 
     fn due(&self, conn: &Connection, _now: i64) -> Result<Due, TaskError> {
@@ -925,7 +866,7 @@ impl Task for Replicate {
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
         let peers = list(ctx.conn)?;
-        let interval = crate::settings::int(ctx.conn, INTERVAL);
+        let interval = backoffice::settings::int(ctx.conn, SETTINGS, INTERVAL);
         let mut done = 0;
         let mut failed = Vec::new();
         for p in peers.iter().filter(|p| peer_due(p, interval) <= ctx.now) {
@@ -938,7 +879,7 @@ impl Task for Replicate {
         if failed.is_empty() {
             Ok(done)
         } else {
-            Err(Box::new(crate::task::Partial {
+            Err(Box::new(backoffice::task::Partial {
                 items: done,
                 error: failed.join("; "),
             }))
@@ -962,7 +903,7 @@ impl Task for Replicate {
             let last = match p.last_ok {
                 Some(t) => format!(
                     "last copy {} ({} bytes in {} ms)",
-                    crate::clock::relative(t, now),
+                    backoffice::clock::relative(t, now),
                     p.last_bytes.unwrap_or(0),
                     p.last_ms.unwrap_or(0)
                 ),
@@ -976,7 +917,7 @@ impl Task for Replicate {
                     p.target,
                     p.failures,
                     p.last_error.as_deref().unwrap_or("?"),
-                    crate::clock::relative(p.next_attempt, now)
+                    backoffice::clock::relative(p.next_attempt, now)
                 ));
             }
         }
@@ -1085,7 +1026,7 @@ mod tests {
             // The engine's own writes (a lease, a run record) are not changes.
             for i in 0..3 {
                 own_write(&c, |c| {
-                    crate::repo::config_set(c, "backoffice", &format!("{i} 9 0 0"))
+                    backoffice::repo::config_set(c, "backoffice", &format!("{i} 9 0 0"))
                 })
                 .unwrap();
             }
@@ -1154,9 +1095,9 @@ mod tests {
         let p = find(&c, "1").unwrap().unwrap();
         assert_eq!((p.failures, p.last_ok), (0, Some(1100)));
         assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(1100 + 3600));
-        crate::repo::config_set(&c, INTERVAL, "600").unwrap();
+        backoffice::repo::config_set(&c, INTERVAL, "600").unwrap();
         assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(1100 + 600));
-        crate::repo::config_set(&c, INTERVAL, "soon").unwrap();
+        backoffice::repo::config_set(&c, INTERVAL, "soon").unwrap();
         assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(1100 + 3600));
     }
 
@@ -1244,56 +1185,5 @@ mod tests {
             .unwrap();
         assert_eq!(max, n);
         eprintln!("writer: {written} inserts during the copy, worst {worst:?}");
-    }
-
-    /// A COMMIT that fails (a reader's SHARED lock keeps the writer from
-    /// the EXCLUSIVE lock it needs, in rollback mode) must not leave the
-    /// connection inside the write transaction: the write is rolled back,
-    /// the error returned, and the connection usable again.
-    /// Issue 10, item 20: a stored generation at the edge of i64 never
-    /// panics (debug builds check overflow) and still moves, so peers
-    /// still see a change (they compare generations for equality).
-    #[test]
-    fn a_stored_generation_at_i64_max_still_moves() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = Connection::open(dir.path().join("r.db")).unwrap();
-        c.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
-            .unwrap();
-        install(&c).unwrap();
-        crate::repo::config_set(&c, APP_GENERATION, &i64::MAX.to_string()).unwrap();
-        own_write(&c, |c| crate::repo::config_set(c, "x", "1")).unwrap();
-        assert_ne!(app_generation(&c), i64::MAX);
-    }
-
-    #[test]
-    fn own_write_rolls_back_when_commit_fails() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("r.db");
-        let c = Connection::open(&p).unwrap();
-        c.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
-            .unwrap();
-        c.busy_timeout(std::time::Duration::from_millis(20))
-            .unwrap();
-        // Another connection (its own file descriptor, so real POSIX locks)
-        // in the middle of a read transaction: it holds SHARED.
-        let reader = Connection::open(&p).unwrap();
-        reader
-            .execute_batch("BEGIN; SELECT count(*) FROM config;")
-            .unwrap();
-        let r = own_write(&c, |c| crate::repo::config_set(c, "x", "1"));
-        let e = r.expect_err("COMMIT must fail while a reader holds SHARED");
-        assert!(e.to_string().contains("locked"), "{e}");
-        assert!(
-            c.is_autocommit(),
-            "the failed COMMIT left the connection inside a transaction"
-        );
-        reader.execute_batch("COMMIT").unwrap();
-        // Nothing was written, and the connection writes again.
-        assert_eq!(crate::repo::config_get(&c, "x").unwrap(), None);
-        own_write(&c, |c| crate::repo::config_set(c, "x", "2")).unwrap();
-        assert_eq!(
-            crate::repo::config_get(&reader, "x").unwrap().as_deref(),
-            Some("2")
-        );
     }
 }

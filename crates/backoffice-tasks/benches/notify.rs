@@ -4,7 +4,8 @@
 //!
 //! cargo bench -p backoffice --bench notify
 
-use backoffice::notify::{self, Event};
+use backoffice::events::{self, Event};
+use backoffice_tasks::notify;
 use divan::Bencher;
 use rusqlite::Connection;
 
@@ -34,7 +35,7 @@ fn publish_in_transaction(bencher: Bencher, journal: &str) {
 #[divan::bench(args = ["wal", "delete"], sample_count = 2000)]
 fn publish_with_webhooks_uid(bencher: Bencher, journal: &str) {
     let (_dir, conn) = open(journal);
-    backoffice::webhooks::ensure_event_uid(&conn).unwrap();
+    backoffice::events::ensure_uid(&conn).unwrap();
     publish_loop(bencher, &conn);
 }
 
@@ -55,7 +56,7 @@ fn publish_loop(bencher: Bencher, conn: &Connection) {
         if n % 10_000 == 0 {
             conn.execute_batch("COMMIT; BEGIN").unwrap();
         }
-        notify::publish(conn, &ev).unwrap()
+        events::publish(conn, &ev).unwrap()
     });
     conn.execute_batch("COMMIT").unwrap();
 }

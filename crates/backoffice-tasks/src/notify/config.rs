@@ -4,10 +4,136 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::Connection;
 
-use crate::repo::config_get;
-use crate::settings::{self, EMAIL_SEND_METHOD};
+use backoffice::repo::config_get;
+use backoffice::settings::{self, Def, Kind};
 
 use super::schedule::DigestTime;
+
+/// `email-send-method`
+pub const EMAIL_SEND_METHOD: &str = "email-send-method";
+
+/// The settings this task reads (see [`backoffice::settings`]).
+pub const SETTINGS: &[Def] = &[
+    Def {
+        name: EMAIL_SEND_METHOD,
+        kind: Kind::Choice(&["off", "relay", "pipe", "dir", "db", "stdout"]),
+        default: "off",
+        help: "How alerts and digests leave: off, relay (SMTP), pipe (a command), dir (.eml files), db (an SQLite file), stdout.",
+        secret: false,
+    },
+    Def {
+        name: "email-self",
+        kind: Kind::Custom(crate::notify::address::setting),
+        default: "",
+        help: "The From address of every message (required to send).",
+        secret: false,
+    },
+    Def {
+        name: "email-url",
+        kind: Kind::Text,
+        default: "",
+        help: "The service's base URL, for links and the one-click unsubscribe target (required to send).",
+        secret: false,
+    },
+    Def {
+        name: "email-subname",
+        kind: Kind::Text,
+        default: "",
+        help: "Subject prefix, e.g. [my-project] (required to send).",
+        secret: false,
+    },
+    Def {
+        name: "email-listid",
+        kind: Kind::Text,
+        default: "",
+        help: "The List-Id header, e.g. \"My project <project.example.org>\"; empty: derived from email-self.",
+        secret: false,
+    },
+    Def {
+        name: "email-send-relayhost",
+        kind: Kind::Text,
+        default: "127.0.0.1",
+        help: "relay: the SMTP server, host or host:port.",
+        secret: false,
+    },
+    Def {
+        name: "email-send-relay-security",
+        kind: Kind::Choice(&["none", "starttls", "tls"]),
+        default: "none",
+        help: "relay: none (port 25), starttls (port 587) or tls (port 465).",
+        secret: false,
+    },
+    Def {
+        name: "email-send-relay-user",
+        kind: Kind::Text,
+        default: "",
+        help: "relay: the user name to log in with; empty: no login.",
+        secret: false,
+    },
+    Def {
+        name: "email-send-relay-password",
+        kind: Kind::Text,
+        default: "",
+        help: "relay: the password to log in with. Never printed back.",
+        secret: true,
+    },
+    Def {
+        name: "email-send-relay-ca",
+        kind: Kind::Path,
+        default: "",
+        help: "relay: a PEM file of CA certificates to trust besides the built-in public roots (a private CA's); host names are still checked. A relative path is relative to the repository's folder.",
+        secret: false,
+    },
+    Def {
+        name: "email-send-command",
+        kind: Kind::Text,
+        default: "sendmail -ti",
+        help: "pipe: the command (run with /bin/sh -c) that reads each message on stdin.",
+        secret: false,
+    },
+    Def {
+        name: "email-send-command-timeout",
+        kind: Kind::Int { min: 1, max: 3600 },
+        default: "60",
+        help: "pipe: seconds the command may take per message; then it is killed with everything it started and the message stays queued, with the error recorded.",
+        secret: false,
+    },
+    Def {
+        name: "email-send-dir",
+        kind: Kind::Path,
+        default: "",
+        help: "dir: the folder that gets one .eml file per message (never overwriting one). A relative path is relative to the repository's folder.",
+        secret: false,
+    },
+    Def {
+        name: "email-send-db",
+        kind: Kind::Path,
+        default: "",
+        help: "db: the SQLite file that gets one row per message in table email(emailid, msg). A relative path is relative to the repository's folder.",
+        secret: false,
+    },
+    Def {
+        name: "email-alert-mode",
+        kind: Kind::Choice(&["batch", "each"]),
+        default: "batch",
+        help: "batch: one message per subscriber per run, listing the new events; each: one message per event.",
+        secret: false,
+    },
+    Def {
+        name: "email-digest-time",
+        kind: Kind::Custom(crate::notify::schedule::DigestTime::setting),
+        default: "12:00 UTC",
+        help: "When daily digests go out: HH:MM and a time zone, e.g. 07:00 Europe/Paris.",
+        secret: false,
+    },
+    Def {
+        name: "email-max-attempts",
+        kind: Kind::Int { min: 1, max: 100 },
+        default: "10",
+        help: "Delivery attempts before a message is dead (retries back off from 1 minute to 6 hours).",
+        secret: false,
+    },
+];
 
 /// How messages leave.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,7 +206,7 @@ impl std::fmt::Debug for EmailConfig {
 
 /// Reads one setting, validated; a bad stored value is an error naming it.
 fn get(conn: &Connection, name: &str) -> Result<String, String> {
-    let def = settings::def(name).map_err(|e| e.to_string())?;
+    let def = settings::find(SETTINGS, name).ok_or_else(|| format!("unknown setting {name}"))?;
     match config_get(conn, name).map_err(|e| format!("reading {name}: {e}"))? {
         None => Ok(def.default.to_owned()),
         Some(v) => def.validate(&v).map_err(|e| e.to_string()),

@@ -1,10 +1,10 @@
 //! The text of alerts and digests: plain text a person reads in any mail
 //! client, one event per block.
 
-use crate::clock;
+use backoffice::clock;
 
 /// One event as it appears in a message.
-pub use super::StoredEvent as EventText;
+pub use backoffice::events::StoredEvent as EventText;
 
 /// A message's subject and body, before headers.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,74 +1,30 @@
-//! Notifications: events, subscribers, immediate alerts, daily digests.
+//! The event log: what happened in the application, for the tasks that
+//! react to it.
 //!
-//! # The model
+//! An application **publishes** an event ([`publish`]) inside its own
+//! transaction, so the event commits or rolls back with the data it is
+//! about; any language can do the same with plain SQL:
 //!
-//! An application **publishes events** ([`publish`]) inside its own
-//! transaction, so an event commits or rolls back with the data it is
-//! about. Publishing is one `INSERT`; it makes the [`Notify`] task due, so
-//! the next request's check starts a worker.
+//! ```sql
+//! INSERT INTO bo_event(kind, title, body, url, author, mtime)
+//! VALUES ('checkin', 'Fix the parser', '', NULL, 'alice', strftime('%s','now'));
+//! ```
 //!
-//! **Subscribers** ([`subscribers`]) have an address, the event kinds they
-//! want, and a mode: immediate alerts or one daily digest. Only verified,
-//! not unsubscribed subscribers get mail.
+//! Consumers (alerts and digests, hooks, webhooks, a host's own task) read
+//! the log in `eventid` order after a cursor of their own
+//! ([`events_after`]), so each consumes at its own pace and none can make
+//! another miss an event. Installing the log ([`install`]) creates the
+//! `bo_event` table and its indexes, nothing else. The `alerted` and
+//! `digested` columns are the alerts task's marks, kept in this table for
+//! compatibility with repositories of earlier versions.
 //!
-//! In each worker run the task:
-//!
-//! 1. turns new events into messages for the matching immediate
-//!    subscribers — one per subscriber listing the run's events, or one per
-//!    event (`email-alert-mode`) — and writes them to the **outbox** in the
-//!    same transaction that marks the events handled;
-//! 2. once the digest time (`email-digest-time`) has passed, writes one
-//!    digest per digest subscriber covering the events since the last one
-//!    (none when there were none);
-//! 3. delivers the outbox messages that are due through the send method
-//!    (`email-send-method`), recording each outcome.
-//!
-//! **Nothing is lost, nothing is sent twice.** Fossil marks alerts as sent
-//! *before* sending, so a failed send is gone. Here a message exists in the
-//! outbox before anyone tries to send it; a failed attempt leaves it queued
-//! with its error and a later attempt time (exponential backoff); after
-//! `email-max-attempts` it is *dead*, with its reason, until an operator
-//! retries or purges it (`backoffice outbox`). Each message's `Message-ID`
-//! is derived from a random token minted when it is queued (never reused,
-//! across purges and copies of the repository), and each finished send is
-//! journalled before the next one starts, so a worker killed mid-run causes
-//! at most one duplicate per connection, with the same `Message-ID`, which
-//! mail clients recognise as such (see [`outbox`]).
-//!
-//! # Schema
-//!
-//! Created on first use in the application's database; any language can
-//! publish with plain SQL (`INSERT INTO bo_event(kind, title, body, url,
-//! author, mtime) VALUES (...)`). See the README for the columns.
-//!
-//! # Layout
-//!
-//! * `address.rs`: address validation.
-//! * `subscribers.rs`: adding, listing, changing subscribers.
-//! * `compose.rs`: the text of alerts and digests.
-//! * `message.rs`: building a MIME message (lettre) with its headers.
-//! * `send.rs`: the send methods (`Transport`); `smtp.rs`: SMTP relay.
-//! * `outbox.rs`: delivery, retries, dead letters.
-//! * `schedule.rs`: when digests are due, in a time zone.
-//! * `task.rs`: the [`Notify`] task that ties them together.
-
-pub mod address;
-pub mod compose;
-pub mod config;
-pub mod message;
-pub mod outbox;
-pub mod schedule;
-pub mod send;
-pub mod smtp;
-pub mod subscribers;
-mod task;
-
-pub use task::Notify;
+//! Events are bounded ([`MAX_TITLE`] and the rest): an event over a limit
+//! is refused, naming the field, never cut or stored as sent.
 
 use rusqlite::{Connection, params};
 
-/// The notification tables. `IF NOT EXISTS` throughout: installing is
-/// idempotent and happens on first use.
+/// The event table and its indexes. `IF NOT EXISTS` throughout:
+/// installing is idempotent and happens on first use.
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS bo_event(
   eventid INTEGER PRIMARY KEY,
@@ -84,44 +40,11 @@ CREATE TABLE IF NOT EXISTS bo_event(
 CREATE INDEX IF NOT EXISTS bo_event_new ON bo_event(eventid) WHERE alerted = 0;
 CREATE INDEX IF NOT EXISTS bo_event_undigested ON bo_event(mtime) WHERE digested = 0;
 CREATE INDEX IF NOT EXISTS bo_event_mtime ON bo_event(mtime);
-CREATE TABLE IF NOT EXISTS bo_subscriber(
-  subscriberid INTEGER PRIMARY KEY,
-  address TEXT NOT NULL UNIQUE COLLATE NOCASE,
-  name TEXT,
-  kinds TEXT NOT NULL DEFAULT '*',
-  digest INTEGER NOT NULL DEFAULT 0,
-  verified INTEGER NOT NULL DEFAULT 0,
-  donotcall INTEGER NOT NULL DEFAULT 0,
-  code TEXT NOT NULL UNIQUE,
-  ctime INTEGER NOT NULL,
-  mtime INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS bo_outbox(
-  msgid INTEGER PRIMARY KEY,
-  subscriberid INTEGER,
-  address TEXT NOT NULL,
-  kind TEXT NOT NULL,
-  subject TEXT NOT NULL,
-  body TEXT NOT NULL,
-  code TEXT,
-  ctime INTEGER NOT NULL,
-  state TEXT NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'sent', 'dead')),
-  attempts INTEGER NOT NULL DEFAULT 0,
-  next_attempt INTEGER NOT NULL,
-  last_error TEXT,
-  sent_time INTEGER,
-  token TEXT,
-  gen INTEGER NOT NULL DEFAULT 0
-);
-CREATE INDEX IF NOT EXISTS bo_outbox_due ON bo_outbox(next_attempt) WHERE state = 'queued';
-CREATE INDEX IF NOT EXISTS bo_outbox_dead ON bo_outbox(msgid) WHERE state = 'dead';
 ";
 
-/// Creates the notification tables if they are missing.
+/// Creates the event table if it is missing.
 pub fn install(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(SCHEMA)?;
-    // An outbox made by an older version lacks the newer columns.
-    outbox::upgrade(conn)
+    conn.execute_batch(SCHEMA)
 }
 
 /// An event as stored in `bo_event`, for the tasks that consume events
@@ -146,10 +69,10 @@ pub struct StoredEvent {
 }
 
 /// The `bo_event` columns [`stored_event`] reads, in its order.
-pub(crate) const EVENT_COLUMNS: &str = "eventid, kind, title, body, url, author, mtime";
+pub const EVENT_COLUMNS: &str = "eventid, kind, title, body, url, author, mtime";
 
 /// Reads a row selected with [`EVENT_COLUMNS`].
-pub(crate) fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
+pub fn stored_event(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredEvent> {
     Ok(StoredEvent {
         eventid: r.get(0)?,
         kind: r.get(1)?,
@@ -172,6 +95,59 @@ pub fn events_after(
     ))?
     .query_map(params![cursor, limit as i64], stored_event)?
     .collect()
+}
+
+/// Up to `limit` events after `cursor`, oldest first, each with its uid
+/// (empty where [`ensure_uid`] was never called).
+pub fn events_after_with_uid(
+    db: &Connection,
+    cursor: i64,
+    limit: usize,
+) -> rusqlite::Result<Vec<(StoredEvent, String)>> {
+    db.prepare_cached(&format!(
+        "SELECT {}, coalesce(uid, '') FROM bo_event WHERE eventid > ?1 ORDER BY eventid LIMIT ?2",
+        EVENT_COLUMNS
+    ))?
+    .query_map(params![cursor, limit as i64], |r| {
+        Ok((stored_event(r)?, r.get::<_, String>(7)?))
+    })?
+    .collect()
+}
+
+/// Gives `bo_event` its `uid` column (random, minted per event when it is
+/// published, by a trigger, and stored with it) if it lacks one. A consumer
+/// that needs an id unique to an event forever (webhook delivery ids)
+/// calls this when it is set up, and reads the uid with
+/// [`events_after_with_uid`]. Event ids alone are not enough: event ids restart after the newest events are purged,
+/// and a copy of the repository (`cp app.db other.db`) has the original's
+/// endpoints (salt and id) and event ids, but each repository mints its own
+/// uids for the events published from then on, so a delivery id is never
+/// used for two different events.
+pub fn ensure_uid(conn: &Connection) -> rusqlite::Result<()> {
+    let ready: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('bo_event') WHERE name = 'uid')
+            AND EXISTS(SELECT 1 FROM sqlite_schema WHERE type = 'trigger' AND name = 'bo_event_uid')",
+        [],
+        |r| r.get(0),
+    )?;
+    if ready {
+        return Ok(());
+    }
+    let has_column: bool = conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('bo_event') WHERE name = 'uid')",
+        [],
+        |r| r.get(0),
+    )?;
+    if !has_column {
+        conn.execute_batch("ALTER TABLE bo_event ADD COLUMN uid TEXT")?;
+    }
+    conn.execute_batch(
+        "UPDATE bo_event SET uid = lower(hex(randomblob(8))) WHERE uid IS NULL;
+         CREATE TRIGGER IF NOT EXISTS bo_event_uid AFTER INSERT ON bo_event
+         WHEN new.uid IS NULL BEGIN
+           UPDATE bo_event SET uid = lower(hex(randomblob(8))) WHERE eventid = new.eventid;
+         END;",
+    )
 }
 
 /// The newest `limit` events, newest first (none if nothing was ever

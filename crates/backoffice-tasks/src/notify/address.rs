@@ -4,6 +4,15 @@
 /// Longest address SMTP allows (RFC 5321: 254 octets in a path).
 const MAX_LEN: usize = 254;
 
+/// The validator of a setting holding one address (empty: unset).
+pub fn setting(value: &str) -> Result<String, String> {
+    let v = value.trim();
+    if !v.is_empty() {
+        check(v)?;
+    }
+    Ok(v.to_owned())
+}
+
 /// Checks an address: `local@domain`, printable ASCII only, no spaces,
 /// no quotes, no angle brackets, a domain of dot-separated labels.
 /// Returns what is wrong with it.

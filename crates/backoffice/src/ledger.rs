@@ -1,0 +1,326 @@
+//! The retry ledger: where each target of a task stands, and when to try
+//! it again.
+//!
+//! Many tasks deliver to *targets* — a hook command, a webhook endpoint, a
+//! replication peer — and each target needs the same bookkeeping: how far
+//! it got (a cursor, e.g. the last event id it handled), how many attempts
+//! failed in a row, when the next attempt is allowed, and what the last
+//! failure said. That bookkeeping is one table, `bo_ledger`, keyed by the
+//! task's name and the target's id, and one retry policy, [`Backoff`]:
+//!
+//! ```text
+//! bo_ledger(task, target, cursor, failures, next_attempt,
+//!           last_run, last_error, last_output)
+//! ```
+//!
+//! A task reads its rows ([`get`], [`all`]), and after each attempt records
+//! either a success ([`succeeded`]: cursor moved, failures back to 0) or a
+//! failure ([`failed`]: failures + 1, the next attempt pushed back by the
+//! policy). It never hand-writes these columns, so every task retries the
+//! same way and `status` reads every target the same way.
+//!
+//! The ledger is progress, so a task writes it inside the same transaction
+//! as the work it records where there is one (a cursor moved together
+//! with the rows it produced); its writes are the backoffice's own
+//! ([`crate::writes`]).
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// The ledger table. `WITHOUT ROWID`: rows are found by their key only.
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS bo_ledger(
+  task TEXT NOT NULL,
+  target TEXT NOT NULL,
+  cursor INTEGER NOT NULL DEFAULT 0,
+  failures INTEGER NOT NULL DEFAULT 0,
+  next_attempt INTEGER NOT NULL DEFAULT 0,
+  last_run INTEGER,
+  last_error TEXT,
+  last_output TEXT,
+  PRIMARY KEY(task, target)
+) WITHOUT ROWID;
+";
+
+/// Creates the ledger table if it is missing.
+pub fn install(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)
+}
+
+/// Where one target stands.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Entry {
+    /// The task's name (e.g. `hooks`).
+    pub task: String,
+    /// The target's id within the task (e.g. a hook id).
+    pub target: String,
+    /// How far the target got; its meaning is the task's (often the last
+    /// event id handled).
+    pub cursor: i64,
+    /// Failed attempts in a row; 0 after a success.
+    pub failures: i64,
+    /// Unix time before which the target is not tried again; 0: at once.
+    pub next_attempt: i64,
+    /// Unix time of the last attempt, if any.
+    pub last_run: Option<i64>,
+    /// What the last failed attempt said; cleared by a success.
+    pub last_error: Option<String>,
+    /// The last attempt's output (bounded by the task), if any.
+    pub last_output: Option<String>,
+}
+
+impl Entry {
+    /// True if the target may be tried at `now`.
+    pub fn ready(&self, now: i64) -> bool {
+        self.next_attempt <= now
+    }
+}
+
+/// The retry policy: the wait after `n` failures in a row is `first`
+/// doubled `n - 1` times, at most `max`, plus up to a tenth more (jitter,
+/// so targets that failed together do not retry together).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// The wait after the first failure, in seconds.
+    pub first: i64,
+    /// The longest wait, in seconds (before jitter).
+    pub max: i64,
+}
+
+impl Default for Backoff {
+    /// One minute, doubling to six hours: the backoffice's policy for
+    /// hooks, webhooks, peers and mail.
+    fn default() -> Backoff {
+        Backoff {
+            first: 60,
+            max: 6 * 3600,
+        }
+    }
+}
+
+impl Backoff {
+    /// Seconds to wait after `failures` failures in a row; `seed` picks the
+    /// jitter (the same seed, the same wait). Never negative, never
+    /// overflows, whatever the stored values.
+    pub fn delay(&self, failures: i64, seed: u64) -> i64 {
+        let first = self.first.max(1);
+        let max = self.max.max(first);
+        let exp = failures.saturating_sub(1).clamp(0, 40) as u32;
+        let base = first.saturating_mul(1i64 << exp.min(40)).min(max);
+        let spread = (base / 10).max(0) as u64 + 1;
+        base.saturating_add((seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) as i64 % spread as i64)
+    }
+}
+
+/// A stable jitter seed for a target: the same target spreads the same way
+/// on every attempt, different targets differently.
+pub fn seed(task: &str, target: &str) -> u64 {
+    // FNV-1a: small, stable across releases (unlike std's hasher).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in task.bytes().chain([0]).chain(target.bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+const COLUMNS: &str =
+    "task, target, cursor, failures, next_attempt, last_run, last_error, last_output";
+
+fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
+    Ok(Entry {
+        task: r.get(0)?,
+        target: r.get(1)?,
+        cursor: r.get(2)?,
+        failures: r.get(3)?,
+        next_attempt: r.get(4)?,
+        last_run: r.get(5)?,
+        last_error: r.get(6)?,
+        last_output: r.get(7)?,
+    })
+}
+
+/// The entry of one target, if it has one. A repository without a ledger
+/// has none.
+pub fn get(conn: &Connection, task: &str, target: &str) -> rusqlite::Result<Option<Entry>> {
+    let stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM bo_ledger WHERE task = ?1 AND target = ?2"
+    ));
+    match stmt {
+        Ok(mut s) => s.query_row(params![task, target], entry).optional(),
+        Err(e) if crate::repo::is_no_such_table(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every entry of a task, by target. A repository without a ledger has
+/// none.
+pub fn all(conn: &Connection, task: &str) -> rusqlite::Result<Vec<Entry>> {
+    let stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM bo_ledger WHERE task = ?1 ORDER BY target"
+    ));
+    match stmt {
+        Ok(mut s) => s.query_map([task], entry)?.collect(),
+        Err(e) if crate::repo::is_no_such_table(&e) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The earliest `next_attempt` over a task's targets that have failed
+/// (`failures > 0`), if any: when a retry is next due.
+pub fn next_retry(conn: &Connection, task: &str) -> rusqlite::Result<Option<i64>> {
+    let stmt = conn
+        .prepare_cached("SELECT min(next_attempt) FROM bo_ledger WHERE task = ?1 AND failures > 0");
+    match stmt {
+        Ok(mut s) => s.query_row([task], |r| r.get(0)),
+        Err(e) if crate::repo::is_no_such_table(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Gives a target an entry starting at `cursor`, if it has none (a new
+/// target). Creates the ledger if needed.
+pub fn start(conn: &Connection, task: &str, target: &str, cursor: i64) -> rusqlite::Result<()> {
+    install(conn)?;
+    conn.prepare_cached(
+        "INSERT INTO bo_ledger(task, target, cursor) VALUES (?1, ?2, ?3)
+         ON CONFLICT(task, target) DO NOTHING",
+    )?
+    .execute(params![task, target, cursor])?;
+    Ok(())
+}
+
+/// Records a successful attempt at `now`: the cursor moves to `cursor`,
+/// failures go back to 0, the last error is cleared, the output (if any)
+/// kept. Creates the entry if it has none.
+pub fn succeeded(
+    conn: &Connection,
+    task: &str,
+    target: &str,
+    cursor: i64,
+    now: i64,
+    output: Option<&str>,
+) -> rusqlite::Result<()> {
+    install(conn)?;
+    conn.prepare_cached(
+        "INSERT INTO bo_ledger(task, target, cursor, failures, next_attempt, last_run, last_error, last_output)
+         VALUES (?1, ?2, ?3, 0, 0, ?4, NULL, ?5)
+         ON CONFLICT(task, target) DO UPDATE SET cursor = excluded.cursor, failures = 0,
+           next_attempt = 0, last_run = excluded.last_run, last_error = NULL,
+           last_output = excluded.last_output",
+    )?
+    .execute(params![task, target, cursor, now, output])?;
+    Ok(())
+}
+
+/// Records a failed attempt at `now`: failures + 1, the next attempt put
+/// off by `policy`, the error and output kept; the cursor stays. Returns
+/// the entry as it now stands. Creates the entry (cursor 0) if it has none.
+pub fn failed(
+    conn: &Connection,
+    task: &str,
+    target: &str,
+    now: i64,
+    error: &str,
+    output: Option<&str>,
+    policy: &Backoff,
+) -> rusqlite::Result<Entry> {
+    install(conn)?;
+    let failures = get(conn, task, target)?
+        .map_or(0, |e| e.failures)
+        .saturating_add(1);
+    let next = now.saturating_add(policy.delay(failures, seed(task, target)));
+    conn.prepare_cached(
+        "INSERT INTO bo_ledger(task, target, cursor, failures, next_attempt, last_run, last_error, last_output)
+         VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT(task, target) DO UPDATE SET failures = excluded.failures,
+           next_attempt = excluded.next_attempt, last_run = excluded.last_run,
+           last_error = excluded.last_error, last_output = excluded.last_output",
+    )?
+    .execute(params![task, target, failures, next, now, error, output])?;
+    Ok(get(conn, task, target)?.unwrap_or_default())
+}
+
+/// Sets a target's entry as given (an operator's reset, a retry now, a
+/// migration). Creates the ledger if needed.
+pub fn put(conn: &Connection, e: &Entry) -> rusqlite::Result<()> {
+    install(conn)?;
+    conn.prepare_cached(&format!(
+        "INSERT OR REPLACE INTO bo_ledger({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+    ))?
+    .execute(params![
+        e.task,
+        e.target,
+        e.cursor,
+        e.failures,
+        e.next_attempt,
+        e.last_run,
+        e.last_error,
+        e.last_output
+    ])?;
+    Ok(())
+}
+
+/// Forgets a target (it was removed). Nothing happens if it had no entry.
+pub fn remove(conn: &Connection, task: &str, target: &str) -> rusqlite::Result<()> {
+    match conn.prepare_cached("DELETE FROM bo_ledger WHERE task = ?1 AND target = ?2") {
+        Ok(mut s) => s.execute(params![task, target]).map(|_| ()),
+        Err(e) if crate::repo::is_no_such_table(&e) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_target_moves_fails_backs_off_and_recovers() {
+        let c = Connection::open_in_memory().unwrap();
+        assert_eq!(get(&c, "hooks", "1").unwrap(), None, "no ledger yet");
+        assert_eq!(next_retry(&c, "hooks").unwrap(), None);
+        start(&c, "hooks", "1", 7).unwrap();
+        start(&c, "hooks", "1", 99).unwrap();
+        assert_eq!(get(&c, "hooks", "1").unwrap().unwrap().cursor, 7);
+        let p = Backoff::default();
+        let e = failed(&c, "hooks", "1", 1000, "exit 3", Some("oops"), &p).unwrap();
+        assert_eq!((e.cursor, e.failures), (7, 1));
+        assert!((1060..=1066).contains(&e.next_attempt), "{e:?}");
+        assert!(!e.ready(1000) && e.ready(e.next_attempt));
+        let e = failed(&c, "hooks", "1", 2000, "exit 3", None, &p).unwrap();
+        assert_eq!(e.failures, 2);
+        assert!((2120..=2132).contains(&e.next_attempt), "{e:?}");
+        assert_eq!(next_retry(&c, "hooks").unwrap(), Some(e.next_attempt));
+        assert_eq!(next_retry(&c, "webhooks").unwrap(), None);
+        succeeded(&c, "hooks", "1", 9, 3000, Some("ok")).unwrap();
+        let e = get(&c, "hooks", "1").unwrap().unwrap();
+        assert_eq!(
+            (
+                e.cursor,
+                e.failures,
+                e.next_attempt,
+                e.last_error,
+                e.last_run
+            ),
+            (9, 0, 0, None, Some(3000))
+        );
+        assert_eq!(next_retry(&c, "hooks").unwrap(), None);
+        assert_eq!(all(&c, "hooks").unwrap().len(), 1);
+        remove(&c, "hooks", "1").unwrap();
+        assert_eq!(all(&c, "hooks").unwrap(), vec![]);
+    }
+
+    proptest! {
+        /// Bounded, growing, never negative, whatever the stored values.
+        #[test]
+        fn backoff_is_bounded_and_grows(f in any::<i64>(), seed in any::<u64>(),
+                                        first in 1i64..10_000, extra in 0i64..100_000) {
+            let p = Backoff { first, max: first + extra };
+            let d = p.delay(f, seed);
+            prop_assert!(d >= first.min(p.max) && d <= p.max + p.max / 10);
+            if (1..40).contains(&f) {
+                prop_assert!(p.delay(f + 1, seed) >= d - p.max / 10);
+            }
+        }
+    }
+}
