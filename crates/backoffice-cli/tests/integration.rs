@@ -42,3 +42,5 @@ mod replicate;
 // Fault injection: SMTP, webhook and hook failures and SIGKILLed workers at
 // once, then healed; nothing lost, few duplicates, never two workers at once.
 mod chaos;
+// The shape of the code: the engine names no task, the web front imports one way.
+mod layout;

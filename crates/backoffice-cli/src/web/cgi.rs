@@ -19,7 +19,9 @@ use axum::body::Body;
 use axum::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use tower::ServiceExt;
 
-use super::{App, repo_in_path, router};
+use super::app::App;
+use super::router;
+use super::site::repo_in_path;
 
 /// A CGI request, as the environment describes it.
 #[derive(Debug, Default)]

@@ -1,11 +1,33 @@
 //! `GET /metrics`: Prometheus text exposition, one series per repository.
 
 use std::fmt::Write;
+use std::sync::Arc;
 
-use super::App;
+use axum::extract::State;
+use axum::http::{HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+
+use super::app::App;
+use super::respond::{blocking, web_status};
+
+/// `GET /metrics`.
+pub async fn get_metrics(State(app): State<Arc<App>>) -> Response {
+    blocking(app, |app| {
+        let text = render(app);
+        Ok((
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            text,
+        )
+            .into_response())
+    })
+    .await
+}
 
 /// Escapes a label value (backslash, double quote, newline).
-pub fn label(v: &str) -> String {
+fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")
@@ -34,7 +56,7 @@ impl Family {
 }
 
 /// The metrics text for every served repository.
-pub fn render(app: &App) -> String {
+fn render(app: &App) -> String {
     let mut runs = Family::new(
         "backoffice_runs_total",
         "counter",
@@ -89,10 +111,7 @@ pub fn render(app: &App) -> String {
         let l = format!("repo=\"{}\"", label(&name));
         started.add(format!("{{{l}}}"), app.workers_started(&name));
         checks.add(format!("{{{l}}}"), app.checks_run(&name));
-        let st = match app
-            .site
-            .with_repo(&name, |r| super::router::web_status(app, &name, r))
-        {
+        let st = match app.site.with_repo(&name, |r| web_status(app, &name, r)) {
             Some(Ok(Ok(st))) => st,
             _ => {
                 up.add(format!("{{{l}}}"), 0);

@@ -1,82 +1,101 @@
-//! The HTML pages. No JavaScript, no outside resources, one inline style
-//! sheet; every value from a repository or a request goes through [`esc`].
+//! The HTML pages: the index of repositories, a repository's status page,
+//! and the unsubscribe target. No JavaScript, no outside resources, one
+//! inline style sheet; every value from a repository or a request goes
+//! through [`esc`]. The page shell, escaping and error pages are in
+//! `respond.rs`, shared with every other route.
 
 use std::fmt::Write;
+use std::sync::Arc;
 
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use backoffice::clock;
 use backoffice::events::StoredEvent;
 use backoffice::status::Status;
-use backoffice_tasks::notify::subscribers::Subscriber;
+use backoffice_tasks::notify::subscribers::{self, Subscriber};
 
-use super::App;
+use super::app::App;
+use super::respond::{
+    Failure, blocking, esc, html_type, on_repo, on_repo_write, page, subscriber_failure, web_status,
+};
 
 /// "1 run", "2 runs".
 fn count(n: u64, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }
 
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn esc(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
+/// `GET /`.
+pub async fn get_index(State(app): State<Arc<App>>) -> Response {
+    blocking(app, |app| Ok(index(app))).await
 }
 
-const STYLE: &str = "body{font:15px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:60em;padding:0 1em;color:#222}\
-h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.1em;margin:1.4em 0 .4em;border-bottom:1px solid #ddd}\
-table{border-collapse:collapse}td,th{text-align:left;padding:.15em .8em .15em 0;vertical-align:top}\
-th{font-weight:600}.facts th{width:9em}.bad{color:#a00}.ok{color:#070}.dim{color:#777}\
-pre{background:#f5f5f5;padding:.6em;white-space:pre-wrap;overflow-wrap:anywhere;font-size:13px}\
-.problems li{color:#a00}code{background:#f3f3f3;padding:0 .2em}";
-
-/// A whole page around `body`; `refresh` reloads it every N seconds.
-fn page(title: &str, refresh: Option<u32>, body: &str) -> String {
-    let refresh = refresh
-        .map(|n| format!("<meta http-equiv=\"refresh\" content=\"{n}\">"))
-        .unwrap_or_default();
-    format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width\">{refresh}\
-<title>{}</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n",
-        esc(title)
-    )
+/// `GET /r/NAME`.
+pub async fn get_status(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+    on_repo(app, name.clone(), true, move |app, repo| {
+        let st = web_status(app, &name, repo)?;
+        let events = backoffice::events::recent_events(repo.conn(), 10)
+            .map_err(|e| Failure::sqlite("reading recent events", e))?;
+        let html = status(&name, &st, &events, app.workers_started(&name));
+        Ok((html_type(), html).into_response())
+    })
+    .await
 }
 
-/// A page for an error reply.
-pub fn error_page(status: StatusCode, message: &str) -> String {
-    let code = status.as_u16();
-    let reason = status.canonical_reason().unwrap_or("");
-    page(
-        &format!("{code} {reason}"),
-        None,
-        &format!(
-            "<h1>{code} {}</h1>\n<p>{}</p>\n<p><a href=\"/\">All repositories</a></p>",
-            esc(reason),
-            esc(message)
-        ),
+/// `GET /r/NAME/unsubscribe/CODE`.
+pub async fn get_unsubscribe(
+    State(app): State<Arc<App>>,
+    Path((name, code)): Path<(String, String)>,
+) -> Response {
+    // A GET changes nothing: mail scanners fetch links. It shows a button
+    // that POSTs, which is also what RFC 8058 one-click clients send.
+    on_repo(
+        app,
+        name.clone(),
+        true,
+        move |_, repo| match subscribers::find_by_code(repo.conn(), &code) {
+            Ok(Some(s)) => Ok((html_type(), unsubscribe_form(&name, &s)).into_response()),
+            Ok(None) => Err(bad_code()),
+            Err(e) => Err(subscriber_failure(e)),
+        },
     )
+    .await
+}
+
+/// `POST /r/NAME/unsubscribe/CODE` (also RFC 8058's one-click POST).
+pub async fn post_unsubscribe(
+    State(app): State<Arc<App>>,
+    Path((name, code)): Path<(String, String)>,
+) -> Response {
+    on_repo_write(
+        app,
+        name.clone(),
+        true,
+        move |_, repo| match backoffice::repo::immediate(repo.conn(), || {
+            subscribers::unsubscribe_by_code(repo.conn(), &code)
+        }) {
+            Ok(Some(addr)) => Ok((html_type(), unsubscribed(&name, &addr)).into_response()),
+            Ok(None) => Err(bad_code()),
+            Err(e) => Err(subscriber_failure(e)),
+        },
+    )
+    .await
+}
+
+fn bad_code() -> Failure {
+    Failure::new(
+        StatusCode::NOT_FOUND,
+        "this unsubscribe link is not valid: it may have been mistyped, or the subscription removed",
+    )
+    .html()
 }
 
 /// `GET /`: every repository, its last run and anything failing.
-pub fn index(app: &App) -> axum::response::Response {
-    use axum::response::IntoResponse;
+fn index(app: &App) -> Response {
     let list = app.site.list();
     let mut rows = String::new();
     for (name, _) in &list {
-        let cell = match app
-            .site
-            .with_repo(name, |r| super::router::web_status(app, name, r))
-        {
+        let cell = match app.site.with_repo(name, |r| web_status(app, name, r)) {
             Some(Ok(Ok(st))) => {
                 let last = match &st.last_run {
                     Some(r) => format!("{} ({} items)", st.last_run_ago, r.items()),
@@ -119,15 +138,11 @@ pub fn index(app: &App) -> axum::response::Response {
 <p class=\"dim\"><a href=\"/metrics\">metrics</a></p>"
         )
     };
-    (
-        [(axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        page("backoffice", Some(30), &body),
-    )
-        .into_response()
+    (html_type(), page("backoffice", Some(30), &body)).into_response()
 }
 
 /// `GET /r/NAME`: one repository at a glance.
-pub fn status(name: &str, st: &Status, events: &[StoredEvent], started_here: u64) -> String {
+fn status(name: &str, st: &Status, events: &[StoredEvent], started_here: u64) -> String {
     let mut b = String::new();
     let n = esc(name);
     let _ = writeln!(
@@ -282,7 +297,7 @@ pub fn status(name: &str, st: &Status, events: &[StoredEvent], started_here: u64
 }
 
 /// `GET /r/NAME/unsubscribe/CODE`: a button, since a GET changes nothing.
-pub fn unsubscribe_form(name: &str, s: &Subscriber) -> String {
+fn unsubscribe_form(name: &str, s: &Subscriber) -> String {
     let body = if s.donotcall {
         format!(
             "<h1>Unsubscribed</h1>\n<p>{} gets no email from {}.</p>",
@@ -306,7 +321,7 @@ pub fn unsubscribe_form(name: &str, s: &Subscriber) -> String {
 }
 
 /// After `POST /r/NAME/unsubscribe/CODE`.
-pub fn unsubscribed(name: &str, address: &str) -> String {
+fn unsubscribed(name: &str, address: &str) -> String {
     page(
         "Unsubscribed",
         None,

@@ -18,8 +18,9 @@ use axum::response::{IntoResponse, Response};
 use http_body_util::BodyExt;
 use tokio::io::AsyncWriteExt;
 
-use super::router::{Failure, bearer, unauthorized};
-use super::{App, site};
+use super::app::{App, ReplicaSink};
+use super::respond::{Failure, bearer, json_type, unauthorized};
+use super::site;
 
 static UPLOADS: AtomicU64 = AtomicU64::new(0);
 
@@ -39,11 +40,7 @@ pub async fn probe(
 }
 
 /// The sink, if this request may deliver a replica named `name`.
-fn admit<'a>(
-    app: &'a App,
-    name: &str,
-    headers: &HeaderMap,
-) -> Result<&'a super::ReplicaSink, Failure> {
+fn admit<'a>(app: &'a App, name: &str, headers: &HeaderMap) -> Result<&'a ReplicaSink, Failure> {
     let Some(sink) = app.replicas.as_ref() else {
         return Err(Failure::new(
             StatusCode::NOT_FOUND,
@@ -120,12 +117,7 @@ async fn take(
         Ok(Ok(_)) => {
             tracing::info!(replica = %name, bytes, "took a replica");
             let body = serde_json::json!({ "replica": name, "bytes": bytes }).to_string();
-            Ok((
-                StatusCode::CREATED,
-                [("content-type", "application/json")],
-                body,
-            )
-                .into_response())
+            Ok((StatusCode::CREATED, json_type(), body).into_response())
         }
         Ok(Err(msg)) => {
             let _ = tokio::fs::remove_file(&tmp).await;

@@ -55,7 +55,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt;
 
-use super::{App, repo_in_path, router};
+use super::app::App;
+use super::router;
+use super::site::repo_in_path;
 
 /// Runs the after-request check once a successful reply for a repository
 /// has been produced.

@@ -166,6 +166,14 @@ pub fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
+/// The repository a request path is about: `NAME` in `/r/NAME` and
+/// `/r/NAME/...`.
+pub fn repo_in_path(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/r/")?;
+    let name = rest.split('/').next()?;
+    valid_name(name).then_some(name)
+}
+
 /// The name a repository file is served under: its file name without the
 /// extension, or `None` if that is not a valid name.
 pub fn name_of(path: &Path) -> Option<String> {

@@ -1,0 +1,209 @@
+//! What every request handler shares: the [`App`] (the served site, the
+//! engine, the request limits) and its per-process counters and write
+//! gates. It knows nothing of routes or replies, so every other file of the
+//! web front may use it.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use backoffice::{Backoffice, Started};
+
+use super::site::Site;
+
+/// Request limits. The defaults suit a status page and a small JSON API.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body, bytes.
+    pub max_body: usize,
+    /// Longest time to receive a request body.
+    pub body_timeout: Duration,
+    /// Longest time to receive a request's headers, and longest a
+    /// keep-alive connection may sit idle between requests.
+    pub header_timeout: Duration,
+    /// Largest request head (request line and headers), bytes.
+    pub max_header: usize,
+    /// Most connections served at once; more wait to be accepted.
+    pub max_connections: usize,
+    /// Most connections from one client address at once; more are refused
+    /// (closed at once), so one client cannot take every connection.
+    pub max_per_client: usize,
+    /// Header (and idle) timeout for connections accepted while the server
+    /// is near its connection cap, when idle connections are also shed.
+    pub busy_header_timeout: Duration,
+    /// Longest a connection may live, however busy (bounds a client that
+    /// never reads its replies).
+    pub connection_lifetime: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body: 1 << 20,
+            body_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(15),
+            max_header: 16 * 1024,
+            max_connections: 1024,
+            max_per_client: 256,
+            busy_header_timeout: Duration::from_secs(2),
+            connection_lifetime: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Everything a request handler needs.
+#[derive(Debug)]
+pub struct App {
+    /// The served repositories.
+    pub site: Site,
+    /// The engine: tasks and how to start workers.
+    pub bo: Backoffice,
+    /// Request limits.
+    pub limits: Limits,
+    /// Whether replies run the after-request check (off: pages only, for
+    /// cron-driven setups).
+    pub trigger: bool,
+    started: Mutex<HashMap<String, u64>>,
+    checks: Mutex<HashMap<String, u64>>,
+    read_checks: Mutex<HashMap<String, Instant>>,
+    /// Where copies pushed by peers go (`serve --replica-dir`), if anywhere.
+    pub replicas: Option<ReplicaSink>,
+    write_gates: Vec<Mutex<()>>,
+}
+
+/// Stripes of the in-process write gate ([`App::write_gate`]): a fixed
+/// number, so the gate costs the same for one repository or 10,000.
+const WRITE_GATES: usize = 64;
+
+/// Copies of other servers' repositories this server takes: `PUT
+/// /replica/NAME` with the token stores `DIR/NAME.db`.
+#[derive(Debug)]
+pub struct ReplicaSink {
+    /// The folder.
+    pub dir: std::path::PathBuf,
+    /// The token peers send.
+    pub token: String,
+    /// Generations kept.
+    pub keep: u32,
+    /// Largest copy taken, bytes.
+    pub max_bytes: u64,
+}
+
+/// After a read-only request (GET, HEAD) the check runs at most this often
+/// per repository. Such a request changed nothing, so all it can bring to
+/// light is work that became due with the clock — and `due` times are whole
+/// seconds — or work another process left without running its own check.
+/// Requests that change something always run the check. Without this, a
+/// server answering thousands of reads a second spends a sixth of its time
+/// re-asking a question whose answer cannot have changed (measured:
+/// `bench/web.sh`, part a).
+pub const READ_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+impl App {
+    /// An app serving `site` with this engine.
+    pub fn new(site: Site, bo: Backoffice, limits: Limits, trigger: bool) -> App {
+        App {
+            site,
+            bo,
+            limits,
+            trigger,
+            started: Mutex::new(HashMap::new()),
+            checks: Mutex::new(HashMap::new()),
+            read_checks: Mutex::new(HashMap::new()),
+            replicas: None,
+            write_gates: (0..WRITE_GATES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    /// Takes copies pushed by peers into `sink`.
+    pub fn with_replicas(mut self, sink: ReplicaSink) -> App {
+        self.replicas = Some(sink);
+        self
+    }
+
+    /// Whether the reply to a request with this method should run the
+    /// after-request check for `name` now (see [`READ_CHECK_EVERY`]).
+    pub fn wants_check(&self, name: &str, read_only: bool) -> bool {
+        if !self.trigger {
+            return false;
+        }
+        if !read_only {
+            return true;
+        }
+        let mut last = self.read_checks.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match last.get_mut(name) {
+            Some(t) if now.duration_since(*t) < READ_CHECK_EVERY => false,
+            Some(t) => {
+                *t = now;
+                true
+            }
+            None => {
+                last.insert(name.to_owned(), now);
+                true
+            }
+        }
+    }
+
+    /// The after-request check for repository `name`: start a worker if work
+    /// is due and none is queued. Blocking (SQLite); never fails a request.
+    pub fn after_request(&self, name: &str) -> Option<Started> {
+        bump(&self.checks, name);
+        let started = match self
+            .site
+            .with_repo(name, |r| self.bo.after_request(r.conn()))?
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(repo = name, "after-request check: {e}");
+                return None;
+            }
+        };
+        if let Started::Worker { pid } = started {
+            tracing::debug!(repo = name, pid, "started a worker");
+            bump(&self.started, name);
+        }
+        Some(started)
+    }
+
+    /// Held by a request that writes to repository `name`, so this
+    /// server's own writers to one repository queue here, in order, rather
+    /// than all polling SQLite's lock at once: SQLite's busy handler sleeps
+    /// and retries, which under a burst of concurrent writers lets some
+    /// wait out the whole busy timeout while others get in. With the gate,
+    /// only one of ours contends with other processes at a time.
+    pub fn write_gate(&self, name: &str) -> std::sync::MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        name.hash(&mut h);
+        let i = (h.finish() % WRITE_GATES as u64) as usize;
+        self.write_gates[i]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Workers this process has started for `name`.
+    pub fn workers_started(&self, name: &str) -> u64 {
+        count(&self.started, name)
+    }
+
+    /// After-request checks this process has run for `name`.
+    pub fn checks_run(&self, name: &str) -> u64 {
+        count(&self.checks, name)
+    }
+}
+
+fn bump(counters: &Mutex<HashMap<String, u64>>, name: &str) {
+    let mut c = counters.lock().unwrap_or_else(|p| p.into_inner());
+    match c.get_mut(name) {
+        Some(n) => *n += 1,
+        None => {
+            c.insert(name.to_owned(), 1);
+        }
+    }
+}
+
+fn count(counters: &Mutex<HashMap<String, u64>>, name: &str) -> u64 {
+    let c = counters.lock().unwrap_or_else(|p| p.into_inner());
+    c.get(name).copied().unwrap_or(0)
+}
