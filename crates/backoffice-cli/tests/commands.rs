@@ -274,13 +274,22 @@ fn a_hosts_own_task_declares_a_setting_that_every_view_shows() {
     let r = env.repo("r.db", 60);
     let repo = r.path.to_str().unwrap();
     let all = Cmd::host().args(["setting", "-R", repo]).output().success();
-    assert!(all.contains("host-outdir") && all.contains("(default)"), "{all}");
-    assert!(all.contains("backoffice-lease-time"), "the engine's too:\n{all}");
+    assert!(
+        all.contains("host-outdir") && all.contains("(default)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("backoffice-lease-time"),
+        "the engine's too:\n{all}"
+    );
     let err = Cmd::host()
         .args(["setting", "-R", repo, "host-outdir", "a\nb"])
         .output()
         .failure();
-    assert!(err.contains("host-outdir") && err.contains("newline"), "{err}");
+    assert!(
+        err.contains("host-outdir") && err.contains("newline"),
+        "{err}"
+    );
     let out = env.path("out");
     Cmd::host()
         .args(["setting", "-R", repo, "host-outdir", out.to_str().unwrap()])
