@@ -22,11 +22,27 @@ fn file_id(p: &Path) -> Option<(u64, u64)> {
     std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()))
 }
 
+/// Copies the host binary to `to` in another process (`cp`). Not with
+/// `std::fs::copy`: while this process holds the new file open for
+/// writing, a child that another test's thread forks at that moment
+/// inherits the descriptor until its `exec`, and starting the new file then
+/// fails with ETXTBSY ("Text file busy"); seen with several tests of this
+/// module spawning at once.
+fn copy_host(to: &Path) {
+    let ok = std::process::Command::new("cp")
+        .arg(host_bin())
+        .arg(to)
+        .status()
+        .expect("cannot run cp")
+        .success();
+    assert!(ok, "cp {} {}", host_bin().display(), to.display());
+}
+
 /// Copies the host binary to `dir/host`, as an installation would.
 fn install(dir: &Path) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let exe = dir.join("host");
-    std::fs::copy(host_bin(), &exe).unwrap();
+    copy_host(&exe);
     exe
 }
 
@@ -34,7 +50,7 @@ fn install(dir: &Path) -> PathBuf {
 /// renamed over it. Returns the new file's id.
 fn upgrade(exe: &Path) -> (u64, u64) {
     let tmp = exe.with_extension("new");
-    std::fs::copy(host_bin(), &tmp).unwrap();
+    copy_host(&tmp);
     std::fs::rename(&tmp, exe).unwrap();
     file_id(exe).unwrap()
 }
