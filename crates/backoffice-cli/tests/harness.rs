@@ -38,12 +38,23 @@ pub fn host_bin() -> PathBuf {
     CHECKED.get_or_init(|| {
         let built = std::fs::metadata(&host).and_then(|m| m.modified()).ok();
         let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let newest = ["backoffice/src", "backoffice-cli/src", "backoffice-cli/src/commands", "backoffice-cli/examples"]
-            .iter()
-            .filter_map(|d| std::fs::read_dir(crates.join(d)).ok())
-            .flat_map(|rd| rd.flatten())
-            .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
-            .max();
+        // The host's own source and every library it links (the other
+        // examples are separate programs).
+        let newest = [
+            "backoffice/src",
+            "backoffice-tasks/src",
+            "backoffice-tasks/src/notify",
+            "backoffice-cli/src",
+            "backoffice-cli/src/commands",
+            "backoffice-cli/src/web",
+        ]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(crates.join(d)).ok())
+        .flat_map(|rd| rd.flatten())
+        .map(|e| e.path())
+        .chain([crates.join("backoffice-cli/examples/host.rs")])
+        .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .max();
         assert!(
             built >= newest,
             "{} is older than the sources: run `cargo test` without --test, or `cargo build --examples` first",
