@@ -2,8 +2,10 @@
 //! files, and fluent commands around the real binaries.
 //!
 //! Two programs are under test:
-//! * `backoffice`, the command as shipped (no tasks of its own), and
-//! * `host`, `examples/host.rs`: the same commands plus an `outbox` task, so
+//! * `backoffice`, the command as shipped (with the five tasks of
+//!   `backoffice-tasks`), and
+//! * `host`, `examples/host.rs`: the same commands with the host's own tasks
+//!   instead (`flaky`, and `outbox` with its setting `host-outdir`), so
 //!   workers have real work whose timing we can observe. The task appends
 //!   `enter PID NANOS` / `exit PID NANOS` to the file named by the
 //!   `host-journal` config row; `host-work-ms` makes the work take that long.

@@ -11,6 +11,17 @@
 //! Tasks run in the order they were added. An error or a panic in one is
 //! recorded and the others still run. Tasks never touch the lease.
 //!
+//! What a task author uses besides this trait:
+//!
+//! * its settings, declared once ([`Task::settings`], [`crate::settings`]);
+//! * the event log, if it reacts to what the application does
+//!   ([`crate::events`]);
+//! * the retry ledger, if it delivers to targets that can fail
+//!   ([`crate::ledger`]);
+//! * [`crate::writes::own_write`] for every write it makes on a timer
+//!   rather than in answer to new application data, so replication does
+//!   not mistake the backoffice's bookkeeping for a change.
+//!
 //! Each run leaves one line in the run log, in Fossil's format:
 //!
 //! ```text
