@@ -21,8 +21,9 @@
 //!
 //! Anything else — another status, a time-out, a refused connection — stops
 //! that endpoint for this run (so its order is kept), counts one failure and
-//! sets its next attempt by the ledger's policy ([`backoffice::ledger::Backoff`]:
-//! 1 minute, 2, 4, … capped at 6 hours, with jitter). After `webhook-max-attempts` failures in a row the
+//! sets its next attempt by the ledger's policy
+//! ([`backoffice::ledger::Backoff`]: 1 minute, 2, 4, … capped at 6 hours,
+//! with jitter). After `webhook-max-attempts` failures in a row the
 //! endpoint is *dead*, with its reason in `status`, until `backoffice webhook
 //! retry ID`.
 //!
