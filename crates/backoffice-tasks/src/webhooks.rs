@@ -74,7 +74,7 @@ use serde::Serialize;
 use sha2::Sha256;
 
 use backoffice::ledger::{self, Backoff};
-use backoffice::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+use backoffice::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// The task's name, and its name in the retry ledger.
 const TASK: &str = "webhooks";
@@ -1090,7 +1090,7 @@ fn serve(
                     }
                 }
                 Err(e) => {
-                    let e = backoffice::task::one_line(&format!("event {}: {e}", ev.eventid));
+                    let e = backoffice::short_line(&format!("event {}: {e}", ev.eventid));
                     fail(db, cfg, w, cursor, pending, &e, now)?;
                     turn.failed = Some(e);
                     break 'outer;
