@@ -256,16 +256,16 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
 }
 
 /// Creates the tables (ours, the ledger and the event table) if they are
-/// missing, and moves the retry state of a repository of release 0.1.0
-/// into the ledger (see [Upgrading](self#upgrading)).
+/// missing, gives events their uid ([`backoffice::events::ensure_uid`]),
+/// and moves the retry state of a repository of release 0.1.0 into the
+/// ledger (see [Upgrading](self#upgrading)).
 ///
 /// Run it inline when the caller already holds a transaction; otherwise
-/// the move takes one of its own.
+/// the changes of shape take one of their own.
 pub fn install(conn: &Connection) -> rusqlite::Result<()> {
     backoffice::events::install(conn)?;
     ledger::install(conn)?;
     conn.execute_batch(SCHEMA)?;
-    backoffice::events::ensure_uid(conn)?;
     migrate(conn)
 }
 
@@ -278,21 +278,31 @@ fn old_shape(conn: &Connection) -> rusqlite::Result<bool> {
     conn.column_exists(None, "bo_webhook", "next_attempt")
 }
 
-/// Moves the retry state out of `bo_webhook` into the ledger, then drops
-/// its columns; nothing if already done. Idempotent, and safe against
-/// another process doing the same: the shape is checked again under the
-/// write lock, and the copy and the drops commit together or not at all.
+/// Gives `bo_event` its `uid` column, moves the retry state out of
+/// `bo_webhook` into the ledger and drops its columns; nothing if already
+/// done. Idempotent, and safe against other processes doing the same at
+/// once: the shape is checked again under the write lock, and the copy and
+/// the drops commit together or not at all.
+///
+/// Adding the `uid` column is done under the same lock because two
+/// processes that both saw it missing would both add it, and the second
+/// would fail (`duplicate column name: uid`, found by
+/// `processes_upgrading_a_0_1_0_repository_at_once_lose_nothing`).
 fn migrate(conn: &Connection) -> rusqlite::Result<()> {
-    if !old_shape(conn)? {
-        return Ok(());
+    if !old_shape(conn)? && conn.column_exists(None, "bo_event", "uid")? {
+        // At most the uid trigger and missing uids: idempotent statements,
+        // safe without the lock.
+        return backoffice::events::ensure_uid(conn);
     }
     in_write(conn, || {
-        // Another process may have migrated between the check above and
-        // the lock: reading the schema table verifies the schema cookie, so
-        // a stale copy of the schema is reloaded before it is asked again.
+        // Another process may have changed the shape between the check
+        // above and the lock: reading the schema table verifies the schema
+        // cookie, so a stale copy of the schema is reloaded before it is
+        // asked again.
         conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
             r.get::<_, i64>(0)
         })?;
+        backoffice::events::ensure_uid(conn)?;
         if !old_shape(conn)? {
             return Ok(());
         }
@@ -351,9 +361,22 @@ const SELECT_OLD: &str = "SELECT w.id, w.url, w.secret, w.kinds, w.cursor, w.fai
   w.next_attempt, w.last_error, w.state, w.delivered, w.salt, w.ctime
 FROM bo_webhook w";
 
-/// The query for endpoints in this repository's shape.
-fn select(conn: &Connection) -> rusqlite::Result<&'static str> {
-    Ok(if old_shape(conn)? { SELECT_OLD } else { SELECT })
+/// Runs `read` with the endpoint query for this repository's shape
+/// ([`SELECT`] or [`SELECT_OLD`]).
+///
+/// The shape is read from the connection's copy of the schema, which may
+/// be stale: another process may have upgraded the repository since it was
+/// loaded. Then the old query fails (SQLite reloads the schema on the way),
+/// and `read` is run once more with the new one.
+fn read_endpoints<T>(
+    conn: &Connection,
+    read: impl Fn(&'static str) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let old = old_shape(conn)?;
+    match read(if old { SELECT_OLD } else { SELECT }) {
+        Err(_) if old && !old_shape(conn)? => read(SELECT),
+        r => r,
+    }
 }
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Webhook> {
@@ -436,9 +459,11 @@ pub fn get(conn: &Connection, id: i64) -> Result<Webhook, WebhookError> {
     if !conn.table_exists(None, "bo_webhook")? {
         return Err(WebhookError::NotFound(id));
     }
-    conn.query_row(&format!("{} WHERE w.id = ?1", select(conn)?), [id], row)
-        .optional()?
-        .ok_or(WebhookError::NotFound(id))
+    read_endpoints(conn, |select| {
+        conn.query_row(&format!("{select} WHERE w.id = ?1"), [id], row)
+            .optional()
+    })?
+    .ok_or(WebhookError::NotFound(id))
 }
 
 /// Every endpoint, by id.
@@ -446,8 +471,11 @@ pub fn list(conn: &Connection) -> Result<Vec<Webhook>, WebhookError> {
     if !conn.table_exists(None, "bo_webhook")? {
         return Ok(Vec::new());
     }
-    let mut s = conn.prepare(&format!("{} ORDER BY w.id", select(conn)?))?;
-    Ok(s.query_map([], row)?.collect::<rusqlite::Result<_>>()?)
+    Ok(read_endpoints(conn, |select| {
+        conn.prepare(&format!("{select} ORDER BY w.id"))?
+            .query_map([], row)?
+            .collect()
+    })?)
 }
 
 /// Removes an endpoint, and its ledger entry.
@@ -672,7 +700,9 @@ impl Task for Webhooks {
             return Ok(Due::Never);
         }
         // Not yet upgraded: the old columns still say the truth (the first
-        // run moves them into the ledger).
+        // run moves them into the ledger). Upgraded by another process since
+        // this connection read the schema: the old query fails, which counts
+        // as due (see `Tasks::due`), never as nothing to do.
         let sql = if old_shape(conn)? {
             "SELECT min(next_attempt) FROM bo_webhook
              WHERE state = 'active' AND cursor < (SELECT max(eventid) FROM bo_event)"
@@ -1516,9 +1546,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = repo_0_1_0(dir.path());
         let conn = Connection::open(&path).unwrap();
-        // Another process's connection, which has read the old shape.
+        // Other processes' connections, which have read the old shape.
         let other = Connection::open(&path).unwrap();
         let before = list(&other).unwrap();
+        let reader = Connection::open(&path).unwrap();
+        assert_eq!(list(&reader).unwrap(), before);
         assert_eq!(before.len(), 3);
         assert_eq!(
             (
@@ -1575,7 +1607,11 @@ mod tests {
             delivery_id(&before[0], 7, "u")
         );
 
-        // Again, and from the connection whose schema is stale: nothing
+        // Read through a connection whose schema is stale: the same.
+        assert!(old_shape(&reader).unwrap(), "the reader is stale");
+        assert_eq!(list(&reader).unwrap(), before);
+        assert_eq!(get(&reader, 2).unwrap(), before[1]);
+        // Again, and from a connection whose schema is stale: nothing
         // changes, nothing fails.
         install(&conn).unwrap();
         assert!(old_shape(&other).unwrap(), "the other connection is stale");
