@@ -52,7 +52,7 @@
 //! is the engine's retry ledger ([`backoffice::ledger`], task `replicate`,
 //! target the peer's id), like every other retrying target. Repositories of
 //! release 0.1.0 kept those four columns in `bo_peer`; [`install`] moves
-//! them to the ledger in place (see [`migrate`]).
+//! them to the ledger in place, in one transaction, and drops them.
 //!
 //! The ledger's `cursor` stays 0 here and the generation a copy holds stays
 //! in `bo_peer.generation`: "never copied" must differ from "copied at
@@ -159,14 +159,9 @@ CREATE TABLE IF NOT EXISTS bo_peer(
   ctime INTEGER NOT NULL
 );";
 
-/// The retry columns of release 0.1.0's `bo_peer`, and what each becomes
-/// in the ledger (an expression over the old row, if the column is there).
-const OLD_COLUMNS: [(&str, &str); 4] = [
-    ("last_try", "last_run"),
-    ("failures", "failures"),
-    ("next_attempt", "next_attempt"),
-    ("last_error", "last_error"),
-];
+/// The retry columns of release 0.1.0's `bo_peer`, now in the ledger
+/// (`last_try` as its `last_run`).
+const OLD_COLUMNS: [&str; 4] = ["last_try", "failures", "next_attempt", "last_error"];
 
 /// A peer and how replication to it went.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -237,21 +232,24 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Replica
 }
 
 /// Creates the peer table and the retry ledger if needed, moves a 0.1.0
-/// peer table's retry state into the ledger ([`migrate`]), and turns on
-/// the tracking of the engine's own writes ([`backoffice::writes`]) that
-/// tells whether the application wrote since a peer's last copy.
-/// Idempotent; every path that writes peers calls it.
+/// peer table's retry state into the ledger (in place, in one
+/// transaction), and turns on the tracking of the engine's own writes
+/// ([`backoffice::writes`]) that tells whether the application wrote since
+/// a peer's last copy. Idempotent and cheap once done (schema lookups
+/// only); every path that writes peers calls it.
 pub fn install(conn: &Connection) -> rusqlite::Result<()> {
-    if !conn.table_exists(None, "bo_peer")? || !conn.table_exists(None, "bo_ledger")? {
-        // Creating the tables is the backoffice's own write, not the
-        // application's (which would call for a copy).
+    let needed = !conn.table_exists(None, "bo_peer")?
+        || !conn.table_exists(None, "bo_ledger")?
+        || !old_columns(conn)?.is_empty();
+    if needed {
+        // The backoffice's own write, not the application's (which would
+        // call for a copy): `BEGIN IMMEDIATE`, or inside the caller's
+        // transaction if one is open.
         own_write(conn, |c| {
             c.execute_batch(SCHEMA)?;
-            ledger::install(c)
+            ledger::install(c)?;
+            migrate(c)
         })?;
-    }
-    if !old_columns(conn)?.is_empty() {
-        own_write(conn, migrate)?;
     }
     backoffice::writes::track(conn)
 }
@@ -264,25 +262,23 @@ fn old_columns(conn: &Connection) -> rusqlite::Result<Vec<&'static str>> {
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     Ok(OLD_COLUMNS
-        .iter()
-        .map(|(old, _)| *old)
+        .into_iter()
         .filter(|old| names.iter().any(|n| n.eq_ignore_ascii_case(old)))
         .collect())
 }
 
 /// Moves a 0.1.0 peer table's retry state (`last_try`, `failures`,
 /// `next_attempt`, `last_error`) into the ledger and drops those columns.
-/// Run inside one write transaction ([`install`] runs it as an own write,
-/// which opens `BEGIN IMMEDIATE` or joins the caller's): it looks again for
-/// the old columns under the write lock, so of two processes upgrading at
-/// once the second finds nothing left to do. Copies with `INSERT OR
-/// IGNORE`: an entry already in the ledger wins.
-pub fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+/// Runs inside [`install`]'s write transaction, so it looks for the old
+/// columns again under the write lock: of two processes upgrading at once
+/// the second finds nothing left to do, and a failure leaves the old shape
+/// whole. Copies with `INSERT OR IGNORE`: an entry already in the ledger
+/// wins.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     let present = old_columns(conn)?;
     if present.is_empty() {
         return Ok(());
     }
-    ledger::install(conn)?;
     // A column missing from an odd table counts as its ledger default.
     let pick = |old: &str, default: &str| {
         if present.contains(&old) {
@@ -1339,7 +1335,19 @@ mod tests {
         )
         .unwrap();
 
-        install(&c).unwrap();
+        // Two processes' workers upgrade at once: one migrates, the other
+        // finds it done (it re-checks under the write lock).
+        let ready = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    let c = Connection::open(&src).unwrap();
+                    c.busy_timeout(Duration::from_secs(10)).unwrap();
+                    ready.wait();
+                    install(&c).unwrap();
+                });
+            }
+        });
         let cols: Vec<String> = c
             .prepare("SELECT name FROM pragma_table_info('bo_peer')")
             .unwrap()
@@ -1379,17 +1387,8 @@ mod tests {
             Due::At(0),
             "peer 3 is due at once"
         );
-        // Idempotent: again, and from two connections at once.
+        // Idempotent.
         install(&c).unwrap();
-        std::thread::scope(|s| {
-            for _ in 0..2 {
-                s.spawn(|| {
-                    let c = Connection::open(&src).unwrap();
-                    c.busy_timeout(Duration::from_secs(10)).unwrap();
-                    install(&c).unwrap();
-                });
-            }
-        });
         assert_eq!(list(&c).unwrap(), before);
         // The peer works on from there: a failure counts on from 3.
         let p = find(&c, "2").unwrap().unwrap();
