@@ -85,7 +85,7 @@ use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
-use backoffice::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+use backoffice::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// `replicate-interval`: seconds between copies to a peer.
 pub const INTERVAL: &str = "replicate-interval";
@@ -597,7 +597,7 @@ pub fn push(src: &Path, url: &str, token: &str, step: Step) -> Result<Snapshot, 
             .collect();
         Err(ReplicateError::Peer(format!(
             "{url} answered {status}: {}",
-            backoffice::task::one_line(&body)
+            backoffice::short_line(&body)
         )))
     };
     // Ask first: a server that refuses a copy closes the connection under
@@ -943,7 +943,7 @@ pub fn sync_peer(
                     TASK,
                     &target,
                     now,
-                    &backoffice::task::one_line(&e.to_string()),
+                    &backoffice::short_line(&e.to_string()),
                     None,
                     &ledger::Backoff::default(),
                 )
@@ -1028,7 +1028,7 @@ impl Task for Replicate {
         if failed.is_empty() {
             Ok(done)
         } else {
-            Err(Box::new(backoffice::task::Partial {
+            Err(Box::new(backoffice::Partial {
                 items: done,
                 error: failed.join("; "),
             }))
