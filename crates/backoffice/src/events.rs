@@ -137,30 +137,39 @@ pub fn events_after_with_uid(
 /// uids for the events published from then on, so a delivery id is never
 /// used for two different events.
 pub fn ensure_uid(conn: &Connection) -> rusqlite::Result<()> {
-    let ready: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('bo_event') WHERE name = 'uid')
-            AND EXISTS(SELECT 1 FROM sqlite_schema WHERE type = 'trigger' AND name = 'bo_event_uid')",
-        [],
-        |r| r.get(0),
-    )?;
-    if ready {
+    const READY: &str = "SELECT EXISTS(SELECT 1 FROM pragma_table_info('bo_event') WHERE name = 'uid')
+            AND EXISTS(SELECT 1 FROM sqlite_schema WHERE type = 'trigger' AND name = 'bo_event_uid')";
+    if conn.query_row(READY, [], |r| r.get::<_, bool>(0))? {
         return Ok(());
     }
-    let has_column: bool = conn.query_row(
-        "SELECT EXISTS(SELECT 1 FROM pragma_table_info('bo_event') WHERE name = 'uid')",
-        [],
-        |r| r.get(0),
-    )?;
-    if !has_column {
-        conn.execute_batch("ALTER TABLE bo_event ADD COLUMN uid TEXT")?;
+    // Two processes may both find it missing: the change is made under the
+    // write lock, after looking again (that read also reloads a schema
+    // another process changed since this connection last looked).
+    let upgrade = || -> rusqlite::Result<()> {
+        if conn.query_row(READY, [], |r| r.get::<_, bool>(0))? {
+            return Ok(());
+        }
+        let has_column: bool = conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM pragma_table_info('bo_event') WHERE name = 'uid')",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_column {
+            conn.execute_batch("ALTER TABLE bo_event ADD COLUMN uid TEXT")?;
+        }
+        conn.execute_batch(
+            "UPDATE bo_event SET uid = lower(hex(randomblob(8))) WHERE uid IS NULL;
+             CREATE TRIGGER IF NOT EXISTS bo_event_uid AFTER INSERT ON bo_event
+             WHEN new.uid IS NULL BEGIN
+               UPDATE bo_event SET uid = lower(hex(randomblob(8))) WHERE eventid = new.eventid;
+             END;",
+        )
+    };
+    if conn.is_autocommit() {
+        crate::repo::immediate(conn, upgrade)
+    } else {
+        upgrade()
     }
-    conn.execute_batch(
-        "UPDATE bo_event SET uid = lower(hex(randomblob(8))) WHERE uid IS NULL;
-         CREATE TRIGGER IF NOT EXISTS bo_event_uid AFTER INSERT ON bo_event
-         WHEN new.uid IS NULL BEGIN
-           UPDATE bo_event SET uid = lower(hex(randomblob(8))) WHERE eventid = new.eventid;
-         END;",
-    )
 }
 
 /// The newest `limit` events, newest first (none if nothing was ever
@@ -482,5 +491,46 @@ mod tests {
             .query_row("SELECT count(*) FROM bo_event", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 2, "nothing refused was stored");
+    }
+
+    /// Connections that all find the uid missing add it once: none fails
+    /// with "duplicate column name", every event gets a uid.
+    #[test]
+    fn connections_adding_the_uid_at_once_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        // The race is narrow: many rounds, each on a fresh file.
+        for round in 0..15 {
+            let path = dir.path().join(format!("r{round}.db"));
+            let c = Connection::open(&path).unwrap();
+            install(&c).unwrap();
+            c.execute_batch("INSERT INTO bo_event(kind, title, mtime) VALUES ('k', 't', 0)")
+                .unwrap();
+            let conns: Vec<Connection> = (0..4)
+                .map(|_| {
+                    let c = Connection::open(&path).unwrap();
+                    c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                    // Each has read the old schema already.
+                    c.query_row("SELECT count(*) FROM bo_event", [], |r| r.get::<_, i64>(0))
+                        .unwrap();
+                    c
+                })
+                .collect();
+            let barrier = std::sync::Barrier::new(conns.len());
+            std::thread::scope(|s| {
+                for c in conns {
+                    let barrier = &barrier;
+                    s.spawn(move || {
+                        barrier.wait();
+                        ensure_uid(&c).unwrap();
+                    });
+                }
+            });
+            let missing: i64 = c
+                .query_row("SELECT count(*) FROM bo_event WHERE uid IS NULL", [], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            assert_eq!(missing, 0);
+        }
     }
 }
