@@ -14,6 +14,10 @@
 //! host <backoffice command>  every `backoffice` command, with the outbox task
 //! ```
 //!
+//! The `outbox` task declares its one real setting, `host-outdir`, the way
+//! any task does ([`Task::settings`]), so `host setting`, `host status` and
+//! the status page know it, check it and show it with its help.
+//!
 //! For tests, the task also reads these `config` rows: `host-journal` (a file
 //! to which it appends `enter PID NANOS` and `exit PID NANOS` lines),
 //! `host-work-ms` (how long the work takes), and `host-fail` (`error` or
@@ -24,6 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use backoffice::settings::{Def, Kind};
 use backoffice::{Backoffice, Context, Due, Started, Task, TaskError, Tasks};
 use rusqlite::{Connection, OptionalExtension};
 
@@ -36,6 +41,16 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS outbox(
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(id) WHERE done = 0;";
 
 struct Outbox;
+
+/// The outbox task's settings: one definition each, read by `setting`,
+/// `status` and the status page.
+const OUTBOX_SETTINGS: &[Def] = &[Def {
+    name: "host-outdir",
+    kind: Kind::Path,
+    default: "",
+    help: "The folder that gets one file per outbox row; empty: rows are only marked done.",
+    secret: false,
+}];
 
 fn config(conn: &Connection, name: &str) -> Option<String> {
     backoffice::repo::config_get(conn, name).ok().flatten()
@@ -61,6 +76,10 @@ fn journal(conn: &Connection, what: &str) {
 impl Task for Outbox {
     fn name(&self) -> &str {
         "outbox"
+    }
+
+    fn settings(&self) -> &'static [Def] {
+        OUTBOX_SETTINGS
     }
 
     fn due(&self, conn: &Connection, _now: i64) -> Result<Due, TaskError> {

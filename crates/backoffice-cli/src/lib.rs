@@ -1,10 +1,13 @@
 //! The `backoffice` command-line tool, as a library.
 //!
-//! The binary is `main(Tasks::new())`: the engine with no tasks of its own
-//! (later releases add email, hooks, webhooks). A Rust host that has tasks of
-//! its own calls [`main`] with them from its own binary and gets every
-//! command — `run`, `trigger`, `status`, the hidden `worker` that triggers
-//! start — for free; `examples/host.rs` does exactly that.
+//! The `backoffice` binary is [`main`] called with the five tasks of the
+//! `backoffice-tasks` crate (`src/main.rs`). A Rust host calls [`main`]
+//! with its own task list from its own binary and gets every command —
+//! `run`, `trigger`, `status`, `setting` (its tasks' settings included),
+//! `serve`, the hidden `worker` that triggers start — for free;
+//! `examples/host.rs` does exactly that. The commands that manage the
+//! shipped tasks' data (`subscriber`, `outbox`, `hook`, `webhook`, `peer`,
+//! `maintain`) work on any repository, whichever tasks the binary runs.
 //!
 //! # Layout
 //!
@@ -13,7 +16,11 @@
 //! * `commands/`: one file per command; each takes its parsed arguments and
 //!   the task list, and returns `anyhow::Result`.
 //! * `web/`: the web front behind `serve` and `cgi` (axum on tokio; this
-//!   crate only, so the library stays synchronous and light).
+//!   crate only, so the engine stays synchronous and light); its files
+//!   import one way (see `web/mod.rs`).
+//!
+//! The crates depend one way: `backoffice-cli` → `backoffice-tasks` →
+//! `backoffice` (the engine), and a host's own tasks → `backoffice`.
 
 mod cli;
 pub mod commands;

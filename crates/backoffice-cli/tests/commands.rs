@@ -263,3 +263,74 @@ fn poll_with_sweeps_fails_when_a_sweep_failed() {
         .output()
         .success();
 }
+
+/// A host's own task declares its own setting (`host-outdir` in
+/// examples/host.rs) the way the shipped tasks do: the host's `setting`
+/// lists it with its default and checks values against its type, `status`
+/// and the status page show it; a binary without that task does not know it.
+#[test]
+fn a_hosts_own_task_declares_a_setting_that_every_view_shows() {
+    let env = Env::new();
+    let r = env.repo("r.db", 60);
+    let repo = r.path.to_str().unwrap();
+    let all = Cmd::host().args(["setting", "-R", repo]).output().success();
+    assert!(
+        all.contains("host-outdir") && all.contains("(default)"),
+        "{all}"
+    );
+    assert!(
+        all.contains("backoffice-lease-time"),
+        "the engine's too:\n{all}"
+    );
+    let err = Cmd::host()
+        .args(["setting", "-R", repo, "host-outdir", "a\nb"])
+        .output()
+        .failure();
+    assert!(
+        err.contains("host-outdir") && err.contains("newline"),
+        "{err}"
+    );
+    let out = env.path("out");
+    Cmd::host()
+        .args(["setting", "-R", repo, "host-outdir", out.to_str().unwrap()])
+        .output()
+        .success();
+    assert_eq!(r.get("host-outdir").as_deref(), out.to_str());
+    let status = Cmd::host()
+        .args(["status", "-R", repo, "--json"])
+        .output()
+        .success();
+    let js: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let shown = js["settings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "host-outdir")
+        .unwrap_or_else(|| panic!("status lacks host-outdir: {status}"));
+    assert_eq!(shown["value"].as_str(), out.to_str());
+    let srv = crate::web::Server::launch(
+        Cmd::host()
+            .arg("serve")
+            .arg(&r.path)
+            .args(["--listen", "127.0.0.1:0"]),
+        &env,
+    );
+    let page = crate::web::get(&srv.addr, "/r/r");
+    assert!(page.body.contains("host-outdir"), "{}", page.body);
+    // The task works from it: a request's row lands in the folder.
+    Cmd::host().args(["init", repo]).output().success();
+    r.conn()
+        .execute("INSERT INTO outbox(body) VALUES ('hello')", [])
+        .unwrap();
+    Cmd::host().args(["run", repo]).output().success();
+    assert_eq!(
+        std::fs::read_to_string(out.join("000001.txt")).unwrap(),
+        "hello"
+    );
+    // The binary without the host's task does not know the name.
+    let err = Cmd::backoffice()
+        .args(["setting", "-R", repo, "host-outdir"])
+        .output()
+        .failure();
+    assert!(err.contains("unknown setting"), "{err}");
+}

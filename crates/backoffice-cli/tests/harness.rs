@@ -2,8 +2,10 @@
 //! files, and fluent commands around the real binaries.
 //!
 //! Two programs are under test:
-//! * `backoffice`, the command as shipped (no tasks of its own), and
-//! * `host`, `examples/host.rs`: the same commands plus an `outbox` task, so
+//! * `backoffice`, the command as shipped (with the five tasks of
+//!   `backoffice-tasks`), and
+//! * `host`, `examples/host.rs`: the same commands with the host's own tasks
+//!   instead (`flaky`, and `outbox` with its setting `host-outdir`), so
 //!   workers have real work whose timing we can observe. The task appends
 //!   `enter PID NANOS` / `exit PID NANOS` to the file named by the
 //!   `host-journal` config row; `host-work-ms` makes the work take that long.
@@ -38,12 +40,23 @@ pub fn host_bin() -> PathBuf {
     CHECKED.get_or_init(|| {
         let built = std::fs::metadata(&host).and_then(|m| m.modified()).ok();
         let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let newest = ["backoffice/src", "backoffice-cli/src", "backoffice-cli/src/commands", "backoffice-cli/examples"]
-            .iter()
-            .filter_map(|d| std::fs::read_dir(crates.join(d)).ok())
-            .flat_map(|rd| rd.flatten())
-            .filter_map(|e| e.metadata().and_then(|m| m.modified()).ok())
-            .max();
+        // The host's own source and every library it links (the other
+        // examples are separate programs).
+        let newest = [
+            "backoffice/src",
+            "backoffice-tasks/src",
+            "backoffice-tasks/src/notify",
+            "backoffice-cli/src",
+            "backoffice-cli/src/commands",
+            "backoffice-cli/src/web",
+        ]
+        .iter()
+        .filter_map(|d| std::fs::read_dir(crates.join(d)).ok())
+        .flat_map(|rd| rd.flatten())
+        .map(|e| e.path())
+        .chain([crates.join("backoffice-cli/examples/host.rs")])
+        .filter_map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .max();
         assert!(
             built >= newest,
             "{} is older than the sources: run `cargo test` without --test, or `cargo build --examples` first",

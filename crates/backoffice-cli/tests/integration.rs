@@ -35,7 +35,8 @@ mod maintain;
 // The web front: `serve` over real HTTP, `cgi` from the environment and
 // under Python's CGI server, the demo.
 mod web;
-// Upgrades: a binary replaced on disk under `serve` and `run --poll`.
+// Upgrades: a binary replaced on disk under `serve` and `run --poll`; a
+// repository written by the previous release keeps its state.
 mod upgrade;
 // Replication to file peers: generations, failures, a copy killed half-way.
 mod replicate;

@@ -170,3 +170,22 @@ fn every_file_has_a_layer() {
         );
     }
 }
+
+// ---- the README's embedding example is compiled ----
+
+/// The README's "From a Rust host" code is `examples/embed.rs`, which
+/// `cargo test` builds: the example in the README cannot stop compiling.
+#[test]
+fn the_readme_embedding_example_is_this_file() {
+    let readme = include_str!("../../../README.md");
+    let at = readme.find("### From a Rust host").expect("the section");
+    let start = readme[at..].find("```rust\n").expect("a rust block") + at + "```rust\n".len();
+    let end = readme[start..].find("```\n").expect("its end") + start;
+    let example = include_str!("../examples/embed.rs");
+    let code = &example[example.find("// ---- README ----\n").expect("the marker") + 20..];
+    assert_eq!(
+        &readme[start..end],
+        code,
+        "README and examples/embed.rs differ"
+    );
+}

@@ -101,7 +101,7 @@ impl Server {
 
     /// Starts `cmd` (a `serve` command line) and reads the address it
     /// prints first.
-    fn launch(cmd: Cmd, env: &Env) -> Server {
+    pub fn launch(cmd: Cmd, env: &Env) -> Server {
         let stderr = env.path("serve.stderr");
         let mut child = cmd.env("RUST_LOG", "info").spawn_with(
             Stdio::piped(),

@@ -31,14 +31,13 @@
 //!
 //! # Layout
 //!
-//! The engine:
+//! The engine — it knows no task:
 //!
 //! * [`lease`]: the lease value and its text codec (Fossil's four integers
 //!   plus our extension fields). Total parsing.
 //! * [`process`]: process identity and liveness (pid, start time, boot id,
 //!   zombies); starting, detaching and reaping workers.
-//! * [`repo`]: opening a repository; the `config` table.
-//! * [`settings`]: every setting, defined once.
+//! * [`repo`]: opening a repository; the `config` table; transactions.
 //! * [`engine`]: the worker loop — current, on deck, no-delay — and the run.
 //! * [`task`]: the [`Task`] trait, the task list, the run log.
 //! * [`trigger`]: the after-request check and starting a worker.
@@ -48,20 +47,24 @@
 //! * [`token`]: the per-repository API bearer token of a web front (only
 //!   its hash is stored).
 //!
-//! The tasks the `backoffice` binary ships, in the order they run (the first
-//! three fed by the events applications publish):
+//! What the engine offers every task (the shipped ones and a host's own):
 //!
-//! * [`notify`]: events, subscribers, email alerts and daily digests, the
-//!   outbox and its send methods (the `alerts` task).
-//! * [`hooks`]: shell hooks run on new events, each with its own cursor,
-//!   retried with backoff (the `hooks` task).
-//! * [`webhooks`]: signed HTTP deliveries of events, in order, retried (the
-//!   `webhooks` task).
-//! * [`replicate`]: consistent copies of the repository on peers (file
-//!   paths), through SQLite's online backup API (the `replicate` task).
-//! * [`maintain`]: the database's own upkeep — `PRAGMA optimize`, WAL
-//!   checkpoints, incremental vacuum, `quick_check` (failures mailed to
-//!   `email-admin`), old sent messages deleted (the `maintenance` task).
+//! * [`settings`]: the settings registry; a task declares its own
+//!   ([`Task::settings`]) and the `setting` command, `status` and the
+//!   status page show them.
+//! * [`events`]: the event log applications publish to, which tasks read
+//!   after cursors of their own.
+//! * [`ledger`]: the retry ledger — per target, a cursor, failures in a
+//!   row, the next attempt, the last error and output — and the one
+//!   backoff policy.
+//! * [`writes`]: the backoffice's own writes, told apart from the
+//!   application's (a task that writes on a timer goes through it).
+//! * [`child`]: running a command for a task (a hook, a mail pipe) under a
+//!   guard that ends its whole process tree with the worker.
+//!
+//! The tasks the `backoffice` binary ships (alerts and digests, hooks,
+//! webhooks, replication, maintenance) are in the `backoffice-tasks`
+//! crate, which uses only this crate's public API.
 //!
 //! # Embedding
 //!

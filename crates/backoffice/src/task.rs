@@ -11,6 +11,17 @@
 //! Tasks run in the order they were added. An error or a panic in one is
 //! recorded and the others still run. Tasks never touch the lease.
 //!
+//! What a task author uses besides this trait:
+//!
+//! * its settings, declared once ([`Task::settings`], [`crate::settings`]);
+//! * the event log, if it reacts to what the application does
+//!   ([`crate::events`]);
+//! * the retry ledger, if it delivers to targets that can fail
+//!   ([`crate::ledger`]);
+//! * [`crate::writes::own_write`] for every write it makes on a timer
+//!   rather than in answer to new application data, so replication does
+//!   not mistake the backoffice's bookkeeping for a change.
+//!
 //! Each run leaves one line in the run log, in Fossil's format:
 //!
 //! ```text
@@ -612,6 +623,66 @@ mod tests {
         assert_eq!(RunTotals::load(&conn), t);
         crate::repo::config_set(&conn, TOTALS_ROW, r#"{"runs":"many"}"#).unwrap();
         assert_eq!(RunTotals::load(&conn), RunTotals::default(), "malformed");
+    }
+
+    /// A task's settings join the engine's in the registry, in task order;
+    /// a name defined twice keeps its first definition (the engine's).
+    #[test]
+    fn each_task_adds_its_settings_to_the_registry() {
+        use crate::settings::{Def, Kind};
+        struct WithSettings;
+        impl Task for WithSettings {
+            fn name(&self) -> &str {
+                "with-settings"
+            }
+            fn due(&self, _: &Connection, _: i64) -> Result<Due, TaskError> {
+                Ok(Due::Never)
+            }
+            fn run(&self, _: &Context<'_>) -> Result<u64, TaskError> {
+                Ok(0)
+            }
+            fn settings(&self) -> &'static [Def] {
+                const DEFS: &[Def] = &[
+                    Def {
+                        name: "my-limit",
+                        kind: Kind::Int { min: 1, max: 9 },
+                        default: "3",
+                        help: "A limit.",
+                        secret: false,
+                    },
+                    Def {
+                        name: crate::settings::LEASE_TIME,
+                        kind: Kind::Text,
+                        default: "x",
+                        help: "A clash.",
+                        secret: false,
+                    },
+                ];
+                DEFS
+            }
+        }
+        let reg = Tasks::new()
+            .with(Fixed("a", Ok(0)))
+            .with(WithSettings)
+            .settings();
+        let names: Vec<&str> = reg.iter().map(|d| d.name).collect();
+        let engine: Vec<&str> = crate::settings::ENGINE.iter().map(|d| d.name).collect();
+        assert_eq!(names[..engine.len()], engine[..]);
+        assert_eq!(names[engine.len()..], ["my-limit"]);
+        let d = reg.def("my-limit").unwrap();
+        assert!(
+            d.validate("10")
+                .unwrap_err()
+                .to_string()
+                .contains("between 1 and 9")
+        );
+        assert_eq!(reg.def(crate::settings::LEASE_TIME).unwrap().default, "60");
+        let e = Tasks::new()
+            .settings()
+            .def("my-limit")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown setting"), "{e}");
     }
 
     #[test]

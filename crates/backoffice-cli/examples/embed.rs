@@ -1,0 +1,50 @@
+//! The README's embedding example ("From a Rust host"), verbatim below the
+//! marker line: the test suite builds it (`cargo test` builds examples) and
+//! checks that the README still shows exactly this code
+//! (`layout::the_readme_embedding_example_is_this_file`).
+//!
+//! It expects an `app.db` with a `queue(done)` table; run it as
+//! `cargo run -p backoffice-cli --example embed` in a folder that has one.
+// ---- README ----
+use backoffice::{Backoffice, Context, Due, Task, TaskError, Tasks};
+use rusqlite::Connection;
+
+struct SendQueued;
+impl Task for SendQueued {
+    fn name(&self) -> &str {
+        "send"
+    }
+    fn due(&self, conn: &Connection, _now: i64) -> Result<Due, TaskError> {
+        // A point lookup: this runs after every request.
+        let pending: bool = conn.query_row(
+            "SELECT EXISTS(SELECT 1 FROM queue WHERE done = 0)",
+            [],
+            |r| r.get(0),
+        )?;
+        Ok(if pending { Due::Now } else { Due::Never })
+    }
+    fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
+        // ... do the work with ctx.conn; return how many items were handled
+        let done = ctx
+            .conn
+            .execute("UPDATE queue SET done = 1 WHERE done = 0", [])?;
+        Ok(done as u64)
+    }
+}
+
+fn tasks() -> Tasks {
+    Tasks::new().with(SendQueued)
+}
+
+fn main() -> std::process::ExitCode {
+    // Workers are this executable re-run as `EXE worker REPO`:
+    // backoffice_cli handles that (and every other command) for you.
+    if std::env::args().nth(1).as_deref() == Some("worker") {
+        return backoffice_cli::main(tasks());
+    }
+    let bo = Backoffice::new(tasks()); // keep one per process
+    let conn = Connection::open("app.db").unwrap();
+    // ... serve a request with `conn`, send the reply, then:
+    bo.after_request(&conn); // never blocks on the work
+    std::process::ExitCode::SUCCESS
+}
