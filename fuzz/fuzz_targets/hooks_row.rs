@@ -7,7 +7,7 @@
 //! may wrap (a debug build panics on overflow, which the fuzzer reports).
 #![no_main]
 
-use backoffice::hooks::{HookError, assign_ids, parse};
+use backoffice_tasks::hooks::{HookError, assign_ids, parse};
 use libfuzzer_sys::fuzz_target;
 
 fn check(text: &str, issued: i64) {

@@ -5,7 +5,7 @@
 //! never write or sleep past the bounds a legitimate writer could reach.
 #![no_main]
 
-use backoffice::engine::{Decision, Me, decide, overrun, overrun_message};
+use backoffice::fuzzing::{Decision, Me, decide, overrun, overrun_message};
 use backoffice::process::{Identity, liveness_at};
 use backoffice::{Lease, clock};
 use libfuzzer_sys::fuzz_target;

@@ -28,7 +28,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use backoffice::engine::LEASE_ROW;
+use backoffice::LEASE_ROW;
 use backoffice::process;
 use backoffice::repo::config_set;
 use backoffice::{Backoffice, Check, Due, Lease, Slot, Task, TaskError, Tasks};

@@ -74,7 +74,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use backoffice::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+use backoffice::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// The `config` row holding the hooks (Fossil's).
 pub const HOOKS_ROW: &str = "hooks";
@@ -638,7 +638,7 @@ pub struct Outcome {
 impl Outcome {
     /// A short one-line form: the failure and the end of the output.
     pub fn short(&self) -> String {
-        let out = backoffice::task::one_line(&self.output);
+        let out = backoffice::short_line(&self.output);
         let n = out.chars().count();
         let tail: String = if n > 200 {
             let s: String = out.chars().skip(n - 200).collect();
@@ -935,7 +935,7 @@ impl Task for Hooks {
         if failed.is_empty() {
             Ok(delivered)
         } else {
-            Err(Box::new(backoffice::task::Partial {
+            Err(Box::new(backoffice::Partial {
                 items: delivered,
                 error: format!("{delivered} events delivered; {}", failed.join("; ")),
             }))

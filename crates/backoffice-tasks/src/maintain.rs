@@ -58,7 +58,7 @@ use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use crate::notify::outbox;
-use backoffice::task::{Context, Due, Gauge, Partial, Task, TaskError, TaskStatus};
+use backoffice::{Context, Due, Gauge, Partial, Task, TaskError, TaskStatus};
 
 /// `maintenance-optimize-interval`
 pub const OPTIMIZE_INTERVAL: &str = "maintenance-optimize-interval";

@@ -38,9 +38,29 @@
 //! # When
 //!
 //! A peer is due [`INTERVAL`] seconds after its last success (or at once
-//! when new); failures are retried with backoff (1 minute doubling to 6
-//! hours) and shown in `status` with their reason. A due peer is copied only
-//! if the application wrote to the repository since its last copy.
+//! when new); failures are retried by the engine's one retry policy,
+//! [`ledger::Backoff`] (1 minute doubling to 6 hours, plus up to a tenth of
+//! jitter), and shown in `status` with their reason. A due peer is copied
+//! only if the application wrote to the repository since its last copy.
+//!
+//! # Where a peer's state lives
+//!
+//! `bo_peer` holds what a peer *is* and what its last copy was: the target,
+//! its token, the application generation and change stamp the copy holds,
+//! when it succeeded, its size and duration. How attempts are going —
+//! failures in a row, the next attempt, the last error, the last attempt —
+//! is the engine's retry ledger ([`backoffice::ledger`], task `replicate`,
+//! target the peer's id), like every other retrying target. Repositories of
+//! release 0.1.0 kept those four columns in `bo_peer`; [`install`] moves
+//! them to the ledger in place, in one transaction, and drops them.
+//!
+//! The ledger's `cursor` stays 0 here and the generation a copy holds stays
+//! in `bo_peer.generation`: "never copied" must differ from "copied at
+//! generation 0" (a fresh repository's generation *is* 0, and an HTTP peer
+//! has no file whose absence would force the first copy), which a NULL
+//! says and the ledger's `cursor NOT NULL DEFAULT 0` cannot; and the
+//! generation is a fact of the copy, written with its stamp and size, not
+//! progress through a sequence.
 //!
 //! Telling the application's writes from the engine's own (the lease, the
 //! run record, the peers' bookkeeping) uses the counter SQLite bumps on
@@ -58,13 +78,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use backoffice::ledger;
 use backoffice::settings::{Def, Kind};
 use backoffice::writes::{app_generation, own_write};
 use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
-use backoffice::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+use backoffice::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// `replicate-interval`: seconds between copies to a peer.
 pub const INTERVAL: &str = "replicate-interval";
@@ -120,9 +141,11 @@ pub const MAX_RESTARTS: u32 = 3;
 /// Longest a copy waits on locks in all before it gives up (retried later).
 const LOCK_WAIT: Duration = Duration::from_secs(120);
 
-const FIRST_RETRY: i64 = 60;
-const MAX_RETRY: i64 = 6 * 3600;
+/// The task's name, and its name in the retry ledger.
+const TASK: &str = "replicate";
 
+/// A peer's definition and its last copy; its retry state is in the
+/// ledger (see the module docs).
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS bo_peer(
   peerid INTEGER PRIMARY KEY,
@@ -131,14 +154,14 @@ CREATE TABLE IF NOT EXISTS bo_peer(
   generation INTEGER,
   stamp TEXT,
   last_ok INTEGER,
-  last_try INTEGER,
-  failures INTEGER NOT NULL DEFAULT 0,
-  next_attempt INTEGER NOT NULL DEFAULT 0,
-  last_error TEXT,
   last_bytes INTEGER,
   last_ms INTEGER,
   ctime INTEGER NOT NULL
 );";
+
+/// The retry columns of release 0.1.0's `bo_peer`, now in the ledger
+/// (`last_try` as its `last_run`).
+const OLD_COLUMNS: [&str; 4] = ["last_try", "failures", "next_attempt", "last_error"];
 
 /// A peer and how replication to it went.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -208,15 +231,98 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> Replica
     move |source| ReplicateError::Io { what, path, source }
 }
 
-/// Creates the peer table if needed, and turns on the tracking of the
-/// engine's own writes ([`backoffice::writes`]) that tells whether the
-/// application wrote since a peer's last copy.
+/// Creates the peer table and the retry ledger if needed, moves a 0.1.0
+/// peer table's retry state into the ledger (in place, in one
+/// transaction), and turns on the tracking of the engine's own writes
+/// ([`backoffice::writes`]) that tells whether the application wrote since
+/// a peer's last copy. Idempotent and cheap once done (schema lookups
+/// only); every path that writes peers calls it.
 pub fn install(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(SCHEMA)?;
+    let needed = !conn.table_exists(None, "bo_peer")?
+        || !conn.table_exists(None, "bo_ledger")?
+        || !old_columns(conn)?.is_empty();
+    if needed {
+        // The backoffice's own write, not the application's (which would
+        // call for a copy): `BEGIN IMMEDIATE`, or inside the caller's
+        // transaction if one is open.
+        own_write(conn, |c| {
+            c.execute_batch(SCHEMA)?;
+            ledger::install(c)?;
+            migrate(c)
+        })?;
+    }
     backoffice::writes::track(conn)
 }
 
-const COLUMNS: &str = "peerid, target, token, generation, stamp, last_ok, last_try, failures, next_attempt, last_error, last_bytes, last_ms";
+/// The 0.1.0 retry columns still in `bo_peer` (none once migrated, or
+/// when there is no peer table).
+fn old_columns(conn: &Connection) -> rusqlite::Result<Vec<&'static str>> {
+    let mut stmt = conn.prepare_cached("SELECT name FROM pragma_table_info('bo_peer')")?;
+    let names: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(OLD_COLUMNS
+        .into_iter()
+        .filter(|old| names.iter().any(|n| n.eq_ignore_ascii_case(old)))
+        .collect())
+}
+
+/// Moves a 0.1.0 peer table's retry state (`last_try`, `failures`,
+/// `next_attempt`, `last_error`) into the ledger and drops those columns.
+/// Runs inside [`install`]'s write transaction, so it looks for the old
+/// columns again under the write lock: of two processes upgrading at once
+/// the second finds nothing left to do, and a failure leaves the old shape
+/// whole. Copies with `INSERT OR IGNORE`: an entry already in the ledger
+/// wins.
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    let present = old_columns(conn)?;
+    if present.is_empty() {
+        return Ok(());
+    }
+    // A column missing from an odd table counts as its ledger default.
+    let pick = |old: &str, default: &str| {
+        if present.contains(&old) {
+            old.to_owned()
+        } else {
+            default.to_owned()
+        }
+    };
+    conn.execute(
+        &format!(
+            "INSERT OR IGNORE INTO bo_ledger(task, target, cursor, failures, next_attempt, last_run, last_error, last_output)
+             SELECT ?1, CAST(peerid AS TEXT), 0, coalesce({}, 0), coalesce({}, 0), {}, {}, NULL FROM bo_peer",
+            pick("failures", "0"),
+            pick("next_attempt", "0"),
+            pick("last_try", "NULL"),
+            pick("last_error", "NULL"),
+        ),
+        [TASK],
+    )?;
+    for old in present {
+        conn.execute_batch(&format!("ALTER TABLE bo_peer DROP COLUMN {old}"))?;
+    }
+    Ok(())
+}
+
+/// A peer's row joined with its ledger entry (none yet: not tried).
+const SELECT: &str = "SELECT p.peerid, p.target, p.token, p.generation, p.stamp, p.last_ok,
+        l.last_run, coalesce(l.failures, 0), coalesce(l.next_attempt, 0), l.last_error,
+        p.last_bytes, p.last_ms
+    FROM bo_peer p LEFT JOIN bo_ledger l ON l.task = 'replicate' AND l.target = CAST(p.peerid AS TEXT)";
+
+/// The same from a 0.1.0 peer table not yet migrated (read-only commands
+/// on an upgraded repository, before anything wrote to it).
+const SELECT_OLD: &str = "SELECT p.peerid, p.target, p.token, p.generation, p.stamp, p.last_ok,
+        p.last_try, p.failures, p.next_attempt, p.last_error, p.last_bytes, p.last_ms
+    FROM bo_peer p";
+
+fn select(conn: &Connection) -> rusqlite::Result<&'static str> {
+    Ok(if old_columns(conn)?.is_empty() {
+        SELECT
+    } else {
+        SELECT_OLD
+    })
+}
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Peer> {
     Ok(Peer {
@@ -317,7 +423,7 @@ fn check_file_target(conn: &Connection, target: &str) -> Result<(), ReplicateErr
 
 /// Every peer (none if the table does not exist).
 pub fn list(conn: &Connection) -> Result<Vec<Peer>, ReplicateError> {
-    let stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM bo_peer ORDER BY peerid"));
+    let stmt = select(conn).and_then(|q| conn.prepare(&format!("{q} ORDER BY p.peerid")));
     match stmt {
         Ok(mut s) => Ok(s.query_map([], from_row)?.collect::<Result<_, _>>()?),
         Err(e) if backoffice::repo::is_no_such_table(&e) => Ok(Vec::new()),
@@ -327,19 +433,36 @@ pub fn list(conn: &Connection) -> Result<Vec<Peer>, ReplicateError> {
 
 /// A peer by id or target.
 pub fn find(conn: &Connection, key: &str) -> Result<Option<Peer>, ReplicateError> {
-    let sql = format!("SELECT {COLUMNS} FROM bo_peer WHERE peerid = ?1 OR target = ?2");
     let id: i64 = key.parse().unwrap_or(-1);
-    match conn.query_row(&sql, params![id, key], from_row).optional() {
+    let found = select(conn).and_then(|q| {
+        conn.query_row(
+            &format!("{q} WHERE p.peerid = ?1 OR p.target = ?2"),
+            params![id, key],
+            from_row,
+        )
+        .optional()
+    });
+    match found {
         Ok(p) => Ok(p),
         Err(e) if backoffice::repo::is_no_such_table(&e) => Ok(None),
         Err(e) => Err(e.into()),
     }
 }
 
-/// Removes a peer (its replicas stay where they are).
+/// Removes a peer and its ledger entry (its replicas stay where they are).
 pub fn remove(conn: &Connection, key: &str) -> Result<Peer, ReplicateError> {
+    install(conn)?;
     let p = find(conn, key)?.ok_or_else(|| ReplicateError::NotFound(key.to_owned()))?;
-    conn.execute("DELETE FROM bo_peer WHERE peerid = ?1", [p.id])?;
+    let gone = |c: &Connection| -> rusqlite::Result<()> {
+        c.execute("DELETE FROM bo_peer WHERE peerid = ?1", [p.id])?;
+        // Row ids are reused: a later peer must not inherit these retries.
+        ledger::remove(c, TASK, &p.id.to_string())
+    };
+    if conn.is_autocommit() {
+        backoffice::repo::immediate(conn, || gone(conn))?;
+    } else {
+        gone(conn)?;
+    }
     Ok(p)
 }
 
@@ -474,7 +597,7 @@ pub fn push(src: &Path, url: &str, token: &str, step: Step) -> Result<Snapshot, 
             .collect();
         Err(ReplicateError::Peer(format!(
             "{url} answered {status}: {}",
-            backoffice::task::one_line(&body)
+            backoffice::short_line(&body)
         )))
     };
     // Ask first: a server that refuses a copy closes the connection under
@@ -742,12 +865,6 @@ pub fn change_stamp(repo: &Path) -> String {
     format!("{}/{}", part(repo), part(Path::new(&wal)))
 }
 
-/// The retry delay after `failures` failures in a row.
-pub fn backoff(failures: i64) -> i64 {
-    let exp = (failures - 1).clamp(0, 20) as u32;
-    (FIRST_RETRY << exp).min(MAX_RETRY)
-}
-
 /// When `p` is next due.
 fn peer_due(p: &Peer, interval: i64) -> i64 {
     let after_ok = p.last_ok.map_or(0, |t| t + interval);
@@ -764,6 +881,9 @@ pub fn sync_peer(
     force: bool,
     now: i64,
 ) -> Result<Option<Snapshot>, ReplicateError> {
+    // A repository of an older release gets its ledger first.
+    install(conn)?;
+    let target = peer.id.to_string();
     // Account for every write so far, then read the generation the copy
     // will hold (writes during the copy move it on, for the next time).
     let g0 = own_write(conn, |c| Ok(app_generation(c)))?;
@@ -771,11 +891,10 @@ pub fn sync_peer(
     if !force && peer.generation == Some(g0) && present {
         own_write(conn, |c| {
             c.execute(
-                "UPDATE bo_peer SET last_ok = ?2, last_try = ?2, failures = 0, next_attempt = 0,
-                        last_error = NULL
-                 WHERE peerid = ?1",
+                "UPDATE bo_peer SET last_ok = ?2 WHERE peerid = ?1",
                 params![peer.id, now],
-            )
+            )?;
+            ledger::succeeded(c, TASK, &target, 0, now, None)
         })?;
         return Ok(None);
     }
@@ -795,12 +914,19 @@ pub fn sync_peer(
         Ok(s) => {
             own_write(conn, |c| {
                 c.execute(
-                    "UPDATE bo_peer SET generation = ?6, stamp = ?2, last_ok = ?3, last_try = ?3,
-                            failures = 0, next_attempt = 0, last_error = NULL, last_bytes = ?4,
+                    "UPDATE bo_peer SET generation = ?6, stamp = ?2, last_ok = ?3, last_bytes = ?4,
                             last_ms = ?5
                      WHERE peerid = ?1",
-                    params![peer.id, stamp, now, s.bytes as i64, s.ms as i64, g0],
-                )
+                    params![
+                        peer.id,
+                        stamp,
+                        now,
+                        i64::try_from(s.bytes).unwrap_or(i64::MAX),
+                        i64::try_from(s.ms).unwrap_or(i64::MAX),
+                        g0
+                    ],
+                )?;
+                ledger::succeeded(c, TASK, &target, 0, now, None)
             })?;
             tracing::info!(
                 peer = %peer.target, bytes = s.bytes, ms = s.ms, restarts = s.restarts,
@@ -809,19 +935,17 @@ pub fn sync_peer(
             Ok(Some(s))
         }
         Err(e) => {
-            let failures = peer.failures + 1;
+            // On a timer, so the backoffice's own write: an application
+            // generation that moved for it would copy on every retry.
             own_write(conn, |c| {
-                c.execute(
-                    "UPDATE bo_peer SET last_try = ?2, failures = ?3, next_attempt = ?4,
-                            last_error = ?5
-                     WHERE peerid = ?1",
-                    params![
-                        peer.id,
-                        now,
-                        failures,
-                        now + backoff(failures),
-                        backoffice::task::one_line(&e.to_string())
-                    ],
+                ledger::failed(
+                    c,
+                    TASK,
+                    &target,
+                    now,
+                    &backoffice::short_line(&e.to_string()),
+                    None,
+                    &ledger::Backoff::default(),
                 )
             })?;
             Err(e)
@@ -849,15 +973,39 @@ impl Task for Replicate {
             return Ok(Due::Never);
         }
         // One statement: the interval setting (a bad value counts as the
-        // default, as everywhere) and the earliest peer.
-        let (n, earliest): (i64, Option<i64>) = conn
-            .prepare_cached(
-                "WITH iv(s) AS (SELECT coalesce((SELECT CAST(value AS INTEGER) FROM config
-                                  WHERE name = ?1 AND CAST(value AS INTEGER) >= 10), 3600))
-                 SELECT count(*), min(max(coalesce(last_ok + (SELECT s FROM iv), 0), next_attempt))
-                 FROM bo_peer",
-            )?
-            .query_row([INTERVAL], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        // default, as everywhere) and the earliest peer, its retry time
+        // from the ledger.
+        macro_rules! earliest {
+            ($from:literal) => {
+                conn.prepare_cached(concat!(
+                    "WITH iv(s) AS (SELECT coalesce((SELECT CAST(value AS INTEGER) FROM config
+                                     WHERE name = ?1 AND CAST(value AS INTEGER) >= 10), 3600))
+                     SELECT count(*), ",
+                    $from
+                ))
+                .and_then(|mut s| {
+                    s.query_row([INTERVAL], |r| {
+                        Ok((r.get::<_, i64>(0)?, r.get::<_, Option<i64>>(1)?))
+                    })
+                })
+            };
+        }
+        let found = earliest!(
+            "min(max(coalesce(p.last_ok + (SELECT s FROM iv), 0), coalesce(l.next_attempt, 0)))
+             FROM bo_peer p LEFT JOIN bo_ledger l
+               ON l.task = 'replicate' AND l.target = CAST(p.peerid AS TEXT)"
+        );
+        // A 0.1.0 repository not migrated yet has no ledger: its retry
+        // times are still in bo_peer, read them there (a worker migrates).
+        // With a ledger but the old columns (another task migrated first)
+        // the statement above reads no retry times, so it says "due" too
+        // early, never too late, and the run that follows migrates.
+        let (n, earliest) = match found {
+            Err(e) if backoffice::repo::is_no_such_table(&e) => earliest!(
+                "min(max(coalesce(last_ok + (SELECT s FROM iv), 0), next_attempt)) FROM bo_peer"
+            )?,
+            other => other?,
+        };
         Ok(match (n, earliest) {
             (0, _) | (_, None) => Due::Never,
             (_, Some(t)) => Due::At(t),
@@ -865,6 +1013,7 @@ impl Task for Replicate {
     }
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
+        install(ctx.conn)?;
         let peers = list(ctx.conn)?;
         let interval = backoffice::settings::int(ctx.conn, SETTINGS, INTERVAL);
         let mut done = 0;
@@ -879,7 +1028,7 @@ impl Task for Replicate {
         if failed.is_empty() {
             Ok(done)
         } else {
-            Err(Box::new(backoffice::task::Partial {
+            Err(Box::new(backoffice::Partial {
                 items: done,
                 error: failed.join("; "),
             }))
@@ -1054,6 +1203,40 @@ mod tests {
         }
     }
 
+    /// The peers' own bookkeeping — a check that found nothing to copy, a
+    /// failure recorded in the ledger — is the backoffice's own write: it
+    /// must not make the next check of any peer copy again.
+    #[test]
+    fn peer_bookkeeping_never_makes_a_copy_due() {
+        for wal in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let src = source(dir.path(), wal, 10);
+            let c = Connection::open(&src).unwrap();
+            let good = dir.path().join("r.db");
+            add(&c, good.to_str().unwrap(), None).unwrap();
+            let gone = dir.path().join("mnt/r.db");
+            add(&c, gone.to_str().unwrap(), None).unwrap();
+            let peer = |id: &str| find(&c, id).unwrap().unwrap();
+            assert!(
+                sync_peer(&c, &src, &peer("1"), false, 1000)
+                    .unwrap()
+                    .is_some()
+            );
+            for t in [2000, 3000, 4000] {
+                // Peer 2 fails (its folder is missing), on a timer.
+                assert!(sync_peer(&c, &src, &peer("2"), false, t).is_err());
+                assert!(
+                    sync_peer(&c, &src, &peer("1"), false, t + 1)
+                        .unwrap()
+                        .is_none(),
+                    "wal={wal} t={t}: copied though only the backoffice wrote"
+                );
+            }
+            assert_eq!(peer("2").failures, 3);
+            assert_eq!(peer("1").last_ok, Some(4001));
+        }
+    }
+
     #[test]
     fn stale_partials_of_dead_workers_are_removed_live_ones_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -1080,7 +1263,10 @@ mod tests {
         let err = sync_peer(&c, &src, &p, false, 1000).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
         let p = find(&c, "1").unwrap().unwrap();
-        assert_eq!((p.failures, p.next_attempt), (1, 1060));
+        // The engine's retry policy: a minute, plus up to a tenth.
+        assert_eq!((p.failures, p.last_try), (1, Some(1000)));
+        assert!((1060..=1066).contains(&p.next_attempt), "{p:?}");
+        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(p.next_attempt));
         assert!(p.last_error.as_deref().unwrap().contains("missing"));
         let st = Replicate.status(&c, 1000);
         assert!(
@@ -1099,6 +1285,150 @@ mod tests {
         assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(1100 + 600));
         backoffice::repo::config_set(&c, INTERVAL, "soon").unwrap();
         assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(1100 + 3600));
+    }
+
+    /// Issue 11, item 4: a 0.1.0 peer table (retry state in its own
+    /// columns) moves into the ledger in place: nothing lost, the old
+    /// columns gone, the copy facts left, `list` the same before and after,
+    /// `due` right on both shapes, and a second install (or two processes
+    /// at once) a no-op.
+    #[test]
+    fn an_old_peer_table_migrates_into_the_ledger_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path(), true, 1);
+        let c = Connection::open(&src).unwrap();
+        // As release 0.1.0 created and left it.
+        c.execute_batch(
+            "CREATE TABLE bo_peer(
+               peerid INTEGER PRIMARY KEY, target TEXT NOT NULL UNIQUE, token TEXT,
+               generation INTEGER, stamp TEXT, last_ok INTEGER, last_try INTEGER,
+               failures INTEGER NOT NULL DEFAULT 0, next_attempt INTEGER NOT NULL DEFAULT 0,
+               last_error TEXT, last_bytes INTEGER, last_ms INTEGER, ctime INTEGER NOT NULL);
+             INSERT INTO bo_peer VALUES
+               (1, '/r/ok.db', NULL, 7, '1.2.3/-', 5000, 5000, 0, 0, NULL, 4096, 3, 100),
+               (2, '/r/gone.db', NULL, NULL, NULL, NULL, 6000, 3, 9000, 'folder missing', NULL, NULL, 100),
+               (3, 'https://peer.example.org/replica/app', '0123456789abcdef0', NULL, NULL,
+                NULL, NULL, 0, 0, NULL, NULL, NULL, 100);
+             INSERT INTO config VALUES ('replicate-interval', '600', 0);",
+        )
+        .unwrap();
+        let before = list(&c).unwrap();
+        assert_eq!(before.len(), 3);
+        assert_eq!(
+            (
+                before[1].failures,
+                before[1].next_attempt,
+                before[1].last_try
+            ),
+            (3, 9000, Some(6000))
+        );
+        // Not migrated, no ledger: due reads the old columns (peer 3, never
+        // tried, is due at once).
+        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(0));
+        c.execute("DELETE FROM bo_peer WHERE peerid = 3", [])
+            .unwrap();
+        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(5600));
+        c.execute(
+            "INSERT INTO bo_peer(peerid, target, token, ctime)
+             VALUES (3, 'https://peer.example.org/replica/app', '0123456789abcdef0', 100)",
+            [],
+        )
+        .unwrap();
+
+        // Two processes' workers upgrade at once: one migrates, the other
+        // finds it done (it re-checks under the write lock).
+        let ready = std::sync::Barrier::new(2);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    let c = Connection::open(&src).unwrap();
+                    c.busy_timeout(Duration::from_secs(10)).unwrap();
+                    ready.wait();
+                    install(&c).unwrap();
+                });
+            }
+        });
+        let cols: Vec<String> = c
+            .prepare("SELECT name FROM pragma_table_info('bo_peer')")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            cols,
+            [
+                "peerid",
+                "target",
+                "token",
+                "generation",
+                "stamp",
+                "last_ok",
+                "last_bytes",
+                "last_ms",
+                "ctime"
+            ]
+        );
+        let e = ledger::get(&c, TASK, "2").unwrap().unwrap();
+        assert_eq!(
+            (
+                e.cursor,
+                e.failures,
+                e.next_attempt,
+                e.last_run,
+                e.last_error.as_deref()
+            ),
+            (0, 3, 9000, Some(6000), Some("folder missing"))
+        );
+        assert_eq!(ledger::all(&c, TASK).unwrap().len(), 3);
+        assert_eq!(list(&c).unwrap(), before, "list reads the same state");
+        assert_eq!(
+            Replicate.due(&c, 0).unwrap(),
+            Due::At(0),
+            "peer 3 is due at once"
+        );
+        // Idempotent.
+        install(&c).unwrap();
+        assert_eq!(list(&c).unwrap(), before);
+        // The peer works on from there: a failure counts on from 3.
+        let p = find(&c, "2").unwrap().unwrap();
+        assert!(sync_peer(&c, &src, &p, false, 10_000).is_err());
+        let p = find(&c, "2").unwrap().unwrap();
+        assert_eq!((p.failures, p.last_try), (4, Some(10_000)));
+        assert!(
+            (10_000 + 480..=10_000 + 528).contains(&p.next_attempt),
+            "{p:?}"
+        );
+        // Removing a peer removes its ledger entry.
+        remove(&c, "2").unwrap();
+        assert_eq!(ledger::get(&c, TASK, "2").unwrap(), None);
+    }
+
+    /// A 0.1.0 peer table beside a ledger another task already made: `due`
+    /// must not say "later" than the stored retry times allow.
+    #[test]
+    fn due_on_an_old_peer_table_beside_a_ledger_is_never_late() {
+        let dir = tempfile::tempdir().unwrap();
+        let src = source(dir.path(), false, 1);
+        let c = Connection::open(&src).unwrap();
+        c.execute_batch(
+            "CREATE TABLE bo_peer(
+               peerid INTEGER PRIMARY KEY, target TEXT NOT NULL UNIQUE, token TEXT,
+               generation INTEGER, stamp TEXT, last_ok INTEGER, last_try INTEGER,
+               failures INTEGER NOT NULL DEFAULT 0, next_attempt INTEGER NOT NULL DEFAULT 0,
+               last_error TEXT, last_bytes INTEGER, last_ms INTEGER, ctime INTEGER NOT NULL);
+             INSERT INTO bo_peer VALUES
+               (1, '/r/gone.db', NULL, NULL, NULL, NULL, 6000, 3, 9000, 'missing', NULL, NULL, 100);",
+        )
+        .unwrap();
+        ledger::install(&c).unwrap();
+        match Replicate.due(&c, 0).unwrap() {
+            Due::At(t) => assert!(t <= 9000, "{t}"),
+            other => panic!("{other:?}"),
+        }
+        install(&c).unwrap();
+        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(9000));
+        assert_eq!(find(&c, "1").unwrap().unwrap().failures, 3);
     }
 
     #[test]

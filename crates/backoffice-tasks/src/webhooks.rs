@@ -59,7 +59,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use sha2::Sha256;
 
-use backoffice::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+use backoffice::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// The webhook table. The event table is the notifications' `bo_event`.
 pub const SCHEMA: &str = "
@@ -945,7 +945,7 @@ fn serve(
                     }
                 }
                 Err(e) => {
-                    let e = backoffice::task::one_line(&format!("event {}: {e}", ev.eventid));
+                    let e = backoffice::short_line(&format!("event {}: {e}", ev.eventid));
                     fail(db, cfg, w, cursor, pending, &e, now)?;
                     turn.failed = Some(e);
                     break 'outer;

@@ -146,7 +146,7 @@ pub struct Ran {
 
 /// A file holding all of `data`, positioned at its start, for a child's
 /// standard input.
-pub fn input_file(data: &[u8]) -> std::io::Result<std::fs::File> {
+pub(crate) fn input_file(data: &[u8]) -> std::io::Result<std::fs::File> {
     let fd = rustix::fs::memfd_create("backoffice-input", rustix::fs::MemfdFlags::CLOEXEC)
         .map(std::fs::File::from)
         .or_else(|_| unlinked_temp());
@@ -517,7 +517,7 @@ fn kill_tree(me: Pid, group: Pid, subreaper: bool) {
 }
 
 /// Every process whose parent chain leads to `root`, from `/proc`.
-pub fn descendants(root: Pid) -> Vec<Pid> {
+pub(crate) fn descendants(root: Pid) -> Vec<Pid> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -553,7 +553,7 @@ pub fn descendants(root: Pid) -> Vec<Pid> {
 }
 
 /// Field 4 of `/proc/PID/stat` (after the command name in parentheses).
-pub fn parse_ppid(stat: &str) -> Option<i32> {
+pub(crate) fn parse_ppid(stat: &str) -> Option<i32> {
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_ascii_whitespace().nth(1)?.parse().ok()
 }

@@ -20,6 +20,19 @@
 //!
 //! Events are bounded ([`MAX_TITLE`] and the rest): an event over a limit
 //! is refused, naming the field, never cut or stored as sent.
+//!
+//! ```
+//! use backoffice::events::{self, Event};
+//!
+//! let conn = rusqlite::Connection::open_in_memory()?;
+//! let ev = Event { kind: "wiki".into(), title: "Home edited".into(), ..Event::default() };
+//! let id = events::publish(&conn, &ev)?;
+//! // A consumer reads after its cursor (0: from the start), oldest first.
+//! let new = events::events_after(&conn, 0, 100)?;
+//! assert_eq!((new.len(), new[0].eventid, new[0].title.as_str()), (1, id, "Home edited"));
+//! assert!(events::events_after(&conn, id, 100)?.is_empty());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 use rusqlite::{Connection, params};
 

@@ -19,6 +19,23 @@
 //! policy). It never hand-writes these columns, so every task retries the
 //! same way and `status` reads every target the same way.
 //!
+//! ```
+//! use backoffice::ledger::{self, Backoff};
+//!
+//! let conn = rusqlite::Connection::open_in_memory()?;
+//! let policy = Backoff::default(); // 1 minute doubling to 6 hours, +≤10 %
+//! ledger::start(&conn, "my-task", "endpoint-1", 0)?;
+//! // An attempt at t=1000 fails: the target waits about a minute.
+//! let e = ledger::failed(&conn, "my-task", "endpoint-1", 1000, "HTTP 503", None, &policy)?;
+//! assert_eq!(e.failures, 1);
+//! assert!(!e.ready(1000) && (1060..=1066).contains(&e.next_attempt));
+//! // The retry succeeds and moves the cursor to event 42.
+//! ledger::succeeded(&conn, "my-task", "endpoint-1", 42, e.next_attempt, None)?;
+//! let e = ledger::get(&conn, "my-task", "endpoint-1")?.unwrap();
+//! assert_eq!((e.cursor, e.failures, e.last_error), (42, 0, None));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! The ledger is progress, so a task writes it inside the same transaction
 //! as the work it records where there is one (a cursor moved together
 //! with the rows it produced); its writes are the backoffice's own

@@ -33,14 +33,17 @@
 //!
 //! The engine — it knows no task:
 //!
-//! * [`lease`]: the lease value and its text codec (Fossil's four integers
-//!   plus our extension fields). Total parsing.
+//! * `lease.rs`: the lease value ([`Lease`], [`Slot`]) and its text codec
+//!   (Fossil's four integers plus our extension fields). Total parsing.
 //! * [`process`]: process identity and liveness (pid, start time, boot id,
 //!   zombies); starting, detaching and reaping workers.
 //! * [`repo`]: opening a repository; the `config` table; transactions.
-//! * [`engine`]: the worker loop — current, on deck, no-delay — and the run.
-//! * [`task`]: the [`Task`] trait, the task list, the run log.
-//! * [`trigger`]: the after-request check and starting a worker.
+//! * `engine.rs`: the worker loop — current, on deck, no-delay — and the
+//!   run ([`run`], [`RunOptions`], [`Outcome`]).
+//! * `task.rs`: the [`Task`] trait, the task list ([`Tasks`]), the run log
+//!   ([`RunReport`]).
+//! * `trigger.rs`: the after-request check and starting a worker
+//!   ([`Backoffice`], [`worker_main`]).
 //! * [`poll`]: servicing many repositories in one sweep, or forever.
 //! * [`status`]: what `backoffice status` reports.
 //! * [`clock`]: Unix seconds and their human forms.
@@ -83,28 +86,41 @@
 //! built on `backoffice-cli` handles that for free, others set a
 //! [`process::WorkerCommand`].
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
+// The engine's own modules are private: what they offer is re-exported
+// below. The public modules are facilities a task or a host calls by name
+// (`backoffice::events::publish`, `backoffice::ledger::failed`, …).
 pub mod child;
 pub mod clock;
-pub mod engine;
+mod engine;
 mod error;
 pub mod events;
-pub mod lease;
+mod lease;
 pub mod ledger;
 pub mod poll;
 pub mod process;
 pub mod repo;
 pub mod settings;
 pub mod status;
-pub mod task;
+mod task;
 pub mod token;
-pub mod trigger;
+mod trigger;
 pub mod writes;
 
-pub use engine::{Outcome, RunOptions};
+pub use engine::{LEASE_ROW, Outcome, RunOptions, read_lease, run};
 pub use error::{Error, Result};
 pub use lease::{Lease, Slot};
 pub use repo::Repo;
-pub use task::{Context, Due, Task, TaskError, Tasks};
+pub use task::{
+    Context, Due, Gauge, Partial, RunReport, RunTotals, Task, TaskError, TaskResult, TaskStatus,
+    Tasks, short_line,
+};
 pub use trigger::{Backoffice, Check, Started, worker_main};
+
+/// The lease decision and the `/proc` parser, for the fuzz targets in
+/// `fuzz/` only: not part of the API, and may change in any release.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::engine::{Decision, Me, Plan, decide, overrun, overrun_message};
+}

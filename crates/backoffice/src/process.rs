@@ -39,7 +39,7 @@
 //! id is the same for every container of a host. So our leases also record
 //! each holder's PID namespace and an `alive-until` time that a working
 //! holder keeps pushing forward from a heartbeat thread (see
-//! [`crate::engine`]). A holder in another namespace or on another boot is
+//! `engine.rs`). A holder in another namespace or on another boot is
 //! alive exactly while its heartbeat is current. In our own namespace the pid
 //! is checked as above *and* the heartbeat must be current: a long-lived
 //! process (`run --poll`, `serve`) whose release failed is alive, but it no
@@ -204,7 +204,7 @@ pub fn parse_proc_stat(text: &str) -> Option<ProcStat> {
 }
 
 /// Converts a start time in ticks since boot to Unix seconds.
-pub fn start_to_unix(ticks: u64) -> Option<i64> {
+pub(crate) fn start_to_unix(ticks: u64) -> Option<i64> {
     static BTIME: OnceLock<Option<i64>> = OnceLock::new();
     let btime = (*BTIME.get_or_init(|| {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;

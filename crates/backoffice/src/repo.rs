@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 /// How long to wait for another writer's lock before giving up. Long enough
 /// to ride out an application's ordinary write transactions, short enough
 /// that a stuck writer is reported rather than waited on forever.
-pub const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const DEFAULT_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest the after-request check waits for a lock. It sits on a
 /// request's path: a database locked by another writer answers "not now"
@@ -344,7 +344,7 @@ pub fn config_get(conn: &Connection, name: &str) -> rusqlite::Result<Option<Stri
 }
 
 /// Reads several `config` values in one statement; absent names are omitted.
-pub fn config_get_many(
+pub(crate) fn config_get_many(
     conn: &Connection,
     names: &[&str],
 ) -> rusqlite::Result<Vec<(String, String)>> {

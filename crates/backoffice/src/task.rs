@@ -134,6 +134,34 @@ pub trait Task: Send + Sync {
     /// README list them ([`Tasks::settings`]). Read them with
     /// [`settings::int`](crate::settings::int) or
     /// [`repo::config_get`](crate::repo::config_get).
+    ///
+    /// ```
+    /// use backoffice::settings::{self, Def, Kind};
+    /// # use backoffice::{Context, Due, Task, TaskError, Tasks};
+    /// # use rusqlite::Connection;
+    /// const SETTINGS: &[Def] = &[Def {
+    ///     name: "digest-batch",
+    ///     kind: Kind::Int { min: 1, max: 1000 },
+    ///     default: "50",
+    ///     help: "Items per digest.",
+    ///     secret: false,
+    /// }];
+    /// struct Digest;
+    /// impl Task for Digest {
+    ///     fn name(&self) -> &str { "digest" }
+    ///     fn settings(&self) -> &'static [Def] { SETTINGS }
+    /// #   fn due(&self, _: &Connection, _: i64) -> Result<Due, TaskError> { Ok(Due::Never) }
+    ///     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
+    ///         let batch = settings::int(ctx.conn, SETTINGS, "digest-batch");
+    ///         # let _ = batch;
+    ///         Ok(0)
+    ///     }
+    /// }
+    /// let registry = Tasks::new().with(Digest).settings();
+    /// assert_eq!(registry.def("digest-batch")?.default, "50");
+    /// assert!(registry.def("digest-batch")?.validate("0").is_err());
+    /// # Ok::<(), backoffice::Error>(())
+    /// ```
     fn settings(&self) -> &'static [crate::settings::Def] {
         &[]
     }
@@ -330,7 +358,7 @@ pub struct RunReport {
 pub const LAST_RUN_ROW: &str = "backoffice-last-run";
 
 /// Cumulative counts over every recorded run, stored as the
-/// [`TOTALS_ROW`] config row (JSON) and updated in the transaction that
+/// `backoffice-totals` config row (JSON) and updated in the transaction that
 /// records each run, so that metrics cost a point read and nothing on the
 /// request path.
 ///
@@ -407,7 +435,7 @@ impl RunReport {
         let mut parts = vec![crate::clock::format_utc(self.started), project.to_owned()];
         for t in &self.tasks {
             if let Some(e) = &t.error {
-                parts.push(format!("{}-failed({})", t.name, one_line(e)));
+                parts.push(format!("{}-failed({})", t.name, short_line(e)));
             } else if t.items > 0 {
                 parts.push(format!("{} {}", t.items, t.name));
             }
@@ -421,7 +449,7 @@ impl RunReport {
 }
 
 /// Squeezes a message onto one bounded line, so that a log line is a line.
-pub fn one_line(s: &str) -> String {
+pub fn short_line(s: &str) -> String {
     let mut out: String = s
         .split_whitespace()
         .collect::<Vec<_>>()
@@ -460,7 +488,7 @@ pub fn error_line(now: i64, project: &str, what: &str) -> String {
         "{} {} error: {}",
         crate::clock::format_utc(now),
         project,
-        one_line(what)
+        short_line(what)
     )
 }
 

@@ -50,7 +50,7 @@ pub const APP_GENERATION: &str = "backoffice-app-generation";
 /// corrupt the database (found by `bench/replicate.sh`: a writer process
 /// and a copy, `database disk image is malformed`; tested by
 /// `engine_writes_beside_a_busy_writer_never_corrupt_the_database`).
-pub fn write_counter(conn: &Connection) -> Option<u64> {
+pub(crate) fn write_counter(conn: &Connection) -> Option<u64> {
     use rusqlite::ffi;
     use std::ffi::c_void;
     conn.path().filter(|p| !p.is_empty())?;

@@ -5,9 +5,9 @@ use std::fmt::Write;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use backoffice::engine::{LEASE_ROW, read_lease};
 use backoffice::process::{self, Liveness};
 use backoffice::settings::Settings;
+use backoffice::{LEASE_ROW, read_lease};
 use backoffice::{Repo, Slot, clock};
 
 use crate::cli::LeaseArgs;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use backoffice::lease::Slot;
+use backoffice::Slot;
 use backoffice::process;
 
 use crate::cli::PidArgs;

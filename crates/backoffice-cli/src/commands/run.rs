@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use backoffice::poll::{Poller, SweepOptions, SweepReport, Visit};
-use backoffice::{Outcome, Repo, RunOptions, Tasks, engine};
+use backoffice::{Outcome, Repo, RunOptions, Tasks};
 
 use crate::cli::RunArgs;
 
@@ -30,7 +30,7 @@ pub fn run(a: RunArgs, tasks: Tasks) -> Result<ExitCode> {
     let busy = Duration::from_millis(a.busy_timeout);
     if repos.len() == 1 && a.poll.is_none() {
         let mut repo = Repo::open_with(&repos[0], busy)?;
-        let outcome = engine::run(&mut repo, &tasks, &opts)?;
+        let outcome = backoffice::run(&mut repo, &tasks, &opts)?;
         report_outcome(&repos[0], &outcome, &opts);
         return Ok(ExitCode::SUCCESS);
     }

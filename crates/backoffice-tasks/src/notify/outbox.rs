@@ -7,8 +7,10 @@
 //!
 //! * sent → `state = 'sent'`, `sent_time`;
 //! * a transient failure → `attempts + 1`, `last_error`, and a later
-//!   `next_attempt` (1 min, 2, 4, … capped at 6 h, spread by a little
-//!   jitter so a relay that comes back is not hit by everything at once);
+//!   `next_attempt` by the engine's one retry policy,
+//!   [`backoffice::ledger::Backoff`] (1 min, 2, 4, … capped at 6 h, plus up
+//!   to a tenth of jitter seeded by the message's id, so a relay that comes
+//!   back is not hit by everything at once);
 //! * a permanent failure, or `email-max-attempts` reached → `state = 'dead'`,
 //!   with its reason, until `backoffice outbox retry`.
 //!
@@ -58,6 +60,21 @@
 //!
 //! After three transient failures in a row (the relay is down) the run
 //! stops early: the rest wait for the next run, not for time-outs.
+//!
+//! # Why messages keep their own retry columns
+//!
+//! Hooks, webhooks and peers keep their retry state in the engine's retry
+//! ledger ([`backoffice::ledger`]): each is a long-lived *target*, one row
+//! that is tried again and again for as long as it exists. A message is a
+//! queue item instead: it is tried until it is sent or dead, then purged,
+//! and thousands may be queued at once. Its retry state (`attempts`,
+//! `next_attempt`, `last_error`) therefore stays in its own `bo_outbox`
+//! row, where the queue is read, claimed and updated in one statement per
+//! message and purged with the message; a ledger row per message would
+//! double the writes of every delivery and outlive purges. What messages
+//! share with the ledger is the policy: the wait after a failure is
+//! [`Backoff::delay`](backoffice::ledger::Backoff::delay), as for every
+//! other retry in the backoffice.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -73,10 +90,6 @@ use super::send::{SendError, Transport};
 pub const COMMIT_EVERY: usize = 200;
 /// Transient failures in a row after which a run stops sending.
 const GIVE_UP_AFTER: usize = 3;
-/// First retry delay, seconds.
-const FIRST_RETRY: i64 = 60;
-/// Longest retry delay, seconds.
-const MAX_RETRY: i64 = 6 * 3600;
 
 /// One outbox row.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -195,12 +208,12 @@ pub fn journal_path(repo: &Path) -> PathBuf {
     PathBuf::from(p)
 }
 
-/// Seconds to wait before attempt `attempts + 1`, spread by `msgid`.
-pub fn backoff(attempts: i64, msgid: i64) -> i64 {
-    let base = FIRST_RETRY
-        .saturating_mul(1i64 << attempts.saturating_sub(1).clamp(0, 20))
-        .min(MAX_RETRY);
-    base + (msgid.unsigned_abs().wrapping_mul(7919) % (base as u64 / 10 + 1)) as i64
+/// Seconds to wait after a message's `attempts`-th failed attempt: the
+/// engine's retry policy, its jitter seeded by the message's id (the same
+/// message spreads the same way on every attempt, messages queued together
+/// differently).
+fn retry_delay(attempts: i64, msgid: i64) -> i64 {
+    backoffice::ledger::Backoff::default().delay(attempts, msgid as u64)
 }
 
 /// What one delivery run did.
@@ -490,7 +503,7 @@ fn record(
                     .execute(params![
                         m.msgid,
                         e,
-                        now.saturating_add(backoff(m.attempts.saturating_add(1), m.msgid)),
+                        now.saturating_add(retry_delay(m.attempts.saturating_add(1), m.msgid)),
                         m.generation
                     ])? as u64;
             }
@@ -668,9 +681,14 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_is_capped() {
-        assert!((60..=66).contains(&backoff(1, 5)));
-        assert!((120..=132).contains(&backoff(2, 5)));
-        assert!((MAX_RETRY..=MAX_RETRY + MAX_RETRY / 10).contains(&backoff(30, 5)));
-        assert!((MAX_RETRY..=MAX_RETRY + MAX_RETRY / 10).contains(&backoff(i64::MAX, i64::MIN)));
+        const MAX: i64 = 6 * 3600;
+        assert!((60..=66).contains(&retry_delay(1, 5)));
+        assert!((120..=132).contains(&retry_delay(2, 5)));
+        assert!((MAX..=MAX + MAX / 10).contains(&retry_delay(30, 5)));
+        assert!((MAX..=MAX + MAX / 10).contains(&retry_delay(i64::MAX, i64::MIN)));
+        assert!((60..=66).contains(&retry_delay(i64::MIN, -1)));
+        // Messages that failed together retry at different moments.
+        let spread: std::collections::HashSet<i64> = (0..50).map(|id| retry_delay(3, id)).collect();
+        assert!(spread.len() > 5, "{spread:?}");
     }
 }

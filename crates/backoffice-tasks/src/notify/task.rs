@@ -6,7 +6,7 @@ use super::compose::{self, EventText};
 use super::config::{EmailConfig, Method};
 use super::outbox;
 use super::schedule::{DigestDue, DigestTime};
-use backoffice::task::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+use backoffice::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// Events older than this when first seen get no immediate alert (they
 /// still appear in digests): turning email on after a month must not mail
