@@ -299,23 +299,28 @@ fn issued(conn: &Connection) -> Result<i64, HookError> {
 /// IMMEDIATE` of its own, so the check for the old table and the move are
 /// one step no other process can split.
 pub fn install(conn: &Connection) -> Result<(), HookError> {
-    let go = || -> Result<(), HookError> {
-        crate::notify::install(conn)?;
-        ledger::install(conn)?;
-        migrate(conn)
+    let go = |c: &Connection| -> rusqlite::Result<()> {
+        crate::notify::install(c)?;
+        ledger::install(c)?;
+        migrate(c)
     };
     if conn.is_autocommit() {
-        backoffice::repo::immediate(conn, go)
+        // On its own (a worker upgrading): the backoffice's bookkeeping, an
+        // own write (see `backoffice::writes`). Inline, the write is the
+        // caller's: a `hook add` changes the `hooks` row, which must count
+        // as the application's change.
+        backoffice::writes::own_write(conn, go)?;
     } else {
-        go()
+        go(conn)?;
     }
+    Ok(())
 }
 
 /// Moves `bo_hook_state` rows into the ledger and drops the table, if it
 /// is still there. `INSERT OR IGNORE`: an entry already in the ledger is
 /// newer than the old row, never older (the ledger is written only after
 /// this ran).
-fn migrate(conn: &Connection) -> Result<(), HookError> {
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
     if !conn.table_exists(None, LEGACY_TABLE)? {
         return Ok(());
     }
@@ -892,9 +897,12 @@ impl Task for Hooks {
                 // process, or by itself): then its entry is gone and must
                 // stay gone, or an orphan entry behind the newest event
                 // would make every check report work no run can do.
-                let recorded = backoffice::repo::immediate(conn, || {
+                // An own write (see `backoffice::writes`): a failing hook's
+                // hourly retries must not make replication copy the
+                // repository each time.
+                let recorded = backoffice::writes::own_write(conn, |conn| {
                     if ledger::get(conn, TASK, &target)?.is_none() {
-                        return Ok::<_, rusqlite::Error>(None);
+                        return Ok(None);
                     }
                     match &out.failure {
                         None => {
@@ -1466,6 +1474,34 @@ mod tests {
         });
         assert_eq!(ledger::all(&conn3, TASK).unwrap(), want);
         drop(path);
+    }
+
+    /// Recording a hook's run is the backoffice's own write: a failing
+    /// hook retried every hour must not look like the application writing
+    /// (replication would copy the repository each time).
+    #[test]
+    fn recording_a_hooks_run_is_an_own_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        add(&conn, &new("exit 3")).unwrap();
+        publish(&conn, "one");
+        backoffice::writes::track(&conn).unwrap();
+        let settle = || backoffice::writes::own_write(&conn, |_| Ok(())).unwrap();
+        settle();
+        let before = backoffice::writes::app_generation(&conn);
+        let ctx = Context {
+            conn: &conn,
+            repo: &path,
+            now: backoffice::clock::now(),
+            debug: false,
+        };
+        Hooks.run(&ctx).unwrap_err();
+        assert_eq!(state(&conn, 1).unwrap().unwrap().failures, 1);
+        settle();
+        assert_eq!(backoffice::writes::app_generation(&conn), before);
     }
 
     #[test]
