@@ -712,7 +712,7 @@ impl Chaos {
         let _ = c.busy_timeout(Duration::from_secs(2));
         for q in [
             "UPDATE bo_outbox SET next_attempt = 0 WHERE state = 'queued' AND next_attempt > 0",
-            "UPDATE bo_webhook SET next_attempt = 0 WHERE next_attempt > 0",
+            "UPDATE bo_ledger SET next_attempt = 0 WHERE task = 'webhooks' AND next_attempt > 0",
             "UPDATE bo_ledger SET next_attempt = 0 WHERE task = 'hooks' AND next_attempt > 0",
         ] {
             // Busy, or a table not created yet: the next pass will do it.
@@ -752,7 +752,7 @@ impl Chaos {
         ));
         left.extend(q(
             "endpoints behind",
-            &format!("SELECT count(*) FROM bo_webhook WHERE cursor < {max}"),
+            &format!("SELECT count(*) FROM bo_ledger WHERE task = 'webhooks' AND cursor < {max}"),
         ));
         left.extend(q(
             "hooks behind",

@@ -244,7 +244,7 @@ impl Repo {
 
     /// Lets every endpoint's next attempt come now.
     fn time_passes(&self) {
-        self.sql_exec("UPDATE bo_webhook SET next_attempt = 0");
+        self.sql_exec("UPDATE bo_ledger SET next_attempt = 0 WHERE task = 'webhooks'");
     }
 
     fn sql_exec(&self, q: &str) {
@@ -320,13 +320,14 @@ fn deliveries_arrive_in_order_signed_and_filtered_by_kind() {
     let newest = *events.last().unwrap();
     assert_eq!(
         repo.sql::<i64>(
-            "SELECT count(*) FROM bo_webhook WHERE cursor = (SELECT max(eventid) FROM bo_event)"
+            "SELECT count(*) FROM bo_ledger
+             WHERE task = 'webhooks' AND cursor = (SELECT max(eventid) FROM bo_event)"
         ),
         2
     );
     assert_eq!(
         newest,
-        repo.sql::<i64>("SELECT max(cursor) FROM bo_webhook")
+        repo.sql::<i64>("SELECT max(cursor) FROM bo_ledger WHERE task = 'webhooks'")
     );
     let status = repo.bo(&["status"]);
     assert!(
@@ -380,8 +381,9 @@ fn failing_hanging_and_refusing_endpoints_get_everything_in_order_in_the_end() {
         let (failures, next, err): (i64, i64, String) = rusqlite::Connection::open(&repo.path)
             .unwrap()
             .query_row(
-                "SELECT failures, next_attempt, last_error FROM bo_webhook WHERE id = ?1",
-                [id],
+                "SELECT failures, next_attempt, last_error FROM bo_ledger
+                 WHERE task = 'webhooks' AND target = ?1",
+                [id.to_string()],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .unwrap();
@@ -423,7 +425,8 @@ fn failing_hanging_and_refusing_endpoints_get_everything_in_order_in_the_end() {
     }
     assert_eq!(
         repo.sql::<i64>(
-            "SELECT count(*) FROM bo_webhook WHERE failures = 0 AND last_error IS NULL"
+            "SELECT count(*) FROM bo_ledger
+             WHERE task = 'webhooks' AND failures = 0 AND last_error IS NULL"
         ),
         3
     );
@@ -558,7 +561,7 @@ fn redirects_are_failures_unless_the_setting_allows_them() {
     repo.publish("wiki", "Moved?");
     repo.run();
     assert!(r.ids().is_empty());
-    let err: String = repo.sql("SELECT last_error FROM bo_webhook");
+    let err: String = repo.sql("SELECT last_error FROM bo_ledger WHERE task = 'webhooks'");
     assert!(
         err.contains("HTTP 302") && err.contains("webhook-follow-redirects"),
         "{err}"
@@ -704,7 +707,9 @@ fn an_operators_retry_during_a_run_is_not_undone_by_it() {
     let id = repo.add(&r.url, "*");
     repo.publish("wiki", "One");
     // One failure already: the next would make it dead.
-    repo.sql_exec("UPDATE bo_webhook SET failures = 1, last_error = 'HTTP 500'");
+    repo.sql_exec(
+        "UPDATE bo_ledger SET failures = 1, last_error = 'HTTP 500' WHERE task = 'webhooks'",
+    );
     let mut worker = Cmd::backoffice()
         .args(["run", "--nolease", repo.r()])
         .spawn();
@@ -720,9 +725,12 @@ fn an_operators_retry_during_a_run_is_not_undone_by_it() {
     crate::harness::wait_child(&mut worker, Duration::from_secs(30), "the worker");
     let (state, failures): (String, i64) = rusqlite::Connection::open(&repo.path)
         .unwrap()
-        .query_row("SELECT state, failures FROM bo_webhook", [], |row| {
-            Ok((row.get(0)?, row.get(1)?))
-        })
+        .query_row(
+            "SELECT w.state, l.failures FROM bo_webhook w
+             JOIN bo_ledger l ON l.task = 'webhooks' AND l.target = w.id",
+            [],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
         .unwrap();
     assert_eq!(
         (state.as_str(), failures),
@@ -768,4 +776,71 @@ fn a_copy_of_the_repository_never_reuses_a_delivery_id_for_another_event() {
         }
     }
     assert_eq!(by_id.len(), 3, "{by_id:?}");
+}
+
+/// Issue 11 item 4: a repository whose endpoints were written by release
+/// 0.1.0 (retry state in `bo_webhook`'s own columns), upgraded by several
+/// processes at once: each succeeds, every endpoint reads exactly as before
+/// (`webhook list --json` the same), the old columns are gone.
+#[test]
+fn processes_upgrading_a_0_1_0_repository_at_once_lose_nothing() {
+    let env = Env::new();
+    let repo = Repo::new(&env);
+    for i in 0..3 {
+        repo.publish("wiki", &format!("Event {i}"));
+    }
+    repo.sql_exec(&format!(
+        "CREATE TABLE bo_webhook(
+           id INTEGER PRIMARY KEY AUTOINCREMENT,
+           url TEXT NOT NULL,
+           secret TEXT NOT NULL,
+           kinds TEXT NOT NULL DEFAULT '*',
+           cursor INTEGER NOT NULL DEFAULT 0,
+           failures INTEGER NOT NULL DEFAULT 0,
+           next_attempt INTEGER NOT NULL DEFAULT 0,
+           last_error TEXT,
+           state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'dead')),
+           delivered INTEGER NOT NULL DEFAULT 0,
+           salt TEXT NOT NULL,
+           ctime INTEGER NOT NULL
+         );
+         INSERT INTO bo_webhook VALUES
+           (1, 'http://127.0.0.1:9/ok', '{SECRET}', '*', 3, 0, 0, NULL, 'active', 3,
+               '1deeea492e92', 1796143951),
+           (2, 'http://127.0.0.1:9/down', '{SECRET}', 'wiki', 1, 10, 4102444800,
+               'event 2: HTTP 500', 'dead', 1, 'ec59f48c160d', 1796143952);"
+    ));
+    let before = repo.bo(&["webhook", "list", "--json"]);
+    assert!(before.contains("event 2: HTTP 500"), "{before}");
+    // Every writing command upgrades first; these change nothing else
+    // (endpoint 1 is active, caught up, not failing).
+    let procs: Vec<_> = (0..6)
+        .map(|_| {
+            let r = repo.r().to_owned();
+            std::thread::spawn(move || {
+                Cmd::backoffice()
+                    .args(["webhook", "retry", "1", "-R", &r])
+                    .output()
+                    .success()
+            })
+        })
+        .collect();
+    for p in procs {
+        p.join().unwrap();
+    }
+    assert_eq!(repo.bo(&["webhook", "list", "--json"]), before);
+    assert_eq!(
+        repo.sql::<i64>(
+            "SELECT count(*) FROM pragma_table_info('bo_webhook')
+             WHERE name IN ('cursor', 'failures', 'next_attempt', 'last_error')"
+        ),
+        0
+    );
+    assert_eq!(
+        repo.sql::<i64>("SELECT count(*) FROM bo_ledger WHERE task = 'webhooks'"),
+        2
+    );
+    // And a worker run delivers nothing again, and keeps the dead one dead.
+    repo.run();
+    assert_eq!(repo.bo(&["webhook", "list", "--json"]), before);
 }

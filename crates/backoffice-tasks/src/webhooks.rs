@@ -3,7 +3,11 @@
 //! # The model
 //!
 //! An endpoint (`backoffice webhook add URL --secret S`) is a row of
-//! `bo_webhook` with its own **cursor**: the last event id it has handled.
+//! `bo_webhook` (what it is: URL, secret, kinds, live or dead, deliveries
+//! made) and an entry in the engine's retry ledger ([`backoffice::ledger`],
+//! task `webhooks`, target the endpoint's id) with where it stands: its
+//! **cursor** (the last event id it has handled), failures in a row, next
+//! attempt and last error.
 //! In each worker run the [`Webhooks`] task takes every active endpoint whose
 //! next attempt has come and sends it the events after its cursor that match
 //! its kinds, in event order, one HTTP POST each (the cursor also moves past
@@ -17,8 +21,9 @@
 //!
 //! Anything else — another status, a time-out, a refused connection — stops
 //! that endpoint for this run (so its order is kept), counts one failure and
-//! sets its next attempt with exponential backoff and jitter (1 minute, 2, 4,
-//! … capped at 6 hours). After `webhook-max-attempts` failures in a row the
+//! sets its next attempt by the ledger's policy
+//! ([`backoffice::ledger::Backoff`]: 1 minute, 2, 4, … capped at 6 hours,
+//! with jitter). After `webhook-max-attempts` failures in a row the
 //! endpoint is *dead*, with its reason in `status`, until `backoffice webhook
 //! retry ID`.
 //!
@@ -47,6 +52,15 @@
 //! HMAC-SHA256 of `TIMESTAMP.BODY` keyed with the endpoint's secret
 //! ([`signature`]). A receiver recomputes it, compares in constant time, and
 //! refuses timestamps more than a few minutes old (replays).
+//!
+//! # Upgrading
+//!
+//! Release 0.1.0 kept the cursor, failures, next attempt and last error as
+//! columns of `bo_webhook`. [`install`], which every writing path calls
+//! first, moves them into the ledger and drops the columns, in one
+//! `BEGIN IMMEDIATE` transaction (so two processes upgrading at once do it
+//! once); until then the reading paths read the old columns, so `list`,
+//! `status` and `due` tell the truth about a repository not yet upgraded.
 
 use std::io::Read;
 use std::path::Path;
@@ -59,19 +73,22 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use sha2::Sha256;
 
+use backoffice::ledger::{self, Backoff};
 use backoffice::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 
-/// The webhook table. The event table is the notifications' `bo_event`.
+/// The task's name, and its name in the retry ledger.
+const TASK: &str = "webhooks";
+
+/// The endpoints' definitions. Where each stands (cursor, failures, next
+/// attempt, last error) is in the retry ledger, `bo_ledger`; the events are
+/// the engine's `bo_event`. `state` stays here: `dead` is the operator's
+/// business (`webhook retry`), not a retry time.
 pub const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS bo_webhook(
   id INTEGER PRIMARY KEY AUTOINCREMENT,
   url TEXT NOT NULL,
   secret TEXT NOT NULL,
   kinds TEXT NOT NULL DEFAULT '*',
-  cursor INTEGER NOT NULL DEFAULT 0,
-  failures INTEGER NOT NULL DEFAULT 0,
-  next_attempt INTEGER NOT NULL DEFAULT 0,
-  last_error TEXT,
   state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'dead')),
   delivered INTEGER NOT NULL DEFAULT 0,
   salt TEXT NOT NULL,
@@ -119,10 +136,6 @@ const READ_BATCH: i64 = 200;
 pub const THREADS: usize = 8;
 /// Shortest secret accepted.
 pub const MIN_SECRET: usize = 16;
-/// First retry delay, seconds.
-const FIRST_RETRY: i64 = 60;
-/// Longest retry delay, seconds.
-const MAX_RETRY: i64 = 6 * 3600;
 /// Most bytes of a response body read (and of it, kept in an error).
 const MAX_RESPONSE: u64 = 64 * 1024;
 
@@ -242,11 +255,85 @@ pub fn signature(secret: &str, timestamp: i64, body: &[u8]) -> String {
     out
 }
 
-/// Creates the tables (ours and the event table) if they are missing.
+/// Creates the tables (ours, the ledger and the event table) if they are
+/// missing, gives events their uid ([`backoffice::events::ensure_uid`]),
+/// and moves the retry state of a repository of release 0.1.0 into the
+/// ledger (see [Upgrading](self#upgrading)).
+///
+/// Run it inline when the caller already holds a transaction; otherwise
+/// the changes of shape take one of their own.
 pub fn install(conn: &Connection) -> rusqlite::Result<()> {
     backoffice::events::install(conn)?;
+    ledger::install(conn)?;
     conn.execute_batch(SCHEMA)?;
-    backoffice::events::ensure_uid(conn)
+    migrate(conn)
+}
+
+/// The columns release 0.1.0 had in `bo_webhook` and the ledger now holds.
+const OLD_COLUMNS: [&str; 4] = ["cursor", "failures", "next_attempt", "last_error"];
+
+/// True if `bo_webhook` still has the retry columns of release 0.1.0.
+/// A lookup in the connection's schema, no statement.
+fn old_shape(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.column_exists(None, "bo_webhook", "next_attempt")
+}
+
+/// Gives `bo_event` its `uid` column, moves the retry state out of
+/// `bo_webhook` into the ledger and drops its columns; nothing if already
+/// done. Idempotent, and safe against other processes doing the same at
+/// once: the shape is checked again under the write lock, and the copy and
+/// the drops commit together or not at all.
+///
+/// Adding the `uid` column is done under the same lock because two
+/// processes that both saw it missing would both add it, and the second
+/// would fail (`duplicate column name: uid`, found by
+/// `processes_upgrading_a_0_1_0_repository_at_once_lose_nothing`).
+fn migrate(conn: &Connection) -> rusqlite::Result<()> {
+    if !old_shape(conn)? && conn.column_exists(None, "bo_event", "uid")? {
+        // At most the uid trigger and missing uids: idempotent statements,
+        // safe without the lock.
+        return backoffice::events::ensure_uid(conn);
+    }
+    in_write(conn, || {
+        // Another process may have changed the shape between the check
+        // above and the lock: reading the schema table verifies the schema
+        // cookie, so a stale copy of the schema is reloaded before it is
+        // asked again.
+        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
+            r.get::<_, i64>(0)
+        })?;
+        backoffice::events::ensure_uid(conn)?;
+        if !old_shape(conn)? {
+            return Ok(());
+        }
+        ledger::install(conn)?;
+        let copied = conn.execute(
+            "INSERT OR IGNORE INTO bo_ledger(task, target, cursor, failures, next_attempt, last_error)
+             SELECT ?1, CAST(id AS TEXT), cursor, failures, next_attempt, last_error FROM bo_webhook",
+            [TASK],
+        )?;
+        for c in OLD_COLUMNS {
+            conn.execute_batch(&format!("ALTER TABLE bo_webhook DROP COLUMN {c}"))?;
+        }
+        tracing::info!(
+            endpoints = copied,
+            "webhook retry state moved to the retry ledger"
+        );
+        Ok(())
+    })
+}
+
+/// Runs `f` in a `BEGIN IMMEDIATE` transaction of its own, or inline if
+/// the caller already holds one.
+fn in_write<T, E: From<rusqlite::Error>>(
+    conn: &Connection,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    if conn.is_autocommit() {
+        backoffice::repo::immediate(conn, f)
+    } else {
+        f()
+    }
 }
 
 /// A new endpoint.
@@ -262,7 +349,35 @@ pub struct New {
     pub from_start: bool,
 }
 
-const COLUMNS: &str = "id, url, secret, kinds, cursor, failures, next_attempt, last_error, state, delivered, salt, ctime";
+/// Endpoints with where they stand (no ledger entry: at the start, never
+/// failed). Conditions go after it as `WHERE ...` on `w.` and `l.`.
+const SELECT: &str = "SELECT w.id, w.url, w.secret, w.kinds, coalesce(l.cursor, 0),
+  coalesce(l.failures, 0), coalesce(l.next_attempt, 0), l.last_error, w.state, w.delivered,
+  w.salt, w.ctime
+FROM bo_webhook w LEFT JOIN bo_ledger l ON l.task = 'webhooks' AND l.target = CAST(w.id AS TEXT)";
+
+/// The same from a repository not yet upgraded (see [`old_shape`]).
+const SELECT_OLD: &str = "SELECT w.id, w.url, w.secret, w.kinds, w.cursor, w.failures,
+  w.next_attempt, w.last_error, w.state, w.delivered, w.salt, w.ctime
+FROM bo_webhook w";
+
+/// Runs `read` with the endpoint query for this repository's shape
+/// ([`SELECT`] or [`SELECT_OLD`]).
+///
+/// The shape is read from the connection's copy of the schema, which may
+/// be stale: another process may have upgraded the repository since it was
+/// loaded. Then the old query fails (SQLite reloads the schema on the way),
+/// and `read` is run once more with the new one.
+fn read_endpoints<T>(
+    conn: &Connection,
+    read: impl Fn(&'static str) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let old = old_shape(conn)?;
+    match read(if old { SELECT_OLD } else { SELECT }) {
+        Err(_) if old && !old_shape(conn)? => read(SELECT),
+        r => r,
+    }
+}
 
 fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Webhook> {
     Ok(Webhook {
@@ -281,6 +396,22 @@ fn row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Webhook> {
     })
 }
 
+/// The ledger's target name of endpoint `id`.
+fn target(id: i64) -> String {
+    id.to_string()
+}
+
+/// Endpoint `id`'s ledger entry, or a fresh one (cursor 0, never failed).
+fn entry(conn: &Connection, id: i64) -> rusqlite::Result<ledger::Entry> {
+    Ok(
+        ledger::get(conn, TASK, &target(id))?.unwrap_or_else(|| ledger::Entry {
+            task: TASK.to_owned(),
+            target: target(id),
+            ..Default::default()
+        }),
+    )
+}
+
 /// Adds an endpoint. It gets the events published from now on (all of
 /// them with `from_start`).
 pub fn add(conn: &Connection, new: &New) -> Result<Webhook, WebhookError> {
@@ -291,19 +422,36 @@ pub fn add(conn: &Connection, new: &New) -> Result<Webhook, WebhookError> {
     let kinds = crate::notify::subscribers::parse_kinds(&new.kinds)
         .map_err(|e| WebhookError::Kinds(e.to_string()))?;
     install(conn)?;
-    let cursor: i64 = if new.from_start {
-        0
-    } else {
-        conn.query_row("SELECT coalesce(max(eventid), 0) FROM bo_event", [], |r| {
-            r.get(0)
-        })?
-    };
-    conn.execute(
-        "INSERT INTO bo_webhook(url, secret, kinds, cursor, salt, ctime)
-         VALUES (?1, ?2, ?3, ?4, lower(hex(randomblob(6))), ?5)",
-        params![new.url, new.secret, kinds, cursor, backoffice::clock::now()],
-    )?;
-    get(conn, conn.last_insert_rowid())
+    // The endpoint and its ledger entry are created together, the cursor
+    // read under the same lock (no event slips in between).
+    let id = in_write(conn, || -> rusqlite::Result<i64> {
+        let cursor: i64 = if new.from_start {
+            0
+        } else {
+            conn.query_row("SELECT coalesce(max(eventid), 0) FROM bo_event", [], |r| {
+                r.get(0)
+            })?
+        };
+        conn.execute(
+            "INSERT INTO bo_webhook(url, secret, kinds, salt, ctime)
+             VALUES (?1, ?2, ?3, lower(hex(randomblob(6))), ?4)",
+            params![new.url, new.secret, kinds, backoffice::clock::now()],
+        )?;
+        let id = conn.last_insert_rowid();
+        // `put`, not `start`: an entry left under this id is not this
+        // endpoint's.
+        ledger::put(
+            conn,
+            &ledger::Entry {
+                task: TASK.to_owned(),
+                target: target(id),
+                cursor,
+                ..Default::default()
+            },
+        )?;
+        Ok(id)
+    })?;
+    get(conn, id)
 }
 
 /// One endpoint.
@@ -311,12 +459,10 @@ pub fn get(conn: &Connection, id: i64) -> Result<Webhook, WebhookError> {
     if !conn.table_exists(None, "bo_webhook")? {
         return Err(WebhookError::NotFound(id));
     }
-    conn.query_row(
-        &format!("SELECT {COLUMNS} FROM bo_webhook WHERE id = ?1"),
-        [id],
-        row,
-    )
-    .optional()?
+    read_endpoints(conn, |select| {
+        conn.query_row(&format!("{select} WHERE w.id = ?1"), [id], row)
+            .optional()
+    })?
     .ok_or(WebhookError::NotFound(id))
 }
 
@@ -325,14 +471,21 @@ pub fn list(conn: &Connection) -> Result<Vec<Webhook>, WebhookError> {
     if !conn.table_exists(None, "bo_webhook")? {
         return Ok(Vec::new());
     }
-    let mut s = conn.prepare(&format!("SELECT {COLUMNS} FROM bo_webhook ORDER BY id"))?;
-    Ok(s.query_map([], row)?.collect::<rusqlite::Result<_>>()?)
+    Ok(read_endpoints(conn, |select| {
+        conn.prepare(&format!("{select} ORDER BY w.id"))?
+            .query_map([], row)?
+            .collect()
+    })?)
 }
 
-/// Removes an endpoint.
+/// Removes an endpoint, and its ledger entry.
 pub fn remove(conn: &Connection, id: i64) -> Result<Webhook, WebhookError> {
     let w = get(conn, id)?;
-    conn.execute("DELETE FROM bo_webhook WHERE id = ?1", [id])?;
+    install(conn)?;
+    in_write(conn, || -> rusqlite::Result<()> {
+        conn.execute("DELETE FROM bo_webhook WHERE id = ?1", [id])?;
+        ledger::remove(conn, TASK, &target(id))
+    })?;
     Ok(w)
 }
 
@@ -340,21 +493,21 @@ pub fn remove(conn: &Connection, id: i64) -> Result<Webhook, WebhookError> {
 /// reset; its cursor is kept, so nothing is skipped.
 pub fn retry(conn: &Connection, id: i64) -> Result<Webhook, WebhookError> {
     get(conn, id)?;
-    conn.execute(
-        "UPDATE bo_webhook SET state = 'active', failures = 0, next_attempt = 0, last_error = NULL
-         WHERE id = ?1",
-        [id],
-    )?;
+    install(conn)?;
+    in_write(conn, || -> rusqlite::Result<()> {
+        conn.execute("UPDATE bo_webhook SET state = 'active' WHERE id = ?1", [id])?;
+        let e = entry(conn, id)?;
+        ledger::put(
+            conn,
+            &ledger::Entry {
+                failures: 0,
+                next_attempt: 0,
+                last_error: None,
+                ..e
+            },
+        )
+    })?;
     get(conn, id)
-}
-
-/// Seconds to wait after `failures` failures in a row: 1 min, 2, 4, …, at
-/// most 6 h, plus up to 10 % jitter.
-pub fn backoff(failures: i64, jitter_seed: u64) -> i64 {
-    let base = FIRST_RETRY
-        .saturating_mul(1i64 << (failures - 1).clamp(0, 20))
-        .min(MAX_RETRY);
-    base + (jitter_seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 33) as i64 % (base / 10 + 1)
 }
 
 /// The delivery settings of one repository.
@@ -535,7 +688,7 @@ struct Turn {
 
 impl Task for Webhooks {
     fn name(&self) -> &str {
-        "webhooks"
+        TASK
     }
 
     fn settings(&self) -> &'static [backoffice::settings::Def] {
@@ -546,12 +699,20 @@ impl Task for Webhooks {
         if !conn.table_exists(None, "bo_webhook")? {
             return Ok(Due::Never);
         }
-        let next: Option<i64> = conn
-            .prepare_cached(
-                "SELECT min(next_attempt) FROM bo_webhook
-                 WHERE state = 'active' AND cursor < (SELECT max(eventid) FROM bo_event)",
-            )?
-            .query_row([], |r| r.get(0))?;
+        // Not yet upgraded: the old columns still say the truth (the first
+        // run moves them into the ledger). Upgraded by another process since
+        // this connection read the schema: the old query fails, which counts
+        // as due (see `Tasks::due`), never as nothing to do.
+        let sql = if old_shape(conn)? {
+            "SELECT min(next_attempt) FROM bo_webhook
+             WHERE state = 'active' AND cursor < (SELECT max(eventid) FROM bo_event)"
+        } else {
+            "SELECT min(coalesce(l.next_attempt, 0)) FROM bo_webhook w
+               LEFT JOIN bo_ledger l ON l.task = 'webhooks' AND l.target = CAST(w.id AS TEXT)
+             WHERE w.state = 'active'
+               AND coalesce(l.cursor, 0) < (SELECT max(eventid) FROM bo_event)"
+        };
+        let next: Option<i64> = conn.prepare_cached(sql)?.query_row([], |r| r.get(0))?;
         Ok(match next {
             None => Due::Never,
             Some(t) if t <= now => Due::Now,
@@ -564,9 +725,8 @@ impl Task for Webhooks {
         if !conn.table_exists(None, "bo_webhook")? {
             return Ok(0);
         }
-        if conn.table_exists(None, "bo_event")? {
-            backoffice::events::ensure_uid(conn)?;
-        }
+        // Upgrades a repository of release 0.1.0, gives events their uid.
+        install(conn)?;
         let cfg = Config::load(conn)?;
         // What a killed run delivered after its last commit.
         let progress = Progress::path(ctx.repo);
@@ -775,17 +935,17 @@ struct Sched {
 }
 
 /// Active endpoints due at `now` with events after their cursor, by id,
-/// except those in `skip`.
+/// except those in `skip`. Only on an upgraded repository ([`install`]).
 fn due_endpoints(
     conn: &Connection,
     now: i64,
     skip: &std::collections::HashSet<i64>,
 ) -> rusqlite::Result<Vec<Webhook>> {
     let mut s = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM bo_webhook
-         WHERE state = 'active' AND next_attempt <= ?1
-           AND cursor < (SELECT max(eventid) FROM bo_event)
-         ORDER BY id"
+        "{SELECT}
+         WHERE w.state = 'active' AND coalesce(l.next_attempt, 0) <= ?1
+           AND coalesce(l.cursor, 0) < (SELECT max(eventid) FROM bo_event)
+         ORDER BY w.id"
     ))?;
     s.query_map([now], row)?
         .filter(|w| w.as_ref().map_or(true, |w| !skip.contains(&w.id)))
@@ -862,25 +1022,40 @@ impl Progress {
                 seen.entry((id, salt.to_owned())).or_default().push(ev);
             }
         }
+        if seen.is_empty() {
+            let _ = std::fs::remove_file(path);
+            return Ok(());
+        }
+        migrate(conn)?;
         let tx =
             rusqlite::Transaction::new_unchecked(conn, rusqlite::TransactionBehavior::Immediate)?;
         for ((id, salt), evs) in &seen {
-            let cursor: Option<i64> = tx
-                .query_row(
-                    "SELECT cursor FROM bo_webhook WHERE id = ?1 AND salt = ?2",
-                    params![id, salt],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            let Some(cursor) = cursor else { continue };
-            let newer = evs.iter().filter(|&&e| e > cursor).count();
-            let top = evs.iter().copied().max().unwrap_or(cursor);
+            let ours: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM bo_webhook WHERE id = ?1 AND salt = ?2)",
+                params![id, salt],
+                |r| r.get(0),
+            )?;
+            if !ours {
+                continue;
+            }
+            let e = entry(&tx, *id)?;
+            let newer = evs.iter().filter(|&&ev| ev > e.cursor).count();
+            let top = evs.iter().copied().max().unwrap_or(e.cursor);
             if newer > 0 {
                 tx.execute(
-                    "UPDATE bo_webhook SET cursor = max(cursor, ?2), delivered = delivered + ?3,
-                       failures = 0, last_error = NULL
-                     WHERE id = ?1",
-                    params![id, top, newer as i64],
+                    "UPDATE bo_webhook SET delivered = delivered + ?2 WHERE id = ?1",
+                    params![id, newer as i64],
+                )?;
+                // Answered deliveries: the failures in a row and the last
+                // error are cleared; the next attempt stays as it was.
+                ledger::put(
+                    &tx,
+                    &ledger::Entry {
+                        cursor: e.cursor.max(top),
+                        failures: 0,
+                        last_error: None,
+                        ..e
+                    },
                 )?;
             }
         }
@@ -937,7 +1112,7 @@ fn serve(
                         }
                     }
                     if pending >= commit_every || log.is_none() {
-                        if !commit(db, w.id, cursor, pending)? {
+                        if !commit(db, w.id, cursor, pending, now)? {
                             return Ok(turn); // removed meanwhile
                         }
                         committed = cursor;
@@ -954,7 +1129,7 @@ fn serve(
         }
     }
     if turn.failed.is_none() && (cursor != committed || pending > 0) {
-        commit(db, w.id, cursor, pending)?;
+        commit(db, w.id, cursor, pending, now)?;
     }
     tracing::debug!(
         webhook = w.id,
@@ -965,25 +1140,31 @@ fn serve(
     Ok(turn)
 }
 
-/// Records deliveries up to `cursor`; false if the endpoint is gone.
-fn commit(db: &Connection, id: i64, cursor: i64, n: usize) -> rusqlite::Result<bool> {
-    let changed = db
-        .prepare_cached(
-            "UPDATE bo_webhook SET cursor = max(cursor, ?2), delivered = delivered + ?3,
-               failures = 0, last_error = NULL, next_attempt = 0
-             WHERE id = ?1",
-        )?
-        .execute(params![id, cursor, n as i64])?;
-    Ok(changed > 0)
+/// Records deliveries up to `cursor` made at `now`; false if the endpoint
+/// is gone.
+fn commit(db: &Connection, id: i64, cursor: i64, n: usize, now: i64) -> rusqlite::Result<bool> {
+    in_write(db, || {
+        let changed = db
+            .prepare_cached("UPDATE bo_webhook SET delivered = delivered + ?2 WHERE id = ?1")?
+            .execute(params![id, n as i64])?;
+        if changed == 0 {
+            return Ok(false); // removed meanwhile
+        }
+        // Never back: the stored cursor may be ahead (recovered from the
+        // progress log, or set by hand).
+        let cursor = entry(db, id)?.cursor.max(cursor);
+        ledger::succeeded(db, TASK, &target(id), cursor, now, None)?;
+        Ok(true)
+    })
 }
 
-/// Records what was delivered and one failure: a later next attempt, or
-/// dead after `max_attempts` in a row.
+/// Records what was delivered and one failure: a later next attempt (by
+/// the ledger's [`Backoff`]), or dead after `max_attempts` in a row.
 ///
-/// The count is read from the row inside the write transaction, not taken
-/// from the run's copy read when it started: an operator's `webhook retry`
-/// made while this turn was in flight reset it to 0, and a stale count
-/// would mark the endpoint dead again.
+/// The count is read from the ledger inside the write transaction, not
+/// taken from the run's copy read when it started: an operator's `webhook
+/// retry` made while this turn was in flight reset it to 0, and a stale
+/// count would mark the endpoint dead again.
 fn fail(
     db: &Connection,
     cfg: &Config,
@@ -993,36 +1174,41 @@ fn fail(
     error: &str,
     now: i64,
 ) -> rusqlite::Result<()> {
-    let tx = rusqlite::Transaction::new_unchecked(db, rusqlite::TransactionBehavior::Immediate)?;
-    let Some(current) = tx
-        .query_row(
-            "SELECT failures FROM bo_webhook WHERE id = ?1",
-            [w.id],
-            |r| r.get::<_, i64>(0),
-        )
-        .optional()?
-    else {
-        return Ok(()); // removed meanwhile
-    };
-    // Failures in a row: a turn that delivered something starts counting again.
-    let failures = if n > 0 {
-        1
-    } else {
-        current.max(0).saturating_add(1)
-    };
-    let dead = failures >= cfg.max_attempts;
-    let next = now.saturating_add(backoff(
-        failures,
-        (w.id as u64) ^ (now as u64).rotate_left(17),
-    ));
-    tx.prepare_cached(
-        "UPDATE bo_webhook SET cursor = max(cursor, ?2), delivered = delivered + ?3,
-           failures = ?4, last_error = ?5, next_attempt = ?6,
-           state = CASE WHEN ?7 THEN 'dead' ELSE state END
-         WHERE id = ?1",
-    )?
-    .execute(params![w.id, cursor, n as i64, failures, error, next, dead])?;
-    tx.commit()?;
+    let dead = in_write(db, || -> rusqlite::Result<bool> {
+        let changed = db
+            .prepare_cached("UPDATE bo_webhook SET delivered = delivered + ?2 WHERE id = ?1")?
+            .execute(params![w.id, n as i64])?;
+        if changed == 0 {
+            return Ok(false); // removed meanwhile
+        }
+        let e = entry(db, w.id)?;
+        // The cursor moves past what was delivered (and past events of
+        // other kinds); a turn that delivered something starts counting
+        // failures again.
+        ledger::put(
+            db,
+            &ledger::Entry {
+                cursor: e.cursor.max(cursor),
+                failures: if n > 0 { 0 } else { e.failures.max(0) },
+                ..e
+            },
+        )?;
+        let e = ledger::failed(
+            db,
+            TASK,
+            &target(w.id),
+            now,
+            error,
+            None,
+            &Backoff::default(),
+        )?;
+        let dead = e.failures >= cfg.max_attempts;
+        if dead {
+            db.prepare_cached("UPDATE bo_webhook SET state = 'dead' WHERE id = ?1")?
+                .execute([w.id])?;
+        }
+        Ok(dead)
+    })?;
     if dead {
         tracing::warn!(webhook = w.id, url = %w.url, error, "webhook endpoint is dead");
     }
@@ -1157,8 +1343,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::Now);
-        conn.execute("UPDATE bo_webhook SET next_attempt = 200", [])
-            .unwrap();
+        conn.execute(
+            "UPDATE bo_ledger SET next_attempt = 200 WHERE task = 'webhooks'",
+            [],
+        )
+        .unwrap();
         assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::At(200));
         conn.execute("UPDATE bo_webhook SET state = 'dead'", [])
             .unwrap();
@@ -1193,8 +1382,13 @@ mod tests {
         }
         let set = |id: i64, cursor: i64, state: &str| {
             conn.execute(
-                "UPDATE bo_webhook SET cursor = ?2, state = ?3 WHERE id = ?1",
-                params![id, cursor, state],
+                "UPDATE bo_webhook SET state = ?2 WHERE id = ?1",
+                params![id, state],
+            )
+            .unwrap();
+            conn.execute(
+                "UPDATE bo_ledger SET cursor = ?2 WHERE task = 'webhooks' AND target = ?1",
+                params![id.to_string(), cursor],
             )
             .unwrap();
         };
@@ -1204,12 +1398,268 @@ mod tests {
         assert_eq!(Webhooks.status(&conn, 0).gauges, webhook_gauges(2, 1, 3));
     }
 
+    /// A failed attempt backs off by the ledger's policy (1 minute, 2, …,
+    /// at most 6 hours, plus up to a tenth of jitter); a turn that delivered
+    /// something starts counting again; `max_attempts` in a row: dead. A
+    /// commit never moves a cursor back and clears the failures.
     #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        assert!((60..=66).contains(&backoff(1, 5)));
-        assert!((120..=132).contains(&backoff(2, 5)));
-        assert!((MAX_RETRY..=MAX_RETRY * 11 / 10).contains(&backoff(40, 5)));
-        let spread: std::collections::HashSet<i64> = (0..50).map(|s| backoff(3, s)).collect();
-        assert!(spread.len() > 5, "{spread:?}");
+    fn failures_back_off_by_the_ledger_policy_and_end_dead() {
+        let conn = Connection::open_in_memory().unwrap();
+        let w = add(
+            &conn,
+            &New {
+                url: "http://127.0.0.1:9/h".into(),
+                secret: "0123456789abcdef".into(),
+                kinds: "*".into(),
+                from_start: true,
+            },
+        )
+        .unwrap();
+        let cfg = Config {
+            timeout: Duration::from_secs(1),
+            max_attempts: 4,
+            follow_redirects: false,
+        };
+        fail(&conn, &cfg, &w, 0, 0, "HTTP 500", 1000).unwrap();
+        let g = get(&conn, w.id).unwrap();
+        assert_eq!(
+            (g.failures, g.state.as_str(), g.last_error.as_deref()),
+            (1, "active", Some("HTTP 500"))
+        );
+        assert!((1060..=1066).contains(&g.next_attempt), "{g:?}");
+        fail(&conn, &cfg, &w, 0, 0, "HTTP 500", 2000).unwrap();
+        let g = get(&conn, w.id).unwrap();
+        assert_eq!(g.failures, 2);
+        assert!((2120..=2132).contains(&g.next_attempt), "{g:?}");
+        // Two deliveries, then a failure: the cursor and the count move,
+        // the failures start again at 1.
+        fail(&conn, &cfg, &w, 5, 2, "HTTP 502", 3000).unwrap();
+        let g = get(&conn, w.id).unwrap();
+        assert_eq!((g.cursor, g.delivered, g.failures), (5, 2, 1), "{g:?}");
+        assert!((3060..=3066).contains(&g.next_attempt), "{g:?}");
+        // Capped, however many failures are stored.
+        conn.execute(
+            "UPDATE bo_ledger SET failures = 39 WHERE task = 'webhooks'",
+            [],
+        )
+        .unwrap();
+        let lenient = Config {
+            max_attempts: 100,
+            ..cfg
+        };
+        fail(&conn, &lenient, &w, 0, 0, "timed out", 4000).unwrap();
+        let g = get(&conn, w.id).unwrap();
+        assert_eq!((g.failures, g.cursor), (40, 5), "{g:?}");
+        assert!(
+            (4000 + 6 * 3600..=4000 + 6 * 3600 * 11 / 10).contains(&g.next_attempt),
+            "{g:?}"
+        );
+        // A commit behind the stored cursor keeps it, and clears failures.
+        assert!(commit(&conn, w.id, 3, 1, 5000).unwrap());
+        let g = get(&conn, w.id).unwrap();
+        assert_eq!(
+            (
+                g.cursor,
+                g.delivered,
+                g.failures,
+                g.next_attempt,
+                g.last_error
+            ),
+            (5, 3, 0, 0, None)
+        );
+        // Dead after max_attempts in a row.
+        for t in 1..=4 {
+            fail(&conn, &cfg, &w, 0, 0, "HTTP 500", 6000 + t).unwrap();
+        }
+        let g = get(&conn, w.id).unwrap();
+        assert_eq!((g.failures, g.state.as_str()), (4, "dead"));
+        // A removed endpoint is not recorded, nor left in the ledger.
+        remove(&conn, w.id).unwrap();
+        assert!(!commit(&conn, w.id, 9, 1, 7000).unwrap());
+        fail(&conn, &cfg, &w, 9, 0, "HTTP 500", 7000).unwrap();
+        assert_eq!(ledger::all(&conn, TASK).unwrap(), vec![]);
+    }
+
+    /// `bo_webhook` as release 0.1.0 made it, the retry state in its columns.
+    const SCHEMA_0_1_0: &str = "
+        CREATE TABLE bo_webhook(
+          id INTEGER PRIMARY KEY AUTOINCREMENT,
+          url TEXT NOT NULL,
+          secret TEXT NOT NULL,
+          kinds TEXT NOT NULL DEFAULT '*',
+          cursor INTEGER NOT NULL DEFAULT 0,
+          failures INTEGER NOT NULL DEFAULT 0,
+          next_attempt INTEGER NOT NULL DEFAULT 0,
+          last_error TEXT,
+          state TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'dead')),
+          delivered INTEGER NOT NULL DEFAULT 0,
+          salt TEXT NOT NULL,
+          ctime INTEGER NOT NULL
+        );
+        INSERT INTO bo_webhook VALUES
+          (1, 'http://127.0.0.1:9/ok', '0123456789abcdef', '*', 7, 0, 0, NULL, 'active', 2, '1deeea492e92', 100),
+          (2, 'http://127.0.0.1:9/down', '0123456789abcdef', 'wiki,ticket', 2, 3, 4102444800,
+              'event 3: HTTP 500', 'dead', 0, 'ec59f48c160d', 101),
+          (4, 'http://127.0.0.1:9/slow', '0123456789abcdef', '*', 0, 1, 4102444800,
+              'event 1: timed out', 'active', 0, '0a0b0c0d0e0f', 102);
+    ";
+
+    /// A repository file of release 0.1.0 with three endpoints (one dead,
+    /// one backing off) and seven events.
+    fn repo_0_1_0(dir: &Path) -> std::path::PathBuf {
+        let path = dir.join("app.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        backoffice::events::install(&conn).unwrap();
+        for i in 0..7 {
+            backoffice::events::publish(
+                &conn,
+                &backoffice::events::Event {
+                    kind: "wiki".into(),
+                    title: format!("Event {i}"),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        }
+        conn.execute_batch(SCHEMA_0_1_0).unwrap();
+        path
+    }
+
+    fn columns(conn: &Connection) -> Vec<String> {
+        let mut s = conn
+            .prepare("SELECT name FROM pragma_table_info('bo_webhook') ORDER BY cid")
+            .unwrap();
+        s.query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// Issue 11 item 4: a 0.1.0 repository reads the same before and after
+    /// the upgrade; `install` moves every endpoint's retry state into the
+    /// ledger, drops the old columns, and does nothing the second time, nor
+    /// from a connection that saw the old shape before another upgraded it.
+    #[test]
+    fn install_moves_the_retry_state_of_a_0_1_0_repository_into_the_ledger() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = repo_0_1_0(dir.path());
+        let conn = Connection::open(&path).unwrap();
+        // Other processes' connections, which have read the old shape.
+        let other = Connection::open(&path).unwrap();
+        let before = list(&other).unwrap();
+        let reader = Connection::open(&path).unwrap();
+        assert_eq!(list(&reader).unwrap(), before);
+        assert_eq!(before.len(), 3);
+        assert_eq!(
+            (
+                before[1].cursor,
+                before[1].failures,
+                before[1].state.as_str()
+            ),
+            (2, 3, "dead")
+        );
+        assert_eq!(Webhooks.due(&other, 1000).unwrap(), Due::At(4_102_444_800));
+        assert!(old_shape(&other).unwrap());
+
+        install(&conn).unwrap();
+        let entries = ledger::all(&conn, TASK).unwrap();
+        let got: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                (
+                    e.target.as_str(),
+                    e.cursor,
+                    e.failures,
+                    e.next_attempt,
+                    e.last_error.as_deref(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("1", 7, 0, 0, None),
+                ("2", 2, 3, 4_102_444_800, Some("event 3: HTTP 500")),
+                ("4", 0, 1, 4_102_444_800, Some("event 1: timed out")),
+            ]
+        );
+        assert_eq!(
+            columns(&conn),
+            [
+                "id",
+                "url",
+                "secret",
+                "kinds",
+                "state",
+                "delivered",
+                "salt",
+                "ctime"
+            ]
+        );
+        assert_eq!(list(&conn).unwrap(), before);
+        // Endpoint 1 is caught up, 2 dead, 4 backing off until 2100.
+        assert_eq!(Webhooks.due(&conn, 1000).unwrap(), Due::At(4_102_444_800));
+        // The same delivery ids as before (they are made of id and salt).
+        assert_eq!(
+            delivery_id(&list(&conn).unwrap()[0], 7, "u"),
+            delivery_id(&before[0], 7, "u")
+        );
+
+        // Read through a connection whose schema is stale: the same.
+        assert!(old_shape(&reader).unwrap(), "the reader is stale");
+        assert_eq!(list(&reader).unwrap(), before);
+        assert_eq!(get(&reader, 2).unwrap(), before[1]);
+        // Again, and from a connection whose schema is stale: nothing
+        // changes, nothing fails.
+        install(&conn).unwrap();
+        assert!(old_shape(&other).unwrap(), "the other connection is stale");
+        migrate(&other).unwrap();
+        install(&other).unwrap();
+        assert_eq!(ledger::all(&other, TASK).unwrap(), entries);
+        assert_eq!(list(&other).unwrap(), before);
+        // New endpoints go on from the old ids.
+        let w = add(
+            &conn,
+            &New {
+                url: "http://127.0.0.1:9/new".into(),
+                secret: "0123456789abcdef".into(),
+                kinds: "*".into(),
+                from_start: false,
+            },
+        )
+        .unwrap();
+        assert_eq!((w.id, w.cursor), (5, 7));
+        assert_eq!(retry(&conn, 2).unwrap().cursor, 2);
+    }
+
+    /// Four connections upgrading one 0.1.0 repository at once: each
+    /// succeeds, the state is copied once, nothing is lost.
+    #[test]
+    fn concurrent_installs_upgrade_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = repo_0_1_0(dir.path());
+        let before = list(&Connection::open(&path).unwrap()).unwrap();
+        let start = std::sync::Barrier::new(4);
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let c = open(&path).unwrap();
+                        assert!(old_shape(&c).unwrap());
+                        start.wait();
+                        install(&c)
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap().unwrap();
+            }
+        });
+        let conn = Connection::open(&path).unwrap();
+        assert!(!old_shape(&conn).unwrap());
+        assert_eq!(list(&conn).unwrap(), before);
+        assert_eq!(ledger::all(&conn, TASK).unwrap().len(), 3);
     }
 }
