@@ -713,7 +713,7 @@ impl Chaos {
         for q in [
             "UPDATE bo_outbox SET next_attempt = 0 WHERE state = 'queued' AND next_attempt > 0",
             "UPDATE bo_ledger SET next_attempt = 0 WHERE task = 'webhooks' AND next_attempt > 0",
-            "UPDATE bo_hook_state SET next_attempt = 0 WHERE next_attempt > 0",
+            "UPDATE bo_ledger SET next_attempt = 0 WHERE task = 'hooks' AND next_attempt > 0",
         ] {
             // Busy, or a table not created yet: the next pass will do it.
             let _ = c.execute(q, []);
@@ -757,8 +757,8 @@ impl Chaos {
         left.extend(q(
             "hooks behind",
             &format!(
-                "SELECT (SELECT count(*) FROM bo_hook_state WHERE cursor < {max})
-                      + (SELECT count(*) = 0 FROM bo_hook_state)"
+                "SELECT (SELECT count(*) FROM bo_ledger WHERE task = 'hooks' AND cursor < {max})
+                      + (SELECT count(*) = 0 FROM bo_ledger WHERE task = 'hooks')"
             ),
         ));
         left

@@ -81,13 +81,13 @@ impl Repo {
 
     fn cursor(&self, id: i64) -> i64 {
         self.sql(&format!(
-            "SELECT cursor FROM bo_hook_state WHERE hookid = {id}"
+            "SELECT cursor FROM bo_ledger WHERE task = 'hooks' AND target = '{id}'"
         ))
     }
 
     fn failures(&self, id: i64) -> i64 {
         self.sql(&format!(
-            "SELECT failures FROM bo_hook_state WHERE hookid = {id}"
+            "SELECT failures FROM bo_ledger WHERE task = 'hooks' AND target = '{id}'"
         ))
     }
 
@@ -95,7 +95,10 @@ impl Repo {
     fn retry_now(&self) {
         rusqlite::Connection::open(&self.path)
             .unwrap()
-            .execute("UPDATE bo_hook_state SET next_attempt = 0", [])
+            .execute(
+                "UPDATE bo_ledger SET next_attempt = 0 WHERE task = 'hooks'",
+                [],
+            )
             .unwrap();
     }
 }
@@ -226,9 +229,9 @@ fn a_hook_past_its_timeout_is_killed_with_its_children_and_counts_as_failed() {
     r.run();
     assert!(t0.elapsed() < Duration::from_secs(10), "{:?}", t0.elapsed());
     assert_eq!((r.cursor(1), r.failures(1)), (0, 1));
-    let err: String = r.sql("SELECT last_error FROM bo_hook_state");
+    let err: String = r.sql("SELECT last_error FROM bo_ledger WHERE task = 'hooks'");
     assert_eq!(err, "timed out after 1 s");
-    let out: String = r.sql("SELECT last_output FROM bo_hook_state");
+    let out: String = r.sql("SELECT last_output FROM bo_ledger WHERE task = 'hooks'");
     assert_eq!(out, "started\n");
     let child: u32 = r.file("child").trim().parse().unwrap();
     assert!(
@@ -248,7 +251,7 @@ fn megabytes_of_output_are_captured_bounded() {
     );
     r.publish("Loud");
     r.run();
-    let out: String = r.sql("SELECT last_output FROM bo_hook_state");
+    let out: String = r.sql("SELECT last_output FROM bo_ledger WHERE task = 'hooks'");
     assert!(out.len() <= 64 * 1024 + 100, "{}", out.len());
     assert!(out.starts_with("BEGIN\nxxx"));
     assert!(out.ends_with("END\n"), "{}", &out[out.len() - 50..]);
@@ -325,7 +328,7 @@ fn status_reports_a_failing_hook_with_its_last_output_and_test_runs_it() {
         "{log}"
     );
     // Still retried, at a backoff.
-    let next: i64 = r.sql("SELECT next_attempt FROM bo_hook_state");
+    let next: i64 = r.sql("SELECT next_attempt FROM bo_ledger WHERE task = 'hooks'");
     assert!(next > crate::harness::now());
     // `hook test` runs it without moving anything.
     let out = Cmd::backoffice()
@@ -517,4 +520,157 @@ fn a_hook_leaving_a_setsid_process_on_its_output_leaks_no_thread_in_a_poller() {
         left.is_empty(),
         "setsid children of the hook survived: {left:?}"
     );
+}
+
+/// A hook that removes itself while it runs (or is removed by another
+/// process meanwhile) leaves no state behind: recording its run must not
+/// bring back a ledger entry for a hook that is gone, or that entry, behind
+/// the newest event with no hook to run, would keep the check reporting
+/// work forever.
+#[test]
+fn a_hook_removed_while_it_runs_leaves_no_state_behind() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    r.add("%F hook remove 1 -R %R > removed; exit 1", &[]);
+    r.publish("One");
+    r.run();
+    assert!(
+        r.file("removed").contains("removed hook 1"),
+        "{}",
+        r.file("removed")
+    );
+    assert_eq!(
+        r.sql::<i64>("SELECT count(*) FROM bo_ledger WHERE task = 'hooks'"),
+        0
+    );
+    let status = r.bo(&["status"]);
+    assert!(!status.contains("hook 1"), "{status}");
+}
+
+/// True once process `pid` has `path` open.
+fn has_open(pid: u32, path: &std::path::Path) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+        fds.flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == path))
+    })
+}
+
+/// Issue 11 item 4: hook state of an older release (`bo_hook_state`)
+/// upgrades in place into the retry ledger, whole, while several processes
+/// — workers and `hook add` — race to be the first to touch it: each
+/// re-checks inside its own `BEGIN IMMEDIATE`, so exactly one moves the
+/// rows and none fails or loses one.
+///
+/// To make the race real, the test holds the write lock while the racers
+/// start, so they all find the old table before any can move it; the
+/// ledger and the event log already exist, so creating them does not
+/// serialise the racers either.
+#[test]
+fn hook_state_of_an_older_release_upgrades_in_place_under_racing_processes() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    r.publish("One");
+    r.publish("Two");
+    // Every other table of hooks made beforehand (as a release with the
+    // ledger would have), so creating one does not serialise the racers.
+    r.add("true", &[]);
+    r.bo(&["hook", "remove", "1"]);
+    let later = crate::harness::now() + 100_000;
+    let c = rusqlite::Connection::open(&r.path).unwrap();
+    let hooks = r#"[{"type":"after-event","cmd":"cat >> got1","seq":10,"id":1},{"type":"after-event","cmd":"cat >> got2","seq":20,"id":2}]"#;
+    for (name, value) in [
+        ("hooks", hooks),
+        ("backoffice-hooks-seen", hooks),
+        ("backoffice-hooks-last-id", "2"),
+    ] {
+        c.execute(
+            "REPLACE INTO config(name, value, mtime) VALUES (?1, ?2, 0)",
+            [name, value],
+        )
+        .unwrap();
+    }
+    // The table as release 0.1 created it; hook 1 failing and backing
+    // off, hook 2 up to date: a run has nothing to deliver.
+    c.execute_batch(&format!(
+        "CREATE TABLE bo_hook_state(
+           hookid INTEGER PRIMARY KEY,
+           cursor INTEGER NOT NULL,
+           failures INTEGER NOT NULL DEFAULT 0,
+           next_attempt INTEGER NOT NULL DEFAULT 0,
+           last_run INTEGER,
+           last_error TEXT,
+           last_output TEXT
+         );
+         INSERT INTO bo_hook_state VALUES (1, 1, 2, {later}, 1700000000, 'exit status: 1', 'old output');
+         INSERT INTO bo_hook_state VALUES (2, 2, 0, 0, 1700000001, NULL, 'fine');"
+    ))
+    .unwrap();
+    // Read-only commands show the old state before any upgrade.
+    assert!(r.bo(&["hook", "list"]).contains("2 failure(s)"));
+    c.execute_batch("BEGIN IMMEDIATE").unwrap();
+    // Workers log each task's failure (their exit status does not count
+    // it): every worker gets a log file to show it.
+    let log = |i: usize| r.dir.join(format!("racer{i}.log"));
+    let mut racers: Vec<(String, std::process::Child)> = (0..6)
+        .map(|i| {
+            let cmd = if i % 3 == 2 {
+                Cmd::backoffice().args(["hook", "add", "--command", "true", "-R"])
+            } else {
+                Cmd::backoffice()
+                    .args(["run", "--nolease", "--logfile"])
+                    .arg(log(i))
+            };
+            let child = cmd
+                .arg(r.r())
+                .spawn_with(std::process::Stdio::null(), std::process::Stdio::piped());
+            (format!("racer {i}"), child)
+        })
+        .collect();
+    let opened = wait_until(Duration::from_secs(20), || {
+        racers.iter().all(|(_, ch)| has_open(ch.id(), &r.path))
+    });
+    // A margin for each to get from opening the file to its write (the
+    // busy timeout is 5 s); a racer that is late only makes the race milder.
+    std::thread::sleep(Duration::from_millis(500));
+    c.execute_batch("COMMIT").unwrap();
+    drop(c);
+    let mut failed = Vec::new();
+    for (i, (what, child)) in racers.iter_mut().enumerate() {
+        let status = crate::harness::wait_child(child, Duration::from_secs(60), what);
+        let mut err = String::new();
+        let _ = std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err);
+        let logged = std::fs::read_to_string(log(i)).unwrap_or_default();
+        if !status.success() || logged.contains("failed") {
+            failed.push(format!("{what} ({status}): {err}{logged}"));
+        }
+    }
+    assert!(opened, "the racers did not all open the repository");
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert_eq!(
+        r.sql::<i64>("SELECT count(*) FROM sqlite_schema WHERE name = 'bo_hook_state'"),
+        0,
+        "the old table is still there"
+    );
+    let rows: String = r.sql(
+        "SELECT group_concat(target || ':' || cursor || ':' || failures || ':' || next_attempt
+                             || ':' || last_run || ':' || coalesce(last_error, '-')
+                             || ':' || last_output, ' ')
+         FROM (SELECT * FROM bo_ledger WHERE task = 'hooks' AND target IN ('1', '2') ORDER BY target)",
+    );
+    assert_eq!(
+        rows,
+        format!("1:1:2:{later}:1700000000:exit status: 1:old output 2:2:0:0:1700000001:-:fine")
+    );
+    // The two `hook add`s got new ids and entries of their own.
+    assert_eq!(
+        r.sql::<i64>("SELECT count(*) FROM bo_ledger WHERE task = 'hooks'"),
+        4
+    );
+    let list = r.bo(&["hook", "list"]);
+    assert!(
+        list.contains("4 hooks") && list.contains("2 failure(s)"),
+        "{list}"
+    );
+    assert_eq!(r.file("got1"), "", "a backing-off hook ran");
+    assert_eq!(r.file("got2"), "", "an up-to-date hook ran");
 }

@@ -714,7 +714,7 @@ fn a_hook_fossil_adds_after_deleting_ours_never_inherits_its_id_or_state() {
         rusqlite::Connection::open(&path)
             .unwrap()
             .query_row(
-                "SELECT group_concat(hookid || ':' || cursor || ':' || failures) FROM bo_hook_state",
+                "SELECT group_concat(target || ':' || cursor || ':' || failures) FROM bo_ledger WHERE task = 'hooks'",
                 [],
                 |row| row.get::<_, String>(0),
             )
