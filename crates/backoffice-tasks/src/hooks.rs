@@ -300,7 +300,7 @@ fn issued(conn: &Connection) -> Result<i64, HookError> {
 /// one step no other process can split.
 pub fn install(conn: &Connection) -> Result<(), HookError> {
     let go = |c: &Connection| -> rusqlite::Result<()> {
-        crate::notify::install(c)?;
+        backoffice::events::install(c)?;
         ledger::install(c)?;
         migrate(c)
     };

@@ -36,6 +36,13 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! A task's `due` (which runs after every request) should read the ledger
+//! with its own statement that names the task as a literal
+//! (`WHERE task = 'hooks'`), not through these functions: SQLite, built
+//! with `SQLITE_ENABLE_STAT4` as here, re-plans a statement each time a
+//! parameter compared with an index is bound, which made a hooks check
+//! about six times slower (9 µs → 48 µs) when the task name was bound.
+//!
 //! The ledger is progress, so a task writes it inside the same transaction
 //! as the work it records where there is one (a cursor moved together
 //! with the rows it produced); its writes are the backoffice's own
