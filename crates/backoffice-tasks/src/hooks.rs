@@ -79,14 +79,14 @@ use backoffice::{Context, Due, Gauge, Task, TaskError, TaskStatus};
 /// The `config` row holding the hooks (Fossil's).
 pub const HOOKS_ROW: &str = "hooks";
 /// The `config` row holding the `hooks` value the ledger matches.
-pub const SEEN_ROW: &str = "backoffice-hooks-seen";
+pub(crate) const SEEN_ROW: &str = "backoffice-hooks-seen";
 /// Our hook type.
 pub const AFTER_EVENT: &str = "after-event";
 /// Fossil's type, accepted as a synonym.
 pub const AFTER_RECEIVE: &str = "after-receive";
 /// The `config` row holding the highest hook id ever issued, so that none
 /// is issued twice (a removed hook's id would bring back its state).
-pub const LAST_ID_ROW: &str = "backoffice-hooks-last-id";
+pub(crate) const LAST_ID_ROW: &str = "backoffice-hooks-last-id";
 /// `hook-timeout`
 pub const TIMEOUT: &str = "hook-timeout";
 /// `hook-max-failures`
@@ -556,12 +556,12 @@ pub use backoffice::events::StoredEvent as EventLine;
 use backoffice::events::events_after;
 
 /// Quotes a string for `/bin/sh`.
-pub fn shell_quote(s: &str) -> String {
+pub(crate) fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', "'\\''"))
 }
 
 /// Replaces `%R`, `%F` and `%%` in a command.
-pub fn substitute(cmd: &str, repo: &Path, exe: &Path) -> String {
+pub(crate) fn substitute(cmd: &str, repo: &Path, exe: &Path) -> String {
     let mut out = String::with_capacity(cmd.len() + 64);
     let mut chars = cmd.chars().peekable();
     while let Some(c) = chars.next() {

@@ -11,7 +11,7 @@
 //!   `replicate` task).
 //! * [`maintain`]: the database's own upkeep (the `maintenance` task).
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 pub mod hooks;
 pub mod maintain;

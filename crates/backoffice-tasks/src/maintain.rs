@@ -137,9 +137,9 @@ pub const STATE_ROW: &str = "maintenance-state";
 /// (resp. with incremental auto-vacuum).
 pub const WATCH_EVERY: i64 = 600;
 /// Seconds between looks when the database is not in that mode.
-pub const IDLE_WATCH: i64 = 86_400;
+pub(crate) const IDLE_WATCH: i64 = 86_400;
 /// Seconds between retention runs.
-pub const RETENTION_EVERY: i64 = 86_400;
+pub(crate) const RETENTION_EVERY: i64 = 86_400;
 /// Longest wait before a failed step is tried again, seconds.
 pub const RETRY_AFTER: i64 = 600;
 /// Pages freed per `incremental_vacuum` transaction.
@@ -437,7 +437,7 @@ impl Done {
 }
 
 /// Bytes in words: `812 B`, `3.4 KiB`, `80.0 MiB`.
-pub fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if n < 1024 {
         return format!("{n} B");

@@ -342,7 +342,7 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Peer> {
 }
 
 /// True if `target` names an HTTP peer.
-pub fn is_http(target: &str) -> bool {
+pub(crate) fn is_http(target: &str) -> bool {
     target.starts_with("http://") || target.starts_with("https://")
 }
 
@@ -854,7 +854,7 @@ fn rotate(target: &Path, keep: u32) -> Result<(), ReplicateError> {
 
 /// The repository's change stamp: size and modification time of the
 /// database file and of its WAL.
-pub fn change_stamp(repo: &Path) -> String {
+pub(crate) fn change_stamp(repo: &Path) -> String {
     use std::os::unix::fs::MetadataExt;
     let part = |p: &Path| match std::fs::metadata(p) {
         Ok(m) => format!("{}.{}.{}", m.len(), m.mtime(), m.mtime_nsec()),

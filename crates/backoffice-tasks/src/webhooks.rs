@@ -135,7 +135,7 @@ const READ_BATCH: i64 = 200;
 /// Most endpoints served at once.
 pub const THREADS: usize = 8;
 /// Shortest secret accepted.
-pub const MIN_SECRET: usize = 16;
+pub(crate) const MIN_SECRET: usize = 16;
 /// Most bytes of a response body read (and of it, kept in an error).
 const MAX_RESPONSE: u64 = 64 * 1024;
 
@@ -218,7 +218,7 @@ pub fn mask(secret: &str) -> String {
 }
 
 /// Checks a webhook URL: absolute, `http` or `https`, with a host, one line.
-pub fn check_url(url: &str) -> Result<(), WebhookError> {
+pub(crate) fn check_url(url: &str) -> Result<(), WebhookError> {
     let bad = |why: &str| Err(WebhookError::Url(url.to_owned(), why.to_owned()));
     if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return bad("no spaces or control characters");

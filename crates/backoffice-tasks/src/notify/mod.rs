@@ -52,10 +52,10 @@
 //! * `schedule.rs`: when digests are due, in a time zone.
 //! * `task.rs`: the [`Notify`] task that ties them together.
 
-pub mod address;
-pub mod compose;
-pub mod config;
-pub mod message;
+pub(crate) mod address;
+pub(crate) mod compose;
+pub(crate) mod config;
+pub(crate) mod message;
 pub mod outbox;
 pub mod schedule;
 pub mod send;

@@ -166,7 +166,7 @@ fn upgraded<T>(conn: &Connection, f: impl Fn() -> rusqlite::Result<T>) -> rusqli
 
 /// A new random token: 128 bits from the kernel (`/dev/urandom`), in hex.
 /// Should that fail, SQLite's `randomblob`, itself seeded from the kernel.
-pub fn new_token(conn: &Connection) -> rusqlite::Result<String> {
+pub(crate) fn new_token(conn: &Connection) -> rusqlite::Result<String> {
     use std::io::Read;
     let mut b = [0u8; 16];
     let kernel = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b));

@@ -18,7 +18,7 @@ const EVENT_BATCH: i64 = 1000;
 const DIGEST_MAX_EVENTS: usize = 500;
 /// The `config` row holding the last digest boundary sent (Unix seconds).
 /// Not Fossil's `email-last-digest`, which holds a Julian day number.
-pub const LAST_DIGEST: &str = "email-last-digest-boundary";
+pub(crate) const LAST_DIGEST: &str = "email-last-digest-boundary";
 
 /// Email alerts, digests and their delivery, as one engine task.
 ///
