@@ -22,6 +22,8 @@
 //! The crates depend one way: `backoffice-cli` → `backoffice-tasks` →
 //! `backoffice` (the engine), and a host's own tasks → `backoffice`.
 
+#![deny(missing_docs)]
+
 mod cli;
 pub mod commands;
 pub mod web;
