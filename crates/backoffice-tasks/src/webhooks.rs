@@ -1150,9 +1150,8 @@ fn commit(db: &Connection, id: i64, cursor: i64, n: usize, now: i64) -> rusqlite
         if changed == 0 {
             return Ok(false); // removed meanwhile
         }
-        // Never back: the stored cursor may be ahead (recovered from the
-        // progress log, or set by hand).
-        let cursor = entry(db, id)?.cursor.max(cursor);
+        // Never back (the ledger's rule): the stored cursor may be ahead,
+        // recovered from the progress log or set by hand.
         ledger::succeeded(db, TASK, &target(id), cursor, now, None)?;
         Ok(true)
     })
