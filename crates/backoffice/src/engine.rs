@@ -307,7 +307,7 @@ pub fn run(repo: &mut Repo, tasks: &Tasks, opts: &RunOptions) -> Result<Outcome>
     };
     if opts.nolease {
         let _guard = WorkingGuard::new(key);
-        let report = work(repo, tasks, opts, &log, None);
+        let report = work(repo, tasks, opts, &log, &settings, None);
         return Ok(Outcome::Ran(report));
     }
     let me = Identity::current();
@@ -373,7 +373,7 @@ pub fn run(repo: &mut Repo, tasks: &Tasks, opts: &RunOptions) -> Result<Outcome>
             Decision::Busy { holder } => return Ok(Outcome::Busy { holder }),
             Decision::Take(_) => {
                 let _guard = WorkingGuard::new(key.clone());
-                let report = work(repo, tasks, opts, &log, Some((me, beat)));
+                let report = work(repo, tasks, opts, &log, &settings, Some((me, beat)));
                 return Ok(Outcome::Ran(report));
             }
             Decision::Queue { wake_at, .. } => {
@@ -563,13 +563,15 @@ fn renew(
 pub const FINISH_TRIES: u32 = 3;
 
 /// Runs the tasks (renewing the heartbeat meanwhile, when `holder` is given),
-/// then records the report and releases the lease in one short transaction,
-/// retried if it fails, and writes the log line.
+/// purges the event log if that is due, then records the report and
+/// releases the lease in one short transaction, retried if it fails, and
+/// writes the log line.
 fn work(
     repo: &mut Repo,
     tasks: &Tasks,
     opts: &RunOptions,
     log: &Log<'_>,
+    settings: &Settings,
     holder: Option<(Identity, Heartbeat)>,
 ) -> RunReport {
     let started = clock::now();
@@ -582,7 +584,11 @@ fn work(
             now: started,
             debug: opts.debug,
         };
-        tasks.run_all(&ctx)
+        let results = tasks.run_all(&ctx);
+        // After the tasks, so that what they handled in this run counts;
+        // under the heartbeat, so that a long first purge keeps the lease.
+        retention(repo.conn(), tasks, settings, log, MAX_PURGE_PER_RUN);
+        results
         // The heartbeat stops here, before the lease is released: from now
         // on this process is not working.
     };
@@ -627,6 +633,85 @@ fn work(
         }
     }
     report
+}
+
+/// Most events one run deletes: a first purge of a large log is spread
+/// over several runs rather than holding up the tasks of this one.
+const MAX_PURGE_PER_RUN: usize = 100 * crate::events::PURGE_BATCH;
+
+/// Seconds between purges of the event log.
+const PURGE_EVERY: i64 = 86_400;
+
+/// True if the event log is to be purged at `now`: retention is on and the
+/// last purge is a day old (or never happened, or is in the future: the
+/// clock was stepped back).
+fn purge_due(days: i64, last: Option<i64>, now: i64) -> bool {
+    days > 0 && last.is_none_or(|t| t > now || now.saturating_sub(t) >= PURGE_EVERY)
+}
+
+/// Retention of the event log (`event-retention-days`): when a purge is
+/// due, deletes the events older than the period that every task is done
+/// with ([`Tasks::events_done`]), at most `limit` of them, and records the
+/// time, so the next purge is a day later. A purge cut short by `limit`
+/// leaves the time as it was: the next run goes on with it. If a task
+/// cannot say how far it is, nothing is deleted, the failure is logged,
+/// and the time is recorded (one complaint a day, not one a run).
+///
+/// Settings were read with the rest at the start of the run: when no purge
+/// is due (retention off, the default, or done today) this costs nothing.
+fn retention(
+    conn: &rusqlite::Connection,
+    tasks: &Tasks,
+    settings: &Settings,
+    log: &Log<'_>,
+    limit: usize,
+) -> Option<u64> {
+    let now = clock::now();
+    let days = settings.event_retention_days;
+    if !purge_due(days, settings.last_event_purge, now) {
+        return None;
+    }
+    // The settings were read when this worker started, and it may have
+    // waited on deck behind a run that purged: look again (one point read,
+    // once a day).
+    let last = repo::config_get(conn, crate::events::PURGE_ROW)
+        .ok()
+        .flatten()
+        .and_then(|v| v.trim().parse().ok());
+    if !purge_due(days, last, now) {
+        return None;
+    }
+    let before = now.saturating_sub(days.saturating_mul(86_400));
+    let deleted = match tasks.events_done_or_why(conn) {
+        Ok(upto) => match crate::events::purge(conn, before, upto, limit) {
+            Ok(n) => {
+                if n > 0 {
+                    tracing::info!(repo = %log.repo.display(), events = n, upto, "event log purged");
+                }
+                Some(n)
+            }
+            Err(e) => {
+                // Batches already committed stay deleted (each was safe on
+                // its own); the rest waits for the next purge.
+                log.error(now, &format!("cannot purge the event log: {e}"));
+                None
+            }
+        },
+        Err(why) => {
+            log.error(now, &format!("event log not purged: {why}"));
+            None
+        }
+    };
+    if deleted.is_some_and(|n| usize::try_from(n).unwrap_or(usize::MAX) >= limit) {
+        return deleted;
+    }
+    let mark = crate::writes::own_write(conn, |c| {
+        repo::config_set(c, crate::events::PURGE_ROW, &now.to_string())
+    });
+    if let Err(e) = mark {
+        log.error(now, &format!("cannot record the event log purge: {e}"));
+    }
+    deleted
 }
 
 fn finish(repo: &mut Repo, report: &RunReport, me: Identity, release: bool) -> Result<()> {
@@ -907,6 +992,204 @@ mod tests {
         assert_eq!((t.runs, t.items, t.failures), (1, 2, 0), "{t:?}");
         // The run itself was recorded.
         assert!(r.get(task::LAST_RUN_ROW).unwrap().is_some());
+    }
+
+    /// A task that reads the event log and is done with it up to a point
+    /// (or cannot say).
+    struct Reader(std::result::Result<Option<i64>, &'static str>);
+    impl task::Task for Reader {
+        fn name(&self) -> &str {
+            "reader"
+        }
+        fn due(
+            &self,
+            _: &rusqlite::Connection,
+            _: i64,
+        ) -> std::result::Result<task::Due, task::TaskError> {
+            Ok(task::Due::Never)
+        }
+        fn run(&self, _: &Context<'_>) -> std::result::Result<u64, task::TaskError> {
+            Ok(0)
+        }
+        fn events_done(
+            &self,
+            _: &rusqlite::Connection,
+        ) -> std::result::Result<Option<i64>, task::TaskError> {
+            self.0.map_err(Into::into)
+        }
+    }
+
+    /// A repository with events 1..=n, all two days old, and one new one
+    /// (n+1).
+    fn repo_with_events(n: i64) -> (tempfile::TempDir, Repo) {
+        let (d, r) = crate::repo::temp_repo();
+        crate::events::install(r.conn()).unwrap();
+        let old = clock::now() - 2 * 86_400;
+        for i in 1..=n {
+            r.conn()
+                .execute(
+                    "INSERT INTO bo_event(eventid, kind, title, mtime) VALUES (?1, 'k', 't', ?2)",
+                    [i, old],
+                )
+                .unwrap();
+        }
+        r.conn()
+            .execute(
+                "INSERT INTO bo_event(kind, title, mtime) VALUES ('k', 'new', ?1)",
+                [clock::now()],
+            )
+            .unwrap();
+        (d, r)
+    }
+
+    fn event_ids(r: &Repo) -> Vec<i64> {
+        r.conn()
+            .prepare("SELECT eventid FROM bo_event ORDER BY eventid")
+            .unwrap()
+            .query_map([], |x| x.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    fn nolease() -> RunOptions {
+        RunOptions {
+            nolease: true,
+            ..RunOptions::default()
+        }
+    }
+
+    /// Retention off (the default): a run deletes nothing and leaves no
+    /// purge mark, however old the events and whatever the tasks say.
+    #[test]
+    fn retention_off_deletes_nothing() {
+        let (_d, mut r) = repo_with_events(5);
+        let tasks = Tasks::new().with(Reader(Ok(Some(i64::MAX))));
+        run(&mut r, &tasks, &nolease()).unwrap();
+        assert_eq!(event_ids(&r), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(r.get(crate::events::PURGE_ROW).unwrap(), None);
+        r.set(crate::settings::EVENT_RETENTION_DAYS, "0").unwrap();
+        run(&mut r, &tasks, &nolease()).unwrap();
+        assert_eq!(event_ids(&r), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(r.get(crate::events::PURGE_ROW).unwrap(), None);
+    }
+
+    /// A run purges what every reader is done with and is older than the
+    /// period, then not again for a day: the mark holds it back until it
+    /// is a day old.
+    #[test]
+    fn retention_purges_what_every_reader_is_done_with_once_a_day() {
+        let (_d, mut r) = repo_with_events(8);
+        r.set(crate::settings::EVENT_RETENTION_DAYS, "1").unwrap();
+        // The slowest reader is done up to 3; a task that reads no events
+        // does not count.
+        let slow = std::sync::Arc::new(std::sync::Mutex::new(Some(3)));
+        struct Shared(std::sync::Arc<std::sync::Mutex<Option<i64>>>);
+        impl task::Task for Shared {
+            fn name(&self) -> &str {
+                "shared"
+            }
+            fn due(
+                &self,
+                _: &rusqlite::Connection,
+                _: i64,
+            ) -> std::result::Result<task::Due, task::TaskError> {
+                Ok(task::Due::Never)
+            }
+            fn run(&self, _: &Context<'_>) -> std::result::Result<u64, task::TaskError> {
+                Ok(0)
+            }
+            fn events_done(
+                &self,
+                _: &rusqlite::Connection,
+            ) -> std::result::Result<Option<i64>, task::TaskError> {
+                Ok(*self.0.lock().unwrap())
+            }
+        }
+        let tasks = Tasks::new()
+            .with(Counts(0, false))
+            .with(Reader(Ok(Some(6))))
+            .with(Shared(slow.clone()));
+        let t0 = clock::now();
+        run(&mut r, &tasks, &nolease()).unwrap();
+        assert_eq!(event_ids(&r), [4, 5, 6, 7, 8, 9]);
+        let mark: i64 = r
+            .get(crate::events::PURGE_ROW)
+            .unwrap()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(mark >= t0 && mark <= clock::now());
+        // The slow reader catches up, but a purge was made today.
+        *slow.lock().unwrap() = Some(100);
+        run(&mut r, &tasks, &nolease()).unwrap();
+        assert_eq!(event_ids(&r), [4, 5, 6, 7, 8, 9]);
+        // A day later (the mark moved back): the next run purges up to the
+        // other reader's 6; the new event (9) is younger than the period.
+        r.set(crate::events::PURGE_ROW, &(mark - 86_400).to_string())
+            .unwrap();
+        run(&mut r, &tasks, &nolease()).unwrap();
+        assert_eq!(event_ids(&r), [7, 8, 9]);
+    }
+
+    /// A reader that cannot say how far it is stops the purge: nothing is
+    /// deleted, the log says why, and the mark is set (one complaint a day).
+    #[test]
+    fn retention_deletes_nothing_when_a_reader_fails() {
+        let (d, mut r) = repo_with_events(5);
+        r.set(crate::settings::EVENT_RETENTION_DAYS, "1").unwrap();
+        let log = d.path().join("bo.log");
+        let opts = RunOptions {
+            logfile: Some(log.clone()),
+            ..nolease()
+        };
+        let tasks = Tasks::new()
+            .with(Reader(Ok(Some(10))))
+            .with(Reader(Err("cursor table unreadable")));
+        run(&mut r, &tasks, &opts).unwrap();
+        assert_eq!(event_ids(&r), [1, 2, 3, 4, 5, 6]);
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("event log not purged: reader: cannot tell")
+                && text.contains("cursor table unreadable"),
+            "{text}"
+        );
+        assert!(r.get(crate::events::PURGE_ROW).unwrap().is_some());
+        assert_eq!(tasks.events_done(r.conn()), None);
+    }
+
+    /// A purge cut short by the per-run limit does not set the mark: the
+    /// next run goes on with it.
+    #[test]
+    fn a_purge_cut_short_goes_on_in_the_next_run() {
+        let (d, r) = repo_with_events(5);
+        let log = Log {
+            file: None,
+            project: "p",
+            repo: d.path(),
+        };
+        let settings = Settings {
+            event_retention_days: 1,
+            ..Settings::default()
+        };
+        let tasks = Tasks::new();
+        assert_eq!(tasks.events_done(r.conn()), Some(i64::MAX));
+        assert_eq!(retention(r.conn(), &tasks, &settings, &log, 3), Some(3));
+        assert_eq!(r.get(crate::events::PURGE_ROW).unwrap(), None);
+        assert_eq!(retention(r.conn(), &tasks, &settings, &log, 3), Some(2));
+        assert!(r.get(crate::events::PURGE_ROW).unwrap().is_some());
+        assert_eq!(event_ids(&r), [6]);
+    }
+
+    #[test]
+    fn purge_is_due_once_a_day_and_after_the_clock_steps_back() {
+        let now = 1_000_000;
+        assert!(!purge_due(0, None, now));
+        assert!(purge_due(1, None, now));
+        assert!(!purge_due(1, Some(now - 86_399), now));
+        assert!(purge_due(1, Some(now - 86_400), now));
+        assert!(purge_due(1, Some(now + 1), now));
+        assert!(purge_due(36_500, Some(i64::MIN), now));
     }
 
     /// A simulated world of workers sharing one lease, stepped in random

@@ -21,6 +21,19 @@
 //! Events are bounded ([`MAX_TITLE`] and the rest): an event over a limit
 //! is refused, naming the field, never cut or stored as sent.
 //!
+//! # Retention
+//!
+//! The log is kept forever unless the `event-retention-days` setting says
+//! otherwise. Then, at most once a day, a worker run deletes ([`purge`])
+//! the events older than that many days (by their time, `mtime`) that
+//! every task reading the log is done with ([`Task::events_done`], the
+//! minimum over the tasks: [`Tasks::events_done`]): an event a failing
+//! hook, a dead webhook endpoint or an unsent digest still needs stays,
+//! whatever its age. The newest event always stays too (see [`purge`]).
+//!
+//! [`Task::events_done`]: crate::Task::events_done
+//! [`Tasks::events_done`]: crate::Tasks::events_done
+//!
 //! ```
 //! use backoffice::events::{self, Event};
 //!
@@ -170,6 +183,103 @@ pub fn ensure_uid(conn: &Connection) -> rusqlite::Result<()> {
     } else {
         upgrade()
     }
+}
+
+/// The newest event's id; 0 if there is none (or no event table).
+pub fn newest(conn: &Connection) -> rusqlite::Result<i64> {
+    match conn.prepare_cached("SELECT coalesce(max(eventid), 0) FROM bo_event") {
+        Ok(mut s) => s.query_row([], |r| r.get(0)),
+        Err(e) if crate::repo::is_no_such_table(&e) => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Events [`purge`] deletes per transaction.
+pub const PURGE_BATCH: usize = 1000;
+
+/// The `config` row holding when the engine last purged the event log
+/// (Unix seconds), so it does so at most once a day.
+pub const PURGE_ROW: &str = "backoffice-event-purge";
+
+/// Deletes the events older than `before_mtime` (`mtime < before_mtime`)
+/// whose id is at most `upto_eventid`, at most `limit` of them, oldest id
+/// first; returns how many. Nothing if there is no event table.
+///
+/// It deletes in batches of [`PURGE_BATCH`], each in a short write
+/// transaction of its own, so the application never waits long for the
+/// write lock; each is one of the backoffice's own writes
+/// ([`crate::writes::own_write`]), so replication does not take a purge for
+/// a change made by the application.
+///
+/// **The newest event is never deleted**, whatever the bounds say: event
+/// ids are `INTEGER PRIMARY KEY` without `AUTOINCREMENT` (the table's
+/// shape since the first release), so SQLite gives a new event the
+/// highest id plus one; were the newest deleted, the next event would get
+/// an id again that consumers' cursors are already past, and they would
+/// never see it.
+///
+/// A caller passes as `upto_eventid` what every consumer is done with
+/// ([`Tasks::events_done`](crate::Tasks::events_done)); the engine does so
+/// for `event-retention-days`.
+pub fn purge(
+    conn: &Connection,
+    before_mtime: i64,
+    upto_eventid: i64,
+    limit: usize,
+) -> rusqlite::Result<u64> {
+    if !conn.table_exists(None, "bo_event")? {
+        return Ok(0);
+    }
+    let mut deleted = 0u64;
+    // Every event with an id up to `after` was looked at by an earlier
+    // batch: deleted, or too young. The next batch starts above it, so a
+    // young event with a low id is not read again by every batch.
+    let mut after = i64::MIN;
+    loop {
+        let room = limit
+            .saturating_sub(usize::try_from(deleted).unwrap_or(usize::MAX))
+            .min(PURGE_BATCH);
+        if room == 0 {
+            break;
+        }
+        let batch = crate::writes::own_write(conn, |c| -> rusqlite::Result<Option<(i64, u64)>> {
+            // Read under the write lock: nothing is published in between.
+            let Some(newest) = c
+                .prepare_cached("SELECT max(eventid) FROM bo_event")?
+                .query_row([], |r| r.get::<_, Option<i64>>(0))?
+            else {
+                return Ok(None);
+            };
+            let top = upto_eventid.min(newest.saturating_sub(1));
+            // `+mtime`: walk the primary key in id order (the bound on ids
+            // is the tight one), not the `mtime` index.
+            let last: Option<i64> = c
+                .prepare_cached(
+                    "SELECT max(eventid) FROM (SELECT eventid FROM bo_event
+                     WHERE eventid > ?1 AND eventid <= ?2 AND +mtime < ?3
+                     ORDER BY eventid LIMIT ?4)",
+                )?
+                .query_row(params![after, top, before_mtime, room as i64], |r| r.get(0))?;
+            let Some(last) = last else {
+                return Ok(None);
+            };
+            let n = c
+                .prepare_cached(
+                    "DELETE FROM bo_event WHERE eventid > ?1 AND eventid <= ?2 AND +mtime < ?3",
+                )?
+                .execute(params![after, last, before_mtime])?;
+            Ok(Some((last, n as u64)))
+        })?;
+        let Some((last, n)) = batch else {
+            break;
+        };
+        deleted = deleted.saturating_add(n);
+        after = last;
+        if n < room as u64 {
+            break;
+        }
+    }
+    Ok(deleted)
 }
 
 /// The newest `limit` events, newest first (none if nothing was ever
@@ -352,6 +462,95 @@ pub fn one_line(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A repository file with `n` events, event `i` (from 1) at time `t(i)`.
+    fn with_events(n: i64, t: impl Fn(i64) -> i64) -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("r.db")).unwrap();
+        conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        install(&conn).unwrap();
+        let tx = conn.unchecked_transaction().unwrap();
+        for i in 1..=n {
+            tx.execute(
+                "INSERT INTO bo_event(kind, title, mtime) VALUES ('k', 't', ?1)",
+                [t(i)],
+            )
+            .unwrap();
+        }
+        tx.commit().unwrap();
+        (dir, conn)
+    }
+
+    fn ids(conn: &Connection) -> Vec<i64> {
+        conn.prepare("SELECT eventid FROM bo_event ORDER BY eventid")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// Only events both older than the time bound and within the id bound
+    /// go; an event with an old time but a higher id (published late, with
+    /// an explicit time) stays while a consumer is behind it.
+    #[test]
+    fn purge_deletes_only_within_both_bounds() {
+        // Events 1..=10 at times 100..=1000; event 8 has an old time.
+        let (_d, conn) = with_events(10, |i| if i == 8 { 50 } else { i * 100 });
+        assert_eq!(purge(&conn, 500, 6, 1000).unwrap(), 4);
+        assert_eq!(ids(&conn), [5, 6, 7, 8, 9, 10]);
+        // Time 500 is not older than 500; the id bound now lets 8 go.
+        assert_eq!(purge(&conn, 500, 9, 1000).unwrap(), 1);
+        assert_eq!(ids(&conn), [5, 6, 7, 9, 10]);
+        assert_eq!(purge(&conn, 500, 9, 1000).unwrap(), 0);
+    }
+
+    /// Whatever the bounds, the newest event stays, so a new event never
+    /// gets an id that consumers' cursors are already past.
+    #[test]
+    fn purge_keeps_the_newest_event_so_ids_never_go_back() {
+        let (_d, conn) = with_events(5, |_| 0);
+        assert_eq!(purge(&conn, i64::MAX, i64::MAX, usize::MAX).unwrap(), 4);
+        assert_eq!(ids(&conn), [5]);
+        let id = publish(
+            &conn,
+            &Event {
+                kind: "k".into(),
+                title: "after".into(),
+                ..Event::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(id, 6, "a consumer at cursor 5 must see the next event");
+    }
+
+    /// Batches of PURGE_BATCH, each its own write transaction (SQLite's
+    /// file change counter goes up once per committed write transaction),
+    /// stopping at `limit`.
+    #[test]
+    fn purge_goes_in_bounded_batches_up_to_the_limit() {
+        let (_d, conn) = with_events(2600, |_| 0);
+        let before = crate::writes::write_counter(&conn).unwrap();
+        let n = purge(&conn, 1, i64::MAX, 2 * PURGE_BATCH + 100).unwrap();
+        assert_eq!(n, 2100);
+        let after = crate::writes::write_counter(&conn).unwrap();
+        assert_eq!(after - before, 3, "one transaction per batch");
+        assert_eq!(ids(&conn).first(), Some(&2101));
+        // The rest (but the newest) goes on the next call.
+        assert_eq!(purge(&conn, 1, i64::MAX, usize::MAX).unwrap(), 499);
+        assert_eq!(ids(&conn), [2600]);
+    }
+
+    #[test]
+    fn purge_without_an_event_table_or_events_does_nothing() {
+        let conn = Connection::open_in_memory().unwrap();
+        assert_eq!(purge(&conn, i64::MAX, i64::MAX, 10).unwrap(), 0);
+        assert_eq!(newest(&conn).unwrap(), 0);
+        install(&conn).unwrap();
+        assert_eq!(purge(&conn, i64::MAX, i64::MAX, 10).unwrap(), 0);
+        assert_eq!(purge(&conn, i64::MAX, i64::MAX, 0).unwrap(), 0);
+    }
 
     #[test]
     fn publish_validates_and_sanitises() {

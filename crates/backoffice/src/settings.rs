@@ -70,6 +70,8 @@ pub const LEASE_TIME: &str = "backoffice-lease-time";
 
 /// `backoffice-heartbeat`
 pub const HEARTBEAT: &str = "backoffice-heartbeat";
+/// `event-retention-days`
+pub const EVENT_RETENTION_DAYS: &str = "event-retention-days";
 
 /// The engine's own settings. Each task adds its own ([`Task::settings`]);
 /// [`Tasks::settings`] lists them all.
@@ -113,6 +115,16 @@ pub const ENGINE: &[Def] = &[
         kind: Kind::Int { min: 1, max: 3600 },
         default: "5",
         help: "Seconds between a working worker's heartbeats. A holder whose last heartbeat is 4 intervals old counts as gone, even where its pid cannot be checked (another PID namespace).",
+        secret: false,
+    },
+    Def {
+        name: EVENT_RETENTION_DAYS,
+        kind: Kind::Int {
+            min: 0,
+            max: 36_500,
+        },
+        default: "0",
+        help: "Once a day, a worker run deletes the events (`bo_event`) older than this many days that every task is done with: events a hook, a webhook endpoint (dead ones too) or alerts and digests still need are kept, whatever their age, and so is the newest event. 0: keep every event forever.",
         secret: false,
     },
 ];
@@ -255,6 +267,12 @@ pub struct Settings {
     pub lease_time: i64,
     /// `backoffice-heartbeat`, seconds.
     pub heartbeat: i64,
+    /// `event-retention-days`; 0: events are kept forever.
+    pub event_retention_days: i64,
+    /// Not a setting: when the event log was last purged (the
+    /// [`PURGE_ROW`](crate::events::PURGE_ROW) row), read in the same go as
+    /// the settings so that a run where no purge is due costs nothing more.
+    pub last_event_purge: Option<i64>,
     /// Stored values that did not parse, each as "name: problem"; the
     /// default was used instead.
     pub problems: Vec<String>,
@@ -268,6 +286,8 @@ impl Default for Settings {
             logfile: None,
             lease_time: 60,
             heartbeat: 5,
+            event_retention_days: 0,
+            last_event_purge: None,
             problems: Vec::new(),
         }
     }
@@ -279,6 +299,12 @@ impl Settings {
     pub fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Settings {
         let mut s = Settings::default();
         for (name, value) in pairs {
+            if name == crate::events::PURGE_ROW {
+                // A damaged mark reads as "never": one purge too many,
+                // never one too few.
+                s.last_event_purge = value.trim().parse().ok();
+                continue;
+            }
             let Some(def) = find(ENGINE, name) else {
                 continue;
             };
@@ -289,6 +315,7 @@ impl Settings {
                     LOGFILE => s.logfile = (!v.is_empty()).then(|| v.into()),
                     LEASE_TIME => s.lease_time = v.parse().unwrap_or(60),
                     HEARTBEAT => s.heartbeat = v.parse().unwrap_or(5),
+                    EVENT_RETENTION_DAYS => s.event_retention_days = v.parse().unwrap_or(0),
                     _ => {}
                 },
                 Err(e) => s
@@ -305,7 +332,15 @@ impl Settings {
     pub fn load(conn: &Connection) -> rusqlite::Result<Settings> {
         let pairs = crate::repo::config_get_many(
             conn,
-            &[DISABLE, NODELAY, LOGFILE, LEASE_TIME, HEARTBEAT],
+            &[
+                DISABLE,
+                NODELAY,
+                LOGFILE,
+                LEASE_TIME,
+                HEARTBEAT,
+                EVENT_RETENTION_DAYS,
+                crate::events::PURGE_ROW,
+            ],
         )?;
         let mut s = Settings::from_pairs(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())));
         s.logfile = s.logfile.map(|p| resolve_path(conn, &p));

@@ -15,7 +15,9 @@
 //!
 //! * its settings, declared once ([`Task::settings`], [`crate::settings`]);
 //! * the event log, if it reacts to what the application does
-//!   ([`crate::events`]);
+//!   ([`crate::events`]); then it also says how far it is done with it
+//!   ([`Task::events_done`]), so that retention never deletes an event it
+//!   still needs;
 //! * the retry ledger, if it delivers to targets that can fail
 //!   ([`crate::ledger`]);
 //! * [`crate::writes::own_write`] for every write it makes on a timer
@@ -165,6 +167,27 @@ pub trait Task: Send + Sync {
     fn settings(&self) -> &'static [crate::settings::Def] {
         &[]
     }
+
+    /// How far this task is done with the event log ([`crate::events`]),
+    /// for retention (`event-retention-days`): `Some(id)` means every event
+    /// with `eventid <= id` has been handled as far as this task is
+    /// concerned, so deleting it loses nothing; `None` (the default) means
+    /// this task does not read the event log.
+    ///
+    /// **A task that reads the event log must implement this**, or an
+    /// operator who turns retention on may see events deleted before the
+    /// task read them. A consumer with nothing set up (no hook, no
+    /// endpoint) answers the newest event's id
+    /// ([`events::newest`](crate::events::newest)), not `i64::MAX`: a target
+    /// added later starts after the newest event anyway, and an event
+    /// published while the purge runs is then never within its bound.
+    /// Answer conservatively — a cursor that may be behind keeps events a
+    /// day longer; one that is ahead loses them. Called only on the worker
+    /// run's path, at most once a day, never by the after-request check.
+    fn events_done(&self, conn: &Connection) -> Result<Option<i64>, TaskError> {
+        let _ = conn;
+        Ok(None)
+    }
 }
 
 /// A task's contribution to `status`.
@@ -270,6 +293,43 @@ impl Tasks {
             }
         }
         acc
+    }
+
+    /// How far every task that reads the event log is done with it: the
+    /// minimum of their [`Task::events_done`]. `i64::MAX` when no task
+    /// reads the log (nothing holds events back: the caller's time bound
+    /// alone decides). `None` if any task's answer failed or panicked:
+    /// then nothing may be deleted; the failure is logged (`tracing`).
+    pub fn events_done(&self, conn: &Connection) -> Option<i64> {
+        self.events_done_or_why(conn)
+            .inspect_err(|e| tracing::warn!("event retention skipped: {e}"))
+            .ok()
+    }
+
+    /// [`Tasks::events_done`], with the failure as text (naming the task)
+    /// for the engine's run log.
+    pub(crate) fn events_done_or_why(&self, conn: &Connection) -> Result<i64, String> {
+        let mut done = i64::MAX;
+        for t in &self.list {
+            match catch_unwind(AssertUnwindSafe(|| t.events_done(conn))) {
+                Ok(Ok(None)) => {}
+                Ok(Ok(Some(id))) => done = done.min(id),
+                Ok(Err(e)) => {
+                    return Err(format!(
+                        "{}: cannot tell which events it is done with: {e}",
+                        t.name()
+                    ));
+                }
+                Err(p) => {
+                    return Err(format!(
+                        "{}: panicked telling which events it is done with: {}",
+                        t.name(),
+                        panic_text(&*p)
+                    ));
+                }
+            }
+        }
+        Ok(done)
     }
 
     /// Each task's own answer, with errors and panics as text, for `status`.
