@@ -955,6 +955,25 @@ impl Task for Hooks {
         }
     }
 
+    /// The lowest cursor of the runnable hooks: events after it are still
+    /// to be given to some hook. A failing hook (its cursor stays where it
+    /// was, retried hourly for ever) keeps every event after its cursor,
+    /// however old, until it succeeds or is removed — removing or disabling
+    /// it is how an operator lets them go. A hook without state yet (added
+    /// to the `hooks` row by Fossil, not yet synchronised) will start after
+    /// the newest event, so it needs nothing older; no hooks at all: done
+    /// with every event. A `hooks` row that does not parse is an error
+    /// (nothing is purged until it is fixed; `status` says why).
+    fn events_done(&self, conn: &Connection) -> Result<Option<i64>, TaskError> {
+        let newest = backoffice::events::newest(conn)?;
+        let lowest = list(conn)?
+            .into_iter()
+            .filter(|(h, _)| h.runnable())
+            .filter_map(|(_, s)| s.map(|s| s.cursor))
+            .min();
+        Ok(Some(lowest.map_or(newest, |c| c.min(newest))))
+    }
+
     fn status(&self, conn: &Connection, now: i64) -> TaskStatus {
         let mut st = TaskStatus::default();
         let hooks = match list(conn) {
@@ -1324,6 +1343,51 @@ mod tests {
         let seed = ledger::seed(TASK, &bad.id.to_string());
         assert!((120..=132).contains(&BACKOFF.delay(2, seed)));
         assert!((3600..=3960).contains(&BACKOFF.delay(50, seed)));
+    }
+
+    /// Retention keeps every event after the lowest cursor of the
+    /// runnable hooks: a failing hook holds back what it has not handled;
+    /// a hook that is not run, or none at all, holds nothing back.
+    #[test]
+    fn events_done_is_the_lowest_runnable_cursor() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.db");
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        assert_eq!(Hooks.events_done(&conn).unwrap(), Some(0));
+        let good = add(&conn, &new("cat >/dev/null")).unwrap();
+        let bad = add(&conn, &new("exit 3")).unwrap();
+        publish(&conn, "one");
+        publish(&conn, "two");
+        let ctx = Context {
+            conn: &conn,
+            repo: &path,
+            now: backoffice::clock::now(),
+            debug: false,
+        };
+        Hooks.run(&ctx).unwrap_err();
+        assert_eq!(state(&conn, good.id).unwrap().unwrap().cursor, 2);
+        assert_eq!(Hooks.events_done(&conn).unwrap(), Some(0), "bad is at 0");
+        // Disabled (not runnable): its state goes, and so does its hold.
+        let mut hooks = load(&conn).unwrap();
+        hooks.iter_mut().find(|h| h.id == bad.id).unwrap().kind = "disabled".into();
+        let text = serde_json::to_string(&Value::Array(hooks.iter().map(Hook::to_value).collect()))
+            .unwrap();
+        backoffice::repo::config_set(&conn, HOOKS_ROW, &text).unwrap();
+        assert_eq!(Hooks.events_done(&conn).unwrap(), Some(2));
+        publish(&conn, "three");
+        assert_eq!(Hooks.events_done(&conn).unwrap(), Some(2), "good is at 2");
+        remove(&conn, good.id).unwrap();
+        remove(&conn, bad.id).unwrap();
+        assert_eq!(
+            Hooks.events_done(&conn).unwrap(),
+            Some(3),
+            "no hooks: the newest"
+        );
+        // A `hooks` row that does not parse: no answer, so nothing is purged.
+        backoffice::repo::config_set(&conn, HOOKS_ROW, "{not json").unwrap();
+        assert!(Hooks.events_done(&conn).is_err());
     }
 
     #[test]

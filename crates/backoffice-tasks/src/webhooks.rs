@@ -857,6 +857,21 @@ impl Task for Webhooks {
         Ok(delivered)
     }
 
+    /// The lowest cursor over every endpoint, **dead ones included**: a
+    /// dead endpoint is not tried again by itself, but an operator can
+    /// bring it back (`webhook retry`), and it then resumes after its
+    /// cursor, so its backlog is kept, however old, until it catches up or
+    /// is removed (`webhook remove` is how an operator lets it go). An
+    /// endpoint without a ledger entry reads as cursor 0 (keeps
+    /// everything). Deliveries a killed run made after its last commit
+    /// (the progress log) are not counted: the cursor may be behind, never
+    /// ahead. No endpoints: done with every event.
+    fn events_done(&self, conn: &Connection) -> Result<Option<i64>, TaskError> {
+        let newest = backoffice::events::newest(conn)?;
+        let lowest = list(conn)?.iter().map(|w| w.cursor).min();
+        Ok(Some(lowest.map_or(newest, |c| c.min(newest))))
+    }
+
     fn status(&self, conn: &Connection, now: i64) -> TaskStatus {
         let mut st = TaskStatus::default();
         let Ok(all) = list(conn) else {
@@ -1217,6 +1232,66 @@ fn fail(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Retention keeps every event after the lowest cursor over all
+    /// endpoints, a dead one's included (an operator may bring it back
+    /// with `webhook retry`, and it resumes from its cursor).
+    #[test]
+    fn events_done_is_the_lowest_cursor_dead_endpoints_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = Connection::open(dir.path().join("r.db")).unwrap();
+        conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        // Never set up: done with everything there is (nothing).
+        assert_eq!(Webhooks.events_done(&conn).unwrap(), Some(0));
+        let publish = |t: &str| {
+            backoffice::events::publish(
+                &conn,
+                &backoffice::events::Event {
+                    kind: "wiki".into(),
+                    title: t.into(),
+                    ..Default::default()
+                },
+            )
+            .unwrap()
+        };
+        for t in ["a", "b", "c", "d", "e"] {
+            publish(t);
+        }
+        let add_at = |cursor: i64| {
+            let w = add(
+                &conn,
+                &New {
+                    url: "http://127.0.0.1:9/hook".into(),
+                    secret: "s".repeat(MIN_SECRET),
+                    kinds: "*".into(),
+                    from_start: true,
+                },
+            )
+            .unwrap();
+            ledger::succeeded(&conn, TASK, &target(w.id), cursor, 0, None).unwrap();
+            w
+        };
+        let fast = add_at(5);
+        assert_eq!(Webhooks.events_done(&conn).unwrap(), Some(5));
+        let slow = add_at(2);
+        let _mid = add_at(4);
+        assert_eq!(Webhooks.events_done(&conn).unwrap(), Some(2));
+        // Dead: still holds its backlog.
+        conn.execute(
+            "UPDATE bo_webhook SET state = 'dead' WHERE id = ?1",
+            [slow.id],
+        )
+        .unwrap();
+        assert_eq!(Webhooks.events_done(&conn).unwrap(), Some(2));
+        // Removed: lets it go.
+        remove(&conn, slow.id).unwrap();
+        assert_eq!(Webhooks.events_done(&conn).unwrap(), Some(4));
+        remove(&conn, _mid.id).unwrap();
+        remove(&conn, fast.id).unwrap();
+        // No endpoints left: done with every event there is.
+        assert_eq!(Webhooks.events_done(&conn).unwrap(), Some(5));
+    }
 
     /// RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
     #[test]

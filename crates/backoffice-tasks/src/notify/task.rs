@@ -129,6 +129,64 @@ impl Task for Notify {
         Ok(d.sent)
     }
 
+    /// The events alerts or digests may still need, read from the task's
+    /// own marks in `bo_event` (so whether email is on or off, set up or
+    /// not, does not matter; events waiting for it are kept):
+    ///
+    /// * **alerts**: events not yet `alerted` whose time is within
+    ///   `FRESH_FOR` (a day) of now. An older one is never alerted by
+    ///   anyone (turning email on after a month must not mail a month of
+    ///   alerts, see `compose_alerts`), so it is not waited for; and since
+    ///   retention is at least a day, an event still fresh is never old
+    ///   enough to go anyway.
+    /// * **digests**: where any digest subscriber exists (verified or not,
+    ///   not unsubscribed: one may be verified before the next digest),
+    ///   every event not yet `digested`, however old — with email off, the
+    ///   next digest covers them all, so they are kept until it is sent.
+    ///
+    /// The answer is just below the lowest such event (the newest event
+    /// if there is none).
+    fn events_done(&self, conn: &Connection) -> Result<Option<i64>, TaskError> {
+        if !conn.table_exists(None, "bo_event")? {
+            return Ok(Some(0));
+        }
+        let newest = backoffice::events::newest(conn)?;
+        let now = backoffice::clock::now();
+        // `mtime` bounds the scan to a day of events (its index).
+        let unalerted: Option<i64> = conn.query_row(
+            "SELECT min(eventid) FROM bo_event WHERE mtime >= ?1 AND alerted = 0",
+            [now.saturating_sub(FRESH_FOR)],
+            |r| r.get(0),
+        )?;
+        let digest_subscribers = conn.table_exists(None, "bo_subscriber")?
+            && conn.query_row(
+                "SELECT EXISTS(SELECT 1 FROM bo_subscriber WHERE digest AND NOT donotcall)",
+                [],
+                |r| r.get::<_, bool>(0),
+            )?;
+        let undigested: Option<i64> = if digest_subscribers {
+            // `+eventid`: read the ids from the partial index of undigested
+            // events (a day of them when digests go out), rather than walk
+            // the whole table in id order up to the first undigested one.
+            conn.query_row(
+                "SELECT min(+eventid) FROM bo_event WHERE digested = 0",
+                [],
+                |r| r.get(0),
+            )?
+        } else {
+            None
+        };
+        Ok(Some(match (unalerted, undigested) {
+            (None, None) => newest,
+            (a, d) => a
+                .into_iter()
+                .chain(d)
+                .min()
+                .unwrap_or(newest)
+                .saturating_sub(1),
+        }))
+    }
+
     fn status(&self, conn: &Connection, now: i64) -> TaskStatus {
         let mut st = TaskStatus::default();
         match EmailConfig::load(conn) {
@@ -517,6 +575,52 @@ mod tests {
             .query_row("SELECT count(*) FROM bo_outbox", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 1);
+    }
+
+    /// Retention keeps what alerts and digests may still need: events not
+    /// yet digested while a digest subscriber exists (email off or not),
+    /// and events within a day not yet alerted; nothing else.
+    #[test]
+    fn events_done_keeps_what_alerts_and_digests_still_need() {
+        let conn = setup();
+        assert_eq!(Notify.events_done(&conn).unwrap(), Some(0));
+        let now = backoffice::clock::now();
+        event(&conn, "three days ago", now - 72 * HOUR); // 1
+        event(&conn, "two days ago", now - 48 * HOUR); // 2
+        event(&conn, "an hour ago", now - HOUR); // 3
+        // Email off: nothing is composed, everything waits for the digest.
+        backoffice::repo::config_set(&conn, "email-send-method", "off").unwrap();
+        let ctx = Context {
+            conn: &conn,
+            repo: std::path::Path::new("r.db"),
+            now,
+            debug: false,
+        };
+        assert_eq!(Notify.run(&ctx).unwrap(), 0);
+        assert_eq!(Notify.events_done(&conn).unwrap(), Some(0));
+        // The digest went out (compose_digests marks what it covered; here
+        // the two old events): the fresh one still waits for its alert.
+        conn.execute("UPDATE bo_event SET digested = 1 WHERE eventid <= 2", [])
+            .unwrap();
+        assert_eq!(Notify.events_done(&conn).unwrap(), Some(2));
+        // Alerts composed (email on): only the undigested one is held.
+        backoffice::repo::config_set(&conn, "email-send-method", "stdout").unwrap();
+        assert_eq!(compose_alerts(&conn, &cfg(&conn), "p", now).unwrap(), 3);
+        assert_eq!(Notify.events_done(&conn).unwrap(), Some(2));
+        conn.execute("UPDATE bo_event SET digested = 1", [])
+            .unwrap();
+        assert_eq!(Notify.events_done(&conn).unwrap(), Some(3));
+        // An old event, never alerted (it never will be: too old) and not
+        // digested: held only while a digest subscriber exists.
+        event(&conn, "last week", now - 7 * 24 * HOUR); // 4
+        assert_eq!(Notify.events_done(&conn).unwrap(), Some(3));
+        conn.execute("UPDATE bo_subscriber SET donotcall = 1 WHERE digest", [])
+            .unwrap();
+        assert_eq!(Notify.events_done(&conn).unwrap(), Some(4));
+        // A fresh event not yet alerted is held, subscribers or not.
+        event(&conn, "just now", now); // 5
+        event(&conn, "old, published after it", now - 7 * 24 * HOUR); // 6
+        assert_eq!(Notify.events_done(&conn).unwrap(), Some(4));
     }
 
     #[test]
