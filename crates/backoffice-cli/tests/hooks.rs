@@ -674,3 +674,104 @@ fn hook_state_of_an_older_release_upgrades_in_place_under_racing_processes() {
     assert_eq!(r.file("got1"), "", "a backing-off hook ran");
     assert_eq!(r.file("got2"), "", "an up-to-date hook ran");
 }
+
+/// Retention of the event log (`event-retention-days`) through the real
+/// binary: a `backoffice run` deletes only the events older than the period
+/// that every task is done with. A hook that fails keeps its cursor and so
+/// every event after it, however old; once it succeeds, the next purge
+/// deletes them; an event younger than the period is never deleted.
+///
+/// A purge happens at most once a day, spaced by the `config` row
+/// `backoffice-event-purge` (the last purge's time). A test cannot wait a
+/// day, so it moves that row back a day, which is exactly what the
+/// passing of a day does to it.
+#[test]
+fn retention_deletes_only_what_every_task_is_done_with() {
+    let env = Env::new();
+    let r = Repo::new(&env);
+    r.bo(&["setting", "event-retention-days", "1"]);
+    r.add("cat >> got1; test ! -e fail", &[]);
+    r.add("cat >> got2", &[]);
+    let now = crate::harness::now();
+    let db = || rusqlite::Connection::open(&r.path).unwrap();
+    // Publishes `title` as if it had happened `age` seconds ago.
+    let publish_aged = |title: &str, age: i64| {
+        r.publish(title);
+        db().execute(
+            "UPDATE bo_event SET mtime = ?1 WHERE eventid = (SELECT max(eventid) FROM bo_event)",
+            [now - age],
+        )
+        .unwrap();
+    };
+    let ids = || -> Vec<i64> {
+        db().prepare("SELECT eventid FROM bo_event ORDER BY eventid")
+            .unwrap()
+            .query_map([], |x| x.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    };
+    let a_day_passes = || {
+        let n = db()
+            .execute(
+                "UPDATE config SET value = CAST(value AS INTEGER) - 86400
+                 WHERE name = 'backoffice-event-purge'",
+                [],
+            )
+            .unwrap();
+        assert_eq!(n, 1, "a run purged and recorded it");
+    };
+    const DAY: i64 = 86_400;
+
+    // Three old events; both hooks take them. The newest event always
+    // stays (new events must never reuse an id below the cursors).
+    for t in ["old 1", "old 2", "old 3"] {
+        publish_aged(t, 10 * DAY);
+    }
+    r.run();
+    assert_eq!((r.cursor(1), r.cursor(2)), (3, 3));
+    assert_eq!(ids(), [3]);
+
+    // Hook 1 now fails: its cursor stays at 3. Three more old events and
+    // two young ones (one just inside the period).
+    std::fs::write(env.path("fail"), "").unwrap();
+    for t in ["old 4", "old 5", "old 6"] {
+        publish_aged(t, 10 * DAY);
+    }
+    publish_aged("young 7", DAY - 3600);
+    publish_aged("young 8", 0);
+    let err = r.run();
+    assert_eq!(
+        (r.cursor(1), r.failures(1), r.cursor(2)),
+        (3, 1, 8),
+        "{err}"
+    );
+    // Purged today already: nothing more goes.
+    assert_eq!(ids(), [3, 4, 5, 6, 7, 8]);
+    // A day later: what every task is done with (up to hook 1's 3) goes;
+    // what the failing hook has not had stays, old as it is.
+    a_day_passes();
+    r.run();
+    assert_eq!(r.failures(1), 1, "still backing off");
+    assert_eq!(ids(), [4, 5, 6, 7, 8]);
+
+    // Hook 1 succeeds, and gets every event it had not had: none was lost.
+    std::fs::remove_file(env.path("fail")).unwrap();
+    r.retry_now();
+    r.run();
+    assert_eq!(r.cursor(1), 8);
+    let got: Vec<i64> = json_lines(&r.file("got1"))
+        .iter()
+        .map(|e| e["eventid"].as_i64().unwrap())
+        .collect();
+    // 1-3, the failed attempt at 4-8, then 4-8 again.
+    assert_eq!(got, [1, 2, 3, 4, 5, 6, 7, 8, 4, 5, 6, 7, 8]);
+    // The next purge deletes the old rest; the young ones stay.
+    a_day_passes();
+    r.run();
+    assert_eq!(ids(), [7, 8]);
+    // And stay, a day later still (nothing is older than the period).
+    a_day_passes();
+    r.run();
+    assert_eq!(ids(), [7, 8]);
+}
