@@ -23,7 +23,8 @@
 //!   `maintenance-retention-days` are deleted ([`outbox::purge`]); queued and
 //!   dead ones are kept. The other tables the tasks keep are bounded (one
 //!   row per hook or endpoint) and are left alone; events (`bo_event`) are
-//!   the application's history and are never deleted here.
+//!   the engine's, deleted (if at all) by its own retention
+//!   (`event-retention-days`, see [`backoffice::events`]), never here.
 //!
 //! # Schedule and state
 //!

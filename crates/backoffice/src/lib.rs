@@ -56,7 +56,8 @@
 //!   ([`Task::settings`]) and the `setting` command, `status` and the
 //!   status page show them.
 //! * [`events`]: the event log applications publish to, which tasks read
-//!   after cursors of their own.
+//!   after cursors of their own, and its retention (`event-retention-days`:
+//!   only what every task is done with is deleted, [`Task::events_done`]).
 //! * [`ledger`]: the retry ledger — per target, a cursor, failures in a
 //!   row, the next attempt, the last error and output — and the one
 //!   backoff policy.
