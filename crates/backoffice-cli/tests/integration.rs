@@ -1,11 +1,13 @@
 //! The one integration-test binary: real processes, real SQLite files.
 //!
 //! Each module is one area; each test gets its own temporary directory
-//! (`harness::Env`). Tests that need an outside program (`fossil`, `setpriv`)
-//! skip with a message when it is missing, except under
+//! (`harness::Env`). Tests that need an outside program (`fossil`, `setpriv`,
+//! PostgreSQL's `initdb` and `postgres`) skip with a message when it is missing, except under
 //! `BACKOFFICE_REQUIRE_EXTERNAL=1`, which CI sets.
 
 mod harness;
+// The tests' own PostgreSQL server on a Unix socket; a database per test.
+mod pg;
 
 // The command-line surface: settings, status, lease, pid, errors.
 mod commands;
@@ -43,5 +45,8 @@ mod replicate;
 // Fault injection: SMTP, webhook and hook failures and SIGKILLed workers at
 // once, then healed; nothing lost, few duplicates, never two workers at once.
 mod chaos;
+// Issue 12, several hosts on PostgreSQL: the harness's server, row locks,
+// terminated sessions, the server's clock.
+mod several_hosts;
 // The shape of the code: the engine names no task, the web front imports one way.
 mod layout;

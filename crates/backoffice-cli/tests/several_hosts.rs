@@ -1,0 +1,217 @@
+//! Issue 12: PostgreSQL, several hosts.
+//!
+//! For now these tests prove the harness (`tests/pg.rs`) and the client the
+//! PostgreSQL store will use: a real server of the tests' own, real client
+//! sessions. The row locks the lease will rest on serialise two sessions;
+//! a terminated session fails clearly and a new one works; the clock is
+//! the server's.
+
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::pg;
+
+/// Every wait in these tests gives up after this long (a loaded machine is
+/// slow, but never this slow).
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A lease-like row, locked `FOR UPDATE` by one session: a second session's
+/// `FOR UPDATE` waits (the server says so in `pg_stat_activity`) until the
+/// first commits, and then sees the first one's write. This ordering is
+/// what the PostgreSQL lease's takeover and fencing will rely on.
+#[test]
+fn two_sessions_serialise_on_select_for_update_of_the_lease_row() {
+    let Some(db) = pg::database() else { return };
+    let mut setup = db.connect();
+    setup
+        .batch_execute(
+            "CREATE SCHEMA repo1;
+             CREATE TABLE repo1.bo_lease(name text PRIMARY KEY, term bigint NOT NULL, holder text);
+             INSERT INTO repo1.bo_lease VALUES ('backoffice', 0, NULL);",
+        )
+        .unwrap();
+
+    let mut first = db.connect();
+    let first_pid: i32 = first
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let mut tx1 = first.transaction().unwrap();
+    let row = tx1
+        .query_one(
+            "SELECT term FROM repo1.bo_lease WHERE name = 'backoffice' FOR UPDATE",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, i64>(0), 0);
+
+    // The second session, in its own thread, reports its backend pid, then
+    // blocks on the same row; lock_timeout bounds the wait should the
+    // first session never commit.
+    let mut second = db.connect();
+    let (tx_pid, rx_pid) = mpsc::channel();
+    let (tx_got, rx_got) = mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let pid: i32 = second
+            .query_one("SELECT pg_backend_pid()", &[])
+            .unwrap()
+            .get(0);
+        tx_pid.send(pid).unwrap();
+        let mut tx2 = second.transaction().unwrap();
+        tx2.batch_execute("SET LOCAL lock_timeout = '20s'").unwrap();
+        let row = tx2
+            .query_one(
+                "SELECT term, holder FROM repo1.bo_lease WHERE name = 'backoffice' FOR UPDATE",
+                &[],
+            )
+            .unwrap();
+        let seen: (i64, Option<String>) = (row.get(0), row.get(1));
+        tx_got.send(seen.clone()).unwrap();
+        tx2.commit().unwrap();
+        seen
+    });
+    let pid = rx_pid.recv_timeout(DEADLINE).expect("second session's pid");
+
+    // Wait, boundedly, until the server shows the second session waiting
+    // on a lock the first holds: from then on its attempt is provably
+    // behind the first. Should it get the row instead, it reports so and
+    // ends (its row here then disappears).
+    let mut observer = db.connect();
+    let start = Instant::now();
+    loop {
+        let row = observer
+            .query_opt(
+                "SELECT wait_event_type, pg_blocking_pids(pid) FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .unwrap();
+        let (waiting, blockers): (Option<String>, Vec<i32>) = match &row {
+            Some(r) => (r.get(0), r.get(1)),
+            None => (None, vec![]),
+        };
+        if waiting.as_deref() == Some("Lock") && blockers.contains(&first_pid) {
+            break;
+        }
+        if let Ok(seen) = rx_got.try_recv() {
+            panic!("the second session got the row lock while the first held it (saw {seen:?})");
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the second session never waited on the first's row lock (wait_event_type {waiting:?}, blocked by {blockers:?})"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        rx_got.try_recv().is_err(),
+        "the second session got the row lock while the first held it"
+    );
+
+    // The first session takes the lease over and commits; only then does
+    // the second get the row, and it sees the new term.
+    tx1.execute(
+        "UPDATE repo1.bo_lease SET term = term + 1, holder = 'host-a' WHERE name = 'backoffice'",
+        &[],
+    )
+    .unwrap();
+    tx1.commit().unwrap();
+    let seen = rx_got
+        .recv_timeout(DEADLINE)
+        .expect("the second session never got the row after the first committed");
+    assert_eq!(seen, (1, Some("host-a".to_string())));
+    waiter.join().unwrap();
+}
+
+/// A session ended by the server (`pg_terminate_backend`, as an
+/// administrator or a restart would) gives its client a clear error, not a
+/// hang or a panic; a new session works.
+#[test]
+fn terminated_session_fails_clearly_and_a_new_session_works() {
+    let Some(db) = pg::database() else { return };
+    let mut victim = db.connect();
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0);
+    let mut admin = db.connect();
+    let terminated: bool = admin
+        .query_one("SELECT pg_terminate_backend($1, 10000)", &[&pid])
+        .unwrap()
+        .get(0);
+    assert!(
+        terminated,
+        "pg_terminate_backend({pid}) did not end the session"
+    );
+
+    let err = victim
+        .query_one("SELECT 1", &[])
+        .expect_err("a query on a terminated session succeeded");
+    // What the client sees depends on a race between the server's FATAL
+    // message and our write: the FATAL itself (57P01, "terminating
+    // connection due to administrator command"), a closed connection, or an
+    // I/O error on the socket the server closed ("error communicating with
+    // the server: Broken pipe"). Each is an error naming the connection,
+    // never a hang; the store will have to treat all three as "connection
+    // lost, reconnect".
+    let io = std::error::Error::source(&err).is_some_and(|e| e.is::<std::io::Error>());
+    let clear =
+        err.code() == Some(&postgres::error::SqlState::ADMIN_SHUTDOWN) || err.is_closed() || io;
+    assert!(clear, "unclear error on a terminated session: {err:?}");
+    eprintln!(
+        "a terminated session's error: {err}: {:?}",
+        std::error::Error::source(&err)
+    );
+    // The session is unusable from now on, not half-alive.
+    let again = victim.query_one("SELECT 1", &[]);
+    assert!(
+        again.is_err(),
+        "a terminated session answered a second query"
+    );
+    assert!(
+        victim.is_closed(),
+        "the client still thinks the session is open"
+    );
+
+    let mut fresh = db.connect();
+    let one: i32 = fresh.query_one("SELECT 1", &[]).unwrap().get(0);
+    assert_eq!(one, 1);
+}
+
+/// `now()` is the server's clock, fixed for a transaction: the round trip
+/// the lease's times (all from the database, never a host's) will make.
+#[test]
+fn the_servers_clock_comes_back_through_the_client() {
+    let Some(db) = pg::database() else { return };
+    let mut c = db.connect();
+    let mut tx = c.transaction().unwrap();
+    let first: f64 = tx
+        .query_one("SELECT extract(epoch from now())::float8", &[])
+        .unwrap()
+        .get(0);
+    // clock_timestamp() moves; now() does not, within a transaction.
+    let (again, moving): (f64, f64) = {
+        let row = tx
+            .query_one(
+                "SELECT extract(epoch from now())::float8, extract(epoch from clock_timestamp())::float8",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    tx.commit().unwrap();
+    assert_eq!(first, again, "now() changed within one transaction");
+    assert!(
+        moving > first,
+        "clock_timestamp() {moving} is not after now() {first}"
+    );
+    // The server runs on this machine: its clock is ours, give or take a
+    // loaded scheduler (a sanity check that the number is seconds since
+    // the epoch, not a timing assertion).
+    let local = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        (local - first).abs() < 3600.0,
+        "the server's now() {first} is far from this machine's clock {local}"
+    );
+}
