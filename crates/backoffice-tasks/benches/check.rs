@@ -250,6 +250,7 @@ mod check {
                     alive_until: Some(now + 3600),
                 },
                 boot: process::boot_id().map(str::to_owned),
+                term: 0,
             };
             config_set(&fx.conn, LEASE_ROW, &lease.encode()).expect("write lease");
             OnDeck { fx, child }

@@ -56,6 +56,7 @@ fn run_with_10_hooks_nothing_new(bencher: Bencher, journal: &str) {
         repo: &path,
         now: backoffice::clock::now(),
         debug: false,
+        term: 0,
     };
     bencher.bench_local(|| assert_eq!(Hooks.run(&ctx).unwrap(), 0));
 }

@@ -1246,6 +1246,7 @@ mod tests {
             repo: &path,
             now: 0,
             debug: false,
+            term: 0,
         };
         let e = Hooks.run(&ctx).unwrap_err().to_string();
         assert!(e.contains("not a JSON array"), "{e}");
@@ -1313,6 +1314,7 @@ mod tests {
             repo: &path,
             now: backoffice::clock::now(),
             debug: false,
+            term: 0,
         };
         let err = Hooks.run(&ctx).unwrap_err().to_string();
         assert!(err.contains("2 events delivered"), "{err}");
@@ -1365,6 +1367,7 @@ mod tests {
             repo: &path,
             now: backoffice::clock::now(),
             debug: false,
+            term: 0,
         };
         Hooks.run(&ctx).unwrap_err();
         assert_eq!(state(&conn, good.id).unwrap().unwrap().cursor, 2);
@@ -1522,6 +1525,7 @@ mod tests {
             repo: &path2,
             now: 0,
             debug: false,
+            term: 0,
         };
         assert_eq!(Hooks.run(&ctx).unwrap(), 0);
         assert!(!conn2.table_exists(None, LEGACY_TABLE).unwrap());
@@ -1566,6 +1570,7 @@ mod tests {
             repo: &path,
             now: backoffice::clock::now(),
             debug: false,
+            term: 0,
         };
         Hooks.run(&ctx).unwrap_err();
         assert_eq!(state(&conn, 1).unwrap().unwrap().failures, 1);

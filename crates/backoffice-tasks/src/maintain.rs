@@ -1124,6 +1124,7 @@ mod tests {
             repo: &p,
             now: T0,
             debug: false,
+            term: 0,
         };
         let err = Maintenance.run(&ctx).unwrap_err();
         let partial = err.downcast_ref::<Partial>().expect("a partial failure");
@@ -1268,6 +1269,7 @@ mod tests {
             repo: &bad,
             now: T0 + 1,
             debug: false,
+            term: 0,
         };
         set(&conn, CHECK_INTERVAL, "1");
         let err = Maintenance.run(&ctx).unwrap_err().to_string();

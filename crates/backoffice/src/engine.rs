@@ -29,6 +29,14 @@
 //!   the holding of a process that lives on after its run.
 //! * A holder that runs past its lease is waited for, never in silence: the
 //!   waiting worker reports it at once and then at doubling intervals.
+//! * Each takeover adds one to the lease's fencing term ([`Lease::term`]),
+//!   in the transaction that writes the new holder; renewals, releases and
+//!   queueing on deck leave it alone. The run knows its term
+//!   ([`Context::term`]); its heartbeat and its end-of-run write refuse to
+//!   touch a lease whose term moved, as do the tasks' progress writes
+//!   ([`crate::writes::fenced`]). So a worker paused past its heartbeat
+//!   (in another PID namespace, where only the heartbeat tells) commits
+//!   nothing once it resumes after a takeover.
 //! * After the tasks, the worker records its [`RunReport`] and releases the
 //!   lease (holder pid 0, expiry kept) in one transaction, tried
 //!   [`FINISH_TRIES`] times. The expiry still spaces runs `L` apart, but a
@@ -161,6 +169,9 @@ pub fn decide(stored: &Lease, me: Me<'_>, alive: &mut dyn FnMut(&Slot) -> bool) 
                     .slot(now.saturating_add(l_time), Some(now.saturating_add(grace))),
                 next: Slot::EMPTY,
                 boot: me.boot.map(str::to_owned),
+                // A takeover, whoever held it before: a new term, so that a
+                // paused earlier holder is fenced out when it resumes.
+                term: l.term.saturating_add(1),
             })
         } else if me.nodelay {
             Decision::Busy {
@@ -307,7 +318,13 @@ pub fn run(repo: &mut Repo, tasks: &Tasks, opts: &RunOptions) -> Result<Outcome>
     };
     if opts.nolease {
         let _guard = WorkingGuard::new(key);
-        let report = work(repo, tasks, opts, &log, &settings, None);
+        // No lease is taken, so no term of its own: the one the lease
+        // carries now, which a takeover meanwhile moves on.
+        let term = read_lease(repo.conn())
+            .map_err(|e| repo.err("reading the lease", e))?
+            .0
+            .term;
+        let report = work(repo, tasks, opts, &log, &settings, term, None);
         return Ok(Outcome::Ran(report));
     }
     let me = Identity::current();
@@ -371,9 +388,17 @@ pub fn run(repo: &mut Repo, tasks: &Tasks, opts: &RunOptions) -> Result<Outcome>
         match plan.decision {
             Decision::OnDeckExists { pid } => return Ok(Outcome::OnDeckExists { pid }),
             Decision::Busy { holder } => return Ok(Outcome::Busy { holder }),
-            Decision::Take(_) => {
+            Decision::Take(taken) => {
                 let _guard = WorkingGuard::new(key.clone());
-                let report = work(repo, tasks, opts, &log, &settings, Some((me, beat)));
+                let report = work(
+                    repo,
+                    tasks,
+                    opts,
+                    &log,
+                    &settings,
+                    taken.term,
+                    Some((me, beat)),
+                );
                 return Ok(Outcome::Ran(report));
             }
             Decision::Queue { wake_at, .. } => {
@@ -450,7 +475,7 @@ struct Beating {
 }
 
 impl Beating {
-    fn start(path: &Path, me: Identity, beat: Heartbeat, log: &Log<'_>) -> Beating {
+    fn start(path: &Path, me: Identity, term: u64, beat: Heartbeat, log: &Log<'_>) -> Beating {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let path = path.to_owned();
         let file = log.file.map(Path::to_owned);
@@ -470,7 +495,7 @@ impl Beating {
                 while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
                     rx.recv_timeout(beat.every)
                 {
-                    match renew(&mut conn, &path, me, beat) {
+                    match renew(&mut conn, &path, me, term, beat) {
                         Ok(held) => {
                             if failing {
                                 log.error(clock::now(), "heartbeat renewed again");
@@ -480,7 +505,10 @@ impl Beating {
                                 // Someone took the lease from us: nothing to renew.
                                 log.error(
                                     clock::now(),
-                                    "the lease no longer names this worker; heartbeat stopped",
+                                    &format!(
+                                        "the lease no longer names this worker with term \
+                                         {term} (taken over or released); heartbeat stopped"
+                                    ),
                                 );
                                 return;
                             }
@@ -524,12 +552,16 @@ impl Drop for Beating {
 }
 
 /// One heartbeat: in a short `BEGIN IMMEDIATE` of the heartbeat's own
-/// connection, push `alive-until` forward if the lease still names `me`.
-/// Returns whether it did.
+/// connection, push `alive-until` forward if the lease still names `me`
+/// with `term`. Returns whether it did. The term matters where the
+/// identity alone could match again (a container restarted with the same
+/// pid, start time and namespace numbering): a takeover in between moved
+/// the term, and the resumed worker must not revive its claim.
 fn renew(
     conn: &mut Option<rusqlite::Connection>,
     path: &Path,
     me: Identity,
+    term: u64,
     beat: Heartbeat,
 ) -> rusqlite::Result<bool> {
     let c = match conn {
@@ -548,7 +580,7 @@ fn renew(
     // A rusqlite transaction rolls back on drop, a failed COMMIT included.
     let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let (mut lease, _) = read_lease(&tx)?;
-    if !me.holds(&lease.current) {
+    if !me.holds(&lease.current) || lease.term != term {
         return Ok(false);
     }
     lease.current.alive_until = Some(clock::now().saturating_add(beat.grace_secs()));
@@ -565,24 +597,28 @@ pub const FINISH_TRIES: u32 = 3;
 /// Runs the tasks (renewing the heartbeat meanwhile, when `holder` is given),
 /// purges the event log if that is due, then records the report and
 /// releases the lease in one short transaction, retried if it fails, and
-/// writes the log line.
+/// writes the log line. `term` is the lease's fencing term this run holds;
+/// a holder whose term moved records nothing.
+#[allow(clippy::too_many_arguments)]
 fn work(
     repo: &mut Repo,
     tasks: &Tasks,
     opts: &RunOptions,
     log: &Log<'_>,
     settings: &Settings,
+    term: u64,
     holder: Option<(Identity, Heartbeat)>,
 ) -> RunReport {
     let started = clock::now();
     let t0 = Instant::now();
     let results = {
-        let _beating = holder.map(|(me, beat)| Beating::start(repo.path(), me, beat, log));
+        let _beating = holder.map(|(me, beat)| Beating::start(repo.path(), me, term, beat, log));
         let ctx = Context {
             conn: repo.conn(),
             repo: repo.path(),
             now: started,
             debug: opts.debug,
+            term,
         };
         let results = tasks.run_all(&ctx);
         // After the tasks, so that what they handled in this run counts;
@@ -603,8 +639,14 @@ fn work(
     let mut tries = 0;
     loop {
         tries += 1;
-        match finish(repo, &report, me, release) {
+        match finish(repo, &report, me, release.then_some(term)) {
             Ok(()) => break,
+            // Taken over: retrying cannot help, and the run that took over
+            // records its own.
+            Err(e @ crate::Error::Fenced { .. }) => {
+                log.error(clock::now(), &format!("run {e}"));
+                break;
+            }
             Err(e) if tries < FINISH_TRIES => {
                 log.error(
                     clock::now(),
@@ -714,7 +756,11 @@ fn retention(
     deleted
 }
 
-fn finish(repo: &mut Repo, report: &RunReport, me: Identity, release: bool) -> Result<()> {
+/// Records the run and its totals and, for a holder (`term` given: the
+/// fencing term its run holds), releases the lease, in one transaction. A
+/// holder whose term moved (it was taken over while it ran) records
+/// nothing: [`crate::Error::Fenced`].
+fn finish(repo: &mut Repo, report: &RunReport, me: Identity, term: Option<u64>) -> Result<()> {
     let path = repo.path().to_owned();
     let busy = repo.busy_ms();
     let sq = |what, e| crate::Error::sqlite(what, &path, busy, e);
@@ -722,6 +768,14 @@ fn finish(repo: &mut Repo, report: &RunReport, me: Identity, release: bool) -> R
         .conn_mut()
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(|e| sq("taking the write lock", e))?;
+    let (mut lease, _) = read_lease(&tx).map_err(|e| sq("reading the lease", e))?;
+    if let Some(expected) = term.filter(|t| *t != lease.term) {
+        return Err(crate::Error::Fenced {
+            path: path.clone(),
+            expected,
+            found: lease.term,
+        });
+    }
     let json = serde_json::to_string(report).unwrap_or_default();
     repo::config_set(&tx, task::LAST_RUN_ROW, &json).map_err(|e| sq("recording the run", e))?;
     // The totals ride in the same transaction, so they agree with the last
@@ -731,17 +785,15 @@ fn finish(repo: &mut Repo, report: &RunReport, me: Identity, release: bool) -> R
     totals.add(report);
     let json = serde_json::to_string(&totals).unwrap_or_default();
     repo::config_set(&tx, task::TOTALS_ROW, &json).map_err(|e| sq("recording the totals", e))?;
-    if release {
-        let (mut lease, _) = read_lease(&tx).map_err(|e| sq("reading the lease", e))?;
-        if me.holds(&lease.current) {
-            // Nobody holds it now; the expiry stays and still spaces runs.
-            lease.current = Slot {
-                expires: lease.current.expires,
-                ..Slot::EMPTY
-            };
-            repo::config_set(&tx, LEASE_ROW, &lease.encode())
-                .map_err(|e| sq("releasing the lease", e))?;
-        }
+    if term.is_some() && me.holds(&lease.current) {
+        // Nobody holds it now; the expiry (and the term) stay: the expiry
+        // still spaces runs, and only a takeover moves the term.
+        lease.current = Slot {
+            expires: lease.current.expires,
+            ..Slot::EMPTY
+        };
+        repo::config_set(&tx, LEASE_ROW, &lease.encode())
+            .map_err(|e| sq("releasing the lease", e))?;
     }
     crate::writes::note_own_write(&tx).map_err(|e| sq("noting the write", e))?;
     // On failure the transaction is rolled back when dropped (rusqlite
@@ -793,9 +845,10 @@ mod tests {
                     }
                 );
                 assert_eq!(l.next, Slot::EMPTY);
+                // The first takeover: term 1.
                 assert_eq!(
                     l.encode(),
-                    "7 1060 0 0 cur-start=70 cur-ns=77 cur-alive-until=1020 boot=b007"
+                    "7 1060 0 0 cur-start=70 cur-ns=77 cur-alive-until=1020 boot=b007 term=1"
                 );
             }
             d => panic!("{d:?}"),
@@ -936,6 +989,156 @@ mod tests {
                 .next()
                 .unwrap(),
             "backoffice process 5 still running after 90 seconds"
+        );
+    }
+
+    /// The end-of-run write of a holder whose term moved (it was taken
+    /// over while it ran) records nothing and leaves the lease alone; with
+    /// its own term it records the run and releases the slot, keeping the
+    /// term.
+    #[test]
+    fn finish_refuses_when_the_term_moved() {
+        let (_d, mut r) = crate::repo::temp_repo();
+        let me = Identity::current();
+        let held = Lease {
+            current: me.slot(clock::now() + 60, Some(clock::now() + 20)),
+            term: 3,
+            ..Lease::default()
+        };
+        r.set(LEASE_ROW, &held.encode()).unwrap();
+        let report = RunReport {
+            started: clock::now(),
+            elapsed_us: 1,
+            pid: me.pid,
+            tasks: Vec::new(),
+        };
+        match finish(&mut r, &report, me, Some(2)) {
+            Err(crate::Error::Fenced {
+                expected: 2,
+                found: 3,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.get(task::LAST_RUN_ROW).unwrap(), None);
+        assert_eq!(r.get(task::TOTALS_ROW).unwrap(), None);
+        assert_eq!(r.get(LEASE_ROW).unwrap(), Some(held.encode()));
+        assert!(r.conn().is_autocommit(), "left inside the transaction");
+        finish(&mut r, &report, me, Some(3)).unwrap();
+        assert!(r.get(task::LAST_RUN_ROW).unwrap().is_some());
+        let after = Lease::parse(&r.get(LEASE_ROW).unwrap().unwrap());
+        assert_eq!(after.current.pid, 0);
+        assert_eq!(after.current.expires, held.current.expires);
+        assert_eq!(after.term, 3, "a release must not move the term");
+    }
+
+    /// A heartbeat renews only a lease that names this worker *and* its
+    /// term: a resumed worker whose identity matches again (or was never
+    /// replaced, only the term moved) cannot revive its claim. A renewal
+    /// leaves the term alone.
+    #[test]
+    fn renew_refuses_when_the_term_moved() {
+        let (_d, r) = crate::repo::temp_repo();
+        let me = Identity::current();
+        let beat = Heartbeat {
+            every: Duration::from_secs(1),
+        };
+        let held = Lease {
+            current: me.slot(clock::now() + 60, Some(5)),
+            term: 3,
+            ..Lease::default()
+        };
+        r.set(LEASE_ROW, &held.encode()).unwrap();
+        let mut conn = None;
+        assert!(!renew(&mut conn, r.path(), me, 2, beat).unwrap());
+        assert_eq!(r.get(LEASE_ROW).unwrap(), Some(held.encode()));
+        assert!(renew(&mut conn, r.path(), me, 3, beat).unwrap());
+        let after = Lease::parse(&r.get(LEASE_ROW).unwrap().unwrap());
+        assert!(after.current.alive_until > Some(5), "{after:?}");
+        assert_eq!(after.term, 3, "a renewal must not move the term");
+    }
+
+    /// The whole path in one process: a run takes the lease (term 1); while
+    /// its task works, another worker takes it over (term 2, written on
+    /// another connection as a takeover would). The task's fenced progress
+    /// write is refused and rolled back, and the run is not recorded.
+    #[test]
+    fn a_run_taken_over_commits_nothing() {
+        struct TakenOver;
+        impl task::Task for TakenOver {
+            fn name(&self) -> &str {
+                "taken-over"
+            }
+            fn due(
+                &self,
+                _: &rusqlite::Connection,
+                _: i64,
+            ) -> std::result::Result<task::Due, task::TaskError> {
+                Ok(task::Due::Now)
+            }
+            fn run(&self, ctx: &Context<'_>) -> std::result::Result<u64, task::TaskError> {
+                assert_eq!(ctx.term, 1);
+                // Before the takeover, a fenced write goes through.
+                repo::immediate(ctx.conn, || {
+                    repo::config_set(ctx.conn, "progress-1", "x")?;
+                    crate::writes::fenced(ctx.conn, ctx.term)
+                })?;
+                let other = rusqlite::Connection::open(ctx.repo)?;
+                let (mut l, _) = read_lease(&other)?;
+                l.current = Slot {
+                    pid: 999_999_999,
+                    ..l.current
+                };
+                l.term += 1;
+                repo::config_set(&other, LEASE_ROW, &l.encode())?;
+                let e = repo::immediate(ctx.conn, || {
+                    repo::config_set(ctx.conn, "progress-2", "x")?;
+                    crate::writes::fenced(ctx.conn, ctx.term)
+                })
+                .unwrap_err();
+                assert!(
+                    matches!(
+                        e,
+                        crate::writes::FenceError::Fenced {
+                            expected: 1,
+                            found: 2
+                        }
+                    ),
+                    "{e:?}"
+                );
+                Err(e.into())
+            }
+        }
+        let (d, mut r) = crate::repo::temp_repo();
+        let log = d.path().join("bo.log");
+        let opts = RunOptions {
+            logfile: Some(log.clone()),
+            ..RunOptions::default()
+        };
+        let out = run(&mut r, &Tasks::new().with(TakenOver), &opts).unwrap();
+        let Outcome::Ran(report) = out else {
+            panic!("{out:?}")
+        };
+        assert!(
+            report.tasks[0]
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("fenced")),
+            "{report:?}"
+        );
+        assert_eq!(r.get("progress-1").unwrap().as_deref(), Some("x"));
+        assert_eq!(
+            r.get("progress-2").unwrap(),
+            None,
+            "a fenced write committed"
+        );
+        assert_eq!(r.get(task::LAST_RUN_ROW).unwrap(), None, "run recorded");
+        let l = Lease::parse(&r.get(LEASE_ROW).unwrap().unwrap());
+        assert_eq!((l.current.pid, l.term), (999_999_999, 2), "{l:?}");
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("run not recorded") && text.contains("term is 2, not this run's 1"),
+            "{text}"
         );
     }
 
@@ -1260,8 +1463,9 @@ mod tests {
             lease_time in prop_oneof![Just(i64::MIN), Just(i64::MAX), 1i64..100],
             grace in prop_oneof![Just(i64::MIN), Just(i64::MAX), 1i64..100],
             nodelay in any::<bool>(), alive_bits in any::<u8>(),
+            term in prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
         ) {
-            let stored = Lease { current, next, boot: None };
+            let stored = Lease { current, next, boot: None, term };
             let mut n = 0u32;
             let mut alive = |_: &Slot| { n += 1; alive_bits & (1 << (n % 8)) != 0 };
             let m = Me { lease_time, grace, nodelay, ..me(3, now) };
@@ -1283,6 +1487,13 @@ mod tests {
             if let Decision::Queue { wake_at, .. } = plan.decision {
                 prop_assert!(wake_at.saturating_sub(now) <= l.saturating_add(1));
             }
+            // The term: one more on a takeover (saturating), else unchanged.
+            prop_assert_eq!(plan.normalized.term, term);
+            match &plan.decision {
+                Decision::Take(x) => prop_assert_eq!(x.term, term.saturating_add(1)),
+                Decision::Queue { lease: x, .. } => prop_assert_eq!(x.term, term),
+                _ => {}
+            }
             let _ = overrun_message(&stored.current, now, lease_time);
             let _ = overrun_message(&plan.normalized.current, now, lease_time);
         }
@@ -1294,9 +1505,14 @@ mod tests {
             let mut lease = Lease::default();
             let mut workers: Vec<W> = Vec::new();
             let mut last_start: Option<i64> = None;
+            // Each worker's term, as its run's Context would carry it.
+            let mut terms: Vec<Option<u64>> = Vec::new();
             for a in acts {
                 match a {
-                    Act::Spawn => workers.push(W::Ready),
+                    Act::Spawn => {
+                        workers.push(W::Ready);
+                        terms.push(None);
+                    }
                     Act::Tick(d) => {
                         now += i64::from(d);
                         for w in workers.iter_mut() {
@@ -1321,8 +1537,16 @@ mod tests {
                         };
                         let m = Me { nodelay, lease_time: l_time, ..me(pid, now) };
                         let plan = decide(&lease, m, &mut alive);
+                        let before = lease.term;
                         match plan.decision {
                             Decision::Take(l) => {
+                                // Fencing: each takeover moves the term on,
+                                // so every earlier holder's term is stale.
+                                prop_assert_eq!(l.term, before + 1, "a take must add one to the term");
+                                for t in terms.iter().flatten() {
+                                    prop_assert!(*t < l.term, "term {} reused", l.term);
+                                }
+                                terms[i] = Some(l.term);
                                 // Exclusion: nobody else works.
                                 prop_assert!(!workers.contains(&W::Working), "two workers at once");
                                 // Rate: runs at least L apart.
@@ -1333,12 +1557,20 @@ mod tests {
                             }
                             Decision::Queue { lease: l, wake_at } => {
                                 prop_assert!(!nodelay);
+                                prop_assert_eq!(l.term, before, "queueing must not move the term");
                                 prop_assert!(wake_at - now <= l_time + 1, "sleeps too long");
                                 lease = l;
                                 workers[i] = W::Sleeping(wake_at);
                             }
                             Decision::OnDeckExists { .. } | Decision::Busy { .. } => workers[i] = W::Exited,
                         }
+                        // Only a take moves the term; a clamp written back
+                        // (a pass that wrote no lease of its own) keeps it.
+                        prop_assert_eq!(plan.normalized.term, before);
+                        // Exactly one worker's run holds the current term:
+                        // the last to take over.
+                        let holding = terms.iter().filter(|t| **t == Some(lease.term)).count();
+                        prop_assert!(lease.term == 0 || holding == 1, "{holding} runs hold term {}", lease.term);
                         // At most one live worker on deck or working, plus one sleeping.
                         let live = workers.iter().filter(|w| matches!(w, W::Working | W::Sleeping(_))).count();
                         prop_assert!(live <= 2, "{live} live workers: {workers:?}");

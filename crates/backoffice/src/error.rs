@@ -103,6 +103,22 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The lease was taken over while this worker ran (it was paused past
+    /// its heartbeat): its term moved, so the worker's end-of-run write is
+    /// refused (see [`crate::writes::fenced`]).
+    #[error(
+        "not recorded in {path}: the lease's term is {found}, not this run's {expected} \
+         (another worker took the lease over)"
+    )]
+    Fenced {
+        /// The repository path.
+        path: PathBuf,
+        /// The term this run held.
+        expected: u64,
+        /// The term the lease carries now.
+        found: u64,
+    },
+
     /// Writing the run log failed.
     #[error("cannot write log file {path}: {source}")]
     LogFile {

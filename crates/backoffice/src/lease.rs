@@ -6,6 +6,7 @@
 //! ```text
 //! ID_CUR TM_CUR ID_NEXT TM_NEXT [cur-start=S] [cur-ns=N] [cur-alive-until=T]
 //!                               [next-start=S] [next-ns=N] [next-alive-until=T] [boot=B]
+//!                               [term=K]
 //! ```
 //!
 //! The first four fields are decimal integers exactly as Fossil writes them:
@@ -23,6 +24,16 @@
 //! seconds, renewed while it works), and the boot id of the machine that
 //! wrote the lease. A lease written by Fossil simply has none, and
 //! [`crate::process`] then falls back to weaker rules.
+//!
+//! One field belongs to the lease rather than to a slot: its **fencing
+//! term** (`term`), the number of takeovers so far. Each takeover adds one
+//! in the transaction that writes the new holder, and nothing else changes
+//! it, so a worker that was paused while another took over finds a term
+//! other than its own and is refused ([`crate::writes::fenced`]). It is
+//! written only when above 0: a lease Fossil wrote (term 0) round-trips
+//! byte for byte. Fossil rewrites the row without it, which reads as term 0:
+//! a worker of ours paused across that is still fenced out (its term is
+//! above 0).
 //!
 //! The four integers are read exactly as Fossil reads them (its
 //! `backofficeParseInt`): skip white space (spaces, tabs, newlines), then
@@ -80,6 +91,9 @@ pub struct Lease {
     pub next: Slot,
     /// The boot id of the machine that last wrote the lease, if recorded.
     pub boot: Option<String>,
+    /// The fencing term: how many takeovers this lease has seen (0 when not
+    /// recorded, as in a lease Fossil wrote). See the module docs.
+    pub term: u64,
 }
 
 /// Longest boot id we keep; Linux's is a 36-character UUID.
@@ -153,6 +167,7 @@ impl Lease {
                 ..Slot::EMPTY
             },
             boot: None,
+            term: 0,
         };
         for tok in rest.split(is_fossil_space).filter(|t| !t.is_empty()) {
             let Some((key, value)) = tok.split_once('=') else {
@@ -167,6 +182,15 @@ impl Lease {
                 match key {
                     "boot" if is_boot_id(value) => lease.boot = Some(value.to_owned()),
                     "boot" => note(format!("bad boot id {:?}", clip(value))),
+                    // A bad term reads as 0: never a term a worker holds
+                    // (takeovers start at 1), so the safe reading.
+                    "term" => match plain_u64(value) {
+                        Some(v) => lease.term = v,
+                        None => {
+                            lease.term = 0;
+                            note(format!("bad term {:?}", clip(value)));
+                        }
+                    },
                     // Unknown keys are ignored so that a newer writer's fields
                     // do not make an older reader think the lease is corrupt.
                     _ => {}
@@ -214,6 +238,10 @@ impl Lease {
         }
         if let Some(b) = self.boot.as_deref().filter(|b| is_boot_id(b)) {
             let _ = write!(s, " boot={b}");
+        }
+        // Only when set, so that a lease with none (Fossil's) is unchanged.
+        if self.term > 0 {
+            let _ = write!(s, " term={}", self.term);
         }
         s
     }
@@ -343,6 +371,42 @@ mod tests {
         assert_eq!(l.encode(), text);
     }
 
+    /// The fencing term: written after the other fields only when above 0,
+    /// read back exactly; a bad one reads as 0 and is reported; a lease
+    /// without one (Fossil's) is term 0 and re-encodes byte for byte.
+    #[test]
+    fn term_round_trips_and_is_only_written_when_set() {
+        let text = "10 20 0 0 cur-start=5 boot=ab-cd term=7";
+        let (l, problem) = Lease::parse_report(text);
+        assert_eq!(problem, None);
+        assert_eq!(l.term, 7);
+        assert_eq!(l.encode(), text);
+        let max = format!("1 2 0 0 term={}", u64::MAX);
+        assert_eq!(Lease::parse(&max).term, u64::MAX);
+        assert_eq!(Lease::parse(&max).encode(), max);
+        for fossil in ["2023 1795261729 0 0", "1 2 3 4 cur-start=5"] {
+            let l = Lease::parse(fossil);
+            assert_eq!(l.term, 0);
+            assert_eq!(l.encode(), fossil);
+        }
+        let zero = Lease::parse("1 2 3 4 term=0");
+        assert_eq!(zero.term, 0);
+        assert_eq!(zero.encode(), "1 2 3 4");
+        for bad in [
+            "term=x",
+            "term=-1",
+            "term=+3",
+            "term=",
+            "term=99999999999999999999",
+        ] {
+            let (l, problem) = Lease::parse_report(&format!("1 2 3 4 {bad}"));
+            assert_eq!(l.term, 0, "{bad}");
+            assert!(problem.unwrap().contains("bad term"), "{bad}");
+        }
+        // A bad term after a good one still reads as 0 (never a stale term).
+        assert_eq!(Lease::parse("1 2 3 4 term=5 term=z").term, 0);
+    }
+
     fn slot() -> impl Strategy<Value = Slot> {
         (
             0..=i64::MAX,
@@ -400,9 +464,10 @@ mod tests {
         /// Whatever we encode decodes to the same lease, cleanly.
         #[test]
         fn encode_then_parse_is_identity(
-            current in slot(), next in slot(), boot in proptest::option::of("[0-9a-f-]{1,64}")
+            current in slot(), next in slot(), boot in proptest::option::of("[0-9a-f-]{1,64}"),
+            term in prop_oneof![Just(0u64), Just(u64::MAX), any::<u64>()],
         ) {
-            let lease = Lease { current, next, boot };
+            let lease = Lease { current, next, boot, term };
             let text = lease.encode();
             let (back, problem) = Lease::parse_report(&text);
             prop_assert_eq!(problem, None);
@@ -411,10 +476,12 @@ mod tests {
 
         /// The first four fields are always exactly what Fossil would read.
         #[test]
-        fn fossil_prefix_is_four_integers(current in slot(), next in slot()) {
-            let text = Lease { current, next, boot: Some("b".into()) }.encode();
+        fn fossil_prefix_is_four_integers(current in slot(), next in slot(), term in any::<u64>()) {
+            let text = Lease { current, next, boot: Some("b".into()), term }.encode();
             let ints: Vec<i64> = text.split(' ').take(4).map(|t| t.parse().unwrap()).collect();
             prop_assert_eq!(ints, vec![current.pid, current.expires, next.pid, next.expires]);
+            // And Fossil's own reader, term or not, reads just those.
+            prop_assert_eq!(fossil_model(&text), [current.pid, current.expires, next.pid, next.expires]);
         }
 
         /// Whatever is stored, what we read as the four integers is what
@@ -422,7 +489,7 @@ mod tests {
         /// out-of-range numbers read as 0 where Fossil's would wrap).
         #[test]
         fn four_integers_agree_with_fossils_reader(
-            parts in proptest::collection::vec("([+-]?[0-9]{0,21}[a-z=]{0,2}|[ \t\n]{0,2})", 0..8)
+            parts in proptest::collection::vec("([+-]?[0-9]{0,21}[a-z=]{0,2}|[ \t\n]{0,2}|term=[0-9a-z+-]{0,4})", 0..8)
         ) {
             let text = parts.join(" ");
             let (l, _) = Lease::parse_report(&text);

@@ -22,7 +22,11 @@
 //!   ([`crate::ledger`]);
 //! * [`crate::writes::own_write`] for every write it makes on a timer
 //!   rather than in answer to new application data, so replication does
-//!   not mistake the backoffice's bookkeeping for a change.
+//!   not mistake the backoffice's bookkeeping for a change;
+//! * [`crate::writes::fenced`] with [`Context::term`] in every write that
+//!   records progress (a cursor, an outbox state, a ledger row, a mark), in
+//!   the same transaction: a worker paused while another took the lease
+//!   over then commits nothing, and stops.
 //!
 //! Each run leaves one line in the run log, in Fossil's format:
 //!
@@ -107,6 +111,12 @@ pub struct Context<'a> {
     pub now: i64,
     /// True under `--debug`: tasks may say more in the log.
     pub debug: bool,
+    /// The lease's fencing term this run holds. Pass it to
+    /// [`crate::writes::fenced`] in every progress write's transaction: the
+    /// write is refused once another worker has taken the lease over (this
+    /// worker was paused past its heartbeat). Under `--nolease`, the term
+    /// the lease carried when the run began.
+    pub term: u64,
 }
 
 /// One kind of background work.
@@ -588,6 +598,7 @@ mod tests {
             repo: Path::new("r.db"),
             now: 0,
             debug: false,
+            term: 0,
         };
         let r = tasks.run_all(&ctx);
         assert_eq!(
@@ -609,6 +620,7 @@ mod tests {
             repo: Path::new("r.db"),
             now: 0,
             debug: false,
+            term: 0,
         };
         let results = tasks.run_all(&ctx);
         assert_eq!(results[0].error.as_deref(), Some("bad\nthing"));

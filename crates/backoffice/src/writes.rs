@@ -30,6 +30,37 @@
 //! Tracking costs a `config` read and write per own write, so it is off
 //! until some task asks for it ([`track`]); until then both functions only
 //! run the write.
+//!
+//! # Fenced progress writes
+//!
+//! A worker can be paused mid-run (SIGSTOP, a frozen container, a VM
+//! migration) long enough for its heartbeat to run out; another worker then
+//! takes the lease over and redoes the work. When the paused one resumes,
+//! it must not commit what it was about to record — a cursor moved back, an
+//! outbox row marked sent twice. Each takeover adds one to the lease's
+//! **term** (see [`crate::Lease::term`]), and a run knows the term it holds
+//! ([`crate::Context::term`]). **Every write a task makes to record progress
+//! calls [`fenced`] inside its own transaction, before committing**:
+//!
+//! ```no_run
+//! # fn progress(ctx: &backoffice::Context<'_>, id: i64) -> Result<(), backoffice::writes::FenceError> {
+//! backoffice::repo::immediate(ctx.conn, || {
+//!     ctx.conn.execute("UPDATE outbox SET done = 1 WHERE id = ?1", [id])?;
+//!     // Refused (and all of the above rolled back) once another worker
+//!     // has taken the lease over.
+//!     backoffice::writes::fenced(ctx.conn, ctx.term)
+//! })
+//! # }
+//! ```
+//!
+//! A refused task should stop at once: it is no longer the holder, and the
+//! worker that took over does the rest. SQLite's transactions are
+//! serialisable, so the check and the writes commit together or not at
+//! all: a takeover that commits after the check makes this transaction's
+//! COMMIT fail (or waits for it, under `BEGIN IMMEDIATE`), never slip in
+//! between. What cannot be fenced — an e-mail sent, an HTTP delivery, a
+//! hook run — stays at least once: the resumed worker may repeat the effect
+//! it was in the middle of, with the same Message-ID or delivery id.
 
 use rusqlite::Connection;
 
@@ -143,6 +174,60 @@ pub fn own_write<T>(
     crate::repo::immediate(conn, || note_own_write(conn).and_then(|()| f(conn)))
 }
 
+/// Why [`fenced`] refused a write.
+#[derive(Debug, thiserror::Error)]
+pub enum FenceError {
+    /// A later takeover happened: the lease's term is no longer the one
+    /// this worker's run holds. Roll back and stop.
+    #[error(
+        "fenced: the lease's term is {found}, not this worker's {expected} \
+         (another worker took the lease over); nothing was committed"
+    )]
+    Fenced {
+        /// The term this worker's run holds.
+        expected: u64,
+        /// The term the lease carries now.
+        found: u64,
+    },
+    /// [`fenced`] was called outside a transaction, where its answer would
+    /// not hold for the write that follows. A bug in the task.
+    #[error("fenced() called outside a transaction: the term check would not cover the write")]
+    NoTransaction,
+    /// The lease could not be read.
+    #[error("cannot check the lease term: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+}
+
+impl FenceError {
+    /// True if the lease was taken over (as opposed to a failure to check).
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, FenceError::Fenced { .. })
+    }
+}
+
+/// Checks, inside the caller's transaction, that the lease still carries
+/// `term` (the run's [`crate::Context::term`]): call it in every progress
+/// write's transaction, before COMMIT (see the module docs). Costs one
+/// point read of the lease row.
+///
+/// Returns [`FenceError::Fenced`] when another worker took the lease over
+/// since this run began; the caller rolls back (an error out of
+/// [`crate::repo::immediate`] does) and stops.
+pub fn fenced(conn: &Connection, term: u64) -> Result<(), FenceError> {
+    if conn.is_autocommit() {
+        return Err(FenceError::NoTransaction);
+    }
+    let (lease, _) = crate::engine::read_lease(conn)?;
+    if lease.term == term {
+        Ok(())
+    } else {
+        Err(FenceError::Fenced {
+            expected: term,
+            found: lease.term,
+        })
+    }
+}
+
 /// Turns tracking on for this repository (idempotent): from now on every
 /// [`own_write`] keeps the application generation. Called by the tasks
 /// that read [`app_generation`], when they are set up.
@@ -170,6 +255,52 @@ mod tests {
         crate::repo::config_set(&c, APP_GENERATION, &i64::MAX.to_string()).unwrap();
         own_write(&c, |c| crate::repo::config_set(c, "x", "1")).unwrap();
         assert_ne!(app_generation(&c), i64::MAX);
+    }
+
+    /// `fenced` passes while the lease carries the run's term, refuses with
+    /// both terms once it moved (and the caller's writes roll back with
+    /// it), and refuses outside a transaction, where it would prove
+    /// nothing about the write that follows.
+    #[test]
+    fn fenced_checks_the_term_inside_the_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Connection::open(dir.path().join("r.db")).unwrap();
+        c.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
+            .unwrap();
+        let lease = crate::engine::LEASE_ROW;
+        // No lease at all is term 0.
+        crate::repo::immediate(&c, || fenced(&c, 0)).unwrap();
+        crate::repo::config_set(&c, lease, "7 100 0 0 term=4").unwrap();
+        assert!(matches!(fenced(&c, 4), Err(FenceError::NoTransaction)));
+        crate::repo::immediate(&c, || {
+            crate::repo::config_set(&c, "cursor", "10")?;
+            fenced(&c, 4)
+        })
+        .unwrap();
+        let e = crate::repo::immediate(&c, || {
+            crate::repo::config_set(&c, "cursor", "20")?;
+            fenced(&c, 3)
+        })
+        .unwrap_err();
+        assert!(e.is_fenced(), "{e}");
+        assert!(
+            matches!(
+                e,
+                FenceError::Fenced {
+                    expected: 3,
+                    found: 4
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(
+            crate::repo::config_get(&c, "cursor").unwrap().as_deref(),
+            Some("10")
+        );
+        // Fossil rewrote the row (no term): every worker of ours is out.
+        crate::repo::config_set(&c, lease, "7 100 0 0").unwrap();
+        let e = crate::repo::immediate(&c, || fenced(&c, 4)).unwrap_err();
+        assert!(matches!(e, FenceError::Fenced { found: 0, .. }), "{e:?}");
     }
 
     /// A COMMIT that fails (a reader's SHARED lock keeps the writer from

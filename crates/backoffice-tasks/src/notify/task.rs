@@ -595,6 +595,7 @@ mod tests {
             repo: std::path::Path::new("r.db"),
             now,
             debug: false,
+            term: 0,
         };
         assert_eq!(Notify.run(&ctx).unwrap(), 0);
         assert_eq!(Notify.events_done(&conn).unwrap(), Some(0));
