@@ -22,6 +22,15 @@
 //! to which it appends `enter PID NANOS` and `exit PID NANOS` lines),
 //! `host-work-ms` (how long the work takes), and `host-fail` (`error` or
 //! `panic`, to see that a failing task does not stop the others).
+//!
+//! With `host-fenced-write` set, the outbox task works as a task with
+//! fenced progress writes does ([`backoffice::writes::fenced`]): it takes
+//! its batch first, works (`host-work-ms`), then marks each row done and
+//! records it in `host_delivered(id, pid, term)`, one transaction per row
+//! whose last step checks that the lease still carries the run's term. A
+//! worker paused mid-batch while another took the lease over is refused
+//! there and stops: the failure (`fenced: …`) is in the run log, and
+//! `host_delivered` shows that nothing was recorded twice.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -96,6 +105,9 @@ impl Task for Outbox {
     }
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
+        if config(ctx.conn, "host-fenced-write").is_some() {
+            return fenced_run(ctx);
+        }
         journal(ctx.conn, "enter");
         let ms: u64 = config(ctx.conn, "host-work-ms")
             .and_then(|v| v.parse().ok())
@@ -122,6 +134,43 @@ impl Task for Outbox {
         journal(ctx.conn, "exit");
         Ok(rows.len() as u64)
     }
+}
+
+/// The outbox task with fenced progress writes (`host-fenced-write`).
+fn fenced_run(ctx: &Context<'_>) -> Result<u64, TaskError> {
+    ctx.conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS host_delivered(
+           id INTEGER NOT NULL, pid INTEGER NOT NULL, term INTEGER NOT NULL)",
+    )?;
+    // The batch is in hand before the work, as in a real task mid-batch:
+    // a worker paused during the work still means to record these rows.
+    let rows: Vec<i64> = {
+        let mut s = ctx
+            .conn
+            .prepare("SELECT id FROM outbox WHERE done = 0 ORDER BY id")?;
+        s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
+    };
+    let ms: u64 = config(ctx.conn, "host-work-ms")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    journal(ctx.conn, "enter");
+    std::thread::sleep(Duration::from_millis(ms));
+    let term = i64::try_from(ctx.term)?;
+    for id in &rows {
+        backoffice::repo::immediate(ctx.conn, || {
+            ctx.conn
+                .execute("UPDATE outbox SET done = 1 WHERE id = ?1", [id])?;
+            ctx.conn.execute(
+                "INSERT INTO host_delivered(id, pid, term) VALUES (?1, ?2, ?3)",
+                [*id, i64::from(std::process::id()), term],
+            )?;
+            // Last, with the write lock held: refused (and all of the
+            // above rolled back) if another worker took the lease over.
+            backoffice::writes::fenced(ctx.conn, ctx.term)
+        })?;
+    }
+    journal(ctx.conn, "exit");
+    Ok(rows.len() as u64)
 }
 
 /// A second task that fails on request, to show the others still run.

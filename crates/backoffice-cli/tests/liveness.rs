@@ -1,5 +1,6 @@
 //! Lease liveness with real processes: garbage and stale leases, pid reuse,
-//! zombie holders, and a lease time far in the future.
+//! zombie holders, a lease time far in the future, and fencing a paused
+//! worker out after a takeover.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -421,6 +422,33 @@ fn a_long_lived_host_that_cannot_release_its_lease_does_not_stall_the_repository
     );
 }
 
+/// True if this test may run workers in PID namespaces of their own
+/// (`unshare --pid`, root); otherwise says why it skips (and fails under
+/// `BACKOFFICE_REQUIRE_EXTERNAL=1`).
+fn pid_namespaces() -> bool {
+    let required = std::env::var("BACKOFFICE_REQUIRE_EXTERNAL").as_deref() == Ok("1");
+    if !crate::harness::is_root() {
+        assert!(
+            !required,
+            "PID namespaces need root here (BACKOFFICE_REQUIRE_EXTERNAL=1)"
+        );
+        eprintln!("SKIPPED: unshare --pid needs root");
+        return false;
+    }
+    if !crate::harness::have("unshare") {
+        return false;
+    }
+    let probe = Cmd::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .output();
+    if !probe.out.status.success() {
+        assert!(!required, "unshare --pid failed: {}", probe.stderr());
+        eprintln!("SKIPPED: no PID namespaces here: {}", probe.stderr());
+        return false;
+    }
+    true
+}
+
 /// Issue 10, item 5: a worker in another PID namespace (`unshare --pid`,
 /// as in a container sharing the repository) records a namespace-local pid
 /// (1, here). A worker outside must not judge it by that pid: while the
@@ -429,24 +457,7 @@ fn a_long_lived_host_that_cannot_release_its_lease_does_not_stall_the_repository
 /// only a renewed heartbeat keeps it alive.
 #[test]
 fn a_holder_in_another_pid_namespace_is_not_run_beside() {
-    let required = std::env::var("BACKOFFICE_REQUIRE_EXTERNAL").as_deref() == Ok("1");
-    if !crate::harness::is_root() {
-        assert!(
-            !required,
-            "PID namespaces need root here (BACKOFFICE_REQUIRE_EXTERNAL=1)"
-        );
-        eprintln!("SKIPPED: unshare --pid needs root");
-        return;
-    }
-    if !crate::harness::have("unshare") {
-        return;
-    }
-    let probe = Cmd::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .output();
-    if !probe.out.status.success() {
-        assert!(!required, "unshare --pid failed: {}", probe.stderr());
-        eprintln!("SKIPPED: no PID namespaces here: {}", probe.stderr());
+    if !pid_namespaces() {
         return;
     }
     let env = Env::new();
@@ -497,4 +508,138 @@ fn a_holder_in_another_pid_namespace_is_not_run_beside() {
     }
     let runs = assert_no_overlap(&r);
     assert!(runs >= 1, "{runs}");
+}
+
+/// The pid, outside its namespace, of the one child of `parent` (the
+/// process `unshare --fork` started), once it exists.
+fn only_child(parent: u32) -> Option<u32> {
+    let mut found = None;
+    crate::harness::wait_until(Duration::from_secs(10), || {
+        found = std::fs::read_dir("/proc").ok().and_then(|dir| {
+            dir.flatten().find_map(|e| {
+                let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+                let rest = &stat[stat.rfind(')')? + 1..];
+                let ppid: u32 = rest.split_whitespace().nth(1)?.parse().ok()?;
+                (ppid == parent).then_some(pid)
+            })
+        });
+        found.is_some()
+    });
+    found
+}
+
+fn signal(pid: u32, sig: rustix::process::Signal) {
+    let p = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
+    rustix::process::kill_process(p, sig).expect("signal");
+}
+
+/// Issue 12, item 4: a worker in a container (its own PID namespace,
+/// sharing the repository) is paused (SIGSTOP) mid-batch, past its
+/// heartbeat and its lease. Another worker takes the lease over (term 1 →
+/// 2) and does the batch. When the paused one resumes (SIGCONT), its
+/// progress write, fenced by its term, is refused and rolled back: it
+/// stops, its failure is in the run log, its run is not recorded, and each
+/// row is recorded exactly once, by the worker that took over. Lease 1 s,
+/// heartbeat 1 s (a renewal vouches for 4 s).
+#[test]
+fn a_worker_paused_past_its_heartbeat_is_fenced_out_after_a_takeover() {
+    use rustix::process::Signal;
+    if !pid_namespaces() {
+        return;
+    }
+    let env = Env::new();
+    let r = env.repo("r.db", 1);
+    let repo = r.path.to_str().unwrap();
+    let log = env.path("bo.log");
+    r.set("backoffice-logfile", log.to_str().unwrap());
+    r.set("backoffice-heartbeat", "1");
+    r.set("host-fenced-write", "1");
+    // A's batch takes 8 s of work: it is paused long before it is done,
+    // and resumed after about 6 s (B waits out A's heartbeat), so it then
+    // goes on to its writes within a couple of seconds.
+    r.set("host-work-ms", "8000");
+    r.publish(3);
+    let mut a = Cmd::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc"])
+        .arg(crate::harness::host_bin())
+        .args(["run", repo])
+        .spawn();
+    assert!(
+        crate::harness::wait_until(Duration::from_secs(10), || !r.journal().is_empty()),
+        "worker A never started its batch"
+    );
+    assert_eq!(r.lease().term, 1, "{:?}", r.lease());
+    let a_pid = only_child(a.id()).expect("A's pid outside its namespace");
+    // Paused at a moment it holds no lock (its heartbeat writes for a few
+    // ms each second): otherwise nobody could take over, fenced or not.
+    let probe = r.conn();
+    probe.busy_timeout(Duration::ZERO).unwrap();
+    let mut paused = false;
+    for _ in 0..50 {
+        signal(a_pid, Signal::STOP);
+        crate::harness::wait_until(Duration::from_secs(5), || {
+            proc_stat(a_pid).is_some_and(|s| matches!(s.state, 'T' | 't'))
+        });
+        if probe.execute_batch("BEGIN EXCLUSIVE; ROLLBACK").is_ok() {
+            paused = true;
+            break;
+        }
+        signal(a_pid, Signal::CONT);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(paused, "A could not be paused without a lock");
+    assert_eq!(r.pending(), 3, "A was not paused before its writes");
+    // B (outside) needs no such wait for its own work.
+    r.set("host-work-ms", "0");
+    let mut b = Cmd::host().args(["run", repo]).spawn();
+    let st = crate::harness::wait_child(&mut b, Duration::from_secs(30), "worker B");
+    assert!(st.success());
+    let l = r.lease();
+    assert_eq!(l.term, 2, "B's takeover must move the term: {l:?}");
+    assert_eq!(r.pending(), 0, "B did the batch");
+    let b_pid = i64::from(b.id());
+    let last_run = r.get("backoffice-last-run").unwrap();
+    assert!(last_run.contains(&format!("\"pid\":{b_pid}")), "{last_run}");
+
+    signal(a_pid, Signal::CONT);
+    let st = crate::harness::wait_child(&mut a, Duration::from_secs(30), "worker A, resumed");
+    assert!(st.success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("outbox-failed(fenced: the lease's term is 2, not this worker's 1"),
+        "A's progress write was not refused:\n{text}"
+    );
+    assert!(
+        text.contains("run not recorded") && text.contains("term is 2, not this run's 1"),
+        "A's run record was not refused:\n{text}"
+    );
+    // Each row recorded once, by B under term 2; A's run left no record.
+    let delivered: Vec<(i64, i64, i64)> = r
+        .conn()
+        .prepare("SELECT id, pid, term FROM host_delivered ORDER BY id, pid")
+        .unwrap()
+        .query_map([], |x| Ok((x.get(0)?, x.get(1)?, x.get(2)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(
+        delivered,
+        [(1, b_pid, 2), (2, b_pid, 2), (3, b_pid, 2)],
+        "recorded twice, or by the fenced worker"
+    );
+    assert_eq!(r.get("backoffice-last-run").unwrap(), last_run);
+    let totals = r.get("backoffice-totals").unwrap();
+    assert!(totals.contains("\"runs\":1,"), "{totals}");
+    // A (pid 1 in its namespace) entered and never got to its end.
+    let j = r.journal();
+    let kinds: Vec<(&str, bool)> = j
+        .iter()
+        .map(|(k, pid, _)| (k.as_str(), i64::from(*pid) == b_pid))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("enter", false), ("enter", true), ("exit", true)],
+        "{j:?}"
+    );
 }

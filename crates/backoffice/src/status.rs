@@ -30,6 +30,9 @@ pub struct Status {
     pub lease_raw: String,
     /// What is wrong with the stored lease, if anything.
     pub lease_problem: Option<String>,
+    /// The lease's fencing term: how many takeovers so far (0 for a lease
+    /// Fossil wrote, or none yet).
+    pub term: u64,
     /// The current holder.
     pub current: Holder,
     /// The on-deck worker.
@@ -259,6 +262,7 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
         last_run_ago,
         lease_raw: raw,
         lease_problem,
+        term: lease.term,
         current,
         next: holder(&lease.next, lease.boot.as_deref(), s.lease_time),
         tasks: each
@@ -390,6 +394,7 @@ impl std::fmt::Display for Status {
         }
         writeln!(f, "lease:      {}", self.lease_words())?;
         writeln!(f, "on deck:    {}", self.on_deck_words())?;
+        writeln!(f, "term:       {} (takeovers so far)", self.term)?;
         writeln!(f, "due next:   {}", self.next_due_words())?;
         // Names in one column, at least 10 wide (`maintenance` is 11).
         let width = self

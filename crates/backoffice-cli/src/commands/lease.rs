@@ -112,6 +112,14 @@ pub fn render(repo: &Repo) -> Result<String> {
         boot.unwrap_or("-"),
         boot_note
     );
+    // The fencing term: a worker paused while another took over finds it
+    // moved and commits nothing. 0 until our first takeover (Fossil's
+    // leases have none).
+    let _ = writeln!(
+        out,
+        "{:<11} {:<20} (takeovers so far; a worker's writes count only under its own term)",
+        "term:", lease.term
+    );
     if let Some(p) = problem {
         let _ = writeln!(out, "{:<11} {}", "problem:", p);
     }
