@@ -361,7 +361,10 @@ fn fossil_reads_our_lease_with_a_worker_working_and_one_on_deck() {
 
     let raw = r.get("backoffice").unwrap();
     assert!(
-        raw.contains(" cur-start=") && raw.contains(" next-start=") && raw.contains(" boot="),
+        raw.contains(" cur-start=")
+            && raw.contains(" next-start=")
+            && raw.contains(" boot=")
+            && raw.ends_with(" term=1"),
         "{raw}"
     );
     let lines = assert_same_report(&env, &r);

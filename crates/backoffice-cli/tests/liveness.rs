@@ -601,6 +601,19 @@ fn a_worker_paused_past_its_heartbeat_is_fenced_out_after_a_takeover() {
     let b_pid = i64::from(b.id());
     let last_run = r.get("backoffice-last-run").unwrap();
     assert!(last_run.contains(&format!("\"pid\":{b_pid}")), "{last_run}");
+    // `lease` and `status` show the term.
+    let out = Cmd::host().args(["lease", "-R", repo]).output().success();
+    assert!(
+        out.contains(&format!("{:<11} {:<20} (", "term:", 2)),
+        "{out}"
+    );
+    let out = Cmd::host().args(["status", "-R", repo]).output().success();
+    assert!(out.contains("term:       2 (takeovers so far)"), "{out}");
+    let out = Cmd::host()
+        .args(["status", "--json", "-R", repo])
+        .output()
+        .success();
+    assert!(out.contains("\"term\": 2,"), "{out}");
 
     signal(a_pid, Signal::CONT);
     let st = crate::harness::wait_child(&mut a, Duration::from_secs(30), "worker A, resumed");
