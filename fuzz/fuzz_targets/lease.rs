@@ -1,7 +1,8 @@
 //! `Lease::parse_report` on arbitrary text: it never panics, `parse` agrees
 //! with it, and whatever it returns re-encodes and re-parses identically and
-//! cleanly. For a clean value the four integers are what Fossil's reader
-//! reads, and the encoding of any decoded value reads back the same in Fossil.
+//! cleanly (the fencing term included, written only when above 0). For a
+//! clean value the four integers are what Fossil's reader reads, and the
+//! encoding of any decoded value reads back the same in Fossil.
 #![no_main]
 
 use backoffice::Lease;
@@ -20,6 +21,9 @@ fn check(text: &str) {
     );
     assert_eq!(back, lease, "{text:?} -> {encoded:?} did not round-trip");
     assert_eq!(back.encode(), encoded, "encoding is not stable");
+    // The fencing term is written only when set, so a lease without one
+    // (Fossil's) round-trips byte for byte.
+    assert_eq!(encoded.contains(" term="), lease.term > 0, "{encoded:?}");
 
     // Whatever the text, the four integers are what Fossil's reader makes
     // of it (values beyond i64 read as 0 here), and they come back first in

@@ -2,7 +2,8 @@
 //! holds, whatever the clock and the settings say, deciding, reporting an
 //! over-running holder and judging a holder never panic (a debug build
 //! checks every overflow), never report a negative number of seconds, and
-//! never write or sleep past the bounds a legitimate writer could reach.
+//! never write or sleep past the bounds a legitimate writer could reach; and
+//! the fencing term moves by one on a takeover, never otherwise.
 #![no_main]
 
 use backoffice::fuzzing::{Decision, Me, decide, overrun, overrun_message};
@@ -56,6 +57,13 @@ fuzz_target!(|data: &[u8]| {
     let limit = now.saturating_add(l.saturating_mul(2));
     if let Decision::Take(x) | Decision::Queue { lease: x, .. } = &plan.decision {
         assert!(x.current.expires <= limit && x.next.expires <= limit, "{x:?}");
+    }
+    // The fencing term moves on a takeover only, by one (saturating).
+    assert_eq!(plan.normalized.term, stored.term);
+    match &plan.decision {
+        Decision::Take(x) => assert_eq!(x.term, stored.term.saturating_add(1)),
+        Decision::Queue { lease: x, .. } => assert_eq!(x.term, stored.term),
+        _ => {}
     }
     if let Decision::Queue { wake_at, .. } = plan.decision {
         assert!(wake_at.saturating_sub(now) <= l.saturating_add(1));

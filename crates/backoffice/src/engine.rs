@@ -6,7 +6,7 @@
 //!
 //! 1. Another live worker is already on deck → exit: it will do the work.
 //! 2. The current lease has expired and its holder is gone → become current
-//!    (`self, now+L, 0, 0`), commit, run the tasks, exit.
+//!    (`self, now+L, 0, 0`, the term plus one), commit, run the tasks, exit.
 //! 3. No-delay mode → exit without work.
 //! 4. Otherwise become on deck (`next = self, max(now, tmCurrent) + L`),
 //!    commit, sleep until the current lease ends, and try again.
