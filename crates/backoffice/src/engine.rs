@@ -553,10 +553,11 @@ impl Drop for Beating {
 
 /// One heartbeat: in a short `BEGIN IMMEDIATE` of the heartbeat's own
 /// connection, push `alive-until` forward if the lease still names `me`
-/// with `term`. Returns whether it did. The term matters where the
-/// identity alone could match again (a container restarted with the same
-/// pid, start time and namespace numbering): a takeover in between moved
-/// the term, and the resumed worker must not revive its claim.
+/// with `term`. Returns whether it did. The identity alone is no proof
+/// that the lease is still ours ([`Identity::holds`] accepts a slot without
+/// start time or namespace, and a namespace's pid 1 comes again in every
+/// container); a takeover in between moved the term, and a resumed worker
+/// must not revive its claim over the worker that took over.
 fn renew(
     conn: &mut Option<rusqlite::Connection>,
     path: &Path,

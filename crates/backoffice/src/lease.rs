@@ -31,9 +31,11 @@
 //! it, so a worker that was paused while another took over finds a term
 //! other than its own and is refused ([`crate::writes::fenced`]). It is
 //! written only when above 0: a lease Fossil wrote (term 0) round-trips
-//! byte for byte. Fossil rewrites the row without it, which reads as term 0:
-//! a worker of ours paused across that is still fenced out (its term is
-//! above 0).
+//! byte for byte. Fossil rewrites the row without it (as does `lease
+//! --reset`, which deletes it), and the count starts again from 0: a worker
+//! of ours paused across that is fenced out, unless as many takeovers as
+//! its term happen before it resumes (then the counts meet again), which
+//! takes a Fossil worker or a reset *and* more runs during one pause.
 //!
 //! The four integers are read exactly as Fossil reads them (its
 //! `backofficeParseInt`): skip white space (spaces, tabs, newlines), then

@@ -54,11 +54,13 @@
 //! ```
 //!
 //! A refused task should stop at once: it is no longer the holder, and the
-//! worker that took over does the rest. SQLite's transactions are
-//! serialisable, so the check and the writes commit together or not at
-//! all: a takeover that commits after the check makes this transaction's
-//! COMMIT fail (or waits for it, under `BEGIN IMMEDIATE`), never slip in
-//! between. What cannot be fenced — an e-mail sent, an HTTP delivery, a
+//! worker that took over does the rest. Inside the transaction the check
+//! holds for the writes: under `BEGIN IMMEDIATE` (as above) the write lock
+//! is held from the start, so no takeover commits before this transaction
+//! does; in a deferred transaction SQLite refuses a write on a snapshot
+//! older than a takeover that committed after the check (`SQLITE_BUSY`).
+//! Outside a transaction the check proves nothing and is refused
+//! ([`FenceError::NoTransaction`]). What cannot be fenced — an e-mail sent, an HTTP delivery, a
 //! hook run — stays at least once: the resumed worker may repeat the effect
 //! it was in the middle of, with the same Message-ID or delivery id.
 
