@@ -793,6 +793,9 @@ impl Task for Hooks {
             // "Upgrading") and then does whatever else is due.
             return Ok(Due::Now);
         }
+        if !conn.table_exists(None, "bo_ledger")? || !conn.table_exists(None, "bo_event")? {
+            return first_sync();
+        }
         // The task's name is written into the SQL, not bound: bound, this
         // check measured ~48 µs instead of ~9 (`cargo bench -p
         // backoffice-tasks --bench hooks`, due_with_10_hooks_nothing_new),
@@ -800,11 +803,9 @@ impl Task for Hooks {
         // statement again whenever a parameter that meets an index is
         // bound anew.
         debug_assert_eq!(TASK, "hooks");
-        // Without the ledger or the event log (nothing set up yet) the
-        // statement does not prepare: finding that out costs no schema
-        // lookup on the common path, where both exist.
-        let stmt = conn.prepare_cached(
-            "SELECT (SELECT value FROM config WHERE name = ?2) IS NULL,
+        let (unset, edited, ready, next): (bool, bool, bool, Option<i64>) = conn
+            .prepare_cached(
+                "SELECT (SELECT value FROM config WHERE name = ?2) IS NULL,
                         (SELECT value FROM config WHERE name = 'hooks')
                           IS NOT (SELECT value FROM config WHERE name = ?2),
                         EXISTS(SELECT 1 FROM bo_ledger
@@ -814,13 +815,7 @@ impl Task for Hooks {
                         (SELECT min(next_attempt) FROM bo_ledger
                          WHERE task = 'hooks'
                            AND cursor < (SELECT max(eventid) FROM bo_event))",
-        );
-        let mut stmt = match stmt {
-            Ok(s) => s,
-            Err(e) if backoffice::repo::is_no_such_table(&e) => return first_sync(),
-            Err(e) => return Err(e.into()),
-        };
-        let (unset, edited, ready, next): (bool, bool, bool, Option<i64>) = stmt
+            )?
             .query_row(params![now, SEEN_ROW], |r| {
                 Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
             })?;
