@@ -689,7 +689,18 @@ fn hook_state_of_an_older_release_upgrades_in_place_under_racing_processes() {
 fn retention_deletes_only_what_every_task_is_done_with() {
     let env = Env::new();
     let r = Repo::new(&env);
+    let status = || r.bo(&["status"]);
+    assert!(
+        status().contains("event log:  every event kept (event-retention-days 0)"),
+        "{}",
+        status()
+    );
     r.bo(&["setting", "event-retention-days", "1"]);
+    assert!(
+        status().contains("event log:  events older than 1 day purged once every task is done with them; never purged yet"),
+        "{}",
+        status()
+    );
     r.add("cat >> got1; test ! -e fail", &[]);
     r.add("cat >> got2", &[]);
     let now = crate::harness::now();
@@ -731,6 +742,12 @@ fn retention_deletes_only_what_every_task_is_done_with() {
     r.run();
     assert_eq!((r.cursor(1), r.cursor(2)), (3, 3));
     assert_eq!(ids(), [3]);
+    // `status` says when the log was last purged.
+    assert!(
+        status().contains("; last purged moments ago ("),
+        "{}",
+        status()
+    );
 
     // Hook 1 now fails: its cursor stays at 3. Three more old events and
     // two young ones (one just inside the period).

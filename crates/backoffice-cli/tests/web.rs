@@ -241,6 +241,16 @@ fn status_page_json_index_and_metrics_show_the_facts() {
 
     let page = get(&srv.addr, "/r/app");
     assert_eq!(page.status, 200, "{page:?}");
+    // The lease's fencing term and what happens to old events.
+    assert!(
+        page.body.contains("<tr><th>Lease term</th><td>")
+            && page.body.contains("(takeovers so far)")
+            && page.body.contains(
+                "<tr><th>Event log</th><td>every event kept (event-retention-days 0)</td></tr>"
+            ),
+        "{}",
+        page.body
+    );
     assert!(
         page.header("content-type")
             .unwrap()

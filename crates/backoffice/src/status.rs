@@ -33,6 +33,11 @@ pub struct Status {
     /// The lease's fencing term: how many takeovers so far (0 for a lease
     /// Fossil wrote, or none yet).
     pub term: u64,
+    /// `event-retention-days`: events older than this many days are purged
+    /// once every task is done with them; 0 keeps every event.
+    pub event_retention_days: i64,
+    /// When the event log was last purged (Unix seconds), if ever.
+    pub last_event_purge: Option<i64>,
     /// The current holder.
     pub current: Holder,
     /// The on-deck worker.
@@ -263,6 +268,8 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
         lease_raw: raw,
         lease_problem,
         term: lease.term,
+        event_retention_days: s.event_retention_days,
+        last_event_purge: s.last_event_purge,
         current,
         next: holder(&lease.next, lease.boot.as_deref(), s.lease_time),
         tasks: each
@@ -291,6 +298,31 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
 }
 
 impl Status {
+    /// What happens to old events, in words: "kept forever", or the
+    /// retention and when the log was last purged.
+    pub fn event_log_words(&self) -> String {
+        if self.event_retention_days <= 0 {
+            return "every event kept (event-retention-days 0)".into();
+        }
+        let last = match self.last_event_purge {
+            Some(t) => format!(
+                "last purged {} ({} UTC)",
+                clock::relative(t, self.now),
+                clock::format_utc(t)
+            ),
+            None => "never purged yet".into(),
+        };
+        format!(
+            "events older than {} day{} purged once every task is done with them; {last}",
+            self.event_retention_days,
+            if self.event_retention_days == 1 {
+                ""
+            } else {
+                "s"
+            }
+        )
+    }
+
     /// The current holder in words: "held by worker 42 (running), lease
     /// expires in 50 seconds", "free", ...
     pub fn lease_words(&self) -> String {
@@ -395,6 +427,7 @@ impl std::fmt::Display for Status {
         writeln!(f, "lease:      {}", self.lease_words())?;
         writeln!(f, "on deck:    {}", self.on_deck_words())?;
         writeln!(f, "term:       {} (takeovers so far)", self.term)?;
+        writeln!(f, "event log:  {}", self.event_log_words())?;
         writeln!(f, "due next:   {}", self.next_due_words())?;
         // Names in one column, at least 10 wide (`maintenance` is 11).
         let width = self
