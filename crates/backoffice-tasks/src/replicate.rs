@@ -458,11 +458,7 @@ pub fn remove(conn: &Connection, key: &str) -> Result<Peer, ReplicateError> {
         // Row ids are reused: a later peer must not inherit these retries.
         ledger::remove(c, TASK, &p.id.to_string())
     };
-    if conn.is_autocommit() {
-        backoffice::repo::immediate(conn, || gone(conn))?;
-    } else {
-        gone(conn)?;
-    }
+    backoffice::repo::in_write(conn, || gone(conn))?;
     Ok(p)
 }
 

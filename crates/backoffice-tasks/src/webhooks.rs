@@ -294,7 +294,7 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         // safe without the lock.
         return backoffice::events::ensure_uid(conn);
     }
-    in_write(conn, || {
+    backoffice::repo::in_write(conn, || {
         // Another process may have changed the shape between the check
         // above and the lock: reading the schema table verifies the schema
         // cookie, so a stale copy of the schema is reloaded before it is
@@ -321,19 +321,6 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
         );
         Ok(())
     })
-}
-
-/// Runs `f` in a `BEGIN IMMEDIATE` transaction of its own, or inline if
-/// the caller already holds one.
-fn in_write<T, E: From<rusqlite::Error>>(
-    conn: &Connection,
-    f: impl FnOnce() -> Result<T, E>,
-) -> Result<T, E> {
-    if conn.is_autocommit() {
-        backoffice::repo::immediate(conn, f)
-    } else {
-        f()
-    }
 }
 
 /// A new endpoint.
@@ -424,7 +411,7 @@ pub fn add(conn: &Connection, new: &New) -> Result<Webhook, WebhookError> {
     install(conn)?;
     // The endpoint and its ledger entry are created together, the cursor
     // read under the same lock (no event slips in between).
-    let id = in_write(conn, || -> rusqlite::Result<i64> {
+    let id = backoffice::repo::in_write(conn, || -> rusqlite::Result<i64> {
         let cursor: i64 = if new.from_start {
             0
         } else {
@@ -482,7 +469,7 @@ pub fn list(conn: &Connection) -> Result<Vec<Webhook>, WebhookError> {
 pub fn remove(conn: &Connection, id: i64) -> Result<Webhook, WebhookError> {
     let w = get(conn, id)?;
     install(conn)?;
-    in_write(conn, || -> rusqlite::Result<()> {
+    backoffice::repo::in_write(conn, || -> rusqlite::Result<()> {
         conn.execute("DELETE FROM bo_webhook WHERE id = ?1", [id])?;
         ledger::remove(conn, TASK, &target(id))
     })?;
@@ -494,7 +481,7 @@ pub fn remove(conn: &Connection, id: i64) -> Result<Webhook, WebhookError> {
 pub fn retry(conn: &Connection, id: i64) -> Result<Webhook, WebhookError> {
     get(conn, id)?;
     install(conn)?;
-    in_write(conn, || -> rusqlite::Result<()> {
+    backoffice::repo::in_write(conn, || -> rusqlite::Result<()> {
         conn.execute("UPDATE bo_webhook SET state = 'active' WHERE id = ?1", [id])?;
         let e = entry(conn, id)?;
         ledger::put(
@@ -1158,7 +1145,7 @@ fn serve(
 /// Records deliveries up to `cursor` made at `now`; false if the endpoint
 /// is gone.
 fn commit(db: &Connection, id: i64, cursor: i64, n: usize, now: i64) -> rusqlite::Result<bool> {
-    in_write(db, || {
+    backoffice::repo::in_write(db, || {
         let changed = db
             .prepare_cached("UPDATE bo_webhook SET delivered = delivered + ?2 WHERE id = ?1")?
             .execute(params![id, n as i64])?;
@@ -1188,7 +1175,7 @@ fn fail(
     error: &str,
     now: i64,
 ) -> rusqlite::Result<()> {
-    let dead = in_write(db, || -> rusqlite::Result<bool> {
+    let dead = backoffice::repo::in_write(db, || -> rusqlite::Result<bool> {
         let changed = db
             .prepare_cached("UPDATE bo_webhook SET delivered = delivered + ?2 WHERE id = ?1")?
             .execute(params![w.id, n as i64])?;

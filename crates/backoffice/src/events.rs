@@ -178,11 +178,7 @@ pub fn ensure_uid(conn: &Connection) -> rusqlite::Result<()> {
              END;",
         )
     };
-    if conn.is_autocommit() {
-        crate::repo::immediate(conn, upgrade)
-    } else {
-        upgrade()
-    }
+    crate::repo::in_write(conn, upgrade)
 }
 
 /// The newest event's id; 0 if there is none (or no event table).
@@ -444,11 +440,9 @@ pub fn publish(conn: &Connection, ev: &Event) -> Result<i64, PublishError> {
         }
         Ok(conn.last_insert_rowid())
     };
-    if !conn.is_autocommit() {
-        return write();
-    }
-    // Whatever fails, COMMIT included, leaves no transaction open.
-    crate::repo::immediate(conn, write)
+    // On its own: whatever fails, COMMIT included, leaves no transaction
+    // open.
+    crate::repo::in_write(conn, write)
 }
 
 /// Collapses control characters and runs of whitespace into single spaces.

@@ -100,6 +100,20 @@ where
     out
 }
 
+/// Runs `f` as one write: inside the caller's transaction when one is
+/// open (the write commits or rolls back with it), else in a transaction
+/// of its own that takes the write lock up front ([`immediate`]).
+pub fn in_write<T, E>(conn: &Connection, f: impl FnOnce() -> Result<T, E>) -> Result<T, E>
+where
+    E: From<rusqlite::Error>,
+{
+    if conn.is_autocommit() {
+        immediate(conn, f)
+    } else {
+        f()
+    }
+}
+
 /// True if an SQLite error means "another connection holds the lock".
 pub fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(

@@ -169,11 +169,9 @@ pub fn own_write<T>(
     conn: &Connection,
     f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
 ) -> rusqlite::Result<T> {
-    if !conn.is_autocommit() {
-        return note_own_write(conn).and_then(|()| f(conn));
-    }
-    // Every failure rolls back, the COMMIT's included (see repo::immediate).
-    crate::repo::immediate(conn, || note_own_write(conn).and_then(|()| f(conn)))
+    // On its own, every failure rolls back, the COMMIT's included (see
+    // repo::immediate).
+    crate::repo::in_write(conn, || note_own_write(conn).and_then(|()| f(conn)))
 }
 
 /// Why [`fenced`] refused a write.
