@@ -6,7 +6,7 @@
 //! It expects an `app.db` with a `queue(done)` table; run it as
 //! `cargo run -p backoffice-cli --example embed` in a folder that has one.
 // ---- README ----
-use backoffice::{Backoffice, Context, Due, Task, TaskError, Tasks};
+use backoffice::{Backoffice, Context, Db, Due, Task, TaskError, Tasks};
 use rusqlite::Connection;
 
 struct SendQueued;
@@ -14,21 +14,24 @@ impl Task for SendQueued {
     fn name(&self) -> &str {
         "send"
     }
-    fn due(&self, conn: &Connection, _now: i64) -> Result<Due, TaskError> {
+    fn due(&self, db: Db<'_>, _now: i64) -> Result<Due, TaskError> {
         // A point lookup: this runs after every request.
-        let pending: bool = conn.query_row(
-            "SELECT EXISTS(SELECT 1 FROM queue WHERE done = 0)",
-            [],
-            |r| r.get(0),
-        )?;
-        Ok(if pending { Due::Now } else { Due::Never })
+        let pending = db.query_opt("SELECT 1 FROM queue WHERE done = 0 LIMIT 1", &[])?;
+        Ok(if pending.is_some() {
+            Due::Now
+        } else {
+            Due::Never
+        })
     }
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
-        // ... do the work with ctx.conn; return how many items were handled
-        let done = ctx
-            .conn
-            .execute("UPDATE queue SET done = 1 WHERE done = 0", [])?;
-        Ok(done as u64)
+        // ... do the work; record progress in a write fenced on the run's
+        // term (refused if another worker took the lease over meanwhile).
+        // The same SQL runs on SQLite and PostgreSQL; ctx.db.sqlite_only()
+        // hands over the rusqlite connection instead.
+        let done = ctx.db.write(Some(ctx.term), |db| {
+            db.execute("UPDATE queue SET done = 1 WHERE done = 0", &[])
+        })?;
+        Ok(done)
     }
 }
 

@@ -38,8 +38,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use backoffice::settings::{Def, Kind};
-use backoffice::{Backoffice, Context, Due, Started, Task, TaskError, Tasks};
-use rusqlite::{Connection, OptionalExtension};
+use backoffice::{Backoffice, Context, Db, Due, Started, Task, TaskError, Tasks};
+use rusqlite::Connection;
 
 /// The application's own table.
 const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS outbox(
@@ -61,12 +61,12 @@ const OUTBOX_SETTINGS: &[Def] = &[Def {
     secret: false,
 }];
 
-fn config(conn: &Connection, name: &str) -> Option<String> {
-    backoffice::repo::config_get(conn, name).ok().flatten()
+fn config(db: Db<'_>, name: &str) -> Option<String> {
+    db.config_get(name).ok().flatten()
 }
 
-fn journal(conn: &Connection, what: &str) {
-    if let Some(path) = config(conn, "host-journal") {
+fn journal(db: Db<'_>, what: &str) {
+    if let Some(path) = config(db, "host-journal") {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos())
@@ -82,6 +82,15 @@ fn journal(conn: &Connection, what: &str) {
     }
 }
 
+/// True if an error says the application's table is not there yet.
+fn no_table(e: &backoffice::db::DbError) -> bool {
+    let t = e.to_string();
+    t.contains("no such table") || t.contains("does not exist")
+}
+
+// The task is portable: one SQL text for SQLite and PostgreSQL, through
+// `Db` (parameters `?N`, integers as BIGINT), so the same host runs on a
+// repository file or a PostgreSQL schema.
 impl Task for Outbox {
     fn name(&self) -> &str {
         "outbox"
@@ -91,85 +100,78 @@ impl Task for Outbox {
         OUTBOX_SETTINGS
     }
 
-    fn due(&self, conn: &Connection, _now: i64) -> Result<Due, TaskError> {
+    fn due(&self, db: Db<'_>, _now: i64) -> Result<Due, TaskError> {
         // The partial index makes this a point lookup however big the table is.
-        let pending = conn
-            .prepare_cached("SELECT 1 FROM outbox WHERE done = 0 LIMIT 1")
-            .and_then(|mut s| s.query_row([], |_| Ok(())).optional());
-        match pending {
-            Ok(Some(())) => Ok(Due::Now),
+        match db.query_opt("SELECT 1 FROM outbox WHERE done = 0 LIMIT 1", &[]) {
+            Ok(Some(_)) => Ok(Due::Now),
             Ok(None) => Ok(Due::Never),
-            Err(e) if e.to_string().contains("no such table") => Ok(Due::Never),
+            Err(e) if no_table(&e) => Ok(Due::Never),
             Err(e) => Err(e.into()),
         }
     }
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
-        if config(ctx.conn, "host-fenced-write").is_some() {
+        let db = ctx.db;
+        if config(db, "host-fenced-write").is_some() {
             return fenced_run(ctx);
         }
-        journal(ctx.conn, "enter");
-        let ms: u64 = config(ctx.conn, "host-work-ms")
+        journal(db, "enter");
+        let ms: u64 = config(db, "host-work-ms")
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
         std::thread::sleep(Duration::from_millis(ms));
-        let rows: Vec<(i64, String)> = {
-            let mut s = ctx
-                .conn
-                .prepare("SELECT id, body FROM outbox WHERE done = 0 ORDER BY id")?;
-            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?
-        };
-        let outdir = config(ctx.conn, "host-outdir").map(PathBuf::from);
-        for (id, body) in &rows {
+        let rows = db.query(
+            "SELECT id, body FROM outbox WHERE done = 0 ORDER BY id",
+            &[],
+        )?;
+        let outdir = config(db, "host-outdir").map(PathBuf::from);
+        for r in &rows {
+            let (id, body) = (r.int(0)?, r.text(1)?);
             if let Some(dir) = &outdir {
                 std::fs::create_dir_all(dir)?;
                 let tmp = dir.join(format!(".{id}.tmp"));
                 std::fs::write(&tmp, body)?;
                 std::fs::rename(&tmp, dir.join(format!("{id:06}.txt")))?;
             }
-            ctx.conn
-                .execute("UPDATE outbox SET done = 1 WHERE id = ?1", [id])?;
+            db.execute("UPDATE outbox SET done = 1 WHERE id = ?1", &[id.into()])?;
         }
-        journal(ctx.conn, "exit");
+        journal(db, "exit");
         Ok(rows.len() as u64)
     }
 }
 
 /// The outbox task with fenced progress writes (`host-fenced-write`).
 fn fenced_run(ctx: &Context<'_>) -> Result<u64, TaskError> {
-    ctx.conn.execute_batch(
+    let db = ctx.db;
+    db.execute(
         "CREATE TABLE IF NOT EXISTS host_delivered(
-           id INTEGER NOT NULL, pid INTEGER NOT NULL, term INTEGER NOT NULL)",
+           id BIGINT NOT NULL, pid BIGINT NOT NULL, term BIGINT NOT NULL)",
+        &[],
     )?;
     // The batch is in hand before the work, as in a real task mid-batch:
     // a worker paused during the work still means to record these rows.
-    let rows: Vec<i64> = {
-        let mut s = ctx
-            .conn
-            .prepare("SELECT id FROM outbox WHERE done = 0 ORDER BY id")?;
-        s.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?
-    };
-    let ms: u64 = config(ctx.conn, "host-work-ms")
+    let rows: Vec<i64> = db
+        .query("SELECT id FROM outbox WHERE done = 0 ORDER BY id", &[])?
+        .iter()
+        .map(|r| r.int(0))
+        .collect::<Result<_, _>>()?;
+    let ms: u64 = config(db, "host-work-ms")
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    journal(ctx.conn, "enter");
+    journal(db, "enter");
     std::thread::sleep(Duration::from_millis(ms));
-    let term = i64::try_from(ctx.term)?;
     for id in &rows {
-        backoffice::repo::immediate(ctx.conn, || {
-            ctx.conn
-                .execute("UPDATE outbox SET done = 1 WHERE id = ?1", [id])?;
-            ctx.conn.execute(
+        // One transaction per row, fenced on the run's term: refused (and
+        // rolled back) if another worker took the lease over meanwhile.
+        db.write(Some(ctx.term), |db| {
+            db.execute("UPDATE outbox SET done = 1 WHERE id = ?1", &[(*id).into()])?;
+            db.execute(
                 "INSERT INTO host_delivered(id, pid, term) VALUES (?1, ?2, ?3)",
-                [*id, i64::from(std::process::id()), term],
-            )?;
-            // Last, with the write lock held: refused (and all of the
-            // above rolled back) if another worker took the lease over.
-            backoffice::writes::fenced(ctx.conn, ctx.term)
+                &[(*id).into(), std::process::id().into(), ctx.term.into()],
+            )
         })?;
     }
-    journal(ctx.conn, "exit");
+    journal(db, "exit");
     Ok(rows.len() as u64)
 }
 
@@ -180,11 +182,11 @@ impl Task for Flaky {
     fn name(&self) -> &str {
         "flaky"
     }
-    fn due(&self, _: &Connection, _: i64) -> Result<Due, TaskError> {
+    fn due(&self, _: Db<'_>, _: i64) -> Result<Due, TaskError> {
         Ok(Due::Never)
     }
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
-        match config(ctx.conn, "host-fail").as_deref() {
+        match config(ctx.db, "host-fail").as_deref() {
             Some("error") => Err("flaky task failed on purpose".into()),
             Some("panic") => panic!("flaky task panicked on purpose"),
             _ => Ok(0),

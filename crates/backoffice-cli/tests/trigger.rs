@@ -352,7 +352,7 @@ impl Task for Counting {
     fn name(&self) -> &str {
         "counting"
     }
-    fn due(&self, _: &rusqlite::Connection, _: i64) -> Result<Due, TaskError> {
+    fn due(&self, _: backoffice::Db<'_>, _: i64) -> Result<Due, TaskError> {
         Ok(Due::Now)
     }
     fn run(&self, _: &Context<'_>) -> Result<u64, TaskError> {

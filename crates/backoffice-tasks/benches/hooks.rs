@@ -52,7 +52,7 @@ fn run_with_10_hooks_nothing_new(bencher: Bencher, journal: &str) {
     let (dir, conn) = open(journal);
     let path = dir.path().join("app.db");
     let ctx = Context {
-        conn: &conn,
+        db: backoffice::Db::Sqlite(&conn),
         repo: &path,
         now: backoffice::clock::now(),
         debug: false,
@@ -65,5 +65,5 @@ fn run_with_10_hooks_nothing_new(bencher: Bencher, journal: &str) {
 fn due_with_10_hooks_nothing_new(bencher: Bencher, journal: &str) {
     let (_dir, conn) = open(journal);
     let now = backoffice::clock::now();
-    bencher.bench_local(|| Hooks.due(&conn, now).unwrap());
+    bencher.bench_local(|| Hooks.due((&conn).into(), now).unwrap());
 }

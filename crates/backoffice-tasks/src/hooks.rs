@@ -74,7 +74,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use backoffice::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+use backoffice::{Context, Db, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// The `config` row holding the hooks (Fossil's).
 pub const HOOKS_ROW: &str = "hooks";
@@ -779,7 +779,11 @@ impl Task for Hooks {
         SETTINGS
     }
 
-    fn due(&self, conn: &Connection, now: i64) -> Result<Due, TaskError> {
+    fn due(&self, db: Db<'_>, now: i64) -> Result<Due, TaskError> {
+        let Some(conn) = db.sqlite() else {
+            // SQLite only: nothing of this task's is ever due elsewhere.
+            return Ok(Due::Never);
+        };
         // Never set up here: a `hooks` row written by Fossil or by hand
         // needs a first sync.
         let first_sync = || -> Result<Due, TaskError> {
@@ -831,10 +835,10 @@ impl Task for Hooks {
     }
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
-        let conn = ctx.conn;
+        let conn = ctx.db.sqlite_only(self.name())?;
         // Nothing new and nothing to retry (the common case): as cheap as
         // the after-request check.
-        if self.due(conn, ctx.now)? != Due::Now {
+        if self.due(ctx.db, ctx.now)? != Due::Now {
             return Ok(0);
         }
         if conn.table_exists(None, LEGACY_TABLE)? {
@@ -959,7 +963,10 @@ impl Task for Hooks {
     /// the newest event, so it needs nothing older; no hooks at all: done
     /// with every event. A `hooks` row that does not parse is an error
     /// (nothing is purged until it is fixed; `status` says why).
-    fn events_done(&self, conn: &Connection) -> Result<Option<i64>, TaskError> {
+    fn events_done(&self, db: Db<'_>) -> Result<Option<i64>, TaskError> {
+        let Some(conn) = db.sqlite() else {
+            return Ok(None);
+        };
         let newest = backoffice::events::newest(conn)?;
         let lowest = list(conn)?
             .into_iter()
@@ -969,7 +976,10 @@ impl Task for Hooks {
         Ok(Some(lowest.map_or(newest, |c| c.min(newest))))
     }
 
-    fn status(&self, conn: &Connection, now: i64) -> TaskStatus {
+    fn status(&self, db: Db<'_>, now: i64) -> TaskStatus {
+        let Some(conn) = db.sqlite() else {
+            return TaskStatus::sqlite_only(db);
+        };
         let mut st = TaskStatus::default();
         let hooks = match list(conn) {
             Ok(h) => h,
@@ -1131,7 +1141,7 @@ mod tests {
             r#"[{"type":"after-receive","cmd":"true","seq":5,"x":1},{"type":"disabled","cmd":"false","seq":1}]"#,
         )
         .unwrap();
-        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Now);
+        assert_eq!(Hooks.due((&conn).into(), 0).unwrap(), Due::Now);
         sync(&conn).unwrap();
         let hooks = list(&conn).unwrap();
         assert_eq!(hooks.len(), 2);
@@ -1140,13 +1150,13 @@ mod tests {
         assert_eq!(hooks[1].0.id, 1);
         assert_eq!(hooks[1].0.raw.get("x"), Some(&Value::from(1)));
         assert_eq!(hooks[1].1.as_ref().unwrap().cursor, 0);
-        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Never);
+        assert_eq!(Hooks.due((&conn).into(), 0).unwrap(), Due::Never);
         // An edit made elsewhere is noticed.
         let text = backoffice::repo::config_get(&conn, HOOKS_ROW)
             .unwrap()
             .unwrap();
         backoffice::repo::config_set(&conn, HOOKS_ROW, &text.replace("true", "true ")).unwrap();
-        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Now);
+        assert_eq!(Hooks.due((&conn).into(), 0).unwrap(), Due::Now);
     }
 
     /// Issue 10 item 19, as Fossil edits the row: one edit removes hook 1
@@ -1222,7 +1232,7 @@ mod tests {
             [],
         )
         .unwrap();
-        let st = Hooks.status(&conn, 0);
+        let st = Hooks.status((&conn).into(), 0);
         assert!(!st.problems.is_empty(), "{st:?}");
     }
 
@@ -1235,9 +1245,9 @@ mod tests {
             .unwrap();
         add(&conn, &new("true")).unwrap();
         backoffice::repo::config_set(&conn, HOOKS_ROW, "[{oops").unwrap();
-        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Now);
+        assert_eq!(Hooks.due((&conn).into(), 0).unwrap(), Due::Now);
         let ctx = Context {
-            conn: &conn,
+            db: backoffice::Db::Sqlite(&conn),
             repo: &path,
             now: 0,
             debug: false,
@@ -1245,25 +1255,25 @@ mod tests {
         };
         let e = Hooks.run(&ctx).unwrap_err().to_string();
         assert!(e.contains("not a JSON array"), "{e}");
-        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Never);
-        let st = Hooks.status(&conn, 0);
+        assert_eq!(Hooks.due((&conn).into(), 0).unwrap(), Due::Never);
+        let st = Hooks.status((&conn).into(), 0);
         assert!(st.problems[0].contains("not a JSON array"), "{st:?}");
     }
 
     #[test]
     fn due_follows_events_and_backoff() {
         let conn = setup();
-        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Never);
+        assert_eq!(Hooks.due((&conn).into(), 0).unwrap(), Due::Never);
         publish(&conn, "old");
         let h = add(&conn, &new("true")).unwrap();
         assert_eq!(state(&conn, h.id).unwrap().unwrap().cursor, 1);
-        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Never);
+        assert_eq!(Hooks.due((&conn).into(), 0).unwrap(), Due::Never);
         publish(&conn, "new");
-        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Now);
+        assert_eq!(Hooks.due((&conn).into(), 0).unwrap(), Due::Now);
         conn.execute("UPDATE bo_ledger SET next_attempt = 100", [])
             .unwrap();
-        assert_eq!(Hooks.due(&conn, 50).unwrap(), Due::At(100));
-        assert_eq!(Hooks.due(&conn, 100).unwrap(), Due::Now);
+        assert_eq!(Hooks.due((&conn).into(), 50).unwrap(), Due::At(100));
+        assert_eq!(Hooks.due((&conn).into(), 100).unwrap(), Due::Now);
         let h2 = add(
             &conn,
             &New {
@@ -1285,7 +1295,7 @@ mod tests {
         )
         .unwrap();
         assert!(state(&conn, h2.id).unwrap().is_none());
-        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Never);
+        assert_eq!(Hooks.due((&conn).into(), 0).unwrap(), Due::Never);
     }
 
     #[test]
@@ -1305,7 +1315,7 @@ mod tests {
         publish(&conn, "one");
         publish(&conn, "two");
         let ctx = Context {
-            conn: &conn,
+            db: backoffice::Db::Sqlite(&conn),
             repo: &path,
             now: backoffice::clock::now(),
             debug: false,
@@ -1333,7 +1343,10 @@ mod tests {
             "{s:?}"
         );
         assert_eq!(s.last_output.as_deref(), Some("oops\n"));
-        assert_eq!(Hooks.due(&conn, ctx.now).unwrap(), Due::At(s.next_attempt));
+        assert_eq!(
+            Hooks.due((&conn).into(), ctx.now).unwrap(),
+            Due::At(s.next_attempt)
+        );
         // Backing off: nothing runs.
         assert_eq!(Hooks.run(&ctx).unwrap(), 0);
         // Doubling, at most an hour (plus jitter), as hooks always promised.
@@ -1352,13 +1365,13 @@ mod tests {
         let conn = Connection::open(&path).unwrap();
         conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
             .unwrap();
-        assert_eq!(Hooks.events_done(&conn).unwrap(), Some(0));
+        assert_eq!(Hooks.events_done((&conn).into()).unwrap(), Some(0));
         let good = add(&conn, &new("cat >/dev/null")).unwrap();
         let bad = add(&conn, &new("exit 3")).unwrap();
         publish(&conn, "one");
         publish(&conn, "two");
         let ctx = Context {
-            conn: &conn,
+            db: backoffice::Db::Sqlite(&conn),
             repo: &path,
             now: backoffice::clock::now(),
             debug: false,
@@ -1366,32 +1379,43 @@ mod tests {
         };
         Hooks.run(&ctx).unwrap_err();
         assert_eq!(state(&conn, good.id).unwrap().unwrap().cursor, 2);
-        assert_eq!(Hooks.events_done(&conn).unwrap(), Some(0), "bad is at 0");
+        assert_eq!(
+            Hooks.events_done((&conn).into()).unwrap(),
+            Some(0),
+            "bad is at 0"
+        );
         // Disabled (not runnable): its state goes, and so does its hold.
         let mut hooks = load(&conn).unwrap();
         hooks.iter_mut().find(|h| h.id == bad.id).unwrap().kind = "disabled".into();
         let text = serde_json::to_string(&Value::Array(hooks.iter().map(Hook::to_value).collect()))
             .unwrap();
         backoffice::repo::config_set(&conn, HOOKS_ROW, &text).unwrap();
-        assert_eq!(Hooks.events_done(&conn).unwrap(), Some(2));
+        assert_eq!(Hooks.events_done((&conn).into()).unwrap(), Some(2));
         publish(&conn, "three");
-        assert_eq!(Hooks.events_done(&conn).unwrap(), Some(2), "good is at 2");
+        assert_eq!(
+            Hooks.events_done((&conn).into()).unwrap(),
+            Some(2),
+            "good is at 2"
+        );
         remove(&conn, good.id).unwrap();
         remove(&conn, bad.id).unwrap();
         assert_eq!(
-            Hooks.events_done(&conn).unwrap(),
+            Hooks.events_done((&conn).into()).unwrap(),
             Some(3),
             "no hooks: the newest"
         );
         // A `hooks` row that does not parse: no answer, so nothing is purged.
         backoffice::repo::config_set(&conn, HOOKS_ROW, "{not json").unwrap();
-        assert!(Hooks.events_done(&conn).is_err());
+        assert!(Hooks.events_done((&conn).into()).is_err());
     }
 
     #[test]
     fn status_gauges_count_hooks_and_events_behind() {
         let conn = setup();
-        assert_eq!(Hooks.status(&conn, 0).gauges, hook_gauges(0, 0, 0, 0));
+        assert_eq!(
+            Hooks.status((&conn).into(), 0).gauges,
+            hook_gauges(0, 0, 0, 0)
+        );
         let a = add(&conn, &new("true")).unwrap();
         let b = add(&conn, &new("false")).unwrap();
         let c = add(&conn, &new("true")).unwrap();
@@ -1418,7 +1442,10 @@ mod tests {
         set(a.id, 3, 0);
         set(b.id, 1, 3); // failing: 2 behind
         set(c.id, 0, 2); // retrying, not yet failing: 3 behind
-        assert_eq!(Hooks.status(&conn, 0).gauges, hook_gauges(1, 1, 1, 5));
+        assert_eq!(
+            Hooks.status((&conn).into(), 0).gauges,
+            hook_gauges(1, 1, 1, 5)
+        );
     }
 
     /// A repository as releases up to 0.1 left it: three events, hooks 1
@@ -1486,12 +1513,15 @@ mod tests {
         let (path, conn) = old_release(dir.path());
         // Not yet upgraded: a worker is called for, and read-only commands
         // show the old state.
-        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::Now);
+        assert_eq!(Hooks.due((&conn).into(), 0).unwrap(), Due::Now);
         assert_eq!(
             state(&conn, 1).unwrap(),
             Some(old_state()[0].clone().into())
         );
-        assert_eq!(Hooks.status(&conn, 0).gauges, hook_gauges(1, 1, 0, 1));
+        assert_eq!(
+            Hooks.status((&conn).into(), 0).gauges,
+            hook_gauges(1, 1, 0, 1)
+        );
         // Upgraded by `install`, twice: the same ledger, the old table gone.
         install(&conn).unwrap();
         assert!(!conn.table_exists(None, LEGACY_TABLE).unwrap());
@@ -1504,8 +1534,11 @@ mod tests {
             state(&conn, 2).unwrap(),
             Some(old_state()[1].clone().into())
         );
-        assert_eq!(Hooks.status(&conn, 0).gauges, hook_gauges(1, 1, 0, 1));
-        assert_eq!(Hooks.due(&conn, 0).unwrap(), Due::At(5000));
+        assert_eq!(
+            Hooks.status((&conn).into(), 0).gauges,
+            hook_gauges(1, 1, 0, 1)
+        );
+        assert_eq!(Hooks.due((&conn).into(), 0).unwrap(), Due::At(5000));
         // Inside a caller's transaction it runs inline.
         conn.execute_batch("BEGIN IMMEDIATE").unwrap();
         install(&conn).unwrap();
@@ -1516,7 +1549,7 @@ mod tests {
         let dir2 = tempfile::tempdir().unwrap();
         let (path2, conn2) = old_release(dir2.path());
         let ctx = Context {
-            conn: &conn2,
+            db: backoffice::Db::Sqlite(&conn2),
             repo: &path2,
             now: 0,
             debug: false,
@@ -1561,7 +1594,7 @@ mod tests {
         settle();
         let before = backoffice::writes::app_generation(&conn);
         let ctx = Context {
-            conn: &conn,
+            db: backoffice::Db::Sqlite(&conn),
             repo: &path,
             now: backoffice::clock::now(),
             debug: false,

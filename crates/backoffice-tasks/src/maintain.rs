@@ -59,7 +59,7 @@ use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use crate::notify::outbox;
-use backoffice::{Context, Due, Gauge, Partial, Task, TaskError, TaskStatus};
+use backoffice::{Context, Db, Due, Gauge, Partial, Task, TaskError, TaskStatus};
 
 /// `maintenance-optimize-interval`
 pub const OPTIMIZE_INTERVAL: &str = "maintenance-optimize-interval";
@@ -815,7 +815,11 @@ impl Task for Maintenance {
         SETTINGS
     }
 
-    fn due(&self, conn: &Connection, now: i64) -> Result<Due, TaskError> {
+    fn due(&self, db: Db<'_>, now: i64) -> Result<Due, TaskError> {
+        let Some(conn) = db.sqlite() else {
+            // SQLite only: nothing of this task's is ever due elsewhere.
+            return Ok(Due::Never);
+        };
         let (values, state): ([Option<String>; 5], Option<String>) = conn
             .prepare_cached(
                 "SELECT (SELECT value FROM config WHERE name = ?1),
@@ -856,7 +860,8 @@ impl Task for Maintenance {
     }
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
-        let reports = maintain(ctx.conn, ctx.repo, ctx.now, false)?;
+        let conn = ctx.db.sqlite_only(self.name())?;
+        let reports = maintain(conn, ctx.repo, ctx.now, false)?;
         let items = reports.iter().filter(|r| r.did).count() as u64;
         let errors: Vec<String> = reports
             .iter()
@@ -873,7 +878,10 @@ impl Task for Maintenance {
         }
     }
 
-    fn status(&self, conn: &Connection, now: i64) -> TaskStatus {
+    fn status(&self, db: Db<'_>, now: i64) -> TaskStatus {
+        let Some(conn) = db.sqlite() else {
+            return TaskStatus::sqlite_only(db);
+        };
         let mut st = TaskStatus::default();
         let sched = Schedule::load(conn).unwrap_or_default();
         st.problems.extend(sched.problems.iter().cloned());
@@ -1037,7 +1045,7 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
             .unwrap();
-        assert_eq!(Maintenance.due(&conn, T0).unwrap(), Due::Never);
+        assert_eq!(Maintenance.due((&conn).into(), T0).unwrap(), Due::Never);
         let st = State {
             optimize: rec(T0, true),
             checkpoint: rec(T0, true),
@@ -1048,16 +1056,19 @@ mod tests {
         };
         set(&conn, STATE_ROW, &serde_json::to_string(&st).unwrap());
         assert_eq!(
-            Maintenance.due(&conn, T0).unwrap(),
+            Maintenance.due((&conn).into(), T0).unwrap(),
             Due::At(T0 + 86_400),
             "optimize, retention and the daily looks are the earliest"
         );
         set(&conn, OPTIMIZE_INTERVAL, "3600");
-        assert_eq!(Maintenance.due(&conn, T0).unwrap(), Due::At(T0 + 3600));
+        assert_eq!(
+            Maintenance.due((&conn).into(), T0).unwrap(),
+            Due::At(T0 + 3600)
+        );
         for s in Step::ALL {
             set(&conn, s.setting(), "0");
         }
-        assert_eq!(Maintenance.due(&conn, T0).unwrap(), Due::Never);
+        assert_eq!(Maintenance.due((&conn).into(), T0).unwrap(), Due::Never);
     }
 
     #[test]
@@ -1098,7 +1109,7 @@ mod tests {
         let st = State::load(&conn).unwrap().unwrap();
         assert!(st.wal);
         assert_eq!(
-            Maintenance.due(&conn, T0 + WATCH_EVERY).unwrap(),
+            Maintenance.due((&conn).into(), T0 + WATCH_EVERY).unwrap(),
             Due::At(T0 + 2 * WATCH_EVERY)
         );
     }
@@ -1120,7 +1131,7 @@ mod tests {
         app.execute("INSERT INTO t VALUES (randomblob(9000))", [])
             .unwrap();
         let ctx = Context {
-            conn: &conn,
+            db: backoffice::Db::Sqlite(&conn),
             repo: &p,
             now: T0,
             debug: false,
@@ -1137,10 +1148,10 @@ mod tests {
         assert!(!st.checkpoint.as_ref().unwrap().ok);
         assert!(st.check.as_ref().unwrap().ok);
         assert_eq!(
-            Maintenance.due(&conn, T0).unwrap(),
+            Maintenance.due((&conn).into(), T0).unwrap(),
             Due::At(T0 + RETRY_AFTER.min(WATCH_EVERY))
         );
-        let status = Maintenance.status(&conn, T0);
+        let status = Maintenance.status((&conn).into(), T0);
         assert!(
             status
                 .problems
@@ -1265,7 +1276,7 @@ mod tests {
             set(&conn, k, v);
         }
         let ctx = Context {
-            conn: &conn,
+            db: backoffice::Db::Sqlite(&conn),
             repo: &bad,
             now: T0 + 1,
             debug: false,
@@ -1290,7 +1301,7 @@ mod tests {
         assert_eq!(subject, "Database check failed: bad.db");
         assert!(body.contains("quick_check found problems in"), "{body}");
         // Kept, and shown by status until a check passes.
-        let st = Maintenance.status(&conn, T0 + 2);
+        let st = Maintenance.status((&conn).into(), T0 + 2);
         assert!(
             st.problems
                 .iter()
@@ -1322,7 +1333,7 @@ mod tests {
             Some("ok")
         );
         assert_eq!(State::load(&conn).unwrap().unwrap().check_failure, None);
-        let g = Maintenance.status(&conn, T0).gauges;
+        let g = Maintenance.status((&conn).into(), T0).gauges;
         assert!(
             g.contains(&Gauge::new("maintenance", "check-failed", 0)),
             "{g:?}"

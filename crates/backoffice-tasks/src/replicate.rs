@@ -85,7 +85,7 @@ use rusqlite::backup::{Backup, StepResult};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde::Serialize;
 
-use backoffice::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+use backoffice::{Context, Db, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// `replicate-interval`: seconds between copies to a peer.
 pub const INTERVAL: &str = "replicate-interval";
@@ -962,7 +962,11 @@ impl Task for Replicate {
         SETTINGS
     }
 
-    fn due(&self, conn: &Connection, _now: i64) -> Result<Due, TaskError> {
+    fn due(&self, db: Db<'_>, _now: i64) -> Result<Due, TaskError> {
+        let Some(conn) = db.sqlite() else {
+            // SQLite only: nothing of this task's is ever due elsewhere.
+            return Ok(Due::Never);
+        };
         // A schema lookup first: most repositories have no peers, and a
         // failing statement would be prepared again on every request.
         if !conn.table_exists(None, "bo_peer")? {
@@ -1009,13 +1013,14 @@ impl Task for Replicate {
     }
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
-        install(ctx.conn)?;
-        let peers = list(ctx.conn)?;
-        let interval = backoffice::settings::int(ctx.conn, SETTINGS, INTERVAL);
+        let conn = ctx.db.sqlite_only(self.name())?;
+        install(conn)?;
+        let peers = list(conn)?;
+        let interval = backoffice::settings::int(conn, SETTINGS, INTERVAL);
         let mut done = 0;
         let mut failed = Vec::new();
         for p in peers.iter().filter(|p| peer_due(p, interval) <= ctx.now) {
-            match sync_peer(ctx.conn, ctx.repo, p, false, ctx.now) {
+            match sync_peer(conn, ctx.repo, p, false, ctx.now) {
                 Ok(Some(_)) => done += 1,
                 Ok(None) => {}
                 Err(e) => failed.push(format!("peer {} ({}): {e}", p.id, p.target)),
@@ -1031,7 +1036,10 @@ impl Task for Replicate {
         }
     }
 
-    fn status(&self, conn: &Connection, now: i64) -> TaskStatus {
+    fn status(&self, db: Db<'_>, now: i64) -> TaskStatus {
+        let Some(conn) = db.sqlite() else {
+            return TaskStatus::sqlite_only(db);
+        };
         let mut st = TaskStatus::default();
         let Ok(peers) = list(conn) else {
             return st;
@@ -1255,16 +1263,19 @@ mod tests {
         let c = Connection::open(&src).unwrap();
         let target = dir.path().join("mnt/replica.db");
         let p = add(&c, target.to_str().unwrap(), None).unwrap();
-        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(0));
+        assert_eq!(Replicate.due((&c).into(), 0).unwrap(), Due::At(0));
         let err = sync_peer(&c, &src, &p, false, 1000).unwrap_err();
         assert!(err.to_string().contains("missing"), "{err}");
         let p = find(&c, "1").unwrap().unwrap();
         // The engine's retry policy: a minute, plus up to a tenth.
         assert_eq!((p.failures, p.last_try), (1, Some(1000)));
         assert!((1060..=1066).contains(&p.next_attempt), "{p:?}");
-        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(p.next_attempt));
+        assert_eq!(
+            Replicate.due((&c).into(), 0).unwrap(),
+            Due::At(p.next_attempt)
+        );
         assert!(p.last_error.as_deref().unwrap().contains("missing"));
-        let st = Replicate.status(&c, 1000);
+        let st = Replicate.status((&c).into(), 1000);
         assert!(
             st.problems[0].contains("failed 1 time"),
             "{:?}",
@@ -1276,11 +1287,11 @@ mod tests {
         assert!(s.is_some());
         let p = find(&c, "1").unwrap().unwrap();
         assert_eq!((p.failures, p.last_ok), (0, Some(1100)));
-        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(1100 + 3600));
+        assert_eq!(Replicate.due((&c).into(), 0).unwrap(), Due::At(1100 + 3600));
         backoffice::repo::config_set(&c, INTERVAL, "600").unwrap();
-        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(1100 + 600));
+        assert_eq!(Replicate.due((&c).into(), 0).unwrap(), Due::At(1100 + 600));
         backoffice::repo::config_set(&c, INTERVAL, "soon").unwrap();
-        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(1100 + 3600));
+        assert_eq!(Replicate.due((&c).into(), 0).unwrap(), Due::At(1100 + 3600));
     }
 
     /// Issue 11, item 4: a 0.1.0 peer table (retry state in its own
@@ -1320,10 +1331,10 @@ mod tests {
         );
         // Not migrated, no ledger: due reads the old columns (peer 3, never
         // tried, is due at once).
-        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(0));
+        assert_eq!(Replicate.due((&c).into(), 0).unwrap(), Due::At(0));
         c.execute("DELETE FROM bo_peer WHERE peerid = 3", [])
             .unwrap();
-        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(5600));
+        assert_eq!(Replicate.due((&c).into(), 0).unwrap(), Due::At(5600));
         c.execute(
             "INSERT INTO bo_peer(peerid, target, token, ctime)
              VALUES (3, 'https://peer.example.org/replica/app', '0123456789abcdef0', 100)",
@@ -1379,7 +1390,7 @@ mod tests {
         assert_eq!(ledger::all(&c, TASK).unwrap().len(), 3);
         assert_eq!(list(&c).unwrap(), before, "list reads the same state");
         assert_eq!(
-            Replicate.due(&c, 0).unwrap(),
+            Replicate.due((&c).into(), 0).unwrap(),
             Due::At(0),
             "peer 3 is due at once"
         );
@@ -1418,12 +1429,12 @@ mod tests {
         )
         .unwrap();
         ledger::install(&c).unwrap();
-        match Replicate.due(&c, 0).unwrap() {
+        match Replicate.due((&c).into(), 0).unwrap() {
             Due::At(t) => assert!(t <= 9000, "{t}"),
             other => panic!("{other:?}"),
         }
         install(&c).unwrap();
-        assert_eq!(Replicate.due(&c, 0).unwrap(), Due::At(9000));
+        assert_eq!(Replicate.due((&c).into(), 0).unwrap(), Due::At(9000));
         assert_eq!(find(&c, "1").unwrap().unwrap().failures, 3);
     }
 

@@ -74,7 +74,7 @@ use serde::Serialize;
 use sha2::Sha256;
 
 use backoffice::ledger::{self, Backoff};
-use backoffice::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+use backoffice::{Context, Db, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// The task's name, and its name in the retry ledger.
 const TASK: &str = "webhooks";
@@ -682,7 +682,11 @@ impl Task for Webhooks {
         SETTINGS
     }
 
-    fn due(&self, conn: &Connection, now: i64) -> Result<Due, TaskError> {
+    fn due(&self, db: Db<'_>, now: i64) -> Result<Due, TaskError> {
+        let Some(conn) = db.sqlite() else {
+            // SQLite only: nothing of this task's is ever due elsewhere.
+            return Ok(Due::Never);
+        };
         if !conn.table_exists(None, "bo_webhook")? {
             return Ok(Due::Never);
         }
@@ -708,7 +712,7 @@ impl Task for Webhooks {
     }
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
-        let conn = ctx.conn;
+        let conn = ctx.db.sqlite_only(self.name())?;
         if !conn.table_exists(None, "bo_webhook")? {
             return Ok(0);
         }
@@ -853,13 +857,19 @@ impl Task for Webhooks {
     /// everything). Deliveries a killed run made after its last commit
     /// (the progress log) are not counted: the cursor may be behind, never
     /// ahead. No endpoints: done with every event.
-    fn events_done(&self, conn: &Connection) -> Result<Option<i64>, TaskError> {
+    fn events_done(&self, db: Db<'_>) -> Result<Option<i64>, TaskError> {
+        let Some(conn) = db.sqlite() else {
+            return Ok(None);
+        };
         let newest = backoffice::events::newest(conn)?;
         let lowest = list(conn)?.iter().map(|w| w.cursor).min();
         Ok(Some(lowest.map_or(newest, |c| c.min(newest))))
     }
 
-    fn status(&self, conn: &Connection, now: i64) -> TaskStatus {
+    fn status(&self, db: Db<'_>, now: i64) -> TaskStatus {
+        let Some(conn) = db.sqlite() else {
+            return TaskStatus::sqlite_only(db);
+        };
         let mut st = TaskStatus::default();
         let Ok(all) = list(conn) else {
             return st;
@@ -1230,7 +1240,7 @@ mod tests {
         conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
             .unwrap();
         // Never set up: done with everything there is (nothing).
-        assert_eq!(Webhooks.events_done(&conn).unwrap(), Some(0));
+        assert_eq!(Webhooks.events_done((&conn).into()).unwrap(), Some(0));
         let publish = |t: &str| {
             backoffice::events::publish(
                 &conn,
@@ -1260,24 +1270,24 @@ mod tests {
             w
         };
         let fast = add_at(5);
-        assert_eq!(Webhooks.events_done(&conn).unwrap(), Some(5));
+        assert_eq!(Webhooks.events_done((&conn).into()).unwrap(), Some(5));
         let slow = add_at(2);
         let _mid = add_at(4);
-        assert_eq!(Webhooks.events_done(&conn).unwrap(), Some(2));
+        assert_eq!(Webhooks.events_done((&conn).into()).unwrap(), Some(2));
         // Dead: still holds its backlog.
         conn.execute(
             "UPDATE bo_webhook SET state = 'dead' WHERE id = ?1",
             [slow.id],
         )
         .unwrap();
-        assert_eq!(Webhooks.events_done(&conn).unwrap(), Some(2));
+        assert_eq!(Webhooks.events_done((&conn).into()).unwrap(), Some(2));
         // Removed: lets it go.
         remove(&conn, slow.id).unwrap();
-        assert_eq!(Webhooks.events_done(&conn).unwrap(), Some(4));
+        assert_eq!(Webhooks.events_done((&conn).into()).unwrap(), Some(4));
         remove(&conn, _mid.id).unwrap();
         remove(&conn, fast.id).unwrap();
         // No endpoints left: done with every event there is.
-        assert_eq!(Webhooks.events_done(&conn).unwrap(), Some(5));
+        assert_eq!(Webhooks.events_done((&conn).into()).unwrap(), Some(5));
     }
 
     /// RFC 4231 test case 2: key "Jefe", data "what do ya want for nothing?".
@@ -1382,7 +1392,7 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
             .unwrap();
-        assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::Never);
+        assert_eq!(Webhooks.due((&conn).into(), 100).unwrap(), Due::Never);
         let w = add(
             &conn,
             &New {
@@ -1393,7 +1403,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::Never);
+        assert_eq!(Webhooks.due((&conn).into(), 100).unwrap(), Due::Never);
         backoffice::events::publish(
             &conn,
             &backoffice::events::Event {
@@ -1403,18 +1413,18 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::Now);
+        assert_eq!(Webhooks.due((&conn).into(), 100).unwrap(), Due::Now);
         conn.execute(
             "UPDATE bo_ledger SET next_attempt = 200 WHERE task = 'webhooks'",
             [],
         )
         .unwrap();
-        assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::At(200));
+        assert_eq!(Webhooks.due((&conn).into(), 100).unwrap(), Due::At(200));
         conn.execute("UPDATE bo_webhook SET state = 'dead'", [])
             .unwrap();
-        assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::Never);
+        assert_eq!(Webhooks.due((&conn).into(), 100).unwrap(), Due::Never);
         retry(&conn, w.id).unwrap();
-        assert_eq!(Webhooks.due(&conn, 100).unwrap(), Due::Now);
+        assert_eq!(Webhooks.due((&conn).into(), 100).unwrap(), Due::Now);
     }
 
     #[test]
@@ -1422,7 +1432,10 @@ mod tests {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE config(name TEXT PRIMARY KEY, value, mtime)")
             .unwrap();
-        assert_eq!(Webhooks.status(&conn, 0).gauges, webhook_gauges(0, 0, 0));
+        assert_eq!(
+            Webhooks.status((&conn).into(), 0).gauges,
+            webhook_gauges(0, 0, 0)
+        );
         let new = New {
             url: "http://127.0.0.1:9/h".into(),
             secret: "0123456789abcdef".into(),
@@ -1456,7 +1469,10 @@ mod tests {
         set(ids[0], 1, "active"); // 3 behind
         set(ids[1], 9, "active"); // ahead (hand-edited): 0, not -5
         set(ids[2], 0, "dead"); // not counted as behind
-        assert_eq!(Webhooks.status(&conn, 0).gauges, webhook_gauges(2, 1, 3));
+        assert_eq!(
+            Webhooks.status((&conn).into(), 0).gauges,
+            webhook_gauges(2, 1, 3)
+        );
     }
 
     /// A failed attempt backs off by the ledger's policy (1 minute, 2, …,
@@ -1621,7 +1637,10 @@ mod tests {
             ),
             (2, 3, "dead")
         );
-        assert_eq!(Webhooks.due(&other, 1000).unwrap(), Due::At(4_102_444_800));
+        assert_eq!(
+            Webhooks.due((&other).into(), 1000).unwrap(),
+            Due::At(4_102_444_800)
+        );
         assert!(old_shape(&other).unwrap());
 
         install(&conn).unwrap();
@@ -1661,7 +1680,10 @@ mod tests {
         );
         assert_eq!(list(&conn).unwrap(), before);
         // Endpoint 1 is caught up, 2 dead, 4 backing off until 2100.
-        assert_eq!(Webhooks.due(&conn, 1000).unwrap(), Due::At(4_102_444_800));
+        assert_eq!(
+            Webhooks.due((&conn).into(), 1000).unwrap(),
+            Due::At(4_102_444_800)
+        );
         // The same delivery ids as before (they are made of id and salt).
         assert_eq!(
             delivery_id(&list(&conn).unwrap()[0], 7, "u"),

@@ -261,17 +261,17 @@ fn working_key(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned())
 }
 
-fn is_working(key: &Path) -> bool {
+pub(crate) fn is_working(key: &Path) -> bool {
     WORKING
         .lock()
         .map(|g| g.as_ref().is_some_and(|s| s.contains(key)))
         .unwrap_or(true)
 }
 
-struct WorkingGuard(PathBuf);
+pub(crate) struct WorkingGuard(PathBuf);
 
 impl WorkingGuard {
-    fn new(key: PathBuf) -> WorkingGuard {
+    pub(crate) fn new(key: PathBuf) -> WorkingGuard {
         if let Ok(mut g) = WORKING.lock() {
             g.get_or_insert_with(HashSet::new).insert(key.clone());
         }
@@ -425,14 +425,14 @@ pub fn run(repo: &mut Repo, tasks: &Tasks, opts: &RunOptions) -> Result<Outcome>
 }
 
 /// Where a run reports: the log file (if any) and `tracing`.
-struct Log<'a> {
-    file: Option<&'a Path>,
-    project: &'a str,
-    repo: &'a Path,
+pub(crate) struct Log<'a> {
+    pub(crate) file: Option<&'a Path>,
+    pub(crate) project: &'a str,
+    pub(crate) repo: &'a Path,
 }
 
 impl Log<'_> {
-    fn error(&self, now: i64, msg: &str) {
+    pub(crate) fn error(&self, now: i64, msg: &str) {
         tracing::warn!(repo = %self.repo.display(), "{msg}");
         if let Some(f) = self.file {
             let _ = task::append_log(f, &task::error_line(now, self.project, msg));
@@ -445,21 +445,21 @@ impl Log<'_> {
 /// fail, for instance on a lock held by the application, before the holder
 /// counts as gone).
 #[derive(Clone, Copy, Debug)]
-struct Heartbeat {
-    every: Duration,
+pub(crate) struct Heartbeat {
+    pub(crate) every: Duration,
 }
 
 /// How many heartbeat intervals one renewal vouches for.
 pub const HEARTBEAT_GRACE_BEATS: i64 = 4;
 
 impl Heartbeat {
-    fn from_settings(s: &Settings) -> Heartbeat {
+    pub(crate) fn from_settings(s: &Settings) -> Heartbeat {
         Heartbeat {
             every: Duration::from_secs(u64::try_from(s.heartbeat.max(1)).unwrap_or(1)),
         }
     }
 
-    fn grace_secs(&self) -> i64 {
+    pub(crate) fn grace_secs(&self) -> i64 {
         i64::try_from(self.every.as_secs())
             .unwrap_or(i64::MAX)
             .saturating_mul(HEARTBEAT_GRACE_BEATS)
@@ -615,7 +615,7 @@ fn work(
     let results = {
         let _beating = holder.map(|(me, beat)| Beating::start(repo.path(), me, term, beat, log));
         let ctx = Context {
-            conn: repo.conn(),
+            db: crate::Db::Sqlite(repo.conn()),
             repo: repo.path(),
             now: started,
             debug: opts.debug,
@@ -725,7 +725,7 @@ fn retention(
         return None;
     }
     let before = now.saturating_sub(days.saturating_mul(86_400));
-    let deleted = match tasks.events_done_or_why(conn) {
+    let deleted = match tasks.events_done_or_why(crate::Db::Sqlite(conn)) {
         Ok(upto) => match crate::events::purge(conn, before, upto, limit) {
             Ok(n) => {
                 if n > 0 {
@@ -1072,7 +1072,7 @@ mod tests {
             }
             fn due(
                 &self,
-                _: &rusqlite::Connection,
+                _: crate::Db<'_>,
                 _: i64,
             ) -> std::result::Result<task::Due, task::TaskError> {
                 Ok(task::Due::Now)
@@ -1080,9 +1080,13 @@ mod tests {
             fn run(&self, ctx: &Context<'_>) -> std::result::Result<u64, task::TaskError> {
                 assert_eq!(ctx.term, 1);
                 // Before the takeover, a fenced write goes through.
-                repo::immediate(ctx.conn, || {
-                    repo::config_set(ctx.conn, "progress-1", "x")?;
-                    crate::writes::fenced(ctx.conn, ctx.term)
+                repo::immediate(ctx.db.sqlite().expect("an SQLite repository"), || {
+                    repo::config_set(
+                        ctx.db.sqlite().expect("an SQLite repository"),
+                        "progress-1",
+                        "x",
+                    )?;
+                    crate::writes::fenced(ctx.db.sqlite().expect("an SQLite repository"), ctx.term)
                 })?;
                 let other = rusqlite::Connection::open(ctx.repo)?;
                 let (mut l, _) = read_lease(&other)?;
@@ -1092,9 +1096,13 @@ mod tests {
                 };
                 l.term += 1;
                 repo::config_set(&other, LEASE_ROW, &l.encode())?;
-                let e = repo::immediate(ctx.conn, || {
-                    repo::config_set(ctx.conn, "progress-2", "x")?;
-                    crate::writes::fenced(ctx.conn, ctx.term)
+                let e = repo::immediate(ctx.db.sqlite().expect("an SQLite repository"), || {
+                    repo::config_set(
+                        ctx.db.sqlite().expect("an SQLite repository"),
+                        "progress-2",
+                        "x",
+                    )?;
+                    crate::writes::fenced(ctx.db.sqlite().expect("an SQLite repository"), ctx.term)
                 })
                 .unwrap_err();
                 assert!(
@@ -1148,11 +1156,7 @@ mod tests {
         fn name(&self) -> &str {
             "counts"
         }
-        fn due(
-            &self,
-            _: &rusqlite::Connection,
-            _: i64,
-        ) -> std::result::Result<task::Due, task::TaskError> {
+        fn due(&self, _: crate::Db<'_>, _: i64) -> std::result::Result<task::Due, task::TaskError> {
             Ok(task::Due::Now)
         }
         fn run(&self, _: &Context<'_>) -> std::result::Result<u64, task::TaskError> {
@@ -1205,11 +1209,7 @@ mod tests {
         fn name(&self) -> &str {
             "reader"
         }
-        fn due(
-            &self,
-            _: &rusqlite::Connection,
-            _: i64,
-        ) -> std::result::Result<task::Due, task::TaskError> {
+        fn due(&self, _: crate::Db<'_>, _: i64) -> std::result::Result<task::Due, task::TaskError> {
             Ok(task::Due::Never)
         }
         fn run(&self, _: &Context<'_>) -> std::result::Result<u64, task::TaskError> {
@@ -1217,7 +1217,7 @@ mod tests {
         }
         fn events_done(
             &self,
-            _: &rusqlite::Connection,
+            _: crate::Db<'_>,
         ) -> std::result::Result<Option<i64>, task::TaskError> {
             self.0.map_err(Into::into)
         }
@@ -1295,7 +1295,7 @@ mod tests {
             }
             fn due(
                 &self,
-                _: &rusqlite::Connection,
+                _: crate::Db<'_>,
                 _: i64,
             ) -> std::result::Result<task::Due, task::TaskError> {
                 Ok(task::Due::Never)
@@ -1305,7 +1305,7 @@ mod tests {
             }
             fn events_done(
                 &self,
-                _: &rusqlite::Connection,
+                _: crate::Db<'_>,
             ) -> std::result::Result<Option<i64>, task::TaskError> {
                 Ok(*self.0.lock().unwrap())
             }

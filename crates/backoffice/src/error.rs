@@ -119,6 +119,26 @@ pub enum Error {
         found: u64,
     },
 
+    /// A repository URL that cannot be used.
+    #[error("repository URL {url}: {problem}")]
+    BadUrl {
+        /// The URL, its password hidden.
+        url: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+
+    /// A PostgreSQL repository failed, with what we were doing.
+    #[error("{what} in {repo}: {source}")]
+    Postgres {
+        /// What we were doing (e.g. "taking the lease").
+        what: &'static str,
+        /// The repository URL, its password hidden.
+        repo: String,
+        /// What went wrong.
+        source: crate::db::DbError,
+    },
+
     /// Writing the run log failed.
     #[error("cannot write log file {path}: {source}")]
     LogFile {
@@ -133,6 +153,19 @@ pub enum Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// True if a worker's write was refused because the lease was taken
+    /// over (its fencing term moved).
+    pub fn is_fenced(&self) -> bool {
+        matches!(
+            self,
+            Error::Fenced { .. }
+                | Error::Postgres {
+                    source: crate::db::DbError::Fenced { .. },
+                    ..
+                }
+        )
+    }
+
     /// Wraps an SQLite error, turning "busy"/"locked" into [`Error::Locked`]
     /// and "not a database" into [`Error::NotSqlite`], because those are the
     /// cases an operator needs to tell apart.

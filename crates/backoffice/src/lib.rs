@@ -94,11 +94,14 @@
 // (`backoffice::events::publish`, `backoffice::ledger::failed`, …).
 pub mod child;
 pub mod clock;
+pub mod db;
 mod engine;
 mod error;
 pub mod events;
 mod lease;
 pub mod ledger;
+#[cfg(feature = "postgres")]
+pub mod pg;
 pub mod poll;
 pub mod process;
 pub mod repo;
@@ -109,6 +112,7 @@ pub mod token;
 mod trigger;
 pub mod writes;
 
+pub use db::Db;
 pub use engine::{LEASE_ROW, Outcome, RunOptions, read_lease, run};
 pub use error::{Error, Result};
 pub use lease::{Lease, Slot};

@@ -214,7 +214,7 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
     let mut info = Vec::new();
     let mut gauges = Vec::new();
     for t in tasks.iter() {
-        let st = t.status(conn, now);
+        let st = t.status(crate::Db::Sqlite(conn), now);
         info.extend(st.info.into_iter().map(|l| format!("{}: {l}", t.name())));
         gauges.extend(st.gauges.into_iter().map(|g| TaskGauge {
             task: t.name().to_owned(),
@@ -531,13 +531,13 @@ mod tests {
         fn name(&self) -> &str {
             "g"
         }
-        fn due(&self, _: &rusqlite::Connection, _: i64) -> std::result::Result<Due, TaskError> {
+        fn due(&self, _: crate::Db<'_>, _: i64) -> std::result::Result<Due, TaskError> {
             Ok(Due::Never)
         }
         fn run(&self, _: &Context<'_>) -> std::result::Result<u64, TaskError> {
             Ok(2)
         }
-        fn status(&self, _: &rusqlite::Connection, _: i64) -> TaskStatus {
+        fn status(&self, _: crate::Db<'_>, _: i64) -> TaskStatus {
             TaskStatus {
                 gauges: vec![Gauge::new("q", "s", 7)],
                 ..TaskStatus::default()

@@ -45,6 +45,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use rusqlite::Connection;
+
+use crate::db::Db;
 use serde::{Deserialize, Serialize};
 
 /// An error from a task; any error type will do.
@@ -103,16 +105,20 @@ impl Due {
 
 /// What a running task may use.
 pub struct Context<'a> {
-    /// The repository connection. No transaction is open; the lease is held.
-    pub conn: &'a Connection,
-    /// The repository path.
+    /// The repository's database. No transaction is open; the lease is
+    /// held. A task for SQLite only takes the connection with
+    /// [`Db::sqlite_only`]; a portable one uses [`Db`]'s calls.
+    pub db: Db<'a>,
+    /// The repository path (for PostgreSQL, its URL with the password
+    /// hidden).
     pub repo: &'a Path,
     /// Unix time at the start of the run.
     pub now: i64,
     /// True under `--debug`: tasks may say more in the log.
     pub debug: bool,
     /// The lease's fencing term this run holds. Pass it to
-    /// [`crate::writes::fenced`] in every progress write's transaction: the
+    /// [`Db::write`] (or [`crate::writes::fenced`]) for every progress
+    /// write: the
     /// write is refused once another worker has taken the lease over (this
     /// worker was paused past its heartbeat). Under `--nolease`, the term
     /// the lease carried when the run began.
@@ -129,15 +135,15 @@ pub trait Task: Send + Sync {
     /// It runs after every request, inside a read transaction the check
     /// opens, so it must be a point lookup or two, must not write, and must
     /// not begin a transaction of its own.
-    fn due(&self, conn: &Connection, now: i64) -> Result<Due, TaskError>;
+    fn due(&self, db: Db<'_>, now: i64) -> Result<Due, TaskError>;
 
     /// Does the work; returns how many items were handled.
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError>;
 
     /// What `status` should say about this task: facts (queue depths) and
     /// problems an operator must fix (a missing setting). Read-only.
-    fn status(&self, conn: &Connection, now: i64) -> TaskStatus {
-        let _ = (conn, now);
+    fn status(&self, db: Db<'_>, now: i64) -> TaskStatus {
+        let _ = (db, now);
         TaskStatus::default()
     }
 
@@ -149,8 +155,7 @@ pub trait Task: Send + Sync {
     ///
     /// ```
     /// use backoffice::settings::{self, Def, Kind};
-    /// # use backoffice::{Context, Due, Task, TaskError, Tasks};
-    /// # use rusqlite::Connection;
+    /// # use backoffice::{Context, Db, Due, Task, TaskError, Tasks};
     /// const SETTINGS: &[Def] = &[Def {
     ///     name: "digest-batch",
     ///     kind: Kind::Int { min: 1, max: 1000 },
@@ -162,9 +167,9 @@ pub trait Task: Send + Sync {
     /// impl Task for Digest {
     ///     fn name(&self) -> &str { "digest" }
     ///     fn settings(&self) -> &'static [Def] { SETTINGS }
-    /// #   fn due(&self, _: &Connection, _: i64) -> Result<Due, TaskError> { Ok(Due::Never) }
+    /// #   fn due(&self, _: Db<'_>, _: i64) -> Result<Due, TaskError> { Ok(Due::Never) }
     ///     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
-    ///         let batch = settings::int(ctx.conn, SETTINGS, "digest-batch");
+    ///         let batch = settings::int(ctx.db.sqlite_only("digest")?, SETTINGS, "digest-batch");
     ///         # let _ = batch;
     ///         Ok(0)
     ///     }
@@ -194,8 +199,8 @@ pub trait Task: Send + Sync {
     /// Answer conservatively — a cursor that may be behind keeps events a
     /// day longer; one that is ahead loses them. Called only on the worker
     /// run's path, at most once a day, never by the after-request check.
-    fn events_done(&self, conn: &Connection) -> Result<Option<i64>, TaskError> {
-        let _ = conn;
+    fn events_done(&self, db: Db<'_>) -> Result<Option<i64>, TaskError> {
+        let _ = db;
         Ok(None)
     }
 }
@@ -210,6 +215,20 @@ pub struct TaskStatus {
     /// Queue depths and the like as numbers, for metrics (Prometheus):
     /// the same facts as `info`, but machine-readable.
     pub gauges: Vec<Gauge>,
+}
+
+impl TaskStatus {
+    /// What a task for SQLite only says about a repository on another
+    /// store: that it does not run there.
+    pub fn sqlite_only(db: Db<'_>) -> TaskStatus {
+        TaskStatus {
+            info: vec![format!(
+                "not run: works on SQLite repositories only, and this one is on {}",
+                db.store()
+            )],
+            ..TaskStatus::default()
+        }
+    }
 }
 
 /// One number a task reports about itself: how many items of `queue` are
@@ -289,11 +308,12 @@ impl Tasks {
     /// When anything is next due, over all tasks. A task whose check fails
     /// counts as due now, so that its worker runs and reports the failure
     /// instead of the work silently never happening.
-    pub fn due(&self, conn: &Connection, now: i64) -> Due {
+    pub fn due<'a>(&self, db: impl Into<Db<'a>>, now: i64) -> Due {
+        let db = db.into();
         // On every request's path: no allocation, and the first `Now` ends it.
         let mut acc = Due::Never;
         for t in &self.list {
-            let d = match catch_unwind(AssertUnwindSafe(|| t.due(conn, now))) {
+            let d = match catch_unwind(AssertUnwindSafe(|| t.due(db, now))) {
                 Ok(Ok(d)) => d,
                 Ok(Err(_)) | Err(_) => Due::Now,
             };
@@ -310,18 +330,18 @@ impl Tasks {
     /// reads the log (nothing holds events back: the caller's time bound
     /// alone decides). `None` if any task's answer failed or panicked:
     /// then nothing may be deleted; the failure is logged (`tracing`).
-    pub fn events_done(&self, conn: &Connection) -> Option<i64> {
-        self.events_done_or_why(conn)
+    pub fn events_done<'a>(&self, db: impl Into<Db<'a>>) -> Option<i64> {
+        self.events_done_or_why(db.into())
             .inspect_err(|e| tracing::warn!("event retention skipped: {e}"))
             .ok()
     }
 
     /// [`Tasks::events_done`], with the failure as text (naming the task)
     /// for the engine's run log.
-    pub(crate) fn events_done_or_why(&self, conn: &Connection) -> Result<i64, String> {
+    pub(crate) fn events_done_or_why(&self, db: Db<'_>) -> Result<i64, String> {
         let mut done = i64::MAX;
         for t in &self.list {
-            match catch_unwind(AssertUnwindSafe(|| t.events_done(conn))) {
+            match catch_unwind(AssertUnwindSafe(|| t.events_done(db))) {
                 Ok(Ok(None)) => {}
                 Ok(Ok(Some(id))) => done = done.min(id),
                 Ok(Err(e)) => {
@@ -343,11 +363,16 @@ impl Tasks {
     }
 
     /// Each task's own answer, with errors and panics as text, for `status`.
-    pub fn due_each(&self, conn: &Connection, now: i64) -> Vec<(String, Result<Due, String>)> {
+    pub fn due_each<'a>(
+        &self,
+        db: impl Into<Db<'a>>,
+        now: i64,
+    ) -> Vec<(String, Result<Due, String>)> {
+        let db = db.into();
         self.list
             .iter()
             .map(|t| {
-                let d = match catch_unwind(AssertUnwindSafe(|| t.due(conn, now))) {
+                let d = match catch_unwind(AssertUnwindSafe(|| t.due(db, now))) {
                     Ok(Ok(d)) => Ok(d),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(p) => Err(format!("panicked: {}", panic_text(&*p))),
@@ -571,7 +596,7 @@ mod tests {
         fn name(&self) -> &str {
             self.0
         }
-        fn due(&self, _: &Connection, _: i64) -> Result<Due, TaskError> {
+        fn due(&self, _: crate::Db<'_>, _: i64) -> Result<Due, TaskError> {
             Ok(Due::Now)
         }
         fn run(&self, _: &Context<'_>) -> Result<u64, TaskError> {
@@ -594,7 +619,7 @@ mod tests {
             .with(Fixed("part", Err("partial")))
             .with(Fixed("plain", Err("no")));
         let ctx = Context {
-            conn: &conn,
+            db: crate::Db::Sqlite(&conn),
             repo: Path::new("r.db"),
             now: 0,
             debug: false,
@@ -616,7 +641,7 @@ mod tests {
             .with(Fixed("c", Ok(3)));
         let conn = Connection::open_in_memory().unwrap();
         let ctx = Context {
-            conn: &conn,
+            db: crate::Db::Sqlite(&conn),
             repo: Path::new("r.db"),
             now: 0,
             debug: false,
@@ -657,7 +682,7 @@ mod tests {
         fn name(&self) -> &str {
             "bad"
         }
-        fn due(&self, _: &Connection, _: i64) -> Result<Due, TaskError> {
+        fn due(&self, _: crate::Db<'_>, _: i64) -> Result<Due, TaskError> {
             if self.0 {
                 panic!("due panicked");
             }
@@ -735,7 +760,7 @@ mod tests {
             fn name(&self) -> &str {
                 "with-settings"
             }
-            fn due(&self, _: &Connection, _: i64) -> Result<Due, TaskError> {
+            fn due(&self, _: crate::Db<'_>, _: i64) -> Result<Due, TaskError> {
                 Ok(Due::Never)
             }
             fn run(&self, _: &Context<'_>) -> Result<u64, TaskError> {

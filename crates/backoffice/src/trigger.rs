@@ -538,7 +538,7 @@ mod tests {
         fn name(&self) -> &str {
             "always"
         }
-        fn due(&self, _: &Connection, _: i64) -> Result<task::Due, task::TaskError> {
+        fn due(&self, _: crate::Db<'_>, _: i64) -> Result<task::Due, task::TaskError> {
             Ok(task::Due::Now)
         }
         fn run(&self, _: &task::Context<'_>) -> Result<u64, task::TaskError> {

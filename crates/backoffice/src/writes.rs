@@ -44,11 +44,11 @@
 //!
 //! ```no_run
 //! # fn progress(ctx: &backoffice::Context<'_>, id: i64) -> Result<(), backoffice::writes::FenceError> {
-//! backoffice::repo::immediate(ctx.conn, || {
-//!     ctx.conn.execute("UPDATE outbox SET done = 1 WHERE id = ?1", [id])?;
+//! backoffice::repo::immediate(ctx.db.sqlite().expect("an SQLite repository"), || {
+//!     ctx.db.sqlite().expect("an SQLite repository").execute("UPDATE outbox SET done = 1 WHERE id = ?1", [id])?;
 //!     // Refused (and all of the above rolled back) once another worker
 //!     // has taken the lease over.
-//!     backoffice::writes::fenced(ctx.conn, ctx.term)
+//!     backoffice::writes::fenced(ctx.db.sqlite().expect("an SQLite repository"), ctx.term)
 //! })
 //! # }
 //! ```

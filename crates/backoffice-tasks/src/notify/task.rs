@@ -6,7 +6,7 @@ use super::compose::{self, EventText};
 use super::config::{EmailConfig, Method};
 use super::outbox;
 use super::schedule::{DigestDue, DigestTime};
-use backoffice::{Context, Due, Gauge, Task, TaskError, TaskStatus};
+use backoffice::{Context, Db, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// Events older than this when first seen get no immediate alert (they
 /// still appear in digests): turning email on after a month must not mail
@@ -37,7 +37,11 @@ impl Task for Notify {
         super::config::SETTINGS
     }
 
-    fn due(&self, conn: &Connection, now: i64) -> Result<Due, TaskError> {
+    fn due(&self, db: Db<'_>, now: i64) -> Result<Due, TaskError> {
+        let Some(conn) = db.sqlite() else {
+            // SQLite only: nothing of this task's is ever due elsewhere.
+            return Ok(Due::Never);
+        };
         // A schema lookup, no statement (Fossil's check does the same): in a
         // repository that never published an event, preparing the query
         // below would fail and be parsed again on every request (~10 µs).
@@ -92,11 +96,11 @@ impl Task for Notify {
     }
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
-        let conn = ctx.conn;
+        let conn = ctx.db.sqlite_only(self.name())?;
         // A worker runs every task; when it was started for another one,
         // this costs what the after-request check costs, not the reading of
         // every email setting and the opening of a transport.
-        if self.due(conn, ctx.now)? != Due::Now {
+        if self.due(ctx.db, ctx.now)? != Due::Now {
             return Ok(0);
         }
         if !has_tables(conn)? {
@@ -146,7 +150,10 @@ impl Task for Notify {
     ///
     /// The answer is just below the lowest such event (the newest event
     /// if there is none).
-    fn events_done(&self, conn: &Connection) -> Result<Option<i64>, TaskError> {
+    fn events_done(&self, db: Db<'_>) -> Result<Option<i64>, TaskError> {
+        let Some(conn) = db.sqlite() else {
+            return Ok(None);
+        };
         if !conn.table_exists(None, "bo_event")? {
             return Ok(Some(0));
         }
@@ -187,7 +194,10 @@ impl Task for Notify {
         }))
     }
 
-    fn status(&self, conn: &Connection, now: i64) -> TaskStatus {
+    fn status(&self, db: Db<'_>, now: i64) -> TaskStatus {
+        let Some(conn) = db.sqlite() else {
+            return TaskStatus::sqlite_only(db);
+        };
         let mut st = TaskStatus::default();
         match EmailConfig::load(conn) {
             Ok(c) if c.method == Method::Off => st
@@ -583,7 +593,7 @@ mod tests {
     #[test]
     fn events_done_keeps_what_alerts_and_digests_still_need() {
         let conn = setup();
-        assert_eq!(Notify.events_done(&conn).unwrap(), Some(0));
+        assert_eq!(Notify.events_done((&conn).into()).unwrap(), Some(0));
         let now = backoffice::clock::now();
         event(&conn, "three days ago", now - 72 * HOUR); // 1
         event(&conn, "two days ago", now - 48 * HOUR); // 2
@@ -591,37 +601,37 @@ mod tests {
         // Email off: nothing is composed, everything waits for the digest.
         backoffice::repo::config_set(&conn, "email-send-method", "off").unwrap();
         let ctx = Context {
-            conn: &conn,
+            db: backoffice::Db::Sqlite(&conn),
             repo: std::path::Path::new("r.db"),
             now,
             debug: false,
             term: 0,
         };
         assert_eq!(Notify.run(&ctx).unwrap(), 0);
-        assert_eq!(Notify.events_done(&conn).unwrap(), Some(0));
+        assert_eq!(Notify.events_done((&conn).into()).unwrap(), Some(0));
         // The digest went out (compose_digests marks what it covered; here
         // the two old events): the fresh one still waits for its alert.
         conn.execute("UPDATE bo_event SET digested = 1 WHERE eventid <= 2", [])
             .unwrap();
-        assert_eq!(Notify.events_done(&conn).unwrap(), Some(2));
+        assert_eq!(Notify.events_done((&conn).into()).unwrap(), Some(2));
         // Alerts composed (email on): only the undigested one is held.
         backoffice::repo::config_set(&conn, "email-send-method", "stdout").unwrap();
         assert_eq!(compose_alerts(&conn, &cfg(&conn), "p", now).unwrap(), 3);
-        assert_eq!(Notify.events_done(&conn).unwrap(), Some(2));
+        assert_eq!(Notify.events_done((&conn).into()).unwrap(), Some(2));
         conn.execute("UPDATE bo_event SET digested = 1", [])
             .unwrap();
-        assert_eq!(Notify.events_done(&conn).unwrap(), Some(3));
+        assert_eq!(Notify.events_done((&conn).into()).unwrap(), Some(3));
         // An old event, never alerted (it never will be: too old) and not
         // digested: held only while a digest subscriber exists.
         event(&conn, "last week", now - 7 * 24 * HOUR); // 4
-        assert_eq!(Notify.events_done(&conn).unwrap(), Some(3));
+        assert_eq!(Notify.events_done((&conn).into()).unwrap(), Some(3));
         conn.execute("UPDATE bo_subscriber SET donotcall = 1 WHERE digest", [])
             .unwrap();
-        assert_eq!(Notify.events_done(&conn).unwrap(), Some(4));
+        assert_eq!(Notify.events_done((&conn).into()).unwrap(), Some(4));
         // A fresh event not yet alerted is held, subscribers or not.
         event(&conn, "just now", now); // 5
         event(&conn, "old, published after it", now - 7 * 24 * HOUR); // 6
-        assert_eq!(Notify.events_done(&conn).unwrap(), Some(4));
+        assert_eq!(Notify.events_done((&conn).into()).unwrap(), Some(4));
     }
 
     #[test]
@@ -629,7 +639,7 @@ mod tests {
         // Without the tables: no gauges (nothing to count, and a host that
         // never used email should not export zeros for it).
         let bare = Connection::open_in_memory().unwrap();
-        assert!(Notify.status(&bare, 0).gauges.is_empty());
+        assert!(Notify.status((&bare).into(), 0).gauges.is_empty());
 
         let conn = setup();
         let m = outbox::New {
@@ -649,7 +659,7 @@ mod tests {
              UPDATE bo_outbox SET state = 'sent' WHERE msgid IN (2, 3);",
         )
         .unwrap();
-        let g = Notify.status(&conn, DAY0).gauges;
+        let g = Notify.status((&conn).into(), DAY0).gauges;
         assert_eq!(
             g,
             vec![
@@ -665,15 +675,18 @@ mod tests {
         let conn = setup();
         let t = DAY0 + 9 * HOUR;
         // Fresh: due now (to set the first boundary).
-        assert_eq!(Notify.due(&conn, t).unwrap(), Due::Now);
+        assert_eq!(Notify.due((&conn).into(), t).unwrap(), Due::Now);
         compose_digests(&conn, &cfg(&conn), "p", t).unwrap();
         // Then: tomorrow 07:00 Paris = 06:00 UTC.
-        assert_eq!(Notify.due(&conn, t).unwrap(), Due::At(DAY0 + 30 * HOUR));
+        assert_eq!(
+            Notify.due((&conn).into(), t).unwrap(),
+            Due::At(DAY0 + 30 * HOUR)
+        );
         // A new event makes alerts due now.
         event(&conn, "New", t);
-        assert_eq!(Notify.due(&conn, t).unwrap(), Due::Now);
+        assert_eq!(Notify.due((&conn).into(), t).unwrap(), Due::Now);
         // With email off, nothing is ever due.
         backoffice::repo::config_set(&conn, "email-send-method", "off").unwrap();
-        assert_eq!(Notify.due(&conn, t).unwrap(), Due::Never);
+        assert_eq!(Notify.due((&conn).into(), t).unwrap(), Due::Never);
     }
 }

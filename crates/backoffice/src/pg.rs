@@ -1,0 +1,1272 @@
+//! PostgreSQL repositories (feature `postgres`): the backoffice for a
+//! service that runs on several hosts against one PostgreSQL database.
+//!
+//! A repository is one **schema** of a PostgreSQL database, named by a URL:
+//! `postgres://USER@HOST/DB?schema=NAME` (or `postgresql://`; every other
+//! parameter is libpq's, e.g. `host=/run/postgresql` for a Unix socket).
+//! Thousands of tenants can share one server, a schema each. The tables
+//! are created on first use and migrated in place, versioned by the
+//! `schema-version` row of `bo_meta`; a schema newer than this build is
+//! refused rather than guessed at. A password in a URL is never printed:
+//! every message shows [`PgUrl::redacted`].
+//!
+//! # The lease across hosts
+//!
+//! The lease keeps Fossil's semantics — one current holder, one on-deck
+//! worker, runs at least `L` apart, no-delay, disable — and the same pure
+//! decision ([`crate::fuzzing::decide`]) as on SQLite. What differs is who can
+//! tell whether a holder lives. A pid means nothing on another host, so the
+//! lease row (`bo_lease`, one row, typed columns) names a holder by host id
+//! (`BACKOFFICE_HOST_ID`, else the host name), pid, process start time and
+//! PID namespace, and a holder is alive while its **heartbeat**
+//! (`cur_alive_until`) has not expired: the working holder renews it every
+//! `backoffice-heartbeat` seconds from a thread with its own connection,
+//! and each renewal vouches for four intervals. A holder that stops
+//! renewing (killed, paused, cut off) is gone once that runs out, and the
+//! next worker on any host takes over; only on its own host and PID
+//! namespace does a worker also look at the process itself, which finds a
+//! dead holder at once.
+//!
+//! Every time in the lease is the database's (`clock_timestamp()`), never a
+//! host's: hosts whose clocks disagree still agree on who holds the lease.
+//! `status` shows how far this host's clock is from the database's.
+//!
+//! Each takeover adds one to the lease's **fencing term**. Every progress
+//! write of a task goes through [`crate::Db::write`] with the run's term:
+//! in the same transaction it reads the lease row `FOR SHARE` and refuses
+//! to commit when the term moved. The share lock also makes a takeover
+//! (which locks the row `FOR UPDATE`) wait until such a write has
+//! committed, so a write either lands before the takeover or not at all.
+//!
+//! # Events in commit order
+//!
+//! A `bigserial` id is taken when a row is inserted, not when its
+//! transaction commits: event 8 can become visible before event 7, and a
+//! cursor that followed ids would skip 7 for ever. So `publish` inserts
+//! with no position (`eventid` NULL), and the worker, under its fenced
+//! lease, stamps the positions — in id order, after those already given —
+//! on every event visible to it before its tasks run. An event that
+//! commits later is stamped by a later run with a later position: task
+//! cursors, which follow positions, never skip. The check treats an
+//! unstamped event as work due.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use postgres::types::{FromSql, IsNull, ToSql, Type};
+
+use crate::db::{Db, DbError, Row, Value};
+use crate::engine::{self, Decision, Log, Me, Outcome, RunOptions};
+use crate::lease::{Lease, Slot};
+use crate::process::{self, Identity};
+use crate::settings::Settings;
+use crate::task::{self, Context, RunReport, RunTotals, Tasks};
+
+/// The newest schema this build knows.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Version 1 of a repository schema. `config` has SQLite's shape, so
+/// settings and the run record read the same on both stores.
+const SCHEMA_V1: &str = "
+CREATE TABLE IF NOT EXISTS bo_meta(name text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS config(name text PRIMARY KEY, value text, mtime bigint);
+CREATE TABLE IF NOT EXISTS bo_lease(
+  id int PRIMARY KEY CHECK (id = 1),
+  term bigint NOT NULL DEFAULT 0,
+  handovers bigint NOT NULL DEFAULT 0,
+  cur_host text, cur_pid bigint NOT NULL DEFAULT 0, cur_start bigint, cur_ns bigint,
+  cur_expires bigint NOT NULL DEFAULT 0, cur_alive_until bigint,
+  next_host text, next_pid bigint NOT NULL DEFAULT 0, next_start bigint, next_ns bigint,
+  next_expires bigint NOT NULL DEFAULT 0, next_alive_until bigint
+);
+INSERT INTO bo_lease(id) VALUES (1) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS bo_event(
+  id bigserial PRIMARY KEY,
+  eventid bigint UNIQUE,
+  kind text NOT NULL,
+  title text NOT NULL,
+  body text NOT NULL DEFAULT '',
+  url text,
+  author text,
+  mtime bigint NOT NULL,
+  uid text
+);
+CREATE INDEX IF NOT EXISTS bo_event_unstamped ON bo_event(id) WHERE eventid IS NULL;
+CREATE INDEX IF NOT EXISTS bo_event_mtime ON bo_event(mtime);
+CREATE TABLE IF NOT EXISTS bo_ledger(
+  task text NOT NULL,
+  target text NOT NULL,
+  cursor bigint NOT NULL DEFAULT 0,
+  failures bigint NOT NULL DEFAULT 0,
+  next_attempt bigint NOT NULL DEFAULT 0,
+  last_run bigint,
+  last_error text,
+  last_output text,
+  PRIMARY KEY(task, target)
+);
+INSERT INTO bo_meta VALUES ('event-seq', '0') ON CONFLICT DO NOTHING;
+";
+
+/// True if `s` names a PostgreSQL repository rather than an SQLite file.
+pub fn is_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// A PostgreSQL repository's address: the connection and the schema.
+#[derive(Clone)]
+pub struct PgUrl {
+    config: postgres::Config,
+    schema: String,
+    redacted: String,
+    full: String,
+}
+
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+impl std::fmt::Display for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted)
+    }
+}
+
+/// Longest schema name PostgreSQL keeps (NAMEDATALEN - 1).
+const MAX_SCHEMA: usize = 63;
+
+/// True if `s` is a schema name we accept: lower-case letters, digits and
+/// `_`, not starting with a digit, at most 63 bytes (so it needs no quoting
+/// and cannot be folded into another name).
+pub fn valid_schema(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= MAX_SCHEMA
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit()
+        && !s.starts_with("pg_")
+}
+
+impl PgUrl {
+    /// Parses `postgres://…` or `postgresql://…` with an optional
+    /// `schema=NAME` parameter (default `public`).
+    pub fn parse(s: &str) -> Result<PgUrl, crate::Error> {
+        let bad = |problem: String| crate::Error::BadUrl {
+            url: redact(s),
+            problem,
+        };
+        if !is_url(s) {
+            return Err(bad("not a postgres:// or postgresql:// URL".into()));
+        }
+        let (base, query) = match s.split_once('?') {
+            Some((b, q)) => (b, Some(q)),
+            None => (s, None),
+        };
+        let mut schema = None;
+        let mut rest = Vec::new();
+        for pair in query.into_iter().flat_map(|q| q.split('&')) {
+            match pair.split_once('=') {
+                Some(("schema", v)) => schema = Some(v.to_owned()),
+                _ if pair.is_empty() => {}
+                _ => rest.push(pair),
+            }
+        }
+        let schema = schema.unwrap_or_else(|| "public".into());
+        if !valid_schema(&schema) {
+            return Err(bad(format!(
+                "schema {schema:?}: use 1 to {MAX_SCHEMA} lower-case letters, digits and _, \
+                 not starting with a digit or pg_"
+            )));
+        }
+        let conninfo = if rest.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", rest.join("&"))
+        };
+        let config: postgres::Config = conninfo.parse().map_err(|e| bad(format!("{e}")))?;
+        let mut config = config;
+        if config.get_application_name().is_none() {
+            config.application_name("backoffice");
+        }
+        // A dead server must not hang a request or a sweep for minutes.
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        Ok(PgUrl {
+            config,
+            schema,
+            redacted: redact(s),
+            full: s.to_owned(),
+        })
+    }
+
+    /// The schema that is the repository.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The URL with any password replaced by `***`: what messages show.
+    pub fn redacted(&self) -> &str {
+        &self.redacted
+    }
+
+    /// The URL as given, password included: only for handing to a worker
+    /// process (through its environment, never its arguments).
+    pub fn secret_full(&self) -> &str {
+        &self.full
+    }
+
+    /// Connects, sets the schema as the search path, and creates or
+    /// migrates the tables when needed.
+    pub fn connect(&self) -> Result<PgConn, crate::Error> {
+        let err = |what, e| self.err(what, e);
+        let client = self
+            .config
+            .connect(postgres::NoTls)
+            .map_err(|e| err("connecting", pg_err(e)))?;
+        let conn = PgConn {
+            client: RefCell::new(client),
+            stmts: RefCell::new(HashMap::new()),
+            in_tx: Cell::new(false),
+            url: self.clone(),
+        };
+        conn.batch(&format!(
+            "SET search_path TO {s}; SET lock_timeout = '30s'",
+            s = self.schema
+        ))
+        .map_err(|e| err("selecting the schema", e))?;
+        conn.migrate().map_err(|e| err("creating the tables", e))?;
+        Ok(conn)
+    }
+
+    /// An [`crate::Error`] about this repository.
+    pub fn err(&self, what: &'static str, source: DbError) -> crate::Error {
+        crate::Error::Postgres {
+            what,
+            repo: self.redacted.clone(),
+            source,
+        }
+    }
+
+    /// The key this process's working set knows the repository by.
+    fn key(&self) -> PathBuf {
+        PathBuf::from(format!("{}#{}", self.redacted, self.schema))
+    }
+}
+
+/// `s` with the password of its user part, and any `password=` parameter,
+/// replaced by `***`.
+pub fn redact(s: &str) -> String {
+    let mut out = s.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let auth_start = scheme_end + 3;
+        let auth_end = out[auth_start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| auth_start + i);
+        if let Some(at) = out[auth_start..auth_end].rfind('@') {
+            let userinfo = &out[auth_start..auth_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(auth_start + colon + 1..auth_start + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (base, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out = format!("{base}{}", query.join("&"));
+    }
+    out
+}
+
+/// A PostgreSQL error as text: the server's message, detail and hint, or
+/// the client's reason (with its cause) when the server said nothing.
+pub fn pg_err(e: postgres::Error) -> DbError {
+    let text = match e.as_db_error() {
+        Some(db) => {
+            let mut t = format!("{}: {}", db.severity(), db.message());
+            if let Some(d) = db.detail() {
+                t.push_str(&format!(" ({d})"));
+            }
+            if let Some(h) = db.hint() {
+                t.push_str(&format!("; hint: {h}"));
+            }
+            t
+        }
+        None => match e.source() {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        },
+    };
+    DbError::Postgres(text)
+}
+
+/// An open PostgreSQL repository: one client session, its statements
+/// prepared once each, and whether a transaction is open.
+pub struct PgConn {
+    client: RefCell<postgres::Client>,
+    stmts: RefCell<HashMap<String, postgres::Statement>>,
+    in_tx: Cell<bool>,
+    url: PgUrl,
+}
+
+impl PgConn {
+    /// The repository's address.
+    pub fn url(&self) -> &PgUrl {
+        &self.url
+    }
+
+    /// The client session, for a host's own SQL (and publishing from its
+    /// own transaction, [`crate::events::publish_pg`]).
+    pub fn client(&self) -> std::cell::RefMut<'_, postgres::Client> {
+        self.client.borrow_mut()
+    }
+
+    /// Runs SQL text with no parameters (several statements allowed).
+    pub fn batch(&self, sql: &str) -> Result<(), DbError> {
+        self.client.borrow_mut().batch_execute(sql).map_err(pg_err)
+    }
+
+    fn prepared(&self, sql: &str) -> Result<postgres::Statement, DbError> {
+        if let Some(s) = self.stmts.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let stmt = self
+            .client
+            .borrow_mut()
+            .prepare(&crate::db::to_postgres_sql(sql))
+            .map_err(pg_err)?;
+        self.stmts.borrow_mut().insert(sql.to_owned(), stmt.clone());
+        Ok(stmt)
+    }
+
+    /// [`Db::execute`] on PostgreSQL.
+    pub fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
+        let stmt = self.prepared(sql)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        self.client
+            .borrow_mut()
+            .execute(&stmt, &refs)
+            .map_err(pg_err)
+    }
+
+    /// [`Db::query`] on PostgreSQL.
+    pub fn query(&self, sql: &str, params: &[Value]) -> Result<Vec<Row>, DbError> {
+        let stmt = self.prepared(sql)?;
+        let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as _).collect();
+        let rows = self
+            .client
+            .borrow_mut()
+            .query(&stmt, &refs)
+            .map_err(pg_err)?;
+        rows.iter()
+            .map(|r| {
+                (0..r.len())
+                    .map(|i| r.try_get::<_, Value>(i).map_err(pg_err))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Row)
+            })
+            .collect()
+    }
+
+    /// [`Db::write`] on PostgreSQL.
+    pub fn write<T, E: From<DbError>>(
+        &self,
+        fence: Option<u64>,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        if self.in_tx.get() {
+            let v = f()?;
+            if let Some(term) = fence {
+                self.fenced(term)?;
+            }
+            return Ok(v);
+        }
+        self.batch("BEGIN")?;
+        self.in_tx.set(true);
+        let out = f().and_then(|v| {
+            if let Some(term) = fence {
+                self.fenced(term)?;
+            }
+            self.batch("COMMIT")?;
+            Ok(v)
+        });
+        self.in_tx.set(false);
+        if out.is_err() {
+            // After a failed COMMIT there is nothing to roll back, and
+            // PostgreSQL only warns; a lost connection fails here too.
+            let _ = self.batch("ROLLBACK");
+        }
+        out
+    }
+
+    /// Checks, inside the caller's transaction, that the lease still
+    /// carries `term`, and holds a share lock on the lease row until the
+    /// transaction ends: a takeover waits for this write to commit.
+    pub fn fenced(&self, term: u64) -> Result<(), DbError> {
+        if !self.in_tx.get() {
+            return Err(DbError::Unsupported(
+                "fenced() called outside a transaction: the term check would not cover the write"
+                    .into(),
+            ));
+        }
+        let row = self
+            .query_opt("SELECT term FROM bo_lease WHERE id = 1 FOR SHARE", &[])?
+            .ok_or_else(|| DbError::Postgres("the lease row bo_lease is missing".into()))?;
+        let found = u64::try_from(row.int(0)?).unwrap_or(0);
+        if found == term {
+            Ok(())
+        } else {
+            Err(DbError::Fenced {
+                expected: term,
+                found,
+            })
+        }
+    }
+
+    fn query_opt(&self, sql: &str, params: &[Value]) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, params)?.into_iter().next())
+    }
+
+    /// The database's clock, Unix seconds.
+    pub fn now(&self) -> Result<i64, DbError> {
+        self.query_opt(
+            "SELECT CAST(floor(extract(epoch FROM clock_timestamp())) AS BIGINT)",
+            &[],
+        )?
+        .ok_or_else(|| DbError::Postgres("no answer for the clock".into()))?
+        .int(0)
+    }
+
+    /// Creates the tables, or migrates them, under a transaction-level
+    /// advisory lock so that two first users do not race. One read when
+    /// the schema is current.
+    fn migrate(&self) -> Result<(), DbError> {
+        if self.version().ok().flatten() == Some(SCHEMA_VERSION) {
+            return Ok(());
+        }
+        self.write(None, || {
+            self.batch(&format!(
+                "SELECT pg_advisory_xact_lock(hashtext('backoffice:{s}'));
+                 CREATE SCHEMA IF NOT EXISTS {s};",
+                s = self.url.schema
+            ))?;
+            let found = self.version()?;
+            match found {
+                Some(v) if v == SCHEMA_VERSION => Ok(()),
+                Some(v) if v > SCHEMA_VERSION => Err(DbError::Unsupported(format!(
+                    "schema {} has version {v}, newer than this backoffice knows \
+                     ({SCHEMA_VERSION}): upgrade backoffice",
+                    self.url.schema
+                ))),
+                _ => {
+                    // Version 1 is the first: created from nothing. Later
+                    // versions add their steps here, each from the one
+                    // before.
+                    self.batch(SCHEMA_V1)?;
+                    self.execute(
+                        "INSERT INTO bo_meta VALUES ('schema-version', ?1)
+                         ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                        &[SCHEMA_VERSION.to_string().into()],
+                    )?;
+                    Ok(())
+                }
+            }
+        })
+    }
+
+    fn version(&self) -> Result<Option<i64>, DbError> {
+        // Not through the statement cache: the table may not exist yet, and
+        // a failed prepare inside a transaction aborts it.
+        let exists = self
+            .client
+            .borrow_mut()
+            .query_opt(
+                "SELECT 1 FROM pg_tables WHERE schemaname = $1 AND tablename = 'bo_meta'",
+                &[&self.url.schema],
+            )
+            .map_err(pg_err)?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let row = self.query_opt(
+            "SELECT value FROM bo_meta WHERE name = 'schema-version'",
+            &[],
+        )?;
+        Ok(row
+            .map(|r| r.text(0))
+            .transpose()?
+            .and_then(|v| v.trim().parse().ok()))
+    }
+
+    /// Reads one `config` value.
+    pub fn config_get(&self, name: &str) -> Result<Option<String>, DbError> {
+        Ok(self
+            .query_opt("SELECT value FROM config WHERE name = ?1", &[name.into()])?
+            .map(|r| r.opt_text(0))
+            .transpose()?
+            .flatten())
+    }
+
+    /// Writes one `config` value.
+    pub fn config_set(&self, name: &str, value: &str) -> Result<(), DbError> {
+        self.execute(
+            "INSERT INTO config(name, value, mtime)
+             VALUES (?1, ?2, CAST(floor(extract(epoch FROM clock_timestamp())) AS BIGINT))
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value, mtime = excluded.mtime",
+            &[name.into(), value.into()],
+        )
+        .map(drop)
+    }
+
+    /// The engine's settings.
+    pub fn settings(&self) -> Result<Settings, DbError> {
+        let rows = self.query("SELECT name, value FROM config", &[])?;
+        let pairs: Vec<(String, String)> = rows
+            .iter()
+            .filter_map(|r| Some((r.text(0).ok()?, r.opt_text(1).ok()??)))
+            .collect();
+        Ok(Settings::from_pairs(
+            pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+        ))
+    }
+
+    /// Gives every visible event without a position one, in id order,
+    /// after the last given (see the module docs). Fenced on `term`, so
+    /// only the lease holder stamps; returns how many were stamped.
+    pub fn stamp_events(&self, term: Option<u64>) -> Result<u64, DbError> {
+        self.write(term, || {
+            let ids: Vec<i64> = self
+                .query(
+                    "SELECT id FROM bo_event WHERE eventid IS NULL ORDER BY id LIMIT 10000",
+                    &[],
+                )?
+                .iter()
+                .map(|r| r.int(0))
+                .collect::<Result<_, _>>()?;
+            if ids.is_empty() {
+                return Ok(0);
+            }
+            // The counter row serialises stampers (a --nolease run beside
+            // the holder) even where the fence does not.
+            let base: i64 = self
+                .query_opt(
+                    "SELECT value FROM bo_meta WHERE name = 'event-seq' FOR UPDATE",
+                    &[],
+                )?
+                .map(|r| r.text(0))
+                .transpose()?
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            // Ids stamped by a concurrent stamper between our read and our
+            // lock keep their position.
+            let mut next = base;
+            for id in &ids {
+                let n = self.execute(
+                    "UPDATE bo_event SET eventid = ?1 WHERE id = ?2 AND eventid IS NULL",
+                    &[(next + 1).into(), (*id).into()],
+                )?;
+                if n == 1 {
+                    next += 1;
+                }
+            }
+            self.execute(
+                "UPDATE bo_meta SET value = ?1 WHERE name = 'event-seq'",
+                &[next.to_string().into()],
+            )?;
+            Ok(u64::try_from(next - base).unwrap_or(0))
+        })
+    }
+}
+
+impl ToSql for Value {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut bytes::BytesMut,
+    ) -> Result<IsNull, Box<dyn StdError + Sync + Send>> {
+        match self {
+            Value::Null => Ok(IsNull::Yes),
+            Value::Int(i) => match *ty {
+                Type::INT8 => i.to_sql(ty, out),
+                Type::INT4 => i32::try_from(*i)?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(*i)?.to_sql(ty, out),
+                Type::BOOL => (*i != 0).to_sql(ty, out),
+                Type::FLOAT8 => (*i as f64).to_sql(ty, out),
+                Type::TEXT | Type::VARCHAR => i.to_string().to_sql(ty, out),
+                _ => Err(format!("cannot send an integer as {ty}").into()),
+            },
+            Value::Real(f) => match *ty {
+                Type::FLOAT4 => (*f as f32).to_sql(ty, out),
+                _ => f.to_sql(ty, out),
+            },
+            Value::Text(s) => s.to_sql(ty, out),
+            Value::Blob(b) => b.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+impl<'a> FromSql<'a> for Value {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Value, Box<dyn StdError + Sync + Send>> {
+        Ok(match *ty {
+            Type::INT8 => Value::Int(i64::from_sql(ty, raw)?),
+            Type::INT4 => Value::Int(i32::from_sql(ty, raw)?.into()),
+            Type::INT2 => Value::Int(i16::from_sql(ty, raw)?.into()),
+            Type::OID => Value::Int(u32::from_sql(ty, raw)?.into()),
+            Type::BOOL => Value::Int(bool::from_sql(ty, raw)?.into()),
+            Type::FLOAT8 => Value::Real(f64::from_sql(ty, raw)?),
+            Type::FLOAT4 => Value::Real(f32::from_sql(ty, raw)?.into()),
+            Type::BYTEA => Value::Blob(Vec::<u8>::from_sql(ty, raw)?),
+            _ if <String as FromSql>::accepts(ty) => Value::Text(String::from_sql(ty, raw)?),
+            _ => {
+                return Err(format!(
+                    "a column of type {ty} cannot be read; CAST it AS BIGINT or TEXT"
+                )
+                .into());
+            }
+        })
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Value, Box<dyn StdError + Sync + Send>> {
+        Ok(Value::Null)
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// This host's id: `BACKOFFICE_HOST_ID` when set (letters, digits, `.`,
+/// `-`, `_`, at most 64), else the host name.
+pub fn host_id() -> String {
+    if let Ok(h) = std::env::var("BACKOFFICE_HOST_ID") {
+        let h = h.trim();
+        if !h.is_empty()
+            && h.len() <= 64
+            && h.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        {
+            return h.to_owned();
+        }
+        tracing::warn!("BACKOFFICE_HOST_ID is not a valid host id; using the host name");
+    }
+    // The UTS name, as `hostname` prints it (per UTS namespace).
+    let n = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let n = n.trim();
+    if n.is_empty() {
+        "unknown-host".into()
+    } else {
+        n.chars().take(64).collect()
+    }
+}
+
+/// This worker as the PostgreSQL lease names it: pid, start time, and a
+/// namespace number that folds the host id into the PID namespace, so
+/// that the same pid in the same-numbered namespace on another host is
+/// never taken for this process.
+pub fn identity(host: &str) -> Identity {
+    let me = Identity::current();
+    Identity {
+        ns: Some(host_ns(host, process::pid_namespace())),
+        ..me
+    }
+}
+
+/// FNV-1a over the host id and the PID namespace, kept within `i64`.
+fn host_ns(host: &str, ns: Option<u64>) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in host
+        .bytes()
+        .chain([0u8])
+        .chain(ns.unwrap_or(0).to_le_bytes())
+    {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h & (i64::MAX as u64)
+}
+
+/// The lease row as stored: the lease, the host of each slot, and how
+/// many takeovers found their holder gone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PgLease {
+    /// The lease (the term is its fencing term).
+    pub lease: Lease,
+    /// The current holder's host id.
+    pub cur_host: Option<String>,
+    /// The on-deck worker's host id.
+    pub next_host: Option<String>,
+    /// Takeovers from a holder whose heartbeat had run out (it died, was
+    /// paused or was cut off) rather than one that had released the lease.
+    pub handovers: u64,
+}
+
+const LEASE_COLUMNS: &str = "term, handovers, cur_host, cur_pid, cur_start, cur_ns, cur_expires, \
+     cur_alive_until, next_host, next_pid, next_start, next_ns, next_expires, next_alive_until";
+
+fn to_u64(v: Option<i64>) -> Option<u64> {
+    v.and_then(|v| u64::try_from(v).ok())
+}
+
+fn lease_from_row(r: &Row) -> Result<PgLease, DbError> {
+    let slot = |at: usize| -> Result<Slot, DbError> {
+        Ok(Slot {
+            pid: r.int(at)?,
+            start: to_u64(r.opt_int(at + 1)?),
+            ns: to_u64(r.opt_int(at + 2)?),
+            expires: r.int(at + 3)?,
+            alive_until: r.opt_int(at + 4)?,
+        })
+    };
+    Ok(PgLease {
+        lease: Lease {
+            current: slot(3)?,
+            next: slot(9)?,
+            boot: None,
+            term: to_u64(Some(r.int(0)?)).unwrap_or(0),
+        },
+        cur_host: r.opt_text(2)?,
+        next_host: r.opt_text(8)?,
+        handovers: to_u64(Some(r.int(1)?)).unwrap_or(0),
+    })
+}
+
+fn slot_values(s: &Slot, host: Option<&str>) -> [Value; 6] {
+    let i = |v: Option<u64>| Value::from(v.map(|v| i64::try_from(v).unwrap_or(i64::MAX)));
+    [
+        if s.is_held() {
+            host.into()
+        } else {
+            Value::Null
+        },
+        s.pid.into(),
+        i(s.start),
+        i(s.ns),
+        s.expires.into(),
+        s.alive_until.into(),
+    ]
+}
+
+/// Reads the lease row (for `status` and `lease`).
+pub fn read_lease(conn: &PgConn) -> Result<PgLease, DbError> {
+    let row = conn
+        .query_opt(
+            &format!("SELECT {LEASE_COLUMNS} FROM bo_lease WHERE id = 1"),
+            &[],
+        )?
+        .ok_or_else(|| DbError::Postgres("the lease row bo_lease is missing".into()))?;
+    lease_from_row(&row)
+}
+
+fn write_lease(conn: &PgConn, l: &PgLease) -> Result<(), DbError> {
+    let mut params: Vec<Value> = vec![
+        i64::try_from(l.lease.term).unwrap_or(i64::MAX).into(),
+        i64::try_from(l.handovers).unwrap_or(i64::MAX).into(),
+    ];
+    params.extend(slot_values(&l.lease.current, l.cur_host.as_deref()));
+    params.extend(slot_values(&l.lease.next, l.next_host.as_deref()));
+    conn.execute(
+        "UPDATE bo_lease SET term = ?1, handovers = ?2,
+           cur_host = ?3, cur_pid = ?4, cur_start = ?5, cur_ns = ?6, cur_expires = ?7,
+           cur_alive_until = ?8,
+           next_host = ?9, next_pid = ?10, next_start = ?11, next_ns = ?12,
+           next_expires = ?13, next_alive_until = ?14
+         WHERE id = 1",
+        &params,
+    )
+    .map(drop)
+}
+
+/// Empties the lease row (`lease --reset`): nobody holds it, nobody is on
+/// deck. The term stays: only a takeover moves it, and a worker paused
+/// across a reset must still be fenced out.
+pub fn reset_lease(conn: &PgConn) -> Result<(), DbError> {
+    conn.write(None, || {
+        let mut l = read_lease(conn)?;
+        l.lease.current = Slot::EMPTY;
+        l.lease.next = Slot::EMPTY;
+        write_lease(conn, &l)
+    })
+}
+
+/// Whether the holder of `slot` is alive, seen from this worker at the
+/// database's time `now`: its heartbeat (or, on deck, its slot) has not
+/// run out; on this very host and PID namespace, its process also exists.
+fn alive(slot: &Slot, my_ns: Option<u64>, lease_time: i64, now: i64) -> bool {
+    if !slot.is_held() {
+        return false;
+    }
+    let beat = slot.alive_until.unwrap_or(slot.expires);
+    if beat < now {
+        return false;
+    }
+    if slot.ns.is_some() && slot.ns == my_ns {
+        // Same host, same namespace: the pid means something here.
+        let local = Slot {
+            ns: process::pid_namespace(),
+            ..*slot
+        };
+        return process::liveness_at(&local, None, lease_time, now).is_alive();
+    }
+    true
+}
+
+/// Runs one worker on a PostgreSQL repository through the lease (or
+/// without it, under `nolease`): the same protocol as [`crate::run`], with
+/// the database's clock and heartbeats for liveness.
+pub fn run(url: &PgUrl, tasks: &Tasks, opts: &RunOptions) -> crate::Result<Outcome> {
+    let conn = url.connect()?;
+    let settings = conn
+        .settings()
+        .map_err(|e| url.err("reading settings", e))?;
+    let logfile = opts.logfile.clone().or_else(|| settings.logfile.clone());
+    let project = url.redacted().to_owned();
+    let repo_key = url.key();
+    let log = Log {
+        file: logfile.as_deref(),
+        project: &project,
+        repo: &repo_key,
+    };
+    for p in &settings.problems {
+        log.error(crate::clock::now(), p);
+    }
+    if opts.nolease {
+        let _guard = engine::WorkingGuard::new(repo_key.clone());
+        let term = read_lease(&conn)
+            .map_err(|e| url.err("reading the lease", e))?
+            .lease
+            .term;
+        let report = work(&conn, tasks, opts, &log, term, None)?;
+        return Ok(Outcome::Ran(report));
+    }
+    let host = host_id();
+    let me = identity(&host);
+    let nodelay = opts.nodelay || settings.nodelay;
+    let beat = engine::Heartbeat::from_settings(&settings);
+    let mut next_warning: Option<Instant> = None;
+    let mut warn_every = Duration::from_secs(10);
+    loop {
+        let lease_time = settings.lease_time;
+        let pass = conn.write(None, || -> Result<_, DbError> {
+            let row = conn
+                .query_opt(
+                    &format!("SELECT {LEASE_COLUMNS} FROM bo_lease WHERE id = 1 FOR UPDATE"),
+                    &[],
+                )?
+                .ok_or_else(|| DbError::Postgres("the lease row bo_lease is missing".into()))?;
+            let stored = lease_from_row(&row)?;
+            // After the lock: the time the decision is made at.
+            let now = conn.now()?;
+            let key = repo_key.clone();
+            let mut is_alive = |s: &Slot| {
+                if me.holds(s) {
+                    engine::is_working(&key)
+                } else {
+                    alive(s, me.ns, lease_time, now)
+                }
+            };
+            let plan = engine::decide(
+                &stored.lease,
+                Me {
+                    id: me,
+                    boot: None,
+                    now,
+                    lease_time,
+                    grace: beat.grace_secs(),
+                    nodelay,
+                },
+                &mut is_alive,
+            );
+            // Each slot's host: a slot carried over keeps the one stored
+            // with it; a new one is this worker's.
+            let same = |a: &Slot, b: &Slot| a.pid == b.pid && a.ns == b.ns && a.start == b.start;
+            let host_of = |new: &Slot, old: &PgLease| -> Option<String> {
+                if !new.is_held() {
+                    None
+                } else if same(new, &old.lease.current) {
+                    old.cur_host.clone()
+                } else if same(new, &old.lease.next) {
+                    old.next_host.clone()
+                } else {
+                    Some(host.clone())
+                }
+            };
+            let to_write = match &plan.decision {
+                Decision::Take(l) | Decision::Queue { lease: l, .. } => Some(l),
+                _ if plan.clamped => Some(&plan.normalized),
+                _ => None,
+            };
+            if let Some(l) = to_write {
+                let gone_holder = matches!(plan.decision, Decision::Take(_))
+                    && stored.lease.current.is_held()
+                    && !me.holds(&stored.lease.current);
+                let new = PgLease {
+                    lease: l.clone(),
+                    cur_host: host_of(&l.current, &stored),
+                    next_host: host_of(&l.next, &stored),
+                    handovers: stored.handovers.saturating_add(u64::from(gone_holder)),
+                };
+                write_lease(&conn, &new)?;
+            }
+            Ok((stored, plan, now))
+        });
+        let (stored, plan, now) = pass.map_err(|e| url.err("taking the lease", e))?;
+        if opts.trace {
+            eprintln!(
+                "backoffice {}: lease {:?} -> {:?}",
+                me.pid, stored.lease, plan.decision
+            );
+        }
+        match plan.decision {
+            Decision::OnDeckExists { pid } => return Ok(Outcome::OnDeckExists { pid }),
+            Decision::Busy { holder } => return Ok(Outcome::Busy { holder }),
+            Decision::Take(taken) => {
+                let _guard = engine::WorkingGuard::new(repo_key.clone());
+                let report = work(&conn, tasks, opts, &log, taken.term, Some((me, beat)))?;
+                return Ok(Outcome::Ran(report));
+            }
+            Decision::Queue { wake_at, .. } => {
+                if let Some(msg) =
+                    engine::overrun_message(&plan.normalized.current, now, lease_time)
+                {
+                    if next_warning.is_none_or(|t| Instant::now() >= t) {
+                        log.error(now, &msg);
+                        next_warning = Instant::now().checked_add(warn_every);
+                        warn_every = warn_every.saturating_mul(2).min(Duration::from_secs(3600));
+                    }
+                }
+                // The database's clock decides; a sleep is bounded anyway.
+                let most = u64::try_from(lease_time).unwrap_or(1).saturating_add(1);
+                let secs = u64::try_from(wake_at.saturating_sub(now)).unwrap_or(0);
+                let nap = Duration::from_secs(secs)
+                    .clamp(Duration::from_millis(10), Duration::from_secs(most));
+                std::thread::sleep(nap);
+            }
+        }
+    }
+}
+
+/// The working holder's heartbeat thread: its own connection, a renewal
+/// every interval while the lease still names this worker with its term.
+struct Beating {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Beating {
+    fn start(
+        url: &PgUrl,
+        me: Identity,
+        term: u64,
+        beat: engine::Heartbeat,
+        log: &Log<'_>,
+    ) -> Beating {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let url = url.clone();
+        let file = log.file.map(Path::to_owned);
+        let project = log.project.to_owned();
+        let repo = log.repo.to_owned();
+        let spawned = std::thread::Builder::new()
+            .name("backoffice-heartbeat".into())
+            .spawn(move || {
+                let log = Log {
+                    file: file.as_deref(),
+                    project: &project,
+                    repo: &repo,
+                };
+                let mut conn: Option<PgConn> = None;
+                let mut failing = false;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    rx.recv_timeout(beat.every)
+                {
+                    let renewed = match &conn {
+                        Some(c) => renew(c, me, term, beat),
+                        None => match url.connect() {
+                            Ok(c) => renew(conn.insert(c), me, term, beat),
+                            Err(e) => Err(DbError::Postgres(e.to_string())),
+                        },
+                    };
+                    match renewed {
+                        Ok(true) => {
+                            if failing {
+                                log.error(crate::clock::now(), "heartbeat renewed again");
+                                failing = false;
+                            }
+                        }
+                        Ok(false) => {
+                            log.error(
+                                crate::clock::now(),
+                                &format!(
+                                    "the lease no longer names this worker with term {term} \
+                                     (taken over or released); heartbeat stopped"
+                                ),
+                            );
+                            return;
+                        }
+                        Err(e) => {
+                            conn = None;
+                            failing = true;
+                            log.error(
+                                crate::clock::now(),
+                                &format!("cannot renew the heartbeat: {e}"),
+                            );
+                        }
+                    }
+                }
+            });
+        match spawned {
+            Ok(t) => Beating {
+                stop: Some(tx),
+                thread: Some(t),
+            },
+            Err(e) => {
+                log.error(
+                    crate::clock::now(),
+                    &format!("cannot start the heartbeat thread ({e}); the lease will lapse"),
+                );
+                Beating {
+                    stop: None,
+                    thread: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Beating {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One renewal: pushes `cur_alive_until` to the database's now plus the
+/// grace, if the lease still names `me` with `term`.
+fn renew(c: &PgConn, me: Identity, term: u64, beat: engine::Heartbeat) -> Result<bool, DbError> {
+    let n = c.execute(
+        "UPDATE bo_lease
+            SET cur_alive_until = CAST(floor(extract(epoch FROM clock_timestamp())) AS BIGINT) + ?1
+          WHERE id = 1 AND term = ?2 AND cur_pid = ?3 AND cur_ns = ?4",
+        &[
+            beat.grace_secs().into(),
+            term.into(),
+            me.pid.into(),
+            me.ns.into(),
+        ],
+    )?;
+    Ok(n == 1)
+}
+
+/// Stamps the new events, runs the tasks under the heartbeat, then records
+/// the run and releases the lease (fenced on `term` for a holder).
+fn work(
+    conn: &PgConn,
+    tasks: &Tasks,
+    opts: &RunOptions,
+    log: &Log<'_>,
+    term: u64,
+    holder: Option<(Identity, engine::Heartbeat)>,
+) -> crate::Result<RunReport> {
+    let url = conn.url().clone();
+    let started = conn.now().unwrap_or_else(|_| crate::clock::now());
+    let t0 = Instant::now();
+    let results = {
+        let _beating = holder.map(|(me, beat)| Beating::start(&url, me, term, beat, log));
+        if let Err(e) = conn.stamp_events(holder.map(|_| term)) {
+            log.error(
+                started,
+                &format!("cannot give new events their positions: {e}"),
+            );
+        }
+        let ctx = Context {
+            db: Db::Postgres(conn),
+            repo: Path::new(url.redacted()),
+            now: started,
+            debug: opts.debug,
+            term,
+        };
+        tasks.run_all(&ctx)
+    };
+    let me = Identity::current();
+    let report = RunReport {
+        started,
+        elapsed_us: u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX),
+        pid: me.pid,
+        tasks: results,
+    };
+    let release = holder.map(|(me, _)| me);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match finish(conn, &report, release, term) {
+            Ok(()) => break,
+            Err(e) if e.is_fenced() => {
+                log.error(crate::clock::now(), &format!("run not recorded: {e}"));
+                break;
+            }
+            Err(e) if tries < engine::FINISH_TRIES => {
+                log.error(
+                    crate::clock::now(),
+                    &format!(
+                        "cannot record the run (try {tries} of {}): {e}",
+                        engine::FINISH_TRIES
+                    ),
+                );
+                std::thread::sleep(Duration::from_millis(100u64 << tries));
+            }
+            Err(e) => {
+                log.error(
+                    crate::clock::now(),
+                    &format!(
+                        "cannot record the run: {e}; the lease lapses when its heartbeat runs out"
+                    ),
+                );
+                break;
+            }
+        }
+    }
+    if !report.is_noop() || opts.debug {
+        let line = report.log_line(log.project);
+        tracing::info!(repo = %url, "{line}");
+        if let Some(f) = log.file {
+            if let Err(e) = task::append_log(f, &line) {
+                tracing::error!("{e}");
+            }
+        }
+    }
+    Ok(report)
+}
+
+/// Records the run and its totals and, for a holder, releases the lease,
+/// in one transaction fenced on `term`.
+fn finish(
+    conn: &PgConn,
+    report: &RunReport,
+    holder: Option<Identity>,
+    term: u64,
+) -> Result<(), DbError> {
+    conn.write(holder.map(|_| term), || {
+        let json = serde_json::to_string(report).unwrap_or_default();
+        conn.config_set(task::LAST_RUN_ROW, &json)?;
+        let mut totals: RunTotals = conn
+            .config_get(task::TOTALS_ROW)?
+            .and_then(|j| serde_json::from_str(&j).ok())
+            .unwrap_or_default();
+        totals.add(report);
+        conn.config_set(
+            task::TOTALS_ROW,
+            &serde_json::to_string(&totals).unwrap_or_default(),
+        )?;
+        if let Some(me) = holder {
+            let mut l = read_lease(conn)?;
+            if me.holds(&l.lease.current) {
+                l.lease.current = Slot {
+                    expires: l.lease.current.expires,
+                    ..Slot::EMPTY
+                };
+                l.cur_host = None;
+                write_lease(conn, &l)?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// What the after-request check needs to know, in one statement: the
+/// lease, the database's time, and whether any event awaits its position.
+#[derive(Clone, Debug)]
+pub struct CheckRow {
+    /// The lease row.
+    pub lease: PgLease,
+    /// The database's time, Unix seconds.
+    pub now: i64,
+    /// True if an event has no position yet (a worker must stamp it).
+    pub unstamped: bool,
+}
+
+/// Reads [`CheckRow`].
+pub fn check_row(conn: &PgConn) -> Result<CheckRow, DbError> {
+    let row = conn
+        .query_opt(
+            &format!(
+                "SELECT {LEASE_COLUMNS},
+                        CAST(floor(extract(epoch FROM clock_timestamp())) AS BIGINT),
+                        EXISTS (SELECT 1 FROM bo_event WHERE eventid IS NULL)
+                   FROM bo_lease WHERE id = 1"
+            ),
+            &[],
+        )?
+        .ok_or_else(|| DbError::Postgres("the lease row bo_lease is missing".into()))?;
+    Ok(CheckRow {
+        lease: lease_from_row(&row)?,
+        now: row.int(14)?,
+        unstamped: row.int(15)? != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_parse_with_a_schema_and_never_show_a_password() {
+        let u = PgUrl::parse(
+            "postgres://app:s3cret@db.example:5433/prod?schema=tenant_7&sslmode=disable",
+        )
+        .unwrap();
+        assert_eq!(u.schema(), "tenant_7");
+        assert_eq!(
+            u.redacted(),
+            "postgres://app:***@db.example:5433/prod?schema=tenant_7&sslmode=disable"
+        );
+        assert!(!format!("{u} {u:?}").contains("s3cret"));
+        let u =
+            PgUrl::parse("postgresql://app@%2Ftmp%2Fpg/db?password=hunter2&host=/tmp/x").unwrap();
+        assert_eq!(u.schema(), "public");
+        assert!(!u.redacted().contains("hunter2"), "{}", u.redacted());
+
+        for bad in [
+            "postgres://h/db?schema=Bad",
+            "postgres://h/db?schema=1x",
+            "postgres://h/db?schema=pg_catalog",
+            "postgres://h/db?schema=a;drop",
+            "mysql://h/db",
+        ] {
+            let e = PgUrl::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("schema") || e.contains("postgres://"),
+                "{bad}: {e}"
+            );
+        }
+        let e = PgUrl::parse("postgres://u:pw@h/db?schema=x&nonsense=1")
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains(":pw@"), "{e}");
+    }
+
+    #[test]
+    fn the_host_is_part_of_the_identity() {
+        let a = host_ns("host-a", Some(4026531836));
+        let b = host_ns("host-b", Some(4026531836));
+        assert_ne!(a, b);
+        assert_eq!(a, host_ns("host-a", Some(4026531836)));
+        assert!(i64::try_from(a).is_ok());
+    }
+}
