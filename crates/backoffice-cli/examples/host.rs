@@ -10,7 +10,8 @@
 //! ```text
 //! host demo [DIR]            the README's walk-through (default DIR: ./backoffice-demo)
 //! host simulate REPO N MS L  N requests MS ms apart, then stay alive L ms
-//! host init REPO             create the application's table
+//! host init REPO             create the application's table (REPO may be a
+//!                            postgres:// URL with ?schema=NAME)
 //! host <backoffice command>  every `backoffice` command, with the outbox task
 //! ```
 //!
@@ -194,8 +195,55 @@ impl Task for Flaky {
     }
 }
 
+/// A consumer of the event log, portable like `Outbox`: with
+/// `host-events-file` set, it appends `POSITION KIND TITLE` for each event
+/// after its cursor (`host-events-cursor`), and moves the cursor in a
+/// write fenced on the run's term.
+struct Events;
+
+impl Task for Events {
+    fn name(&self) -> &str {
+        "events"
+    }
+    fn due(&self, db: Db<'_>, _now: i64) -> Result<Due, TaskError> {
+        if config(db, "host-events-file").is_none() {
+            return Ok(Due::Never);
+        }
+        let cursor = config(db, "host-events-cursor").and_then(|v| v.parse().ok());
+        let next = backoffice::events::after(db, cursor.unwrap_or(0), 1)?;
+        Ok(if next.is_empty() {
+            Due::Never
+        } else {
+            Due::Now
+        })
+    }
+    fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
+        let Some(file) = config(ctx.db, "host-events-file") else {
+            return Ok(0);
+        };
+        let cursor: i64 = config(ctx.db, "host-events-cursor")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let evs = backoffice::events::after(ctx.db, cursor, 1000)?;
+        let Some(last) = evs.last().map(|e| e.eventid) else {
+            return Ok(0);
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)?;
+        for e in &evs {
+            writeln!(f, "{} {} {}", e.eventid, e.kind, e.title)?;
+        }
+        ctx.db.write(Some(ctx.term), |db| {
+            db.config_set("host-events-cursor", &last.to_string())
+        })?;
+        Ok(evs.len() as u64)
+    }
+}
+
 fn tasks() -> Tasks {
-    Tasks::new().with(Flaky).with(Outbox)
+    Tasks::new().with(Flaky).with(Outbox).with(Events)
 }
 
 fn main() -> ExitCode {
@@ -203,6 +251,7 @@ fn main() -> ExitCode {
     let r = match args.get(1).map(String::as_str) {
         Some("demo") => demo(args.get(2).map(PathBuf::from)),
         Some("simulate") => simulate(&args[2..]),
+        Some("init") if args.len() == 3 && backoffice::pg::is_url(&args[2]) => init_pg(&args[2]),
         Some("init") if args.len() == 3 => init(Path::new(&args[2])).map(drop),
         _ => return backoffice_cli::main(tasks()),
     };
@@ -227,6 +276,19 @@ fn init(path: &Path) -> Res<Connection> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn)
+}
+
+/// `host init URL`: the application's table in a PostgreSQL schema (the
+/// engine creates its own tables on first use).
+fn init_pg(url: &str) -> Res<()> {
+    let url = backoffice::pg::PgUrl::parse(url)?;
+    let conn = url.connect()?;
+    conn.batch(
+        "CREATE TABLE IF NOT EXISTS outbox(
+           id bigserial PRIMARY KEY, body text NOT NULL, done bigint NOT NULL DEFAULT 0);
+         CREATE INDEX IF NOT EXISTS outbox_pending ON outbox(id) WHERE done = 0;",
+    )?;
+    Ok(())
 }
 
 /// One "request" that leaves work behind.

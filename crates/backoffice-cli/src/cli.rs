@@ -135,7 +135,8 @@ pub enum Command {
 /// `backoffice run`
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Repositories (SQLite files) to service.
+    /// Repositories (SQLite files) to service; or one PostgreSQL schema as
+    /// postgres://USER@HOST/DB?schema=NAME (one worker; no sweep yet).
     #[arg(value_name = "REPO")]
     pub repos: Vec<PathBuf>,
 
@@ -198,7 +199,7 @@ pub struct LeaseArgs {
     #[arg(long)]
     pub reset: bool,
 
-    /// The repository (SQLite file).
+    /// The repository: an SQLite file, or a PostgreSQL schema as postgres://USER@HOST/DB?schema=NAME.
     #[arg(short = 'R', long = "repository", value_name = "REPO")]
     pub repository: Option<PathBuf>,
 
@@ -238,7 +239,7 @@ pub struct SettingArgs {
     #[arg(long, requires = "name")]
     pub unset: bool,
 
-    /// The repository (SQLite file).
+    /// The repository: an SQLite file, or a PostgreSQL schema as postgres://USER@HOST/DB?schema=NAME.
     #[arg(short = 'R', long = "repository", value_name = "REPO", required = true)]
     pub repository: PathBuf,
 }
@@ -250,7 +251,7 @@ pub struct StatusArgs {
     #[arg(long)]
     pub json: bool,
 
-    /// The repository (SQLite file).
+    /// The repository: an SQLite file, or a PostgreSQL schema as postgres://USER@HOST/DB?schema=NAME.
     #[arg(short = 'R', long = "repository", value_name = "REPO")]
     pub repository: Option<PathBuf>,
 
@@ -262,7 +263,7 @@ pub struct StatusArgs {
 /// `backoffice trigger`
 #[derive(Debug, Args)]
 pub struct TriggerArgs {
-    /// The repository (SQLite file).
+    /// The repository: an SQLite file, or a PostgreSQL schema as postgres://USER@HOST/DB?schema=NAME.
     #[arg(value_name = "REPO", required_unless_present = "repository")]
     pub repo: Option<PathBuf>,
 
@@ -295,7 +296,7 @@ pub struct WorkerArgs {
 /// `backoffice publish`
 #[derive(Debug, Args)]
 pub struct PublishArgs {
-    /// The repository (SQLite file).
+    /// The repository: an SQLite file, or a PostgreSQL schema as postgres://USER@HOST/DB?schema=NAME.
     #[arg(short = 'R', long = "repository", value_name = "REPO", required = true)]
     pub repository: PathBuf,
 

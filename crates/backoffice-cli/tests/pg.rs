@@ -48,6 +48,10 @@ const STOP_DEADLINE: Duration = Duration::from_secs(10);
 /// The superuser `initdb` creates (`-U`); trust authentication on the socket.
 pub const SUPERUSER: &str = "postgres";
 
+/// The password in the URLs the tests hand to `backoffice`: never sent
+/// (the cluster trusts local connections), never to be printed.
+pub const PASSWORD: &str = "s3cret-never-shown";
+
 /// The server the running tests share, if one is up.
 static SHARED: Mutex<Weak<PgServer>> = Mutex::new(Weak::new());
 
@@ -329,6 +333,16 @@ impl PgDb {
     /// The connection settings (for `postgres::Config::connect`).
     pub fn config(&self) -> postgres::Config {
         self.server.config(&self.name)
+    }
+
+    /// A repository URL for `schema` of this database, with a password
+    /// the server ignores (trust authentication) that no output may show.
+    pub fn url(&self, schema: &str) -> String {
+        format!(
+            "postgresql://{SUPERUSER}:{PASSWORD}@localhost/{}?host={}&schema={schema}",
+            self.name,
+            self.server.socket_dir().display(),
+        )
     }
 
     /// A libpq key/value connection string for this database (a socket

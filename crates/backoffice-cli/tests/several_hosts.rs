@@ -215,3 +215,225 @@ fn the_servers_clock_comes_back_through_the_client() {
         "the server's now() {first} is far from this machine's clock {local}"
     );
 }
+
+// ---- the backoffice on PostgreSQL ----
+
+use crate::harness::{Cmd, Env, wait_until};
+use std::path::Path;
+
+/// A PostgreSQL repository for the host example: its own database and
+/// schema, the application's table, a short lease and heartbeat, and a
+/// journal file the host's task writes `enter`/`exit` lines to.
+struct PgRepo {
+    db: pg::PgDb,
+    url: String,
+    schema: String,
+    journal: std::path::PathBuf,
+}
+
+impl PgRepo {
+    fn new(env: &Env, schema: &str, lease: u32, heartbeat: u32) -> Option<PgRepo> {
+        let db = pg::database()?;
+        let url = db.url(schema);
+        let r = PgRepo {
+            journal: env.path(&format!("{schema}.journal")),
+            db,
+            url,
+            schema: schema.to_owned(),
+        };
+        Cmd::host().args(["init", &r.url]).output().success();
+        r.set("backoffice-lease-time", &lease.to_string());
+        r.set("backoffice-heartbeat", &heartbeat.to_string());
+        r.set("host-journal", &r.journal.display().to_string());
+        Some(r)
+    }
+
+    fn client(&self) -> postgres::Client {
+        let mut c = self.db.connect();
+        c.batch_execute(&format!("SET search_path TO {}", self.schema))
+            .unwrap();
+        c
+    }
+
+    fn set(&self, name: &str, value: &str) {
+        self.client()
+            .execute(
+                "INSERT INTO config(name, value, mtime) VALUES ($1, $2, 0)
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                &[&name, &value],
+            )
+            .unwrap();
+    }
+
+    fn publish(&self, n: usize) {
+        let mut c = self.client();
+        for i in 0..n {
+            c.execute(
+                "INSERT INTO outbox(body) VALUES ($1)",
+                &[&format!("item {i}")],
+            )
+            .unwrap();
+        }
+    }
+
+    fn pending(&self) -> i64 {
+        self.client()
+            .query_one("SELECT count(*) FROM outbox WHERE done = 0", &[])
+            .unwrap()
+            .get(0)
+    }
+
+    /// (term, handovers, current pid, current host).
+    fn lease(&self) -> (i64, i64, i64, Option<String>) {
+        let r = self
+            .client()
+            .query_one(
+                "SELECT term, handovers, cur_pid, cur_host FROM bo_lease WHERE id = 1",
+                &[],
+            )
+            .unwrap();
+        (r.get(0), r.get(1), r.get(2), r.get(3))
+    }
+
+    /// The journal's runs, checked to alternate strictly `enter`, `exit`
+    /// of the same pid (pids are per namespace, so two hosts may share
+    /// one; two workers at once would show as `enter`, `enter`). Returns
+    /// (enter, exit) nanos; a last `enter` without `exit` is allowed when
+    /// `open_end`.
+    fn runs(&self, open_end: bool) -> Vec<(u128, u128)> {
+        let text = std::fs::read_to_string(&self.journal).unwrap_or_default();
+        let lines: Vec<(String, u32, u128)> = text
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (
+                    f[0].to_owned(),
+                    f[1].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                )
+            })
+            .collect();
+        let mut runs = Vec::new();
+        let mut i = 0;
+        while i < lines.len() {
+            let (k, pid, t0) = &lines[i];
+            assert_eq!(k, "enter", "line {i} of {lines:?}");
+            match lines.get(i + 1) {
+                Some((k2, pid2, t1)) => {
+                    assert!(
+                        k2 == "exit" && pid2 == pid,
+                        "two workers at once: line {i} {:?} then {:?} (all: {lines:?})",
+                        lines[i],
+                        lines[i + 1]
+                    );
+                    runs.push((*t0, *t1));
+                }
+                None => assert!(open_end, "a run never exited: {lines:?}"),
+            }
+            i += 2;
+        }
+        runs
+    }
+}
+
+fn host_at(host: &str) -> Cmd {
+    Cmd::host().env("BACKOFFICE_HOST_ID", host)
+}
+
+/// Issue 12, items 1–4 and 8, end to end through the commands: a host's
+/// own (portable) task runs on a PostgreSQL schema; `setting`, `publish`,
+/// `lease` and `status` work on the URL; the lease names the host; the
+/// status shows the term, the holder and the clock gap; and the password
+/// in the URL is never printed.
+#[test]
+fn a_hosts_task_runs_on_a_postgresql_schema_through_the_commands() {
+    let env = Env::new();
+    let Some(r) = PgRepo::new(&env, "tenant_a", 1, 1) else {
+        return;
+    };
+    let out = env.path("out");
+    let mut said = String::new();
+    said += &Cmd::host()
+        .args([
+            "setting",
+            "-R",
+            &r.url,
+            "host-outdir",
+            out.to_str().unwrap(),
+        ])
+        .output()
+        .success();
+    let bad = Cmd::host()
+        .args(["setting", "-R", &r.url, "backoffice-lease-time", "soon"])
+        .output()
+        .failure();
+    assert!(bad.contains("backoffice-lease-time"), "{bad}");
+    r.publish(3);
+    said += &host_at("host-a").args(["run", &r.url]).output().success();
+    assert_eq!(r.pending(), 0);
+    let files = std::fs::read_dir(&out).unwrap().count();
+    assert_eq!(files, 3, "one file per row");
+    let (term, _, pid, host) = r.lease();
+    assert_eq!((term, pid, host), (1, 0, None), "taken once, released");
+
+    // Events: published through the command, given positions by the worker,
+    // read by the host's events task.
+    let events = env.path("events.txt");
+    r.set("host-events-file", events.to_str().unwrap());
+    for title in ["first", "second"] {
+        said += &Cmd::host()
+            .args([
+                "publish",
+                "-R",
+                &r.url,
+                "--no-trigger",
+                "--kind",
+                "note",
+                "--title",
+                title,
+            ])
+            .output()
+            .success();
+    }
+    said += &host_at("host-a").args(["run", &r.url]).output().success();
+    assert_eq!(
+        std::fs::read_to_string(&events).unwrap(),
+        "1 note first\n2 note second\n"
+    );
+
+    let st = host_at("host-a")
+        .args(["status", &r.url])
+        .output()
+        .success();
+    said += &st;
+    assert!(st.contains("term:        2"), "{st}");
+    assert!(st.contains("PostgreSQL"), "{st}");
+    assert!(st.contains("db clock:"), "{st}");
+    assert!(st.contains("task outbox: nothing due"), "{st}");
+    let json = Cmd::host()
+        .args(["status", "--json", &r.url])
+        .output()
+        .success();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["cluster"]["term"], 2);
+    assert!(
+        v["cluster"]["clock_gap"].as_i64().unwrap().abs() <= 2,
+        "{json}"
+    );
+    said += &json;
+    said += &Cmd::host().args(["lease", &r.url]).output().success();
+    said += &Cmd::host().args(["trigger", &r.url]).output().success();
+
+    // A command that works on SQLite files only says so, password hidden.
+    let e = Cmd::host()
+        .args(["outbox", "list", "-R", &r.url])
+        .output()
+        .failure();
+    assert!(e.contains("PostgreSQL repository"), "{e}");
+    said += &e;
+    assert!(
+        !said.contains(pg::PASSWORD),
+        "a password was printed: {said}"
+    );
+    assert!(said.contains("***"), "{said}");
+}

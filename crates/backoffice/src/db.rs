@@ -399,6 +399,42 @@ impl<'a> Db<'a> {
     }
 }
 
+/// True if `s` names a PostgreSQL repository (`postgres://` or
+/// `postgresql://`) rather than an SQLite file.
+pub fn is_pg_url(s: &str) -> bool {
+    s.starts_with("postgres://") || s.starts_with("postgresql://")
+}
+
+/// `s` with the password of its user part, and any `password=` parameter,
+/// replaced by `***`: how a repository URL is shown.
+pub fn redact_url(s: &str) -> String {
+    let mut out = s.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let auth_start = scheme_end + 3;
+        let auth_end = out[auth_start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| auth_start + i);
+        if let Some(at) = out[auth_start..auth_end].rfind('@') {
+            let userinfo = &out[auth_start..auth_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(auth_start + colon + 1..auth_start + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (base, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|p| match p.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => p.to_owned(),
+            })
+            .collect();
+        out = format!("{base}{}", query.join("&"));
+    }
+    out
+}
+
 /// Rewrites SQLite's `?N` parameters as PostgreSQL's `$N`, leaving string
 /// literals, quoted identifiers and comments alone.
 pub fn to_postgres_sql(sql: &str) -> String {

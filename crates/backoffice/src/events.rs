@@ -352,6 +352,9 @@ pub enum PublishError {
     /// SQLite refused.
     #[error("cannot publish the event: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The store refused (PostgreSQL), in its words.
+    #[error("cannot publish the event: {0}")]
+    Store(String),
 }
 
 /// True if `kind` is a valid event kind.
@@ -365,7 +368,9 @@ pub fn valid_kind(kind: &str) -> bool {
 /// Checks an event against the limits ([`MAX_TITLE`] and the rest) and
 /// returns its title, url and author folded onto one line.
 #[allow(clippy::type_complexity)]
-fn checked(ev: &Event) -> Result<(String, Option<String>, Option<String>), PublishError> {
+pub(crate) fn checked(
+    ev: &Event,
+) -> Result<(String, Option<String>, Option<String>), PublishError> {
     let too_long = |field, max, unit| PublishError::TooLong { field, max, unit };
     if !valid_kind(&ev.kind) {
         return Err(PublishError::Kind(ev.kind.clone()));
@@ -443,6 +448,43 @@ pub fn publish(conn: &Connection, ev: &Event) -> Result<i64, PublishError> {
     // On its own: whatever fails, COMMIT included, leaves no transaction
     // open.
     crate::repo::in_write(conn, write)
+}
+
+/// Events after position `cursor`, oldest first, at most `limit`, on either
+/// store: the portable form of [`events_after`]. On PostgreSQL an event's
+/// `eventid` is its position in commit order (see [`crate::pg`]): events
+/// not yet given one by a worker are not returned yet, so a cursor that
+/// follows positions never skips one.
+pub fn after(
+    db: crate::Db<'_>,
+    cursor: i64,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, crate::db::DbError> {
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = db.query(
+        "SELECT eventid, kind, title, body, url, author, mtime FROM bo_event
+          WHERE eventid > ?1 ORDER BY eventid LIMIT ?2",
+        &[cursor.into(), limit.into()],
+    );
+    let rows = match rows {
+        Ok(r) => r,
+        // No event was ever published here.
+        Err(crate::db::DbError::Sqlite(e)) if crate::repo::is_no_such_table(&e) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    rows.iter()
+        .map(|r| {
+            Ok(StoredEvent {
+                eventid: r.int(0)?,
+                kind: r.text(1)?,
+                title: r.text(2)?,
+                body: r.text(3)?,
+                url: r.opt_text(4)?,
+                author: r.opt_text(5)?,
+                time: r.int(6)?,
+            })
+        })
+        .collect()
 }
 
 /// Collapses control characters and runs of whitespace into single spaces.

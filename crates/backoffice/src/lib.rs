@@ -113,7 +113,7 @@ mod trigger;
 pub mod writes;
 
 pub use db::Db;
-pub use engine::{LEASE_ROW, Outcome, RunOptions, read_lease, run};
+pub use engine::{HEARTBEAT_GRACE_BEATS, LEASE_ROW, Outcome, RunOptions, read_lease, run};
 pub use error::{Error, Result};
 pub use lease::{Lease, Slot};
 pub use repo::Repo;
@@ -121,6 +121,7 @@ pub use task::{
     Context, Due, Gauge, Partial, RunReport, RunTotals, Task, TaskError, TaskResult, TaskStatus,
     Tasks, short_line,
 };
+pub use task::{LAST_RUN_ROW, TOTALS_ROW};
 pub use trigger::{Backoffice, Check, Started, worker_main};
 
 /// The lease decision and the `/proc` parser, for the fuzz targets in

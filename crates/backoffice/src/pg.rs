@@ -112,7 +112,7 @@ INSERT INTO bo_meta VALUES ('event-seq', '0') ON CONFLICT DO NOTHING;
 
 /// True if `s` names a PostgreSQL repository rather than an SQLite file.
 pub fn is_url(s: &str) -> bool {
-    s.starts_with("postgres://") || s.starts_with("postgresql://")
+    crate::db::is_pg_url(s)
 }
 
 /// A PostgreSQL repository's address: the connection and the schema.
@@ -261,31 +261,7 @@ impl PgUrl {
 /// `s` with the password of its user part, and any `password=` parameter,
 /// replaced by `***`.
 pub fn redact(s: &str) -> String {
-    let mut out = s.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let auth_start = scheme_end + 3;
-        let auth_end = out[auth_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| auth_start + i);
-        if let Some(at) = out[auth_start..auth_end].rfind('@') {
-            let userinfo = &out[auth_start..auth_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(auth_start + colon + 1..auth_start + at, "***");
-            }
-        }
-    }
-    if let Some(q) = out.find('?') {
-        let (base, query) = out.split_at(q + 1);
-        let query: Vec<String> = query
-            .split('&')
-            .map(|p| match p.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => p.to_owned(),
-            })
-            .collect();
-        out = format!("{base}{}", query.join("&"));
-    }
-    out
+    crate::db::redact_url(s)
 }
 
 /// A PostgreSQL error as text: the server's message, detail and hint, or
@@ -1190,7 +1166,8 @@ fn finish(
 }
 
 /// What the after-request check needs to know, in one statement: the
-/// lease, the database's time, and whether any event awaits its position.
+/// lease, the database's time, the two settings it reads, and whether any
+/// event awaits its position.
 #[derive(Clone, Debug)]
 pub struct CheckRow {
     /// The lease row.
@@ -1199,6 +1176,10 @@ pub struct CheckRow {
     pub now: i64,
     /// True if an event has no position yet (a worker must stamp it).
     pub unstamped: bool,
+    /// `backoffice-disable` is on.
+    pub disabled: bool,
+    /// `backoffice-lease-time`, seconds.
+    pub lease_time: i64,
 }
 
 /// Reads [`CheckRow`].
@@ -1208,7 +1189,9 @@ pub fn check_row(conn: &PgConn) -> Result<CheckRow, DbError> {
             &format!(
                 "SELECT {LEASE_COLUMNS},
                         CAST(floor(extract(epoch FROM clock_timestamp())) AS BIGINT),
-                        EXISTS (SELECT 1 FROM bo_event WHERE eventid IS NULL)
+                        EXISTS (SELECT 1 FROM bo_event WHERE eventid IS NULL),
+                        (SELECT value FROM config WHERE name = 'backoffice-disable'),
+                        (SELECT value FROM config WHERE name = 'backoffice-lease-time')
                    FROM bo_lease WHERE id = 1"
             ),
             &[],
@@ -1218,7 +1201,148 @@ pub fn check_row(conn: &PgConn) -> Result<CheckRow, DbError> {
         lease: lease_from_row(&row)?,
         now: row.int(14)?,
         unstamped: row.int(15)? != 0,
+        disabled: row
+            .opt_text(16)?
+            .as_deref()
+            .and_then(crate::settings::parse_bool)
+            == Some(true),
+        lease_time: Settings::from_pairs(
+            row.opt_text(17)?
+                .as_deref()
+                .map(|v| (crate::settings::LEASE_TIME, v)),
+        )
+        .lease_time,
     })
+}
+
+/// Publishes an event on a PostgreSQL repository, normally inside the
+/// application's own transaction: pass its `postgres::Transaction` (or a
+/// `Client` for a transaction of its own), so the event commits or rolls
+/// back with the data it is about. The event is inserted without a
+/// position; the next worker gives it one (see the module docs). Returns
+/// its row id. Never `NOTIFY`s: a `NOTIFY` in the application's
+/// transaction would serialise every commit on the server.
+///
+/// The schema must have been set up (any `backoffice` command on the URL,
+/// or [`PgUrl::connect`]). The plain-SQL form, for hosts in other
+/// languages, is the same statement:
+///
+/// ```sql
+/// INSERT INTO SCHEMA.bo_event(kind, title, body, url, author, mtime)
+/// VALUES ($1, $2, $3, $4, $5, CAST(extract(epoch FROM now()) AS BIGINT));
+/// ```
+pub fn publish(
+    client: &mut impl postgres::GenericClient,
+    schema: &str,
+    ev: &crate::events::Event,
+) -> Result<i64, crate::events::PublishError> {
+    let (title, url, author) = crate::events::checked(ev)?;
+    if !valid_schema(schema) {
+        return Err(crate::events::PublishError::Store(format!(
+            "schema {schema:?} is not a valid schema name"
+        )));
+    }
+    let sql = format!(
+        "INSERT INTO {schema}.bo_event(kind, title, body, url, author, mtime)
+         VALUES ($1, $2, $3, $4, $5,
+                 COALESCE($6, CAST(floor(extract(epoch FROM now())) AS BIGINT)))
+         RETURNING id"
+    );
+    let row = client
+        .query_one(&sql, &[&ev.kind, &title, &ev.body, &url, &author, &ev.time])
+        .map_err(|e| crate::events::PublishError::Store(pg_err(e).to_string()))?;
+    Ok(row.get(0))
+}
+
+/// The after-request check on a PostgreSQL repository: the lease, the
+/// database's clock, `backoffice-disable` and unstamped events in one
+/// statement, then the tasks' own `due`. Never fails: problems come back
+/// as [`crate::Check::Unavailable`].
+pub fn check(conn: &PgConn, tasks: &Tasks) -> crate::Check {
+    use crate::Check;
+    let unavailable = |e: DbError| Check::Unavailable {
+        reason: e.to_string(),
+    };
+    let row = match check_row(conn) {
+        Ok(r) => r,
+        Err(e) => return unavailable(e),
+    };
+    if row.disabled {
+        return Check::Disabled;
+    }
+    let now = row.now;
+    let next = &row.lease.lease.next;
+    let lease_time = row.lease_time;
+    let my_ns = identity(&host_id()).ns;
+    if next.is_held() && next.expires >= now && alive(next, my_ns, lease_time, now) {
+        return Check::OnDeck { pid: next.pid };
+    }
+    if row.unstamped {
+        return Check::Needed;
+    }
+    match tasks.due(Db::Postgres(conn), now) {
+        d if d.is_due(now) => Check::Needed,
+        task::Due::At(t) => Check::NothingDue { next: Some(t) },
+        _ => Check::NothingDue { next: None },
+    }
+}
+
+/// The name of the environment variable that hands a worker its
+/// repository's full URL (a password never goes on a command line, where
+/// `ps` would show it).
+pub const URL_ENV: &str = "BACKOFFICE_PG_URL";
+
+/// Starts a detached worker for a PostgreSQL repository: `cmd` with the
+/// redacted URL as its argument and the full one in [`URL_ENV`].
+pub fn spawn_worker(
+    cmd: &process::WorkerCommand,
+    url: &PgUrl,
+    logfile: Option<&Path>,
+) -> std::io::Result<std::process::Child> {
+    cmd.spawn_with(
+        url.redacted().as_ref(),
+        logfile,
+        &[(URL_ENV, url.secret_full())],
+    )
+}
+
+/// The URL a worker was started for: the full one from [`URL_ENV`] when it
+/// matches `arg` once redacted, else `arg` itself.
+pub fn worker_url(arg: &str) -> Result<PgUrl, crate::Error> {
+    match std::env::var(URL_ENV) {
+        Ok(full) if redact(&full) == arg => PgUrl::parse(&full),
+        _ => PgUrl::parse(arg),
+    }
+}
+
+/// The body of a detached worker process for a PostgreSQL repository: as
+/// [`crate::worker_main`]. Returns the exit status.
+pub fn worker_main(arg: &str, logfile: Option<&Path>, tasks: &Tasks) -> i32 {
+    process::detach();
+    let result = worker_url(arg).and_then(|url| {
+        let opts = RunOptions {
+            logfile: logfile.map(Path::to_owned),
+            ..RunOptions::default()
+        };
+        run(&url, tasks, &opts)
+    });
+    match result {
+        Ok(outcome) => {
+            tracing::debug!(repo = %redact(arg), ?outcome, "worker done");
+            0
+        }
+        Err(e) => {
+            let msg = format!("worker {}: {e}", std::process::id());
+            tracing::error!(repo = %redact(arg), "{msg}");
+            if let Some(log) = logfile {
+                let _ = task::append_log(
+                    log,
+                    &task::error_line(crate::clock::now(), &redact(arg), &msg),
+                );
+            }
+            1
+        }
+    }
 }
 
 #[cfg(test)]

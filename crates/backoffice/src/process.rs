@@ -409,7 +409,19 @@ impl WorkerCommand {
     /// closes anything else it finds in [`detach`]).
     pub fn spawn(&self, repo: &Path, logfile: Option<&Path>) -> std::io::Result<Child> {
         let repo = std::path::absolute(repo)?;
+        self.spawn_with(repo.as_os_str(), logfile, &[])
+    }
+
+    /// [`WorkerCommand::spawn`] with the repository argument as given (a
+    /// URL is not a path to make absolute) and extra environment variables.
+    pub fn spawn_with(
+        &self,
+        repo: &std::ffi::OsStr,
+        logfile: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> std::io::Result<Child> {
         let mut cmd = Command::new(&self.program);
+        cmd.envs(env.iter().copied());
         cmd.args(&self.args);
         if let Some(log) = logfile {
             cmd.arg("--logfile").arg(std::path::absolute(log)?);

@@ -148,6 +148,13 @@ impl Repo {
     /// Opens `path`, waiting at most `busy` for another writer's lock.
     pub fn open_with(path: impl AsRef<Path>, busy: Duration) -> Result<Repo> {
         let path = path.as_ref();
+        if let Some(url) = path.to_str().filter(|s| crate::db::is_pg_url(s)) {
+            return Err(Error::BadUrl {
+                url: crate::db::redact_url(url),
+                problem: "a PostgreSQL repository, and this works on SQLite repository files only"
+                    .into(),
+            });
+        }
         match std::fs::metadata(path) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::NotFound {

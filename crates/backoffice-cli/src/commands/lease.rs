@@ -15,6 +15,9 @@ use crate::cli::LeaseArgs;
 /// Runs `backoffice lease`.
 pub fn run(a: LeaseArgs) -> Result<ExitCode> {
     let path = super::repo_path(a.repository, a.repo)?;
+    if let Some(url) = super::pg::url(&path)? {
+        return super::pg::lease(&url, a.reset);
+    }
     let repo = super::open(&path)?;
     if a.reset {
         repo.unset(LEASE_ROW)?;

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod maintain;
 pub mod outbox;
 pub mod peer;
+pub mod pg;
 pub mod pid;
 pub mod publish;
 pub mod run;
@@ -55,7 +56,10 @@ pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
             Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
         }
         Command::Worker(a) => {
-            let code = backoffice::worker_main(&a.repo, a.logfile.as_deref(), &tasks);
+            let code = match a.repo.to_str().filter(|s| backoffice::pg::is_url(s)) {
+                Some(url) => backoffice::pg::worker_main(url, a.logfile.as_deref(), &tasks),
+                None => backoffice::worker_main(&a.repo, a.logfile.as_deref(), &tasks),
+            };
             Ok(ExitCode::from(code as u8))
         }
     }

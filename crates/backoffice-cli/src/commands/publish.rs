@@ -24,8 +24,6 @@ pub fn run(a: PublishArgs, tasks: Tasks) -> Result<ExitCode> {
         }
         None => a.body.unwrap_or_default(),
     };
-    let repo = super::open(&a.repository)?;
-    repo.writable()?;
     let ev = Event {
         kind: a.kind,
         title: a.title,
@@ -34,6 +32,11 @@ pub fn run(a: PublishArgs, tasks: Tasks) -> Result<ExitCode> {
         author: a.author,
         time: None,
     };
+    if let Some(url) = super::pg::url(&a.repository)? {
+        return super::pg::publish(&url, &ev, &tasks, a.no_trigger);
+    }
+    let repo = super::open(&a.repository)?;
+    repo.writable()?;
     let id = events::publish(repo.conn(), &ev)?;
     println!("published event {id}");
     if !a.no_trigger {

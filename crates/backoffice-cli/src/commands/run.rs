@@ -1,6 +1,6 @@
 //! `backoffice run`: one worker, a sweep, or `--poll` forever.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -28,6 +28,26 @@ pub fn run(a: RunArgs, tasks: Tasks) -> Result<ExitCode> {
         logfile: a.logfile,
     };
     let busy = Duration::from_millis(a.busy_timeout);
+    if let Some(url) = super::pg::url(&repos[0])? {
+        if repos.len() > 1 || a.poll.is_some() {
+            bail!(
+                "sweeps and --poll over PostgreSQL repositories are not supported yet: \
+                 run one worker per URL (`backoffice run URL`), e.g. from cron"
+            );
+        }
+        let outcome = super::pg::run(&url, &tasks, &opts)?;
+        report_outcome(Path::new(url.redacted()), &outcome, &opts);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(u) = repos
+        .iter()
+        .find(|r| r.to_str().is_some_and(backoffice::pg::is_url))
+    {
+        bail!(
+            "{}: PostgreSQL repositories cannot be swept together with others yet",
+            backoffice::db::redact_url(&u.to_string_lossy())
+        );
+    }
     if repos.len() == 1 && a.poll.is_none() {
         let mut repo = Repo::open_with(&repos[0], busy)?;
         let outcome = backoffice::run(&mut repo, &tasks, &opts)?;

@@ -15,6 +15,9 @@ pub fn run(a: SettingArgs, tasks: &Tasks) -> Result<ExitCode> {
     // Check the name before touching the repository, so a typo is reported
     // as a typo even when the repository has problems of its own.
     let def = a.name.as_deref().map(|n| registry.def(n)).transpose()?;
+    if let Some(url) = super::pg::url(&a.repository)? {
+        return super::pg::setting(&url, tasks, a.name.as_deref(), a.value, a.unset);
+    }
     let repo = super::open(&a.repository)?;
     let show = |d: &settings::Def| -> Result<String> {
         Ok(match repo.get(d.name)? {

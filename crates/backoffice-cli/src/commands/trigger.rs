@@ -10,6 +10,9 @@ use crate::cli::TriggerArgs;
 /// Runs `backoffice trigger`.
 pub fn run(a: TriggerArgs, tasks: Tasks) -> Result<ExitCode> {
     let path = super::repo_path(a.repository, a.repo)?;
+    if let Some(url) = super::pg::url(&path)? {
+        return super::pg::trigger(&url, &tasks, a.quiet);
+    }
     // The check never waits for a lock, and neither does opening the
     // repository for it: a locked repository answers "not now".
     let repo = match Repo::open_with(&path, backoffice::repo::CHECK_BUSY_TIMEOUT) {
