@@ -425,7 +425,7 @@ fn a_long_lived_host_that_cannot_release_its_lease_does_not_stall_the_repository
 /// True if this test may run workers in PID namespaces of their own
 /// (`unshare --pid`, root); otherwise says why it skips (and fails under
 /// `BACKOFFICE_REQUIRE_EXTERNAL=1`).
-fn pid_namespaces() -> bool {
+pub(crate) fn pid_namespaces() -> bool {
     let required = std::env::var("BACKOFFICE_REQUIRE_EXTERNAL").as_deref() == Ok("1");
     if !crate::harness::is_root() {
         assert!(

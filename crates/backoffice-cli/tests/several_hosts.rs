@@ -219,7 +219,6 @@ fn the_servers_clock_comes_back_through_the_client() {
 // ---- the backoffice on PostgreSQL ----
 
 use crate::harness::{Cmd, Env, wait_until};
-use std::path::Path;
 
 /// A PostgreSQL repository for the host example: its own database and
 /// schema, the application's table, a short lease and heartbeat, and a
@@ -250,7 +249,7 @@ impl PgRepo {
 
     fn client(&self) -> postgres::Client {
         let mut c = self.db.connect();
-        c.batch_execute(&format!("SET search_path TO {}", self.schema))
+        c.batch_execute(&format!("SET search_path TO \"{}\"", self.schema))
             .unwrap();
         c
     }
@@ -436,4 +435,202 @@ fn a_hosts_task_runs_on_a_postgresql_schema_through_the_commands() {
         "a password was printed: {said}"
     );
     assert!(said.contains("***"), "{said}");
+}
+
+/// A command for `host` as a process of its own "host": its host id, and
+/// (when `ns`) its own PID namespace, so that no pid is visible across
+/// hosts and only the heartbeat tells whether a holder lives.
+fn on_host(host: &str, ns: bool, args: &[&str]) -> Cmd {
+    let c = if ns {
+        Cmd::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc"])
+            .arg(crate::harness::host_bin())
+    } else {
+        Cmd::host()
+    };
+    c.args(args).env("BACKOFFICE_HOST_ID", host)
+}
+
+/// Issue 12, tests: 30 concurrent workers from 3 hosts on one repository,
+/// in repeated bursts with a short lease (1 s). Each host runs in a PID
+/// namespace of its own where permitted. The journal proves that never two
+/// worked at once, and that runs began at least a lease time apart.
+#[test]
+fn thirty_workers_from_three_hosts_never_work_at_once() {
+    let env = Env::new();
+    let Some(r) = PgRepo::new(&env, "burst", 1, 1) else {
+        return;
+    };
+    let ns = crate::liveness::pid_namespaces();
+    r.set("host-work-ms", "150");
+    for burst in 0..3 {
+        r.publish(5);
+        let mut kids = Vec::new();
+        for h in ["host-a", "host-b", "host-c"] {
+            for _ in 0..10 {
+                kids.push(on_host(h, ns, &["run", &r.url]).spawn());
+            }
+        }
+        for mut k in kids {
+            let st = crate::harness::wait_child(&mut k, Duration::from_secs(60), "a worker");
+            assert!(st.success(), "burst {burst}: a worker failed");
+        }
+    }
+    assert_eq!(r.pending(), 0, "nothing left behind");
+    let runs = r.runs(false);
+    assert!(runs.len() >= 3, "{runs:?}");
+    for w in runs.windows(2) {
+        let gap_ms = (w[1].0 - w[0].0) / 1_000_000;
+        // Runs are spaced by the lease (1 s, on the database's clock, in
+        // whole seconds); the journal's times are taken a little after each
+        // take-over, so allow that much.
+        assert!(gap_ms >= 900, "runs began {gap_ms} ms apart: {runs:?}");
+    }
+    let (term, ..) = r.lease();
+    assert_eq!(term as usize, runs.len(), "one term per run that worked");
+}
+
+/// Issue 12, tests: a holder SIGKILLed mid-batch on one host; a worker on
+/// another host waits on deck and takes over once the dead holder's
+/// heartbeat has run out (heartbeat 1 s, so 4 s), within a lease time plus
+/// that; the batch is done, nothing lost, and the takeover counts as a
+/// hand-over.
+#[test]
+fn a_killed_holder_is_taken_over_by_another_host_after_its_heartbeat() {
+    let env = Env::new();
+    let Some(r) = PgRepo::new(&env, "killed", 1, 1) else {
+        return;
+    };
+    r.set("host-work-ms", "60000");
+    r.publish(4);
+    let mut a = on_host("host-a", false, &["run", &r.url]).spawn();
+    assert!(
+        wait_until(DEADLINE, || std::fs::read_to_string(&r.journal)
+            .is_ok_and(|t| t.contains("enter"))),
+        "host-a never started"
+    );
+    let (_, _, pid_a, host) = r.lease();
+    assert_eq!(host.as_deref(), Some("host-a"));
+    a.kill().unwrap();
+    a.wait().unwrap();
+    let killed = Instant::now();
+    r.set("host-work-ms", "0");
+    let b = on_host("host-b", false, &["run", &r.url])
+        .output()
+        .success();
+    let took = killed.elapsed();
+    assert_eq!(r.pending(), 0, "host-b did the batch: {b}");
+    let (term, handovers, pid, _) = r.lease();
+    assert_eq!((term, handovers, pid), (2, 1, 0), "pid_a {pid_a}");
+    // Lease 1 s + heartbeat grace 4 s, plus the database's whole seconds
+    // and a loaded machine; a worker that ignored the heartbeat would have
+    // taken over at once, one that waited for nothing would never finish.
+    assert!(took >= Duration::from_secs(2), "{took:?}");
+    assert!(took <= Duration::from_secs(15), "{took:?}");
+}
+
+/// Issue 12, item 4: a holder SIGSTOPped past its heartbeat; another host
+/// takes the lease over and delivers the batch; then the paused one is
+/// continued. Its fenced progress writes are refused (term 1, the lease
+/// says 2): it stops, commits nothing, and every row is recorded once,
+/// by the worker that holds the lease.
+#[test]
+fn a_paused_holder_is_fenced_out_after_another_host_takes_over() {
+    let env = Env::new();
+    let Some(r) = PgRepo::new(&env, "paused", 1, 1) else {
+        return;
+    };
+    let log = env.path("paused.log");
+    r.set("backoffice-logfile", log.to_str().unwrap());
+    r.set("host-fenced-write", "on");
+    r.set("host-work-ms", "3000");
+    r.publish(3);
+    let mut a = on_host("host-a", false, &["run", &r.url]).spawn();
+    assert!(
+        wait_until(DEADLINE, || std::fs::read_to_string(&r.journal)
+            .is_ok_and(|t| t.contains("enter"))),
+        "host-a never started"
+    );
+    let pid = rustix::process::Pid::from_raw(a.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // host-b waits on deck until host-a's heartbeat has run out, then
+    // takes over and delivers.
+    on_host("host-b", false, &["run", &r.url])
+        .output()
+        .success();
+    assert_eq!(r.pending(), 0);
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    let st = crate::harness::wait_child(&mut a, DEADLINE, "the paused worker");
+    assert!(st.success());
+    let rows: Vec<(i64, i64)> = r
+        .client()
+        .query("SELECT id, term FROM host_delivered ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(1, 2), (2, 2), (3, 2)],
+        "each row once, by term 2"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("fenced"),
+        "the paused worker's refusal is logged: {text}"
+    );
+    let (term, handovers, ..) = r.lease();
+    assert_eq!((term, handovers), (2, 1));
+}
+
+/// Issue 12, item 5: two publishers whose transactions commit in the
+/// reverse order of their ids. (The schema is called `order`, an SQL
+/// keyword: every statement must quote it.) The event that commits first gets the
+/// first position, the other one the next when it has committed: the
+/// events task, which follows positions, reads both, the later-committed
+/// one after, and none is skipped.
+#[test]
+fn events_committed_out_of_id_order_are_never_skipped() {
+    let env = Env::new();
+    let Some(r) = PgRepo::new(&env, "order", 1, 1) else {
+        return;
+    };
+    let events = env.path("events.txt");
+    r.set("host-events-file", events.to_str().unwrap());
+    let ev = |title: &str| backoffice::events::Event {
+        kind: "note".into(),
+        title: title.into(),
+        body: String::new(),
+        url: None,
+        author: None,
+        time: None,
+    };
+    let mut c1 = r.client();
+    let mut c2 = r.client();
+    let mut t1 = c1.transaction().unwrap();
+    let id1 = backoffice::pg::publish(&mut t1, &r.schema, &ev("slow")).unwrap();
+    let mut t2 = c2.transaction().unwrap();
+    let id2 = backoffice::pg::publish(&mut t2, &r.schema, &ev("fast")).unwrap();
+    assert!(id1 < id2);
+    t2.commit().unwrap();
+    // A worker now sees only the later id.
+    on_host("host-a", false, &["run", &r.url])
+        .output()
+        .success();
+    assert_eq!(std::fs::read_to_string(&events).unwrap(), "1 note fast\n");
+    t1.commit().unwrap();
+    // The check sees an event without a position, and a worker reads it.
+    let said = on_host("host-b", false, &["trigger", &r.url])
+        .output()
+        .success();
+    assert!(said.contains("work is due"), "{said}");
+    assert!(
+        wait_until(DEADLINE, || std::fs::read_to_string(&events)
+            .is_ok_and(|t| t.lines().count() == 2)),
+        "the worker started by trigger never read the second event"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&events).unwrap(),
+        "1 note fast\n2 note slow\n"
+    );
 }

@@ -140,8 +140,9 @@ impl std::fmt::Display for PgUrl {
 const MAX_SCHEMA: usize = 63;
 
 /// True if `s` is a schema name we accept: lower-case letters, digits and
-/// `_`, not starting with a digit, at most 63 bytes (so it needs no quoting
-/// and cannot be folded into another name).
+/// `_`, not starting with a digit or `pg_`, at most 63 bytes (so it is
+/// never folded into another name). It is still always quoted: `order` or
+/// `user` are valid names and SQL keywords.
 pub fn valid_schema(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_SCHEMA
@@ -235,7 +236,7 @@ impl PgUrl {
             url: self.clone(),
         };
         conn.batch(&format!(
-            "SET search_path TO {s}; SET lock_timeout = '30s'",
+            "SET search_path TO \"{s}\"; SET lock_timeout = '30s'",
             s = self.schema
         ))
         .map_err(|e| err("selecting the schema", e))?;
@@ -433,7 +434,7 @@ impl PgConn {
         self.write(None, || {
             self.batch(&format!(
                 "SELECT pg_advisory_xact_lock(hashtext('backoffice:{s}'));
-                 CREATE SCHEMA IF NOT EXISTS {s};",
+                 CREATE SCHEMA IF NOT EXISTS \"{s}\";",
                 s = self.url.schema
             ))?;
             let found = self.version()?;
@@ -1228,7 +1229,7 @@ pub fn check_row(conn: &PgConn) -> Result<CheckRow, DbError> {
 /// languages, is the same statement:
 ///
 /// ```sql
-/// INSERT INTO SCHEMA.bo_event(kind, title, body, url, author, mtime)
+/// INSERT INTO "SCHEMA".bo_event(kind, title, body, url, author, mtime)
 /// VALUES ($1, $2, $3, $4, $5, CAST(extract(epoch FROM now()) AS BIGINT));
 /// ```
 pub fn publish(
@@ -1243,7 +1244,7 @@ pub fn publish(
         )));
     }
     let sql = format!(
-        "INSERT INTO {schema}.bo_event(kind, title, body, url, author, mtime)
+        "INSERT INTO \"{schema}\".bo_event(kind, title, body, url, author, mtime)
          VALUES ($1, $2, $3, $4, $5,
                  COALESCE($6, CAST(floor(extract(epoch FROM now())) AS BIGINT)))
          RETURNING id"
