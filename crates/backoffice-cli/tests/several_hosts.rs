@@ -634,3 +634,55 @@ fn events_committed_out_of_id_order_are_never_skipped() {
         "1 note fast\n2 note slow\n"
     );
 }
+
+/// Issue 12, tests: the worker's sessions terminated mid-run
+/// (`pg_terminate_backend`, as an administrator or a failover would). The
+/// task fails with PostgreSQL's reason in the run log; the worker records
+/// the run and releases the lease on a new session (so the next worker
+/// need not wait for the heartbeat: no hand-over); nothing is lost, and
+/// the next worker does the batch.
+#[test]
+fn a_worker_whose_session_is_terminated_fails_clearly_and_nothing_is_lost() {
+    let env = Env::new();
+    let Some(r) = PgRepo::new(&env, "terminated", 1, 1) else {
+        return;
+    };
+    let log = env.path("terminated.log");
+    r.set("backoffice-logfile", log.to_str().unwrap());
+    r.set("host-work-ms", "2000");
+    r.publish(4);
+    let mut a = on_host("host-a", false, &["run", &r.url]).spawn();
+    assert!(
+        wait_until(DEADLINE, || std::fs::read_to_string(&r.journal)
+            .is_ok_and(|t| t.contains("enter"))),
+        "host-a never started"
+    );
+    let killed: i64 = r
+        .client()
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+              WHERE datname = current_database() AND application_name = 'backoffice'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1, "the worker's sessions were found");
+    let st = crate::harness::wait_child(&mut a, DEADLINE, "the worker");
+    assert!(st.success());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("outbox") && text.contains("PostgreSQL"),
+        "the failure is in the run log with PostgreSQL's reason: {text}"
+    );
+    assert_eq!(r.pending(), 4, "nothing was marked done by the failed run");
+    let (term, handovers, pid, _) = r.lease();
+    assert_eq!(
+        (term, handovers, pid),
+        (1, 0, 0),
+        "released, not left to lapse"
+    );
+    on_host("host-b", false, &["run", &r.url])
+        .output()
+        .success();
+    assert_eq!(r.pending(), 0, "the next worker did the batch");
+}

@@ -1090,9 +1090,13 @@ fn work(
     };
     let release = holder.map(|(me, _)| me);
     let mut tries = 0;
+    // After a failure the session may be gone (the server restarted, or an
+    // administrator terminated it): each retry has a new one, so the run
+    // is recorded and the lease released rather than left to lapse.
+    let mut fresh: Option<PgConn> = None;
     loop {
         tries += 1;
-        match finish(conn, &report, release, term) {
+        match finish(fresh.as_ref().unwrap_or(conn), &report, release, term) {
             Ok(()) => break,
             Err(e) if e.is_fenced() => {
                 log.error(crate::clock::now(), &format!("run not recorded: {e}"));
@@ -1107,6 +1111,7 @@ fn work(
                     ),
                 );
                 std::thread::sleep(Duration::from_millis(100u64 << tries));
+                fresh = url.connect().ok();
             }
             Err(e) => {
                 log.error(
