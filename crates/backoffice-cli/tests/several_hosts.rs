@@ -686,3 +686,52 @@ fn a_worker_whose_session_is_terminated_fails_clearly_and_nothing_is_lost() {
         .success();
     assert_eq!(r.pending(), 0, "the next worker did the batch");
 }
+
+/// Measurement, not a check (run by hand, figures in the README): the
+/// hand-over time after a holder dies. A holder on host-a is SIGKILLed
+/// mid-run while a worker of host-b waits on deck; the time from the kill
+/// to host-b's `enter`, over 5 rounds, with `L` = 1 s and a 1 s heartbeat
+/// (so a renewal vouches for 4 s).
+///
+/// `cargo test -p backoffice-cli --test integration -- --ignored --nocapture measure_handover`
+#[test]
+#[ignore]
+fn measure_handover_after_a_holder_dies() {
+    let env = Env::new();
+    let Some(r) = PgRepo::new(&env, "handover", 1, 1) else {
+        return;
+    };
+    let mut times = Vec::new();
+    for round in 0..5 {
+        let _ = std::fs::remove_file(&r.journal);
+        r.set("host-work-ms", "60000");
+        r.publish(1);
+        let mut a = on_host("host-a", false, &["run", &r.url]).spawn();
+        assert!(wait_until(DEADLINE, || std::fs::read_to_string(&r.journal)
+            .is_ok_and(|t| t.contains("enter"))));
+        r.set("host-work-ms", "0");
+        let mut b = on_host("host-b", false, &["run", &r.url]).spawn();
+        // host-b is on deck once the lease names it there.
+        assert!(wait_until(DEADLINE, || r
+            .client()
+            .query_one("SELECT next_pid FROM bo_lease", &[])
+            .unwrap()
+            .get::<_, i64>(0)
+            > 0));
+        a.kill().unwrap();
+        a.wait().unwrap();
+        let t0 = Instant::now();
+        assert!(wait_until(Duration::from_secs(30), || {
+            std::fs::read_to_string(&r.journal).is_ok_and(|t| t.matches("enter").count() == 2)
+        }));
+        let took = t0.elapsed();
+        crate::harness::wait_child(&mut b, DEADLINE, "host-b");
+        eprintln!("round {round}: hand-over in {took:?}");
+        times.push(took);
+    }
+    times.sort();
+    eprintln!(
+        "hand-over after a holder dies (L = 1 s, heartbeat 1 s): median {:?}, min {:?}, max {:?}",
+        times[2], times[0], times[4]
+    );
+}
