@@ -14,7 +14,7 @@
 //!
 //! The lease keeps Fossil's semantics — one current holder, one on-deck
 //! worker, runs at least `L` apart, no-delay, disable — and the same pure
-//! decision ([`crate::fuzzing::decide`]) as on SQLite. What differs is who can
+//! decision as on SQLite. What differs is who can
 //! tell whether a holder lives. A pid means nothing on another host, so the
 //! lease row (`bo_lease`, one row, typed columns) names a holder by host id
 //! (`BACKOFFICE_HOST_ID`, else the host name), pid, process start time and
@@ -303,7 +303,7 @@ impl PgConn {
     }
 
     /// The client session, for a host's own SQL (and publishing from its
-    /// own transaction, [`crate::events::publish_pg`]).
+    /// own transaction, [`publish`]).
     pub fn client(&self) -> std::cell::RefMut<'_, postgres::Client> {
         self.client.borrow_mut()
     }
