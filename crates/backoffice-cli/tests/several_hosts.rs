@@ -735,3 +735,145 @@ fn measure_handover_after_a_holder_dies() {
         times[2], times[0], times[4]
     );
 }
+
+/// Issue 12, contract: the store seam behaves the same on both stores. One
+/// body of checks runs against an SQLite repository and a PostgreSQL
+/// schema: portable statements and typed reads, a failing write rolled
+/// back whole, `config` values, a fenced write refused once the lease's
+/// term moved (and accepted with the new term), and the event log read
+/// after a cursor.
+#[test]
+fn the_store_contract_holds_on_sqlite_and_on_postgresql() {
+    use backoffice::Db;
+    use backoffice::db::DbError;
+
+    /// Moves the lease's term, as a takeover would.
+    type SetTerm<'a> = &'a dyn Fn(u64);
+    /// Publishes an event and makes it readable (on PostgreSQL: a worker
+    /// gives it its position).
+    type Publish<'a> = &'a dyn Fn(&str);
+
+    fn contract(db: Db<'_>, set_term: SetTerm<'_>, publish: Publish<'_>) {
+        let store = db.store();
+        db.execute(
+            "CREATE TABLE c_items(id BIGINT PRIMARY KEY, name TEXT, n BIGINT)",
+            &[],
+        )
+        .unwrap();
+        db.write(None, |db| {
+            db.execute(
+                "INSERT INTO c_items VALUES (?1, ?2, ?3)",
+                &[1i64.into(), "one".into(), Option::<i64>::None.into()],
+            )
+        })
+        .unwrap();
+        let row = db
+            .query_opt(
+                "SELECT id, name, n FROM c_items WHERE id = ?1",
+                &[1i64.into()],
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(row.int(0).unwrap(), 1, "{store}");
+        assert_eq!(row.text(1).unwrap(), "one", "{store}");
+        assert_eq!(row.opt_int(2).unwrap(), None, "{store}");
+        assert!(row.text(0).is_err(), "{store}: an integer is not text");
+
+        // A write that fails half-way leaves nothing behind.
+        let r: Result<(), DbError> = db.write(None, |db| {
+            db.execute("INSERT INTO c_items VALUES (2, 'two', 2)", &[])?;
+            db.execute("INSERT INTO c_items VALUES (1, 'again', 0)", &[])?;
+            Ok(())
+        });
+        assert!(r.is_err(), "{store}: the duplicate key fails");
+        let n = db.query("SELECT id FROM c_items", &[]).unwrap().len();
+        assert_eq!(n, 1, "{store}: the failed write was rolled back whole");
+
+        // config
+        assert_eq!(db.config_get("c-key").unwrap(), None, "{store}");
+        db.config_set("c-key", "v1").unwrap();
+        db.config_set("c-key", "v2").unwrap();
+        assert_eq!(
+            db.config_get("c-key").unwrap().as_deref(),
+            Some("v2"),
+            "{store}"
+        );
+
+        // Fencing: term 5 in the lease; a write on term 4 is refused and
+        // rolled back, one on term 5 commits.
+        set_term(5);
+        let r = db.write(Some(4), |db| {
+            db.execute("INSERT INTO c_items VALUES (3, 'late', 3)", &[])
+        });
+        let e = r.unwrap_err();
+        assert!(e.is_fenced(), "{store}: {e}");
+        assert!(e.to_string().contains("term is 5"), "{store}: {e}");
+        db.write(Some(5), |db| {
+            db.execute("INSERT INTO c_items VALUES (4, 'current', 4)", &[])
+        })
+        .unwrap();
+        let ids: Vec<i64> = db
+            .query("SELECT id FROM c_items ORDER BY id", &[])
+            .unwrap()
+            .iter()
+            .map(|r| r.int(0).unwrap())
+            .collect();
+        assert_eq!(ids, vec![1, 4], "{store}");
+
+        // The event log, after a cursor.
+        assert!(
+            backoffice::events::after(db, 0, 10).unwrap().is_empty(),
+            "{store}"
+        );
+        publish("a");
+        publish("b");
+        let evs = backoffice::events::after(db, 0, 10).unwrap();
+        let seen: Vec<(i64, String)> = evs.iter().map(|e| (e.eventid, e.title.clone())).collect();
+        assert_eq!(seen, vec![(1, "a".into()), (2, "b".into())], "{store}");
+        let rest = backoffice::events::after(db, 1, 10).unwrap();
+        assert_eq!(rest.len(), 1, "{store}");
+        assert_eq!(rest[0].title, "b", "{store}");
+    }
+
+    let ev = |title: &str| backoffice::events::Event {
+        kind: "note".into(),
+        title: title.into(),
+        body: String::new(),
+        url: None,
+        author: None,
+        time: None,
+    };
+
+    // SQLite.
+    let env = Env::new();
+    let path = env.path("contract.db");
+    rusqlite::Connection::open(&path).unwrap();
+    let repo = backoffice::Repo::open(&path).unwrap();
+    let conn = repo.conn();
+    contract(
+        Db::Sqlite(conn),
+        &|t| {
+            backoffice::repo::config_set(conn, backoffice::LEASE_ROW, &format!("0 0 0 0 term={t}"))
+                .unwrap()
+        },
+        &|title| {
+            backoffice::events::publish(conn, &ev(title)).unwrap();
+        },
+    );
+
+    // PostgreSQL.
+    let Some(db) = pg::database() else { return };
+    let url = backoffice::pg::PgUrl::parse(&db.url("contract")).unwrap();
+    let pc = url.connect().unwrap();
+    contract(
+        Db::Postgres(&pc),
+        &|t| {
+            pc.execute("UPDATE bo_lease SET term = ?1", &[(t as i64).into()])
+                .unwrap();
+        },
+        &|title| {
+            backoffice::pg::publish(&mut *pc.client(), url.schema(), &ev(title)).unwrap();
+            pc.stamp_events(None).unwrap();
+        },
+    );
+}
