@@ -10,6 +10,11 @@
 //! ```text
 //! host demo [DIR]            the README's walk-through (default DIR: ./backoffice-demo)
 //! host simulate REPO N MS L  N requests MS ms apart, then stay alive L ms
+//! host pg-requests URL N MS [publish]
+//!                            N requests MS ms apart on a PostgreSQL schema, each
+//!                            followed by the cached after-request check
+//!                            (`PgTrigger`); with `publish`, each first inserts an
+//!                            outbox row; then prints the time per check
 //! host init REPO             create the application's table (REPO may be a
 //!                            postgres:// URL with ?schema=NAME)
 //! host <backoffice command>  every `backoffice` command, with the outbox task
@@ -251,6 +256,7 @@ fn main() -> ExitCode {
     let r = match args.get(1).map(String::as_str) {
         Some("demo") => demo(args.get(2).map(PathBuf::from)),
         Some("simulate") => simulate(&args[2..]),
+        Some("pg-requests") => pg_requests(&args[2..]),
         Some("init") if args.len() == 3 && backoffice::pg::is_url(&args[2]) => init_pg(&args[2]),
         Some("init") if args.len() == 3 => init(Path::new(&args[2])).map(drop),
         _ => return backoffice_cli::main(tasks()),
@@ -324,6 +330,51 @@ fn simulate(args: &[String]) -> Res<()> {
     out.flush()?;
     std::thread::sleep(Duration::from_millis(linger));
     writeln!(out, "done")?;
+    Ok(())
+}
+
+/// `host pg-requests URL N INTERVAL_MS [publish]`: a long-lived host on a
+/// PostgreSQL schema. Each request (optionally) inserts an outbox row and
+/// tells the trigger it published, then runs the cached after-request
+/// check; a line per request says what it did. At the end, the check's
+/// total and worst time.
+fn pg_requests(args: &[String]) -> Res<()> {
+    let (url, n, interval, publish) = match args {
+        [u, n, i] => (u, n, i, false),
+        [u, n, i, p] if p == "publish" => (u, n, i, true),
+        _ => return Err("usage: host pg-requests URL N INTERVAL_MS [publish]".into()),
+    };
+    let url = backoffice::pg::PgUrl::parse(url)?;
+    let conn = url.connect()?;
+    let bo = backoffice::pg::PgTrigger::new(tasks());
+    let (n, interval): (u64, u64) = (n.parse()?, interval.parse()?);
+    let mut out = std::io::stdout().lock();
+    let (mut total, mut worst) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..n {
+        if publish {
+            conn.batch("INSERT INTO outbox(body) VALUES ('request')")?;
+            bo.published(&url);
+        }
+        let t0 = Instant::now();
+        let started = bo.after_request(&conn);
+        let took = t0.elapsed();
+        total += took;
+        worst = worst.max(took);
+        match started {
+            Started::Worker { pid } => writeln!(out, "request {i}: started worker {pid}")?,
+            Started::NotNeeded(c) => writeln!(out, "request {i}: {}", c.describe())?,
+            other => writeln!(out, "request {i}: {other:?}")?,
+        }
+        if interval > 0 {
+            std::thread::sleep(Duration::from_millis(interval));
+        }
+    }
+    writeln!(
+        out,
+        "checks: {n}, mean {:.2} us, worst {:.1} us",
+        total.as_secs_f64() * 1e6 / n.max(1) as f64,
+        worst.as_secs_f64() * 1e6
+    )?;
     Ok(())
 }
 

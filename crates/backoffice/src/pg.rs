@@ -255,7 +255,11 @@ impl PgUrl {
 
     /// The key this process's working set knows the repository by.
     fn key(&self) -> PathBuf {
-        PathBuf::from(format!("{}#{}", self.redacted, self.schema))
+        PathBuf::from(self.key_string())
+    }
+
+    fn key_string(&self) -> String {
+        format!("{}#{}", self.redacted, self.schema)
     }
 }
 
@@ -1290,6 +1294,158 @@ pub fn check(conn: &PgConn, tasks: &Tasks) -> crate::Check {
         d if d.is_due(now) => Check::Needed,
         task::Due::At(t) => Check::NothingDue { next: Some(t) },
         _ => Check::NothingDue { next: None },
+    }
+}
+
+/// The after-request check for a host on PostgreSQL, with no round trip
+/// on most requests.
+///
+/// Asking the database after every request would cost each request a round
+/// trip. So the answer is kept in the process, per repository: "a worker is
+/// on deck", "nothing is due until T", "a worker was just started". It is
+/// asked again at most once a second ([`PgTrigger::REFRESH`]) — so work made
+/// by another host is found within a second plus a request — or at once
+/// after this process published ([`PgTrigger::published`]): a host that
+/// published starts a worker on its next check, without waiting.
+///
+/// One per process, shared by the request handlers (it is `Sync`).
+pub struct PgTrigger {
+    tasks: Tasks,
+    worker: Option<process::WorkerCommand>,
+    reap: bool,
+    cache: std::sync::Mutex<HashMap<String, Cached>>,
+}
+
+/// One repository's kept answer.
+#[derive(Clone, Debug)]
+struct Cached {
+    /// The answer, [`crate::Check`] as last seen.
+    check: crate::Check,
+    /// Until when it may be given without asking again.
+    until: Instant,
+}
+
+impl PgTrigger {
+    /// How long an answer is kept at most.
+    pub const REFRESH: Duration = Duration::from_secs(1);
+
+    /// How long a just-started worker keeps further starts off, at most
+    /// (it takes its place in the lease within milliseconds).
+    pub const STARTING: Duration = Duration::from_secs(10);
+
+    /// A trigger for these tasks, starting workers as `CURRENT_EXE worker`.
+    pub fn new(tasks: Tasks) -> PgTrigger {
+        PgTrigger {
+            tasks,
+            worker: None,
+            reap: true,
+            cache: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Starts workers with this command instead.
+    pub fn with_worker_command(mut self, cmd: process::WorkerCommand) -> PgTrigger {
+        self.worker = Some(cmd);
+        self
+    }
+
+    /// Whether started workers are reaped by a thread of this process (the
+    /// default; a short-lived process turns it off and lets init reap).
+    pub fn reap_children(mut self, reap: bool) -> PgTrigger {
+        self.reap = reap;
+        self
+    }
+
+    /// Forget the kept answer for `url`: this process just published, so
+    /// the next check asks the database (and starts a worker at once). A
+    /// worker this process just started is not forgotten: it gives the new
+    /// event its position when it reaches the lease, and should it have
+    /// passed that point already, the next answer (at most
+    /// [`PgTrigger::REFRESH`] later) starts another.
+    pub fn published(&self, url: &PgUrl) {
+        let mut cache = self.lock();
+        let key = url.key_string();
+        if !cache.get(&key).is_some_and(|c| {
+            matches!(c.check, crate::Check::Starting { .. }) && c.until > Instant::now()
+        }) {
+            cache.remove(&key);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The kept answer for `conn`'s repository, if still good.
+    pub fn cached(&self, url: &PgUrl) -> Option<crate::Check> {
+        let now = Instant::now();
+        self.lock()
+            .get(&url.key_string())
+            .filter(|c| c.until > now)
+            .map(|c| c.check.clone())
+    }
+
+    /// The check, from the kept answer when it is fresh, else from the
+    /// database (one statement, then the tasks' own `due`).
+    pub fn check(&self, conn: &PgConn) -> crate::Check {
+        if let Some(c) = self.cached(conn.url()) {
+            return c;
+        }
+        let t0 = Instant::now();
+        let check = check(conn, &self.tasks);
+        // Keep it: "nothing due until T" until T (within the refresh), and
+        // everything else for the refresh. "Needed" is not kept: the caller
+        // starts a worker and keeps "starting" instead.
+        let keep = match &check {
+            crate::Check::Needed => None,
+            crate::Check::NothingDue { next: Some(t) } => {
+                let db_now = crate::clock::now();
+                let secs = u64::try_from(t.saturating_sub(db_now)).unwrap_or(0);
+                Some(Duration::from_secs(secs).min(Self::REFRESH))
+            }
+            _ => Some(Self::REFRESH),
+        };
+        if let Some(d) = keep {
+            self.lock().insert(
+                conn.url().key_string(),
+                Cached {
+                    check: check.clone(),
+                    until: t0 + d,
+                },
+            );
+        }
+        check
+    }
+
+    /// After each request: the check and, when work is due, a detached
+    /// worker. Never fails the request: problems come back in the answer.
+    pub fn after_request(&self, conn: &PgConn) -> crate::Started {
+        let check = self.check(conn);
+        if !check.is_needed() {
+            return crate::Started::NotNeeded(check);
+        }
+        let cmd = match &self.worker {
+            Some(c) => Ok(c.clone()),
+            None => process::WorkerCommand::current_exe(),
+        };
+        let logfile = conn.settings().ok().and_then(|s| s.logfile);
+        match cmd.and_then(|c| spawn_worker(&c, conn.url(), logfile.as_deref())) {
+            Ok(child) => {
+                let pid = child.id();
+                self.lock().insert(
+                    conn.url().key_string(),
+                    Cached {
+                        check: crate::Check::Starting { pid: pid.into() },
+                        until: Instant::now() + Self::STARTING.min(Self::REFRESH),
+                    },
+                );
+                if self.reap {
+                    process::reap(child);
+                }
+                crate::Started::Worker { pid }
+            }
+            Err(e) => crate::Started::Failed(format!("cannot start a worker: {e}")),
+        }
     }
 }
 
