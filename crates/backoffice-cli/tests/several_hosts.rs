@@ -959,3 +959,77 @@ fn measure_pg_check_amortised() {
         eprintln!("round {round}: {last}");
     }
 }
+
+/// Issue 12, item 1: `run` sweeps many PostgreSQL schemas (one session per
+/// database, shared by its schemas): only the schema with work due gets a
+/// worker, the others' leases are not touched; a URL that cannot be used
+/// fails alone, with its password hidden, and the sweep says so in its
+/// exit status; `--poll` sweeps them too.
+#[test]
+fn a_sweep_services_only_the_schemas_with_work_due() {
+    let Some(db) = pg::database() else { return };
+    let urls: Vec<String> = ["s1", "s2", "s3"].iter().map(|s| db.url(s)).collect();
+    for u in &urls {
+        Cmd::host().args(["init", u]).output().success();
+    }
+    let mut c = db.connect();
+    c.batch_execute("INSERT INTO s2.outbox(body) VALUES ('a'), ('b')")
+        .unwrap();
+    let out = Cmd::host().args(["run"]).args(&urls).output().success();
+    let term = |c: &mut postgres::Client, s: &str| -> i64 {
+        c.query_one(&format!("SELECT term FROM {s}.bo_lease"), &[])
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(term(&mut c, "s1"), 0, "{out}");
+    assert_eq!(term(&mut c, "s2"), 1, "{out}");
+    assert_eq!(term(&mut c, "s3"), 0, "{out}");
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM s2.outbox WHERE done = 0", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+
+    // A bad URL among good ones.
+    let bad = db.url("Not_Valid");
+    c.batch_execute("INSERT INTO s3.outbox(body) VALUES ('c')")
+        .unwrap();
+    let done = Cmd::host().args(["run", &urls[0], &bad, &urls[2]]).output();
+    let err = done.failure();
+    assert!(err.contains("schema"), "{err}");
+    assert!(!err.contains(pg::PASSWORD), "{err}");
+    assert_eq!(term(&mut c, "s3"), 1, "the good ones were serviced: {err}");
+
+    // --poll: two sweeps, work published before the first.
+    c.batch_execute("INSERT INTO s1.outbox(body) VALUES ('d')")
+        .unwrap();
+    Cmd::host()
+        .args(["run", "--poll", "1", "--sweeps", "2"])
+        .args(&urls)
+        .output()
+        .success();
+    assert_eq!(term(&mut c, "s1"), 1);
+}
+
+/// Measurement, not a check (figures in the README): one `backoffice run`
+/// sweep over 1,000 PostgreSQL schemas of one database with nothing due
+/// (the binary's tasks), three times; the schemas are made first.
+///
+/// `cargo test --release -p backoffice-cli --test integration -- --ignored --nocapture measure_pg_sweep`
+#[test]
+#[ignore]
+fn measure_pg_sweep_of_1000_schemas() {
+    let Some(db) = pg::database() else { return };
+    let n = 1000;
+    let urls: Vec<String> = (0..n).map(|i| db.url(&format!("t{i:04}"))).collect();
+    let t0 = Instant::now();
+    for u in &urls {
+        backoffice::pg::PgUrl::parse(u).unwrap().connect().unwrap();
+    }
+    eprintln!("made {n} schemas in {:?}", t0.elapsed());
+    for round in 0..3 {
+        let t0 = Instant::now();
+        Cmd::backoffice().arg("run").args(&urls).output().success();
+        eprintln!("round {round}: swept {n} schemas in {:?}", t0.elapsed());
+    }
+}

@@ -122,6 +122,9 @@ pub struct PgUrl {
     schema: String,
     redacted: String,
     full: String,
+    /// The URL without its schema: the server and database, which the
+    /// schemas of one sweep share a session on.
+    server: String,
 }
 
 impl std::fmt::Debug for PgUrl {
@@ -190,6 +193,13 @@ impl PgUrl {
         };
         let config: postgres::Config = conninfo.parse().map_err(|e| bad(format!("{e}")))?;
         let mut config = config;
+        // As libpq does: a password not in the URL may come from the
+        // environment, which keeps it off command lines.
+        if config.get_password().is_none() {
+            if let Ok(pw) = std::env::var("PGPASSWORD") {
+                config.password(pw);
+            }
+        }
         if config.get_application_name().is_none() {
             config.application_name("backoffice");
         }
@@ -202,6 +212,7 @@ impl PgUrl {
             schema,
             redacted: redact(s),
             full: s.to_owned(),
+            server: conninfo,
         })
     }
 
@@ -304,6 +315,21 @@ impl PgConn {
     /// The repository's address.
     pub fn url(&self) -> &PgUrl {
         &self.url
+    }
+
+    /// The same session, moved to another schema of the same database
+    /// (whose tables are created or migrated if need be). Statements stay
+    /// prepared: PostgreSQL plans them again when the search path changes.
+    pub fn into_schema(self, url: &PgUrl) -> Result<PgConn, crate::Error> {
+        let conn = PgConn {
+            url: url.clone(),
+            ..self
+        };
+        conn.batch(&format!("SET search_path TO \"{}\"", url.schema))
+            .map_err(|e| url.err("selecting the schema", e))?;
+        conn.migrate()
+            .map_err(|e| url.err("creating the tables", e))?;
+        Ok(conn)
     }
 
     /// The client session, for a host's own SQL (and publishing from its
@@ -466,8 +492,26 @@ impl PgConn {
     }
 
     fn version(&self) -> Result<Option<i64>, DbError> {
-        // Not through the statement cache: the table may not exist yet, and
-        // a failed prepare inside a transaction aborts it.
+        if !self.in_tx.get() {
+            // Outside a transaction a failed statement costs nothing: one
+            // round trip when the schema is set up, the usual case.
+            let got = self.client.borrow_mut().query_opt(
+                "SELECT value FROM bo_meta WHERE name = 'schema-version'",
+                &[],
+            );
+            match got {
+                Ok(row) => {
+                    return Ok(row
+                        .and_then(|r| r.try_get::<_, String>(0).ok())
+                        .and_then(|v| v.trim().parse().ok()));
+                }
+                Err(e) if e.code() == Some(&postgres::error::SqlState::UNDEFINED_TABLE) => {
+                    return Ok(None);
+                }
+                Err(e) => return Err(pg_err(e)),
+            }
+        }
+        // Inside one, look first: a failed statement would abort it.
         let exists = self
             .client
             .borrow_mut()
@@ -1447,6 +1491,63 @@ impl PgTrigger {
             Err(e) => crate::Started::Failed(format!("cannot start a worker: {e}")),
         }
     }
+}
+
+/// Sessions a sweep keeps open, one or more per database, each moved from
+/// schema to schema of that database ([`PgConn::into_schema`]), so that
+/// visiting a thousand schemas costs no thousand connections.
+#[derive(Default)]
+pub struct Sessions {
+    idle: std::sync::Mutex<HashMap<String, Vec<PgConn>>>,
+}
+
+impl Sessions {
+    fn take(&self, url: &PgUrl) -> Result<PgConn, crate::Error> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&url.server)
+            .and_then(Vec::pop);
+        match idle {
+            Some(c) => c.into_schema(url),
+            None => url.connect(),
+        }
+    }
+
+    fn give_back(&self, conn: PgConn) {
+        let server = conn.url.server.clone();
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(server)
+            .or_default()
+            .push(conn);
+    }
+}
+
+/// One sweep's visit to a PostgreSQL repository: the check on a session
+/// shared with the other schemas of the same database, and a worker run in
+/// this process when work is due. Returns the worker's outcome, or `None`
+/// when nothing was due (or the lease is disabled, or a worker waits on
+/// deck).
+pub fn visit(
+    url: &PgUrl,
+    tasks: &Tasks,
+    opts: &RunOptions,
+    sessions: &Sessions,
+) -> crate::Result<Option<Outcome>> {
+    let conn = sessions.take(url)?;
+    let check = check(&conn, tasks);
+    if let crate::Check::Unavailable { reason } = &check {
+        // The session may be broken: not kept.
+        return Err(url.err("checking", DbError::Postgres(reason.clone())));
+    }
+    sessions.give_back(conn);
+    if !check.is_needed() {
+        return Ok(None);
+    }
+    run(url, tasks, opts).map(Some)
 }
 
 /// The name of the environment variable that hands a worker its

@@ -137,6 +137,9 @@ pub struct Poller {
     tasks: Tasks,
     opts: SweepOptions,
     started: Instant,
+    /// Sessions kept across the PostgreSQL schemas swept (and sweeps).
+    #[cfg(feature = "postgres")]
+    pg: crate::pg::Sessions,
 }
 
 impl Poller {
@@ -150,6 +153,8 @@ impl Poller {
             tasks,
             opts,
             started: Instant::now(),
+            #[cfg(feature = "postgres")]
+            pg: crate::pg::Sessions::default(),
         }
     }
 
@@ -225,6 +230,10 @@ impl Poller {
     }
 
     fn visit(&self, path: &Path, prev: &State) -> (Visit, State) {
+        #[cfg(feature = "postgres")]
+        if let Some(url) = path.to_str().filter(|s| crate::pg::is_url(s)) {
+            return self.visit_pg(url, prev);
+        }
         let t0 = Instant::now();
         let mut repo = match Repo::open_with(path, self.opts.busy) {
             Ok(r) => r,
@@ -257,6 +266,38 @@ impl Poller {
             last_run: Some(Instant::now()),
         };
         (visit, state)
+    }
+
+    /// A PostgreSQL repository's visit ([`crate::pg::visit`]): the check on
+    /// a session shared with the other schemas of its database, a worker
+    /// when work is due. `--min` forces a run as for a file; there is no
+    /// file to see change.
+    #[cfg(feature = "postgres")]
+    fn visit_pg(&self, url: &str, prev: &State) -> (Visit, State) {
+        let url = match crate::pg::PgUrl::parse(url) {
+            Ok(u) => u,
+            Err(e) => return (Visit::Failed(e), prev.clone()),
+        };
+        let min_passed = self
+            .opts
+            .min
+            .is_some_and(|m| prev.last_run.unwrap_or(self.started).elapsed() >= m);
+        let visit = if min_passed {
+            crate::pg::run(&url, &self.tasks, &self.opts.run).map(Some)
+        } else {
+            crate::pg::visit(&url, &self.tasks, &self.opts.run, &self.pg)
+        };
+        match visit {
+            Ok(None) => (Visit::NothingDue, prev.clone()),
+            Ok(Some(o)) => (
+                Visit::Ran(o),
+                State {
+                    stamp: None,
+                    last_run: Some(Instant::now()),
+                },
+            ),
+            Err(e) => (Visit::Failed(e), prev.clone()),
+        }
     }
 
     fn log_skip(&self, repo: &Repo, now: i64, due: Due, t0: Instant) {

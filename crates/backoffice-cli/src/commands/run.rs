@@ -28,25 +28,12 @@ pub fn run(a: RunArgs, tasks: Tasks) -> Result<ExitCode> {
         logfile: a.logfile,
     };
     let busy = Duration::from_millis(a.busy_timeout);
-    if let Some(url) = super::pg::url(&repos[0])? {
-        if repos.len() > 1 || a.poll.is_some() {
-            bail!(
-                "sweeps and --poll over PostgreSQL repositories are not supported yet: \
-                 run one worker per URL (`backoffice run URL`), e.g. from cron"
-            );
+    if repos.len() == 1 && a.poll.is_none() {
+        if let Some(url) = super::pg::url(&repos[0])? {
+            let outcome = super::pg::run(&url, &tasks, &opts)?;
+            report_outcome(Path::new(url.redacted()), &outcome, &opts);
+            return Ok(ExitCode::SUCCESS);
         }
-        let outcome = super::pg::run(&url, &tasks, &opts)?;
-        report_outcome(Path::new(url.redacted()), &outcome, &opts);
-        return Ok(ExitCode::SUCCESS);
-    }
-    if let Some(u) = repos
-        .iter()
-        .find(|r| r.to_str().is_some_and(backoffice::pg::is_url))
-    {
-        bail!(
-            "{}: PostgreSQL repositories cannot be swept together with others yet",
-            backoffice::db::redact_url(&u.to_string_lossy())
-        );
     }
     if repos.len() == 1 && a.poll.is_none() {
         let mut repo = Repo::open_with(&repos[0], busy)?;
@@ -155,6 +142,8 @@ fn report_outcome(path: &std::path::Path, o: &Outcome, opts: &RunOptions) {
     if !(opts.debug || opts.trace) {
         return;
     }
+    let shown = shown(path);
+    let path = Path::new(&shown);
     match o {
         Outcome::Ran(r) => eprintln!("{}", r.log_line(&path.display().to_string())),
         Outcome::OnDeckExists { pid } => {
@@ -178,7 +167,7 @@ fn print_report(r: &SweepReport, opts: &RunOptions) -> usize {
         match v {
             Visit::Failed(e) => {
                 failed += 1;
-                eprintln!("backoffice: {}: {e}", path.display());
+                eprintln!("backoffice: {}: {e}", shown(path));
             }
             Visit::Ran(o) => report_outcome(path, o, opts),
             Visit::NothingDue => {}
@@ -194,4 +183,9 @@ fn print_report(r: &SweepReport, opts: &RunOptions) -> usize {
         );
     }
     failed
+}
+
+/// A repository as messages show it: a URL's password hidden.
+fn shown(path: &Path) -> String {
+    backoffice::db::redact_url(&path.to_string_lossy())
 }
