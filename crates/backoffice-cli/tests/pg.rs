@@ -125,12 +125,85 @@ pub struct PgServer {
     spawner: Option<JoinHandle<()>>,
     /// How long the start took, `initdb` included (reported by tests).
     pub started_in: Duration,
+    /// How to start the postmaster again ([`PgServer::restart`]).
+    launch: Launch,
+}
+
+/// What starting the postmaster takes.
+#[derive(Clone)]
+struct Launch {
+    bin: PathBuf,
+    data: PathBuf,
+    socket_dir: PathBuf,
+    setpriv: bool,
+    as_user: Vec<String>,
+    /// Extra `-c name=value` settings.
+    extra: Vec<String>,
+}
+
+impl Launch {
+    /// Spawns the postmaster from a thread that lives as long as it does
+    /// (its `--pdeathsig` parent); returns it and that thread's handles.
+    fn spawn(&self) -> (Child, mpsc::Sender<()>, JoinHandle<()>) {
+        let log_path = self.socket_dir.join("server.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("server log");
+        let mut server = wrap(
+            self.setpriv,
+            &self.as_user,
+            &["--pdeathsig=INT"],
+            &self.bin.join("postgres"),
+        );
+        server
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-k")
+            .arg(&self.socket_dir)
+            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
+            .args(["-c", "full_page_writes=off", "-c", "shared_buffers=16MB"]);
+        if !self
+            .extra
+            .iter()
+            .any(|e| e.starts_with("listen_addresses="))
+        {
+            server.args(["-c", "listen_addresses="]);
+        }
+        for e in &self.extra {
+            server.args(["-c", e]);
+        }
+        server
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        let (keep_alive, alive) = mpsc::channel::<()>();
+        let (send_child, child) = mpsc::channel();
+        let spawner = std::thread::spawn(move || {
+            let _ = send_child.send(server.spawn());
+            // Returns when the sender is dropped, after the server stopped.
+            let _ = alive.recv();
+        });
+        let child = child
+            .recv()
+            .expect("spawner thread")
+            .expect("spawn postgres");
+        (child, keep_alive, spawner)
+    }
 }
 
 impl PgServer {
     /// Makes a cluster and starts a server on it; `None` when PostgreSQL
     /// (or, as root, `setpriv`) is missing and the test should skip.
     pub fn start() -> Option<PgServer> {
+        Self::start_with(&[])
+    }
+
+    /// [`PgServer::start`] with extra `-c name=value` settings (for
+    /// instance `listen_addresses=…` and `port=…` for a server reached
+    /// over TCP).
+    pub fn start_with(extra: &[&str]) -> Option<PgServer> {
         let t0 = Instant::now();
         let Some(bin) = find_bin_dir() else {
             if std::env::var("BACKOFFICE_REQUIRE_EXTERNAL").as_deref() == Ok("1") {
@@ -189,44 +262,22 @@ impl PgServer {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let log_path = dir.path().join("server.log");
-        let log = std::fs::File::create(&log_path).expect("server log");
-        let mut server = wrap(
+        let launch = Launch {
+            bin,
+            data,
+            socket_dir: dir.path().to_owned(),
             setpriv,
-            &as_user,
-            &["--pdeathsig=INT"],
-            &bin.join("postgres"),
-        );
-        server
-            .arg("-D")
-            .arg(&data)
-            .arg("-k")
-            .arg(dir.path())
-            .args(["-c", "listen_addresses="])
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
-            .args(["-c", "full_page_writes=off", "-c", "shared_buffers=16MB"])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log);
-        // The postmaster's parent, for --pdeathsig, is the thread that
-        // spawns it: a thread that waits until the server is gone.
-        let (keep_alive, alive) = mpsc::channel::<()>();
-        let (send_child, child) = mpsc::channel();
-        let spawner = std::thread::spawn(move || {
-            let _ = send_child.send(server.spawn());
-            // Returns when the sender is dropped, after the server stopped.
-            let _ = alive.recv();
-        });
-        let child = child
-            .recv()
-            .expect("spawner thread")
-            .expect("spawn postgres");
+            as_user,
+            extra: extra.iter().map(|e| e.to_string()).collect(),
+        };
+        let (child, keep_alive, spawner) = launch.spawn();
         let mut server = PgServer {
             dir,
             child,
             keep_alive: Some(keep_alive),
             spawner: Some(spawner),
             started_in: Duration::ZERO,
+            launch,
         };
         server.wait_ready(t0 + START_DEADLINE);
         server.started_in = t0.elapsed();
@@ -290,8 +341,24 @@ impl PgServer {
     }
 }
 
-impl Drop for PgServer {
-    fn drop(&mut self) {
+impl PgServer {
+    /// Stops the server (fast shutdown: sessions are ended) and starts it
+    /// again on the same cluster; returns when it accepts connections.
+    pub fn restart(&mut self) {
+        self.stop();
+        let (child, keep_alive, spawner) = self.launch.spawn();
+        self.child = child;
+        self.keep_alive = Some(keep_alive);
+        self.spawner = Some(spawner);
+        self.wait_ready(Instant::now() + START_DEADLINE);
+    }
+
+    /// Where the cluster's `pg_hba.conf` is (to let TCP clients in).
+    pub fn data_dir(&self) -> &Path {
+        &self.launch.data
+    }
+
+    fn stop(&mut self) {
         // Fast shutdown: sessions are ended, nothing waits on clients.
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32);
         if let Some(pid) = pid {
@@ -314,6 +381,12 @@ impl Drop for PgServer {
         if let Some(t) = self.spawner.take() {
             let _ = t.join();
         }
+    }
+}
+
+impl Drop for PgServer {
+    fn drop(&mut self) {
+        self.stop();
         // The TempDir removes the cluster when this struct's fields drop.
     }
 }

@@ -1033,3 +1033,68 @@ fn measure_pg_sweep_of_1000_schemas() {
         eprintln!("round {round}: swept {n} schemas in {:?}", t0.elapsed());
     }
 }
+
+/// Issue 12, tests: the database restarted under a working holder (a
+/// server of this test's own, so no other test sees it go). The holder's
+/// task fails with PostgreSQL's reason in the run log and the worker ends
+/// without hanging; nothing is lost: once the server is back, a worker on
+/// another host does the whole batch.
+#[test]
+fn the_database_restarted_mid_run_loses_nothing() {
+    let Some(mut server) = pg::PgServer::start() else {
+        return;
+    };
+    server
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE app")
+        .unwrap();
+    let url = format!(
+        "postgresql://{}:{}@localhost/app?host={}&schema=restart",
+        pg::SUPERUSER,
+        pg::PASSWORD,
+        server.socket_dir().display()
+    );
+    let env = Env::new();
+    let log = env.path("restart.log");
+    let journal = env.path("restart.journal");
+    Cmd::host().args(["init", &url]).output().success();
+    let set = |server: &pg::PgServer, k: &str, v: &str| {
+        let mut c = server.connect("app");
+        c.execute(
+            "INSERT INTO restart.config(name, value, mtime) VALUES ($1, $2, 0)
+             ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            &[&k, &v],
+        )
+        .unwrap();
+    };
+    set(&server, "backoffice-lease-time", "1");
+    set(&server, "backoffice-heartbeat", "1");
+    set(&server, "backoffice-logfile", log.to_str().unwrap());
+    set(&server, "host-journal", journal.to_str().unwrap());
+    set(&server, "host-work-ms", "2000");
+    server
+        .connect("app")
+        .batch_execute("INSERT INTO restart.outbox(body) VALUES ('a'), ('b'), ('c')")
+        .unwrap();
+    let mut a = on_host("host-a", false, &["run", &url]).spawn();
+    assert!(
+        wait_until(DEADLINE, || std::fs::read_to_string(&journal)
+            .is_ok_and(|t| t.contains("enter"))),
+        "host-a never started"
+    );
+    server.restart();
+    let st = crate::harness::wait_child(&mut a, Duration::from_secs(60), "the worker");
+    assert!(st.success());
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("PostgreSQL"),
+        "the failure is logged with PostgreSQL's reason: {text}"
+    );
+    on_host("host-b", false, &["run", &url]).output().success();
+    let left: i64 = server
+        .connect("app")
+        .query_one("SELECT count(*) FROM restart.outbox WHERE done = 0", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "the batch was done after the restart: {text}");
+}
