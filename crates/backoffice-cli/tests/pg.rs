@@ -327,6 +327,7 @@ impl PgServer {
     pub fn config(&self, dbname: &str) -> postgres::Config {
         let mut c = postgres::Config::new();
         c.host_path(self.socket_dir())
+            .port(self.port())
             .user(SUPERUSER)
             .dbname(dbname)
             .connect_timeout(Duration::from_secs(10));
@@ -351,6 +352,16 @@ impl PgServer {
         self.keep_alive = Some(keep_alive);
         self.spawner = Some(spawner);
         self.wait_ready(Instant::now() + START_DEADLINE);
+    }
+
+    /// The server's port (5432 unless a `port=` setting said otherwise;
+    /// the socket's name carries it too).
+    pub fn port(&self) -> u16 {
+        self.launch
+            .extra
+            .iter()
+            .find_map(|e| e.strip_prefix("port=")?.parse().ok())
+            .unwrap_or(5432)
     }
 
     /// Where the cluster's `pg_hba.conf` is (to let TCP clients in).

@@ -6,6 +6,7 @@
 //! a terminated session fails clearly and a new one works; the clock is
 //! the server's.
 
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -1097,4 +1098,234 @@ fn the_database_restarted_mid_run_loses_nothing() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0, "the batch was done after the restart: {text}");
+}
+
+/// A network namespace of the test's own, joined to this one by a veth
+/// pair: `10.212.N.1` on this side (where a PostgreSQL server listens),
+/// `10.212.N.2` inside. Removed on drop (which removes the pair too).
+struct NetNs {
+    name: String,
+    outer: String,
+    n: u32,
+}
+
+impl NetNs {
+    /// `None` (after saying why) where network namespaces are not
+    /// permitted: not root, no `ip`, or the kernel refuses.
+    fn new() -> Option<NetNs> {
+        let required = std::env::var("BACKOFFICE_REQUIRE_EXTERNAL").as_deref() == Ok("1");
+        if !crate::harness::is_root() {
+            assert!(!required, "network namespaces need root here");
+            eprintln!("SKIPPED: network namespaces need root");
+            return None;
+        }
+        if !crate::harness::have("ip") {
+            return None;
+        }
+        // Distinct per test process: the pid picks the subnet and names.
+        let n = std::process::id() % 250 + 1;
+        let ns = NetNs {
+            name: format!("bo12-{}", std::process::id()),
+            outer: format!("bo12h{}", std::process::id() % 100_000),
+            n,
+        };
+        let inner = format!("bo12n{}", std::process::id() % 100_000);
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), ns.name.clone()],
+            vec![
+                "link".into(),
+                "add".into(),
+                ns.outer.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                inner.clone(),
+            ],
+            vec![
+                "link".into(),
+                "set".into(),
+                inner.clone(),
+                "netns".into(),
+                ns.name.clone(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("{}/30", ns.outer_ip()),
+                "dev".into(),
+                ns.outer.clone(),
+            ],
+            vec!["link".into(), "set".into(), ns.outer.clone(), "up".into()],
+        ];
+        for s in &steps {
+            let done = Cmd::new("ip").args(s).output();
+            if !done.out.status.success() {
+                assert!(!required, "ip {s:?}: {}", done.stderr());
+                eprintln!(
+                    "SKIPPED: network namespaces not permitted: ip {s:?}: {}",
+                    done.stderr()
+                );
+                return None;
+            }
+        }
+        for s in [
+            vec![
+                "addr",
+                "add",
+                &format!("{}/30", ns.inner_ip()),
+                "dev",
+                &inner,
+            ],
+            vec!["link", "set", &inner, "up"],
+            vec!["link", "set", "lo", "up"],
+        ] {
+            Cmd::new("ip")
+                .args(["netns", "exec", &ns.name, "ip"])
+                .args(s)
+                .output()
+                .success();
+        }
+        Some(ns)
+    }
+
+    fn outer_ip(&self) -> String {
+        format!("10.212.{}.1", self.n)
+    }
+
+    fn inner_ip(&self) -> String {
+        format!("10.212.{}.2", self.n)
+    }
+
+    /// Cuts the link (`up = false`) or restores it.
+    fn link(&self, up: bool) {
+        Cmd::new("ip")
+            .args(["link", "set", &self.outer, if up { "up" } else { "down" }])
+            .output()
+            .success();
+    }
+
+    /// `host ARGS` run inside the namespace, as host `host`.
+    fn host(&self, host: &str, args: &[&str]) -> Cmd {
+        Cmd::new("ip")
+            .args(["netns", "exec", &self.name])
+            .arg(crate::harness::host_bin())
+            .args(args)
+            .env("BACKOFFICE_HOST_ID", host)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.outer])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// Issue 12, tests: a host cut off from the database mid-run. Host A runs
+/// in a network namespace of its own and reaches a PostgreSQL server of
+/// this test's own over a veth pair (TCP, addresses only inside what the
+/// test made). The link is cut while A works: its heartbeat stops
+/// reaching the database, host B (this side) takes over after it runs out
+/// and delivers the batch. When the link comes back, A's writes, held up
+/// in TCP all along, finally arrive, and are fenced out: every row is
+/// recorded once, by term 2, and A's renewals do not revive its claim.
+#[test]
+fn a_host_cut_off_from_the_network_is_fenced_out_when_it_comes_back() {
+    let Some(ns) = NetNs::new() else { return };
+    let port = 15432 + (std::process::id() % 1000) as u16;
+    let listen = format!("listen_addresses={}", ns.outer_ip());
+    let port_s = format!("port={port}");
+    let Some(mut server) = pg::PgServer::start_with(&[&listen, &port_s]) else {
+        return;
+    };
+    let hba = server.data_dir().join("pg_hba.conf");
+    let mut text = std::fs::read_to_string(&hba).unwrap();
+    text.push_str(&format!("host all all {}/32 trust\n", ns.inner_ip()));
+    std::fs::write(&hba, text).unwrap();
+    server.restart();
+    server
+        .connect("postgres")
+        .batch_execute("CREATE DATABASE app")
+        .unwrap();
+    // B reaches the server through its socket; A over TCP from inside.
+    let local = format!(
+        "postgresql://{}:{}@localhost/app?host={}&port={port}&schema=cut",
+        pg::SUPERUSER,
+        pg::PASSWORD,
+        server.socket_dir().display()
+    );
+    let remote = format!(
+        "postgresql://{}:{}@{}:{port}/app?schema=cut",
+        pg::SUPERUSER,
+        pg::PASSWORD,
+        ns.outer_ip()
+    );
+    let env = Env::new();
+    let log = env.path("cut.log");
+    let journal = env.path("cut.journal");
+    Cmd::host().args(["init", &local]).output().success();
+    let mut c = server.connect("app");
+    for (k, v) in [
+        ("backoffice-lease-time", "1"),
+        ("backoffice-heartbeat", "1"),
+        ("backoffice-logfile", log.to_str().unwrap()),
+        ("host-journal", journal.to_str().unwrap()),
+        ("host-fenced-write", "on"),
+        ("host-work-ms", "3000"),
+    ] {
+        c.execute(
+            "INSERT INTO cut.config(name, value, mtime) VALUES ($1, $2, 0)",
+            &[&k, &v],
+        )
+        .unwrap();
+    }
+    c.batch_execute("INSERT INTO cut.outbox(body) VALUES ('a'), ('b'), ('c')")
+        .unwrap();
+    let mut a = ns.host("host-a", &["run", &remote]).spawn();
+    assert!(
+        wait_until(DEADLINE, || std::fs::read_to_string(&journal)
+            .is_ok_and(|t| t.contains("enter"))),
+        "host-a never started (log: {})",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    ns.link(false);
+    // B waits on deck until A's heartbeat runs out, then delivers.
+    on_host("host-b", false, &["run", &local])
+        .output()
+        .success();
+    let left: i64 = c
+        .query_one("SELECT count(*) FROM cut.outbox WHERE done = 0", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "host-b delivered the batch");
+    ns.link(true);
+    let st = crate::harness::wait_child(&mut a, Duration::from_secs(90), "the cut-off worker");
+    assert!(st.success());
+    let rows: Vec<(i64, i64)> = c
+        .query("SELECT id, term FROM cut.host_delivered ORDER BY id", &[])
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![(1, 2), (2, 2), (3, 2)],
+        "each row once, by term 2"
+    );
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(text.contains("fenced"), "A's refusal is logged: {text}");
+    let r = c
+        .query_one("SELECT term, cur_pid, handovers FROM cut.bo_lease", &[])
+        .unwrap();
+    let (term, cur_pid, handovers): (i64, i64, i64) = (r.get(0), r.get(1), r.get(2));
+    assert_eq!(
+        (term, cur_pid, handovers),
+        (2, 0, 1),
+        "A did not revive its claim"
+    );
 }
