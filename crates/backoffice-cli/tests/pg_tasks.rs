@@ -378,9 +378,33 @@ fn hooks_run_on_a_postgresql_repository_through_the_binary() {
     );
     assert_eq!(titles(&good_out), ["one", "two", "three", "four"]);
 
-    // `hook remove` on the URL forgets its ledger entry.
+    // `hook edit`, `hook test` and `hook remove` on the URL.
+    let said = r.bo(&[
+        "hook",
+        "edit",
+        "-R",
+        &r.url,
+        &bad.to_string(),
+        "--command",
+        "echo tested; cat >/dev/null",
+    ]);
+    assert!(said.contains("echo tested"), "{said}");
+    let said = r.bo(&["hook", "test", "-R", &r.url, &bad.to_string()]);
+    assert!(said.contains("ran on 4 event(s) (1..4)"), "{said}");
+    assert!(said.contains("tested"), "{said}");
+    assert_eq!(
+        r.entry(bad),
+        Some((4, 0, 0)),
+        "a test leaves the state alone"
+    );
+    let json = r.bo(&["hook", "list", "--json", "-R", &r.url]);
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v[1]["state"]["cursor"], 4, "{json}");
     r.bo(&["hook", "remove", "-R", &r.url, &bad.to_string()]);
-    assert_eq!(r.entry(bad), None);
+    assert_eq!(r.entry(bad), None, "its ledger entry is gone");
+    let list = r.bo(&["hook", "list", "-R", &r.url]);
+    assert!(list.contains("1 hook"), "{list}");
+    assert!(!list.contains(pg::PASSWORD), "{list}");
 }
 
 /// Issue 12, item 4 for hooks: a hooks run whose lease was taken over while
