@@ -64,6 +64,26 @@
 //! every hour. Output (stdout and stderr together) is kept up to
 //! [`OUTPUT_MAX`] bytes: the head and the tail, with the number of bytes cut
 //! in between.
+//!
+//! # On PostgreSQL
+//!
+//! The same task runs on a PostgreSQL repository (`backoffice::pg`): the
+//! hooks are the schema's `config` row `hooks`, their state the schema's
+//! `bo_ledger` (no table of this task's own: both are part of every
+//! schema), and `due`, `status`, `events_done` and the `hook` command read
+//! them with portable SQL ([`Db`]). Events are read with
+//! [`backoffice::events::after`], in the positions a worker stamps before
+//! its tasks run, so a hook never skips an event that committed late.
+//! Every write a run makes (a first sync of the `hooks` row, a cursor
+//! moved, a failure recorded) is [`Db::write`] fenced on the run's term: a
+//! worker whose lease was taken over while its hook ran records nothing
+//! and stops, and the next holder offers the same batch again (hooks are
+//! at least once). `%R` and `BACKOFFICE_REPO` are the URL with its password
+//! hidden (a hook is handed no secret), and the command runs in the
+//! worker's directory. Only the upgrade of a 0.1 release's table (see
+//! "Upgrading") is SQLite's: no PostgreSQL schema ever had one. The SQLite
+//! path keeps its own statements (the after-request `due` is measured by
+//! `cargo bench -p backoffice-tasks --bench hooks`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
