@@ -468,3 +468,42 @@ fn a_hooks_run_whose_term_is_gone_records_nothing() {
     );
     assert_eq!(Hooks.events_done(pdb).unwrap(), Some(1));
 }
+
+/// `hook add` on one PostgreSQL URL from many processes at once: every hook
+/// is kept, each with its own id and ledger entry. (SQLite serialises the
+/// read-modify-write of the `hooks` row with `BEGIN IMMEDIATE`; PostgreSQL's
+/// read committed would let two adds read the same row and the later
+/// commit drop the earlier hook.)
+#[test]
+fn hooks_added_at_once_from_many_processes_are_all_kept() {
+    let Some(r) = PgHooks::new("hooks_race") else {
+        return;
+    };
+    const N: usize = 16;
+    let mut children: Vec<_> = (0..N)
+        .map(|i| {
+            Cmd::backoffice()
+                .args(["hook", "add", "-R", &r.url, "--command"])
+                .arg(format!("echo {i}"))
+                .spawn()
+        })
+        .collect();
+    for c in &mut children {
+        let st = crate::harness::wait_child(c, DEADLINE, "hook add");
+        assert!(st.success(), "a hook add failed: {st}");
+    }
+    let url = backoffice::pg::PgUrl::parse(&r.url).unwrap();
+    let c = url.connect().unwrap();
+    let hooks = backoffice_tasks::hooks::list(Db::Postgres(&c)).unwrap();
+    let mut cmds: Vec<String> = hooks.iter().map(|(h, _)| h.cmd.clone()).collect();
+    cmds.sort();
+    let mut want: Vec<String> = (0..N).map(|i| format!("echo {i}")).collect();
+    want.sort();
+    assert_eq!(cmds, want, "every hook kept");
+    let mut ids: Vec<i64> = hooks.iter().map(|(h, _)| h.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), N, "distinct ids: {ids:?}");
+    assert!(hooks.iter().all(|(_, s)| s.is_some()), "each has its entry");
+    assert_eq!(ledger::all(Db::Postgres(&c), "hooks").unwrap().len(), N);
+}

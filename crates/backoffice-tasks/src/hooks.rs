@@ -458,8 +458,28 @@ fn write<T>(
             tx.commit()?;
             Ok(v)
         }
-        None => db.write(fence, f),
+        None => db.write(fence, |db| {
+            lock(db)?;
+            f(db)
+        }),
     }
+}
+
+/// On PostgreSQL, inside a write: waits for, and holds until the end of
+/// the transaction, the schema's hooks lock, so that writers of the
+/// `hooks` row and of the hooks' ledger entries take turns, as `BEGIN
+/// IMMEDIATE` makes them on SQLite. Without it two `hook add` at once
+/// (read committed) both read the same row and the later commit drops the
+/// other's hook; and a run recording a hook that a `hook remove` deleted
+/// meanwhile would bring its entry back as an orphan.
+fn lock(db: Db<'_>) -> Result<(), DbError> {
+    if db.sqlite().is_none() {
+        db.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('backoffice-hooks:' || current_schema()))",
+            &[],
+        )?;
+    }
+    Ok(())
 }
 
 /// Brings ids and state in line with a `hooks` row edited elsewhere.
@@ -981,7 +1001,7 @@ impl Task for Hooks {
                         let text = db.config_get(HOOKS_ROW)?.unwrap_or_default();
                         match sqlite {
                             Some(conn) => backoffice::repo::config_set(conn, SEEN_ROW, &text)?,
-                            None => db.write(fence, |db| db.config_set(SEEN_ROW, &text))?,
+                            None => write(db, fence, |db| Ok(db.config_set(SEEN_ROW, &text)?))?,
                         }
                     }
                     return Err(e.into());
@@ -1033,7 +1053,10 @@ impl Task for Hooks {
                     // Fenced: a worker whose lease was taken over while
                     // the hook ran records nothing and stops here (the
                     // next holder offers the batch again: at least once).
-                    None => db.write(fence, |db| record(db, &target, &out, last, now))?,
+                    None => db.write(fence, |db| {
+                        lock(db)?;
+                        record(db, &target, &out, last, now)
+                    })?,
                 };
                 if out.failure.is_none() {
                     delivered += events.len() as u64;
