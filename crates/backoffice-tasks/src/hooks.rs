@@ -78,7 +78,9 @@
 //! moved, a failure recorded) is [`Db::write`] fenced on the run's term: a
 //! worker whose lease was taken over while its hook ran records nothing
 //! and stops, and the next holder offers the same batch again (hooks are
-//! at least once). `%R` and `BACKOFFICE_REPO` are the URL with its password
+//! at least once). Writers of the `hooks` row and of the hooks' ledger
+//! entries take turns on a per-schema advisory lock, as `BEGIN IMMEDIATE`
+//! makes them on SQLite. `%R` and `BACKOFFICE_REPO` are the URL with its password
 //! hidden (a hook is handed no secret), and the command runs in the
 //! worker's directory. Only the upgrade of a 0.1 release's table (see
 //! "Upgrading") is SQLite's: no PostgreSQL schema ever had one. The SQLite
