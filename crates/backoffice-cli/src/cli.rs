@@ -451,7 +451,7 @@ pub enum OutboxAction {
 /// `backoffice hook`
 #[derive(Debug, Args)]
 pub struct HookArgs {
-    /// The repository (SQLite file).
+    /// The repository (SQLite file, or `postgres://…?schema=NAME`).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
 

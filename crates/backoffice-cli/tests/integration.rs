@@ -48,5 +48,8 @@ mod chaos;
 // Issue 12, several hosts on PostgreSQL: the harness's server, row locks,
 // terminated sessions, the server's clock.
 mod several_hosts;
+// Issue 12, the shipped tasks on PostgreSQL: the retry ledger's contract on
+// both stores; shell hooks on a schema through the binary, fenced.
+mod pg_tasks;
 // The shape of the code: the engine names no task, the web front imports one way.
 mod layout;

@@ -64,6 +64,28 @@
 //! every hour. Output (stdout and stderr together) is kept up to
 //! [`OUTPUT_MAX`] bytes: the head and the tail, with the number of bytes cut
 //! in between.
+//!
+//! # On PostgreSQL
+//!
+//! The same task runs on a PostgreSQL repository (`backoffice::pg`): the
+//! hooks are the schema's `config` row `hooks`, their state the schema's
+//! `bo_ledger` (no table of this task's own: both are part of every
+//! schema), and `due`, `status`, `events_done` and the `hook` command read
+//! them with portable SQL ([`Db`]). Events are read with
+//! [`backoffice::events::after`], in the positions a worker stamps before
+//! its tasks run, so a hook never skips an event that committed late.
+//! Every write a run makes (a first sync of the `hooks` row, a cursor
+//! moved, a failure recorded) is [`Db::write`] fenced on the run's term: a
+//! worker whose lease was taken over while its hook ran records nothing
+//! and stops, and the next holder offers the same batch again (hooks are
+//! at least once). Writers of the `hooks` row and of the hooks' ledger
+//! entries take turns on a per-schema advisory lock, as `BEGIN IMMEDIATE`
+//! makes them on SQLite. `%R` and `BACKOFFICE_REPO` are the URL with its password
+//! hidden (a hook is handed no secret), and the command runs in the
+//! worker's directory. Only the upgrade of a 0.1 release's table (see
+//! "Upgrading") is SQLite's: no PostgreSQL schema ever had one. The SQLite
+//! path keeps its own statements (the after-request `due` is measured by
+//! `cargo bench -p backoffice-tasks --bench hooks`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -74,6 +96,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
+use backoffice::db::DbError;
 use backoffice::{Context, Db, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// The `config` row holding the hooks (Fossil's).
@@ -136,6 +159,9 @@ pub enum HookError {
     /// SQLite refused.
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The store refused (on PostgreSQL; or a fenced write).
+    #[error("{0}")]
+    Db(#[from] DbError),
     /// The `hooks` row is not a JSON array of objects.
     #[error("the config row `hooks` is not a JSON array of hooks: {0}")]
     BadJson(String),
@@ -254,14 +280,61 @@ pub fn parse(text: Option<&str>) -> Result<Vec<Hook>, HookError> {
 }
 
 /// The hooks, as stored (ids of 0 mean "not yet assigned").
-pub fn load(conn: &Connection) -> Result<Vec<Hook>, HookError> {
-    parse(backoffice::repo::config_get(conn, HOOKS_ROW)?.as_deref())
+pub fn load<'a>(db: impl Into<Db<'a>>) -> Result<Vec<Hook>, HookError> {
+    parse(db.into().config_get(HOOKS_ROW)?.as_deref())
 }
 
-fn newest_event(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("SELECT coalesce(max(eventid), 0) FROM bo_event", [], |r| {
-        r.get(0)
-    })
+/// The newest event's position (0: none). On PostgreSQL only positioned
+/// events count: an event not yet given its position by a worker is not
+/// offered to a hook yet.
+fn newest_event(db: Db<'_>) -> Result<i64, DbError> {
+    match db.sqlite() {
+        Some(conn) => Ok(conn.query_row(
+            "SELECT coalesce(max(eventid), 0) FROM bo_event",
+            [],
+            |r| r.get(0),
+        )?),
+        None => db
+            .query_opt(
+                "SELECT CAST(coalesce(max(eventid), 0) AS BIGINT) FROM bo_event",
+                &[],
+            )?
+            .map_or(Ok(0), |r| r.int(0)),
+    }
+}
+
+/// Integer setting `name` of this task, on either store: the stored value
+/// if valid, else the default (as [`backoffice::settings::int`]).
+fn setting_int(db: Db<'_>, name: &str) -> i64 {
+    if let Some(conn) = db.sqlite() {
+        return backoffice::settings::int(conn, SETTINGS, name);
+    }
+    let Some(def) = backoffice::settings::find(SETTINGS, name) else {
+        debug_assert!(false, "unknown setting {name}");
+        return 0;
+    };
+    db.config_get(name)
+        .ok()
+        .flatten()
+        .and_then(|v| def.validate(&v).ok())
+        .unwrap_or_else(|| def.default.to_owned())
+        .parse()
+        .unwrap_or(0)
+}
+
+/// The current time for the ledger: on PostgreSQL the database's clock
+/// (every time in a PostgreSQL repository is the database's, so that
+/// hosts whose clocks disagree retry alike), on SQLite this host's.
+fn db_now(db: Db<'_>) -> Result<i64, DbError> {
+    if db.sqlite().is_some() {
+        return Ok(backoffice::clock::now());
+    }
+    db.query_opt(
+        "SELECT CAST(floor(extract(epoch FROM clock_timestamp())) AS BIGINT)",
+        &[],
+    )?
+    .ok_or_else(|| DbError::Postgres("no answer for the clock".into()))?
+    .int(0)
 }
 
 /// Gives ids to entries without one (or with one an earlier entry has):
@@ -286,8 +359,9 @@ pub fn assign_ids(hooks: &mut [Hook], issued: i64) -> Result<i64, HookError> {
 
 /// The highest hook id ever issued in this repository (0 if none is
 /// recorded; a malformed row counts as none).
-fn issued(conn: &Connection) -> Result<i64, HookError> {
-    Ok(backoffice::repo::config_get(conn, LAST_ID_ROW)?
+fn issued(db: Db<'_>) -> Result<i64, HookError> {
+    Ok(db
+        .config_get(LAST_ID_ROW)?
         .and_then(|v| v.trim().parse::<i64>().ok())
         .unwrap_or(0)
         .max(0))
@@ -340,16 +414,20 @@ fn migrate(conn: &Connection) -> rusqlite::Result<()> {
 /// Writes the hooks and brings the ledger in line, inside the caller's
 /// transaction: new runnable hooks start at the newest event, entries of
 /// hooks gone or no longer runnable are deleted.
-fn save(conn: &Connection, hooks: &mut [Hook]) -> Result<(), HookError> {
+fn save(db: Db<'_>, hooks: &mut [Hook]) -> Result<(), HookError> {
     // Before any ledger write: an old state row must not lose to a fresh
-    // entry started at the newest event.
-    install(conn)?;
+    // entry started at the newest event. (On PostgreSQL the event log and
+    // the ledger are the schema's, and there is no older release.)
+    if let Some(conn) = db.sqlite() {
+        install(conn)?;
+    }
+    let conn = db;
     let top = assign_ids(hooks, issued(conn)?)?;
-    backoffice::repo::config_set(conn, LAST_ID_ROW, &top.to_string())?;
+    conn.config_set(LAST_ID_ROW, &top.to_string())?;
     let text = serde_json::to_string(&Value::Array(hooks.iter().map(Hook::to_value).collect()))
         .expect("JSON");
-    backoffice::repo::config_set(conn, HOOKS_ROW, &text)?;
-    backoffice::repo::config_set(conn, SEEN_ROW, &text)?;
+    conn.config_set(HOOKS_ROW, &text)?;
+    conn.config_set(SEEN_ROW, &text)?;
     let newest = newest_event(conn)?;
     let keep: std::collections::HashSet<String> = hooks
         .iter()
@@ -367,20 +445,52 @@ fn save(conn: &Connection, hooks: &mut [Hook]) -> Result<(), HookError> {
     Ok(())
 }
 
-/// Runs `f` in a short `BEGIN IMMEDIATE` transaction.
+/// Runs `f` in a short write transaction: `BEGIN IMMEDIATE` on SQLite
+/// (unfenced, as it always was), on PostgreSQL [`Db::write`] fenced on
+/// `fence` (a worker's run passes its term).
 fn write<T>(
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> Result<T, HookError>,
+    db: Db<'_>,
+    fence: Option<u64>,
+    f: impl FnOnce(Db<'_>) -> Result<T, HookError>,
 ) -> Result<T, HookError> {
-    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
-    let v = f(&tx)?;
-    tx.commit()?;
-    Ok(v)
+    match db.sqlite() {
+        Some(conn) => {
+            let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
+            let v = f(Db::Sqlite(&tx))?;
+            tx.commit()?;
+            Ok(v)
+        }
+        None => db.write(fence, |db| {
+            lock(db)?;
+            f(db)
+        }),
+    }
+}
+
+/// On PostgreSQL, inside a write: waits for, and holds until the end of
+/// the transaction, the schema's hooks lock, so that writers of the
+/// `hooks` row and of the hooks' ledger entries take turns, as `BEGIN
+/// IMMEDIATE` makes them on SQLite. Without it two `hook add` at once
+/// (read committed) both read the same row and the later commit drops the
+/// other's hook; and a run recording a hook that a `hook remove` deleted
+/// meanwhile would bring its entry back as an orphan.
+fn lock(db: Db<'_>) -> Result<(), DbError> {
+    if db.sqlite().is_none() {
+        db.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('backoffice-hooks:' || current_schema()))",
+            &[],
+        )?;
+    }
+    Ok(())
 }
 
 /// Brings ids and state in line with a `hooks` row edited elsewhere.
-pub fn sync(conn: &Connection) -> Result<(), HookError> {
-    write(conn, |c| {
+pub fn sync<'a>(db: impl Into<Db<'a>>) -> Result<(), HookError> {
+    sync_fenced(db.into(), None)
+}
+
+fn sync_fenced(db: Db<'_>, fence: Option<u64>) -> Result<(), HookError> {
+    write(db, fence, |c| {
         let mut hooks = load(c)?;
         save(c, &mut hooks)
     })
@@ -412,12 +522,12 @@ fn check_type(t: &str) -> Result<(), HookError> {
 }
 
 /// Adds a hook; returns it with its id.
-pub fn add(conn: &Connection, new: &New) -> Result<Hook, HookError> {
+pub fn add<'a>(db: impl Into<Db<'a>>, new: &New) -> Result<Hook, HookError> {
     if new.cmd.trim().is_empty() {
         return Err(HookError::EmptyCommand);
     }
     check_type(&new.kind)?;
-    write(conn, |c| {
+    write(db.into(), None, |c| {
         let mut hooks = load(c)?;
         let seq = new.seq.unwrap_or_else(|| {
             hooks
@@ -465,14 +575,14 @@ pub struct Changes {
 }
 
 /// Changes a hook; returns it.
-pub fn edit(conn: &Connection, id: i64, ch: &Changes) -> Result<Hook, HookError> {
+pub fn edit<'a>(db: impl Into<Db<'a>>, id: i64, ch: &Changes) -> Result<Hook, HookError> {
     if ch.cmd.as_deref().is_some_and(|c| c.trim().is_empty()) {
         return Err(HookError::EmptyCommand);
     }
     if let Some(t) = &ch.kind {
         check_type(t)?;
     }
-    write(conn, |c| {
+    write(db.into(), None, |c| {
         let mut hooks = load(c)?;
         assign_ids(&mut hooks, issued(c)?)?;
         let h = hooks
@@ -495,8 +605,8 @@ pub fn edit(conn: &Connection, id: i64, ch: &Changes) -> Result<Hook, HookError>
 }
 
 /// Removes a hook and its state; returns it.
-pub fn remove(conn: &Connection, id: i64) -> Result<Hook, HookError> {
-    write(conn, |c| {
+pub fn remove<'a>(db: impl Into<Db<'a>>, id: i64) -> Result<Hook, HookError> {
+    write(db.into(), None, |c| {
         let mut hooks = load(c)?;
         assign_ids(&mut hooks, issued(c)?)?;
         let i = hooks
@@ -512,10 +622,15 @@ pub fn remove(conn: &Connection, id: i64) -> Result<Hook, HookError> {
 /// A hook's state, if it has any: its ledger entry, or on a repository
 /// not yet upgraded its row of the old table (read-only commands never
 /// upgrade, and must not show a hook as new).
-pub fn state(conn: &Connection, id: i64) -> Result<Option<State>, HookError> {
-    if let Some(e) = ledger::get(conn, TASK, &id.to_string())? {
+pub fn state<'a>(db: impl Into<Db<'a>>, id: i64) -> Result<Option<State>, HookError> {
+    let db = db.into();
+    if let Some(e) = ledger::get(db, TASK, &id.to_string())? {
         return Ok(Some(e.into()));
     }
+    // Only SQLite repositories can hold an older release's table.
+    let Some(conn) = db.sqlite() else {
+        return Ok(None);
+    };
     if !conn.table_exists(None, LEGACY_TABLE)? {
         return Ok(None);
     }
@@ -538,7 +653,8 @@ pub fn state(conn: &Connection, id: i64) -> Result<Option<State>, HookError> {
 }
 
 /// The hooks in run order (seq, then id), each with its state.
-pub fn list(conn: &Connection) -> Result<Vec<(Hook, Option<State>)>, HookError> {
+pub fn list<'a>(db: impl Into<Db<'a>>) -> Result<Vec<(Hook, Option<State>)>, HookError> {
+    let conn = db.into();
     let mut hooks = load(conn)?;
     hooks.sort_by_key(|h| (h.seq, h.id));
     hooks
@@ -679,7 +795,15 @@ pub struct Invocation<'a> {
 /// command's whole process tree ends with its run, and with its worker if
 /// that dies first (see [`backoffice::child`]).
 pub fn execute(inv: &Invocation<'_>, events: &[EventLine]) -> Result<Outcome, HookError> {
-    let repo = std::path::absolute(inv.repo).unwrap_or_else(|_| inv.repo.to_owned());
+    // A PostgreSQL repository is its URL, password hidden (a hook is given
+    // no secret; it connects with its own credentials), and has no
+    // directory: the command runs in the worker's.
+    let url = inv.repo.to_str().is_some_and(backoffice::db::is_pg_url);
+    let repo = if url {
+        inv.repo.to_owned()
+    } else {
+        std::path::absolute(inv.repo).unwrap_or_else(|_| inv.repo.to_owned())
+    };
     let mut input = Vec::with_capacity(events.len() * 128);
     for e in events {
         serde_json::to_writer(&mut input, e).expect("JSON");
@@ -690,7 +814,11 @@ pub fn execute(inv: &Invocation<'_>, events: &[EventLine]) -> Result<Outcome, Ho
     let last = events.last().map_or(0, |e| e.eventid);
     let spec = backoffice::child::Spec {
         command: &command,
-        dir: Some(repo.parent().unwrap_or(Path::new("/"))),
+        dir: if url {
+            None
+        } else {
+            Some(repo.parent().unwrap_or(Path::new("/")))
+        },
         env: vec![
             ("BACKOFFICE_REPO", repo.clone().into_os_string()),
             ("BACKOFFICE_HOOK_ID", inv.id.to_string().into()),
@@ -725,21 +853,27 @@ pub fn current_exe() -> PathBuf {
 
 /// Runs one hook once on the newest events (at most 5), or a sample event
 /// when there are none, without touching its state.
-pub fn test(
-    conn: &Connection,
+pub fn test<'a>(
+    db: impl Into<Db<'a>>,
     repo: &Path,
     id: i64,
 ) -> Result<(Vec<EventLine>, Outcome), HookError> {
-    let hook = list(conn)?
+    let db = db.into();
+    let hook = list(db)?
         .into_iter()
         .map(|(h, _)| h)
         .find(|h| h.id == id)
         .ok_or(HookError::NoSuchHook(id))?;
-    let mut events = if conn.table_exists(None, "bo_event")? {
-        let newest = newest_event(conn)?;
-        events_after(conn, newest.saturating_sub(5).max(0), 5)?
-    } else {
-        Vec::new()
+    let mut events = match db.sqlite() {
+        Some(conn) if conn.table_exists(None, "bo_event")? => {
+            let newest = newest_event(db)?;
+            events_after(conn, newest.saturating_sub(5).max(0), 5)?
+        }
+        Some(_) => Vec::new(),
+        None => {
+            let newest = newest_event(db)?;
+            backoffice::events::after(db, newest.saturating_sub(5).max(0), 5)?
+        }
     };
     if events.is_empty() {
         events.push(EventLine {
@@ -759,7 +893,7 @@ pub fn test(
             cmd: &hook.cmd,
             repo,
             exe: &exe,
-            timeout: Duration::from_secs(backoffice::settings::int(conn, SETTINGS, TIMEOUT) as u64),
+            timeout: Duration::from_secs(setting_int(db, TIMEOUT).max(1) as u64),
         },
         &events,
     )?;
@@ -781,8 +915,7 @@ impl Task for Hooks {
 
     fn due(&self, db: Db<'_>, now: i64) -> Result<Due, TaskError> {
         let Some(conn) = db.sqlite() else {
-            // SQLite only: nothing of this task's is ever due elsewhere.
-            return Ok(Due::Never);
+            return due_portable(db, now);
         };
         // Never set up here: a `hooks` row written by Fossil or by hand
         // needs a first sync.
@@ -835,43 +968,55 @@ impl Task for Hooks {
     }
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
-        let conn = ctx.db.sqlite_only(self.name())?;
+        let db = ctx.db;
+        // SQLite: the connection, for the statements this task has always
+        // run; PostgreSQL: the portable ones, every write fenced on the
+        // run's term.
+        let sqlite = db.sqlite();
+        let fence = if sqlite.is_some() {
+            None
+        } else {
+            Some(ctx.term)
+        };
         // Nothing new and nothing to retry (the common case): as cheap as
         // the after-request check.
-        if self.due(ctx.db, ctx.now)? != Due::Now {
+        if self.due(db, ctx.now)? != Due::Now {
             return Ok(0);
         }
-        if conn.table_exists(None, LEGACY_TABLE)? {
-            install(conn)?;
+        if let Some(conn) = sqlite {
+            if conn.table_exists(None, LEGACY_TABLE)? {
+                install(conn)?;
+            }
         }
-        let seen = backoffice::repo::config_get(conn, SEEN_ROW)?;
+        let seen = db.config_get(SEEN_ROW)?;
         let set_up = seen.is_some();
-        if backoffice::repo::config_get(conn, HOOKS_ROW)? != seen {
-            match load(conn) {
+        if db.config_get(HOOKS_ROW)? != seen {
+            match load(db) {
                 Ok(h) if h.is_empty() && !set_up => {
                     return Ok(0);
                 }
-                Ok(_) => sync(conn)?,
+                Ok(_) => sync_fenced(db, fence)?,
                 Err(e) => {
                     // A hand-edited row that does not parse: say so once
                     // (and in `status` until fixed), not on every request.
                     if set_up {
-                        let text =
-                            backoffice::repo::config_get(conn, HOOKS_ROW)?.unwrap_or_default();
-                        backoffice::repo::config_set(conn, SEEN_ROW, &text)?;
+                        let text = db.config_get(HOOKS_ROW)?.unwrap_or_default();
+                        match sqlite {
+                            Some(conn) => backoffice::repo::config_set(conn, SEEN_ROW, &text)?,
+                            None => write(db, fence, |db| Ok(db.config_set(SEEN_ROW, &text)?))?,
+                        }
                     }
                     return Err(e.into());
                 }
             }
         }
-        let timeout =
-            Duration::from_secs(backoffice::settings::int(conn, SETTINGS, TIMEOUT) as u64);
-        let max_failures = backoffice::settings::int(conn, SETTINGS, MAX_FAILURES);
+        let timeout = Duration::from_secs(setting_int(db, TIMEOUT).max(1) as u64);
+        let max_failures = setting_int(db, MAX_FAILURES);
         let exe = current_exe();
-        let newest = newest_event(conn)?;
+        let newest = newest_event(db)?;
         let mut delivered = 0u64;
         let mut failed = Vec::new();
-        for (hook, st) in list(conn)? {
+        for (hook, st) in list(db)? {
             let Some(mut st) = st.filter(|_| hook.runnable()) else {
                 continue;
             };
@@ -879,7 +1024,10 @@ impl Task for Hooks {
                 if st.cursor >= newest || st.next_attempt > ctx.now {
                     break;
                 }
-                let events = events_after(conn, st.cursor, BATCH)?;
+                let events = match sqlite {
+                    Some(conn) => events_after(conn, st.cursor, BATCH)?,
+                    None => backoffice::events::after(db, st.cursor, BATCH)?,
+                };
                 let Some(last) = events.last().map(|e| e.eventid) else {
                     break;
                 };
@@ -895,30 +1043,23 @@ impl Task for Hooks {
                     },
                     &events,
                 )?;
-                let now = backoffice::clock::now();
+                let now = db_now(db)?;
                 let target = hook.id.to_string();
-                // The hook may have been removed while it ran (by another
-                // process, or by itself): then its entry is gone and must
-                // stay gone, or an orphan entry behind the newest event
-                // would make every check report work no run can do.
-                // An own write (see `backoffice::writes`): a failing hook's
-                // hourly retries must not make replication copy the
-                // repository each time.
-                let recorded = backoffice::writes::own_write(conn, |conn| {
-                    if ledger::get(conn, TASK, &target)?.is_none() {
-                        return Ok(None);
-                    }
-                    match &out.failure {
-                        None => {
-                            ledger::succeeded(conn, TASK, &target, last, now, Some(&out.output))?;
-                            Ok(Some(0))
-                        }
-                        Some(f) => {
-                            ledger::failed(conn, TASK, &target, now, f, Some(&out.output), &BACKOFF)
-                                .map(|e| Some(e.failures))
-                        }
-                    }
-                })?;
+                let recorded = match sqlite {
+                    // An own write (see `backoffice::writes`): a failing
+                    // hook's hourly retries must not make replication copy
+                    // the repository each time.
+                    Some(conn) => backoffice::writes::own_write(conn, |conn| {
+                        record(conn, &target, &out, last, now)
+                    })?,
+                    // Fenced: a worker whose lease was taken over while
+                    // the hook ran records nothing and stops here (the
+                    // next holder offers the batch again: at least once).
+                    None => db.write(fence, |db| {
+                        lock(db)?;
+                        record(db, &target, &out, last, now)
+                    })?,
+                };
                 if out.failure.is_none() {
                     delivered += events.len() as u64;
                 }
@@ -964,11 +1105,11 @@ impl Task for Hooks {
     /// with every event. A `hooks` row that does not parse is an error
     /// (nothing is purged until it is fixed; `status` says why).
     fn events_done(&self, db: Db<'_>) -> Result<Option<i64>, TaskError> {
-        let Some(conn) = db.sqlite() else {
-            return Ok(None);
+        let newest = match db.sqlite() {
+            Some(conn) => backoffice::events::newest(conn)?,
+            None => newest_event(db)?,
         };
-        let newest = backoffice::events::newest(conn)?;
-        let lowest = list(conn)?
+        let lowest = list(db)?
             .into_iter()
             .filter(|(h, _)| h.runnable())
             .filter_map(|(_, s)| s.map(|s| s.cursor))
@@ -977,11 +1118,8 @@ impl Task for Hooks {
     }
 
     fn status(&self, db: Db<'_>, now: i64) -> TaskStatus {
-        let Some(conn) = db.sqlite() else {
-            return TaskStatus::sqlite_only(db);
-        };
         let mut st = TaskStatus::default();
-        let hooks = match list(conn) {
+        let hooks = match list(db) {
             Ok(h) => h,
             Err(e) => {
                 st.problems.push(e.to_string());
@@ -994,11 +1132,10 @@ impl Task for Hooks {
             st.gauges = hook_gauges(0, 0, 0, 0);
             return st;
         }
-        let max_failures = backoffice::settings::int(conn, SETTINGS, MAX_FAILURES);
-        let newest = if conn.table_exists(None, "bo_event").unwrap_or(false) {
-            newest_event(conn).unwrap_or(0)
-        } else {
-            0
+        let max_failures = setting_int(db, MAX_FAILURES);
+        let newest = match db.sqlite() {
+            Some(conn) if !conn.table_exists(None, "bo_event").unwrap_or(false) => 0,
+            _ => newest_event(db).unwrap_or(0),
         };
         let (mut ok, mut retrying, mut failing, mut behind_total) = (0, 0, 0, 0);
         for (h, s) in hooks {
@@ -1052,6 +1189,70 @@ impl Task for Hooks {
         st.gauges = hook_gauges(ok, retrying, failing, behind_total);
         st
     }
+}
+
+/// Records one run of a hook in the ledger: a success moves its cursor to
+/// `last`, a failure backs it off. Returns the failures in a row, or
+/// `None` if the hook was removed while it ran (by another process, or by
+/// itself): then its entry is gone and must stay gone, or an orphan entry
+/// behind the newest event would make every check report work no run can
+/// do. Inside the caller's write transaction, on either store.
+fn record<'a, D: ledger::LedgerDb<'a>>(
+    db: D,
+    target: &str,
+    out: &Outcome,
+    last: i64,
+    now: i64,
+) -> Result<Option<i64>, D::Error> {
+    if ledger::get(db, TASK, target)?.is_none() {
+        return Ok(None);
+    }
+    match &out.failure {
+        None => {
+            ledger::succeeded(db, TASK, target, last, now, Some(&out.output))?;
+            Ok(Some(0))
+        }
+        Some(f) => ledger::failed(db, TASK, target, now, f, Some(&out.output), &BACKOFF)
+            .map(|e| Some(e.failures)),
+    }
+}
+
+/// `due` on a store other than SQLite, in one statement: the same answer
+/// as the SQLite check (see [`Hooks::due`]), in SQL both dialects share.
+/// The event log and the ledger are part of a PostgreSQL schema, so they
+/// are never missing; nor is there an older release's table to upgrade.
+fn due_portable(db: Db<'_>, now: i64) -> Result<Due, TaskError> {
+    let row = db
+        .query_opt(
+            "SELECT (SELECT value FROM config WHERE name = 'hooks'),
+                    (SELECT value FROM config WHERE name = 'backoffice-hooks-seen'),
+                    EXISTS(SELECT 1 FROM bo_ledger
+                           WHERE task = 'hooks'
+                             AND cursor < (SELECT max(eventid) FROM bo_event)
+                             AND next_attempt <= ?1),
+                    (SELECT min(next_attempt) FROM bo_ledger
+                     WHERE task = 'hooks'
+                       AND cursor < (SELECT max(eventid) FROM bo_event))",
+            &[now.into()],
+        )?
+        .ok_or_else(|| DbError::Unsupported("the hooks check returned no row".into()))?;
+    debug_assert_eq!((TASK, SEEN_ROW), ("hooks", "backoffice-hooks-seen"));
+    let hooks = row.opt_text(0)?;
+    let Some(seen) = row.opt_text(1)? else {
+        // Never set up here: a `hooks` row written by hand needs a first
+        // sync.
+        return Ok(match parse(hooks.as_deref()) {
+            Ok(h) if !h.is_empty() => Due::Now,
+            _ => Due::Never,
+        });
+    };
+    Ok(
+        if hooks.as_deref() != Some(seen.as_str()) || row.int(2)? != 0 {
+            Due::Now
+        } else {
+            row.opt_int(3)?.map_or(Due::Never, Due::At)
+        },
+    )
 }
 
 /// The hooks task's gauges: runnable hooks ok, retrying and failing, and

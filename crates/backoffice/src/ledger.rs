@@ -47,8 +47,80 @@
 //! as the work it records where there is one (a cursor moved together
 //! with the rows it produced); its writes are the backoffice's own
 //! ([`crate::writes`]).
+//!
+//! # Both stores
+//!
+//! Every function takes a [`LedgerDb`]: a `&Connection` (as it always
+//! has, with `rusqlite` errors, on the same prepared statements: the
+//! SQLite path is unchanged) or a [`Db`] (either store, with [`DbError`]s).
+//! On PostgreSQL the table is part of the repository's schema
+//! ([`crate::pg`]), created with it; the statements are the portable ones
+//! (`?N` parameters, `INSERT … ON CONFLICT (task, target) DO UPDATE`,
+//! bigint columns). A PostgreSQL task writes its entries inside
+//! [`Db::write`] fenced on its run's term, like any progress.
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
+
+use crate::db::{Db, DbError};
+
+/// A database the ledger works on: `&Connection` (SQLite, `rusqlite`
+/// errors, as before the PostgreSQL store existed) or [`Db`] (either
+/// store, [`DbError`]s). A trait rather than `impl Into<Db>` so that the
+/// callers that run the ledger inside a `rusqlite::Result` transaction
+/// (`writes::own_write`, `repo::in_write`) keep their error type.
+pub trait LedgerDb<'a>: Copy {
+    /// The error the ledger's functions return on this handle.
+    type Error;
+    /// The handle as a [`Db`].
+    fn db(self) -> Db<'a>;
+    /// An SQLite error in this handle's error type.
+    fn sqlite_err(e: rusqlite::Error) -> Self::Error;
+    /// A store error in this handle's error type (only [`Db`] handles
+    /// reach PostgreSQL, so a `&Connection` never sees one but SQLite's).
+    fn db_err(e: DbError) -> Self::Error;
+}
+
+impl<'a> LedgerDb<'a> for &'a Connection {
+    type Error = rusqlite::Error;
+    fn db(self) -> Db<'a> {
+        Db::Sqlite(self)
+    }
+    fn sqlite_err(e: rusqlite::Error) -> rusqlite::Error {
+        e
+    }
+    fn db_err(e: DbError) -> rusqlite::Error {
+        match e {
+            DbError::Sqlite(e) => e,
+            other => rusqlite::Error::ToSqlConversionFailure(Box::new(other)),
+        }
+    }
+}
+
+impl<'a, 'b> LedgerDb<'a> for &'a rusqlite::Transaction<'b> {
+    type Error = rusqlite::Error;
+    fn db(self) -> Db<'a> {
+        Db::Sqlite(self)
+    }
+    fn sqlite_err(e: rusqlite::Error) -> rusqlite::Error {
+        e
+    }
+    fn db_err(e: DbError) -> rusqlite::Error {
+        <&Connection as LedgerDb<'_>>::db_err(e)
+    }
+}
+
+impl<'a> LedgerDb<'a> for Db<'a> {
+    type Error = DbError;
+    fn db(self) -> Db<'a> {
+        self
+    }
+    fn sqlite_err(e: rusqlite::Error) -> DbError {
+        DbError::Sqlite(e)
+    }
+    fn db_err(e: DbError) -> DbError {
+        e
+    }
+}
 
 /// The ledger table. `WITHOUT ROWID`: rows are found by their key only.
 pub const SCHEMA: &str = "
@@ -163,73 +235,314 @@ fn entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     })
 }
 
-/// The entry of one target, if it has one. A repository without a ledger
-/// has none.
-pub fn get(conn: &Connection, task: &str, target: &str) -> rusqlite::Result<Option<Entry>> {
-    let stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM bo_ledger WHERE task = ?1 AND target = ?2"
-    ));
-    match stmt {
-        Ok(mut s) => s.query_row(params![task, target], entry).optional(),
-        Err(e) if crate::repo::is_no_such_table(&e) => Ok(None),
-        Err(e) => Err(e),
+/// The statements as they have always run on SQLite: prepared once each
+/// (`prepare_cached`), the table created on the first write.
+mod sqlite {
+    use super::{Backoff, COLUMNS, Entry, entry, install, seed};
+    use rusqlite::{Connection, OptionalExtension, params};
+
+    /// The entry of one target, if it has one. A repository without a ledger
+    /// has none.
+    pub(super) fn get(
+        conn: &Connection,
+        task: &str,
+        target: &str,
+    ) -> rusqlite::Result<Option<Entry>> {
+        let stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM bo_ledger WHERE task = ?1 AND target = ?2"
+        ));
+        match stmt {
+            Ok(mut s) => s.query_row(params![task, target], entry).optional(),
+            Err(e) if crate::repo::is_no_such_table(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Every entry of a task, by target. A repository without a ledger has
+    /// none.
+    pub(super) fn all(conn: &Connection, task: &str) -> rusqlite::Result<Vec<Entry>> {
+        let stmt = conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM bo_ledger WHERE task = ?1 ORDER BY target"
+        ));
+        match stmt {
+            Ok(mut s) => s.query_map([task], entry)?.collect(),
+            Err(e) if crate::repo::is_no_such_table(&e) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The earliest `next_attempt` over a task's targets that have failed
+    /// (`failures > 0`), if any: when a retry is next due.
+    pub(super) fn next_retry(conn: &Connection, task: &str) -> rusqlite::Result<Option<i64>> {
+        let stmt = conn.prepare_cached(
+            "SELECT min(next_attempt) FROM bo_ledger WHERE task = ?1 AND failures > 0",
+        );
+        match stmt {
+            Ok(mut s) => s.query_row([task], |r| r.get(0)),
+            Err(e) if crate::repo::is_no_such_table(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs one write; a repository without a ledger gets one first. (Only
+    /// then: `CREATE TABLE IF NOT EXISTS` on every write would parse SQL
+    /// each time, and in a run that commits often that showed: webhook
+    /// deliveries to 4 endpoints at once were ~15 % slower.)
+    pub(super) fn write(
+        conn: &Connection,
+        sql: &str,
+        params: impl rusqlite::Params + Clone,
+    ) -> rusqlite::Result<usize> {
+        match conn.prepare_cached(sql) {
+            Ok(mut s) => s.execute(params),
+            Err(e) if crate::repo::is_no_such_table(&e) => {
+                install(conn)?;
+                conn.prepare_cached(sql)?.execute(params)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Gives a target an entry starting at `cursor`, if it has none (a new
+    /// target). Creates the ledger if needed.
+    pub(super) fn start(
+        conn: &Connection,
+        task: &str,
+        target: &str,
+        cursor: i64,
+    ) -> rusqlite::Result<()> {
+        write(
+            conn,
+            "INSERT INTO bo_ledger(task, target, cursor) VALUES (?1, ?2, ?3)
+             ON CONFLICT(task, target) DO NOTHING",
+            params![task, target, cursor],
+        )?;
+        Ok(())
+    }
+
+    /// Records a successful attempt at `now`: the cursor moves forward to
+    /// `cursor` (never back: a stored cursor that is ahead, recovered from a
+    /// progress log or set by an operator, stays; [`put`] resets one),
+    /// failures go back to 0, the last error is cleared, the output (if any)
+    /// kept. Creates the entry if it has none.
+    pub(super) fn succeeded(
+        conn: &Connection,
+        task: &str,
+        target: &str,
+        cursor: i64,
+        now: i64,
+        output: Option<&str>,
+    ) -> rusqlite::Result<()> {
+        write(
+            conn,
+            "INSERT INTO bo_ledger(task, target, cursor, failures, next_attempt, last_run, last_error, last_output)
+             VALUES (?1, ?2, ?3, 0, 0, ?4, NULL, ?5)
+             ON CONFLICT(task, target) DO UPDATE SET cursor = max(cursor, excluded.cursor),
+               failures = 0, next_attempt = 0, last_run = excluded.last_run, last_error = NULL,
+               last_output = excluded.last_output",
+            params![task, target, cursor, now, output],
+        )?;
+        Ok(())
+    }
+
+    /// Records a failed attempt at `now`: failures + 1, the next attempt put
+    /// off by `policy`, the error and output kept; the cursor stays. Returns
+    /// the entry as it now stands. Creates the entry (cursor 0) if it has none.
+    pub(super) fn failed(
+        conn: &Connection,
+        task: &str,
+        target: &str,
+        now: i64,
+        error: &str,
+        output: Option<&str>,
+        policy: &Backoff,
+    ) -> rusqlite::Result<Entry> {
+        let failures = get(conn, task, target)?
+            .map_or(0, |e| e.failures)
+            .saturating_add(1);
+        let next = now.saturating_add(policy.delay(failures, seed(task, target)));
+        write(
+            conn,
+            "INSERT INTO bo_ledger(task, target, cursor, failures, next_attempt, last_run, last_error, last_output)
+             VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT(task, target) DO UPDATE SET failures = excluded.failures,
+               next_attempt = excluded.next_attempt, last_run = excluded.last_run,
+               last_error = excluded.last_error, last_output = excluded.last_output",
+            params![task, target, failures, next, now, error, output],
+        )?;
+        Ok(get(conn, task, target)?.unwrap_or_default())
+    }
+
+    /// Sets a target's entry as given (an operator's reset, a retry now, a
+    /// migration). Creates the ledger if needed.
+    pub(super) fn put(conn: &Connection, e: &Entry) -> rusqlite::Result<()> {
+        write(
+            conn,
+            &format!(
+                "INSERT OR REPLACE INTO bo_ledger({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ),
+            params![
+                e.task,
+                e.target,
+                e.cursor,
+                e.failures,
+                e.next_attempt,
+                e.last_run,
+                e.last_error,
+                e.last_output
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a target (it was removed). Nothing happens if it had no entry.
+    pub(super) fn remove(conn: &Connection, task: &str, target: &str) -> rusqlite::Result<()> {
+        match conn.prepare_cached("DELETE FROM bo_ledger WHERE task = ?1 AND target = ?2") {
+            Ok(mut s) => s.execute(params![task, target]).map(|_| ()),
+            Err(e) if crate::repo::is_no_such_table(&e) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 
-/// Every entry of a task, by target. A repository without a ledger has
-/// none.
-pub fn all(conn: &Connection, task: &str) -> rusqlite::Result<Vec<Entry>> {
-    let stmt = conn.prepare_cached(&format!(
-        "SELECT {COLUMNS} FROM bo_ledger WHERE task = ?1 ORDER BY target"
-    ));
-    match stmt {
-        Ok(mut s) => s.query_map([task], entry)?.collect(),
-        Err(e) if crate::repo::is_no_such_table(&e) => Ok(Vec::new()),
-        Err(e) => Err(e),
+// The same statements for PostgreSQL, portable SQL through [`Db`]. The
+// table is the schema's (`crate::pg`), so it is never missing.
+#[cfg(feature = "postgres")]
+fn pg_entry(r: &crate::db::Row) -> Result<Entry, DbError> {
+    Ok(Entry {
+        task: r.text(0)?,
+        target: r.text(1)?,
+        cursor: r.int(2)?,
+        failures: r.int(3)?,
+        next_attempt: r.int(4)?,
+        last_run: r.opt_int(5)?,
+        last_error: r.opt_text(6)?,
+        last_output: r.opt_text(7)?,
+    })
+}
+
+#[cfg(feature = "postgres")]
+fn pg_get(db: Db<'_>, task: &str, target: &str) -> Result<Option<Entry>, DbError> {
+    db.query_opt(
+        "SELECT task, target, cursor, failures, next_attempt, last_run, last_error, last_output
+           FROM bo_ledger WHERE task = ?1 AND target = ?2",
+        &[task.into(), target.into()],
+    )?
+    .as_ref()
+    .map(pg_entry)
+    .transpose()
+}
+
+#[cfg(feature = "postgres")]
+fn pg_failed(
+    db: Db<'_>,
+    task: &str,
+    target: &str,
+    now: i64,
+    error: &str,
+    output: Option<&str>,
+    policy: &Backoff,
+) -> Result<Entry, DbError> {
+    // FOR UPDATE: inside the caller's transaction, two workers (a
+    // --nolease run beside the holder) cannot both count failure n.
+    let failures = db
+        .query_opt(
+            "SELECT failures FROM bo_ledger WHERE task = ?1 AND target = ?2 FOR UPDATE",
+            &[task.into(), target.into()],
+        )?
+        .map(|r| r.int(0))
+        .transpose()?
+        .unwrap_or(0)
+        .saturating_add(1);
+    let next = now.saturating_add(policy.delay(failures, seed(task, target)));
+    db.execute(
+        "INSERT INTO bo_ledger(task, target, cursor, failures, next_attempt, last_run, last_error, last_output)
+         VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (task, target) DO UPDATE SET failures = excluded.failures,
+           next_attempt = excluded.next_attempt, last_run = excluded.last_run,
+           last_error = excluded.last_error, last_output = excluded.last_output",
+        &[
+            task.into(),
+            target.into(),
+            failures.into(),
+            next.into(),
+            now.into(),
+            error.into(),
+            output.into(),
+        ],
+    )?;
+    Ok(pg_get(db, task, target)?.unwrap_or_default())
+}
+
+/// The entry of one target, if it has one. A repository without a ledger
+/// has none.
+pub fn get<'a, D: LedgerDb<'a>>(
+    db: D,
+    task: &str,
+    target: &str,
+) -> Result<Option<Entry>, D::Error> {
+    match db.db() {
+        Db::Sqlite(c) => sqlite::get(c, task, target).map_err(D::sqlite_err),
+        #[cfg(feature = "postgres")]
+        pg @ Db::Postgres(_) => pg_get(pg, task, target).map_err(D::db_err),
+    }
+}
+
+/// Every entry of a task, by target (in byte order on either store). A
+/// repository without a ledger has none.
+pub fn all<'a, D: LedgerDb<'a>>(db: D, task: &str) -> Result<Vec<Entry>, D::Error> {
+    match db.db() {
+        Db::Sqlite(c) => sqlite::all(c, task).map_err(D::sqlite_err),
+        #[cfg(feature = "postgres")]
+        pg @ Db::Postgres(_) => pg
+            .query(
+                "SELECT task, target, cursor, failures, next_attempt, last_run, last_error,
+                        last_output
+                   FROM bo_ledger WHERE task = ?1 ORDER BY target COLLATE \"C\"",
+                &[task.into()],
+            )
+            .and_then(|rows| rows.iter().map(pg_entry).collect())
+            .map_err(D::db_err),
     }
 }
 
 /// The earliest `next_attempt` over a task's targets that have failed
 /// (`failures > 0`), if any: when a retry is next due.
-pub fn next_retry(conn: &Connection, task: &str) -> rusqlite::Result<Option<i64>> {
-    let stmt = conn
-        .prepare_cached("SELECT min(next_attempt) FROM bo_ledger WHERE task = ?1 AND failures > 0");
-    match stmt {
-        Ok(mut s) => s.query_row([task], |r| r.get(0)),
-        Err(e) if crate::repo::is_no_such_table(&e) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// Runs one write; a repository without a ledger gets one first. (Only
-/// then: `CREATE TABLE IF NOT EXISTS` on every write would parse SQL
-/// each time, and in a run that commits often that showed: webhook
-/// deliveries to 4 endpoints at once were ~15 % slower.)
-fn write(
-    conn: &Connection,
-    sql: &str,
-    params: impl rusqlite::Params + Clone,
-) -> rusqlite::Result<usize> {
-    match conn.prepare_cached(sql) {
-        Ok(mut s) => s.execute(params),
-        Err(e) if crate::repo::is_no_such_table(&e) => {
-            install(conn)?;
-            conn.prepare_cached(sql)?.execute(params)
-        }
-        Err(e) => Err(e),
+pub fn next_retry<'a, D: LedgerDb<'a>>(db: D, task: &str) -> Result<Option<i64>, D::Error> {
+    match db.db() {
+        Db::Sqlite(c) => sqlite::next_retry(c, task).map_err(D::sqlite_err),
+        #[cfg(feature = "postgres")]
+        pg @ Db::Postgres(_) => pg
+            .query_opt(
+                "SELECT min(next_attempt) FROM bo_ledger WHERE task = ?1 AND failures > 0",
+                &[task.into()],
+            )
+            .and_then(|r| r.map(|r| r.opt_int(0)).transpose())
+            .map(Option::flatten)
+            .map_err(D::db_err),
     }
 }
 
 /// Gives a target an entry starting at `cursor`, if it has none (a new
 /// target). Creates the ledger if needed.
-pub fn start(conn: &Connection, task: &str, target: &str, cursor: i64) -> rusqlite::Result<()> {
-    write(
-        conn,
-        "INSERT INTO bo_ledger(task, target, cursor) VALUES (?1, ?2, ?3)
-         ON CONFLICT(task, target) DO NOTHING",
-        params![task, target, cursor],
-    )?;
-    Ok(())
+pub fn start<'a, D: LedgerDb<'a>>(
+    db: D,
+    task: &str,
+    target: &str,
+    cursor: i64,
+) -> Result<(), D::Error> {
+    match db.db() {
+        Db::Sqlite(c) => sqlite::start(c, task, target, cursor).map_err(D::sqlite_err),
+        #[cfg(feature = "postgres")]
+        pg @ Db::Postgres(_) => pg
+            .execute(
+                "INSERT INTO bo_ledger(task, target, cursor) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (task, target) DO NOTHING",
+                &[task.into(), target.into(), cursor.into()],
+            )
+            .map(drop)
+            .map_err(D::db_err),
+    }
 }
 
 /// Records a successful attempt at `now`: the cursor moves forward to
@@ -237,82 +550,107 @@ pub fn start(conn: &Connection, task: &str, target: &str, cursor: i64) -> rusqli
 /// progress log or set by an operator, stays; [`put`] resets one),
 /// failures go back to 0, the last error is cleared, the output (if any)
 /// kept. Creates the entry if it has none.
-pub fn succeeded(
-    conn: &Connection,
+pub fn succeeded<'a, D: LedgerDb<'a>>(
+    db: D,
     task: &str,
     target: &str,
     cursor: i64,
     now: i64,
     output: Option<&str>,
-) -> rusqlite::Result<()> {
-    write(
-        conn,
-        "INSERT INTO bo_ledger(task, target, cursor, failures, next_attempt, last_run, last_error, last_output)
-         VALUES (?1, ?2, ?3, 0, 0, ?4, NULL, ?5)
-         ON CONFLICT(task, target) DO UPDATE SET cursor = max(cursor, excluded.cursor),
-           failures = 0, next_attempt = 0, last_run = excluded.last_run, last_error = NULL,
-           last_output = excluded.last_output",
-        params![task, target, cursor, now, output],
-    )?;
-    Ok(())
+) -> Result<(), D::Error> {
+    match db.db() {
+        Db::Sqlite(c) => {
+            sqlite::succeeded(c, task, target, cursor, now, output).map_err(D::sqlite_err)
+        }
+        #[cfg(feature = "postgres")]
+        pg @ Db::Postgres(_) => pg
+            .execute(
+                "INSERT INTO bo_ledger(task, target, cursor, failures, next_attempt, last_run,
+                                       last_error, last_output)
+                 VALUES (?1, ?2, ?3, 0, 0, ?4, NULL, ?5)
+                 ON CONFLICT (task, target) DO UPDATE
+                   SET cursor = GREATEST(bo_ledger.cursor, excluded.cursor),
+                       failures = 0, next_attempt = 0, last_run = excluded.last_run,
+                       last_error = NULL, last_output = excluded.last_output",
+                &[
+                    task.into(),
+                    target.into(),
+                    cursor.into(),
+                    now.into(),
+                    output.into(),
+                ],
+            )
+            .map(drop)
+            .map_err(D::db_err),
+    }
 }
 
 /// Records a failed attempt at `now`: failures + 1, the next attempt put
 /// off by `policy`, the error and output kept; the cursor stays. Returns
 /// the entry as it now stands. Creates the entry (cursor 0) if it has none.
-pub fn failed(
-    conn: &Connection,
+pub fn failed<'a, D: LedgerDb<'a>>(
+    db: D,
     task: &str,
     target: &str,
     now: i64,
     error: &str,
     output: Option<&str>,
     policy: &Backoff,
-) -> rusqlite::Result<Entry> {
-    let failures = get(conn, task, target)?
-        .map_or(0, |e| e.failures)
-        .saturating_add(1);
-    let next = now.saturating_add(policy.delay(failures, seed(task, target)));
-    write(
-        conn,
-        "INSERT INTO bo_ledger(task, target, cursor, failures, next_attempt, last_run, last_error, last_output)
-         VALUES (?1, ?2, 0, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT(task, target) DO UPDATE SET failures = excluded.failures,
-           next_attempt = excluded.next_attempt, last_run = excluded.last_run,
-           last_error = excluded.last_error, last_output = excluded.last_output",
-        params![task, target, failures, next, now, error, output],
-    )?;
-    Ok(get(conn, task, target)?.unwrap_or_default())
+) -> Result<Entry, D::Error> {
+    match db.db() {
+        Db::Sqlite(c) => {
+            sqlite::failed(c, task, target, now, error, output, policy).map_err(D::sqlite_err)
+        }
+        #[cfg(feature = "postgres")]
+        pg @ Db::Postgres(_) => {
+            pg_failed(pg, task, target, now, error, output, policy).map_err(D::db_err)
+        }
+    }
 }
 
 /// Sets a target's entry as given (an operator's reset, a retry now, a
 /// migration). Creates the ledger if needed.
-pub fn put(conn: &Connection, e: &Entry) -> rusqlite::Result<()> {
-    write(
-        conn,
-        &format!(
-            "INSERT OR REPLACE INTO bo_ledger({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
-        ),
-        params![
-            e.task,
-            e.target,
-            e.cursor,
-            e.failures,
-            e.next_attempt,
-            e.last_run,
-            e.last_error,
-            e.last_output
-        ],
-    )?;
-    Ok(())
+pub fn put<'a, D: LedgerDb<'a>>(db: D, e: &Entry) -> Result<(), D::Error> {
+    match db.db() {
+        Db::Sqlite(c) => sqlite::put(c, e).map_err(D::sqlite_err),
+        #[cfg(feature = "postgres")]
+        pg @ Db::Postgres(_) => pg
+            .execute(
+                "INSERT INTO bo_ledger(task, target, cursor, failures, next_attempt, last_run,
+                                       last_error, last_output)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (task, target) DO UPDATE
+                   SET cursor = excluded.cursor, failures = excluded.failures,
+                       next_attempt = excluded.next_attempt, last_run = excluded.last_run,
+                       last_error = excluded.last_error, last_output = excluded.last_output",
+                &[
+                    e.task.as_str().into(),
+                    e.target.as_str().into(),
+                    e.cursor.into(),
+                    e.failures.into(),
+                    e.next_attempt.into(),
+                    e.last_run.into(),
+                    e.last_error.as_deref().into(),
+                    e.last_output.as_deref().into(),
+                ],
+            )
+            .map(drop)
+            .map_err(D::db_err),
+    }
 }
 
 /// Forgets a target (it was removed). Nothing happens if it had no entry.
-pub fn remove(conn: &Connection, task: &str, target: &str) -> rusqlite::Result<()> {
-    match conn.prepare_cached("DELETE FROM bo_ledger WHERE task = ?1 AND target = ?2") {
-        Ok(mut s) => s.execute(params![task, target]).map(|_| ()),
-        Err(e) if crate::repo::is_no_such_table(&e) => Ok(()),
-        Err(e) => Err(e),
+pub fn remove<'a, D: LedgerDb<'a>>(db: D, task: &str, target: &str) -> Result<(), D::Error> {
+    match db.db() {
+        Db::Sqlite(c) => sqlite::remove(c, task, target).map_err(D::sqlite_err),
+        #[cfg(feature = "postgres")]
+        pg @ Db::Postgres(_) => pg
+            .execute(
+                "DELETE FROM bo_ledger WHERE task = ?1 AND target = ?2",
+                &[task.into(), target.into()],
+            )
+            .map(drop)
+            .map_err(D::db_err),
     }
 }
 

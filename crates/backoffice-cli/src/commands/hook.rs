@@ -1,8 +1,10 @@
-//! `backoffice hook`.
+//! `backoffice hook`, on an SQLite repository file or a PostgreSQL URL.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
+use backoffice::Db;
 use backoffice_tasks::hooks::{self, Changes, Hook, New, State};
 
 use crate::cli::{HookAction, HookArgs};
@@ -37,17 +39,44 @@ fn line(h: &Hook, s: Option<&State>, now: i64) -> String {
 /// Runs `backoffice hook`.
 pub fn run(a: HookArgs) -> Result<ExitCode> {
     let path = super::repo_path(a.repository, None)?;
+    if let Some(url) = super::pg::url(&path)? {
+        let conn = url.connect()?;
+        // The repository as hooks see it (`%R`): the URL, password hidden.
+        return act(
+            a.action,
+            Db::Postgres(&conn),
+            Path::new(url.redacted()),
+            None,
+        );
+    }
     let repo = super::open(&path)?;
-    let conn = repo.conn();
+    act(a.action, Db::Sqlite(repo.conn()), &path, Some(&repo))
+}
+
+/// Does `action` on `conn`; `repo` is the SQLite repository, to check it is
+/// writable (a PostgreSQL schema has no such check: the server's grants
+/// decide).
+fn act(
+    action: HookAction,
+    conn: Db<'_>,
+    path: &Path,
+    repo: Option<&backoffice::Repo>,
+) -> Result<ExitCode> {
+    let writable = || -> Result<()> {
+        if let Some(r) = repo {
+            r.writable()?;
+        }
+        Ok(())
+    };
     let now = backoffice::clock::now();
-    match a.action {
+    match action {
         HookAction::Add {
             command,
             seq,
             kind,
             from_start,
         } => {
-            repo.writable()?;
+            writable()?;
             let h = hooks::add(
                 conn,
                 &New {
@@ -85,7 +114,7 @@ pub fn run(a: HookArgs) -> Result<ExitCode> {
             seq,
             kind,
         } => {
-            repo.writable()?;
+            writable()?;
             let h = hooks::edit(
                 conn,
                 id,
@@ -99,12 +128,12 @@ pub fn run(a: HookArgs) -> Result<ExitCode> {
             println!("{}", line(&h, s.as_ref(), now));
         }
         HookAction::Remove { id } => {
-            repo.writable()?;
+            writable()?;
             let h = hooks::remove(conn, id)?;
             println!("removed hook {}: {}", h.id, h.cmd);
         }
         HookAction::Test { id } => {
-            let (events, out) = hooks::test(conn, &path, id)?;
+            let (events, out) = hooks::test(conn, path, id)?;
             println!(
                 "hook {id} ran on {} event(s) ({}..{}) in {} ms: {}",
                 events.len(),
