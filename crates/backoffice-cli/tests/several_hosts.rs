@@ -1329,3 +1329,68 @@ fn a_host_cut_off_from_the_network_is_fenced_out_when_it_comes_back() {
         "A did not revive its claim"
     );
 }
+
+/// Issue 12, item 4, at the last step: a holder's end-of-run write must not
+/// undo a takeover that committed while it was under way. Under
+/// PostgreSQL's READ COMMITTED, a release that read the lease without a
+/// lock and then wrote it back would, once the takeover's lock is gone,
+/// write its stale copy over the new holder — term included, so its own
+/// fence check would then pass. The test holds the lease row locked when
+/// the worker reaches its release, takes the lease over in that same
+/// transaction (term 2, another holder), and commits: the worker must see
+/// the new term, record nothing, and leave the takeover as it is.
+#[test]
+fn a_release_never_writes_over_a_takeover_that_committed_meanwhile() {
+    let env = Env::new();
+    let Some(r) = PgRepo::new(&env, "release", 1, 30) else {
+        return;
+    };
+    r.set("host-work-ms", "1500");
+    r.publish(1);
+    let mut a = on_host("host-a", false, &["run", &r.url]).spawn();
+    assert!(
+        wait_until(DEADLINE, || std::fs::read_to_string(&r.journal)
+            .is_ok_and(|t| t.contains("enter"))),
+        "host-a never started"
+    );
+    // Lock the row while A works; A's release then waits for it.
+    let mut b = r.client();
+    let mut tx = b.transaction().unwrap();
+    tx.query_one("SELECT term FROM bo_lease WHERE id = 1 FOR UPDATE", &[])
+        .unwrap();
+    let mut watch = r.client();
+    assert!(
+        wait_until(DEADLINE, || watch
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND application_name = 'backoffice'
+                    AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .unwrap()
+            .get::<_, i64>(0)
+            >= 1),
+        "the worker never reached its release"
+    );
+    // The takeover, committed while A's release waits.
+    tx.execute(
+        "UPDATE bo_lease SET term = 2, cur_pid = 999999, cur_host = 'host-b',
+                cur_expires = cur_expires + 3600, cur_alive_until = cur_expires + 3600
+          WHERE id = 1",
+        &[],
+    )
+    .unwrap();
+    tx.commit().unwrap();
+    let st = crate::harness::wait_child(&mut a, DEADLINE, "host-a");
+    assert!(st.success());
+    let row = r
+        .client()
+        .query_one("SELECT term, cur_pid, cur_host FROM bo_lease", &[])
+        .unwrap();
+    let got: (i64, i64, Option<String>) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        got,
+        (2, 999999, Some("host-b".into())),
+        "the takeover stands after the old holder's release"
+    );
+}

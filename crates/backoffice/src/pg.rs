@@ -798,6 +798,20 @@ pub fn read_lease(conn: &PgConn) -> Result<PgLease, DbError> {
     lease_from_row(&row)
 }
 
+/// Reads the lease row locked (`FOR UPDATE`) until the transaction ends:
+/// every read of the lease that leads to a write of it. (Under READ
+/// COMMITTED, a write based on an unlocked read would, once a concurrent
+/// takeover's lock is gone, put its stale copy over the takeover.)
+fn lease_for_update(conn: &PgConn) -> Result<PgLease, DbError> {
+    let row = conn
+        .query_opt(
+            &format!("SELECT {LEASE_COLUMNS} FROM bo_lease WHERE id = 1 FOR UPDATE"),
+            &[],
+        )?
+        .ok_or_else(|| DbError::Postgres("the lease row bo_lease is missing".into()))?;
+    lease_from_row(&row)
+}
+
 fn write_lease(conn: &PgConn, l: &PgLease) -> Result<(), DbError> {
     let mut params: Vec<Value> = vec![
         i64::try_from(l.lease.term).unwrap_or(i64::MAX).into(),
@@ -822,7 +836,7 @@ fn write_lease(conn: &PgConn, l: &PgLease) -> Result<(), DbError> {
 /// across a reset must still be fenced out.
 pub fn reset_lease(conn: &PgConn) -> Result<(), DbError> {
     conn.write(None, || {
-        let mut l = read_lease(conn)?;
+        let mut l = lease_for_update(conn)?;
         l.lease.current = Slot::EMPTY;
         l.lease.next = Slot::EMPTY;
         write_lease(conn, &l)
@@ -888,13 +902,7 @@ pub fn run(url: &PgUrl, tasks: &Tasks, opts: &RunOptions) -> crate::Result<Outco
     loop {
         let lease_time = settings.lease_time;
         let pass = conn.write(None, || -> Result<_, DbError> {
-            let row = conn
-                .query_opt(
-                    &format!("SELECT {LEASE_COLUMNS} FROM bo_lease WHERE id = 1 FOR UPDATE"),
-                    &[],
-                )?
-                .ok_or_else(|| DbError::Postgres("the lease row bo_lease is missing".into()))?;
-            let stored = lease_from_row(&row)?;
+            let stored = lease_for_update(&conn)?;
             // After the lock: the time the decision is made at.
             let now = conn.now()?;
             let key = repo_key.clone();
@@ -1193,6 +1201,16 @@ fn finish(
     term: u64,
 ) -> Result<(), DbError> {
     conn.write(holder.map(|_| term), || {
+        // The lease first, locked: a takeover either committed before (and
+        // this holder sees the new term and records nothing) or waits
+        // until this transaction ends.
+        let mut l = lease_for_update(conn)?;
+        if holder.is_some() && l.lease.term != term {
+            return Err(DbError::Fenced {
+                expected: term,
+                found: l.lease.term,
+            });
+        }
         let json = serde_json::to_string(report).unwrap_or_default();
         conn.config_set(task::LAST_RUN_ROW, &json)?;
         let mut totals: RunTotals = conn
@@ -1205,7 +1223,6 @@ fn finish(
             &serde_json::to_string(&totals).unwrap_or_default(),
         )?;
         if let Some(me) = holder {
-            let mut l = read_lease(conn)?;
             if me.holds(&l.lease.current) {
                 l.lease.current = Slot {
                     expires: l.lease.current.expires,
