@@ -673,7 +673,7 @@ pub struct MaintainArgs {
 /// `backoffice token`
 #[derive(Debug, Args)]
 pub struct TokenArgs {
-    /// The repository (SQLite file).
+    /// The repository: an SQLite file, or a PostgreSQL schema as postgres://USER@HOST/DB?schema=NAME.
     #[arg(short = 'R', long = "repository", value_name = "REPO")]
     pub repository: Option<PathBuf>,
 

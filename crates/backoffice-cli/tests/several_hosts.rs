@@ -1394,3 +1394,44 @@ fn a_release_never_writes_over_a_takeover_that_committed_meanwhile() {
         "the takeover stands after the old holder's release"
     );
 }
+
+/// Issue 12, item 1: `token` on a PostgreSQL URL: the token is shown once,
+/// only its hash is kept in the schema's `config`, `--check` sees it,
+/// `--revoke` removes it; the URL's password is never printed.
+#[test]
+fn the_api_token_works_on_a_postgresql_schema() {
+    let env = Env::new();
+    let Some(r) = PgRepo::new(&env, "tok", 60, 5) else {
+        return;
+    };
+    let done = Cmd::backoffice().args(["token", "-R", &r.url]).output();
+    let err = done.stderr();
+    let token = done.success().trim().to_owned();
+    assert!(token.starts_with("bo_") && token.len() == 67, "{token}");
+    assert!(!err.contains(pg::PASSWORD), "{err}");
+    let stored: String = r
+        .client()
+        .query_one(
+            "SELECT value FROM config WHERE name = 'backoffice-api-token'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(stored.starts_with("sha256:"), "{stored}");
+    assert!(!stored.contains(&token[3..]), "only the hash is kept");
+    let check = Cmd::backoffice()
+        .args(["token", "--check", "-R", &r.url])
+        .output()
+        .success();
+    assert!(check.contains("an API token is set"), "{check}");
+    let gone = Cmd::backoffice()
+        .args(["token", "--revoke", "-R", &r.url])
+        .output()
+        .success();
+    assert!(gone.contains("revoked"), "{gone}");
+    let check = Cmd::backoffice()
+        .args(["token", "--check", "-R", &r.url])
+        .output()
+        .success();
+    assert!(check.contains("no API token"), "{check}");
+}

@@ -12,7 +12,7 @@
 //! is hopeless; a plain hash (no salt, no slow KDF) is therefore enough, as
 //! for any high-entropy API key.
 
-use rusqlite::Connection;
+use crate::db::{Db, DbError};
 use sha2::{Digest, Sha256};
 
 /// The `config` row holding `sha256:` + the lowercase hex SHA-256 of the
@@ -42,28 +42,40 @@ pub enum Verdict {
 /// Makes a new token, stores its hash (replacing any earlier one, which
 /// thereby stops working) and returns the token: `bo_` and 64 lowercase hex
 /// digits. This is the only time the token exists outside the caller.
-pub fn create(conn: &Connection) -> rusqlite::Result<String> {
-    let random: String = conn.query_row("SELECT lower(hex(randomblob(32)))", [], |r| r.get(0))?;
-    let token = format!("{PREFIX}{random}");
-    crate::repo::config_set(conn, TOKEN_ROW, &stored_form(&token))?;
+pub fn create<'a>(db: impl Into<Db<'a>>) -> Result<String, DbError> {
+    let token = format!("{PREFIX}{}", random_hex()?);
+    db.into().config_set(TOKEN_ROW, &stored_form(&token))?;
     Ok(token)
+}
+
+/// 32 bytes from the kernel's random source, as 64 lowercase hex digits.
+fn random_hex() -> Result<String, DbError> {
+    use std::io::Read;
+    let mut bytes = [0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .map_err(|e| DbError::Unsupported(format!("cannot read /dev/urandom: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 /// Removes the token; true if there was one. A repository without a
 /// `config` table has none.
-pub fn revoke(conn: &Connection) -> rusqlite::Result<bool> {
-    match conn.execute("DELETE FROM config WHERE name=?1", [TOKEN_ROW]) {
+pub fn revoke<'a>(db: impl Into<Db<'a>>) -> Result<bool, DbError> {
+    match db
+        .into()
+        .execute("DELETE FROM config WHERE name = ?1", &[TOKEN_ROW.into()])
+    {
         Ok(n) => Ok(n > 0),
-        Err(e) if crate::repo::is_no_such_table(&e) => Ok(false),
+        Err(DbError::Sqlite(e)) if crate::repo::is_no_such_table(&e) => Ok(false),
         Err(e) => Err(e),
     }
 }
 
 /// True if the repository has a token row (well-formed or not: a malformed
 /// row still locks the API, see [`verify`]).
-pub fn is_set(conn: &Connection) -> rusqlite::Result<bool> {
+pub fn is_set<'a>(db: impl Into<Db<'a>>) -> Result<bool, DbError> {
     // config_get reads a missing config table as "no row".
-    Ok(crate::repo::config_get(conn, TOKEN_ROW)?.is_some())
+    Ok(db.into().config_get(TOKEN_ROW)?.is_some())
 }
 
 /// Checks a presented token (exactly as sent; the caller strips `Bearer `)
@@ -73,8 +85,8 @@ pub fn is_set(conn: &Connection) -> rusqlite::Result<bool> {
 /// [`Verdict::Invalid`]: it fails closed, because treating a damaged row as
 /// "no token" could open an API the operator meant to protect. A missing
 /// row or `config` table is [`Verdict::NoToken`].
-pub fn verify(conn: &Connection, presented: &str) -> rusqlite::Result<Verdict> {
-    let Some(stored) = crate::repo::config_get(conn, TOKEN_ROW)? else {
+pub fn verify<'a>(db: impl Into<Db<'a>>, presented: &str) -> Result<Verdict, DbError> {
+    let Some(stored) = db.into().config_get(TOKEN_ROW)? else {
         return Ok(Verdict::NoToken);
     };
     let Some(want) = parse_stored(&stored) else {
@@ -147,7 +159,7 @@ mod tests {
     fn repo() -> (tempfile::TempDir, crate::Repo) {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("r.db");
-        Connection::open(&p).unwrap();
+        rusqlite::Connection::open(&p).unwrap();
         let r = crate::Repo::open(&p).unwrap();
         (dir, r)
     }
@@ -229,7 +241,7 @@ mod tests {
 
     #[test]
     fn no_config_table_means_no_token() {
-        let c = Connection::open_in_memory().unwrap();
+        let c = rusqlite::Connection::open_in_memory().unwrap();
         assert_eq!(verify(&c, "x").unwrap(), Verdict::NoToken);
         assert!(!is_set(&c).unwrap());
         assert!(!revoke(&c).unwrap());

@@ -1,6 +1,7 @@
 //! The commands on a PostgreSQL repository (`postgres://…?schema=NAME`):
-//! `run`, `worker`, `trigger`, `lease`, `status`, `setting` and `publish`.
-//! The other commands work on SQLite repository files only, and say so.
+//! `run`, `worker`, `trigger`, `lease`, `status`, `setting` and `publish`
+//! are here; `hook` and `token` take a URL in their own modules. The
+//! other commands work on SQLite repository files only, and say so.
 
 use std::fmt::Write as _;
 use std::path::Path;

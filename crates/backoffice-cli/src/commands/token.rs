@@ -10,8 +10,20 @@ use crate::cli::TokenArgs;
 /// Runs `backoffice token`.
 pub fn run(a: TokenArgs) -> Result<ExitCode> {
     let path = super::repo_path(a.repository, a.repo)?;
-    let repo = super::open(&path)?;
-    let conn = repo.conn();
+    // A PostgreSQL schema, or an SQLite file (kept open while in use).
+    let pg = super::pg::url(&path)?.map(|u| u.connect()).transpose()?;
+    let file;
+    let conn = match &pg {
+        Some(c) => backoffice::Db::Postgres(c),
+        None => {
+            file = super::open(&path)?;
+            if !a.check {
+                file.writable()?;
+            }
+            backoffice::Db::Sqlite(file.conn())
+        }
+    };
+    let shown = backoffice::db::redact_url(&path.to_string_lossy());
     if a.check {
         let set = token::is_set(conn)?;
         println!(
@@ -24,7 +36,6 @@ pub fn run(a: TokenArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    repo.writable()?;
     if a.revoke {
         if token::revoke(conn)? {
             println!("revoked: the API refuses every request until a new token is made");
@@ -39,7 +50,7 @@ pub fn run(a: TokenArgs) -> Result<ExitCode> {
     eprintln!(
         "backoffice: new API token for {} (shown once; any previous token no longer works).\n\
          Send it as: Authorization: Bearer TOKEN",
-        path.display()
+        shown
     );
     Ok(ExitCode::SUCCESS)
 }

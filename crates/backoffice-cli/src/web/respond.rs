@@ -249,7 +249,8 @@ pub fn authorize(repo: &Repo, headers: &HeaderMap) -> Result<(), Failure> {
             StatusCode::FORBIDDEN,
             "the API is off for this repository: its administrator makes a token with `backoffice token`",
         )),
-        Err(e) => Err(Failure::sqlite("checking the token", e)),
+        Err(backoffice::db::DbError::Sqlite(e)) => Err(Failure::sqlite("checking the token", e)),
+        Err(e) => Err(Failure::internal("checking the token", e)),
     }
 }
 
