@@ -507,3 +507,53 @@ fn hooks_added_at_once_from_many_processes_are_all_kept() {
     assert!(hooks.iter().all(|(_, s)| s.is_some()), "each has its entry");
     assert_eq!(ledger::all(Db::Postgres(&c), "hooks").unwrap().len(), N);
 }
+
+/// Issue 12, item 4, on SQLite (containers sharing one repository file):
+/// the same as [`a_hooks_run_whose_term_is_gone_records_nothing`]. A run
+/// on a term the lease no longer carries runs the hook (at least once) but
+/// records nothing; the holder of the current term records it.
+#[test]
+fn a_hooks_run_whose_term_is_gone_records_nothing_on_sqlite() {
+    use backoffice::{Context, Task};
+    use backoffice_tasks::hooks::{self, Hooks, New};
+
+    let env = Env::new();
+    let path = env.path("fenced.db");
+    rusqlite::Connection::open(&path).unwrap();
+    let repo = backoffice::Repo::open(&path).unwrap();
+    let conn = repo.conn();
+    let db = Db::Sqlite(conn);
+    let out = env.path("out.jsonl");
+    let h = hooks::add(
+        db,
+        &New {
+            cmd: format!("cat >> {}", sh(&out)),
+            seq: None,
+            kind: hooks::AFTER_EVENT.into(),
+            from_start: false,
+        },
+    )
+    .unwrap();
+    let ev = backoffice::events::Event {
+        kind: "wiki".into(),
+        title: "t".into(),
+        ..Default::default()
+    };
+    backoffice::events::publish(conn, &ev).unwrap();
+    backoffice::repo::config_set(conn, backoffice::LEASE_ROW, "0 0 0 0 term=8").unwrap();
+    let ctx = |term| Context {
+        db,
+        repo: &path,
+        now: crate::harness::now(),
+        debug: false,
+        term,
+    };
+    let e = Hooks.run(&ctx(7)).unwrap_err();
+    assert!(e.to_string().contains("fenced"), "{e}");
+    assert_eq!(titles(&out), ["t"], "the hook ran (at least once)");
+    let st = hooks::state(db, h.id).unwrap().unwrap();
+    assert_eq!(st.cursor, 0, "nothing recorded");
+    assert_eq!(Hooks.run(&ctx(8)).unwrap(), 1);
+    assert_eq!(titles(&out), ["t", "t"]);
+    assert_eq!(hooks::state(db, h.id).unwrap().unwrap().cursor, 1);
+}

@@ -80,7 +80,9 @@
 //! and stops, and the next holder offers the same batch again (hooks are
 //! at least once). Writers of the `hooks` row and of the hooks' ledger
 //! entries take turns on a per-schema advisory lock, as `BEGIN IMMEDIATE`
-//! makes them on SQLite. `%R` and `BACKOFFICE_REPO` are the URL with its password
+//! makes them on SQLite. On SQLite too, a run's cursor moves and failures
+//! are recorded in a transaction fenced on its term (containers sharing one
+//! repository file). `%R` and `BACKOFFICE_REPO` are the URL with its password
 //! hidden (a hook is handed no secret), and the command runs in the
 //! worker's directory. Only the upgrade of a 0.1 release's table (see
 //! "Upgrading") is SQLite's: no PostgreSQL schema ever had one. The SQLite
@@ -1049,8 +1051,12 @@ impl Task for Hooks {
                     // An own write (see `backoffice::writes`): a failing
                     // hook's hourly retries must not make replication copy
                     // the repository each time.
-                    Some(conn) => backoffice::writes::own_write(conn, |conn| {
-                        record(conn, &target, &out, last, now)
+                    // Fenced too: containers sharing one repository file
+                    // each have their worker, and one paused past its
+                    // heartbeat must not record over the next holder.
+                    Some(conn) => Db::Sqlite(conn).write(Some(ctx.term), |_| {
+                        backoffice::writes::note_own_write(conn).map_err(DbError::from)?;
+                        record(conn, &target, &out, last, now).map_err(DbError::from)
                     })?,
                     // Fenced: a worker whose lease was taken over while
                     // the hook ran records nothing and stops here (the
