@@ -325,10 +325,27 @@ impl PgConn {
             url: url.clone(),
             ..self
         };
-        conn.batch(&format!("SET search_path TO \"{}\"", url.schema))
-            .map_err(|e| url.err("selecting the schema", e))?;
-        conn.migrate()
-            .map_err(|e| url.err("creating the tables", e))?;
+        // One round trip when the schema is set up (the usual case): the
+        // search path and the version together. When the version cannot be
+        // read, the pair was rolled back as one, and the long way follows.
+        let both = conn.client.borrow_mut().simple_query(&format!(
+            "SET search_path TO \"{}\"; SELECT value FROM bo_meta WHERE name = 'schema-version'",
+            url.schema
+        ));
+        let current = both.ok().is_some_and(|msgs| {
+            msgs.iter().any(|m| match m {
+                postgres::SimpleQueryMessage::Row(r) => {
+                    r.get(0).and_then(|v| v.trim().parse().ok()) == Some(SCHEMA_VERSION)
+                }
+                _ => false,
+            })
+        });
+        if !current {
+            conn.batch(&format!("SET search_path TO \"{}\"", url.schema))
+                .map_err(|e| url.err("selecting the schema", e))?;
+            conn.migrate()
+                .map_err(|e| url.err("creating the tables", e))?;
+        }
         Ok(conn)
     }
 
