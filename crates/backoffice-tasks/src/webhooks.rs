@@ -1384,13 +1384,15 @@ const PG_SCHEMA: [&str; 2] = [
 ];
 
 /// On PostgreSQL, inside a write: waits for, and holds until the end of
-/// the transaction, the schema's webhooks lock, so that writers of the
-/// endpoints and of their ledger entries take turns, as `BEGIN IMMEDIATE`
-/// makes them on SQLite. Under read committed a `webhook retry` (which
-/// reads an entry and writes it back whole) could otherwise put back the
-/// cursor a run had just moved, or have its reset undone by a failure
-/// being recorded; and two processes creating the table at once would
-/// collide.
+/// the transaction, the schema's webhooks lock, so that the writers that
+/// read before they write (creating the table, `add`, `remove`, `retry`,
+/// recording a failure) take turns, as `BEGIN IMMEDIATE` makes them on
+/// SQLite. Under read committed a `webhook retry` (which reads an entry
+/// and writes it back whole) could otherwise have its reset undone by a
+/// failure being recorded at the same time, and two processes creating
+/// the table at once collide (`CREATE TABLE IF NOT EXISTS` is not safe
+/// against itself). A delivery's commit, one atomic statement, does not
+/// take it (see [`pg_commit`]).
 fn lock(db: Db<'_>) -> Result<(), DbError> {
     db.execute(
         "SELECT pg_advisory_xact_lock(hashtext('backoffice-webhooks:' || current_schema()))",
@@ -1539,6 +1541,7 @@ fn pg_retry(db: Db<'_>, id: i64) -> Result<Webhook, WebhookError> {
             "UPDATE bo_webhook SET state = 'active' WHERE id = ?1",
             &[id.into()],
         )?;
+        lock_entry(db, id)?;
         let e = entry_db(db, id)?;
         ledger::put(
             db,
@@ -1693,8 +1696,20 @@ fn pg_serve(
     Ok(turn)
 }
 
-/// [`commit`] on PostgreSQL, fenced on `term`: nothing is recorded by a
-/// worker whose lease was taken over.
+/// [`commit`] on PostgreSQL: records deliveries up to `cursor` made at
+/// `now` (false if the endpoint is gone), fenced on `term`.
+///
+/// One statement, in a transaction of its own: the fencing check of
+/// [`Db::write`] (the lease row read `FOR SHARE` in the same transaction,
+/// nothing written unless it still carries `term`; a takeover waits for
+/// the share lock) and the ledger's [`ledger::succeeded`] (cursor never
+/// back, failures and error cleared), in one round trip instead of the
+/// six of `BEGIN`, the lock, two writes, the check and `COMMIT`: this runs
+/// after every delivery, and the six cost about 0.65 ms on a local socket
+/// (1,200 deliveries/s to one endpoint, against a goal of 2,000). It
+/// takes no advisory lock: both writes are single atomic statements, and
+/// the writers that read an entry and write it back ([`pg_fail`],
+/// [`pg_retry`]) lock its row first.
 fn pg_commit(
     db: Db<'_>,
     id: i64,
@@ -1703,18 +1718,46 @@ fn pg_commit(
     now: i64,
     term: u64,
 ) -> Result<bool, DbError> {
-    db.write(Some(term), |db| {
-        lock(db)?;
-        let changed = db.execute(
-            "UPDATE bo_webhook SET delivered = delivered + ?2 WHERE id = ?1",
-            &[id.into(), n.into()],
-        )?;
-        if changed == 0 {
-            return Ok(false); // removed meanwhile
-        }
-        ledger::succeeded(db, TASK, &target(id), cursor, now, None)?;
-        Ok(true)
-    })
+    debug_assert_eq!(TASK, "webhooks");
+    let term_value = i64::try_from(term).unwrap_or(i64::MAX);
+    let row = db
+        .query_opt(
+            "WITH fence AS (SELECT term FROM bo_lease WHERE id = 1 FOR SHARE),
+             hook AS (
+               UPDATE bo_webhook SET delivered = delivered + ?2
+                WHERE id = ?1 AND (SELECT term FROM fence) = ?5
+               RETURNING id),
+             moved AS (
+               INSERT INTO bo_ledger(task, target, cursor, failures, next_attempt, last_run,
+                                     last_error, last_output)
+               SELECT 'webhooks', ?3, ?4, 0, 0, ?6, NULL, NULL FROM hook
+               ON CONFLICT (task, target) DO UPDATE
+                 SET cursor = GREATEST(bo_ledger.cursor, excluded.cursor),
+                     failures = 0, next_attempt = 0, last_run = excluded.last_run,
+                     last_error = NULL, last_output = excluded.last_output
+               RETURNING 1)
+             SELECT (SELECT term FROM fence), CAST((SELECT count(*) FROM hook) AS BIGINT),
+                    CAST((SELECT count(*) FROM moved) AS BIGINT)",
+            &[
+                id.into(),
+                n.into(),
+                target(id).into(),
+                cursor.into(),
+                term_value.into(),
+                now.into(),
+            ],
+        )?
+        .ok_or_else(|| DbError::Postgres("the webhook commit returned no row".into()))?;
+    let found = row
+        .opt_int(0)?
+        .ok_or_else(|| DbError::Postgres("the lease row bo_lease is missing".into()))?;
+    if found != term_value {
+        return Err(DbError::Fenced {
+            expected: term,
+            found: u64::try_from(found).unwrap_or(0),
+        });
+    }
+    Ok(row.int(1)? == 1)
 }
 
 /// [`fail`] on PostgreSQL, fenced on `term`. Every delivery before the
@@ -1735,6 +1778,7 @@ fn pg_fail(
         if pg_get_state(db, w.id)?.is_none() {
             return Ok(false); // removed meanwhile
         }
+        lock_entry(db, w.id)?;
         let e = entry_db(db, w.id)?;
         ledger::put(
             db,
@@ -1766,6 +1810,18 @@ fn pg_fail(
         tracing::warn!(webhook = w.id, url = %w.url, error, "webhook endpoint is dead");
     }
     Ok(())
+}
+
+/// Inside a write: locks endpoint `id`'s ledger row (if it has one) until
+/// the end of the transaction, so that a delivery committed meanwhile
+/// ([`pg_commit`], which takes no advisory lock) waits, and the entry read
+/// next is written back with nothing lost in between.
+fn lock_entry(db: Db<'_>, id: i64) -> Result<(), DbError> {
+    db.query(
+        "SELECT 1 FROM bo_ledger WHERE task = 'webhooks' AND target = ?1 FOR UPDATE",
+        &[target(id).into()],
+    )
+    .map(drop)
 }
 
 /// An endpoint's state (`active`, `dead`), if it exists.
