@@ -53,6 +53,41 @@
 //! ([`signature`]). A receiver recomputes it, compares in constant time, and
 //! refuses timestamps more than a few minutes old (replays).
 //!
+//! # On PostgreSQL
+//!
+//! The same task, and the `webhook` command, run on a PostgreSQL repository
+//! (`backoffice::pg`). The endpoints are the schema's `bo_webhook` (bigint
+//! ids), created by the first `webhook add` (the statements in
+//! `PG_SCHEMA`, under the schema's webhooks lock); where each stands is
+//! the schema's `bo_ledger`, as on SQLite; `due`, `status`, `events_done`
+//! and the command read them with portable SQL ([`Db`]). Secrets are
+//! handled as on SQLite: stored, never printed back.
+//!
+//! Events are read in the positions (`eventid`) a worker stamps in commit
+//! order before its tasks run (the statement of
+//! [`backoffice::events::after`], with the event's uid), so an endpoint
+//! never skips an event that committed late. The delivery id has the same
+//! shape as on SQLite, `SALT-ENDPOINT-POSITION-UID`: the first `webhook add`
+//! gives `bo_event.uid` (part of every schema) a default, a random 16-hex
+//! uid minted for every event inserted from then on, whoever inserts it;
+//! an older event has `r` and its row id instead. Positions are never
+//! reused in a schema, and the uid keeps a copy of the schema from reusing
+//! an id for another event. A new endpoint starts after the newest event
+//! with a position: one published just before the `add` and not yet given
+//! its position is delivered to it too (nothing is ever skipped).
+//!
+//! There is no progress log (a worker may be on any host): each answered
+//! delivery is committed at once, in one statement fenced on the run's term
+//! (`pg_commit`); a failure is recorded in a [`Db::write`] fenced the same
+//! way. A worker whose lease was taken over (paused past its heartbeat)
+//! records nothing more and stops at its next step: the delivery it was
+//! making when it paused goes out again from the next holder, with the same
+//! delivery id (at least once, at most one duplicate per endpoint). Each
+//! delivery thread has its own session on the schema. The writers that read
+//! before they write take turns on a per-schema advisory lock (`lock`),
+//! as `BEGIN IMMEDIATE` makes them on SQLite. Only the upgrade of a 0.1.0
+//! repository (below) is SQLite's: no PostgreSQL schema ever had one.
+//!
 //! # Upgrading
 //!
 //! Release 0.1.0 kept the cursor, failures, next attempt and last error as
@@ -1021,7 +1056,7 @@ enum Where<'a> {
     /// The PostgreSQL URL, password included (which the run's `repo`, the
     /// URL as shown, has hidden).
     #[cfg(feature = "postgres")]
-    Postgres(backoffice::pg::PgUrl),
+    Postgres(Box<backoffice::pg::PgUrl>),
     /// A store this build cannot open another session on.
     Unsupported(&'static str),
 }
@@ -1033,7 +1068,7 @@ impl<'a> Where<'a> {
         }
         #[cfg(feature = "postgres")]
         if let Db::Postgres(p) = main {
-            return Where::Postgres(p.url().clone());
+            return Where::Postgres(Box::new(p.url().clone()));
         }
         Where::Unsupported(main.store())
     }
@@ -1043,7 +1078,7 @@ impl<'a> Where<'a> {
 enum Own {
     Sqlite(Connection),
     #[cfg(feature = "postgres")]
-    Postgres(backoffice::pg::PgConn),
+    Postgres(Box<backoffice::pg::PgConn>),
 }
 
 impl Own {
@@ -1051,7 +1086,10 @@ impl Own {
         match at {
             Where::Sqlite(repo) => open(repo).map(Own::Sqlite).map_err(|e| e.to_string()),
             #[cfg(feature = "postgres")]
-            Where::Postgres(url) => url.connect().map(Own::Postgres).map_err(|e| e.to_string()),
+            Where::Postgres(url) => url
+                .connect()
+                .map(|c| Own::Postgres(Box::new(c)))
+                .map_err(|e| e.to_string()),
             Where::Unsupported(store) => {
                 Err(format!("this build cannot open another session on {store}"))
             }
@@ -1062,7 +1100,7 @@ impl Own {
         match self {
             Own::Sqlite(c) => Db::Sqlite(c),
             #[cfg(feature = "postgres")]
-            Own::Postgres(p) => Db::Postgres(p),
+            Own::Postgres(p) => Db::Postgres(p.as_ref()),
         }
     }
 }
