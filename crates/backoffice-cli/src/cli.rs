@@ -514,7 +514,7 @@ pub enum HookAction {
 /// `backoffice webhook`
 #[derive(Debug, Args)]
 pub struct WebhookArgs {
-    /// The repository (SQLite file).
+    /// The repository (SQLite file, or `postgres://…?schema=NAME`).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
 

@@ -51,5 +51,8 @@ mod several_hosts;
 // Issue 12, the shipped tasks on PostgreSQL: the retry ledger's contract on
 // both stores; shell hooks on a schema through the binary, fenced.
 mod pg_tasks;
+// Issue 12, webhooks on PostgreSQL: endpoints and signed deliveries through
+// the binary against a real receiver, retries, fencing, the first use.
+mod pg_webhooks;
 // The shape of the code: the engine names no task, the web front imports one way.
 mod layout;

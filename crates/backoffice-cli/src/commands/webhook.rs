@@ -1,9 +1,9 @@
-//! `backoffice webhook`.
+//! `backoffice webhook`, on an SQLite repository file or a PostgreSQL URL.
 
 use std::process::ExitCode;
 
 use anyhow::Result;
-use backoffice::clock;
+use backoffice::{Db, clock};
 use backoffice_tasks::webhooks::{self, New, Webhook};
 
 use crate::cli::{WebhookAction, WebhookArgs};
@@ -37,17 +37,33 @@ fn line(w: &Webhook, now: i64) -> String {
 /// Runs `backoffice webhook`.
 pub fn run(a: WebhookArgs) -> Result<ExitCode> {
     let path = super::repo_path(a.repository, None)?;
+    if let Some(url) = super::pg::url(&path)? {
+        let conn = url.connect()?;
+        return act(a.action, Db::Postgres(&conn), None);
+    }
     let repo = super::open(&path)?;
-    let conn = repo.conn();
+    act(a.action, Db::Sqlite(repo.conn()), Some(&repo))
+}
+
+/// Does `action` on `conn`; `repo` is the SQLite repository, to check it is
+/// writable (a PostgreSQL schema has no such check: the server's grants
+/// decide).
+fn act(action: WebhookAction, conn: Db<'_>, repo: Option<&backoffice::Repo>) -> Result<ExitCode> {
+    let writable = || -> Result<()> {
+        if let Some(r) = repo {
+            r.writable()?;
+        }
+        Ok(())
+    };
     let now = clock::now();
-    match a.action {
+    match action {
         WebhookAction::Add {
             url,
             secret,
             kinds,
             from_start,
         } => {
-            repo.writable()?;
+            writable()?;
             let w = webhooks::add(
                 conn,
                 &New {
@@ -75,12 +91,12 @@ pub fn run(a: WebhookArgs) -> Result<ExitCode> {
             }
         }
         WebhookAction::Remove { id } => {
-            repo.writable()?;
+            writable()?;
             let w = webhooks::remove(conn, id)?;
             println!("removed #{} {}", w.id, w.url);
         }
         WebhookAction::Retry { id } => {
-            repo.writable()?;
+            writable()?;
             let w = webhooks::retry(conn, id)?;
             println!("{}", line(&w, now));
         }
