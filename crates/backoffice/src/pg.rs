@@ -587,6 +587,18 @@ impl PgConn {
     /// only the lease holder stamps; returns how many were stamped.
     pub fn stamp_events(&self, term: Option<u64>) -> Result<u64, DbError> {
         self.write(term, || {
+            // The counter row first: stampers (a --nolease run beside the
+            // holder) take turns on it, so the events read below are
+            // stamped by this one alone.
+            let base: i64 = self
+                .query_opt(
+                    "SELECT value FROM bo_meta WHERE name = 'event-seq' FOR UPDATE",
+                    &[],
+                )?
+                .map(|r| r.text(0))
+                .transpose()?
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
             let ids: Vec<i64> = self
                 .query(
                     "SELECT id FROM bo_event WHERE eventid IS NULL ORDER BY id LIMIT 10000",
@@ -598,34 +610,24 @@ impl PgConn {
             if ids.is_empty() {
                 return Ok(0);
             }
-            // The counter row serialises stampers (a --nolease run beside
-            // the holder) even where the fence does not.
-            let base: i64 = self
-                .query_opt(
-                    "SELECT value FROM bo_meta WHERE name = 'event-seq' FOR UPDATE",
-                    &[],
-                )?
-                .map(|r| r.text(0))
-                .transpose()?
-                .and_then(|v| v.trim().parse().ok())
-                .unwrap_or(0);
-            // Ids stamped by a concurrent stamper between our read and our
-            // lock keep their position.
-            let mut next = base;
-            for id in &ids {
-                let n = self.execute(
-                    "UPDATE bo_event SET eventid = ?1 WHERE id = ?2 AND eventid IS NULL",
-                    &[(next + 1).into(), (*id).into()],
-                )?;
-                if n == 1 {
-                    next += 1;
-                }
-            }
+            // One statement for the batch: position base + 1, base + 2, …
+            // in id order.
+            let n = self
+                .client
+                .borrow_mut()
+                .execute(
+                    "UPDATE bo_event e SET eventid = $1 + s.n
+                       FROM unnest($2::bigint[]) WITH ORDINALITY AS s(id, n)
+                      WHERE e.id = s.id",
+                    &[&base, &ids],
+                )
+                .map_err(pg_err)?;
+            let next = base.saturating_add(i64::try_from(n).unwrap_or(0));
             self.execute(
                 "UPDATE bo_meta SET value = ?1 WHERE name = 'event-seq'",
                 &[next.to_string().into()],
             )?;
-            Ok(u64::try_from(next - base).unwrap_or(0))
+            Ok(n)
         })
     }
 }
