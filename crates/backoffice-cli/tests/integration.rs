@@ -51,5 +51,8 @@ mod several_hosts;
 // Issue 12, the shipped tasks on PostgreSQL: the retry ledger's contract on
 // both stores; shell hooks on a schema through the binary, fenced.
 mod pg_tasks;
+// Issue 12, email on PostgreSQL: subscribers, alerts, digests and the
+// outbox on a schema through the binary; fenced runs; the clock in hand.
+mod pg_notify;
 // The shape of the code: the engine names no task, the web front imports one way.
 mod layout;
