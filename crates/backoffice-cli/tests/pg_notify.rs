@@ -620,6 +620,142 @@ fn a_killed_worker_repeats_at_most_the_message_in_flight() {
     assert_eq!(distinct.len(), 3, "{ids:?}");
 }
 
+/// The test SMTP server (`tests/smtp_server.py`, as the relay tests run
+/// it), on 127.0.0.1; killed on drop.
+struct Smtp {
+    child: std::process::Child,
+    _stdin: std::process::ChildStdin,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Smtp {
+    fn start(env: &Env, args: &[&str]) -> Smtp {
+        use std::io::BufRead;
+        let dir = env.path("received");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_server.py");
+        let mut child = std::process::Command::new("python3")
+            .arg(&script)
+            .arg(&dir)
+            .args(["--max-seconds", "120"])
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(env.path("smtp.log")).unwrap())
+            .spawn()
+            .expect("start smtp_server.py");
+        let stdin = child.stdin.take().unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .strip_prefix("port ")
+            .and_then(|p| p.trim().parse().ok())
+            .unwrap_or_else(|| panic!("smtp_server.py said {line:?}"));
+        Smtp {
+            child,
+            _stdin: stdin,
+            port,
+            dir,
+        }
+    }
+
+    /// The messages received (without the envelope line).
+    fn messages(&self) -> Vec<String> {
+        std::fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "eml"))
+            .map(|e| {
+                let t = std::fs::read_to_string(e.path()).unwrap();
+                t.split_once('\n').map(|(_, m)| m.to_owned()).unwrap_or(t)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Smtp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Alerts of a PostgreSQL repository over SMTP (`relay`) to the real test
+/// server, with a login: a wrong `email-send-relay-password` keeps the
+/// message queued with the relay's refusal, which `status URL` and `outbox
+/// list -R URL` show without the password; with the right one the next run
+/// delivers it, its Message-ID the one its stored token gives. Neither
+/// password, nor the URL's, is ever printed.
+#[test]
+fn alerts_of_a_postgresql_repository_go_through_the_smtp_relay() {
+    if !crate::harness::have("python3") {
+        return;
+    }
+    let env = Env::new();
+    let Some(r) = PgMail::new(&env, "mail_relay") else {
+        return;
+    };
+    let smtp = Smtp::start(&env, &["--auth", "alice:right-Pw-1"]);
+    let host = format!("127.0.0.1:{}", smtp.port);
+    for (k, v) in [
+        ("email-send-method", "relay"),
+        ("email-send-relayhost", host.as_str()),
+        ("email-send-relay-user", "alice"),
+        ("email-send-relay-password", "wrong-Pw-2"),
+    ] {
+        r.bo(&["setting", "-R", &r.url, k, v]);
+    }
+    r.bo(&[
+        "subscriber",
+        "add",
+        "-R",
+        &r.url,
+        "ann@example.org",
+        "--verified",
+    ]);
+    r.publish("Over SMTP");
+    r.run();
+    assert!(smtp.messages().is_empty());
+    let list = r.bo(&["outbox", "list", "-R", &r.url]);
+    assert!(list.contains("1 queued, 0 sent, 0 dead"), "{list}");
+    assert!(list.contains("535"), "the relay's refusal is shown: {list}");
+    let st = r.bo(&["status", &r.url]);
+    assert!(st.contains("last delivery failure"), "{st}");
+
+    r.bo(&[
+        "setting",
+        "-R",
+        &r.url,
+        "email-send-relay-password",
+        "right-Pw-1",
+    ]);
+    let id = r
+        .conn()
+        .query("SELECT msgid, token FROM bo_outbox", &[])
+        .unwrap();
+    let (msgid, token) = (id[0].int(0).unwrap(), id[0].text(1).unwrap());
+    r.bo(&["outbox", "retry", "-R", &r.url, &msgid.to_string()]);
+    std::thread::sleep(Duration::from_millis(1100)); // a lease time apart
+    r.run();
+    let got = smtp.messages();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        header(&got[0], "Message-ID"),
+        Some(format!("<bo.{token}@example.org>").as_str())
+    );
+    assert!(header(&got[0], "Subject").unwrap().contains("Over SMTP"));
+    let list = r.bo(&["outbox", "list", "-R", &r.url]);
+    assert!(list.contains("0 queued, 1 sent, 0 dead"), "{list}");
+
+    let all = r.said.borrow().clone();
+    for secret in [pg::PASSWORD, "wrong-Pw-2", "right-Pw-1"] {
+        assert!(!all.contains(secret), "{secret} was printed:\n{all}");
+    }
+}
+
 /// Issue 12 benchmark: 10,000 queued alerts sent by one `backoffice run URL`
 /// with the `dir` method through the PostgreSQL store.
 ///
