@@ -691,12 +691,12 @@ fn term_now(db: Db<'_>) -> Result<u64, DbError> {
 
 /// Sends the due messages and records each outcome, fenced on `term`:
 /// for a transport that holds a message once it accepted it (`dir`,
-/// `relay`, `pipe`, `stdout`) before the next send, in a transaction of
-/// its own committed asynchronously (`synchronous_commit = off`: visible to
-/// every session at once, on disk within a fraction of a second — the
-/// PostgreSQL counterpart of the sent journal on SQLite, which no other
-/// host could read); for the `db` method, after each batch's COMMIT in the
-/// mail database. So a worker killed, paused or taken over re-sends at most
+/// `relay`, `pipe`, `stdout`) before the next send ([`mark`]), committed
+/// asynchronously (`synchronous_commit = off`: visible to every session at
+/// once, on disk within a fraction of a second — the PostgreSQL
+/// counterpart of the sent journal on SQLite, which no other host could
+/// read); for the `db` method, after each batch's COMMIT in the mail
+/// database. So a worker killed, paused or taken over re-sends at most
 /// the message it was sending (its successor sends it again, with the same
 /// Message-ID), and a fenced worker stops at its next record.
 fn deliver(
@@ -706,9 +706,60 @@ fn deliver(
     now: i64,
     term: u64,
 ) -> Result<Delivered, DbError> {
+    // The marks of each message are committed asynchronously (see
+    // `mark`); the session's setting is restored whatever happens, as the
+    // session goes on with other tasks or schemas.
+    db.execute("SET synchronous_commit TO off", &[])?;
     let out = deliver_all(db, cfg, transport, now, term);
     transport.finish();
+    if let Err(e) = db.execute("RESET synchronous_commit", &[]) {
+        tracing::warn!(error = %e, "cannot reset synchronous_commit");
+    }
     out
+}
+
+/// Records one message's outcome before the next send. A success is one
+/// statement, its own transaction, fenced inside it: it reads the lease row
+/// `FOR SHARE` (as [`Db::write`]'s check does, so a takeover waits for it)
+/// and changes nothing unless the lease still carries `term` — one round
+/// trip instead of a transaction's five, which is what lets a run send
+/// thousands a second while every outcome is committed before the next
+/// send. Failures (rare) go through [`Db::write`].
+fn mark(
+    db: Db<'_>,
+    m: &outbox::Due,
+    outcome: Outcome,
+    now: i64,
+    term: u64,
+    done: &mut Delivered,
+) -> Result<(), DbError> {
+    if !matches!(outcome, Outcome::Sent) {
+        let one = [(m, outcome)];
+        return db.write(Some(term), |db| record(db, &one, now, done));
+    }
+    let n = db.execute(
+        "UPDATE bo_outbox SET state = 'sent', sent_time = ?2, attempts = attempts + 1
+          WHERE msgid = ?1
+            AND EXISTS(SELECT 1 FROM bo_lease WHERE id = 1 AND term = ?3 FOR SHARE)",
+        &[
+            m.msgid.into(),
+            now.into(),
+            i64::try_from(term).unwrap_or(i64::MAX).into(),
+        ],
+    )?;
+    if n == 0 {
+        let found = term_now(db)?;
+        if found != term {
+            return Err(DbError::Fenced {
+                expected: term,
+                found,
+            });
+        }
+        // Otherwise the row went meanwhile (an operator's purge): nothing
+        // to record.
+    }
+    done.sent = done.sent.saturating_add(n);
+    Ok(())
 }
 
 fn deliver_all(
@@ -782,11 +833,7 @@ fn deliver_all(
                 _ => 0,
             };
             if each {
-                let one = [(m, outcome)];
-                db.write(Some(term), |db| {
-                    db.execute("SET LOCAL synchronous_commit TO off", &[])?;
-                    record(db, &one, now, &mut done)
-                })?;
+                mark(db, m, outcome, now, term, &mut done)?;
             } else {
                 outcomes.push((m, outcome));
             }
