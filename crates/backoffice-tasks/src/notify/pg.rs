@@ -690,15 +690,19 @@ fn term_now(db: Db<'_>) -> Result<u64, DbError> {
 }
 
 /// Sends the due messages and records each outcome, fenced on `term`:
-/// for a transport that holds a message once it accepted it (`dir`,
-/// `relay`, `pipe`, `stdout`) before the next send ([`mark`]), committed
+/// for a transport that holds a message once it accepted it (`relay`,
+/// `pipe`, `stdout`) before the next send ([`mark`]), committed
 /// asynchronously (`synchronous_commit = off`: visible to every session at
 /// once, on disk within a fraction of a second — the PostgreSQL
 /// counterpart of the sent journal on SQLite, which no other host could
-/// read); for the `db` method, after each batch's COMMIT in the mail
-/// database. So a worker killed, paused or taken over re-sends at most
-/// the message it was sending (its successor sends it again, with the same
-/// Message-ID), and a fenced worker stops at its next record.
+/// read); for the `db` method after each batch's COMMIT in the mail
+/// database, and for `dir` (where a message sent again under its name is
+/// no duplicate: the file is never replaced) every
+/// [`outbox::COMMIT_EVERY`] messages. So a worker killed, paused or taken
+/// over re-sends at most the message it was sending (its successor sends
+/// it again, with the same Message-ID; `dir`: the messages of its batch,
+/// onto the same file names), and a fenced worker stops at its next
+/// record.
 fn deliver(
     db: Db<'_>,
     cfg: &EmailConfig,
@@ -778,7 +782,11 @@ fn deliver_all(
             &[],
         )
     })?;
-    let each = !transport.batched();
+    // One mark per message where a re-sent message would be a duplicate
+    // (`relay`, `pipe`, `stdout`); per batch where the destination holds
+    // messages only once committed (`db`) or where sending one again
+    // changes nothing (`dir`: the file its id names is never replaced).
+    let each = !transport.batched() && !transport.idempotent();
     let mut done = Delivered::default();
     let mut in_a_row = 0;
     let mut last_id = 0i64;
@@ -844,7 +852,7 @@ fn deliver_all(
         }
         if !each {
             // The batch's messages count as sent only once the mail
-            // database committed them.
+            // database committed them (`dir`: nothing to commit).
             if let Err(e) = transport.commit() {
                 for (m, o) in &mut outcomes {
                     if matches!(o, Outcome::Sent) {
