@@ -81,7 +81,7 @@ pub const SETTINGS: &[Def] = &[
         name: "email-send-relay-ca",
         kind: Kind::Path,
         default: "",
-        help: "relay: a PEM file of CA certificates to trust besides the built-in public roots (a private CA's); host names are still checked. A relative path is relative to the repository's folder.",
+        help: "relay: a PEM file of CA certificates to trust besides the built-in public roots (a private CA's); host names are still checked. A relative path is relative to the repository's folder (on PostgreSQL: to the worker's current directory).",
         secret: false,
     },
     Def {
@@ -102,14 +102,14 @@ pub const SETTINGS: &[Def] = &[
         name: "email-send-dir",
         kind: Kind::Path,
         default: "",
-        help: "dir: the folder that gets one .eml file per message (never overwriting one). A relative path is relative to the repository's folder.",
+        help: "dir: the folder that gets one .eml file per message (never overwriting one). A relative path is relative to the repository's folder (on PostgreSQL: to the worker's current directory).",
         secret: false,
     },
     Def {
         name: "email-send-db",
         kind: Kind::Path,
         default: "",
-        help: "db: the SQLite file that gets one row per message in table email(emailid, msg). A relative path is relative to the repository's folder.",
+        help: "db: the SQLite file that gets one row per message in table email(emailid, msg). A relative path is relative to the repository's folder (on PostgreSQL: to the worker's current directory).",
         secret: false,
     },
     Def {
