@@ -332,7 +332,7 @@ pub struct PublishArgs {
 /// `backoffice subscriber`
 #[derive(Debug, Args)]
 pub struct SubscriberArgs {
-    /// The repository (SQLite file).
+    /// The repository (SQLite file, or `postgres://…?schema=NAME`).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
 
@@ -402,7 +402,7 @@ pub enum SubscriberAction {
 /// `backoffice outbox`
 #[derive(Debug, Args)]
 pub struct OutboxArgs {
-    /// The repository (SQLite file).
+    /// The repository (SQLite file, or `postgres://…?schema=NAME`).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
 

@@ -54,5 +54,8 @@ mod pg_tasks;
 // Issue 12, webhooks on PostgreSQL: endpoints and signed deliveries through
 // the binary against a real receiver, retries, fencing, the first use.
 mod pg_webhooks;
+// Issue 12, email on PostgreSQL: subscribers, alerts, digests and the
+// outbox on a schema through the binary; fenced runs; the clock in hand.
+mod pg_notify;
 // The shape of the code: the engine names no task, the web front imports one way.
 mod layout;

@@ -426,7 +426,7 @@ fn a_hosts_task_runs_on_a_postgresql_schema_through_the_commands() {
 
     // A command that works on SQLite files only says so, password hidden.
     let e = Cmd::host()
-        .args(["outbox", "list", "-R", &r.url])
+        .args(["peer", "list", "-R", &r.url])
         .output()
         .failure();
     assert!(e.contains("PostgreSQL repository"), "{e}");

@@ -81,7 +81,7 @@ pub const SETTINGS: &[Def] = &[
         name: "email-send-relay-ca",
         kind: Kind::Path,
         default: "",
-        help: "relay: a PEM file of CA certificates to trust besides the built-in public roots (a private CA's); host names are still checked. A relative path is relative to the repository's folder.",
+        help: "relay: a PEM file of CA certificates to trust besides the built-in public roots (a private CA's); host names are still checked. A relative path is relative to the repository's folder (on PostgreSQL: to the worker's current directory).",
         secret: false,
     },
     Def {
@@ -102,14 +102,14 @@ pub const SETTINGS: &[Def] = &[
         name: "email-send-dir",
         kind: Kind::Path,
         default: "",
-        help: "dir: the folder that gets one .eml file per message (never overwriting one). A relative path is relative to the repository's folder.",
+        help: "dir: the folder that gets one .eml file per message (never overwriting one). A relative path is relative to the repository's folder (on PostgreSQL: to the worker's current directory).",
         secret: false,
     },
     Def {
         name: "email-send-db",
         kind: Kind::Path,
         default: "",
-        help: "db: the SQLite file that gets one row per message in table email(emailid, msg). A relative path is relative to the repository's folder.",
+        help: "db: the SQLite file that gets one row per message in table email(emailid, msg). A relative path is relative to the repository's folder (on PostgreSQL: to the worker's current directory).",
         secret: false,
     },
     Def {
@@ -205,9 +205,12 @@ impl std::fmt::Debug for EmailConfig {
 }
 
 /// Reads one setting, validated; a bad stored value is an error naming it.
-fn get(conn: &Connection, name: &str) -> Result<String, String> {
+fn get<E: std::fmt::Display>(
+    read: &dyn Fn(&str) -> Result<Option<String>, E>,
+    name: &str,
+) -> Result<String, String> {
     let def = settings::find(SETTINGS, name).ok_or_else(|| format!("unknown setting {name}"))?;
-    match config_get(conn, name).map_err(|e| format!("reading {name}: {e}"))? {
+    match read(name).map_err(|e| format!("reading {name}: {e}"))? {
         None => Ok(def.default.to_owned()),
         Some(v) => def.validate(&v).map_err(|e| e.to_string()),
     }
@@ -218,9 +221,28 @@ impl EmailConfig {
     /// missing for the chosen method, or malformed — Fossil silently sends
     /// nothing in that case; we say exactly what to set.
     pub fn load(conn: &Connection) -> Result<EmailConfig, Vec<String>> {
+        Self::load_with(&|name| config_get(conn, name), &|p| {
+            settings::resolve_path(conn, p)
+        })
+    }
+
+    /// [`EmailConfig::load`] on either store. On PostgreSQL a relative
+    /// path (`email-send-dir`, `email-send-db`, `email-send-relay-ca`) is
+    /// relative to the worker's current directory: a schema has no folder.
+    pub fn load_db(db: backoffice::Db<'_>) -> Result<EmailConfig, Vec<String>> {
+        match db.sqlite() {
+            Some(conn) => Self::load(conn),
+            None => Self::load_with(&|name| db.config_get(name), &Path::to_path_buf),
+        }
+    }
+
+    fn load_with<E: std::fmt::Display>(
+        read: &dyn Fn(&str) -> Result<Option<String>, E>,
+        resolve: &dyn Fn(&Path) -> PathBuf,
+    ) -> Result<EmailConfig, Vec<String>> {
         let mut problems = Vec::new();
         let mut take = |name: &str| {
-            get(conn, name).unwrap_or_else(|e| {
+            get(read, name).unwrap_or_else(|e| {
                 problems.push(e);
                 String::new()
             })
@@ -246,8 +268,8 @@ impl EmailConfig {
             "relay" => Method::Relay,
             "pipe" => Method::Pipe(command, command_timeout.parse().unwrap_or(60)),
             // Relative to the repository's folder (see settings::resolve_path).
-            "dir" => Method::Dir(settings::resolve_path(conn, Path::new(&dir))),
-            "db" => Method::Db(settings::resolve_path(conn, Path::new(&db))),
+            "dir" => Method::Dir(resolve(Path::new(&dir))),
+            "db" => Method::Db(resolve(Path::new(&db))),
             "stdout" => Method::Stdout,
             _ => Method::Off,
         };
@@ -300,8 +322,7 @@ impl EmailConfig {
             relay_security,
             relay_user,
             relay_password,
-            relay_ca: (!relay_ca.is_empty())
-                .then(|| settings::resolve_path(conn, Path::new(&relay_ca))),
+            relay_ca: (!relay_ca.is_empty()).then(|| resolve(Path::new(&relay_ca))),
         })
     }
 

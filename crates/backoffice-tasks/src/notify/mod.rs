@@ -51,12 +51,15 @@
 //! * `outbox.rs`: delivery, retries, dead letters.
 //! * `schedule.rs`: when digests are due, in a time zone.
 //! * `task.rs`: the [`Notify`] task that ties them together.
+//! * `pg.rs`: the same on a PostgreSQL repository (cursors in the retry
+//!   ledger instead of marks in `bo_event`, every progress write fenced).
 
 pub(crate) mod address;
 pub(crate) mod compose;
 pub(crate) mod config;
 pub(crate) mod message;
 pub mod outbox;
+pub mod pg;
 pub mod schedule;
 pub mod send;
 pub mod smtp;

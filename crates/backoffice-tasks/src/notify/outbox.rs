@@ -89,7 +89,7 @@ use super::send::{SendError, Transport};
 /// Outcomes are committed after this many sends.
 pub const COMMIT_EVERY: usize = 200;
 /// Transient failures in a row after which a run stops sending.
-const GIVE_UP_AFTER: usize = 3;
+pub(crate) const GIVE_UP_AFTER: usize = 3;
 
 /// One outbox row.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -212,7 +212,7 @@ pub fn journal_path(repo: &Path) -> PathBuf {
 /// engine's retry policy, its jitter seeded by the message's id (the same
 /// message spreads the same way on every attempt, messages queued together
 /// differently).
-fn retry_delay(attempts: i64, msgid: i64) -> i64 {
+pub(crate) fn retry_delay(attempts: i64, msgid: i64) -> i64 {
     backoffice::ledger::Backoff::default().delay(attempts, msgid as u64)
 }
 
@@ -229,22 +229,22 @@ pub struct Delivered {
     pub last_error: Option<String>,
 }
 
-enum Outcome {
+pub(crate) enum Outcome {
     Sent,
     Retry(String),
     Dead(String),
 }
 
 /// One due message as read for sending.
-struct Due {
-    msgid: i64,
-    token: String,
-    generation: i64,
-    address: String,
-    subject: String,
-    body: String,
-    code: Option<String>,
-    attempts: i64,
+pub(crate) struct Due {
+    pub(crate) msgid: i64,
+    pub(crate) token: String,
+    pub(crate) generation: i64,
+    pub(crate) address: String,
+    pub(crate) subject: String,
+    pub(crate) body: String,
+    pub(crate) code: Option<String>,
+    pub(crate) attempts: i64,
 }
 
 /// The sent journal of one delivery run: appended to after each message
@@ -467,7 +467,7 @@ pub fn deliver(
 
 /// The outcome of a failed attempt: dead if retrying cannot help or the
 /// attempts are used up, else retried later.
-fn failed(e: SendError, m: &Due, cfg: &EmailConfig) -> Outcome {
+pub(crate) fn failed(e: SendError, m: &Due, cfg: &EmailConfig) -> Outcome {
     if e.permanent || m.attempts.saturating_add(1) >= cfg.max_attempts {
         Outcome::Dead(e.message)
     } else {

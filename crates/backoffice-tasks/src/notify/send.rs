@@ -83,6 +83,13 @@ pub trait Transport {
         false
     }
 
+    /// True if a message sent again under the same id leaves the
+    /// destination as it was (`dir` never replaces the file a message's id
+    /// names), so a re-sent message is no duplicate. False by default.
+    fn idempotent(&self) -> bool {
+        false
+    }
+
     /// Makes every message accepted since the last commit durable at the
     /// destination. The delivery loop records none of them as sent before
     /// this returns `Ok`; an `Err` turns each into a failed attempt with
@@ -168,6 +175,10 @@ fn move_no_replace(from: &std::path::Path, to: &std::path::Path) -> std::io::Res
 impl Transport for Dir {
     fn send_with_id(&mut self, id: &str, _: &Envelope, raw: &[u8]) -> Result<(), SendError> {
         self.send_named(id, raw)
+    }
+
+    fn idempotent(&self) -> bool {
+        true
     }
 
     fn send(&mut self, envelope: &Envelope, raw: &[u8]) -> Result<(), SendError> {

@@ -77,6 +77,9 @@ pub enum SubscriberError {
     /// SQLite refused.
     #[error("{0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The store refused (a PostgreSQL repository).
+    #[error("{0}")]
+    Db(#[from] backoffice::db::DbError),
 }
 
 /// Normalises a kinds list: `*`, or a sorted, deduplicated comma list.
@@ -129,7 +132,7 @@ fn from_row(r: &Row<'_>) -> rusqlite::Result<Subscriber> {
     })
 }
 
-fn check_name(name: &Option<String>) -> Result<(), SubscriberError> {
+pub(crate) fn check_name(name: &Option<String>) -> Result<(), SubscriberError> {
     match name {
         Some(n) if n.chars().any(char::is_control) => Err(SubscriberError::Name),
         _ => Ok(()),

@@ -11,11 +11,11 @@ use backoffice::{Context, Db, Due, Gauge, Task, TaskError, TaskStatus};
 /// Events older than this when first seen get no immediate alert (they
 /// still appear in digests): turning email on after a month must not mail
 /// a month of alerts.
-const FRESH_FOR: i64 = 24 * 3600;
+pub(crate) const FRESH_FOR: i64 = 24 * 3600;
 /// Events composed per transaction.
-const EVENT_BATCH: i64 = 1000;
+pub(crate) const EVENT_BATCH: i64 = 1000;
 /// Most events listed in one digest.
-const DIGEST_MAX_EVENTS: usize = 500;
+pub(crate) const DIGEST_MAX_EVENTS: usize = 500;
 /// The `config` row holding the last digest boundary sent (Unix seconds).
 /// Not Fossil's `email-last-digest`, which holds a Julian day number.
 pub(crate) const LAST_DIGEST: &str = "email-last-digest-boundary";
@@ -39,8 +39,7 @@ impl Task for Notify {
 
     fn due(&self, db: Db<'_>, now: i64) -> Result<Due, TaskError> {
         let Some(conn) = db.sqlite() else {
-            // SQLite only: nothing of this task's is ever due elsewhere.
-            return Ok(Due::Never);
+            return super::pg::due(db, now);
         };
         // A schema lookup, no statement (Fossil's check does the same): in a
         // repository that never published an event, preparing the query
@@ -96,13 +95,15 @@ impl Task for Notify {
     }
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
-        let conn = ctx.db.sqlite_only(self.name())?;
         // A worker runs every task; when it was started for another one,
         // this costs what the after-request check costs, not the reading of
         // every email setting and the opening of a transport.
         if self.due(ctx.db, ctx.now)? != Due::Now {
             return Ok(0);
         }
+        let Some(conn) = ctx.db.sqlite() else {
+            return super::pg::run(ctx.db, ctx.term, ctx.now);
+        };
         if !has_tables(conn)? {
             return Ok(0);
         }
@@ -152,7 +153,7 @@ impl Task for Notify {
     /// if there is none).
     fn events_done(&self, db: Db<'_>) -> Result<Option<i64>, TaskError> {
         let Some(conn) = db.sqlite() else {
-            return Ok(None);
+            return super::pg::events_done(db);
         };
         if !conn.table_exists(None, "bo_event")? {
             return Ok(Some(0));
@@ -196,7 +197,7 @@ impl Task for Notify {
 
     fn status(&self, db: Db<'_>, now: i64) -> TaskStatus {
         let Some(conn) = db.sqlite() else {
-            return TaskStatus::sqlite_only(db);
+            return super::pg::status(db, now);
         };
         let mut st = TaskStatus::default();
         match EmailConfig::load(conn) {
