@@ -1,7 +1,8 @@
 //! The commands on a PostgreSQL repository (`postgres://…?schema=NAME`):
 //! `run`, `worker`, `trigger`, `lease`, `status`, `setting` and `publish`
-//! are here; `hook` and `token` take a URL in their own modules. The
-//! other commands work on SQLite repository files only, and say so.
+//! are here; `hook`, `webhook`, `subscriber`, `outbox` and `token` take a
+//! URL in their own modules. The other commands (`peer`, `maintain`,
+//! `serve`, `cgi`) work on SQLite repository files only, and say so.
 
 use std::fmt::Write as _;
 use std::path::Path;
