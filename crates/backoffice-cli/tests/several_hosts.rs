@@ -1435,3 +1435,32 @@ fn the_api_token_works_on_a_postgresql_schema() {
         .success();
     assert!(check.contains("no API token"), "{check}");
 }
+
+/// The binary's five tasks on a PostgreSQL schema: a run reports no task
+/// as failed (replication and maintenance do not run there, which `status`
+/// says once, instead of a failure in every run's record and log line).
+#[test]
+fn the_binarys_run_on_postgresql_fails_no_task() {
+    let Some(db) = pg::database() else { return };
+    let url = db.url("binary");
+    Cmd::backoffice()
+        .args(["setting", "-R", &url, "backoffice-lease-time", "1"])
+        .output()
+        .success();
+    Cmd::backoffice().args(["run", &url]).output().success();
+    let json = Cmd::backoffice()
+        .args(["status", "--json", &url])
+        .output()
+        .success();
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let tasks = v["last_run"]["tasks"].as_array().expect("a recorded run");
+    assert_eq!(tasks.len(), 5, "{json}");
+    for t in tasks {
+        assert!(t["error"].is_null(), "a task failed: {t}");
+    }
+    let text = Cmd::backoffice().args(["status", &url]).output().success();
+    assert!(
+        text.contains("works on SQLite repositories only"),
+        "status says which tasks do not run here: {text}"
+    );
+}
