@@ -557,3 +557,100 @@ fn a_hooks_run_whose_term_is_gone_records_nothing_on_sqlite() {
     assert_eq!(titles(&out), ["t", "t"]);
     assert_eq!(hooks::state(db, h.id).unwrap().unwrap().cursor, 1);
 }
+
+/// Issue 12, item 4 for email on SQLite (containers sharing one repository
+/// file): an alerts run on a term the lease no longer carries queues
+/// nothing and marks no event alerted; one with queued messages sends
+/// them (at least once, under their stable names) but marks nothing sent;
+/// both stop with the fencing error. The holder of the current term
+/// records it all.
+#[test]
+fn a_notify_run_whose_term_is_gone_records_nothing_on_sqlite() {
+    use backoffice::{Context, Task};
+    use backoffice_tasks::notify::{Notify, subscribers};
+
+    let env = Env::new();
+    let path = env.path("fenced-mail.db");
+    rusqlite::Connection::open(&path).unwrap();
+    let repo = backoffice::Repo::open(&path).unwrap();
+    let conn = repo.conn();
+    let db = Db::Sqlite(conn);
+    let dir = env.path("mail");
+    for (k, v) in [
+        ("email-send-method", "dir"),
+        ("email-send-dir", dir.to_str().unwrap()),
+        ("email-self", "bo@example.org"),
+        ("email-url", "https://example.org"),
+        ("email-subname", "[sq]"),
+    ] {
+        db.config_set(k, v).unwrap();
+    }
+    subscribers::add(
+        conn,
+        &subscribers::New {
+            address: "now@example.org".into(),
+            kinds: "*".into(),
+            verified: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let ev = backoffice::events::Event {
+        kind: "wiki".into(),
+        title: "fresh".into(),
+        ..Default::default()
+    };
+    backoffice::events::publish(conn, &ev).unwrap();
+    backoffice::repo::config_set(conn, backoffice::LEASE_ROW, "0 0 0 0 term=8").unwrap();
+    let now = crate::harness::now();
+    let ctx = |term| Context {
+        db,
+        repo: &path,
+        now,
+        debug: false,
+        term,
+    };
+    let count = |sql: &str| -> i64 { conn.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let files = || std::fs::read_dir(&dir).map_or(0, |d| d.count());
+
+    // Queueing: nothing queued, the event not marked alerted.
+    let e = Notify.run(&ctx(7)).unwrap_err();
+    assert!(e.to_string().contains("fenced"), "{e}");
+    assert_eq!(count("SELECT count(*) FROM bo_outbox"), 0, "nothing queued");
+    assert_eq!(count("SELECT count(*) FROM bo_event WHERE alerted = 0"), 1);
+    assert_eq!(files(), 0);
+
+    // The holder of term 8 queues and sends it, once.
+    assert_eq!(Notify.run(&ctx(8)).unwrap(), 1);
+    assert_eq!(count("SELECT count(*) FROM bo_event WHERE alerted = 0"), 0);
+    assert_eq!(
+        count("SELECT count(*) FROM bo_outbox WHERE state = 'sent'"),
+        1
+    );
+    assert_eq!(files(), 1);
+
+    // A message queued by plain SQL: a stale run may send it (at least
+    // once) but marks nothing sent.
+    conn.execute(
+        "INSERT INTO bo_outbox(address, kind, subject, body, ctime, next_attempt)
+         VALUES ('sql@example.org', 'alert', 's', 'b', ?1, ?1)",
+        [now],
+    )
+    .unwrap();
+    let e = Notify.run(&ctx(7)).unwrap_err();
+    assert!(e.to_string().contains("fenced"), "{e}");
+    assert_eq!(
+        count("SELECT count(*) FROM bo_outbox WHERE state = 'queued' AND attempts = 0"),
+        1,
+        "a stale run marked a message"
+    );
+    // The holder marks it sent (from the journal the stale run left, or
+    // by sending it again under the same name): one file, not two.
+    Notify.run(&ctx(8)).unwrap();
+    assert_eq!(
+        count("SELECT count(*) FROM bo_outbox WHERE state = 'sent'"),
+        2
+    );
+    assert_eq!(files(), 2);
+    assert_eq!(Notify.run(&ctx(8)).unwrap(), 0);
+}

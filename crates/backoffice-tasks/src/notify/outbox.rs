@@ -85,6 +85,7 @@ use serde::Serialize;
 use super::config::EmailConfig;
 use super::message::{self, Parts};
 use super::send::{SendError, Transport};
+use backoffice::db::DbError;
 
 /// Outcomes are committed after this many sends.
 pub const COMMIT_EVERY: usize = 200;
@@ -312,7 +313,15 @@ impl Journal {
 
 /// Marks sent the messages a killed run left in the sent journal at
 /// `path`, then removes it. Returns how many rows it marked.
-pub fn fold_journal(conn: &Connection, path: &Path, now: i64) -> rusqlite::Result<usize> {
+///
+/// Fenced on `fence` like every progress write: a stale worker marks
+/// nothing and leaves the journal for the current holder.
+pub fn fold_journal(
+    conn: &Connection,
+    path: &Path,
+    now: i64,
+    fence: Option<u64>,
+) -> Result<usize, DbError> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(_) => return Ok(0),
@@ -334,6 +343,7 @@ pub fn fold_journal(conn: &Connection, path: &Path, now: i64) -> rusqlite::Resul
             )?
             .execute(params![id, token, now])?;
     }
+    super::task::check_fence(&tx, fence)?;
     tx.commit()?;
     let _ = std::fs::remove_file(path);
     if n > 0 {
@@ -353,10 +363,11 @@ pub fn deliver(
     transport: &mut dyn Transport,
     now: i64,
     journal: Option<&Path>,
-) -> rusqlite::Result<Delivered> {
+    fence: Option<u64>,
+) -> Result<Delivered, DbError> {
     upgrade(conn)?;
     if let Some(j) = journal {
-        fold_journal(conn, j, now)?;
+        fold_journal(conn, j, now, fence)?;
     }
     // Every message gets its token before its first attempt, committed,
     // so that every attempt carries the same one.
@@ -457,7 +468,11 @@ pub fn deliver(
                 }
             }
         }
-        record(conn, &outcomes, now, &mut done)?;
+        // Fenced: a worker whose lease was taken over while it sent marks
+        // nothing and stops here; the batch it sent stays queued (and in
+        // the journal) for the next holder: at least once, same names and
+        // Message-IDs.
+        record(conn, &outcomes, now, &mut done, fence)?;
         journal.clear();
     }
     transport.finish();
@@ -480,7 +495,8 @@ fn record(
     outcomes: &[(&Due, Outcome)],
     now: i64,
     done: &mut Delivered,
-) -> rusqlite::Result<()> {
+    fence: Option<u64>,
+) -> Result<(), DbError> {
     let tx = conn.unchecked_transaction()?;
     for (m, o) in outcomes {
         match o {
@@ -518,7 +534,9 @@ fn record(
             }
         }
     }
-    tx.commit()
+    super::task::check_fence(&tx, fence)?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// Queue depths: (queued, sent, dead).
@@ -666,7 +684,7 @@ mod tests {
             ),
         )
         .unwrap();
-        assert_eq!(fold_journal(&conn, &path, 200).unwrap(), 1);
+        assert_eq!(fold_journal(&conn, &path, 200, None).unwrap(), 1);
         let states: Vec<String> = conn
             .prepare("SELECT state FROM bo_outbox ORDER BY msgid")
             .unwrap()
@@ -676,7 +694,7 @@ mod tests {
             .unwrap();
         assert_eq!(states, ["sent", "queued", "queued", "dead"]);
         assert!(!path.exists());
-        assert_eq!(fold_journal(&conn, &path, 300).unwrap(), 0);
+        assert_eq!(fold_journal(&conn, &path, 300, None).unwrap(), 0);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use super::compose::{self, EventText};
 use super::config::{EmailConfig, Method};
 use super::outbox;
 use super::schedule::{DigestDue, DigestTime};
+use backoffice::db::DbError;
 use backoffice::{Context, Db, Due, Gauge, Task, TaskError, TaskStatus};
 
 /// Events older than this when first seen get no immediate alert (they
@@ -113,15 +114,26 @@ impl Task for Notify {
             Err(problems) => return Err(problems.join("; ").into()),
         };
         let project = backoffice::repo::project_name(conn, ctx.repo);
-        while compose_alerts(conn, &cfg, &project, ctx.now)? == EVENT_BATCH as usize {}
-        compose_digests(conn, &cfg, &project, ctx.now)?;
+        // Every progress write is fenced on the run's term: containers
+        // sharing one repository file each have their worker, and one
+        // paused past its heartbeat must not record over the next holder.
+        let fence = Some(ctx.term);
+        while compose_alerts(conn, &cfg, &project, ctx.now, fence)? == EVENT_BATCH as usize {}
+        compose_digests(conn, &cfg, &project, ctx.now, fence)?;
         // Open a transport (a connection, a file) only for something to send.
         if outbox::next_due(conn)?.is_none_or(|t| t > ctx.now) {
             return Ok(0);
         }
         let mut transport = cfg.transport()?;
         let journal = outbox::journal_path(ctx.repo);
-        let d = outbox::deliver(conn, &cfg, transport.as_mut(), ctx.now, Some(&journal))?;
+        let d = outbox::deliver(
+            conn,
+            &cfg,
+            transport.as_mut(),
+            ctx.now,
+            Some(&journal),
+            fence,
+        )?;
         if d.sent == 0 && (d.retry > 0 || d.dead > 0) {
             return Err(format!(
                 "{} to retry, {} dead: {}",
@@ -272,14 +284,24 @@ fn active_subscribers(
     .collect()
 }
 
+/// Refuses the write (the caller's transaction then rolls back on drop)
+/// when `fence` is a term the lease no longer carries.
+pub(crate) fn check_fence(conn: &Connection, fence: Option<u64>) -> Result<(), DbError> {
+    match fence {
+        Some(term) => Ok(backoffice::writes::fenced(conn, term)?),
+        None => Ok(()),
+    }
+}
+
 /// Turns up to one batch of new events into queued alerts, in one
-/// transaction that also marks them handled. Returns how many events.
+/// transaction that also marks them handled (fenced on `fence`). Returns how many events.
 fn compose_alerts(
     conn: &Connection,
     cfg: &EmailConfig,
     project: &str,
     now: i64,
-) -> rusqlite::Result<usize> {
+    fence: Option<u64>,
+) -> Result<usize, DbError> {
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let events: Vec<EventText> = {
         let mut s = tx.prepare_cached(
@@ -332,6 +354,7 @@ fn compose_alerts(
         "UPDATE bo_event SET alerted = 1 WHERE alerted = 0 AND eventid <= ?1",
         params![last],
     )?;
+    check_fence(&tx, fence)?;
     tx.commit()?;
     Ok(events.len())
 }
@@ -346,7 +369,8 @@ fn compose_digests(
     cfg: &EmailConfig,
     project: &str,
     now: i64,
-) -> rusqlite::Result<usize> {
+    fence: Option<u64>,
+) -> Result<usize, DbError> {
     let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate)?;
     let last: Option<i64> =
         backoffice::repo::config_get(&tx, LAST_DIGEST)?.and_then(|v| v.trim().parse().ok());
@@ -359,6 +383,7 @@ fn compose_digests(
                 "the clock went back; digests resume at the next digest time"
             );
             backoffice::repo::config_set(&tx, LAST_DIGEST, &reset_to.to_string())?;
+            check_fence(&tx, fence)?;
             tx.commit()?;
             return Ok(0);
         }
@@ -414,6 +439,7 @@ fn compose_digests(
         [to],
     )?;
     backoffice::repo::config_set(&tx, LAST_DIGEST, &to.to_string())?;
+    check_fence(&tx, fence)?;
     tx.commit()?;
     Ok(queued)
 }
@@ -495,7 +521,7 @@ mod tests {
         event(&conn, "Ancient", DAY0 - 30 * 24 * HOUR);
         event(&conn, "Yesterday evening", DAY0 - 3 * HOUR);
         // 07:00 Paris is 06:00 UTC in November; at 09:00 UTC it has passed.
-        let n = compose_digests(&conn, &cfg(&conn), "p", DAY0 + 9 * HOUR).unwrap();
+        let n = compose_digests(&conn, &cfg(&conn), "p", DAY0 + 9 * HOUR, None).unwrap();
         assert_eq!(n, 1);
         let d = digests(&conn);
         assert_eq!(d[0].0, "daily@example.org");
@@ -512,7 +538,7 @@ mod tests {
         );
         // Later the same day: nothing more.
         assert_eq!(
-            compose_digests(&conn, &cfg(&conn), "p", DAY0 + 20 * HOUR).unwrap(),
+            compose_digests(&conn, &cfg(&conn), "p", DAY0 + 20 * HOUR, None).unwrap(),
             0
         );
     }
@@ -520,12 +546,12 @@ mod tests {
     #[test]
     fn three_idle_days_make_one_digest_and_empty_days_none() {
         let conn = setup();
-        compose_digests(&conn, &cfg(&conn), "p", DAY0 + 9 * HOUR).unwrap(); // sets the boundary
+        compose_digests(&conn, &cfg(&conn), "p", DAY0 + 9 * HOUR, None).unwrap(); // sets the boundary
         for d in 0..3 {
             event(&conn, &format!("Day {d}"), DAY0 + (d * 24 + 12) * HOUR);
         }
         // Three days later, one run: one digest with all three.
-        let n = compose_digests(&conn, &cfg(&conn), "p", DAY0 + (3 * 24 + 9) * HOUR).unwrap();
+        let n = compose_digests(&conn, &cfg(&conn), "p", DAY0 + (3 * 24 + 9) * HOUR, None).unwrap();
         assert_eq!(n, 1);
         let d = digests(&conn);
         assert_eq!(d.len(), 1);
@@ -534,7 +560,7 @@ mod tests {
         }
         // The next day had no events: no digest.
         assert_eq!(
-            compose_digests(&conn, &cfg(&conn), "p", DAY0 + (4 * 24 + 9) * HOUR).unwrap(),
+            compose_digests(&conn, &cfg(&conn), "p", DAY0 + (4 * 24 + 9) * HOUR, None).unwrap(),
             0
         );
         assert_eq!(digests(&conn).len(), 1);
@@ -550,7 +576,10 @@ mod tests {
         event(&conn, "Last month", now - 30 * 24 * HOUR);
         event(&conn, "Just over a day ago", now - FRESH_FOR - 1);
         event(&conn, "Just under a day ago", now - FRESH_FOR + 60);
-        assert_eq!(compose_alerts(&conn, &cfg(&conn), "p", now).unwrap(), 3);
+        assert_eq!(
+            compose_alerts(&conn, &cfg(&conn), "p", now, None).unwrap(),
+            3
+        );
         let alerts: Vec<(String, String)> = conn
             .prepare("SELECT address, body FROM bo_outbox WHERE kind = 'alert'")
             .unwrap()
@@ -581,7 +610,7 @@ mod tests {
         assert_eq!(undigested, 3);
         // Only old events: no alert at all.
         event(&conn, "Old again", now - 2 * 24 * HOUR);
-        compose_alerts(&conn, &cfg(&conn), "p", now).unwrap();
+        compose_alerts(&conn, &cfg(&conn), "p", now, None).unwrap();
         let n: i64 = conn
             .query_row("SELECT count(*) FROM bo_outbox", [], |r| r.get(0))
             .unwrap();
@@ -617,7 +646,10 @@ mod tests {
         assert_eq!(Notify.events_done((&conn).into()).unwrap(), Some(2));
         // Alerts composed (email on): only the undigested one is held.
         backoffice::repo::config_set(&conn, "email-send-method", "stdout").unwrap();
-        assert_eq!(compose_alerts(&conn, &cfg(&conn), "p", now).unwrap(), 3);
+        assert_eq!(
+            compose_alerts(&conn, &cfg(&conn), "p", now, None).unwrap(),
+            3
+        );
         assert_eq!(Notify.events_done((&conn).into()).unwrap(), Some(2));
         conn.execute("UPDATE bo_event SET digested = 1", [])
             .unwrap();
@@ -677,7 +709,7 @@ mod tests {
         let t = DAY0 + 9 * HOUR;
         // Fresh: due now (to set the first boundary).
         assert_eq!(Notify.due((&conn).into(), t).unwrap(), Due::Now);
-        compose_digests(&conn, &cfg(&conn), "p", t).unwrap();
+        compose_digests(&conn, &cfg(&conn), "p", t, None).unwrap();
         // Then: tomorrow 07:00 Paris = 06:00 UTC.
         assert_eq!(
             Notify.due((&conn).into(), t).unwrap(),
