@@ -654,3 +654,88 @@ fn a_notify_run_whose_term_is_gone_records_nothing_on_sqlite() {
     assert_eq!(files(), 2);
     assert_eq!(Notify.run(&ctx(8)).unwrap(), 0);
 }
+
+/// Issue 12, item 4, on SQLite (containers sharing one repository file):
+/// a webhooks run on a term the lease no longer carries makes its delivery
+/// (at least once) but records nothing, neither the cursor nor a failure,
+/// and stops with the fencing error; the holder of the current term
+/// records it. The stale run's answered delivery stays in the progress log
+/// (a real delivery, in order), which the next holder folds in: it is
+/// recorded once and not sent again.
+#[test]
+fn a_webhooks_run_whose_term_is_gone_records_nothing_on_sqlite() {
+    use crate::pg_webhooks::{Receiver, SECRET};
+    use backoffice::{Context, Task};
+    use backoffice_tasks::webhooks::{self, New, Webhooks};
+
+    let env = Env::new();
+    let path = env.path("fenced.db");
+    rusqlite::Connection::open(&path).unwrap();
+    let repo = backoffice::Repo::open(&path).unwrap();
+    let conn = repo.conn();
+    let db = Db::Sqlite(conn);
+    let rx = Receiver::ok();
+    let new = |u: &str| New {
+        url: u.to_owned(),
+        secret: SECRET.to_owned(),
+        kinds: "*".to_owned(),
+        from_start: false,
+    };
+    let w = webhooks::add(db, &new(&rx.url)).unwrap();
+    let publish = |title: &str| {
+        let ev = backoffice::events::Event {
+            kind: "wiki".into(),
+            title: title.into(),
+            ..Default::default()
+        };
+        backoffice::events::publish(conn, &ev).unwrap()
+    };
+    let first = publish("t");
+    backoffice::repo::config_set(conn, backoffice::LEASE_ROW, "0 0 0 0 term=8").unwrap();
+    let ctx = |term| Context {
+        db,
+        repo: &path,
+        now: crate::harness::now(),
+        debug: false,
+        term,
+    };
+    let e = Webhooks.run(&ctx(7)).unwrap_err();
+    assert!(e.to_string().contains("fenced"), "{e}");
+    assert_eq!(rx.titles(), ["t"], "the delivery went out (at least once)");
+    let got = webhooks::get(db, w.id).unwrap();
+    assert_eq!((got.cursor, got.delivered), (0, 0), "nothing recorded");
+
+    // A stale run does not fold the progress log in either.
+    assert!(
+        Webhooks
+            .run(&ctx(7))
+            .unwrap_err()
+            .to_string()
+            .contains("fenced")
+    );
+    assert_eq!(webhooks::get(db, w.id).unwrap().cursor, 0);
+
+    // The holder of term 8 records it (from the log: not sent again).
+    Webhooks.run(&ctx(8)).unwrap();
+    assert_eq!(rx.titles(), ["t"]);
+    let got = webhooks::get(db, w.id).unwrap();
+    assert_eq!((got.cursor, got.delivered), (first, 1));
+    assert_eq!(
+        Webhooks.due(db, ctx(8).now).unwrap(),
+        backoffice::Due::Never
+    );
+
+    // A failure is progress too: a stale run does not record it either.
+    let bad = Receiver::start(usize::MAX, Duration::from_secs(60));
+    let b = webhooks::add(db, &new(&bad.url)).unwrap();
+    webhooks::remove(db, w.id).unwrap();
+    publish("u");
+    let e = Webhooks.run(&ctx(7)).unwrap_err();
+    assert!(e.to_string().contains("fenced"), "{e}");
+    assert_eq!(bad.requests(), 1);
+    let got = webhooks::get(db, b.id).unwrap();
+    assert_eq!((got.cursor, got.failures, got.next_attempt), (first, 0, 0));
+    assert!(Webhooks.run(&ctx(8)).is_err(), "the endpoint fails");
+    let got = webhooks::get(db, b.id).unwrap();
+    assert_eq!((got.cursor, got.failures), (first, 1), "recorded by term 8");
+}

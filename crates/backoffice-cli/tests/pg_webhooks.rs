@@ -21,17 +21,17 @@ use backoffice::ledger;
 use crate::harness::{Cmd, wait_until};
 use crate::pg;
 
-const SECRET: &str = "pg-test-secret-0123456789abcdef";
+pub(crate) const SECRET: &str = "pg-test-secret-0123456789abcdef";
 
 /// Every wait in these tests gives up after this long.
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// One delivery a receiver accepted.
 #[derive(Clone, Debug)]
-struct Got {
+pub(crate) struct Got {
     eventid: i64,
     title: String,
-    delivery: String,
+    pub(crate) delivery: String,
     signature_ok: bool,
 }
 
@@ -47,13 +47,13 @@ struct Shared {
 
 /// A keep-alive HTTP/1.1 receiver on 127.0.0.1; it stops when dropped,
 /// and in any case after `life`.
-struct Receiver {
-    url: String,
+pub(crate) struct Receiver {
+    pub(crate) url: String,
     shared: Arc<Shared>,
 }
 
 impl Receiver {
-    fn start(bad_first: usize, life: Duration) -> Receiver {
+    pub(crate) fn start(bad_first: usize, life: Duration) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         listener.set_nonblocking(true).unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
@@ -76,11 +76,11 @@ impl Receiver {
         Receiver { url, shared }
     }
 
-    fn ok() -> Receiver {
+    pub(crate) fn ok() -> Receiver {
         Receiver::start(0, DEADLINE * 2)
     }
 
-    fn got(&self) -> Vec<Got> {
+    pub(crate) fn got(&self) -> Vec<Got> {
         self.shared.got.lock().unwrap().clone()
     }
 
@@ -88,11 +88,11 @@ impl Receiver {
         self.got().iter().map(|g| g.eventid).collect()
     }
 
-    fn titles(&self) -> Vec<String> {
+    pub(crate) fn titles(&self) -> Vec<String> {
         self.got().iter().map(|g| g.title.clone()).collect()
     }
 
-    fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         self.shared.requests.load(Ordering::SeqCst)
     }
 }

@@ -19,6 +19,17 @@
 //! flight, with the same `X-Backoffice-Delivery` id, which a receiver can
 //! use to drop duplicates.
 //!
+//! Every write a run makes to record progress (a commit of cursors, a
+//! failure or a dead mark, the folding of the progress log) checks, in its
+//! own transaction, that the lease still carries the run's term
+//! ([`backoffice::writes::fenced`]: one point read of the lease row per
+//! commit). A worker whose lease was taken over (paused past its
+//! heartbeat, in another container sharing the file) records nothing and
+//! its run stops with the fencing error; the deliveries it made since its
+//! last commit are in the progress log, which the next holder folds in (a
+//! line is an answered delivery, in order), or are sent again with the
+//! same delivery id: at least once.
+//!
 //! Anything else — another status, a time-out, a refused connection — stops
 //! that endpoint for this run (so its order is kept), counts one failure and
 //! sets its next attempt by the ledger's policy
@@ -784,7 +795,9 @@ impl Task for Webhooks {
                 let cfg = Config::load(conn)?;
                 // What a killed run delivered after its last commit.
                 let progress = Progress::path(ctx.repo);
-                Progress::recover(conn, &progress)?;
+                // Fenced like every progress write: a run whose lease was
+                // taken over leaves the log to the holder of the new term.
+                Progress::recover(conn, &progress, ctx.term)?;
                 (due_endpoints(conn, ctx.now, &none)?, cfg, Some(progress))
             }
             // No progress log: on PostgreSQL every answered delivery is
@@ -822,9 +835,9 @@ impl Task for Webhooks {
         let (now, cfg, term) = (ctx.now, &cfg, ctx.term);
         let at = Where::of(ctx.db, ctx.repo);
         let at = &at;
-        // Set when a progress write was fenced (PostgreSQL: the lease was
-        // taken over): every thread stops before its next delivery, and
-        // the run fails with that error.
+        // Set when a progress write was fenced (the lease was taken over,
+        // on either store): every thread stops before its next delivery,
+        // and the run fails with that error.
         let stop = AtomicBool::new(false);
         let fenced: Mutex<Option<DbError>> = Mutex::new(None);
         let started = Instant::now();
@@ -895,7 +908,7 @@ impl Task for Webhooks {
                             continue;
                         };
                         let served = match db.sqlite() {
-                            Some(c) => serve(c, cfg, &w, now, log).map_err(DbError::from),
+                            Some(c) => serve(c, cfg, &w, now, term, log, &stop),
                             None => pg_serve(db, cfg, &w, now, term, &stop),
                         };
                         let turn = served.unwrap_or_else(|e| {
@@ -1181,10 +1194,16 @@ impl Progress {
     }
 
     /// Moves cursors past what a log left by an earlier run records, in one
-    /// transaction, then removes it. Lines naming no endpoint of this
-    /// repository (another id or salt: a file left beside a replaced
-    /// database), and a line cut short, are ignored.
-    pub fn recover(conn: &Connection, path: &Path) -> rusqlite::Result<()> {
+    /// transaction fenced on the run's `term`, then removes it. Lines
+    /// naming no endpoint of this repository (another id or salt: a file
+    /// left beside a replaced database), and a line cut short, are ignored.
+    ///
+    /// A run whose term is gone commits nothing and leaves the file to the
+    /// holder of the new term. Lines a fenced run appended are folded in
+    /// too: each is a delivery its endpoint answered, made in order after
+    /// the cursor the run started from, so the cursor moves only past
+    /// events that were delivered (and never back).
+    pub fn recover(conn: &Connection, path: &Path, term: u64) -> Result<(), DbError> {
         let Ok(text) = std::fs::read(path) else {
             return Ok(());
         };
@@ -1237,6 +1256,7 @@ impl Progress {
                 )?;
             }
         }
+        backoffice::writes::fenced(&tx, term).map_err(DbError::from)?;
         tx.commit()?;
         let _ = std::fs::remove_file(path);
         Ok(())
@@ -1244,13 +1264,18 @@ impl Progress {
 }
 
 /// One endpoint's turn: deliver in order until caught up or a failure.
+/// Every write is fenced on the run's `term`: a fenced commit ends the turn
+/// with [`DbError::Fenced`] (and the caller stops the run); `stop`, set by
+/// another thread's fenced write, ends it before the next delivery.
 fn serve(
     db: &Connection,
     cfg: &Config,
     w: &Webhook,
     now: i64,
+    term: u64,
     log: Option<&Progress>,
-) -> rusqlite::Result<Turn> {
+    stop: &AtomicBool,
+) -> Result<Turn, DbError> {
     let agent = cfg.agent();
     let mut turn = Turn::default();
     let mut cursor = w.cursor;
@@ -1266,6 +1291,9 @@ fn serve(
             break;
         }
         for (ev, uid) in &events {
+            if stop.load(Ordering::SeqCst) {
+                break 'outer;
+            }
             if !crate::notify::subscribers::wants(&w.kinds, &ev.kind) {
                 cursor = ev.eventid;
                 continue;
@@ -1283,7 +1311,7 @@ fn serve(
                         }
                     }
                     if pending >= commit_every || log.is_none() {
-                        if !commit(db, w.id, cursor, pending, now)? {
+                        if !commit(db, w.id, cursor, pending, now, term)? {
                             return Ok(turn); // removed meanwhile
                         }
                         committed = cursor;
@@ -1292,7 +1320,7 @@ fn serve(
                 }
                 Err(e) => {
                     let e = backoffice::short_line(&format!("event {}: {e}", ev.eventid));
-                    fail(db, cfg, w, cursor, pending, &e, now)?;
+                    fail(db, cfg, w, cursor, pending, &e, now, term)?;
                     turn.failed = Some(e);
                     break 'outer;
                 }
@@ -1300,7 +1328,7 @@ fn serve(
         }
     }
     if turn.failed.is_none() && (cursor != committed || pending > 0) {
-        commit(db, w.id, cursor, pending, now)?;
+        commit(db, w.id, cursor, pending, now, term)?;
     }
     tracing::debug!(
         webhook = w.id,
@@ -1324,9 +1352,19 @@ fn answered(cfg: &Config, answer: Result<u16, String>) -> Result<(), String> {
 }
 
 /// Records deliveries up to `cursor` made at `now`; false if the endpoint
-/// is gone.
-fn commit(db: &Connection, id: i64, cursor: i64, n: usize, now: i64) -> rusqlite::Result<bool> {
-    backoffice::repo::in_write(db, || {
+/// is gone. Fenced on `term`, in the same transaction: one point read of
+/// the lease row per commit (every [`COMMIT_EVERY`] deliveries), so a
+/// worker whose lease was taken over (paused past its heartbeat, in a
+/// container sharing the file) records nothing.
+fn commit(
+    db: &Connection,
+    id: i64,
+    cursor: i64,
+    n: usize,
+    now: i64,
+    term: u64,
+) -> Result<bool, DbError> {
+    Db::Sqlite(db).write(Some(term), |_| -> Result<bool, DbError> {
         let changed = db
             .prepare_cached("UPDATE bo_webhook SET delivered = delivered + ?2 WHERE id = ?1")?
             .execute(params![id, n as i64])?;
@@ -1346,7 +1384,9 @@ fn commit(db: &Connection, id: i64, cursor: i64, n: usize, now: i64) -> rusqlite
 /// The count is read from the ledger inside the write transaction, not
 /// taken from the run's copy read when it started: an operator's `webhook
 /// retry` made while this turn was in flight reset it to 0, and a stale
-/// count would mark the endpoint dead again.
+/// count would mark the endpoint dead again. Fenced on `term`, as
+/// [`commit`].
+#[allow(clippy::too_many_arguments)]
 fn fail(
     db: &Connection,
     cfg: &Config,
@@ -1355,8 +1395,9 @@ fn fail(
     n: usize,
     error: &str,
     now: i64,
-) -> rusqlite::Result<()> {
-    let dead = backoffice::repo::in_write(db, || -> rusqlite::Result<bool> {
+    term: u64,
+) -> Result<(), DbError> {
+    let dead = Db::Sqlite(db).write(Some(term), |_| -> Result<bool, DbError> {
         let changed = db
             .prepare_cached("UPDATE bo_webhook SET delivered = delivered + ?2 WHERE id = ?1")?
             .execute(params![w.id, n as i64])?;
@@ -2140,20 +2181,20 @@ mod tests {
             max_attempts: 4,
             follow_redirects: false,
         };
-        fail(&conn, &cfg, &w, 0, 0, "HTTP 500", 1000).unwrap();
+        fail(&conn, &cfg, &w, 0, 0, "HTTP 500", 1000, 0).unwrap();
         let g = get(&conn, w.id).unwrap();
         assert_eq!(
             (g.failures, g.state.as_str(), g.last_error.as_deref()),
             (1, "active", Some("HTTP 500"))
         );
         assert!((1060..=1066).contains(&g.next_attempt), "{g:?}");
-        fail(&conn, &cfg, &w, 0, 0, "HTTP 500", 2000).unwrap();
+        fail(&conn, &cfg, &w, 0, 0, "HTTP 500", 2000, 0).unwrap();
         let g = get(&conn, w.id).unwrap();
         assert_eq!(g.failures, 2);
         assert!((2120..=2132).contains(&g.next_attempt), "{g:?}");
         // Two deliveries, then a failure: the cursor and the count move,
         // the failures start again at 1.
-        fail(&conn, &cfg, &w, 5, 2, "HTTP 502", 3000).unwrap();
+        fail(&conn, &cfg, &w, 5, 2, "HTTP 502", 3000, 0).unwrap();
         let g = get(&conn, w.id).unwrap();
         assert_eq!((g.cursor, g.delivered, g.failures), (5, 2, 1), "{g:?}");
         assert!((3060..=3066).contains(&g.next_attempt), "{g:?}");
@@ -2167,7 +2208,7 @@ mod tests {
             max_attempts: 100,
             ..cfg
         };
-        fail(&conn, &lenient, &w, 0, 0, "timed out", 4000).unwrap();
+        fail(&conn, &lenient, &w, 0, 0, "timed out", 4000, 0).unwrap();
         let g = get(&conn, w.id).unwrap();
         assert_eq!((g.failures, g.cursor), (40, 5), "{g:?}");
         assert!(
@@ -2175,7 +2216,7 @@ mod tests {
             "{g:?}"
         );
         // A commit behind the stored cursor keeps it, and clears failures.
-        assert!(commit(&conn, w.id, 3, 1, 5000).unwrap());
+        assert!(commit(&conn, w.id, 3, 1, 5000, 0).unwrap());
         let g = get(&conn, w.id).unwrap();
         assert_eq!(
             (
@@ -2189,14 +2230,14 @@ mod tests {
         );
         // Dead after max_attempts in a row.
         for t in 1..=4 {
-            fail(&conn, &cfg, &w, 0, 0, "HTTP 500", 6000 + t).unwrap();
+            fail(&conn, &cfg, &w, 0, 0, "HTTP 500", 6000 + t, 0).unwrap();
         }
         let g = get(&conn, w.id).unwrap();
         assert_eq!((g.failures, g.state.as_str()), (4, "dead"));
         // A removed endpoint is not recorded, nor left in the ledger.
         remove(&conn, w.id).unwrap();
-        assert!(!commit(&conn, w.id, 9, 1, 7000).unwrap());
-        fail(&conn, &cfg, &w, 9, 0, "HTTP 500", 7000).unwrap();
+        assert!(!commit(&conn, w.id, 9, 1, 7000, 0).unwrap());
+        fail(&conn, &cfg, &w, 9, 0, "HTTP 500", 7000, 0).unwrap();
         assert_eq!(ledger::all(&conn, TASK).unwrap(), vec![]);
     }
 
