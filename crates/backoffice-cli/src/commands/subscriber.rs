@@ -22,15 +22,74 @@ fn line(s: &Subscriber) -> String {
     )
 }
 
+/// Where the subscribers are: an SQLite repository file, or a PostgreSQL
+/// schema (whose tables are created on first use). One dispatch below;
+/// each store's own functions behind these calls.
+enum Store<'a> {
+    File(&'a backoffice::Repo),
+    Pg(Db<'a>),
+}
+
+impl Store<'_> {
+    /// Before a change: an SQLite file must be writable.
+    fn writable(&self) -> Result<()> {
+        if let Store::File(r) = self {
+            r.writable()?;
+        }
+        Ok(())
+    }
+
+    fn add(&self, new: &New) -> Result<Subscriber> {
+        self.writable()?;
+        Ok(match self {
+            Store::File(r) => subscribers::add(r.conn(), new)?,
+            Store::Pg(db) => pg::subscriber_add(*db, new)?,
+        })
+    }
+
+    fn list(&self) -> Result<Vec<Subscriber>> {
+        Ok(match self {
+            Store::File(r) => subscribers::list(r.conn())?,
+            Store::Pg(db) => pg::subscriber_list(*db)?,
+        })
+    }
+
+    fn find(&self, who: &str) -> Result<Option<Subscriber>> {
+        Ok(match self {
+            Store::File(r) => subscribers::find(r.conn(), who)?,
+            Store::Pg(db) => pg::subscriber_find(*db, who)?,
+        })
+    }
+
+    fn remove(&self, who: &str) -> Result<Subscriber> {
+        self.writable()?;
+        Ok(match self {
+            Store::File(r) => subscribers::remove(r.conn(), who)?,
+            Store::Pg(db) => pg::subscriber_remove(*db, who)?,
+        })
+    }
+
+    fn set(&self, who: &str, changes: &Changes) -> Result<Subscriber> {
+        self.writable()?;
+        Ok(match self {
+            Store::File(r) => subscribers::set(r.conn(), who, changes)?,
+            Store::Pg(db) => pg::subscriber_set(*db, who, changes)?,
+        })
+    }
+}
+
 /// Runs `backoffice subscriber`.
 pub fn run(a: SubscriberArgs) -> Result<ExitCode> {
     let path = super::repo_path(a.repository, None)?;
-    if let Some(url) = super::pg::url(&path)? {
-        let conn = url.connect()?;
-        return run_pg(a.action, Db::Postgres(&conn));
-    }
-    let repo = super::open(&path)?;
-    let conn = repo.conn();
+    let pg_conn = super::pg::url(&path)?.map(|u| u.connect()).transpose()?;
+    let file;
+    let store = match &pg_conn {
+        Some(c) => Store::Pg(Db::Postgres(c)),
+        None => {
+            file = super::open(&path)?;
+            Store::File(&file)
+        }
+    };
     match a.action {
         SubscriberAction::Add {
             address,
@@ -39,94 +98,13 @@ pub fn run(a: SubscriberArgs) -> Result<ExitCode> {
             verified,
             name,
         } => {
-            repo.writable()?;
-            let s = subscribers::add(
-                conn,
-                &New {
-                    address,
-                    name,
-                    kinds,
-                    digest,
-                    verified,
-                },
-            )?;
-            println!("added: {}", line(&s));
-            if !s.verified {
-                println!(
-                    "note: {} gets nothing until verified (subscriber set {} --verified on)",
-                    s.address, s.id
-                );
-            }
-        }
-        SubscriberAction::List { json } => {
-            let all = subscribers::list(conn)?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&all)?);
-            } else {
-                for s in &all {
-                    println!("{}", line(s));
-                }
-                println!(
-                    "{} subscriber{}",
-                    all.len(),
-                    if all.len() == 1 { "" } else { "s" }
-                );
-            }
-        }
-        SubscriberAction::Show { who } => {
-            let s = subscribers::find(conn, &who)?
-                .ok_or_else(|| anyhow::anyhow!("no subscriber {who}"))?;
-            println!("{}", serde_json::to_string_pretty(&s)?);
-        }
-        SubscriberAction::Remove { who } => {
-            repo.writable()?;
-            let s = subscribers::remove(conn, &who)?;
-            println!("removed {}", s.address);
-        }
-        SubscriberAction::Set {
-            who,
-            kinds,
-            digest,
-            verified,
-            unsubscribed,
-            name,
-        } => {
-            repo.writable()?;
-            let changes = Changes {
-                kinds,
-                digest: super::on_off("digest", digest.as_deref())?,
-                verified: super::on_off("verified", verified.as_deref())?,
-                donotcall: super::on_off("unsubscribed", unsubscribed.as_deref())?,
+            let s = store.add(&New {
+                address,
                 name,
-            };
-            let s = subscribers::set(conn, &who, &changes)?;
-            println!("{}", line(&s));
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `backoffice subscriber` on a PostgreSQL repository (the tables are
-/// created in its schema on first use).
-fn run_pg(action: SubscriberAction, db: Db<'_>) -> Result<ExitCode> {
-    match action {
-        SubscriberAction::Add {
-            address,
-            kinds,
-            digest,
-            verified,
-            name,
-        } => {
-            let s = pg::subscriber_add(
-                db,
-                &New {
-                    address,
-                    name,
-                    kinds,
-                    digest,
-                    verified,
-                },
-            )?;
+                kinds,
+                digest,
+                verified,
+            })?;
             println!("added: {}", line(&s));
             if !s.verified {
                 println!(
@@ -136,7 +114,7 @@ fn run_pg(action: SubscriberAction, db: Db<'_>) -> Result<ExitCode> {
             }
         }
         SubscriberAction::List { json } => {
-            let all = pg::subscriber_list(db)?;
+            let all = store.list()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
@@ -151,12 +129,13 @@ fn run_pg(action: SubscriberAction, db: Db<'_>) -> Result<ExitCode> {
             }
         }
         SubscriberAction::Show { who } => {
-            let s = pg::subscriber_find(db, &who)?
+            let s = store
+                .find(&who)?
                 .ok_or_else(|| anyhow::anyhow!("no subscriber {who}"))?;
             println!("{}", serde_json::to_string_pretty(&s)?);
         }
         SubscriberAction::Remove { who } => {
-            let s = pg::subscriber_remove(db, &who)?;
+            let s = store.remove(&who)?;
             println!("removed {}", s.address);
         }
         SubscriberAction::Set {
@@ -174,7 +153,7 @@ fn run_pg(action: SubscriberAction, db: Db<'_>) -> Result<ExitCode> {
                 donotcall: super::on_off("unsubscribed", unsubscribed.as_deref())?,
                 name,
             };
-            let s = pg::subscriber_set(db, &who, &changes)?;
+            let s = store.set(&who, &changes)?;
             println!("{}", line(&s));
         }
     }
