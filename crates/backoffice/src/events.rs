@@ -472,7 +472,7 @@ pub fn after(
         Err(crate::db::DbError::Sqlite(e)) if crate::repo::is_no_such_table(&e) => Vec::new(),
         Err(e) => return Err(e),
     };
-    rows.iter().map(portable_event).collect()
+    rows.iter().map(event_from_row).collect()
 }
 
 /// The newest `limit` events, newest first, on either store: what a status
@@ -492,11 +492,12 @@ pub fn recent<'a>(
           ORDER BY id DESC LIMIT ?1",
         &[limit.into()],
     )?;
-    rows.iter().map(portable_event).collect()
+    rows.iter().map(event_from_row).collect()
 }
 
-/// A row selected with [`EVENT_COLUMNS`] through [`crate::Db`].
-fn portable_event(r: &crate::db::Row) -> Result<StoredEvent, crate::db::DbError> {
+/// Reads a row selected with [`EVENT_COLUMNS`] (in that order, first)
+/// through [`crate::Db`], on either store.
+pub fn event_from_row(r: &crate::db::Row) -> Result<StoredEvent, crate::db::DbError> {
     Ok(StoredEvent {
         eventid: r.int(0)?,
         kind: r.text(1)?,

@@ -655,17 +655,7 @@ fn compose_digests(
         )?;
         let events: Vec<EventText> = rows
             .iter()
-            .map(|r| {
-                Ok(EventText {
-                    eventid: r.int(0)?,
-                    kind: r.text(1)?,
-                    title: r.text(2)?,
-                    body: r.text(3)?,
-                    url: r.opt_text(4)?,
-                    author: r.opt_text(5)?,
-                    time: r.int(6)?,
-                })
-            })
+            .map(backoffice::events::event_from_row)
             .collect::<Result<_, DbError>>()?;
         let mut queued = 0;
         if !events.is_empty() {
