@@ -454,3 +454,94 @@ fn no_dev_null_is_reported_and_the_work_still_runs() {
     assert!(text.contains(" 2 outbox elapse-time "), "{text}");
     assert_eq!(r.pending(), 0);
 }
+
+/// The one-statement check for hosts in other languages
+/// (`examples/after_request.py`, standard `sqlite3` module only), against
+/// a real repository serviced by the real binary: nothing due, an event
+/// inserted with plain SQL (the summary is lowered by its trigger, the
+/// example starts `backoffice trigger`, the worker runs the hook), a
+/// worker on deck, and the repository disabled.
+#[test]
+fn a_python_host_checks_with_one_statement_and_triggers_only_on_maybe() {
+    if !have("python3") {
+        return;
+    }
+    let env = Env::new();
+    let app = crate::harness::AppRepo::new(&env, "app.db");
+    let out = env.path("hook.out");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/after_request.py");
+    let python = |db: &str| -> String {
+        Cmd::new("python3")
+            .args([script, db])
+            .arg(crate::harness::backoffice_bin())
+            .output()
+            .success()
+            .trim()
+            .to_owned()
+    };
+    let summary = || -> Option<String> {
+        rusqlite::Connection::open(&app.path)
+            .unwrap()
+            .query_row(
+                "SELECT value FROM config WHERE name = 'backoffice-due'",
+                [],
+                |r| r.get(0),
+            )
+            .ok()
+    };
+    // Runs a second apart, so the worker the trigger starts does not wait
+    // on deck for the default lease of a minute.
+    app.bo(&["setting", "backoffice-lease-time", "1"]);
+    app.bo(&[
+        "hook",
+        "add",
+        "--command",
+        &format!("cat >> {}", out.display()),
+    ]);
+    app.bo(&["run"]);
+    let s = summary().expect("the run wrote the due summary");
+    assert!(s.starts_with("1 "), "{s}");
+    let said = python(app.r());
+    assert!(said.starts_with("no: nothing is due"), "{said}");
+
+    // An event from plain SQL, as a host in another language publishes.
+    let db = rusqlite::Connection::open(&app.path).unwrap();
+    db.execute(
+        "INSERT INTO bo_event(kind, title, mtime) VALUES ('deploy', 'from python', strftime('%s','now'))",
+        [],
+    )
+    .unwrap();
+    assert_eq!(summary(), None, "the insert lowered the summary");
+    assert_eq!(python(app.r()), "maybe: ran backoffice trigger");
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(&out)
+            .is_ok_and(|t| t.contains("from python"))),
+        "the worker the trigger started ran the hook"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || summary().is_some()),
+        "the worker wrote the summary again"
+    );
+    assert!(python(app.r()).starts_with("no: nothing is due"));
+
+    // A worker on deck (a live process, its slot not expired): no trigger,
+    // even with work waiting.
+    let sleeper = Cmd::new("sleep").arg("30").spawn();
+    let pid = sleeper.id();
+    let now = crate::harness::now();
+    db.execute(
+        "INSERT INTO bo_event(kind, title, mtime) VALUES ('deploy', 'waits', 0)",
+        [],
+    )
+    .unwrap();
+    db.execute(
+        "REPLACE INTO config(name, value, mtime) VALUES ('backoffice', ?1, 0)",
+        [format!("0 0 {pid} {}", now + 60)],
+    )
+    .unwrap();
+    assert_eq!(python(app.r()), format!("no: worker {pid} is on deck"));
+    crate::harness::kill(sleeper);
+
+    app.bo(&["setting", "backoffice-disable", "on"]);
+    assert_eq!(python(app.r()), "no: backoffice-disable is on");
+}

@@ -79,6 +79,12 @@ struct Fixture {
     conn: Connection,
 }
 
+impl Fixture {
+    fn path(&self) -> std::path::PathBuf {
+        self._dir.path().join("repo.db")
+    }
+}
+
 fn fixture(journal: &str, pending: bool) -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("repo.db");
@@ -192,20 +198,50 @@ mod check {
     }
 
     /// The `backoffice` binary's five tasks (alerts, hooks, webhooks,
-    /// replicate, maintenance), email set up, no hooks, webhooks or peers
-    /// configured, nothing new.
+    /// replicate, maintenance).
+    fn binary_tasks() -> Tasks {
+        Tasks::new()
+            .with(backoffice_tasks::notify::Notify)
+            .with(backoffice_tasks::hooks::Hooks)
+            .with(backoffice_tasks::webhooks::Webhooks)
+            .with(backoffice_tasks::replicate::Replicate)
+            .with(backoffice_tasks::maintain::Maintenance)
+    }
+
+    /// The binary's five tasks, email set up, no hooks, webhooks or peers
+    /// configured, nothing new, as a repository is after a run: the run
+    /// wrote the due summary, and the check reads it (one statement; no
+    /// task is asked).
     #[divan::bench(args = JOURNALS)]
     fn binary_tasks_idle(bencher: Bencher, journal: &str) {
         let fx = fixture(journal, false);
-        let next = email_ready(&fx);
-        let bo = Backoffice::new(
-            Tasks::new()
-                .with(backoffice_tasks::notify::Notify)
-                .with(backoffice_tasks::hooks::Hooks)
-                .with(backoffice_tasks::webhooks::Webhooks)
-                .with(backoffice_tasks::replicate::Replicate)
-                .with(backoffice_tasks::maintain::Maintenance),
+        email_ready(&fx);
+        let tasks = binary_tasks();
+        let mut repo = backoffice::Repo::open(fx.path()).expect("open");
+        let opts = backoffice::RunOptions {
+            nodelay: true,
+            ..Default::default()
+        };
+        backoffice::run(&mut repo, &tasks, &opts).expect("a run");
+        assert!(
+            repo.get(backoffice::due::ROW).expect("read").is_some(),
+            "the run wrote the due summary"
         );
+        drop(repo);
+        let bo = Backoffice::new(tasks);
+        run_check(bencher, &fx, &bo, |c| {
+            matches!(c, Check::NothingDue { next: Some(_) })
+        });
+    }
+
+    /// The same without the summary (a repository no run of this version
+    /// has serviced yet, or just after a write that made work): every task
+    /// is asked, as every check did before the summary.
+    #[divan::bench(args = JOURNALS)]
+    fn binary_tasks_no_summary(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, false);
+        let next = email_ready(&fx);
+        let bo = Backoffice::new(binary_tasks());
         run_check(
             bencher,
             &fx,

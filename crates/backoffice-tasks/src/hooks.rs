@@ -911,6 +911,11 @@ impl Task for Hooks {
         TASK
     }
 
+    /// What makes it due: new events, a retry made due, the hook list (a `config` row) (see `backoffice::due`).
+    fn due_watches(&self) -> Option<&'static [&'static str]> {
+        Some(&["bo_ledger"])
+    }
+
     fn settings(&self) -> &'static [backoffice::settings::Def] {
         SETTINGS
     }

@@ -811,6 +811,11 @@ impl Task for Maintenance {
         "maintenance"
     }
 
+    /// What makes it due: its settings and state, all `config` rows (see `backoffice::due`).
+    fn due_watches(&self) -> Option<&'static [&'static str]> {
+        Some(&[])
+    }
+
     fn settings(&self) -> &'static [backoffice::settings::Def] {
         SETTINGS
     }

@@ -247,6 +247,7 @@ pub fn install(conn: &Connection) -> rusqlite::Result<()> {
         // transaction if one is open.
         own_write(conn, |c| {
             c.execute_batch(SCHEMA)?;
+            backoffice::due::watch(c, "bo_peer")?;
             ledger::install(c)?;
             migrate(c)
         })?;
@@ -956,6 +957,11 @@ pub struct Replicate;
 impl Task for Replicate {
     fn name(&self) -> &str {
         "replicate"
+    }
+
+    /// What makes it due: a peer added, a sync forced or retried, the interval (see `backoffice::due`).
+    fn due_watches(&self) -> Option<&'static [&'static str]> {
+        Some(&["bo_peer", "bo_ledger"])
     }
 
     fn settings(&self) -> &'static [backoffice::settings::Def] {

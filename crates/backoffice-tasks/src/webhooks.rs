@@ -317,6 +317,7 @@ pub fn install(conn: &Connection) -> rusqlite::Result<()> {
     backoffice::events::install(conn)?;
     ledger::install(conn)?;
     conn.execute_batch(SCHEMA)?;
+    backoffice::due::watch(conn, "bo_webhook")?;
     migrate(conn)
 }
 
@@ -749,6 +750,11 @@ struct Turn {
 impl Task for Webhooks {
     fn name(&self) -> &str {
         TASK
+    }
+
+    /// What makes it due: new events, an endpoint added or retried (see `backoffice::due`).
+    fn due_watches(&self) -> Option<&'static [&'static str]> {
+        Some(&["bo_webhook", "bo_ledger"])
     }
 
     fn settings(&self) -> &'static [backoffice::settings::Def] {

@@ -640,7 +640,7 @@ fn work(
     let mut tries = 0;
     loop {
         tries += 1;
-        match finish(repo, &report, me, release.then_some(term)) {
+        match finish(repo, tasks, &report, me, release.then_some(term)) {
             Ok(()) => break,
             // Taken over: retrying cannot help, and the run that took over
             // records its own.
@@ -761,7 +761,13 @@ fn retention(
 /// fencing term its run holds), releases the lease, in one transaction. A
 /// holder whose term moved (it was taken over while it ran) records
 /// nothing: [`crate::Error::Fenced`].
-fn finish(repo: &mut Repo, report: &RunReport, me: Identity, term: Option<u64>) -> Result<()> {
+fn finish(
+    repo: &mut Repo,
+    tasks: &Tasks,
+    report: &RunReport,
+    me: Identity,
+    term: Option<u64>,
+) -> Result<()> {
     let path = repo.path().to_owned();
     let busy = repo.busy_ms();
     let sq = |what, e| crate::Error::sqlite(what, &path, busy, e);
@@ -795,6 +801,14 @@ fn finish(repo: &mut Repo, report: &RunReport, me: Identity, term: Option<u64>) 
         };
         repo::config_set(&tx, LEASE_ROW, &lease.encode())
             .map_err(|e| sq("releasing the lease", e))?;
+    }
+    // The due summary, last: the tasks are asked under this write lock,
+    // after everything this run wrote. Never fails the record: without a
+    // summary the next check asks the tasks.
+    let at = clock::now();
+    if let Err(e) = crate::due::record(&tx, tasks, at) {
+        tracing::warn!("cannot keep the due summary: {e}");
+        let _ = crate::due::lower(&tx);
     }
     crate::writes::note_own_write(&tx).map_err(|e| sq("noting the write", e))?;
     // On failure the transaction is rolled back when dropped (rusqlite
@@ -1013,7 +1027,7 @@ mod tests {
             pid: me.pid,
             tasks: Vec::new(),
         };
-        match finish(&mut r, &report, me, Some(2)) {
+        match finish(&mut r, &Tasks::new(), &report, me, Some(2)) {
             Err(crate::Error::Fenced {
                 expected: 2,
                 found: 3,
@@ -1025,7 +1039,7 @@ mod tests {
         assert_eq!(r.get(task::TOTALS_ROW).unwrap(), None);
         assert_eq!(r.get(LEASE_ROW).unwrap(), Some(held.encode()));
         assert!(r.conn().is_autocommit(), "left inside the transaction");
-        finish(&mut r, &report, me, Some(3)).unwrap();
+        finish(&mut r, &Tasks::new(), &report, me, Some(3)).unwrap();
         assert!(r.get(task::LAST_RUN_ROW).unwrap().is_some());
         let after = Lease::parse(&r.get(LEASE_ROW).unwrap().unwrap());
         assert_eq!(after.current.pid, 0);

@@ -70,7 +70,9 @@ CREATE INDEX IF NOT EXISTS bo_event_mtime ON bo_event(mtime);
 
 /// Creates the event table if it is missing.
 pub fn install(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(SCHEMA)
+    conn.execute_batch(SCHEMA)?;
+    // Every event published from now on, by anyone, lowers the due summary.
+    crate::due::watch(conn, "bo_event")
 }
 
 /// An event as stored in `bo_event`, for the tasks that consume events

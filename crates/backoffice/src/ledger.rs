@@ -139,7 +139,9 @@ CREATE TABLE IF NOT EXISTS bo_ledger(
 
 /// Creates the ledger table if it is missing.
 pub fn install(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(SCHEMA)
+    conn.execute_batch(SCHEMA)?;
+    // A retry made due now (`retry` commands) lowers the due summary.
+    crate::due::watch(conn, "bo_ledger")
 }
 
 /// Where one target stands.

@@ -95,6 +95,7 @@
 pub mod child;
 pub mod clock;
 pub mod db;
+pub mod due;
 mod engine;
 mod error;
 pub mod events;

@@ -137,6 +137,10 @@ pub struct Poller {
     tasks: Tasks,
     opts: SweepOptions,
     started: Instant,
+    /// The due summary these tasks read ([`crate::due`]), and whether it
+    /// covers every task (else a visit asks them all).
+    fingerprint: Option<String>,
+    all_summarized: bool,
     /// Sessions kept across the PostgreSQL schemas swept (and sweeps).
     #[cfg(feature = "postgres")]
     pg: crate::pg::Sessions,
@@ -148,6 +152,8 @@ impl Poller {
         opts.run.nodelay = true;
         opts.jobs = opts.jobs.max(1);
         Poller {
+            fingerprint: tasks.fingerprint(),
+            all_summarized: tasks.all_summarized(),
             states: vec![State::default(); repos.len()],
             repos,
             tasks,
@@ -235,17 +241,27 @@ impl Poller {
             return self.visit_pg(url, prev);
         }
         let t0 = Instant::now();
+        let changed = matches!(prev.stamp, Some(s) if s != stamp(path));
+        let min_passed = self
+            .opts
+            .min
+            .is_some_and(|m| prev.last_run.unwrap_or(self.started).elapsed() >= m);
+        // The due summary answers for most repositories of a sweep: one
+        // statement on a connection opened for it, no schema lookups, no
+        // task asked, no write.
+        if !(changed || min_passed) && self.summary_says_not_yet(path) {
+            let state = State {
+                stamp: Some(stamp(path)),
+                last_run: prev.last_run,
+            };
+            return (Visit::NothingDue, state);
+        }
         let mut repo = match Repo::open_with(path, self.opts.busy) {
             Ok(r) => r,
             Err(e) => return (Visit::Failed(e), prev.clone()),
         };
         let now = clock::now();
         let due = self.tasks.due(repo.conn(), now);
-        let changed = matches!(prev.stamp, Some(s) if s != stamp(path));
-        let min_passed = self
-            .opts
-            .min
-            .is_some_and(|m| prev.last_run.unwrap_or(self.started).elapsed() >= m);
         if !(due.is_due(now) || changed || min_passed) {
             if self.opts.run.debug {
                 self.log_skip(&repo, now, due, t0);
@@ -266,6 +282,35 @@ impl Poller {
             last_run: Some(Instant::now()),
         };
         (visit, state)
+    }
+
+    /// True if the repository's due summary ([`crate::due`]) says nothing
+    /// is due yet for these tasks. Read with one statement, on a connection
+    /// of its own that reads nothing else (so SQLite loads its schema and
+    /// nothing more); anything unexpected — no file, not SQLite, no
+    /// summary, a summary for other tasks — is "ask", and the full visit
+    /// that follows says what is wrong.
+    fn summary_says_not_yet(&self, path: &Path) -> bool {
+        use rusqlite::{Connection, OpenFlags};
+        let (Some(fp), true) = (self.fingerprint.as_deref(), self.all_summarized) else {
+            return false;
+        };
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let Ok(conn) = Connection::open_with_flags(path, flags) else {
+            return false;
+        };
+        if conn.busy_timeout(self.opts.busy).is_err() {
+            return false;
+        }
+        let value: Option<String> = match conn.query_row(
+            "SELECT value FROM config WHERE name = ?1",
+            [crate::due::ROW],
+            |r| r.get(0),
+        ) {
+            Ok(v) => v,
+            Err(_) => return false,
+        };
+        crate::due::parse(value.as_deref(), fp).is_some_and(|d| !d.is_due(clock::now()))
     }
 
     /// A PostgreSQL repository's visit ([`crate::pg::visit`]): the check on
@@ -321,5 +366,82 @@ impl Poller {
             let _ = task::append_log(&log, &line);
         }
         tracing::info!("{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::task::{Context, TaskError};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// A summarized task that counts how often it is asked; due as its
+    /// `config` row `counted-at` says (a time, or never when absent).
+    struct Counted(Arc<AtomicUsize>);
+    impl crate::Task for Counted {
+        fn name(&self) -> &str {
+            "counted"
+        }
+        fn due(&self, db: crate::Db<'_>, _: i64) -> Result<Due, TaskError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(match db.config_get("counted-at")? {
+                Some(t) => Due::At(t.parse().unwrap()),
+                None => Due::Never,
+            })
+        }
+        fn run(&self, _: &Context<'_>) -> Result<u64, TaskError> {
+            Ok(0)
+        }
+        fn due_watches(&self) -> Option<&'static [&'static str]> {
+            Some(&[])
+        }
+    }
+
+    /// A sweep answers from the due summary without asking a task, and
+    /// finds work that became due with the clock with nothing written.
+    #[test]
+    fn a_sweep_reads_the_summary_and_finds_work_due_with_the_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        rusqlite::Connection::open(&p).unwrap();
+        let asked = Arc::new(AtomicUsize::new(0));
+        let tasks = Tasks::new().with(Counted(asked.clone()));
+        {
+            let r = Repo::open(&p).unwrap();
+            crate::repo::config_set(r.conn(), "counted-at", &(clock::now() + 2).to_string())
+                .unwrap();
+        }
+        let mut poller = Poller::new(vec![p.clone()], tasks, SweepOptions::default());
+        // No summary yet: the tasks are asked; not due yet: no run.
+        let report = poller.sweep();
+        assert!(matches!(report.visits[0].1, Visit::NothingDue));
+        assert_eq!(asked.swap(0, Ordering::SeqCst), 1);
+        // A run writes the summary (the task is asked under its lock).
+        let opts = RunOptions {
+            nolease: true,
+            ..RunOptions::default()
+        };
+        engine::run(&mut Repo::open(&p).unwrap(), &poller.tasks, &opts).unwrap();
+        // A new poller: this one would run because the file changed since
+        // its visit (`--poll`'s rule), whatever is due.
+        let mut poller = Poller::new(
+            vec![p.clone()],
+            poller.tasks.clone(),
+            SweepOptions::default(),
+        );
+        asked.store(0, Ordering::SeqCst);
+        let report = poller.sweep();
+        assert!(matches!(report.visits[0].1, Visit::NothingDue));
+        assert_eq!(asked.load(Ordering::SeqCst), 0, "the summary answered");
+        // Its time comes: found due, with nothing written in between.
+        std::thread::sleep(Duration::from_millis(3100));
+        let report = poller.sweep();
+        assert!(
+            matches!(report.visits[0].1, Visit::Ran(Outcome::Ran(_))),
+            "{:?}",
+            report.visits[0].1
+        );
+        assert!(asked.load(Ordering::SeqCst) >= 1);
     }
 }

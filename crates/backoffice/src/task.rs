@@ -181,6 +181,19 @@ pub trait Task: Send + Sync {
         &[]
     }
 
+    /// What can make this task due, for the due summary ([`crate::due`]):
+    /// the tables whose inserted or changed rows may. With `Some(tables)`
+    /// the task promises that its [`Task::due`] changes only with the
+    /// clock, the event log, its settings and those tables; the check then
+    /// reads one summary instead of asking it, and the task must call
+    /// [`due::watch`](crate::due::watch) for each table where it creates
+    /// it. `None` (the default): the task is asked on every check, as
+    /// before — right for a task whose work arrives some other way (a
+    /// host's own queue table the engine knows nothing of).
+    fn due_watches(&self) -> Option<&'static [&'static str]> {
+        None
+    }
+
     /// How far this task is done with the event log ([`crate::events`]),
     /// for retention (`event-retention-days`): `Some(id)` means every event
     /// with `eventid <= id` has been handled as far as this task is
@@ -321,6 +334,72 @@ impl Tasks {
             }
         }
         acc
+    }
+
+    /// The fingerprint the due summary is written for: the summary
+    /// format, and each summarized task's name and watched tables, hashed.
+    /// `None` when no task is summarized.
+    pub fn fingerprint(&self) -> Option<String> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut any = false;
+        let mut eat = |s: &str| {
+            for b in s.bytes().chain([0u8]) {
+                h ^= u64::from(b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        eat(crate::due::VERSION);
+        for t in &self.list {
+            if let Some(watches) = t.due_watches() {
+                any = true;
+                eat(t.name());
+                watches.iter().for_each(|w| eat(w));
+            }
+        }
+        any.then(|| format!("{h:016x}"))
+    }
+
+    /// Every table a summarized task watches.
+    pub(crate) fn due_watches(&self) -> Vec<&'static str> {
+        self.list
+            .iter()
+            .filter_map(|t| t.due_watches())
+            .flatten()
+            .copied()
+            .collect()
+    }
+
+    /// [`Tasks::due`] over the summarized tasks only (`summarized`), or
+    /// over the others only.
+    pub(crate) fn due_part<'a>(&self, db: impl Into<Db<'a>>, now: i64, summarized: bool) -> Due {
+        let db = db.into();
+        let mut acc = Due::Never;
+        for t in self
+            .list
+            .iter()
+            .filter(|t| t.due_watches().is_some() == summarized)
+        {
+            let d = match catch_unwind(AssertUnwindSafe(|| t.due(db, now))) {
+                Ok(Ok(d)) => d,
+                Ok(Err(_)) | Err(_) => Due::Now,
+            };
+            acc = acc.earliest(d);
+            if acc == Due::Now {
+                break;
+            }
+        }
+        acc
+    }
+
+    /// [`Tasks::due`] over the summarized tasks, for writing the summary.
+    pub(crate) fn due_summarized<'a>(&self, db: impl Into<Db<'a>>, now: i64) -> Due {
+        self.due_part(db, now, true)
+    }
+
+    /// True if every task is summarized (the check needs ask none when the
+    /// summary answers).
+    pub(crate) fn all_summarized(&self) -> bool {
+        self.list.iter().all(|t| t.due_watches().is_some())
     }
 
     /// How far every task that reads the event log is done with it: the

@@ -41,11 +41,12 @@ use rusqlite::Connection;
 use serde::Serialize;
 
 use crate::clock;
-use crate::engine::{self, LEASE_ROW, Outcome, RunOptions};
+use crate::due;
+use crate::engine::{self, Outcome, RunOptions};
 use crate::lease::{Lease, Slot};
 use crate::process::{self, Identity, WorkerCommand};
 use crate::repo::{self, Repo};
-use crate::settings::{self, DISABLE, LEASE_TIME, LOGFILE};
+use crate::settings::{self, LEASE_TIME, LOGFILE};
 use crate::task::{self, Tasks};
 
 /// The answer of the after-request check.
@@ -140,6 +141,10 @@ pub enum Started {
 #[derive(Debug)]
 pub struct Backoffice {
     tasks: Tasks,
+    /// The due summary these tasks read and write ([`crate::due`]), and
+    /// whether it covers every task.
+    fingerprint: Option<String>,
+    all_summarized: bool,
     worker: Option<WorkerCommand>,
     reap: bool,
     ondeck: Mutex<Option<(Slot, Instant)>>,
@@ -186,6 +191,8 @@ impl Backoffice {
     /// An engine with these tasks, starting workers as `CURRENT_EXE worker`.
     pub fn new(tasks: Tasks) -> Backoffice {
         Backoffice {
+            fingerprint: tasks.fingerprint(),
+            all_summarized: tasks.all_summarized(),
             tasks,
             worker: None,
             reap: true,
@@ -230,11 +237,13 @@ impl Backoffice {
                 };
             }
         }
-        // Every statement outside a transaction is a read transaction of its
-        // own (locks, a header check: ~2.5 µs in WAL, ~6 µs in rollback
-        // mode, measured). One around the whole check pays that once, when
-        // there are tasks to ask; a lone config read needs none.
-        let _txn = (!self.tasks.is_empty()).then(|| ReadTxn::begin(conn));
+        // The one statement of the fast path: the lease, the disable switch
+        // and the due summary. Outside a transaction it is a read
+        // transaction of its own (locks, a header check: ~2.5 µs in WAL,
+        // ~5 µs in rollback mode, measured); when tasks must be asked after
+        // all, one transaction holds them and it together.
+        let asks_tasks = !self.all_summarized;
+        let mut txn = asks_tasks.then(|| ReadTxn::begin(conn));
         let row = match read_check_rows(conn) {
             Ok(r) => r,
             Err(e) if repo::is_busy(&e) => return Check::Busy,
@@ -260,7 +269,26 @@ impl Backoffice {
         if let Some(pid) = self.still_starting(conn, &lease) {
             return Check::Starting { pid };
         }
-        match self.tasks.due(conn, now) {
+        let summary = self
+            .fingerprint
+            .as_deref()
+            .and_then(|fp| due::parse(row.due.as_deref(), fp))
+            .filter(|d| !d.is_due(now));
+        let due = match summary {
+            // The summary answers for every task: no task is asked.
+            Some(d) if self.all_summarized => d,
+            // It answers for some: the others are asked.
+            Some(d) => d.earliest(self.tasks.due_part(conn, now, false)),
+            // Missing, passed, or not ours: every task is asked.
+            None => {
+                if txn.is_none() {
+                    txn = Some(ReadTxn::begin(conn));
+                }
+                self.tasks.due(conn, now)
+            }
+        };
+        drop(txn);
+        match due {
             d if d.is_due(now) => Check::Needed,
             task::Due::At(t) => Check::NothingDue { next: Some(t) },
             _ => Check::NothingDue { next: None },
@@ -449,39 +477,42 @@ impl Drop for ReadTxn<'_> {
 struct CheckRows {
     lease: Option<String>,
     disable: Option<String>,
+    due: Option<String>,
 }
 
-/// One statement for the two rows the check always needs.
+/// [`due::CHECK_SQL`]: the three rows the check needs, in one statement.
 fn read_check_rows(conn: &Connection) -> rusqlite::Result<CheckRows> {
-    let mut rows = CheckRows {
-        lease: None,
-        disable: None,
+    let mut stmt = match conn.prepare_cached(due::CHECK_SQL) {
+        Ok(s) => s,
+        // No config table yet: every setting at its default, no lease.
+        Err(e) if repo::is_no_such_table(&e) => {
+            return Ok(CheckRows {
+                lease: None,
+                disable: None,
+                due: None,
+            });
+        }
+        Err(e) => return Err(e),
     };
-    let mut stmt =
-        match conn.prepare_cached("SELECT name, value FROM config WHERE name IN (?1, ?2)") {
-            Ok(s) => s,
-            // No config table yet: every setting at its default, no lease.
-            Err(e) if repo::is_no_such_table(&e) => return Ok(rows),
-            Err(e) => return Err(e),
-        };
-    let mut q = stmt.query([LEASE_ROW, DISABLE])?;
-    while let Some(r) = q.next()? {
-        let name: String = r.get(0)?;
-        let value: Option<String> = match r.get_ref(1)? {
-            rusqlite::types::ValueRef::Null => None,
-            rusqlite::types::ValueRef::Integer(i) => Some(i.to_string()),
-            rusqlite::types::ValueRef::Real(f) => Some(f.to_string()),
-            rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
-                Some(String::from_utf8_lossy(t).into_owned())
-            }
-        };
-        match name.as_str() {
-            LEASE_ROW => rows.lease = value,
-            DISABLE => rows.disable = value,
-            _ => {}
+    stmt.query_row([], |r| {
+        Ok(CheckRows {
+            lease: text(r.get_ref(0)?),
+            disable: text(r.get_ref(1)?),
+            due: text(r.get_ref(2)?),
+        })
+    })
+}
+
+/// A `config` value as text, whatever SQLite stored it as.
+fn text(v: rusqlite::types::ValueRef<'_>) -> Option<String> {
+    match v {
+        rusqlite::types::ValueRef::Null => None,
+        rusqlite::types::ValueRef::Integer(i) => Some(i.to_string()),
+        rusqlite::types::ValueRef::Real(f) => Some(f.to_string()),
+        rusqlite::types::ValueRef::Text(t) | rusqlite::types::ValueRef::Blob(t) => {
+            Some(String::from_utf8_lossy(t).into_owned())
         }
     }
-    Ok(rows)
 }
 
 /// Says why a worker could not start or run: in the log file if there is
@@ -531,7 +562,10 @@ pub fn worker_main(repo: &Path, logfile: Option<&Path>, tasks: &Tasks) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::settings::DISABLE;
     use rusqlite::OpenFlags;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     struct AlwaysDue;
     impl crate::Task for AlwaysDue {
@@ -667,6 +701,150 @@ mod tests {
         assert!(host.is_autocommit());
         locker.execute_batch("COMMIT").unwrap();
         assert_eq!(bo.check_if_needed(&host), Check::Needed);
+    }
+
+    /// A task that counts how often it is asked. Due as its `config` row
+    /// `counted-at` says: a time, "now", or nothing (never). Summarized
+    /// (it names what makes it due: its row, a `config` row) or not.
+    struct Counted(Arc<AtomicUsize>, bool);
+    impl crate::Task for Counted {
+        fn name(&self) -> &str {
+            if self.1 { "counted" } else { "asked" }
+        }
+        fn due(&self, db: crate::Db<'_>, _: i64) -> Result<task::Due, task::TaskError> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Ok(match db.config_get("counted-at")?.as_deref() {
+                Some("now") => task::Due::Now,
+                Some(t) => task::Due::At(t.parse().unwrap()),
+                None => task::Due::Never,
+            })
+        }
+        fn run(&self, _: &task::Context<'_>) -> Result<u64, task::TaskError> {
+            Ok(0)
+        }
+        fn due_watches(&self) -> Option<&'static [&'static str]> {
+            self.1.then_some(&[])
+        }
+    }
+
+    fn summary_repo(tasks: &Tasks) -> (tempfile::TempDir, Repo) {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        Connection::open(&p).unwrap();
+        let mut r = Repo::open(&p).unwrap();
+        let opts = RunOptions {
+            nodelay: true,
+            ..RunOptions::default()
+        };
+        assert!(matches!(
+            engine::run(&mut r, tasks, &opts).unwrap(),
+            Outcome::Ran(_)
+        ));
+        (dir, r)
+    }
+
+    /// The check reads the summary a run wrote and asks no task; anything
+    /// that makes work — an event published, a setting changed — lowers
+    /// it, and a summary that is passed, malformed or written for other
+    /// tasks means the tasks are asked.
+    #[test]
+    fn the_due_summary_answers_the_check_until_something_makes_work() {
+        let asked = Arc::new(AtomicUsize::new(0));
+        let tasks = Tasks::new().with(Counted(asked.clone(), true));
+        let later = clock::now() + 500;
+        let (_dir, mut r) = {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("r.db");
+            Connection::open(&p).unwrap();
+            let r = Repo::open(&p).unwrap();
+            repo::config_set(r.conn(), "counted-at", &later.to_string()).unwrap();
+            (dir, r)
+        };
+        // Runs one after another, without the lease's spacing.
+        let opts = RunOptions {
+            nolease: true,
+            ..RunOptions::default()
+        };
+        engine::run(&mut r, &tasks, &opts).unwrap();
+        let fp = tasks.fingerprint().unwrap();
+        assert_eq!(
+            r.get(due::ROW).unwrap(),
+            Some(format!("1 {later} {fp}")),
+            "the run wrote the summary"
+        );
+        let bo = Backoffice::new(tasks.clone());
+        let check = |bo: &Backoffice, r: &Repo| {
+            asked.store(0, Ordering::SeqCst);
+            let c = bo.check_if_needed(r.conn());
+            (c, asked.load(Ordering::SeqCst))
+        };
+        assert_eq!(check(&bo, &r), (Check::NothingDue { next: Some(later) }, 0));
+
+        // An event published: the trigger on bo_event lowers the summary.
+        let ev = crate::events::Event {
+            kind: "k".into(),
+            title: "t".into(),
+            ..Default::default()
+        };
+        crate::events::publish(r.conn(), &ev).unwrap();
+        assert_eq!(r.get(due::ROW).unwrap(), None);
+        assert_eq!(check(&bo, &r), (Check::NothingDue { next: Some(later) }, 1));
+        engine::run(&mut r, &tasks, &opts).unwrap();
+        assert_eq!(check(&bo, &r).1, 0, "a run writes it again");
+
+        // A setting (any config row but the engine's own) lowers it too.
+        repo::config_set(r.conn(), "counted-at", "now").unwrap();
+        assert_eq!(check(&bo, &r), (Check::Needed, 1));
+        repo::config_set(r.conn(), "counted-at", &later.to_string()).unwrap();
+
+        // Passed, malformed, another version, other tasks: the tasks are asked.
+        for v in [
+            format!("1 {} {fp}", clock::now() - 1),
+            "garbage".to_owned(),
+            format!("2 {later} {fp}"),
+            format!("1 {later} 0123456789abcdef"),
+        ] {
+            repo::config_set(r.conn(), due::ROW, &v).unwrap();
+            assert_eq!(check(&bo, &r).1, 1, "{v}");
+        }
+    }
+
+    /// With a host's own task that does not name what makes it due, the
+    /// summary answers for the others and that task is asked every time.
+    #[test]
+    fn a_task_without_watches_is_asked_beside_the_summary() {
+        let summarized = Arc::new(AtomicUsize::new(0));
+        let other = Arc::new(AtomicUsize::new(0));
+        let tasks = Tasks::new()
+            .with(Counted(summarized.clone(), true))
+            .with(Counted(other.clone(), false));
+        let (_dir, r) = summary_repo(&tasks);
+        assert!(r.get(due::ROW).unwrap().is_some());
+        let bo = Backoffice::new(tasks);
+        summarized.store(0, Ordering::SeqCst);
+        other.store(0, Ordering::SeqCst);
+        assert_eq!(
+            bo.check_if_needed(r.conn()),
+            Check::NothingDue { next: None }
+        );
+        assert_eq!(summarized.load(Ordering::SeqCst), 0);
+        assert_eq!(other.load(Ordering::SeqCst), 1);
+    }
+
+    /// Only host tasks: no summary is kept, every check asks them.
+    #[test]
+    fn no_summary_without_a_summarized_task() {
+        let other = Arc::new(AtomicUsize::new(0));
+        let tasks = Tasks::new().with(Counted(other.clone(), false));
+        let (_dir, r) = summary_repo(&tasks);
+        assert_eq!(r.get(due::ROW).unwrap(), None);
+        other.store(0, Ordering::SeqCst);
+        let bo = Backoffice::new(tasks);
+        assert_eq!(
+            bo.check_if_needed(r.conn()),
+            Check::NothingDue { next: None }
+        );
+        assert_eq!(other.load(Ordering::SeqCst), 1);
     }
 
     const CONFIG_FOR_TESTS: &str =

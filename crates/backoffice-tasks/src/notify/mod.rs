@@ -114,6 +114,8 @@ CREATE INDEX IF NOT EXISTS bo_outbox_dead ON bo_outbox(msgid) WHERE state = 'dea
 pub fn install(conn: &Connection) -> rusqlite::Result<()> {
     backoffice::events::install(conn)?;
     conn.execute_batch(SCHEMA)?;
+    // A message queued (by SQL too) or retried lowers the due summary.
+    backoffice::due::watch(conn, "bo_outbox")?;
     // An outbox made by an older version lacks the newer columns.
     outbox::upgrade(conn)
 }

@@ -34,6 +34,11 @@ impl Task for Notify {
         "alerts"
     }
 
+    /// What makes it due: new events, a message queued or retried, settings (see `backoffice::due`).
+    fn due_watches(&self) -> Option<&'static [&'static str]> {
+        Some(&["bo_outbox"])
+    }
+
     fn settings(&self) -> &'static [backoffice::settings::Def] {
         super::config::SETTINGS
     }
