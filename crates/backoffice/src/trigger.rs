@@ -149,6 +149,8 @@ pub struct Backoffice {
     reap: bool,
     ondeck: Mutex<Option<(Slot, Instant)>>,
     starting: Mutex<Vec<Starting>>,
+    /// Each repository's journal mode (WAL or not), and when it was asked.
+    journal: Mutex<std::collections::HashMap<String, (bool, Instant)>>,
 }
 
 /// A worker this process started, until it shows up in its lease, exits,
@@ -183,6 +185,11 @@ impl Starting {
 /// has not after this long is stuck on a lock, and another may try.
 const STARTING_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a repository's journal mode is trusted (see
+/// `Backoffice::short_busy`): a file switched out of WAL mode is checked
+/// with the host's own busy timeout for at most this long.
+const JOURNAL_CACHE: Duration = Duration::from_secs(1);
+
 /// How long a verified on-deck worker is trusted without re-reading `/proc`.
 /// A wrong "alive" only delays a spawn to the next request after this.
 const ONDECK_CACHE: Duration = Duration::from_secs(1);
@@ -198,6 +205,7 @@ impl Backoffice {
             reap: true,
             ondeck: Mutex::new(None),
             starting: Mutex::new(Vec::new()),
+            journal: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -223,7 +231,7 @@ impl Backoffice {
     /// The cheap, read-only check. Never fails: problems come back as
     /// [`Check::Unavailable`].
     pub fn check_if_needed(&self, conn: &Connection) -> Check {
-        let _short = repo::ShortBusy::new(conn, repo::CHECK_BUSY_TIMEOUT);
+        let _short = self.short_busy(conn);
         self.check_with(conn)
     }
 
@@ -293,6 +301,46 @@ impl Backoffice {
             task::Due::At(t) => Check::NothingDue { next: Some(t) },
             _ => Check::NothingDue { next: None },
         }
+    }
+
+    /// Caps the connection's busy timeout for the check, unless the
+    /// database is in WAL mode: there a reader never waits for a writer
+    /// (only, rarely, for a recovery), and reading and restoring the
+    /// host's timeout would cost a statement, a third of the whole check.
+    /// The journal mode is the file's, asked once a second per repository
+    /// ([`JOURNAL_CACHE`]).
+    fn short_busy<'c>(&self, conn: &'c Connection) -> Option<repo::ShortBusy<'c>> {
+        let path = conn.path().unwrap_or_default();
+        let cached = {
+            let cache = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+            cache
+                .get(path)
+                .filter(|(_, at)| at.elapsed() < JOURNAL_CACHE)
+                .map(|(wal, _)| *wal)
+        };
+        if cached == Some(true) {
+            return None;
+        }
+        let short = repo::ShortBusy::new(conn, repo::CHECK_BUSY_TIMEOUT);
+        if cached.is_none() {
+            // Asked under the short timeout: reading the mode reads the
+            // file, and a writer may hold it locked.
+            let mode: Option<String> = conn
+                .prepare_cached("PRAGMA journal_mode")
+                .and_then(|mut s| s.query_row([], |r| r.get(0)))
+                .ok();
+            if let Some(mode) = mode {
+                let mut cache = self.journal.lock().unwrap_or_else(|e| e.into_inner());
+                if cache.len() >= 4096 {
+                    cache.clear();
+                }
+                cache.insert(
+                    path.to_owned(),
+                    (mode.eq_ignore_ascii_case("wal"), Instant::now()),
+                );
+            }
+        }
+        Some(short)
     }
 
     /// The pid of a worker this process started for this repository that
@@ -378,7 +426,7 @@ impl Backoffice {
     /// after the reply has been sent, with the request's connection, and
     /// with no transaction open on it. Never fails the request.
     pub fn after_request(&self, conn: &Connection) -> Started {
-        let short = repo::ShortBusy::new(conn, repo::CHECK_BUSY_TIMEOUT);
+        let short = self.short_busy(conn);
         let check = self.check_with(conn);
         if !check.is_needed() {
             return Started::NotNeeded(check);
@@ -845,6 +893,37 @@ mod tests {
             Check::NothingDue { next: None }
         );
         assert_eq!(other.load(Ordering::SeqCst), 1);
+    }
+
+    /// In WAL mode a writer holding the database does not stop the check
+    /// (readers never wait for it), which then leaves the host's busy
+    /// timeout untouched; a second check reads the journal mode from the
+    /// cache.
+    #[test]
+    fn a_wal_database_is_checked_beside_a_writer_without_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        Connection::open(&p)
+            .unwrap()
+            .execute_batch("PRAGMA journal_mode=WAL")
+            .unwrap();
+        Repo::open(&p).unwrap();
+        let host = Connection::open(&p).unwrap();
+        host.busy_timeout(Duration::from_secs(5)).unwrap();
+        let writer = Connection::open(&p).unwrap();
+        writer.execute_batch("BEGIN IMMEDIATE").unwrap();
+        repo::config_set(&writer, "x", "y").unwrap();
+        let bo = Backoffice::new(Tasks::new().with(AlwaysDue));
+        for _ in 0..2 {
+            let t0 = Instant::now();
+            assert_eq!(bo.check_if_needed(&host), Check::Needed);
+            assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+        }
+        let ms: i64 = host
+            .query_row("PRAGMA busy_timeout", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(ms, 5000);
+        writer.execute_batch("COMMIT").unwrap();
     }
 
     const CONFIG_FOR_TESTS: &str =
