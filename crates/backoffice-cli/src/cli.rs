@@ -96,7 +96,8 @@ pub enum Command {
     /// `/r/NAME/status.json`, `POST /r/NAME/events` and `/r/NAME/subscribers`
     /// (these need `Authorization: Bearer TOKEN`; see `backoffice token`),
     /// `/r/NAME/unsubscribe/CODE` (the List-Unsubscribe target), `/metrics`.
-    /// NAME is the repository's file name without its extension.
+    /// NAME is the repository's file name without its extension, or its
+    /// PostgreSQL schema.
     ///
     /// Stop it with Ctrl-C or SIGTERM; requests in flight finish first.
     Serve(ServeArgs),
@@ -104,7 +105,9 @@ pub enum Command {
     /// Answer one request as a CGI program (nginx with fcgiwrap, Apache,
     /// althttpd): the same routes as `serve`.
     ///
-    /// The repository comes from $BACKOFFICE_REPO (one file) or --repolist DIR.
+    /// The repository comes from $BACKOFFICE_REPO (one file, or a postgres://
+    /// URL: the environment keeps its password off command lines) or
+    /// --repolist DIR (or a postgres:// URL of a database).
     /// After the reply, the after-request check may start a detached worker;
     /// this process exits at once and the worker holds none of the web
     /// server's descriptors.
@@ -578,11 +581,15 @@ pub struct WebLimitArgs {
 /// `backoffice serve`
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// One repository (SQLite file), or with --repolist a directory of them.
-    #[arg(value_name = "PATH")]
+    /// One repository: an SQLite file, or a postgres:// URL
+    /// (`?schema=NAME`); with --repolist a directory of files, or a
+    /// database URL.
+    #[arg(value_name = "PATH|URL")]
     pub path: PathBuf,
 
-    /// Serve every SQLite file in the directory PATH (Fossil's --repolist).
+    /// Serve every SQLite file in the directory PATH (Fossil's --repolist),
+    /// or every repository schema of the database URL (new ones appear
+    /// within seconds).
     #[arg(long)]
     pub repolist: bool,
 
@@ -640,9 +647,10 @@ pub struct ServeArgs {
 /// `backoffice cgi`
 #[derive(Debug, Args)]
 pub struct CgiArgs {
-    /// Serve every SQLite file in this directory (otherwise $BACKOFFICE_REPO
+    /// Serve every SQLite file in this directory, or every repository
+    /// schema of this postgres:// database (otherwise $BACKOFFICE_REPO
     /// names the one repository).
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR|URL")]
     pub repolist: Option<PathBuf>,
 
     /// Request limits.

@@ -91,16 +91,17 @@ fn the_engine_depends_on_none_of_the_tasks_libraries() {
 /// The files of the web front, each with its layer in `# Layout`: a
 /// file may use only files of a lower layer.
 const LAYERS: &[(&str, u8, &str)] = &[
-    ("site", 0, include_str!("../src/web/site.rs")),
-    ("app", 1, include_str!("../src/web/app.rs")),
-    ("respond", 2, include_str!("../src/web/respond.rs")),
-    ("pages", 3, include_str!("../src/web/pages.rs")),
-    ("api", 3, include_str!("../src/web/api.rs")),
-    ("metrics", 3, include_str!("../src/web/metrics.rs")),
-    ("replica", 3, include_str!("../src/web/replica.rs")),
-    ("router", 4, include_str!("../src/web/router.rs")),
-    ("serve", 5, include_str!("../src/web/serve.rs")),
-    ("cgi", 5, include_str!("../src/web/cgi.rs")),
+    ("store", 0, include_str!("../src/web/store.rs")),
+    ("site", 1, include_str!("../src/web/site.rs")),
+    ("app", 2, include_str!("../src/web/app.rs")),
+    ("respond", 3, include_str!("../src/web/respond.rs")),
+    ("pages", 4, include_str!("../src/web/pages.rs")),
+    ("api", 4, include_str!("../src/web/api.rs")),
+    ("metrics", 4, include_str!("../src/web/metrics.rs")),
+    ("replica", 4, include_str!("../src/web/replica.rs")),
+    ("router", 5, include_str!("../src/web/router.rs")),
+    ("serve", 6, include_str!("../src/web/serve.rs")),
+    ("cgi", 6, include_str!("../src/web/cgi.rs")),
 ];
 
 /// The sibling names one file's code reaches through `super::` or

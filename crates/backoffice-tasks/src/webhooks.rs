@@ -1696,20 +1696,7 @@ fn pg_events(db: Db<'_>, cursor: i64, limit: i64) -> Result<Vec<(Ev, String)>, D
         &[cursor.into(), limit.into()],
     )?
     .iter()
-    .map(|r| {
-        Ok((
-            Ev {
-                eventid: r.int(0)?,
-                kind: r.text(1)?,
-                title: r.text(2)?,
-                body: r.text(3)?,
-                url: r.opt_text(4)?,
-                author: r.opt_text(5)?,
-                time: r.int(6)?,
-            },
-            r.text(7)?,
-        ))
-    })
+    .map(|r| Ok((backoffice::events::event_from_row(r)?, r.text(7)?)))
     .collect()
 }
 

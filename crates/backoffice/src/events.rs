@@ -472,19 +472,41 @@ pub fn after(
         Err(crate::db::DbError::Sqlite(e)) if crate::repo::is_no_such_table(&e) => Vec::new(),
         Err(e) => return Err(e),
     };
-    rows.iter()
-        .map(|r| {
-            Ok(StoredEvent {
-                eventid: r.int(0)?,
-                kind: r.text(1)?,
-                title: r.text(2)?,
-                body: r.text(3)?,
-                url: r.opt_text(4)?,
-                author: r.opt_text(5)?,
-                time: r.int(6)?,
-            })
-        })
-        .collect()
+    rows.iter().map(event_from_row).collect()
+}
+
+/// The newest `limit` events, newest first, on either store: what a status
+/// page shows. On PostgreSQL an event a worker has not yet given its
+/// position has `eventid` 0 (it is listed by when it was inserted).
+pub fn recent<'a>(
+    db: impl Into<crate::Db<'a>>,
+    limit: usize,
+) -> Result<Vec<StoredEvent>, crate::db::DbError> {
+    let db = db.into();
+    if let Some(conn) = db.sqlite() {
+        return Ok(recent_events(conn, limit)?);
+    }
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = db.query(
+        "SELECT coalesce(eventid, 0), kind, title, body, url, author, mtime FROM bo_event
+          ORDER BY id DESC LIMIT ?1",
+        &[limit.into()],
+    )?;
+    rows.iter().map(event_from_row).collect()
+}
+
+/// Reads a row selected with [`EVENT_COLUMNS`] (in that order, first)
+/// through [`crate::Db`], on either store.
+pub fn event_from_row(r: &crate::db::Row) -> Result<StoredEvent, crate::db::DbError> {
+    Ok(StoredEvent {
+        eventid: r.int(0)?,
+        kind: r.text(1)?,
+        title: r.text(2)?,
+        body: r.text(3)?,
+        url: r.opt_text(4)?,
+        author: r.opt_text(5)?,
+        time: r.int(6)?,
+    })
 }
 
 /// Collapses control characters and runs of whitespace into single spaces.

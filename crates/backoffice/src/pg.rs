@@ -63,6 +63,7 @@ use crate::engine::{self, Decision, Log, Me, Outcome, RunOptions};
 use crate::lease::{Lease, Slot};
 use crate::process::{self, Identity};
 use crate::settings::Settings;
+use crate::status::SlotView;
 use crate::task::{self, Context, RunReport, RunTotals, Tasks};
 
 /// The newest schema this build knows.
@@ -113,6 +114,13 @@ INSERT INTO bo_meta VALUES ('event-seq', '0') ON CONFLICT DO NOTHING;
 /// True if `s` names a PostgreSQL repository rather than an SQLite file.
 pub fn is_url(s: &str) -> bool {
     crate::db::is_pg_url(s)
+}
+
+/// True if the URL text names a schema (`schema=` among its parameters),
+/// rather than leaving it to the default.
+pub fn names_schema(s: &str) -> bool {
+    s.split_once('?')
+        .is_some_and(|(_, q)| q.split('&').any(|p| p.starts_with("schema=")))
 }
 
 /// A PostgreSQL repository's address: the connection and the schema.
@@ -255,6 +263,47 @@ impl PgUrl {
         Ok(conn)
     }
 
+    /// The same server and database, another schema: `schema` replaces
+    /// any `schema=` parameter of the URL (the password stays, hidden).
+    pub fn with_schema(&self, schema: &str) -> Result<PgUrl, crate::Error> {
+        let (base, query) = match self.full.split_once('?') {
+            Some((b, q)) => (b, q),
+            None => (self.full.as_str(), ""),
+        };
+        let mut pairs: Vec<&str> = query
+            .split('&')
+            .filter(|p| !p.is_empty() && !p.starts_with("schema="))
+            .collect();
+        let param = format!("schema={schema}");
+        pairs.push(&param);
+        PgUrl::parse(&format!("{base}?{}", pairs.join("&")))
+    }
+
+    /// The schemas of this URL's database that hold a backoffice
+    /// repository (a `bo_meta` table), by name, whatever schema the URL
+    /// names. Schemas whose names we would not accept are left out.
+    pub fn schemas(&self) -> Result<Vec<String>, crate::Error> {
+        let err = |e| self.err("listing the schemas", e);
+        let mut client = self
+            .config
+            .connect(postgres::NoTls)
+            .map_err(|e| err(pg_err(e)))?;
+        let rows = client
+            .query(
+                "SELECT n.nspname::text FROM pg_catalog.pg_class c
+                   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                  WHERE c.relname = 'bo_meta' AND c.relkind IN ('r', 'p')
+                  ORDER BY 1",
+                &[],
+            )
+            .map_err(|e| err(pg_err(e)))?;
+        Ok(rows
+            .iter()
+            .filter_map(|r| r.try_get::<_, String>(0).ok())
+            .filter(|n| valid_schema(n))
+            .collect())
+    }
+
     /// An [`crate::Error`] about this repository.
     pub fn err(&self, what: &'static str, source: DbError) -> crate::Error {
         crate::Error::Postgres {
@@ -347,6 +396,12 @@ impl PgConn {
                 .map_err(|e| url.err("creating the tables", e))?;
         }
         Ok(conn)
+    }
+
+    /// True if the session can be used again: its connection is open and
+    /// no transaction was left open on it.
+    pub fn is_usable(&self) -> bool {
+        !self.in_tx.get() && !self.client.borrow().is_closed()
     }
 
     /// The client session, for a host's own SQL (and publishing from its
@@ -860,6 +915,91 @@ pub fn reset_lease(conn: &PgConn) -> Result<(), DbError> {
         l.lease.next = Slot::EMPTY;
         write_lease(conn, &l)
     })
+}
+
+/// The cluster as `status`, `lease` and the status page show it: the
+/// term, each slot's host, pid and heartbeat, the hand-overs, and how far
+/// this host's clock is from the database's.
+pub fn cluster(conn: &PgConn) -> Result<crate::status::Cluster, DbError> {
+    let local_before = crate::clock::now();
+    let db_now = conn.now()?;
+    let local_after = crate::clock::now();
+    let s: Settings = conn.settings()?;
+    let l = read_lease(conn)?;
+    let grace = s
+        .heartbeat
+        .max(1)
+        .saturating_mul(engine::HEARTBEAT_GRACE_BEATS);
+    Ok(crate::status::Cluster {
+        repository: conn.url().redacted().to_owned(),
+        store: "PostgreSQL",
+        db_now,
+        // Against the middle of the round trip.
+        clock_gap: (local_before.saturating_add(local_after) / 2).saturating_sub(db_now),
+        host: host_id(),
+        term: l.lease.term,
+        handovers: l.handovers,
+        current: SlotView::new(&l.lease.current, l.cur_host.as_deref(), db_now, grace, true),
+        lease_expires: l.lease.current.expires,
+        on_deck: SlotView::new(&l.lease.next, l.next_host.as_deref(), db_now, grace, false),
+        lease_time: s.lease_time,
+        heartbeat: s.heartbeat,
+        disabled: s.disable,
+    })
+}
+
+/// The status of a PostgreSQL repository: the same report as an SQLite
+/// file's ([`crate::status::status`]), on the database's clock, with the
+/// holders judged by their heartbeats and the [`cluster`] view added.
+pub fn status(conn: &PgConn, tasks: &Tasks) -> crate::Result<crate::status::Status> {
+    let err = |what: &'static str| move |e: DbError| conn.url().err(what, e);
+    let cluster = cluster(conn).map_err(err("reading the lease"))?;
+    let now = cluster.db_now;
+    let settings = conn.settings().map_err(err("reading settings"))?;
+    let l = read_lease(conn).map_err(err("reading the lease"))?;
+    let my_ns = identity(&host_id()).ns;
+    let holder = |slot: &Slot, host: &Option<String>| {
+        let alive = alive(slot, my_ns, settings.lease_time, now);
+        crate::status::Holder {
+            pid: slot.pid,
+            expires: slot.expires,
+            start: slot.start,
+            ns: slot.ns,
+            alive_until: slot.alive_until,
+            state: match (slot.is_held(), alive) {
+                (false, _) => "nobody".to_owned(),
+                (true, true) => format!(
+                    "running on {} (its heartbeat is current)",
+                    host.as_deref().unwrap_or("?")
+                ),
+                (true, false) => format!(
+                    "gone from {} (its heartbeat stopped)",
+                    host.as_deref().unwrap_or("?")
+                ),
+            },
+            alive,
+        }
+    };
+    let current = holder(&l.lease.current, &l.cur_host);
+    let next = holder(&l.lease.next, &l.next_host);
+    let raw = format!(
+        "term {} · current {} · next {}",
+        l.lease.term,
+        SlotView::words(cluster.current.as_ref(), now),
+        SlotView::words(cluster.on_deck.as_ref(), now)
+    );
+    let parts = crate::status::Parts {
+        repo: conn.url().redacted().to_owned(),
+        now,
+        settings,
+        lease: l.lease,
+        lease_raw: raw,
+        lease_problem: None,
+        current,
+        next,
+        cluster: Some(cluster),
+    };
+    crate::status::assemble(Db::Postgres(conn), tasks, parts).map_err(err("reading the status"))
 }
 
 /// Whether the holder of `slot` is alive, seen from this worker at the
@@ -1394,6 +1534,15 @@ pub struct PgTrigger {
     worker: Option<process::WorkerCommand>,
     reap: bool,
     cache: std::sync::Mutex<HashMap<String, Cached>>,
+}
+
+impl std::fmt::Debug for PgTrigger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgTrigger")
+            .field("tasks", &self.tasks)
+            .field("reap", &self.reap)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One repository's kept answer.

@@ -62,6 +62,123 @@ pub struct Status {
     /// Seconds since the last recorded run started (never negative), if
     /// one was recorded.
     pub last_run_age: Option<i64>,
+    /// The cluster — term, holders' hosts, heartbeats, hand-overs, clocks —
+    /// on a PostgreSQL repository; absent on an SQLite one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<Cluster>,
+}
+
+/// A PostgreSQL repository seen as a cluster of hosts: what `status`,
+/// `lease` and the status page show beyond the lease of one file.
+#[derive(Clone, Debug, Serialize)]
+pub struct Cluster {
+    /// The repository URL, its password hidden.
+    pub repository: String,
+    /// Always "PostgreSQL".
+    pub store: &'static str,
+    /// The database's clock, Unix seconds: every time in the lease is on it.
+    pub db_now: i64,
+    /// This host's clock minus the database's, seconds.
+    pub clock_gap: i64,
+    /// This host's id.
+    pub host: String,
+    /// The fencing term: takeovers so far.
+    pub term: u64,
+    /// Takeovers from a holder whose heartbeat had run out.
+    pub handovers: u64,
+    /// The working (or last) holder, when someone holds the lease.
+    pub current: Option<SlotView>,
+    /// When the current lease ends (spaces runs), database time.
+    pub lease_expires: i64,
+    /// The on-deck worker, if any.
+    pub on_deck: Option<SlotView>,
+    /// `backoffice-lease-time`, seconds.
+    pub lease_time: i64,
+    /// Heartbeat interval, seconds.
+    pub heartbeat: i64,
+    /// `backoffice-disable`.
+    pub disabled: bool,
+}
+
+/// One slot of a PostgreSQL lease, for people and for JSON.
+#[derive(Clone, Debug, Serialize)]
+pub struct SlotView {
+    /// The holder's host id.
+    pub host: Option<String>,
+    /// Its pid (on its host).
+    pub pid: i64,
+    /// When its lease (or on-deck slot) ends, database time.
+    pub expires: i64,
+    /// Seconds since its last heartbeat, when it is the working holder.
+    pub heartbeat_age: Option<i64>,
+    /// Until when its heartbeat vouches for it, database time.
+    pub alive_until: Option<i64>,
+    /// True while that has not run out.
+    pub alive: bool,
+}
+
+impl SlotView {
+    /// `slot` (held by a process on `host`) at database time `now`, or
+    /// `None` when nobody holds it. `grace` is how long a heartbeat
+    /// vouches; `working`: the current holder (whose heartbeat age means
+    /// something), not the one on deck.
+    pub fn new(
+        slot: &Slot,
+        host: Option<&str>,
+        now: i64,
+        grace: i64,
+        working: bool,
+    ) -> Option<SlotView> {
+        slot.is_held().then(|| {
+            let until = slot.alive_until.unwrap_or(slot.expires);
+            SlotView {
+                host: host.map(str::to_owned),
+                pid: slot.pid,
+                expires: slot.expires,
+                heartbeat_age: working
+                    .then(|| {
+                        slot.alive_until
+                            .map(|t| now.saturating_sub(t.saturating_sub(grace)))
+                    })
+                    .flatten(),
+                alive_until: slot.alive_until,
+                alive: until >= now,
+            }
+        })
+    }
+
+    /// "web1 pid 42, until 2026-12-01 10:00:00 (in 5 seconds), heartbeat 1 s ago, alive".
+    pub fn words(v: Option<&SlotView>, now: i64) -> String {
+        let Some(v) = v else {
+            return "nobody".into();
+        };
+        let mut s = format!(
+            "{} pid {}, until {} ({})",
+            v.host.as_deref().unwrap_or("?"),
+            v.pid,
+            clock::format_utc(v.expires),
+            clock::relative(v.expires, now)
+        );
+        if let Some(age) = v.heartbeat_age {
+            s.push_str(&format!(", heartbeat {age} s ago"));
+        }
+        s.push_str(if v.alive {
+            ", alive"
+        } else {
+            ", heartbeat run out"
+        });
+        s
+    }
+}
+
+impl Cluster {
+    /// "this host (web1) is +0 s from the database's clock".
+    pub fn clock_words(&self) -> String {
+        format!(
+            "this host ({}) is {:+} s from the database's clock",
+            self.host, self.clock_gap
+        )
+    }
 }
 
 /// One task's [`task::Gauge`], with the task's name.
@@ -176,8 +293,72 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
     let s = Settings::load(conn).map_err(|e| repo.err("reading settings", e))?;
     let raw = repo.get(crate::engine::LEASE_ROW)?.unwrap_or_default();
     let (lease, lease_problem) = read_lease(conn).map_err(|e| repo.err("reading the lease", e))?;
-    let last_run: Option<RunReport> = repo
-        .get(task::LAST_RUN_ROW)?
+    let current = holder(&lease.current, lease.boot.as_deref(), s.lease_time);
+    let next = holder(&lease.next, lease.boot.as_deref(), s.lease_time);
+    let parts = Parts {
+        repo: repo.path().display().to_string(),
+        now,
+        settings: s,
+        lease,
+        lease_raw: raw,
+        lease_problem,
+        current,
+        next,
+        cluster: None,
+    };
+    assemble(crate::Db::Sqlite(conn), tasks, parts).map_err(|e| match e {
+        crate::db::DbError::Sqlite(e) => repo.err("reading the config table", e),
+        // Only SQLite's errors come from an SQLite store; anything else
+        // is carried as is.
+        e => repo.err(
+            "reading the status",
+            rusqlite::Error::ToSqlConversionFailure(Box::new(e)),
+        ),
+    })
+}
+
+/// What a status takes from the store's own lease and clock; the rest is
+/// read alike on either store by [`assemble`].
+pub(crate) struct Parts {
+    /// The repository, as shown (a path, or a URL without its password).
+    pub repo: String,
+    /// The time of the report (the database's, on PostgreSQL).
+    pub now: i64,
+    /// The engine's settings.
+    pub settings: Settings,
+    /// The lease.
+    pub lease: crate::Lease,
+    /// The lease as stored, raw.
+    pub lease_raw: String,
+    /// What is wrong with the stored lease, if anything.
+    pub lease_problem: Option<String>,
+    /// The current holder, judged by the store's rules of liveness.
+    pub current: Holder,
+    /// The on-deck worker, judged likewise.
+    pub next: Holder,
+    /// The cluster, on PostgreSQL.
+    pub cluster: Option<Cluster>,
+}
+
+/// The status from the store's `parts`, the config rows and the tasks.
+pub(crate) fn assemble(
+    db: crate::Db<'_>,
+    tasks: &Tasks,
+    p: Parts,
+) -> std::result::Result<Status, crate::db::DbError> {
+    let Parts {
+        repo,
+        now,
+        settings: s,
+        lease,
+        lease_raw,
+        lease_problem,
+        current,
+        next,
+        cluster,
+    } = p;
+    let last_run: Option<RunReport> = db
+        .config_get(task::LAST_RUN_ROW)?
         .and_then(|j| serde_json::from_str(&j).ok());
     let last_run_ago = match (&last_run, lease.current.expires) {
         (Some(r), _) => clock::relative(r.started, now),
@@ -187,8 +368,8 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
         ),
         _ => "never".to_owned(),
     };
-    let each = tasks.due_each(conn, now);
-    let next_due = tasks.due(conn, now);
+    let each = tasks.due_each(db, now);
+    let next_due = tasks.due(db, now);
     let mut problems = s.problems.clone();
     if let Some(p) = &lease_problem {
         problems.push(format!(
@@ -205,7 +386,6 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
         }
     }
     // A holder past its lease is never passed over in silence.
-    let current = holder(&lease.current, lease.boot.as_deref(), s.lease_time);
     if current.alive {
         if let Some(msg) = crate::engine::overrun_message(&lease.current, now, s.lease_time) {
             problems.push(msg);
@@ -214,7 +394,7 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
     let mut info = Vec::new();
     let mut gauges = Vec::new();
     for t in tasks.iter() {
-        let st = t.status(crate::Db::Sqlite(conn), now);
+        let st = t.status(db, now);
         info.extend(st.info.into_iter().map(|l| format!("{}: {l}", t.name())));
         gauges.extend(st.gauges.into_iter().map(|g| TaskGauge {
             task: t.name().to_owned(),
@@ -244,7 +424,7 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
         .settings()
         .iter()
         .map(|d| {
-            let stored = repo.get(d.name).ok().flatten();
+            let stored = db.config_get(d.name).ok().flatten();
             let value = match (&stored, d.secret) {
                 (Some(_), true) => "********".to_owned(),
                 (Some(v), false) => v.clone(),
@@ -258,20 +438,20 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
         })
         .collect();
     Ok(Status {
-        repo: repo.path().display().to_string(),
+        repo,
         now,
         last_run_age: last_run
             .as_ref()
             .map(|r| now.saturating_sub(r.started).max(0)),
         last_run,
         last_run_ago,
-        lease_raw: raw,
+        lease_raw,
         lease_problem,
         term: lease.term,
         event_retention_days: s.event_retention_days,
         last_event_purge: s.last_event_purge,
         current,
-        next: holder(&lease.next, lease.boot.as_deref(), s.lease_time),
+        next,
         tasks: each
             .into_iter()
             .map(|(task, d)| match d {
@@ -292,8 +472,9 @@ pub fn status(repo: &Repo, tasks: &Tasks) -> Result<Status> {
         info,
         problems,
         gauges,
-        totals: RunTotals::load(conn),
+        totals: RunTotals::load(db),
         log_tail,
+        cluster,
     })
 }
 

@@ -44,8 +44,6 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 use std::sync::Arc;
 
-use rusqlite::Connection;
-
 use crate::db::Db;
 use serde::{Deserialize, Serialize};
 
@@ -491,8 +489,9 @@ impl RunTotals {
     /// The stored totals. A missing or malformed row, or no `config` table,
     /// reads as zero totals (counting restarts; `since` shows when), never
     /// as an error: counters must not stop a run from being recorded.
-    pub fn load(conn: &Connection) -> RunTotals {
-        crate::repo::config_get(conn, TOTALS_ROW)
+    pub fn load<'a>(db: impl Into<Db<'a>>) -> RunTotals {
+        db.into()
+            .config_get(TOTALS_ROW)
             .ok()
             .flatten()
             .and_then(|j| serde_json::from_str(&j).ok())
@@ -590,6 +589,7 @@ pub fn error_line(now: i64, project: &str, what: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
 
     struct Fixed(&'static str, Result<u64, &'static str>);
     impl Task for Fixed {

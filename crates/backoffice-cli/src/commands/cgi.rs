@@ -7,24 +7,26 @@ use anyhow::{Context, Result};
 use backoffice::{Backoffice, Started, Tasks};
 
 use crate::cli::CgiArgs;
-use crate::web::{App, Site, cgi};
+use crate::web::{App, cgi};
 
 /// Runs `backoffice cgi`: one request, then perhaps a worker, then exit.
 pub fn run(a: CgiArgs, tasks: Tasks) -> Result<ExitCode> {
     let env: std::collections::HashMap<String, String> = std::env::vars().collect();
-    let site = match &a.repolist {
-        Some(dir) => Site::new(dir, true)?,
-        None => {
-            let repo = env.get("BACKOFFICE_REPO").filter(|r| !r.is_empty()).context(
-                "no repository: set BACKOFFICE_REPO to a repository file, or pass --repolist DIR",
+    let site =
+        match &a.repolist {
+            Some(dir) => super::serve::site(dir, true)?,
+            None => {
+                let repo = env.get("BACKOFFICE_REPO").filter(|r| !r.is_empty()).context(
+                "no repository: set BACKOFFICE_REPO to a repository file or a postgres:// URL, \
+                 or pass --repolist DIR",
             )?;
-            Site::new(std::path::Path::new(repo), false)?
-        }
-    };
+                super::serve::site(std::path::Path::new(repo), false)?
+            }
+        };
     let req = cgi::CgiRequest::from_env(&env)?;
     // This process exits right after; init reaps the worker.
     let bo = Backoffice::new(tasks).reap_children(false);
-    let app = Arc::new(App::new(site, bo, super::serve::limits(&a.limits), true));
+    let app = Arc::new(App::new(site, bo, super::serve::limits(&a.limits), true).short_lived());
     let touched = cgi::respond(
         app.clone(),
         &req,

@@ -1,18 +1,19 @@
 //! The commands on a PostgreSQL repository (`postgres://…?schema=NAME`):
 //! `run`, `worker`, `trigger`, `lease`, `status`, `setting` and `publish`
 //! are here; `hook`, `webhook`, `subscriber`, `outbox` and `token` take a
-//! URL in their own modules. The other commands (`peer`, `maintain`,
-//! `serve`, `cgi`) work on SQLite repository files only, and say so.
+//! URL in their own modules, `serve` and `cgi` in the web front
+//! (`web/site.rs`). `peer` and `maintain` work on SQLite repository files
+//! only, and say so.
 
 use std::fmt::Write as _;
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use backoffice::pg::{self, PgConn, PgLease, PgUrl};
-use backoffice::settings::{self, Settings};
-use backoffice::{Db, Outcome, RunOptions, Slot, Tasks, clock};
-use serde::Serialize;
+use backoffice::pg::{self, PgConn, PgUrl};
+use backoffice::settings;
+use backoffice::status::{Cluster, SlotView};
+use backoffice::{Db, Outcome, RunOptions, Tasks, clock};
 
 /// The repository as a PostgreSQL URL, if it is one. The full URL (with
 /// its password) may come from the environment, as it does for a worker.
@@ -124,122 +125,8 @@ pub fn lease(url: &PgUrl, reset: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One slot of the lease, for people and for JSON.
-#[derive(Debug, Serialize)]
-pub struct SlotView {
-    /// The holder's host id.
-    pub host: Option<String>,
-    /// Its pid (on its host).
-    pub pid: i64,
-    /// When its lease (or on-deck slot) ends, database time.
-    pub expires: i64,
-    /// Seconds since its last heartbeat, when it is the working holder.
-    pub heartbeat_age: Option<i64>,
-    /// Until when its heartbeat vouches for it, database time.
-    pub alive_until: Option<i64>,
-    /// True while that has not run out.
-    pub alive: bool,
-}
-
-/// The cluster as `status` and `lease` show it.
-#[derive(Debug, Serialize)]
-pub struct Cluster {
-    /// The repository URL, its password hidden.
-    pub repository: String,
-    /// Always "PostgreSQL".
-    pub store: &'static str,
-    /// The database's clock, Unix seconds.
-    pub db_now: i64,
-    /// This host's clock minus the database's, seconds.
-    pub clock_gap: i64,
-    /// This host's id.
-    pub host: String,
-    /// The fencing term: takeovers so far.
-    pub term: u64,
-    /// Takeovers from a holder whose heartbeat had run out.
-    pub handovers: u64,
-    /// The working (or last) holder, when someone holds the lease.
-    pub current: Option<SlotView>,
-    /// When the current lease ends (spaces runs), database time.
-    pub lease_expires: i64,
-    /// The on-deck worker, if any.
-    pub on_deck: Option<SlotView>,
-    /// The engine's settings that matter here.
-    pub lease_time: i64,
-    /// Heartbeat interval, seconds.
-    pub heartbeat: i64,
-    /// `backoffice-disable`.
-    pub disabled: bool,
-}
-
-fn view(slot: &Slot, host: Option<&str>, now: i64, grace: i64, working: bool) -> Option<SlotView> {
-    slot.is_held().then(|| {
-        let until = slot.alive_until.unwrap_or(slot.expires);
-        SlotView {
-            host: host.map(str::to_owned),
-            pid: slot.pid,
-            expires: slot.expires,
-            heartbeat_age: working
-                .then(|| {
-                    slot.alive_until
-                        .map(|t| now.saturating_sub(t.saturating_sub(grace)))
-                })
-                .flatten(),
-            alive_until: slot.alive_until,
-            alive: until >= now,
-        }
-    })
-}
-
 fn cluster(conn: &PgConn) -> Result<Cluster> {
-    let local_before = clock::now();
-    let db_now = conn.now()?;
-    let local_after = clock::now();
-    let s: Settings = conn.settings()?;
-    let l: PgLease = pg::read_lease(conn)?;
-    let grace = s
-        .heartbeat
-        .max(1)
-        .saturating_mul(backoffice::HEARTBEAT_GRACE_BEATS);
-    Ok(Cluster {
-        repository: conn.url().redacted().to_owned(),
-        store: "PostgreSQL",
-        db_now,
-        clock_gap: (local_before.saturating_add(local_after) / 2).saturating_sub(db_now),
-        host: pg::host_id(),
-        term: l.lease.term,
-        handovers: l.handovers,
-        current: view(&l.lease.current, l.cur_host.as_deref(), db_now, grace, true),
-        lease_expires: l.lease.current.expires,
-        on_deck: view(&l.lease.next, l.next_host.as_deref(), db_now, grace, false),
-        lease_time: s.lease_time,
-        heartbeat: s.heartbeat,
-        disabled: s.disable,
-    })
-}
-
-fn slot_line(v: &Option<SlotView>, now: i64) -> String {
-    match v {
-        None => "nobody".into(),
-        Some(v) => {
-            let mut s = format!(
-                "{} pid {}, until {} ({})",
-                v.host.as_deref().unwrap_or("?"),
-                v.pid,
-                clock::format_utc(v.expires),
-                clock::relative(v.expires, now)
-            );
-            if let Some(age) = v.heartbeat_age {
-                let _ = write!(s, ", heartbeat {age} s ago");
-            }
-            s.push_str(if v.alive {
-                ", alive"
-            } else {
-                ", heartbeat run out"
-            });
-            s
-        }
-    }
+    Ok(pg::cluster(conn)?)
 }
 
 fn render_lease(c: &Cluster) -> String {
@@ -247,10 +134,9 @@ fn render_lease(c: &Cluster) -> String {
     let _ = writeln!(out, "repository:  {} ({})", c.repository, c.store);
     let _ = writeln!(
         out,
-        "db clock:    {} UTC (this host, {}, is {:+} s from it)",
+        "db clock:    {} UTC ({})",
         clock::format_utc(c.db_now),
-        c.host,
-        c.clock_gap
+        c.clock_words()
     );
     let _ = writeln!(
         out,
@@ -259,7 +145,11 @@ fn render_lease(c: &Cluster) -> String {
         c.handovers,
         if c.handovers == 1 { "" } else { "s" }
     );
-    let _ = writeln!(out, "current:     {}", slot_line(&c.current, c.db_now));
+    let _ = writeln!(
+        out,
+        "current:     {}",
+        SlotView::words(c.current.as_ref(), c.db_now)
+    );
     if c.current.is_none() && c.lease_expires > 0 {
         let _ = writeln!(
             out,
@@ -267,7 +157,11 @@ fn render_lease(c: &Cluster) -> String {
             clock::relative(c.lease_expires, c.db_now)
         );
     }
-    let _ = writeln!(out, "on deck:     {}", slot_line(&c.on_deck, c.db_now));
+    let _ = writeln!(
+        out,
+        "on deck:     {}",
+        SlotView::words(c.on_deck.as_ref(), c.db_now)
+    );
     out
 }
 

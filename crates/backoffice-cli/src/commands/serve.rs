@@ -47,7 +47,7 @@ pub(crate) fn serve_site(
     opts: ServeOptions,
     banner: impl FnOnce(std::net::SocketAddr, &[String]),
 ) -> Result<()> {
-    let names: Vec<String> = site.list().into_iter().map(|(n, _)| n).collect();
+    let names: Vec<String> = site.list();
     let mut app = App::new(site, Backoffice::new(tasks), opts.limits, opts.trigger);
     if let Some(r) = opts.replicas {
         app = app.with_replicas(r);
@@ -59,11 +59,24 @@ pub(crate) fn serve_site(
     })
 }
 
+/// The site at `path`: an SQLite file or a directory of them, or a
+/// PostgreSQL URL (one schema, or with `repolist` every repository schema
+/// of its database).
+pub(crate) fn site(path: &std::path::Path, repolist: bool) -> Result<Site> {
+    match super::pg::url(path)? {
+        Some(url) => {
+            let text = path.to_str().unwrap_or_default();
+            Site::postgres(url, text, repolist)
+        }
+        None => Site::new(path, repolist),
+    }
+}
+
 /// Runs `backoffice serve`.
 pub fn run(a: ServeArgs, tasks: Tasks) -> Result<ExitCode> {
     // Before the site: its pool's bound follows the limit.
     web::site::raise_descriptor_limit();
-    let site = Site::new(&a.path, a.repolist)?;
+    let site = site(&a.path, a.repolist)?;
     let listener = bind(&a.listen)?;
     let mut limits = limits(&a.limits);
     limits.header_timeout = Duration::from_secs(a.header_timeout.max(1));

@@ -45,7 +45,7 @@ pub async fn post_event(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    on_repo_write(app, name, false, move |_, repo| {
+    on_repo_write(app, name, false, move |app, repo| {
         authorize(repo, &headers)?;
         let ev: EventIn = parse_json(&body)?;
         let ev = backoffice::events::Event {
@@ -56,13 +56,19 @@ pub async fn post_event(
             author: ev.author,
             time: ev.time,
         };
-        match backoffice::events::publish(repo.conn(), &ev) {
-            Ok(id) => Ok(json(
-                StatusCode::CREATED,
-                &serde_json::json!({ "id": id, "kind": ev.kind }),
-            )),
+        match repo.publish(&ev) {
+            Ok(id) => {
+                app.published(repo);
+                Ok(json(
+                    StatusCode::CREATED,
+                    &serde_json::json!({ "id": id, "kind": ev.kind }),
+                ))
+            }
             Err(backoffice::events::PublishError::Sqlite(e)) => {
                 Err(Failure::sqlite("publishing", e))
+            }
+            Err(e @ backoffice::events::PublishError::Store(_)) => {
+                Err(Failure::unavailable("publishing", e))
             }
             Err(e) => Err(Failure::new(StatusCode::BAD_REQUEST, e.to_string())),
         }
@@ -78,7 +84,7 @@ pub async fn list_subscribers(
 ) -> Response {
     on_repo(app, name, false, move |_, repo| {
         authorize(repo, &headers)?;
-        let all = match subscribers::list(repo.conn()) {
+        let all = match repo.subscribers() {
             Ok(v) => v,
             Err(e) => return Err(subscriber_failure(e)),
         };
@@ -117,7 +123,7 @@ pub async fn add_subscriber(
             digest: s.digest,
             verified: s.verified,
         };
-        match backoffice::repo::immediate(repo.conn(), || subscribers::add(repo.conn(), &new)) {
+        match repo.add_subscriber(&new) {
             Ok(s) => Ok(json(StatusCode::CREATED, &s)),
             Err(e) => Err(subscriber_failure(e)),
         }
@@ -161,7 +167,7 @@ async fn remove(app: Arc<App>, name: String, who: Option<String>, headers: Heade
                 "say whom to remove: DELETE /r/NAME/subscribers/ADDRESS or ?address=ADDRESS",
             ));
         };
-        match backoffice::repo::immediate(repo.conn(), || subscribers::remove(repo.conn(), &who)) {
+        match repo.remove_subscriber(&who) {
             Ok(s) => Ok(json(StatusCode::OK, &serde_json::json!({ "removed": s }))),
             Err(e) => Err(subscriber_failure(e)),
         }

@@ -7,9 +7,11 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use backoffice::pg::PgTrigger;
 use backoffice::{Backoffice, Started};
 
-use super::site::Site;
+use super::site::{Site, Target};
+use super::store::Store;
 
 /// Request limits. The defaults suit a status page and a small JSON API.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +60,9 @@ pub struct App {
     pub site: Site,
     /// The engine: tasks and how to start workers.
     pub bo: Backoffice,
+    /// The after-request check for PostgreSQL repositories, whose answers
+    /// it keeps in this process (no round trip on most requests).
+    pg: PgTrigger,
     /// Request limits.
     pub limits: Limits,
     /// Whether replies run the after-request check (off: pages only, for
@@ -104,6 +109,7 @@ impl App {
     pub fn new(site: Site, bo: Backoffice, limits: Limits, trigger: bool) -> App {
         App {
             site,
+            pg: PgTrigger::new(bo.tasks().clone()),
             bo,
             limits,
             trigger,
@@ -112,6 +118,23 @@ impl App {
             read_checks: Mutex::new(HashMap::new()),
             replicas: None,
             write_gates: (0..WRITE_GATES).map(|_| Mutex::new(())).collect(),
+        }
+    }
+
+    /// Leaves the workers it starts for init to reap (a process that exits
+    /// right after its request: CGI).
+    pub fn short_lived(mut self) -> App {
+        self.pg = PgTrigger::new(self.bo.tasks().clone()).reap_children(false);
+        self
+    }
+
+    /// Tells the check that this process just published to `store`: on
+    /// PostgreSQL its kept answer is dropped, so the check after this
+    /// request asks the database and starts a worker at once. (On SQLite
+    /// the check always reads the file.)
+    pub fn published(&self, store: &Store) {
+        if let Store::Pg(c) = store {
+            self.pg.published(c.url());
         }
     }
 
@@ -149,10 +172,16 @@ impl App {
     /// is due and none is queued. Blocking (SQLite); never fails a request.
     pub fn after_request(&self, name: &str) -> Option<Started> {
         bump(&self.checks, name);
-        let started = match self
-            .site
-            .with_repo(name, |r| self.bo.after_request(r.conn()))?
-        {
+        // On PostgreSQL a kept answer needs no session at all.
+        if let Some(Target::Pg(url)) = self.site.resolve(name) {
+            if let Some(c) = self.pg.cached(&url).filter(|c| !c.is_needed()) {
+                return Some(Started::NotNeeded(c));
+            }
+        }
+        let started = match self.site.with_repo(name, |store| match store {
+            Store::File(r) => self.bo.after_request(r.conn()),
+            Store::Pg(c) => self.pg.after_request(c),
+        })? {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(repo = name, "after-request check: {e}");

@@ -107,7 +107,7 @@ fn render(app: &App) -> String {
         "gauge",
         "1 if the repository could be read.",
     );
-    for (name, _) in app.site.list() {
+    for name in app.site.list() {
         let l = format!("repo=\"{}\"", label(&name));
         started.add(format!("{{{l}}}"), app.workers_started(&name));
         checks.add(format!("{{{l}}}"), app.checks_run(&name));

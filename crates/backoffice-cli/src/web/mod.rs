@@ -20,12 +20,16 @@
 //!
 //! Each file is one idea, listed from the bottom up:
 //!
-//! * `site.rs`: repositories by name (one file, or a `--repolist`
-//!   directory), a small connection pool per repository, and which
-//!   repository a request path names.
+//! * `store.rs`: one open repository on either store — an SQLite file
+//!   or a PostgreSQL schema — and what the routes ask of it (the status,
+//!   events, subscribers, the token), each call the store's own function.
+//! * `site.rs`: repositories by name (one file, a `--repolist`
+//!   directory, one PostgreSQL schema or every repository schema of a
+//!   database), a small connection pool, and which repository a request
+//!   path names.
 //! * `app.rs`: [`App`], what every handler shares — the site, the engine,
-//!   the [`Limits`], the replica sink, per-process counters and the
-//!   write gate.
+//!   the [`Limits`], the replica sink, per-process counters, the write
+//!   gate, and the kept answers of the check on PostgreSQL.
 //! * `respond.rs`: the shared response helpers — the error reply
 //!   (`Failure`: JSON or an HTML page, busy as 503, internal errors logged
 //!   and answered without details), the bearer-token checks, HTML escaping
@@ -57,6 +61,7 @@ mod respond;
 pub mod router;
 pub mod serve;
 pub mod site;
+mod store;
 
 pub use app::{App, Limits, READ_CHECK_EVERY, ReplicaSink};
 pub use site::{Site, repo_in_path};

@@ -12,8 +12,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use backoffice::clock;
 use backoffice::events::StoredEvent;
-use backoffice::status::Status;
-use backoffice_tasks::notify::subscribers::{self, Subscriber};
+use backoffice::status::{Cluster, SlotView, Status};
+use backoffice_tasks::notify::subscribers::Subscriber;
 
 use super::app::App;
 use super::respond::{
@@ -34,8 +34,9 @@ pub async fn get_index(State(app): State<Arc<App>>) -> Response {
 pub async fn get_status(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
     on_repo(app, name.clone(), true, move |app, repo| {
         let st = web_status(app, &name, repo)?;
-        let events = backoffice::events::recent_events(repo.conn(), 10)
-            .map_err(|e| Failure::sqlite("reading recent events", e))?;
+        let events = repo
+            .recent_events(10)
+            .map_err(|e| Failure::db("reading recent events", e))?;
         let html = status(&name, &st, &events, app.workers_started(&name));
         Ok((html_type(), html).into_response())
     })
@@ -49,16 +50,13 @@ pub async fn get_unsubscribe(
 ) -> Response {
     // A GET changes nothing: mail scanners fetch links. It shows a button
     // that POSTs, which is also what RFC 8058 one-click clients send.
-    on_repo(
-        app,
-        name.clone(),
-        true,
-        move |_, repo| match subscribers::find_by_code(repo.conn(), &code) {
+    on_repo(app, name.clone(), true, move |_, repo| {
+        match repo.subscriber_by_code(&code) {
             Ok(Some(s)) => Ok((html_type(), unsubscribe_form(&name, &s)).into_response()),
             Ok(None) => Err(bad_code()),
             Err(e) => Err(subscriber_failure(e)),
-        },
-    )
+        }
+    })
     .await
 }
 
@@ -67,18 +65,13 @@ pub async fn post_unsubscribe(
     State(app): State<Arc<App>>,
     Path((name, code)): Path<(String, String)>,
 ) -> Response {
-    on_repo_write(
-        app,
-        name.clone(),
-        true,
-        move |_, repo| match backoffice::repo::immediate(repo.conn(), || {
-            subscribers::unsubscribe_by_code(repo.conn(), &code)
-        }) {
+    on_repo_write(app, name.clone(), true, move |_, repo| {
+        match repo.unsubscribe_by_code(&code) {
             Ok(Some(addr)) => Ok((html_type(), unsubscribed(&name, &addr)).into_response()),
             Ok(None) => Err(bad_code()),
             Err(e) => Err(subscriber_failure(e)),
-        },
-    )
+        }
+    })
     .await
 }
 
@@ -94,7 +87,7 @@ fn bad_code() -> Failure {
 fn index(app: &App) -> Response {
     let list = app.site.list();
     let mut rows = String::new();
-    for (name, _) in &list {
+    for name in &list {
         let cell = match app.site.with_repo(name, |r| web_status(app, name, r)) {
             Some(Ok(Ok(st))) => {
                 let last = match &st.last_run {
@@ -205,6 +198,10 @@ fn status(name: &str, st: &Status, events: &[StoredEvent], started_here: u64) ->
         if started_here == 1 { "" } else { "s" },
     );
 
+    if let Some(c) = &st.cluster {
+        cluster(&mut b, c);
+    }
+
     if st.problems.is_empty() {
         b.push_str("<h2>Problems</h2>\n<p class=\"ok\">None.</p>\n");
     } else {
@@ -264,7 +261,12 @@ fn status(name: &str, st: &Status, events: &[StoredEvent], started_here: u64) ->
             let _ = writeln!(
                 b,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                e.eventid,
+                // On PostgreSQL, not yet given its place by a worker.
+                if e.eventid > 0 {
+                    e.eventid.to_string()
+                } else {
+                    "&ndash;".to_owned()
+                },
                 esc(&e.kind),
                 esc(&e.title),
                 esc(e.author.as_deref().unwrap_or("")),
@@ -297,6 +299,51 @@ fn status(name: &str, st: &Status, events: &[StoredEvent], started_here: u64) ->
     }
     b.push_str("</table>\n");
     page(&format!("{name} — backoffice"), Some(5), &b)
+}
+
+/// The cluster of a PostgreSQL repository: the term, each slot's host, pid
+/// and heartbeat, the hand-overs, and this host's clock against the
+/// database's (on which every time in the lease is).
+fn cluster(b: &mut String, c: &Cluster) {
+    let now = c.db_now;
+    let _ = writeln!(
+        b,
+        "<h2>Cluster</h2>\n<table class=\"facts\">\n\
+<tr><th>Store</th><td>{} &middot; {}</td></tr>\n\
+<tr><th>Term</th><td>{}</td></tr>\n\
+<tr><th>Hand-overs</th><td>{} (takeovers after a holder's heartbeat ran out)</td></tr>\n\
+<tr><th>Holder</th><td{}>{}</td></tr>\n\
+<tr><th>On deck</th><td>{}</td></tr>\n\
+<tr><th>Heartbeat</th><td>every {} s; lease time {} s{}</td></tr>\n\
+<tr><th>Clock</th><td{}>{} (database: {} UTC)</td></tr>\n</table>",
+        esc(c.store),
+        esc(&c.repository),
+        c.term,
+        c.handovers,
+        if c.current.as_ref().is_some_and(|v| !v.alive) {
+            " class=\"bad\""
+        } else {
+            ""
+        },
+        esc(&SlotView::words(c.current.as_ref(), now)),
+        esc(&SlotView::words(c.on_deck.as_ref(), now)),
+        c.heartbeat,
+        c.lease_time,
+        if c.disabled {
+            ", <span class=\"bad\">disabled</span> (backoffice-disable)"
+        } else {
+            ""
+        },
+        // More than a few seconds apart: worth a look (leases are on the
+        // database's clock, so it is harmless to them, but not to logs).
+        if c.clock_gap.unsigned_abs() > 5 {
+            " class=\"bad\""
+        } else {
+            ""
+        },
+        esc(&c.clock_words()),
+        esc(&clock::format_utc(now)),
+    );
 }
 
 /// `GET /r/NAME/unsubscribe/CODE`: a button, since a GET changes nothing.

@@ -21,11 +21,11 @@ use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use backoffice::Repo;
 use backoffice::token::{self, Verdict};
 use backoffice_tasks::notify::subscribers;
 
 use super::app::App;
+use super::store::Store;
 
 /// A reply that is not a success.
 #[derive(Debug)]
@@ -70,6 +70,46 @@ impl Failure {
             Failure::busy()
         } else {
             Failure::internal(what, e)
+        }
+    }
+
+    /// The repository's PostgreSQL database could not be reached or
+    /// answered with an error: 503 with `Retry-After` (a restart or an
+    /// outage passes), logged in full, answered without details.
+    pub fn unavailable(what: &str, e: impl std::fmt::Display) -> Failure {
+        tracing::error!("{what}: {e}");
+        Failure {
+            retry_after: true,
+            ..Failure::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "{what} failed: the repository's database is unavailable; try again shortly"
+                ),
+            )
+        }
+    }
+
+    /// A store's error: busy for SQLite's lock, unavailable for
+    /// PostgreSQL, else internal.
+    pub fn db(what: &str, e: backoffice::db::DbError) -> Failure {
+        use backoffice::db::DbError as E;
+        match e {
+            E::Sqlite(e) => Failure::sqlite(what, e),
+            E::Postgres(_) => Failure::unavailable(what, e),
+            e => Failure::internal(what, e),
+        }
+    }
+
+    /// An engine error: busy for a locked file, unavailable for
+    /// PostgreSQL, else internal.
+    pub fn engine(what: &str, e: backoffice::Error) -> Failure {
+        match e {
+            backoffice::Error::Locked { .. } => {
+                tracing::warn!("{what}: {e}");
+                Failure::busy()
+            }
+            backoffice::Error::Postgres { .. } => Failure::unavailable(what, e),
+            e => Failure::internal(what, e),
         }
     }
 
@@ -160,7 +200,7 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 /// Runs `f` on repository `name` on a blocking thread.
 pub async fn on_repo<F>(app: Arc<App>, name: String, html: bool, f: F) -> Response
 where
-    F: FnOnce(&App, &mut Repo) -> Reply + Send + 'static,
+    F: FnOnce(&App, &mut Store) -> Reply + Send + 'static,
 {
     on_repo_as(app, name, html, false, f).await
 }
@@ -173,7 +213,7 @@ where
 /// reader also waits while a writer commits).
 pub async fn on_repo_write<F>(app: Arc<App>, name: String, html: bool, f: F) -> Response
 where
-    F: FnOnce(&App, &mut Repo) -> Reply + Send + 'static,
+    F: FnOnce(&App, &mut Store) -> Reply + Send + 'static,
 {
     on_repo_as(app, name, html, true, f).await
 }
@@ -182,14 +222,13 @@ where
 /// locked one a 503, and `html` makes every failure an HTML page.
 async fn on_repo_as<F>(app: Arc<App>, name: String, html: bool, write: bool, f: F) -> Response
 where
-    F: FnOnce(&App, &mut Repo) -> Reply + Send + 'static,
+    F: FnOnce(&App, &mut Store) -> Reply + Send + 'static,
 {
     let joined = tokio::task::spawn_blocking(move || {
         let _gate = write.then(|| app.write_gate(&name));
         match app.site.with_repo(&name, |repo| f(&app, repo)) {
             None => Err(Failure::no_repo(&name)),
-            Some(Err(backoffice::Error::Locked { .. })) => Err(Failure::busy()),
-            Some(Err(e)) => Err(Failure::internal("opening the repository", e)),
+            Some(Err(e)) => Err(Failure::engine("opening the repository", e)),
             Some(Ok(reply)) => reply,
         }
     })
@@ -236,21 +275,20 @@ pub fn unauthorized(msg: &str) -> Failure {
 }
 
 /// Checks `Authorization: Bearer TOKEN` against the repository's token.
-pub fn authorize(repo: &Repo, headers: &HeaderMap) -> Result<(), Failure> {
+pub fn authorize(store: &Store, headers: &HeaderMap) -> Result<(), Failure> {
     let Some(presented) = bearer(headers) else {
         return Err(unauthorized(
             "this needs an API token: send `Authorization: Bearer TOKEN`",
         ));
     };
-    match token::verify(repo.conn(), presented) {
+    match token::verify(store.db(), presented) {
         Ok(Verdict::Valid) => Ok(()),
         Ok(Verdict::Invalid) => Err(unauthorized("the API token is not valid")),
         Ok(Verdict::NoToken) => Err(Failure::new(
             StatusCode::FORBIDDEN,
             "the API is off for this repository: its administrator makes a token with `backoffice token`",
         )),
-        Err(backoffice::db::DbError::Sqlite(e)) => Err(Failure::sqlite("checking the token", e)),
-        Err(e) => Err(Failure::internal("checking the token", e)),
+        Err(e) => Err(Failure::db("checking the token", e)),
     }
 }
 
@@ -270,17 +308,13 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Fail
 pub fn web_status(
     app: &App,
     name: &str,
-    repo: &Repo,
+    store: &Store,
 ) -> Result<backoffice::status::Status, Failure> {
-    let mut st = backoffice::status::status(repo, app.bo.tasks()).map_err(|e| match e {
-        // Status waits only briefly for a lock (it is on a request's path):
-        // another writer holding it is "try again", not a failure.
-        backoffice::Error::Locked { .. } => {
-            tracing::warn!("reading the status of {name}: {e}");
-            Failure::busy()
-        }
-        e => Failure::internal("reading the status", e),
-    })?;
+    // Status waits only briefly for a lock (it is on a request's path):
+    // another writer holding it is "try again", not a failure.
+    let mut st = store
+        .status(app.bo.tasks())
+        .map_err(|e| Failure::engine("reading the status", e))?;
     st.repo = name.to_owned();
     Ok(st)
 }
@@ -291,6 +325,7 @@ pub fn subscriber_failure(e: subscribers::SubscriberError) -> Failure {
     use subscribers::SubscriberError as E;
     match e {
         E::Sqlite(e) => Failure::sqlite("the subscriber change", e),
+        E::Db(e) => Failure::db("the subscriber change", e),
         E::NotFound(_) => Failure::new(StatusCode::NOT_FOUND, e.to_string()),
         E::Duplicate(_) => Failure::new(StatusCode::CONFLICT, e.to_string()),
         e => Failure::new(StatusCode::BAD_REQUEST, e.to_string()),

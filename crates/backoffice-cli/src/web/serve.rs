@@ -166,7 +166,13 @@ pub fn serve(
         .thread_name("backoffice-web")
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(run(app, listener, stop_after, ready))
+    // The app is dropped last, outside the runtime: the pool's PostgreSQL
+    // sessions close with a blocking call, which panics inside it.
+    let keep = app.clone();
+    let out = rt.block_on(run(app, listener, stop_after, ready));
+    drop(rt);
+    drop(keep);
+    out
 }
 
 async fn run(

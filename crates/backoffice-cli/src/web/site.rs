@@ -15,6 +15,14 @@
 //! from the directory listing — never joined onto a path — so no request can
 //! reach a file outside the served set (`..`, `/`, NUL all fail the alphabet,
 //! and an unlisted name is simply not found).
+//!
+//! A site may also be PostgreSQL: one schema (`serve URL?schema=NAME`), or
+//! every schema of a database that holds a repository (`serve --repolist
+//! URL`), each served under its schema's name. Their sessions share one
+//! small pool: a session idle on one schema is moved to another
+//! ([`PgConn::into_schema`], one round trip) rather than a new one opened,
+//! so a site of thousands of schemas holds a handful of the server's
+//! connections; a session the server closed (a restart) is never reused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -23,6 +31,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use backoffice::Repo;
+use backoffice::pg::{PgConn, PgUrl};
+
+use super::store::Store;
 
 /// Idle connections kept per repository; more are opened under load and
 /// closed when returned to a full pool.
@@ -36,6 +47,10 @@ const RESCAN_EVERY: Duration = Duration::from_secs(2);
 /// At most this many repositories are served from one directory.
 pub const MAX_REPOS: usize = 100_000;
 
+/// Idle PostgreSQL sessions kept across all schemas: each is a process on
+/// the database server, whose connections are counted in the hundreds.
+const PG_POOL_CAP: usize = 8;
+
 /// Where the repositories come from.
 #[derive(Debug)]
 enum Source {
@@ -43,13 +58,26 @@ enum Source {
     One(PathBuf),
     /// Every SQLite file directly inside a directory (`--repolist`).
     Dir(PathBuf),
+    /// One PostgreSQL schema.
+    PgOne(PgUrl),
+    /// Every repository schema of a PostgreSQL database (`--repolist`).
+    PgAll(PgUrl),
+}
+
+/// Where one served repository is.
+#[derive(Clone, Debug)]
+pub enum Target {
+    /// An SQLite file.
+    File(PathBuf),
+    /// A PostgreSQL schema.
+    Pg(Box<PgUrl>),
 }
 
 /// The served repositories.
 #[derive(Debug)]
 pub struct Site {
     source: Source,
-    names: Mutex<(Instant, BTreeMap<String, PathBuf>)>,
+    names: Mutex<(Instant, BTreeMap<String, Target>)>,
     pool: Mutex<Pool>,
 }
 
@@ -66,11 +94,12 @@ struct Pool {
 
 /// An idle connection and the file it opened (device, inode), so a file
 /// replaced under the same name (restored from a backup, say) gets a fresh
-/// connection rather than one to the unlinked old file.
+/// connection rather than one to the unlinked old file. (`None` for a
+/// PostgreSQL session.)
 #[derive(Debug)]
 struct Pooled {
-    repo: Repo,
-    file: (u64, u64),
+    store: Store,
+    file: Option<(u64, u64)>,
     tick: u64,
 }
 
@@ -86,9 +115,22 @@ impl Pool {
         Some(p)
     }
 
-    /// Keeps `repo` idle for `name`; returns the connections to close (the
+    /// The least recently returned idle connection to any repository (a
+    /// PostgreSQL session, to be moved to another schema).
+    fn take_any(&mut self) -> Option<Pooled> {
+        let name = self.order.first_key_value().map(|(_, n)| n.clone())?;
+        let list = self.idle.get_mut(&name)?;
+        let p = list.remove(0);
+        if list.is_empty() {
+            self.idle.remove(&name);
+        }
+        self.order.remove(&p.tick);
+        Some(p)
+    }
+
+    /// Keeps `store` idle for `name`; returns the connections to close (the
     /// least recently used beyond the caps), to be dropped outside the lock.
-    fn put(&mut self, name: &str, repo: Repo, file: (u64, u64)) -> Vec<Pooled> {
+    fn put(&mut self, name: &str, store: Store, file: Option<(u64, u64)>) -> Vec<Pooled> {
         let mut out = Vec::new();
         let list = self.idle.entry(name.to_owned()).or_default();
         if list.len() >= POOL_IDLE {
@@ -98,7 +140,7 @@ impl Pool {
         }
         self.tick += 1;
         list.push(Pooled {
-            repo,
+            store,
             file,
             tick: self.tick,
         });
@@ -237,11 +279,37 @@ impl Site {
                 Source::One(path.to_owned())
             }
         };
+        Site::with_source(source, pool_cap())
+    }
+
+    /// Serves a PostgreSQL repository: the schema `url` names, or with
+    /// `all` every schema of its database that holds a repository. `text`
+    /// is the URL as given, to tell whether it names a schema.
+    pub fn postgres(url: PgUrl, text: &str, all: bool) -> Result<Site> {
+        let source = if all {
+            if backoffice::pg::names_schema(text) {
+                bail!(
+                    "--repolist serves every repository schema of the database: leave \
+                     `schema=` out of {}",
+                    url.redacted()
+                );
+            }
+            Source::PgAll(url)
+        } else {
+            // Connect once now (creating the tables on first use), so an
+            // unreachable server or a bad schema is refused at start-up.
+            url.connect()?;
+            Source::PgOne(url)
+        };
+        Site::with_source(source, PG_POOL_CAP)
+    }
+
+    fn with_source(source: Source, cap: usize) -> Result<Site> {
         let site = Site {
             source,
             names: Mutex::new((Instant::now(), BTreeMap::new())),
             pool: Mutex::new(Pool {
-                cap: pool_cap(),
+                cap,
                 ..Pool::default()
             }),
         };
@@ -250,14 +318,33 @@ impl Site {
         Ok(site)
     }
 
+    /// True if the list of repositories can change while serving (a
+    /// directory, or a database's schemas), so an unknown name is worth
+    /// listing again.
+    fn rescans(&self) -> bool {
+        matches!(self.source, Source::Dir(_) | Source::PgAll(_))
+    }
+
     /// Lists the repositories; `known` (the last listing) are not opened
     /// again.
-    fn scan(&self, known: &BTreeMap<String, PathBuf>) -> Result<BTreeMap<String, PathBuf>> {
+    fn scan(&self, known: &BTreeMap<String, Target>) -> Result<BTreeMap<String, Target>> {
         let mut out = BTreeMap::new();
         match &self.source {
             Source::One(p) => {
                 if let Some(n) = name_of(p) {
-                    out.insert(n, p.clone());
+                    out.insert(n, Target::File(p.clone()));
+                }
+            }
+            Source::PgOne(url) => {
+                out.insert(url.schema().to_owned(), Target::Pg(Box::new(url.clone())));
+            }
+            Source::PgAll(url) => {
+                for schema in url.schemas()?.into_iter().take(MAX_REPOS) {
+                    let target = match known.get(&schema) {
+                        Some(t @ Target::Pg(_)) => t.clone(),
+                        _ => Target::Pg(Box::new(url.with_schema(&schema)?)),
+                    };
+                    out.insert(schema, target);
                 }
             }
             Source::Dir(d) => {
@@ -265,8 +352,13 @@ impl Site {
                     std::fs::read_dir(d).with_context(|| format!("listing {}", d.display()))?;
                 // Files already served, by (device, inode): a new name for
                 // one of them (an alias) needs no look at all.
-                let served: std::collections::HashSet<(u64, u64)> =
-                    known.values().filter_map(|p| file_id(p)).collect();
+                let served: std::collections::HashSet<(u64, u64)> = known
+                    .values()
+                    .filter_map(|t| match t {
+                        Target::File(p) => file_id(p),
+                        Target::Pg(_) => None,
+                    })
+                    .collect();
                 for e in entries.flatten() {
                     let p = e.path();
                     // Regular files only (following symlinks is the
@@ -281,12 +373,12 @@ impl Site {
                     // A file already served (by this name, or by another:
                     // the same device and inode) is not looked at again;
                     // any other is asked of SQLite (see `is_sqlite`).
-                    let known = known.get(&n).is_some_and(|q| q == &p)
+                    let known = matches!(known.get(&n), Some(Target::File(q)) if q == &p)
                         || file_id(&p).is_some_and(|id| served.contains(&id));
                     if !known && !is_sqlite(&p) {
                         continue;
                     }
-                    out.insert(n, p);
+                    out.insert(n, Target::File(p));
                     if out.len() >= MAX_REPOS {
                         break;
                     }
@@ -296,37 +388,48 @@ impl Site {
         Ok(out)
     }
 
-    /// Every served repository, by name.
-    pub fn list(&self) -> Vec<(String, PathBuf)> {
-        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        if names.0.elapsed() >= RESCAN_EVERY {
-            if let Ok(list) = self.scan(&names.1) {
-                *names = (Instant::now(), list);
+    /// Lists again if the last listing is older than [`RESCAN_EVERY`]. A
+    /// listing that fails (the database is down) keeps the last one.
+    fn refresh(&self, names: &mut (Instant, BTreeMap<String, Target>)) {
+        if names.0.elapsed() < RESCAN_EVERY {
+            return;
+        }
+        match self.scan(&names.1) {
+            Ok(list) => *names = (Instant::now(), list),
+            Err(e) => {
+                tracing::warn!("listing the repositories: {e:#}");
+                // Not again at once: a flood of requests must not become a
+                // flood of listings of a server that is down.
+                names.0 = Instant::now();
             }
         }
-        names
-            .1
-            .iter()
-            .map(|(n, p)| (n.clone(), p.clone()))
-            .collect()
     }
 
-    /// The repository file for `name`, if it is served.
-    pub fn resolve(&self, name: &str) -> Option<PathBuf> {
+    /// Every served repository's name.
+    pub fn list(&self) -> Vec<String> {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh(&mut names);
+        names.1.keys().cloned().collect()
+    }
+
+    /// Where repository `name` is, if it is served.
+    pub fn resolve(&self, name: &str) -> Option<Target> {
         if !valid_name(name) {
             return None;
         }
         let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = names.1.get(name) {
-            return Some(p.clone());
+        if let Some(t) = names.1.get(name) {
+            return Some(t.clone());
         }
-        if matches!(self.source, Source::Dir(_)) && names.0.elapsed() >= RESCAN_EVERY {
-            if let Ok(list) = self.scan(&names.1) {
-                *names = (Instant::now(), list);
-            }
+        if self.rescans() {
+            self.refresh(&mut names);
             return names.1.get(name).cloned();
         }
         None
+    }
+
+    fn pool(&self) -> std::sync::MutexGuard<'_, Pool> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `f` on an open connection to repository `name` (from the pool,
@@ -335,33 +438,61 @@ impl Site {
     pub fn with_repo<R>(
         &self,
         name: &str,
-        f: impl FnOnce(&mut Repo) -> R,
+        f: impl FnOnce(&mut Store) -> R,
     ) -> Option<backoffice::Result<R>> {
-        let path = self.resolve(name)?;
-        let pooled = self
-            .pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(name);
-        let now_id = file_id(&path);
-        let mut repo = match pooled {
-            Some(p) if p.repo.path() == path && Some(p.file) == now_id => p.repo,
-            _ => match Repo::open(&path) {
-                Ok(r) => r,
+        let (mut store, file) = match self.resolve(name)? {
+            Target::File(path) => {
+                let pooled = self.pool().take(name);
+                let now_id = file_id(&path);
+                let store = match pooled {
+                    Some(Pooled {
+                        store: Store::File(r),
+                        file,
+                        ..
+                    }) if r.path() == path && file == now_id => Store::File(r),
+                    _ => match Repo::open(&path) {
+                        Ok(r) => Store::File(r),
+                        Err(e) => return Some(Err(e)),
+                    },
+                };
+                (store, now_id)
+            }
+            Target::Pg(url) => match self.pg_session(name, &url) {
+                Ok(c) => (Store::Pg(Box::new(c)), None),
                 Err(e) => return Some(Err(e)),
             },
         };
-        let out = f(&mut repo);
+        let out = f(&mut store);
         // A connection left inside a transaction (a handler that failed
-        // half-way) is not reused.
-        if let (true, Some(file)) = (repo.conn().is_autocommit(), now_id) {
-            let closed = self
-                .pool
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .put(name, repo, file);
+        // half-way), a file gone, or a closed session is not reused.
+        let pg = matches!(store, Store::Pg(_));
+        if store.reusable() && (pg || file.is_some()) {
+            let closed = self.pool().put(name, store, file);
             drop(closed);
         }
         Some(Ok(out))
+    }
+
+    /// A session on `url`'s schema: one idle on it, else one idle on
+    /// another schema moved over, else a new one. Sessions the server
+    /// closed are dropped on the way.
+    fn pg_session(&self, name: &str, url: &PgUrl) -> backoffice::Result<PgConn> {
+        loop {
+            let pooled = {
+                let mut pool = self.pool();
+                pool.take(name).or_else(|| pool.take_any())
+            };
+            let Some(p) = pooled else {
+                return url.connect();
+            };
+            let Store::Pg(c) = p.store else { continue };
+            if !c.is_usable() {
+                continue;
+            }
+            if c.url().schema() == url.schema() {
+                return Ok(*c);
+            }
+            return (*c).into_schema(url);
+        }
     }
 }

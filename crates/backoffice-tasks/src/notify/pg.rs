@@ -302,6 +302,32 @@ pub fn subscriber_set(
     subscriber_find(db, &s.id.to_string())?.ok_or_else(|| SubscriberError::NotFound(key.to_owned()))
 }
 
+/// [`subscribers::find_by_code`] on PostgreSQL (changes nothing).
+pub fn subscriber_by_code(db: Db<'_>, code: &str) -> Result<Option<Subscriber>, SubscriberError> {
+    if !subscribers::plausible_code(code) || !installed(db)? {
+        return Ok(None);
+    }
+    let row = db.query_opt(
+        &format!("SELECT {SUB_COLUMNS} FROM bo_subscriber WHERE code = ?1"),
+        &[code.to_ascii_lowercase().into()],
+    )?;
+    Ok(row.as_ref().map(subscriber).transpose()?)
+}
+
+/// [`subscribers::unsubscribe_by_code`] on PostgreSQL: the address, or
+/// `None` for an unknown code.
+pub fn unsubscribe_by_code(db: Db<'_>, code: &str) -> Result<Option<String>, SubscriberError> {
+    if !subscribers::plausible_code(code) || !installed(db)? {
+        return Ok(None);
+    }
+    let now = db_now(db)?;
+    let row = db.query_opt(
+        "UPDATE bo_subscriber SET donotcall = 1, mtime = ?2 WHERE code = ?1 RETURNING address",
+        &[code.to_ascii_lowercase().into(), now.into()],
+    )?;
+    Ok(row.map(|r| r.text(0)).transpose()?)
+}
+
 // ---------------------------------------------------------------- the outbox
 
 /// [`outbox::queue`] on PostgreSQL, inside the caller's write.
@@ -629,17 +655,7 @@ fn compose_digests(
         )?;
         let events: Vec<EventText> = rows
             .iter()
-            .map(|r| {
-                Ok(EventText {
-                    eventid: r.int(0)?,
-                    kind: r.text(1)?,
-                    title: r.text(2)?,
-                    body: r.text(3)?,
-                    url: r.opt_text(4)?,
-                    author: r.opt_text(5)?,
-                    time: r.int(6)?,
-                })
-            })
+            .map(backoffice::events::event_from_row)
             .collect::<Result<_, DbError>>()?;
         let mut queued = 0;
         if !events.is_empty() {

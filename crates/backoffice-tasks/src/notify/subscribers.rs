@@ -248,9 +248,15 @@ pub fn set(conn: &Connection, key: &str, changes: &Changes) -> Result<Subscriber
     find(conn, &s.id.to_string())?.ok_or_else(|| SubscriberError::NotFound(key.to_owned()))
 }
 
+/// True if `code` could be a subscriber's code (32 hex digits): anything
+/// else is answered "not found" without asking the store.
+pub fn plausible_code(code: &str) -> bool {
+    code.len() == 32 && code.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// The subscriber who holds this unsubscribe code, if any (changes nothing).
 pub fn find_by_code(conn: &Connection, code: &str) -> Result<Option<Subscriber>, SubscriberError> {
-    if code.len() != 32 || !code.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !plausible_code(code) {
         return Ok(None);
     }
     let sql = format!("SELECT {COLUMNS} FROM bo_subscriber WHERE code = ?1");
@@ -271,7 +277,7 @@ pub fn unsubscribe_by_code(
     conn: &Connection,
     code: &str,
 ) -> Result<Option<String>, SubscriberError> {
-    if code.len() != 32 || !code.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if !plausible_code(code) {
         return Ok(None);
     }
     let addr = conn
