@@ -483,6 +483,84 @@ fn serve_shows_a_postgresql_schema_and_its_cluster() {
         ("the server's log", &srv.log()),
         ("the replies and commands", &said),
     ]);
+
+    // An SQLite repository's page and JSON have no cluster.
+    let app = crate::harness::AppRepo::new(&env, "file.db");
+    let file_env = Env::new();
+    let file = PgServe::start(app.r(), &[], &file_env);
+    let v = get(&file.addr, "/r/file/status.json").json();
+    assert!(v.get("cluster").is_none(), "{v}");
+    let p = get(&file.addr, "/r/file");
+    assert_eq!(p.status, 200, "{p:?}");
+    assert!(!p.body.contains("<h2>Cluster</h2>"), "{}", p.body);
+}
+
+/// Issue 12, item 7 for the web front: an event published elsewhere (by
+/// `backoffice publish --no-trigger`, as another host's application
+/// would) is found by the check after GETs (within about a second of
+/// kept answers), which starts the worker that runs the hook; afterwards,
+/// with nothing due, read-only traffic for longer than the kept answers
+/// last starts no worker.
+#[test]
+fn gets_find_work_published_elsewhere_and_start_a_worker_only_then() {
+    let env = Env::new();
+    let Some(site) = PgSite::new("shop") else {
+        return;
+    };
+    let out = env.path("hook.jsonl");
+    site.hook(&format!("cat >> {}", sh(&out)));
+    let srv = PgServe::start(&site.url, &[], &env);
+    let started = || -> f64 {
+        let m = get(&srv.addr, "/metrics");
+        m.body
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("backoffice_workers_started_total{repo=\"shop\"}")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("no workers started: {}", m.body))
+    };
+    // A page first: the check's answer (nothing due) is kept a while.
+    assert_eq!(get(&srv.addr, "/r/shop").status, 200);
+    site.bo(&[
+        "publish",
+        "-R",
+        &site.url,
+        "--no-trigger",
+        "--kind",
+        "wiki",
+        "--title",
+        "From elsewhere",
+    ]);
+    let before = started();
+    assert!(
+        wait_until(DEADLINE, || {
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = get(&srv.addr, "/r/shop/status.json");
+            titles(&out) == ["From elsewhere"]
+        }),
+        "the check after GETs found the event: {:?}\nserver log:\n{}",
+        titles(&out),
+        srv.log()
+    );
+    assert!(started() > before, "the server started the worker");
+
+    // Done: nothing is due; GETs for three seconds (three times the kept
+    // answers' life) start nothing.
+    assert!(
+        wait_until(DEADLINE, || site.lease().2.is_none()),
+        "{:?}",
+        site.lease()
+    );
+    let quiet = started();
+    for _ in 0..15 {
+        assert_eq!(get(&srv.addr, "/r/shop").status, 200);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(started(), quiet, "read-only traffic started a worker");
+    assert_eq!(titles(&out), ["From elsewhere"], "once");
 }
 
 /// Issue 12, item 7 for the web front: an event POSTed to
@@ -533,25 +611,65 @@ fn an_event_posted_over_http_runs_a_hook_on_postgresql_with_no_manual_run() {
         srv.log()
     );
 
-    let r = request(
-        &srv.addr,
-        "POST",
-        "/r/shop/events",
-        &auth,
-        r#"{"kind":"wiki","title":"Second"}"#,
-    );
-    assert_eq!(r.status, 201, "{r:?}");
-    assert!(
-        wait_until(DEADLINE, || titles(&out).len() == 2),
-        "the second event: {:?}\nserver log:\n{}",
-        titles(&out),
-        srv.log()
-    );
-    assert_eq!(
-        titles(&out),
-        ["Hello over HTTP", "Second"],
-        "once each, in order"
-    );
+    // Two more: the second posted as soon as a worker (the one the first
+    // POST started) has given the first its place in the log, so that
+    // worker may well be past the point where it would see the second.
+    // The second POST must still get the second event handled, by that
+    // worker or by one it starts; no later request comes to help.
+    let post = |title: &str| -> i64 {
+        let r = request(
+            &srv.addr,
+            "POST",
+            "/r/shop/events",
+            &auth,
+            &format!(r#"{{"kind":"wiki","title":"{title}"}}"#),
+        );
+        assert_eq!(r.status, 201, "{r:?}");
+        r.json()["id"].as_i64().unwrap()
+    };
+    // On failure, tell a stranded event from a lost one: does one more
+    // request (whose check asks the database again) get it handled?
+    let stranded = |what: &str, n: usize| -> ! {
+        let seen = titles(&out);
+        let _ = get(&srv.addr, "/r/shop/status.json");
+        let later = wait_until(Duration::from_secs(10), || titles(&out).len() >= n);
+        panic!(
+            "{what}: no worker handled it within {DEADLINE:?} of its POST (the hook saw \
+             {seen:?}); after one more request (a GET) it was {}: {:?}\nserver log:\n{}",
+            if later {
+                "handled"
+            } else {
+                "still not handled"
+            },
+            titles(&out),
+            srv.log()
+        )
+    };
+    let second = post("Second");
+    let mut c = site.client();
+    if !wait_until(DEADLINE, || {
+        c.query_one(
+            "SELECT eventid IS NOT NULL FROM bo_event WHERE id = $1",
+            &[&second],
+        )
+        .unwrap()
+        .get::<_, bool>(0)
+    }) {
+        stranded(
+            "\"Second\", POSTed just after the hook had the first event, was never given \
+             its place in the log",
+            2,
+        );
+    }
+    post("Third");
+    let all = ["Hello over HTTP", "Second", "Third"];
+    if !wait_until(DEADLINE, || titles(&out).len() == 3) {
+        stranded(
+            "\"Third\", POSTed as soon as a worker had given \"Second\" its place",
+            3,
+        );
+    }
+    assert_eq!(titles(&out), all, "once each, in order");
 
     let v = site.status_json();
     assert!(
@@ -851,6 +969,7 @@ fn cgi(
     let mut cmd = Cmd::backoffice()
         .arg("cgi")
         .args(args)
+        .env("RUST_LOG", "info")
         .env("GATEWAY_INTERFACE", "CGI/1.1")
         .env("REQUEST_METHOD", method)
         .env("PATH_INFO", path)
