@@ -57,5 +57,8 @@ mod pg_webhooks;
 // Issue 12, email on PostgreSQL: subscribers, alerts, digests and the
 // outbox on a schema through the binary; fenced runs; the clock in hand.
 mod pg_notify;
+// Issue 12, the web front on PostgreSQL: `serve` and `cgi` on a schema and
+// on a database's schemas, the cluster on the page, the database away.
+mod pg_web;
 // The shape of the code: the engine names no task, the web front imports one way.
 mod layout;
