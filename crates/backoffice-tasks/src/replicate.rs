@@ -1025,6 +1025,13 @@ impl Task for Replicate {
             // is PostgreSQL's own business).
             return Ok(0);
         };
+        // No peer was ever added: nothing to install or copy. (Installing
+        // anyway put two tables, their triggers and write tracking into
+        // every repository a worker ever ran in, and every later open had
+        // to parse them: a third of an idle sweep's time.)
+        if !conn.table_exists(None, "bo_peer")? {
+            return Ok(0);
+        }
         install(conn)?;
         let peers = list(conn)?;
         let interval = backoffice::settings::int(conn, SETTINGS, INTERVAL);
@@ -1091,6 +1098,32 @@ impl Task for Replicate {
 
 #[cfg(test)]
 mod tests {
+    /// A worker run in a repository that never had a peer leaves its
+    /// schema alone: every later open (each request's check, each sweep's
+    /// visit) parses every table and trigger in it.
+    #[test]
+    fn a_run_without_peers_installs_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.db");
+        Connection::open(&p).unwrap();
+        let mut r = backoffice::Repo::open(&p).unwrap();
+        let tasks = backoffice::Tasks::new().with(Replicate);
+        let opts = backoffice::RunOptions {
+            nodelay: true,
+            ..Default::default()
+        };
+        backoffice::run(&mut r, &tasks, &opts).unwrap();
+        let tables: Vec<String> = r
+            .conn()
+            .prepare("SELECT name FROM sqlite_schema WHERE name LIKE 'bo_%' AND name NOT LIKE 'bo_due_config_%'")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(tables.is_empty(), "{tables:?}");
+    }
+
     use super::*;
 
     fn source(dir: &Path, wal: bool, rows: i64) -> PathBuf {

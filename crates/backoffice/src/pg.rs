@@ -1552,6 +1552,9 @@ struct Cached {
     check: crate::Check,
     /// Until when it may be given without asking again.
     until: Instant,
+    /// This process published since a worker it started was kept as
+    /// "starting" (see [`PgTrigger::published`]).
+    published: bool,
 }
 
 impl PgTrigger {
@@ -1587,17 +1590,24 @@ impl PgTrigger {
 
     /// Forget the kept answer for `url`: this process just published, so
     /// the next check asks the database (and starts a worker at once). A
-    /// worker this process just started is not forgotten: it gives the new
-    /// event its position when it reaches the lease, and should it have
-    /// passed that point already, the next answer (at most
-    /// [`PgTrigger::REFRESH`] later) starts another.
+    /// worker this process just started is not forgotten yet: if it has
+    /// not reached the lease, it gives the new event its position when it
+    /// does. So the answer "starting" is only marked: the next check asks
+    /// the lease whether that worker holds it already (it may have given
+    /// positions before this event committed), and if so the database
+    /// decides — a worker on deck, or a new one started.
     pub fn published(&self, url: &PgUrl) {
         let mut cache = self.lock();
         let key = url.key_string();
-        if !cache.get(&key).is_some_and(|c| {
-            matches!(c.check, crate::Check::Starting { .. }) && c.until > Instant::now()
-        }) {
-            cache.remove(&key);
+        match cache.get_mut(&key) {
+            Some(c)
+                if matches!(c.check, crate::Check::Starting { .. }) && c.until > Instant::now() =>
+            {
+                c.published = true;
+            }
+            _ => {
+                cache.remove(&key);
+            }
         }
     }
 
@@ -1605,12 +1615,14 @@ impl PgTrigger {
         self.cache.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The kept answer for `conn`'s repository, if still good.
+    /// The kept answer for `conn`'s repository, if still good (and not a
+    /// "starting" this process has published after, which needs a look at
+    /// the lease).
     pub fn cached(&self, url: &PgUrl) -> Option<crate::Check> {
         let now = Instant::now();
         self.lock()
             .get(&url.key_string())
-            .filter(|c| c.until > now)
+            .filter(|c| c.until > now && !c.published)
             .map(|c| c.check.clone())
     }
 
@@ -1619,6 +1631,9 @@ impl PgTrigger {
     pub fn check(&self, conn: &PgConn) -> crate::Check {
         if let Some(c) = self.cached(conn.url()) {
             return c;
+        }
+        if let Some(starting) = self.started_before_publish(conn) {
+            return starting;
         }
         let t0 = Instant::now();
         let check = check(conn, &self.tasks);
@@ -1634,16 +1649,46 @@ impl PgTrigger {
             }
             _ => Some(Self::REFRESH),
         };
-        if let Some(d) = keep {
-            self.lock().insert(
-                conn.url().key_string(),
-                Cached {
-                    check: check.clone(),
-                    until: t0 + d,
-                },
-            );
+        match keep {
+            Some(d) => {
+                self.lock().insert(
+                    conn.url().key_string(),
+                    Cached {
+                        check: check.clone(),
+                        until: t0 + d,
+                        published: false,
+                    },
+                );
+            }
+            None => {
+                self.lock().remove(&conn.url().key_string());
+            }
         }
         check
+    }
+
+    /// A worker this process started before it published, still on its
+    /// way to the lease: it will give the new event its position, so the
+    /// answer stays "starting". `None` once it holds the lease (or is gone,
+    /// or the lease cannot be read): then the database decides.
+    fn started_before_publish(&self, conn: &PgConn) -> Option<crate::Check> {
+        let key = conn.url().key_string();
+        let pid = match self.lock().get(&key) {
+            Some(Cached {
+                check: crate::Check::Starting { pid },
+                until,
+                published: true,
+            }) if *until > Instant::now() => *pid,
+            _ => return None,
+        };
+        let host = host_id();
+        let l = read_lease(conn).ok()?;
+        let holds = |slot: &Slot, h: &Option<String>| {
+            slot.pid == pid && h.as_deref() == Some(host.as_str())
+        };
+        let reached = holds(&l.lease.current, &l.cur_host) || holds(&l.lease.next, &l.next_host);
+        let alive = process::exists(pid);
+        (!reached && alive).then_some(crate::Check::Starting { pid })
     }
 
     /// After each request: the check and, when work is due, a detached
@@ -1666,6 +1711,7 @@ impl PgTrigger {
                     Cached {
                         check: crate::Check::Starting { pid: pid.into() },
                         until: Instant::now() + Self::STARTING.min(Self::REFRESH),
+                        published: false,
                     },
                 );
                 if self.reap {
