@@ -29,6 +29,18 @@ fn publish_in_transaction(bencher: Bencher, journal: &str) {
     publish_loop(bencher, &conn);
 }
 
+/// The same without the due summary's trigger on `bo_event` (as before the
+/// summary): the difference is what keeping the summary adds to a publish.
+/// (`publish_in_transaction` has it: the trigger deletes the summary row,
+/// a lookup that finds nothing after the first event of a burst.)
+#[divan::bench(args = ["wal", "delete"], sample_count = 2000)]
+fn publish_without_due_trigger(bencher: Bencher, journal: &str) {
+    let (_dir, conn) = open(journal);
+    conn.execute_batch("DROP TRIGGER bo_due_bo_event_ins; DROP TRIGGER bo_due_bo_event_upd")
+        .unwrap();
+    publish_loop(bencher, &conn);
+}
+
 /// The same once the webhooks task has run on the repository: its AFTER
 /// INSERT trigger gives each new event a random uid (delivery ids never
 /// repeat across copies), one more UPDATE per publish.
