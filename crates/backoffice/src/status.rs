@@ -62,6 +62,9 @@ pub struct Status {
     /// Seconds since the last recorded run started (never negative), if
     /// one was recorded.
     pub last_run_age: Option<i64>,
+    /// What the due summary ([`crate::due`]) says, in words: what the
+    /// check reads instead of asking the tasks.
+    pub due_summary: String,
     /// The cluster — term, holders' hosts, heartbeats, hand-overs, clocks —
     /// on a PostgreSQL repository; absent on an SQLite one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -370,6 +373,7 @@ pub(crate) fn assemble(
     };
     let each = tasks.due_each(db, now);
     let next_due = tasks.due(db, now);
+    let due_summary = summary_words(db, tasks, now);
     let mut problems = s.problems.clone();
     if let Some(p) = &lease_problem {
         problems.push(format!(
@@ -475,7 +479,34 @@ pub(crate) fn assemble(
         totals: RunTotals::load(db),
         log_tail,
         cluster,
+        due_summary,
     })
+}
+
+/// The due summary in words (see [`crate::due`]).
+fn summary_words(db: crate::Db<'_>, tasks: &Tasks, now: i64) -> String {
+    if db.sqlite().is_none() {
+        return "not kept on this store (the check's answer is kept in each process)".into();
+    }
+    let Some(fp) = tasks.fingerprint() else {
+        return "not kept: no task names what makes it due".into();
+    };
+    let stored = db.config_get(crate::due::ROW).ok().flatten();
+    match (crate::due::parse(stored.as_deref(), &fp), stored) {
+        (Some(Due::Never), _) => "nothing due until something is written".into(),
+        (Some(Due::At(t)), _) if t > now => format!(
+            "nothing due before {} UTC ({})",
+            clock::format_utc(t),
+            clock::relative(t, now)
+        ),
+        (Some(_), _) => "its time has come: the next check asks the tasks".into(),
+        (None, None) => {
+            "none (something was written since the last run): the next check asks the tasks".into()
+        }
+        (None, Some(_)) => {
+            "kept by another version or task set: the next check asks the tasks".into()
+        }
+    }
 }
 
 impl Status {
@@ -610,6 +641,7 @@ impl std::fmt::Display for Status {
         writeln!(f, "term:       {} (takeovers so far)", self.term)?;
         writeln!(f, "event log:  {}", self.event_log_words())?;
         writeln!(f, "due next:   {}", self.next_due_words())?;
+        writeln!(f, "summary:    {}", self.due_summary)?;
         // Names in one column, at least 10 wide (`maintenance` is 11).
         let width = self
             .tasks

@@ -180,11 +180,12 @@ fn status(name: &str, st: &Status, events: &[StoredEvent], started_here: u64) ->
         b,
         "<table class=\"facts\">\n<tr><th>Worker</th><td>{worker}</td></tr>\n\
 <tr><th>On deck</th><td>{}</td></tr>\n<tr><th>Last run</th><td>{last}</td></tr>\n\
-<tr><th>Due next</th><td>{}</td></tr>\n<tr><th>Lease term</th><td>{} (takeovers so far)</td></tr>\n\
+<tr><th>Due next</th><td>{}</td></tr>\n<tr><th>Due summary</th><td>{}</td></tr>\n<tr><th>Lease term</th><td>{} (takeovers so far)</td></tr>\n\
 <tr><th>Event log</th><td>{}</td></tr>\n<tr><th>Totals</th><td>{}, {}, {}{}</td></tr>\n\
 <tr><th>This server</th><td>started {started_here} worker{}</td></tr>\n</table>",
         esc(&st.on_deck_words()),
         esc(&st.next_due_words()),
+        esc(&st.due_summary),
         st.term,
         esc(&st.event_log_words()),
         count(st.totals.runs, "run"),
