@@ -105,6 +105,14 @@ fn maintain_now_truncates_the_wal_and_status_shows_every_step() {
 fn a_worker_run_does_maintenance_when_due() {
     let env = Env::new();
     let app = AppRepo::new(&env, "app.db");
+    // Large enough to be analyzed (see `maintain::OPTIMIZE_MIN_PAGES`).
+    rusqlite::Connection::open(&app.path)
+        .unwrap()
+        .execute_batch(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 3000)
+             INSERT INTO app(x) SELECT hex(randomblob(40)) FROM n;",
+        )
+        .unwrap();
     let log = env.path("run.log");
     let run = || {
         Cmd::backoffice()
