@@ -165,7 +165,7 @@ fn the_ledger_contract_holds_on_sqlite_and_on_postgresql() {
 }
 
 /// `s` quoted for `/bin/sh`.
-fn sh(s: &Path) -> String {
+pub(crate) fn sh(s: &Path) -> String {
     format!("'{}'", s.display().to_string().replace('\'', "'\\''"))
 }
 
@@ -257,7 +257,7 @@ impl PgHooks {
 }
 
 /// The event titles in a hook's output file, one per stdin line, in order.
-fn titles(file: &Path) -> Vec<String> {
+pub(crate) fn titles(file: &Path) -> Vec<String> {
     std::fs::read_to_string(file)
         .unwrap_or_default()
         .lines()

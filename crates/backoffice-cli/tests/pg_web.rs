@@ -28,22 +28,7 @@ const DEADLINE: Duration = Duration::from_secs(30);
 /// The host id the web server (and `status` run to compare with it) has.
 const WEB_HOST: &str = "web1";
 
-/// `s` quoted for `/bin/sh`.
-fn sh(s: &Path) -> String {
-    format!("'{}'", s.display().to_string().replace('\'', "'\\''"))
-}
-
-/// The event titles in a hook's output file, one JSON event per line.
-fn titles(file: &Path) -> Vec<String> {
-    std::fs::read_to_string(file)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            v["title"].as_str().unwrap().to_owned()
-        })
-        .collect()
-}
+use crate::pg_tasks::{sh, titles};
 
 /// The text of a status page's table row `<th>NAME</th><td>…</td>`, tags
 /// removed; `None` when the page has no such row.

@@ -320,10 +320,14 @@ impl Tasks {
     /// counts as due now, so that its worker runs and reports the failure
     /// instead of the work silently never happening.
     pub fn due<'a>(&self, db: impl Into<Db<'a>>, now: i64) -> Due {
-        let db = db.into();
-        // On every request's path: no allocation, and the first `Now` ends it.
+        self.due_where(db.into(), now, |_| true)
+    }
+
+    /// [`Tasks::due`] over the tasks `keep` selects. On every request's
+    /// path: no allocation, and the first `Now` ends it.
+    fn due_where(&self, db: Db<'_>, now: i64, keep: impl Fn(&dyn Task) -> bool) -> Due {
         let mut acc = Due::Never;
-        for t in &self.list {
+        for t in self.list.iter().filter(|t| keep(t.as_ref())) {
             let d = match catch_unwind(AssertUnwindSafe(|| t.due(db, now))) {
                 Ok(Ok(d)) => d,
                 Ok(Err(_)) | Err(_) => Due::Now,
@@ -372,23 +376,7 @@ impl Tasks {
     /// [`Tasks::due`] over the summarized tasks only (`summarized`), or
     /// over the others only.
     pub(crate) fn due_part<'a>(&self, db: impl Into<Db<'a>>, now: i64, summarized: bool) -> Due {
-        let db = db.into();
-        let mut acc = Due::Never;
-        for t in self
-            .list
-            .iter()
-            .filter(|t| t.due_watches().is_some() == summarized)
-        {
-            let d = match catch_unwind(AssertUnwindSafe(|| t.due(db, now))) {
-                Ok(Ok(d)) => d,
-                Ok(Err(_)) | Err(_) => Due::Now,
-            };
-            acc = acc.earliest(d);
-            if acc == Due::Now {
-                break;
-            }
-        }
-        acc
+        self.due_where(db.into(), now, |t| t.due_watches().is_some() == summarized)
     }
 
     /// [`Tasks::due`] over the summarized tasks, for writing the summary.
