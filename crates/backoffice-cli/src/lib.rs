@@ -108,9 +108,7 @@ where
 /// gives the same result for these shapes.
 fn start_path(args: &[std::ffi::OsString]) -> Option<Cli> {
     use std::path::PathBuf;
-    let plain = |a: &std::ffi::OsString| {
-        !a.is_empty() && !a.as_encoded_bytes().starts_with(b"-")
-    };
+    let plain = |a: &std::ffi::OsString| !a.is_empty() && !a.as_encoded_bytes().starts_with(b"-");
     let command = match args {
         [_, cmd, repo] if cmd == "trigger" && plain(repo) => Command::Trigger(cli::TriggerArgs {
             repo: Some(PathBuf::from(repo)),
@@ -185,7 +183,13 @@ mod tests {
             &["bo", "trigger", "app.db"],
             &["bo", "trigger", "postgres://u@h/db?schema=s"],
             &["bo", "worker", "/srv/app.db"],
-            &["bo", "worker", "--logfile", "/var/log/bo.log", "/srv/app.db"],
+            &[
+                "bo",
+                "worker",
+                "--logfile",
+                "/var/log/bo.log",
+                "/srv/app.db",
+            ],
         ] {
             let fast = start_path(&args(v)).expect("a start-path shape");
             let clap = Cli::try_parse_from(args(v)).unwrap();

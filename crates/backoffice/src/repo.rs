@@ -218,18 +218,22 @@ impl Repo {
         conn.busy_timeout(busy)
             .map_err(|e| sq("setting the busy timeout", e))?;
         // Opening is lazy; the first read of the schema is where a non-SQLite
-        // file is detected. Both reads in one read transaction: one lock
-        // cycle instead of two (a worker's start, issue 13).
-        let (read_only, shape) = reading(&conn, |e| sq("reading the schema", e), || {
-            conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
-                .map_err(|e| sq("reading the schema", e))?;
-            let read_only = conn
-                .is_readonly(rusqlite::MAIN_DB)
-                .map_err(|e| sq("checking for read-only", e))?;
-            let shape =
-                check_config_shape(&conn).map_err(|e| sq("reading the config table", e))?;
-            Ok::<_, Error>((read_only, shape))
-        })?;
+        // file is detected. The reads in one read transaction: one lock
+        // cycle instead of one per statement (a worker's start, issue 13).
+        let (read_only, shape) = reading(
+            &conn,
+            |e| sq("reading the schema", e),
+            || {
+                conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+                    .map_err(|e| sq("reading the schema", e))?;
+                let read_only = conn
+                    .is_readonly(rusqlite::MAIN_DB)
+                    .map_err(|e| sq("checking for read-only", e))?;
+                let shape =
+                    check_config_shape(&conn).map_err(|e| sq("reading the config table", e))?;
+                Ok::<_, Error>((read_only, shape))
+            },
+        )?;
         let repo = Repo {
             conn,
             path: path.to_owned(),

@@ -47,9 +47,9 @@ pub fn run(a: TriggerArgs, tasks: Tasks) -> Result<ExitCode> {
 ///
 /// In WAL mode, when nothing else holds the database open, this command is
 /// the last connection and its close would checkpoint the WAL and delete
-/// both files; a moment later the worker's open creates them again (a file
-/// creation each, and a directory update racing this process's unlinks):
-/// about a third of a triggered worker's start on a slow disk. Turning off
+/// both files; a moment later the worker's open creates them again: two
+/// unlinks and two file creations in one directory, racing each other, on
+/// the way from the request to its work. Turning off
 /// the checkpoint-on-close for this one connection leaves them as a
 /// server's long-lived connection would; the worker, the last to close,
 /// checkpoints and removes them as usual. Nothing is weakened: a WAL file is
