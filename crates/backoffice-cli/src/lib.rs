@@ -50,7 +50,12 @@ where
     // still the one running: workers are started by this path, so the next
     // worker after an upgrade is the new binary.
     backoffice::process::remember_installed_exe();
-    let cli = match Cli::try_parse_from(args) {
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+    let parsed = match start_path(&args) {
+        Some(cli) => Ok(cli),
+        None => Cli::try_parse_from(args),
+    };
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
@@ -93,6 +98,40 @@ where
     }
 }
 
+/// The two command lines on the way from a request to its work, `EXE
+/// trigger REPO` and `EXE worker [--logfile FILE] REPO` (as the trigger
+/// starts it), read without clap: building clap's whole command tree (every
+/// command, flag and help text) is a measurable part of a process start
+/// that a triggered worker pays twice. Only these exact shapes, with plain
+/// non-empty values (nothing clap would read differently: no leading `-`),
+/// are taken here; anything else, `--help` included, goes to clap, which
+/// gives the same result for these shapes.
+fn start_path(args: &[std::ffi::OsString]) -> Option<Cli> {
+    use std::path::PathBuf;
+    let plain = |a: &std::ffi::OsString| !a.is_empty() && !a.as_encoded_bytes().starts_with(b"-");
+    let command = match args {
+        [_, cmd, repo] if cmd == "trigger" && plain(repo) => Command::Trigger(cli::TriggerArgs {
+            repo: Some(PathBuf::from(repo)),
+            repository: None,
+            quiet: false,
+        }),
+        [_, cmd, repo] if cmd == "worker" && plain(repo) => Command::Worker(cli::WorkerArgs {
+            logfile: None,
+            repo: PathBuf::from(repo),
+        }),
+        [_, cmd, flag, log, repo]
+            if cmd == "worker" && flag == "--logfile" && plain(log) && plain(repo) =>
+        {
+            Command::Worker(cli::WorkerArgs {
+                logfile: Some(PathBuf::from(log)),
+                repo: PathBuf::from(repo),
+            })
+        }
+        _ => return None,
+    };
+    Some(Cli { command })
+}
+
 /// `println!` panics when stdout is a closed pipe (Rust ignores SIGPIPE, so
 /// the write fails with EPIPE instead of killing us). Rather than thread an
 /// I/O error through every line every command prints, the panic is caught
@@ -125,4 +164,51 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Vec<std::ffi::OsString> {
+        v.iter().map(Into::into).collect()
+    }
+
+    /// The start path reads its shapes exactly as clap does, and leaves
+    /// every other command line to clap.
+    #[test]
+    fn start_path_agrees_with_clap() {
+        for v in [
+            &["bo", "trigger", "/srv/app.db"][..],
+            &["bo", "trigger", "app.db"],
+            &["bo", "trigger", "postgres://u@h/db?schema=s"],
+            &["bo", "worker", "/srv/app.db"],
+            &[
+                "bo",
+                "worker",
+                "--logfile",
+                "/var/log/bo.log",
+                "/srv/app.db",
+            ],
+        ] {
+            let fast = start_path(&args(v)).expect("a start-path shape");
+            let clap = Cli::try_parse_from(args(v)).unwrap();
+            assert_eq!(format!("{fast:?}"), format!("{clap:?}"), "{v:?}");
+        }
+        for v in [
+            &["bo", "trigger"][..],
+            &["bo", "trigger", "-q", "app.db"],
+            &["bo", "trigger", "--help"],
+            &["bo", "trigger", "-R", "app.db"],
+            &["bo", "trigger", ""],
+            &["bo", "trigger", "a.db", "b.db"],
+            &["bo", "worker", "--logfile", "-x", "app.db"],
+            &["bo", "worker", "--logfile=/l", "app.db"],
+            &["bo", "worker", "-h"],
+            &["bo", "status", "app.db"],
+            &["bo"],
+        ] {
+            assert!(start_path(&args(v)).is_none(), "{v:?} is clap's");
+        }
+    }
 }

@@ -85,6 +85,59 @@ fn trigger_starts_a_detached_worker_and_returns_at_once() {
     assert!(wait_until(Duration::from_secs(10), || r.pending() == 0));
 }
 
+/// WAL mode with nothing else holding the database: `trigger`, the last
+/// connection, leaves the `-wal` and `-shm` files to the worker it started
+/// instead of deleting them for the worker to create again (issue 13); the
+/// worker, the last to close, checkpoints and removes them, and the work
+/// is done and in the database file.
+#[test]
+fn in_wal_mode_the_trigger_leaves_the_wal_files_to_its_worker() {
+    let env = Env::new();
+    let r = env.repo("r.db", 5);
+    let repo = r.path.to_str().unwrap();
+    let mode: String = r
+        .conn()
+        .query_row("PRAGMA journal_mode=WAL", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    // The work lasts long enough to look at the files while it runs.
+    r.set("host-work-ms", "1500");
+    r.publish(2);
+    let wal = env.path("r.db-wal");
+    let shm = env.path("r.db-shm");
+    assert!(!wal.exists() && !shm.exists(), "nothing holds the database");
+    let out = Cmd::host().args(["trigger", repo]).output().success();
+    // Right after `trigger` returned, before the worker (1.5 s of work)
+    // can have closed: the files are there. Without the hand-over the
+    // trigger's close had deleted them and the worker had to create them.
+    let (wal_now, shm_now) = (wal.exists(), shm.exists());
+    let pid: u32 = out
+        .trim()
+        .strip_prefix("work is due: started worker ")
+        .unwrap_or_else(|| panic!("{out}"))
+        .parse()
+        .unwrap();
+    assert!(wal_now && shm_now, "the trigger removed the WAL files");
+    assert!(wait_until(Duration::from_secs(30), || {
+        crate::harness::proc_stat(pid).is_none_or(|s| s.state == 'Z')
+    }));
+    assert_eq!(r.pending(), 0, "the worker did the work");
+    assert!(
+        !wal.exists() && !shm.exists(),
+        "the worker, the last to close, removes the WAL files"
+    );
+    // Everything is in the database file itself.
+    let conn =
+        rusqlite::Connection::open_with_flags(&r.path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    let done: i64 = conn
+        .query_row("SELECT count(*) FROM outbox WHERE done = 1", [], |row| {
+            row.get(0)
+        })
+        .unwrap();
+    assert_eq!(done, 2);
+}
+
 /// A host that lives on reaps every worker it starts, and every request's
 /// work is done within the lease time.
 ///

@@ -114,6 +114,31 @@ where
     }
 }
 
+/// Runs the reads `f` in one deferred read transaction when `conn` is not
+/// inside one already (else in the caller's), so that several statements
+/// take and release the file's locks once: in rollback-journal mode each
+/// statement on its own is a lock cycle of eight system calls (lock, a
+/// look for a hot journal, a read of the change counter, unlock). `f` must
+/// not write. A failure to begin is turned into `E` by `begin_err`.
+pub(crate) fn reading<T, E>(
+    conn: &Connection,
+    begin_err: impl FnOnce(rusqlite::Error) -> E,
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    if !conn.is_autocommit() {
+        return f();
+    }
+    conn.execute_batch("BEGIN").map_err(begin_err)?;
+    let out = f();
+    // A read transaction: ending it cannot lose anything, and a failure
+    // to end it (none is known for a transaction that wrote nothing)
+    // would show at the caller's next BEGIN.
+    if let Err(e) = conn.execute_batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" }) {
+        tracing::warn!(error = %e, "cannot end a read transaction");
+    }
+    out
+}
+
 /// True if an SQLite error means "another connection holds the lock".
 pub fn is_busy(e: &rusqlite::Error) -> bool {
     matches!(
@@ -193,19 +218,29 @@ impl Repo {
         conn.busy_timeout(busy)
             .map_err(|e| sq("setting the busy timeout", e))?;
         // Opening is lazy; the first read of the schema is where a non-SQLite
-        // file is detected.
-        conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
-            .map_err(|e| sq("reading the schema", e))?;
-        let read_only = conn
-            .is_readonly(rusqlite::MAIN_DB)
-            .map_err(|e| sq("checking for read-only", e))?;
+        // file is detected. The reads in one read transaction: one lock
+        // cycle instead of one per statement (a worker's start, issue 13).
+        let (read_only, shape) = reading(
+            &conn,
+            |e| sq("reading the schema", e),
+            || {
+                conn.query_row("SELECT count(*) FROM sqlite_schema", [], |_| Ok(()))
+                    .map_err(|e| sq("reading the schema", e))?;
+                let read_only = conn
+                    .is_readonly(rusqlite::MAIN_DB)
+                    .map_err(|e| sq("checking for read-only", e))?;
+                let shape =
+                    check_config_shape(&conn).map_err(|e| sq("reading the config table", e))?;
+                Ok::<_, Error>((read_only, shape))
+            },
+        )?;
         let repo = Repo {
             conn,
             path: path.to_owned(),
             busy_ms,
             read_only,
         };
-        match check_config_shape(&repo.conn).map_err(|e| sq("reading the config table", e))? {
+        match shape {
             Shape::Good => {}
             Shape::Missing if read_only => {}
             Shape::Missing => repo
