@@ -105,8 +105,10 @@ where
 /// that a triggered worker pays twice. Only these exact shapes, with plain
 /// non-empty values (nothing clap would read differently: no leading `-`),
 /// are taken here; anything else, `--help` included, goes to clap, which
-/// gives the same result for these shapes.
-fn start_path(args: &[std::ffi::OsString]) -> Option<Cli> {
+/// gives the same result for these shapes (public for the integration
+/// test that holds it to that: `commands::the_start_path_reads_as_clap_does`).
+#[doc(hidden)]
+pub fn start_path(args: &[std::ffi::OsString]) -> Option<Cli> {
     use std::path::PathBuf;
     let plain = |a: &std::ffi::OsString| !a.is_empty() && !a.as_encoded_bytes().starts_with(b"-");
     let command = match args {
@@ -164,51 +166,4 @@ fn init_tracing() {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn args(v: &[&str]) -> Vec<std::ffi::OsString> {
-        v.iter().map(Into::into).collect()
-    }
-
-    /// The start path reads its shapes exactly as clap does, and leaves
-    /// every other command line to clap.
-    #[test]
-    fn start_path_agrees_with_clap() {
-        for v in [
-            &["bo", "trigger", "/srv/app.db"][..],
-            &["bo", "trigger", "app.db"],
-            &["bo", "trigger", "postgres://u@h/db?schema=s"],
-            &["bo", "worker", "/srv/app.db"],
-            &[
-                "bo",
-                "worker",
-                "--logfile",
-                "/var/log/bo.log",
-                "/srv/app.db",
-            ],
-        ] {
-            let fast = start_path(&args(v)).expect("a start-path shape");
-            let clap = Cli::try_parse_from(args(v)).unwrap();
-            assert_eq!(format!("{fast:?}"), format!("{clap:?}"), "{v:?}");
-        }
-        for v in [
-            &["bo", "trigger"][..],
-            &["bo", "trigger", "-q", "app.db"],
-            &["bo", "trigger", "--help"],
-            &["bo", "trigger", "-R", "app.db"],
-            &["bo", "trigger", ""],
-            &["bo", "trigger", "a.db", "b.db"],
-            &["bo", "worker", "--logfile", "-x", "app.db"],
-            &["bo", "worker", "--logfile=/l", "app.db"],
-            &["bo", "worker", "-h"],
-            &["bo", "status", "app.db"],
-            &["bo"],
-        ] {
-            assert!(start_path(&args(v)).is_none(), "{v:?} is clap's");
-        }
-    }
 }

@@ -334,3 +334,48 @@ fn a_hosts_own_task_declares_a_setting_that_every_view_shows() {
         .failure();
     assert!(err.contains("unknown setting"), "{err}");
 }
+
+fn args(v: &[&str]) -> Vec<std::ffi::OsString> {
+    v.iter().map(Into::into).collect()
+}
+
+/// The start path reads its shapes exactly as clap does, and leaves
+/// every other command line to clap.
+#[test]
+fn the_start_path_reads_as_clap_does() {
+    for v in [
+        &["bo", "trigger", "/srv/app.db"][..],
+        &["bo", "trigger", "app.db"],
+        &["bo", "trigger", "postgres://u@h/db?schema=s"],
+        &["bo", "worker", "/srv/app.db"],
+        &[
+            "bo",
+            "worker",
+            "--logfile",
+            "/var/log/bo.log",
+            "/srv/app.db",
+        ],
+    ] {
+        let fast = backoffice_cli::start_path(&args(v)).expect("a start-path shape");
+        let clap = <backoffice_cli::Cli as clap::Parser>::try_parse_from(args(v)).unwrap();
+        assert_eq!(format!("{fast:?}"), format!("{clap:?}"), "{v:?}");
+    }
+    for v in [
+        &["bo", "trigger"][..],
+        &["bo", "trigger", "-q", "app.db"],
+        &["bo", "trigger", "--help"],
+        &["bo", "trigger", "-R", "app.db"],
+        &["bo", "trigger", ""],
+        &["bo", "trigger", "a.db", "b.db"],
+        &["bo", "worker", "--logfile", "-x", "app.db"],
+        &["bo", "worker", "--logfile=/l", "app.db"],
+        &["bo", "worker", "-h"],
+        &["bo", "status", "app.db"],
+        &["bo"],
+    ] {
+        assert!(
+            backoffice_cli::start_path(&args(v)).is_none(),
+            "{v:?} is clap's"
+        );
+    }
+}
