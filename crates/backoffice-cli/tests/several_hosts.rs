@@ -1464,3 +1464,68 @@ fn the_binarys_run_on_postgresql_fails_no_task() {
         "status says which tasks do not run here: {text}"
     );
 }
+
+/// A host that publishes just after the worker it started has done its
+/// run — but while that process still lives — gets a new worker: the
+/// kept "just started" answer only stands while that worker has not yet
+/// taken the lease. Here the started process is a shell that runs the
+/// worker and then sleeps 3 s, so it is alive, and not in the lease, when
+/// the second event is published; the term moved, so the check asks the
+/// database and starts another worker. (Before, the answer "starting"
+/// stood while the process lived: the second event waited for a later
+/// request, as `pg_web::an_event_posted_over_http_runs_a_hook_on_postgresql_with_no_manual_run`
+/// saw once under load.)
+#[test]
+fn publishing_after_the_started_worker_ran_starts_another() {
+    use backoffice::pg::{self as bpg, PgTrigger};
+    use backoffice::{Started, Tasks};
+    let env = Env::new();
+    let Some(r) = PgRepo::new(&env, "again", 1, 1) else {
+        return;
+    };
+    let url = bpg::worker_url(&r.url).unwrap();
+    let conn = url.connect().unwrap();
+    let unstamped = || -> i64 {
+        r.client()
+            .query_one("SELECT count(*) FROM bo_event WHERE eventid IS NULL", &[])
+            .unwrap()
+            .get(0)
+    };
+    let trigger =
+        PgTrigger::new(Tasks::new()).with_worker_command(backoffice::process::WorkerCommand {
+            program: "/bin/sh".into(),
+            args: vec![
+                "-c".into(),
+                "\"$0\" worker \"$@\"; sleep 3".into(),
+                crate::harness::host_bin().into(),
+            ],
+        });
+    let ev = |title: &str| backoffice::events::Event {
+        kind: "k".into(),
+        title: title.into(),
+        ..Default::default()
+    };
+    bpg::publish(&mut *conn.client(), url.schema(), &ev("first")).unwrap();
+    trigger.published(&url);
+    assert!(matches!(
+        trigger.after_request(&conn),
+        Started::Worker { .. }
+    ));
+    // The worker's run: the first event has its place and the lease is
+    // free again, while the started process (the shell) still sleeps.
+    assert!(
+        wait_until(DEADLINE, || unstamped() == 0 && r.lease().2 == 0),
+        "the first worker ran"
+    );
+    bpg::publish(&mut *conn.client(), url.schema(), &ev("second")).unwrap();
+    trigger.published(&url);
+    let second = trigger.after_request(&conn);
+    assert!(
+        matches!(second, Started::Worker { .. }),
+        "the second publish started no worker: {second:?}"
+    );
+    assert!(
+        wait_until(DEADLINE, || unstamped() == 0),
+        "the second event got its place with no further request"
+    );
+}

@@ -1555,6 +1555,11 @@ struct Cached {
     /// This process published since a worker it started was kept as
     /// "starting" (see [`PgTrigger::published`]).
     published: bool,
+    /// For "starting": the lease's term when that worker was started.
+    /// Every take of the lease adds one, so a term beyond it means the
+    /// worker (or another) has taken the lease since — and may have left
+    /// it again, done, before seeing a later event.
+    term: Option<u64>,
 }
 
 impl PgTrigger {
@@ -1657,6 +1662,7 @@ impl PgTrigger {
                         check: check.clone(),
                         until: t0 + d,
                         published: false,
+                        term: None,
                     },
                 );
             }
@@ -1669,16 +1675,19 @@ impl PgTrigger {
 
     /// A worker this process started before it published, still on its
     /// way to the lease: it will give the new event its position, so the
-    /// answer stays "starting". `None` once it holds the lease (or is gone,
-    /// or the lease cannot be read): then the database decides.
+    /// answer stays "starting". `None` once it has taken the lease (it is
+    /// in a slot, or the term moved since it was started: it may even have
+    /// finished, before this event committed), or is gone, or the lease
+    /// cannot be read: then the database decides.
     fn started_before_publish(&self, conn: &PgConn) -> Option<crate::Check> {
         let key = conn.url().key_string();
-        let pid = match self.lock().get(&key) {
+        let (pid, term) = match self.lock().get(&key) {
             Some(Cached {
                 check: crate::Check::Starting { pid },
                 until,
                 published: true,
-            }) if *until > Instant::now() => *pid,
+                term,
+            }) if *until > Instant::now() => (*pid, (*term)?),
             _ => return None,
         };
         let host = host_id();
@@ -1686,7 +1695,9 @@ impl PgTrigger {
         let holds = |slot: &Slot, h: &Option<String>| {
             slot.pid == pid && h.as_deref() == Some(host.as_str())
         };
-        let reached = holds(&l.lease.current, &l.cur_host) || holds(&l.lease.next, &l.next_host);
+        let reached = l.lease.term != term
+            || holds(&l.lease.current, &l.cur_host)
+            || holds(&l.lease.next, &l.next_host);
         let alive = process::exists(pid);
         (!reached && alive).then_some(crate::Check::Starting { pid })
     }
@@ -1703,6 +1714,8 @@ impl PgTrigger {
             None => process::WorkerCommand::current_exe(),
         };
         let logfile = conn.settings().ok().and_then(|s| s.logfile);
+        // The term before the worker can take the lease (see `Cached::term`).
+        let term = read_lease(conn).ok().map(|l| l.lease.term);
         match cmd.and_then(|c| spawn_worker(&c, conn.url(), logfile.as_deref())) {
             Ok(child) => {
                 let pid = child.id();
@@ -1712,6 +1725,7 @@ impl PgTrigger {
                         check: crate::Check::Starting { pid: pid.into() },
                         until: Instant::now() + Self::STARTING.min(Self::REFRESH),
                         published: false,
+                        term,
                     },
                 );
                 if self.reap {
