@@ -11,7 +11,7 @@
 //! 1 never 9f2c4a61d05b7e18           nothing due until something is written
 //! ```
 //!
-//! * **Written by each run** ([`record`]), in the transaction that records
+//! * **Written by each run** (`record`), in the transaction that records
 //!   the run and releases the lease, from the summarized tasks' own `due`
 //!   read under the write lock, so nothing committed before it is missed.
 //!   When a task is due at once (a retry waiting, more work than one run
