@@ -2,8 +2,10 @@
 //!
 //! After each successful request, a host calls [`Backoffice::after_request`]
 //! with the connection it already has open. The check is read-only and
-//! O(1) — one lookup of two `config` rows, at most one `kill(2)`, and
-//! each task's cheap `due` — and answers *no* when:
+//! O(1) — one statement reading three `config` rows (the lease, the off
+//! switch and the due summary, [`crate::due`]), at most one `kill(2)`, and
+//! each task's cheap `due` only when the summary does not answer — and
+//! answers *no* when:
 //!
 //! * the connection is read-only (a read-only repository never starts a
 //!   worker, and never turns a request into an error),
@@ -18,7 +20,8 @@
 //!   is nothing to do; we do not, so read-only traffic spawns nothing; or
 //! * the database is locked by another writer: the check caps the
 //!   connection's busy timeout at [`repo::CHECK_BUSY_TIMEOUT`] while it
-//!   reads (and puts the host's back), and answers "not now"
+//!   reads (and puts the host's back; not in WAL mode, where a reader never
+//!   waits for a writer), and answers "not now"
 //!   ([`Check::Busy`]); the next request looks again. A reply is never
 //!   held up for the busy timeout.
 //!
