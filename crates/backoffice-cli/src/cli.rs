@@ -121,6 +121,18 @@ pub enum Command {
     /// email into a local folder, and serve it on 127.0.0.1.
     Demo(DemoArgs),
 
+    /// Print a shell completion script for `backoffice`.
+    ///
+    /// For example, bash: `backoffice completions bash >
+    /// /etc/bash_completion.d/backoffice`; zsh: `backoffice completions zsh >
+    /// "${fpath[1]}/_backoffice"`; fish: `backoffice completions fish >
+    /// ~/.config/fish/completions/backoffice.fish`.
+    Completions(CompletionsArgs),
+
+    /// Print the manual page, `backoffice(1)`, in roff (`backoffice man |
+    /// man -l -`), or write one page per command into a folder with --dir.
+    Man(ManArgs),
+
     /// The detached worker process a trigger starts (internal).
     #[command(hide = true)]
     Worker(WorkerArgs),
@@ -784,4 +796,22 @@ pub struct GuardTempArgs {
     pub start: u64,
     /// The temporary file.
     pub file: PathBuf,
+}
+
+/// `backoffice completions`
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `backoffice man`
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// Write `backoffice.1` and one `backoffice-COMMAND.1` per command into
+    /// this folder (e.g. /usr/local/share/man/man1) instead of printing
+    /// `backoffice.1`.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
 }

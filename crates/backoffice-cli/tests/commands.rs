@@ -379,3 +379,73 @@ fn the_start_path_reads_as_clap_does() {
         );
     }
 }
+
+/// `completions SHELL` prints a script for each shell clap knows, naming
+/// the commands; the bash one is valid bash; an unknown shell is a usage
+/// error that lists the known ones.
+#[test]
+fn completions_are_generated_for_each_shell() {
+    let bash = Cmd::backoffice()
+        .args(["completions", "bash"])
+        .output()
+        .success();
+    for word in ["_backoffice()", "serve", "subscriber", "--repository"] {
+        assert!(bash.contains(word), "{word:?} missing from:\n{bash}");
+    }
+    assert!(
+        !bash.contains("guard-child"),
+        "internal commands are not offered"
+    );
+    if crate::harness::have("bash") {
+        let env = Env::new();
+        let f = env.path("c.bash");
+        std::fs::write(&f, &bash).unwrap();
+        Cmd::new("bash").arg("-n").arg(&f).output().success();
+    }
+    let zsh = Cmd::backoffice()
+        .args(["completions", "zsh"])
+        .output()
+        .success();
+    assert!(zsh.starts_with("#compdef backoffice"), "{zsh}");
+    for shell in ["fish", "elvish", "powershell"] {
+        let s = Cmd::backoffice()
+            .args(["completions", shell])
+            .output()
+            .success();
+        assert!(s.contains("serve"), "{shell}: {s}");
+    }
+    let err = Cmd::backoffice()
+        .args(["completions", "tcsh"])
+        .output()
+        .failure();
+    assert!(err.contains("possible values: bash"), "{err}");
+}
+
+/// `man` prints `backoffice(1)`; `man --dir` writes one page per visible
+/// command, each titled by its full name, with the flags' help text.
+#[test]
+fn manual_pages_are_generated() {
+    let page = Cmd::backoffice().arg("man").output().success();
+    assert!(page.contains(".TH backoffice 1"), "{page}");
+    assert!(page.contains("serve"), "{page}");
+    let env = Env::new();
+    let dir = env.path("man1");
+    let listed = Cmd::backoffice()
+        .args(["man", "--dir"])
+        .arg(&dir)
+        .output()
+        .success();
+    let serve = std::fs::read_to_string(dir.join("backoffice-serve.1")).unwrap();
+    assert!(serve.contains(".TH backoffice-serve 1"), "{serve}");
+    assert!(serve.contains("repolist"), "{serve}");
+    assert!(dir.join("backoffice.1").is_file());
+    assert!(
+        !dir.join("backoffice-worker.1").exists(),
+        "internal commands get no page"
+    );
+    assert_eq!(
+        listed.lines().count(),
+        std::fs::read_dir(&dir).unwrap().count(),
+        "{listed}"
+    );
+}

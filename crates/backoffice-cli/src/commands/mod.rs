@@ -10,6 +10,7 @@ use crate::cli::Command;
 
 pub mod cgi;
 pub mod demo;
+pub mod docs;
 pub mod hook;
 pub mod lease;
 pub mod maintain;
@@ -47,6 +48,8 @@ pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
         Command::Cgi(a) => cgi::run(a, tasks),
         Command::Token(a) => token::run(a),
         Command::Demo(a) => demo::run(a, tasks),
+        Command::Completions(a) => docs::completions(a),
+        Command::Man(a) => docs::man(a),
         Command::GuardTemp(a) => {
             let code = backoffice_tasks::replicate::guard_temp(a.pid, a.start, &a.file);
             Ok(ExitCode::from(code as u8))
