@@ -863,13 +863,7 @@ fn slot_values(s: &Slot, host: Option<&str>) -> [Value; 6] {
 
 /// Reads the lease row (for `status` and `lease`).
 pub fn read_lease(conn: &PgConn) -> Result<PgLease, DbError> {
-    let row = conn
-        .query_opt(
-            &format!("SELECT {LEASE_COLUMNS} FROM bo_lease WHERE id = 1"),
-            &[],
-        )?
-        .ok_or_else(|| DbError::Postgres("the lease row bo_lease is missing".into()))?;
-    lease_from_row(&row)
+    lease_row(conn, "")
 }
 
 /// Reads the lease row locked (`FOR UPDATE`) until the transaction ends:
@@ -877,9 +871,13 @@ pub fn read_lease(conn: &PgConn) -> Result<PgLease, DbError> {
 /// COMMITTED, a write based on an unlocked read would, once a concurrent
 /// takeover's lock is gone, put its stale copy over the takeover.)
 fn lease_for_update(conn: &PgConn) -> Result<PgLease, DbError> {
+    lease_row(conn, " FOR UPDATE")
+}
+
+fn lease_row(conn: &PgConn, lock: &str) -> Result<PgLease, DbError> {
     let row = conn
         .query_opt(
-            &format!("SELECT {LEASE_COLUMNS} FROM bo_lease WHERE id = 1 FOR UPDATE"),
+            &format!("SELECT {LEASE_COLUMNS} FROM bo_lease WHERE id = 1{lock}"),
             &[],
         )?
         .ok_or_else(|| DbError::Postgres("the lease row bo_lease is missing".into()))?;

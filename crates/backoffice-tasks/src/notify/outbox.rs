@@ -408,35 +408,12 @@ pub fn deliver(
         let mut outcomes: Vec<(&Due, Outcome)> = Vec::with_capacity(batch.len());
         for m in &batch {
             last_id = m.msgid;
-            let id = message_id(&m.token, cfg.domain());
-            let subject = format!("{} {}", cfg.subname, m.subject);
-            let unsubscribe = m.code.as_deref().and_then(|c| cfg.unsubscribe_url(c));
-            let parts = Parts {
-                from: &cfg.from,
-                to: &m.address,
-                subject: &subject,
-                body: &m.body,
-                message_id: &id,
-                date: now,
-                list_id: Some(&cfg.list_id),
-                unsubscribe: unsubscribe.as_deref(),
-            };
-            let outcome = match message::build(&parts) {
-                Err(e) => Outcome::Dead(e),
-                Ok((env, raw)) => {
-                    match transport.send_with_id(&file_name(m.msgid, &m.token), &env, &raw) {
-                        Ok(()) => {
-                            // Held by the destination: into the journal
-                            // before the next message goes.
-                            if !transport.batched() {
-                                journal.append(&[(m.msgid, &m.token)]);
-                            }
-                            Outcome::Sent
-                        }
-                        Err(e) => failed(e, m, cfg),
-                    }
-                }
-            };
+            let outcome = attempt(cfg, transport, m, now);
+            // Held by the destination: into the journal before the next
+            // message goes.
+            if matches!(outcome, Outcome::Sent) && !transport.batched() {
+                journal.append(&[(m.msgid, &m.token)]);
+            }
             in_a_row = match &outcome {
                 Outcome::Retry(_) => in_a_row + 1,
                 _ => 0,
@@ -478,6 +455,36 @@ pub fn deliver(
     transport.finish();
     journal.remove();
     Ok(done)
+}
+
+/// One attempt at one message, on either store: built with its stable
+/// Message-ID (from its token) and handed to the transport.
+pub(crate) fn attempt(
+    cfg: &EmailConfig,
+    transport: &mut dyn Transport,
+    m: &Due,
+    now: i64,
+) -> Outcome {
+    let id = message_id(&m.token, cfg.domain());
+    let subject = format!("{} {}", cfg.subname, m.subject);
+    let unsubscribe = m.code.as_deref().and_then(|c| cfg.unsubscribe_url(c));
+    let parts = Parts {
+        from: &cfg.from,
+        to: &m.address,
+        subject: &subject,
+        body: &m.body,
+        message_id: &id,
+        date: now,
+        list_id: Some(&cfg.list_id),
+        unsubscribe: unsubscribe.as_deref(),
+    };
+    match message::build(&parts) {
+        Err(e) => Outcome::Dead(e),
+        Ok((env, raw)) => match transport.send_with_id(&file_name(m.msgid, &m.token), &env, &raw) {
+            Ok(()) => Outcome::Sent,
+            Err(e) => failed(e, m, cfg),
+        },
+    }
 }
 
 /// The outcome of a failed attempt: dead if retrying cannot help or the

@@ -55,7 +55,6 @@ use backoffice::{Db, Due, Gauge, TaskError, TaskStatus};
 
 use super::compose::{self, EventText};
 use super::config::{EmailConfig, Method};
-use super::message::{self, Parts};
 use super::outbox::{self, Delivered, Outcome};
 use super::schedule::{DigestDue, DigestTime};
 use super::send::Transport;
@@ -851,7 +850,7 @@ fn deliver_all(
                 looked = Instant::now();
             }
             last_id = m.msgid;
-            let outcome = attempt(cfg, transport, m, now);
+            let outcome = outbox::attempt(cfg, transport, m, now);
             in_a_row = match &outcome {
                 Outcome::Retry(_) => in_a_row + 1,
                 _ => 0,
@@ -880,33 +879,6 @@ fn deliver_all(
         }
     }
     Ok(done)
-}
-
-/// One attempt at one message: built with its stable Message-ID (from its
-/// token) and handed to the transport.
-fn attempt(cfg: &EmailConfig, transport: &mut dyn Transport, m: &outbox::Due, now: i64) -> Outcome {
-    let id = outbox::message_id(&m.token, cfg.domain());
-    let subject = format!("{} {}", cfg.subname, m.subject);
-    let unsubscribe = m.code.as_deref().and_then(|c| cfg.unsubscribe_url(c));
-    let parts = Parts {
-        from: &cfg.from,
-        to: &m.address,
-        subject: &subject,
-        body: &m.body,
-        message_id: &id,
-        date: now,
-        list_id: Some(&cfg.list_id),
-        unsubscribe: unsubscribe.as_deref(),
-    };
-    match message::build(&parts) {
-        Err(e) => Outcome::Dead(e),
-        Ok((env, raw)) => {
-            match transport.send_with_id(&outbox::file_name(m.msgid, &m.token), &env, &raw) {
-                Ok(()) => Outcome::Sent,
-                Err(e) => outbox::failed(e, m, cfg),
-            }
-        }
-    }
 }
 
 /// The outcomes of one message or one batch: the sent ones in one
