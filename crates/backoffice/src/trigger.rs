@@ -154,6 +154,8 @@ pub struct Backoffice {
     starting: Mutex<Vec<Starting>>,
     /// Each repository's journal mode (WAL or not), and when it was asked.
     journal: Mutex<std::collections::HashMap<String, (bool, Instant)>>,
+    /// Repositories whose last check found no usable due summary.
+    unsummarized: Mutex<std::collections::HashSet<String>>,
 }
 
 /// A worker this process started, until it shows up in its lease, exits,
@@ -209,6 +211,7 @@ impl Backoffice {
             ondeck: Mutex::new(None),
             starting: Mutex::new(Vec::new()),
             journal: Mutex::new(std::collections::HashMap::new()),
+            unsummarized: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -253,7 +256,13 @@ impl Backoffice {
         // transaction of its own (locks, a header check: ~2.5 µs in WAL,
         // ~5 µs in rollback mode, measured); when tasks must be asked after
         // all, one transaction holds them and it together.
-        let asks_tasks = !self.all_summarized;
+        // Whether tasks will likely be asked: some are not summarized, or
+        // the last check of this repository found no summary (then the
+        // transaction is begun up front, so the statement and the tasks
+        // share one; a second would cost another lock cycle).
+        let path = conn.path().unwrap_or_default();
+        let had_no_summary = self.no_summary(path, None);
+        let asks_tasks = !self.tasks.is_empty() && (!self.all_summarized || had_no_summary);
         let mut txn = asks_tasks.then(|| ReadTxn::begin(conn));
         let row = match read_check_rows(conn) {
             Ok(r) => r,
@@ -292,17 +301,36 @@ impl Backoffice {
             Some(d) => d.earliest(self.tasks.due_part(conn, now, false)),
             // Missing, passed, or not ours: every task is asked.
             None => {
-                if txn.is_none() {
+                if txn.is_none() && !self.tasks.is_empty() {
                     txn = Some(ReadTxn::begin(conn));
                 }
                 self.tasks.due(conn, now)
             }
         };
+        if summary.is_none() != had_no_summary {
+            self.no_summary(path, Some(summary.is_none()));
+        }
         drop(txn);
         match due {
             d if d.is_due(now) => Check::Needed,
             task::Due::At(t) => Check::NothingDue { next: Some(t) },
             _ => Check::NothingDue { next: None },
+        }
+    }
+
+    /// Whether the last check of repository `path` found no usable due
+    /// summary; with `set`, records it.
+    fn no_summary(&self, path: &str, set: Option<bool>) -> bool {
+        let mut seen = self.unsummarized.lock().unwrap_or_else(|e| e.into_inner());
+        match set {
+            None => seen.contains(path),
+            Some(true) => {
+                if seen.len() >= 4096 {
+                    seen.clear();
+                }
+                seen.insert(path.to_owned())
+            }
+            Some(false) => seen.remove(path),
         }
     }
 
