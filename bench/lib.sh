@@ -12,7 +12,7 @@ BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$BENCH_DIR/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 BO="$TARGET_DIR/release/backoffice"
-HOST="$TARGET_DIR/release/examples/host"
+HOST="${BENCH_HOST:-$TARGET_DIR/release/examples/host}"  # BENCH_HOST: another build, for A/B runs
 export USER="${USER:-bench}"          # "fossil init" refuses to run without it
 FOSSIL="${FOSSIL:-fossil}"
 

@@ -14,7 +14,7 @@
 # between: exec of the host, Repo::open, the check, spawning the worker;
 # in the worker: exec, setsid, Repo::open, BEGIN IMMEDIATE + lease write +
 # COMMIT (an fsync in rollback mode), the task's first statement.
-# Cases (JOURNALS="delete wal wal-held" by default):
+# Cases (JOURNALS="delete wal wal-held embedded-delete embedded-wal" by default):
 #   delete    rollback journal (SQLite's default, and Fossil's)
 #   wal       WAL, nothing else has the database open: every process's open
 #             creates the -wal and -shm files and its close deletes them
@@ -22,6 +22,12 @@
 #   wal-held  WAL while another process (an `sqlite3` shell, standing in for
 #             a server's long-lived connection) keeps the database open, as
 #             a real server does
+#   embedded-delete, embedded-wal
+#             no `trigger` process: a long-lived host (`host requests REPO`,
+#             which holds its connection open as a server does) inserts the
+#             row and runs the after-request check in-process, as a Rust
+#             host, `backoffice serve` and `cgi` do; t0 is the host's own
+#             clock just before its insert, and trigger_ms is 0
 # Fossil 2.21's figure (../shared/reference/fossil-backoffice.md §4c) is
 # 17-31 ms from the start of the triggering HTTP request to its hook's stamp.
 set -u
@@ -29,7 +35,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 RUNS=${1:-20}
-JOURNALS=${JOURNALS:-"delete wal wal-held"}
+JOURNALS=${JOURNALS:-"delete wal wal-held embedded-delete embedded-wal"}
 build_release
 make_workdir trigger
 
@@ -47,10 +53,11 @@ enter_lines() {
   done < "$1"
 }
 
-HOLDER=""
+HOLDER=""; OFD=""
 stop_holder() {
   if [ -n "$HOLDER" ]; then
     exec {HFD}>&-
+    if [ -n "$OFD" ]; then exec {OFD}<&-; OFD=""; fi
     wait "$HOLDER" 2>/dev/null || kill "$HOLDER" 2>/dev/null
     HOLDER=""
   fi
@@ -61,10 +68,18 @@ for mode in $JOURNALS; do
   R="$W/repo-$mode.db"
   J="$W/journal-$mode.txt"
   "$HOST" init "$R" || exit 1
-  sqlite3 "$R" "PRAGMA journal_mode=${mode%-held};" >/dev/null
-  if [ "$mode" = wal-held ]; then
+  jm=${mode%-held}; jm=${jm#embedded-}
+  sqlite3 "$R" "PRAGMA journal_mode=$jm;" >/dev/null
+  if [ "${mode#embedded-}" != "$mode" ]; then
+    # The host itself, fed one line per request; its answers come back on
+    # another fifo.
+    rm -f "$W/holder.in" "$W/holder.out"; mkfifo "$W/holder.in" "$W/holder.out"
+    "$HOST" requests "$R" < "$W/holder.in" > "$W/holder.out" 2>"$W/holder.err" &
+    HOLDER=$!
+    exec {HFD}>"$W/holder.in" {OFD}<"$W/holder.out"
+  elif [ "$mode" = wal-held ]; then
     # A long-lived connection: an sqlite3 shell reading from a fifo we keep open.
-    mkfifo "$W/holder.in"
+    rm -f "$W/holder.in" "$W/holder.out"; mkfifo "$W/holder.in"
     sqlite3 "$R" < "$W/holder.in" > "$W/holder.out" 2>&1 &
     HOLDER=$!
     exec {HFD}>"$W/holder.in"
@@ -78,13 +93,20 @@ for mode in $JOURNALS; do
   for k in $(seq 1 "$RUNS"); do
     [ -n "$last_pid" ] && { wait_gone "$last_pid" 30 || echo "warning=worker $last_pid still alive"; }
     "$HOST" lease --reset -R "$R" >/dev/null || exit 1
-    sqlite3 "$R" "INSERT INTO outbox(body) VALUES('message $k');" || exit 1
-    fsleep 0.1
     enter_lines "$J"; n0=$ENTERS
-    t0=$(now_ns)
-    "$HOST" trigger "$R" > "$W/trigger.out" 2>&1
-    t1=$(now_ns)
-    read -r out < "$W/trigger.out"
+    if [ -n "${OFD:-}" ]; then
+      fsleep 0.1
+      echo "request $k" >&"$HFD"
+      read -r t0 out <&"$OFD" || { echo "error=the host stopped: $(cat "$W/holder.err")"; exit 1; }
+      t1=$t0
+    else
+      sqlite3 "$R" "INSERT INTO outbox(body) VALUES('message $k');" || exit 1
+      fsleep 0.1
+      t0=$(now_ns)
+      "$HOST" trigger "$R" > "$W/trigger.out" 2>&1
+      t1=$(now_ns)
+      read -r out < "$W/trigger.out"
+    fi
     last_pid=${out##* }
     [[ $last_pid =~ ^[0-9]+$ ]] || { echo "warning=run $k: trigger said: $out"; last_pid=""; }
     # wait for the enter stamp, at most 10 s

@@ -10,6 +10,8 @@
 //! ```text
 //! host demo [DIR]            the README's walk-through (default DIR: ./backoffice-demo)
 //! host simulate REPO N MS L  N requests MS ms apart, then stay alive L ms
+//! host requests REPO         a request per line read on stdin (the time
+//!                            in nanoseconds, then the check's answer, on stdout)
 //! host pg-requests URL N MS [publish]
 //!                            N requests MS ms apart on a PostgreSQL schema, each
 //!                            followed by the cached after-request check
@@ -256,6 +258,7 @@ fn main() -> ExitCode {
     let r = match args.get(1).map(String::as_str) {
         Some("demo") => demo(args.get(2).map(PathBuf::from)),
         Some("simulate") => simulate(&args[2..]),
+        Some("requests") => requests(&args[2..]),
         Some("pg-requests") => pg_requests(&args[2..]),
         Some("init") if args.len() == 3 && backoffice::pg::is_url(&args[2]) => init_pg(&args[2]),
         Some("init") if args.len() == 3 => init(Path::new(&args[2])).map(drop),
@@ -330,6 +333,33 @@ fn simulate(args: &[String]) -> Res<()> {
     out.flush()?;
     std::thread::sleep(Duration::from_millis(linger));
     writeln!(out, "done")?;
+    Ok(())
+}
+
+/// `host requests REPO`: a long-lived host that holds its connection open,
+/// as a server does, and makes one request per line read on standard
+/// input: insert an outbox row, then the after-request check. For each it
+/// prints `T0 ANSWER`, T0 being the wall clock in nanoseconds just before
+/// the insert, so `bench/trigger_latency.sh` can time an embedded host's
+/// trigger up to its worker's `enter` stamp. Ends at end of input.
+fn requests(args: &[String]) -> Res<()> {
+    let [repo] = args else {
+        return Err("usage: host requests REPO".into());
+    };
+    let conn = init(Path::new(repo))?;
+    let bo = Backoffice::new(tasks());
+    let mut out = std::io::stdout().lock();
+    for (i, line) in std::io::stdin().lines().enumerate() {
+        line?;
+        let t0 = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
+        publish(&conn, &format!("request {i}"))?;
+        match bo.after_request(&conn) {
+            Started::Worker { pid } => writeln!(out, "{t0} started worker {pid}")?,
+            Started::NotNeeded(c) => writeln!(out, "{t0} {}", c.describe())?,
+            other => writeln!(out, "{t0} {other:?}")?,
+        }
+        out.flush()?;
+    }
     Ok(())
 }
 
