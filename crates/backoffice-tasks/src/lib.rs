@@ -10,6 +10,8 @@
 //! * [`replicate`]: consistent copies of the repository on peers (the
 //!   `replicate` task).
 //! * [`maintain`]: the database's own upkeep (the `maintenance` task).
+//! * [`schedules`]: periodic jobs, once per slot (issue 15; so far the
+//!   slot arithmetic).
 
 #![deny(missing_docs)]
 
@@ -17,6 +19,7 @@ pub mod hooks;
 pub mod maintain;
 pub mod notify;
 pub mod replicate;
+pub mod schedules;
 pub mod webhooks;
 
 #[cfg(test)]
