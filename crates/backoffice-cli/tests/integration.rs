@@ -32,6 +32,9 @@ mod hooks;
 // Webhooks against a real HTTP receiver that verifies signatures: order,
 // retries, time-outs, refused connections, dead endpoints, parallelism.
 mod webhooks;
+// Issue 14, part 5: real deliveries verified by the `standardwebhooks`
+// package from PyPI (tests/standard_webhooks_receiver.py), SQLite and PostgreSQL.
+mod standard_webhooks;
 // Database maintenance: `maintain --now`, maintenance in a worker run, status.
 mod maintain;
 // The web front: `serve` over real HTTP, `cgi` from the environment and
