@@ -27,6 +27,9 @@ mod notify;
 mod outbox;
 // The SMTP `relay` send method against a real SMTP server (tests/smtp_server.py, asyncio).
 mod relay;
+// Issue 14, part 5: the relay against a real mail server, Exim run from a
+// configuration of the test's own (tests/mta_exim.conf), STARTTLS and AUTH.
+mod mta;
 // Shell hooks: order, stdin JSON, failures and retries, timeouts, output bounds.
 mod hooks;
 // Webhooks against a real HTTP receiver that verifies signatures: order,
