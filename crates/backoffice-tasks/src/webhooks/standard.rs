@@ -25,11 +25,10 @@
 //! random bytes, and those bytes are the HMAC key; `backoffice webhook
 //! secret` makes one ([`generate`]). Such a secret is checked when the
 //! endpoint is added ([`check`]): standard base64 with its `=` padding (what
-//! every library decodes the same way) of at least
-//! [`MIN_SECRET`](super::MIN_SECRET) bytes. Any other secret (at least 16
-//! characters, as before) is used as it is: its UTF-8 bytes are the key,
-//! which a receiver passes to its library as bytes (in Python,
-//! `Webhook(secret.encode())`).
+//! every library decodes the same way) of at least 16 bytes. Any other
+//! secret (at least 16 characters, as before) is used as it is: its UTF-8
+//! bytes are the key, which a receiver passes to its library as bytes (in
+//! Python, `Webhook(secret.encode())`).
 //!
 //! `X-Backoffice-Signature` is keyed with the secret's text in both cases,
 //! as it always was, so no receiver of an existing endpoint changes.
