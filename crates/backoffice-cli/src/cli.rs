@@ -545,7 +545,8 @@ pub enum WebhookAction {
     Add {
         /// Where to POST (http:// or https://).
         url: String,
-        /// The HMAC-SHA256 key receivers verify signatures with (at least 16 characters).
+        /// The HMAC-SHA256 key receivers verify signatures with: at least 16
+        /// characters, or a Standard Webhooks secret `whsec_…` (see `webhook secret`).
         #[arg(long, value_name = "SECRET")]
         secret: String,
         /// Kinds of event wanted, comma-separated, or * for all.
@@ -576,6 +577,9 @@ pub enum WebhookAction {
         /// The endpoint id.
         id: i64,
     },
+    /// Print a new random secret in the Standard Webhooks form (`whsec_` and
+    /// base64 of 32 bytes) for `add --secret`; nothing is stored.
+    Secret,
 }
 
 /// Limits for the web front (shared by `serve` and `cgi`).

@@ -27,11 +27,17 @@ mod notify;
 mod outbox;
 // The SMTP `relay` send method against a real SMTP server (tests/smtp_server.py, asyncio).
 mod relay;
+// Issue 14, part 5: the relay against a real mail server, Exim run from a
+// configuration of the test's own (tests/mta_exim.conf), STARTTLS and AUTH.
+mod mta;
 // Shell hooks: order, stdin JSON, failures and retries, timeouts, output bounds.
 mod hooks;
 // Webhooks against a real HTTP receiver that verifies signatures: order,
 // retries, time-outs, refused connections, dead endpoints, parallelism.
 mod webhooks;
+// Issue 14, part 5: real deliveries verified by the `standardwebhooks`
+// package from PyPI (tests/standard_webhooks_receiver.py), SQLite and PostgreSQL.
+mod standard_webhooks;
 // Database maintenance: `maintain --now`, maintenance in a worker run, status.
 mod maintain;
 // The web front: `serve` over real HTTP, `cgi` from the environment and

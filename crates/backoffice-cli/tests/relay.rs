@@ -540,7 +540,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 
 /// A repository sending alerts through the relay at `port`, one message
 /// per event to one verified subscriber, with `n` events published.
-fn relay_repo(env: &Env, port: u16, n: usize) -> PathBuf {
+pub(crate) fn relay_repo(env: &Env, port: u16, n: usize) -> PathBuf {
     let repo = env.path("app.db");
     let conn = rusqlite::Connection::open(&repo).expect("create repo");
     conn.execute_batch("CREATE TABLE app(x)").unwrap();
@@ -588,7 +588,7 @@ fn relay_repo(env: &Env, port: u16, n: usize) -> PathBuf {
     repo
 }
 
-fn run_worker(repo: &Path) {
+pub(crate) fn run_worker(repo: &Path) {
     harness::Cmd::backoffice()
         .args(["run", "--nolease"])
         .arg(repo)
@@ -596,7 +596,7 @@ fn run_worker(repo: &Path) {
         .success();
 }
 
-fn outbox_states(repo: &Path) -> (i64, i64, i64) {
+pub(crate) fn outbox_states(repo: &Path) -> (i64, i64, i64) {
     rusqlite::Connection::open(repo)
         .unwrap()
         .query_row(
@@ -609,7 +609,7 @@ fn outbox_states(repo: &Path) -> (i64, i64, i64) {
 }
 
 /// "Time passes": every queued message becomes due.
-fn make_due(repo: &Path) {
+pub(crate) fn make_due(repo: &Path) {
     rusqlite::Connection::open(repo)
         .unwrap()
         .execute(
@@ -881,7 +881,7 @@ fn killed_relay_worker_causes_at_most_one_duplicate() {
 
 /// A throwaway CA and a server certificate it signed for 127.0.0.1 only:
 /// (ca.pem, server.pem, server.key) in `dir`.
-fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+pub(crate) fn test_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let ca_key = dir.join("ca.key");
     let ca = dir.join("ca.pem");
     let key = dir.join("server.key");

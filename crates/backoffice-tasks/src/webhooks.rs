@@ -64,6 +64,12 @@
 //! ([`signature`]). A receiver recomputes it, compares in constant time, and
 //! refuses timestamps more than a few minutes old (replays).
 //!
+//! Every request also carries the [Standard Webhooks](standard) headers
+//! `webhook-id` (the delivery id), `webhook-timestamp` and
+//! `webhook-signature: v1,BASE64`, so a receiver can verify it with an
+//! off-the-shelf library instead (see [`standard`] for why both, and the key
+//! of a `whsec_` secret).
+//!
 //! # On PostgreSQL
 //!
 //! The same task, and the `webhook` command, run on a PostgreSQL repository
@@ -123,6 +129,8 @@ use sha2::Sha256;
 use backoffice::db::{DbError, Row};
 use backoffice::ledger::{self, Backoff};
 use backoffice::{Context, Db, Due, Gauge, Task, TaskError, TaskStatus};
+
+pub mod standard;
 
 /// The task's name, and its name in the retry ledger.
 const TASK: &str = "webhooks";
@@ -198,6 +206,10 @@ pub enum WebhookError {
         "the secret must be at least {MIN_SECRET} characters on one line (e.g. `openssl rand -hex 32`)"
     )]
     Secret,
+    /// A `whsec_` secret that is not the specification's form (see
+    /// [`standard::check`]).
+    #[error("{0}")]
+    StandardSecret(String),
     /// A kind in the list is malformed.
     #[error("{0}")]
     Kinds(String),
@@ -459,6 +471,7 @@ pub fn add<'a>(db: impl Into<Db<'a>>, new: &New) -> Result<Webhook, WebhookError
     if new.secret.chars().count() < MIN_SECRET || new.secret.chars().any(char::is_control) {
         return Err(WebhookError::Secret);
     }
+    standard::check(&new.secret).map_err(WebhookError::StandardSecret)?;
     let kinds = crate::notify::subscribers::parse_kinds(&new.kinds)
         .map_err(|e| WebhookError::Kinds(e.to_string()))?;
     let Some(conn) = db.sqlite() else {
@@ -694,6 +707,12 @@ fn post(agent: &ureq::Agent, w: &Webhook, delivery: &str, ev: &Ev) -> Result<u16
         .header("X-Backoffice-Event", &ev.kind)
         .header("X-Backoffice-Timestamp", &ts.to_string())
         .header("X-Backoffice-Signature", &signature(&w.secret, ts, &body))
+        .header("webhook-id", delivery)
+        .header("webhook-timestamp", &ts.to_string())
+        .header(
+            "webhook-signature",
+            &standard::signature(&w.secret, delivery, ts, &body),
+        )
         .send(&body[..])
         .map_err(|e| describe(&e))?;
     // Read (a bounded part of) the answer, so the connection can be reused.

@@ -36,6 +36,12 @@ fn line(w: &Webhook, now: i64) -> String {
 
 /// Runs `backoffice webhook`.
 pub fn run(a: WebhookArgs) -> Result<ExitCode> {
+    if let WebhookAction::Secret = a.action {
+        // Needs no repository: the secret goes to the receiver's
+        // configuration and to `add --secret`, nowhere else.
+        println!("{}", webhooks::standard::generate()?);
+        return Ok(ExitCode::SUCCESS);
+    }
     let path = super::repo_path(a.repository, None)?;
     if let Some(url) = super::pg::url(&path)? {
         let conn = url.connect()?;
@@ -109,6 +115,8 @@ fn act(action: WebhookAction, conn: Db<'_>, repo: Option<&backoffice::Repo>) -> 
             }
             Err(e) => anyhow::bail!("test delivery to webhook #{id} failed: {e}"),
         },
+        // Handled in `run` before any repository is opened; the same here.
+        WebhookAction::Secret => println!("{}", webhooks::standard::generate()?),
     }
     Ok(ExitCode::SUCCESS)
 }
