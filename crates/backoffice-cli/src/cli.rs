@@ -651,6 +651,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 40)]
     pub max_replica_bytes: u64,
 
+    /// Write a line per request — time (UTC), client, method, path without
+    /// the query, status, milliseconds — to stderr (`-`) or appended to
+    /// FILE, which also gets the start-up and shutdown lines (those always
+    /// go to stderr too).
+    #[arg(long, value_name = "FILE|-")]
+    pub access_log: Option<PathBuf>,
+
     /// Stop after this many seconds (for scripts and tests).
     #[arg(long, value_name = "SECS", hide = true)]
     pub exit_after: Option<u64>,
