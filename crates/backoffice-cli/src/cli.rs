@@ -100,6 +100,9 @@ pub enum Command {
     /// PostgreSQL schema.
     ///
     /// Stop it with Ctrl-C or SIGTERM; requests in flight finish first.
+    /// Start-up and shutdown are logged on stderr; --access-log adds a line
+    /// per request. Examples for systemd, nginx and Apache: contrib/ in the
+    /// source tree.
     Serve(ServeArgs),
 
     /// Answer one request as a CGI program (nginx with fcgiwrap, Apache,
