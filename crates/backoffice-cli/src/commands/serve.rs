@@ -79,6 +79,12 @@ pub fn run(a: ServeArgs, tasks: Tasks) -> Result<ExitCode> {
     // Before the site: its pool's bound follows the limit.
     web::site::raise_descriptor_limit();
     let site = site(&a.path, a.repolist)?;
+    // Before listening: a log that cannot be opened stops the server
+    // before any client can reach it.
+    let access_log = match &a.access_log {
+        Some(dest) => Some(web::serve::AccessLog::open(dest)?),
+        None => None,
+    };
     let listener = bind(&a.listen)?;
     let mut limits = limits(&a.limits);
     limits.header_timeout = Duration::from_secs(a.header_timeout.max(1));
@@ -110,10 +116,6 @@ pub fn run(a: ServeArgs, tasks: Tasks) -> Result<ExitCode> {
             })
         }
         _ => None,
-    };
-    let access_log = match &a.access_log {
-        Some(dest) => Some(web::serve::AccessLog::open(dest)?),
-        None => None,
     };
     let opts = ServeOptions {
         limits,
