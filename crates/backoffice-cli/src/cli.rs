@@ -100,6 +100,9 @@ pub enum Command {
     /// PostgreSQL schema.
     ///
     /// Stop it with Ctrl-C or SIGTERM; requests in flight finish first.
+    /// Start-up and shutdown are logged on stderr; --access-log adds a line
+    /// per request. Examples for systemd, nginx and Apache: contrib/ in the
+    /// source tree.
     Serve(ServeArgs),
 
     /// Answer one request as a CGI program (nginx with fcgiwrap, Apache,
@@ -654,6 +657,13 @@ pub struct ServeArgs {
     /// Largest copy a peer may push, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 40)]
     pub max_replica_bytes: u64,
+
+    /// Write a line per request — time (UTC), client, method, path without
+    /// the query, status, milliseconds — to stderr (`-`) or appended to
+    /// FILE, which also gets the start-up and shutdown lines (those always
+    /// go to stderr too).
+    #[arg(long, value_name = "FILE|-")]
+    pub access_log: Option<PathBuf>,
 
     /// Stop after this many seconds (for scripts and tests).
     #[arg(long, value_name = "SECS", hide = true)]

@@ -66,5 +66,8 @@ mod pg_notify;
 // Issue 12, the web front on PostgreSQL: `serve` and `cgi` on a schema and
 // on a database's schemas, the cluster on the page, the database away.
 mod pg_web;
+// Operations: contrib/'s systemd units, crontab, nginx + fcgiwrap and Apache
+// configurations run for real; `serve --access-log`.
+mod ops;
 // The shape of the code: the engine names no task, the web front imports one way.
 mod layout;

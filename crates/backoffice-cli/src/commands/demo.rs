@@ -157,6 +157,7 @@ pub fn run(a: DemoArgs, tasks: Tasks) -> Result<ExitCode> {
             trigger: true,
             stop_after: a.exit_after.map(Duration::from_secs),
             replicas: None,
+            access_log: None,
         },
         |_, _| {},
     )?;

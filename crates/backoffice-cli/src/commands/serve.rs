@@ -37,6 +37,8 @@ pub(crate) struct ServeOptions {
     pub stop_after: Option<Duration>,
     /// Take copies pushed by peers.
     pub replicas: Option<ReplicaSink>,
+    /// A line per request here (`--access-log`).
+    pub access_log: Option<web::serve::AccessLog>,
 }
 
 /// Serves `site` on `listener` and prints where.
@@ -53,7 +55,7 @@ pub(crate) fn serve_site(
         app = app.with_replicas(r);
     }
     let app = Arc::new(app);
-    web::serve::serve(app, listener, opts.stop_after, |addr| {
+    web::serve::serve(app, listener, opts.stop_after, opts.access_log, |addr| {
         banner(addr, &names);
         let _ = std::io::stdout().flush();
     })
@@ -77,6 +79,12 @@ pub fn run(a: ServeArgs, tasks: Tasks) -> Result<ExitCode> {
     // Before the site: its pool's bound follows the limit.
     web::site::raise_descriptor_limit();
     let site = site(&a.path, a.repolist)?;
+    // Before listening: a log that cannot be opened stops the server
+    // before any client can reach it.
+    let access_log = match &a.access_log {
+        Some(dest) => Some(web::serve::AccessLog::open(dest)?),
+        None => None,
+    };
     let listener = bind(&a.listen)?;
     let mut limits = limits(&a.limits);
     limits.header_timeout = Duration::from_secs(a.header_timeout.max(1));
@@ -114,6 +122,7 @@ pub fn run(a: ServeArgs, tasks: Tasks) -> Result<ExitCode> {
         trigger: !a.no_trigger,
         stop_after: a.exit_after.map(Duration::from_secs),
         replicas,
+        access_log,
     };
     serve_site(site, tasks, listener, opts, |addr, names| {
         // Not println!: a closed stdout (a supervisor that read the

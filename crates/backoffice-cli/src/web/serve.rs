@@ -38,11 +38,23 @@
 //! the handler has produced the reply, so the reply never waits for it;
 //! workers it starts are reaped by the engine's reaper threads, so the
 //! server leaves no zombies.
+//!
+//! # Logs
+//!
+//! Start-up (the address, the repositories) and shutdown (why, and what
+//! was still open) are always written to stderr — the journal under
+//! systemd — because an operator reading a log must see where one run of
+//! the server ends and the next begins. With `--access-log`, each request
+//! adds a line (see [`AccessLog`]) to stderr or a file, and the start-up
+//! and shutdown lines go to that file too.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 use axum::extract::{Request, State};
@@ -153,14 +165,23 @@ fn trim_allocator() {}
 
 /// Serves `app` on `listener` until SIGINT or SIGTERM, then lets requests in
 /// flight finish (for a few seconds at most). `ready` is called with the
-/// bound address once the server accepts connections.
+/// bound address once the server accepts connections. Start-up and
+/// shutdown are logged on stderr (and in `access_log`, which also gets a
+/// line per request, when given).
 pub fn serve(
     app: Arc<App>,
     listener: std::net::TcpListener,
     stop_after: Option<std::time::Duration>,
+    access_log: Option<AccessLog>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     bound_allocator();
+    // Listed here, off the runtime: on PostgreSQL this asks the database.
+    let names = app.site.list();
+    let log = Arc::new(Logs {
+        access: access_log,
+        names,
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("backoffice-web")
@@ -169,7 +190,7 @@ pub fn serve(
     // The app is dropped last, outside the runtime: the pool's PostgreSQL
     // sessions close with a blocking call, which panics inside it.
     let keep = app.clone();
-    let out = rt.block_on(run(app, listener, stop_after, ready));
+    let out = rt.block_on(run(app, listener, stop_after, log, ready));
     drop(rt);
     drop(keep);
     out
@@ -179,14 +200,20 @@ async fn run(
     app: Arc<App>,
     listener: std::net::TcpListener,
     stop_after: Option<std::time::Duration>,
+    log: Arc<Logs>,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<()> {
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let addr = listener.local_addr()?;
     let limits = app.limits;
-    let svc =
+    let mut svc =
         router::router(app.clone()).layer(middleware::from_fn_with_state(app.clone(), after_reply));
+    if log.access.is_some() {
+        // Outermost, so the time covers every layer and every reply,
+        // refusals included.
+        svc = svc.layer(middleware::from_fn_with_state(log.clone(), access));
+    }
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let clients = Arc::new(PerClient::default());
     // Wakes every connection to shed itself if it is idle.
@@ -197,6 +224,8 @@ async fn run(
         .saturating_sub((limits.max_connections / 8).max(1));
     let mut last_refusal_log: Option<std::time::Instant> = None;
     let mut shutdown = std::pin::pin!(shutdown_signal(stop_after));
+    // Set by the one way out of the accept loop.
+    let why;
     // Memory freed after a burst goes back to the system within 10 s.
     tokio::spawn(async {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
@@ -206,6 +235,7 @@ async fn run(
             let _ = tokio::task::spawn_blocking(trim_allocator).await;
         }
     });
+    log.started(addr);
     ready(addr);
     loop {
         // Accept first: a client over its share is refused at once rather
@@ -220,7 +250,10 @@ async fn run(
                     continue;
                 }
             },
-            _ = &mut shutdown => break,
+            w = &mut shutdown => {
+                why = w;
+                break;
+            }
         };
         let Some(client) = clients.take(peer.ip(), limits.max_per_client) else {
             // Logged at most once a second: the refusals themselves can be
@@ -247,14 +280,18 @@ async fn run(
             Ok(s) => s,
             Err(_) => tokio::select! {
                 s = slots.clone().acquire_owned() => s?,
-                _ = &mut shutdown => break,
+                w = &mut shutdown => {
+                    why = w;
+                    break;
+                }
             },
         };
         let _ = stream.set_nodelay(true);
         let seen_request = Arc::new(AtomicBool::new(false));
         let seen = seen_request.clone();
-        let svc = TowerToHyperService::new(svc.clone().map_request(move |r: Request<_>| {
+        let svc = TowerToHyperService::new(svc.clone().map_request(move |mut r: Request<_>| {
             seen.store(true, Ordering::Relaxed);
+            r.extensions_mut().insert(Client(peer.ip()));
             r
         }));
         let shed = shed.clone();
@@ -310,13 +347,28 @@ async fn run(
             drop(client);
         });
     }
+    let open = limits.max_connections - slots.available_permits();
+    log.line(&format!(
+        "stopping on {why}: {open} connection{} open",
+        if open == 1 { "" } else { "s" }
+    ));
     // Let requests in flight finish: every slot back, or 5 seconds.
     let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(5), slots.acquire_many(all)).await;
+    let left = limits.max_connections - slots.available_permits();
+    if left == 0 {
+        log.line("stopped");
+    } else {
+        log.line(&format!(
+            "stopped: {left} connection{} still open after 5 s closed",
+            if left == 1 { "" } else { "s" }
+        ));
+    }
     Ok(())
 }
 
-async fn shutdown_signal(stop_after: Option<std::time::Duration>) {
+/// What ended the server, for its last log lines.
+async fn shutdown_signal(stop_after: Option<std::time::Duration>) -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
     let timer = async {
         match stop_after {
@@ -330,12 +382,127 @@ async fn shutdown_signal(stop_after: Option<std::time::Duration>) {
     ) else {
         // No signal handling: serve until killed (or the timer).
         timer.await;
-        return;
+        return "--exit-after";
     };
     tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-        _ = timer => {}
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+        _ = timer => "--exit-after",
     }
-    tracing::info!("shutting down");
+}
+
+/// The client's address, put on each request by the accept loop.
+#[derive(Clone, Copy)]
+struct Client(IpAddr);
+
+/// The access log of `serve --access-log`: one line per request,
+///
+/// ```text
+/// 2026-12-02 09:14:03 127.0.0.1 POST /r/app/events 201 3.1ms
+/// ```
+///
+/// UTC time, client address, method, path, status, and milliseconds from
+/// the request's head being read to its reply's head being ready (every
+/// reply here is built whole, so that is the work). The path is logged
+/// without its query string: queries can carry addresses
+/// (`?address=WHO`) and codes. hyper has already refused a request line
+/// with spaces or control characters, so a path cannot forge a line.
+/// Requests refused before they reach the router — heads too large, header
+/// timeouts, a client over its share of connections (a warning instead) —
+/// have no line.
+pub enum AccessLog {
+    /// stderr (`--access-log -`): the journal under systemd.
+    Stderr,
+    /// A file, opened for appending (so `logrotate`'s `copytruncate`
+    /// works, and lines from one `write` are never interleaved).
+    File(std::sync::Mutex<std::fs::File>),
+}
+
+impl AccessLog {
+    /// The log at `dest`: `-` for stderr, else a file, created if missing
+    /// and appended to.
+    pub fn open(dest: &Path) -> Result<AccessLog> {
+        if dest.as_os_str() == "-" {
+            return Ok(AccessLog::Stderr);
+        }
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(dest)
+            .with_context(|| format!("cannot open the access log {}", dest.display()))?;
+        Ok(AccessLog::File(std::sync::Mutex::new(f)))
+    }
+
+    /// Appends one line, in one write. A failed write (a full disk) never
+    /// fails a request.
+    fn write(&self, line: &str) {
+        let line = format!("{line}\n");
+        let _ = match self {
+            AccessLog::Stderr => std::io::stderr().lock().write_all(line.as_bytes()),
+            AccessLog::File(f) => f
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .write_all(line.as_bytes()),
+        };
+    }
+}
+
+/// Where the server's own lines go.
+struct Logs {
+    access: Option<AccessLog>,
+    /// The repositories served at start-up.
+    names: Vec<String>,
+}
+
+impl Logs {
+    /// A start-up or shutdown line: on stderr, and in an access-log file.
+    fn line(&self, what: &str) {
+        let line = format!(
+            "{} backoffice serve: {what}",
+            backoffice::clock::format_utc(backoffice::clock::now())
+        );
+        AccessLog::Stderr.write(&line);
+        if let Some(log @ AccessLog::File(_)) = &self.access {
+            log.write(&line);
+        }
+    }
+
+    fn started(&self, addr: SocketAddr) {
+        let n = self.names.len();
+        let mut names = self
+            .names
+            .iter()
+            .take(10)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ");
+        if n > 10 {
+            names.push_str(&format!(", ... and {} more", n - 10));
+        }
+        self.line(&format!(
+            "started, pid {}, on http://{addr}/, {n} repositor{}{}{names}",
+            std::process::id(),
+            if n == 1 { "y" } else { "ies" },
+            if n == 0 { "" } else { ": " },
+        ));
+    }
+}
+
+/// Writes the access-log line of each request.
+async fn access(State(log): State<Arc<Logs>>, req: Request, next: Next) -> Response {
+    let t0 = Instant::now();
+    let client = req.extensions().get::<Client>().map(|c| c.0);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = next.run(req).await;
+    if let Some(out) = &log.access {
+        let ms = t0.elapsed().as_secs_f64() * 1000.0;
+        let client = client.map_or_else(|| "-".to_owned(), |c| c.to_string());
+        out.write(&format!(
+            "{} {client} {method} {path} {} {ms:.1}ms",
+            backoffice::clock::format_utc(backoffice::clock::now()),
+            resp.status().as_u16()
+        ));
+    }
+    resp
 }
