@@ -708,14 +708,14 @@ pub(crate) fn substitute(cmd: &str, repo: &Path, exe: &Path) -> String {
 
 /// Output kept from a command: the first and last `OUTPUT_MAX / 2` bytes.
 #[derive(Debug, Default)]
-struct Capture {
+pub(crate) struct Capture {
     head: Vec<u8>,
     tail: std::collections::VecDeque<u8>,
     total: usize,
 }
 
 impl Capture {
-    fn push(&mut self, mut data: &[u8]) {
+    pub(crate) fn push(&mut self, mut data: &[u8]) {
         let half = OUTPUT_MAX / 2;
         self.total += data.len();
         if self.head.len() < half {
@@ -733,7 +733,7 @@ impl Capture {
         }
     }
 
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         let cut = self.total - self.head.len() - self.tail.len();
         let mut s = String::from_utf8_lossy(&self.head).into_owned();
         if cut > 0 {

@@ -1,14 +1,26 @@
 //! Scheduled work without a cron daemon (issue 15): periodic jobs that
 //! run once per slot.
 //!
+//! A schedule is a task that knows when it is next due: the after-request
+//! check and the cron sweep find it with nothing written, through the due
+//! summary, and the lease makes sure one worker runs it.
+//!
 //! # Layout
 //!
 //! * [`slots`]: when a schedule's slots fall — five-field cron patterns on
 //!   a time zone's wall clock (gaps and folds included) or plain
 //!   intervals — and which slots have passed since the last one ran.
+//! * [`store`]: the `bo_schedule` table and the commands' operations on it
+//!   (add, list, remove, pause, resume, run now).
+//! * [`task`]: the `schedules` task — what is due, claiming a slot before
+//!   its command starts and recording its outcome after, catch-up,
+//!   retries, status.
 //!
-//! The task itself (the schedules table, claiming a slot before its
-//! command starts, catch-up, the command and event actions) builds on
-//! these and is not here yet.
+//! SQLite repositories only, so far: on PostgreSQL the task is never due
+//! and `status` says it does not run there.
 
 pub mod slots;
+pub mod store;
+pub mod task;
+
+pub use task::Schedules;

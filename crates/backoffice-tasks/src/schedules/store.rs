@@ -1,0 +1,374 @@
+//! Where schedules are kept: the table `bo_schedule`, one row per
+//! schedule, and the retry ledger (task `schedules`, target the name).
+//!
+//! ```text
+//! bo_schedule(name, timing, spec, zone, command, event, catch_up, paused,
+//!             created, run_now, claimed, missed, last_missed)
+//! ```
+//!
+//! * `timing` is `cron` (then `spec` is the pattern, `zone` its time zone)
+//!   or `every` (then `spec` is the interval, e.g. `15m`). Both are checked
+//!   when the schedule is added, and parsed again by every reader: a row
+//!   changed by hand into something invalid is reported by `status` and
+//!   never run, not a crash.
+//! * Exactly one of `command` (run like a hook) and `event` (a kind of
+//!   event to publish) is set.
+//! * `catch_up` is `once` or `skip` (see the task's docs).
+//! * `run_now` is set by `schedule run NAME` and cleared by the run it
+//!   asked for.
+//! * `claimed` is the slot a worker started a command for and has not
+//!   recorded the outcome of yet: set in the transaction before the
+//!   command starts, cleared in the one that records how it ended. A row
+//!   still claimed when the next worker looks is a run whose worker was
+//!   killed.
+//! * `missed` counts the slots that got no run of their own (folded into
+//!   a catch-up run, or skipped); `last_missed` is how many the latest
+//!   catch-up covered.
+//!
+//! The ledger entry's `cursor` is the last slot handled (run or skipped),
+//! in Unix seconds; its failures, next attempt, last error and output are
+//! the retry state every task keeps there.
+
+use backoffice::ledger;
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::slots::{Spec, SpecError};
+
+/// The task's name, and its name in the retry ledger.
+pub const TASK: &str = "schedules";
+
+/// The table.
+pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS bo_schedule(
+  name TEXT PRIMARY KEY,
+  timing TEXT NOT NULL,
+  spec TEXT NOT NULL,
+  zone TEXT NOT NULL DEFAULT 'UTC',
+  command TEXT,
+  event TEXT,
+  catch_up TEXT NOT NULL DEFAULT 'once',
+  paused INTEGER NOT NULL DEFAULT 0,
+  created INTEGER NOT NULL,
+  run_now INTEGER NOT NULL DEFAULT 0,
+  claimed INTEGER,
+  missed INTEGER NOT NULL DEFAULT 0,
+  last_missed INTEGER NOT NULL DEFAULT 0
+)";
+
+/// What a schedule does at its slots.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// A shell command, run like a hook.
+    Command(String),
+    /// An event of this kind, published (alerts, hooks and webhooks react).
+    Event(String),
+}
+
+/// What happens to slots missed while nothing ran (no request, no cron).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CatchUp {
+    /// One run covers every missed slot.
+    Once,
+    /// Missed slots are skipped; the schedule waits for its next slot.
+    Skip,
+}
+
+impl CatchUp {
+    /// `once` or `skip`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatchUp::Once => "once",
+            CatchUp::Skip => "skip",
+        }
+    }
+
+    /// Reads `once` or `skip`.
+    pub fn parse(s: &str) -> Option<CatchUp> {
+        match s {
+            "once" => Some(CatchUp::Once),
+            "skip" => Some(CatchUp::Skip),
+            _ => None,
+        }
+    }
+}
+
+/// The timing as given: a pattern and zone, or an interval.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Timing {
+    /// `--cron PATTERN [--tz ZONE]`.
+    Cron {
+        /// Five fields or a nickname.
+        pattern: String,
+        /// An IANA zone name; `None`: UTC.
+        zone: Option<String>,
+    },
+    /// `--every 15m`.
+    Every(String),
+}
+
+impl Timing {
+    /// Parses and checks it.
+    pub fn spec(&self) -> Result<Spec, SpecError> {
+        match self {
+            Timing::Cron { pattern, zone } => Spec::cron(pattern, zone.as_deref()),
+            Timing::Every(text) => Spec::every(text),
+        }
+    }
+}
+
+/// One schedule as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Schedule {
+    /// Its name.
+    pub name: String,
+    /// `cron` or `every`.
+    pub timing: String,
+    /// The pattern or the interval.
+    pub spec: String,
+    /// The zone (cron only).
+    pub zone: String,
+    /// What it does; `None` for a row with neither or both set by hand.
+    pub action: Option<Action>,
+    /// The catch-up rule (`once` for an unknown stored value).
+    pub catch_up: CatchUp,
+    /// Paused: its slots pass without runs.
+    pub paused: bool,
+    /// When it was added (slots before this never run).
+    pub created: i64,
+    /// `schedule run NAME` asked for a run.
+    pub run_now: bool,
+    /// A slot whose command started and did not finish (yet).
+    pub claimed: Option<i64>,
+    /// Slots that got no run of their own, in all.
+    pub missed: i64,
+    /// Slots the latest catch-up covered or skipped.
+    pub last_missed: i64,
+}
+
+impl Schedule {
+    /// The timing, parsed.
+    pub fn parsed(&self) -> Result<Spec, SpecError> {
+        match self.timing.as_str() {
+            "cron" => Spec::cron(&self.spec, Some(&self.zone)),
+            _ => Spec::every(&self.spec),
+        }
+    }
+}
+
+/// Why a schedule could not be added or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// SQLite refused.
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The timing does not parse.
+    #[error("{0}")]
+    Spec(#[from] SpecError),
+    /// A name that is not a short word.
+    #[error(
+        "bad schedule name {0:?}: use 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    )]
+    BadName(String),
+    /// The name is taken.
+    #[error("a schedule named {0:?} exists already (see `backoffice schedule list`)")]
+    Exists(String),
+    /// No schedule of that name.
+    #[error("no schedule named {0:?} (see `backoffice schedule list`)")]
+    NoSuch(String),
+    /// An empty command.
+    #[error("a schedule's command must not be empty")]
+    EmptyCommand,
+    /// An event kind the event log would refuse.
+    #[error("bad event kind {0:?}: use a lowercase word (letters, digits, '.', '_', '-')")]
+    BadKind(String),
+}
+
+/// True for a name `schedule` commands accept.
+pub fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn valid_kind(kind: &str) -> bool {
+    (1..=64).contains(&kind.len())
+        && kind.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
+}
+
+/// Creates the table (and the ledger) if missing, and has writes to it
+/// lower the due summary. Idempotent.
+pub fn install(conn: &Connection) -> rusqlite::Result<()> {
+    conn.execute_batch(SCHEMA)?;
+    ledger::install(conn)?;
+    backoffice::due::watch(conn, "bo_schedule")
+}
+
+/// True if the table exists (nothing was ever scheduled otherwise).
+pub fn installed(conn: &Connection) -> rusqlite::Result<bool> {
+    conn.table_exists(None, "bo_schedule")
+}
+
+/// Adds a schedule at `now` (its first slot is the first after `now`).
+pub fn add(
+    conn: &Connection,
+    name: &str,
+    timing: &Timing,
+    action: &Action,
+    catch_up: CatchUp,
+    now: i64,
+) -> Result<Schedule, ScheduleError> {
+    if !valid_name(name) {
+        return Err(ScheduleError::BadName(name.to_owned()));
+    }
+    let spec = timing.spec()?;
+    let (command, event) = match action {
+        Action::Command(c) if c.trim().is_empty() => return Err(ScheduleError::EmptyCommand),
+        Action::Command(c) => (Some(c.as_str()), None),
+        Action::Event(k) if !valid_kind(k) => return Err(ScheduleError::BadKind(k.clone())),
+        Action::Event(k) => (None, Some(k.as_str())),
+    };
+    let (kind, text, zone) = match (timing, &spec) {
+        (Timing::Cron { pattern, .. }, Spec::Cron(c)) => (
+            "cron",
+            pattern.split_whitespace().collect::<Vec<_>>().join(" "),
+            c.zone_name().to_owned(),
+        ),
+        (_, Spec::Every { secs }) => ("every", super::slots::interval_text(*secs), "UTC".into()),
+        _ => unreachable!("a timing parses to its own kind"),
+    };
+    backoffice::repo::in_write(conn, || -> Result<(), ScheduleError> {
+        install(conn)?;
+        let taken: Option<i64> = conn
+            .query_row("SELECT 1 FROM bo_schedule WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if taken.is_some() {
+            return Err(ScheduleError::Exists(name.to_owned()));
+        }
+        conn.execute(
+            "INSERT INTO bo_schedule(name, timing, spec, zone, command, event, catch_up, created)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                name,
+                kind,
+                text,
+                zone,
+                command,
+                event,
+                catch_up.as_str(),
+                now
+            ],
+        )?;
+        // A fresh ledger entry: nothing handled yet (cursor 0 means "since
+        // it was added"), and any entry a removed namesake left is gone.
+        ledger::remove(conn, TASK, name)?;
+        Ok(())
+    })?;
+    get(conn, name)?.ok_or_else(|| ScheduleError::NoSuch(name.to_owned()))
+}
+
+const COLUMNS: &str = "name, timing, spec, zone, command, event, catch_up, paused, created,
+                       run_now, claimed, missed, last_missed";
+
+fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
+    let command: Option<String> = r.get(4)?;
+    let event: Option<String> = r.get(5)?;
+    let action = match (command, event) {
+        (Some(c), None) => Some(Action::Command(c)),
+        (None, Some(k)) => Some(Action::Event(k)),
+        _ => None,
+    };
+    Ok(Schedule {
+        name: r.get(0)?,
+        timing: r.get(1)?,
+        spec: r.get(2)?,
+        zone: r.get(3)?,
+        action,
+        catch_up: CatchUp::parse(&r.get::<_, String>(6)?).unwrap_or(CatchUp::Once),
+        paused: r.get::<_, i64>(7)? != 0,
+        created: r.get(8)?,
+        run_now: r.get::<_, i64>(9)? != 0,
+        claimed: r.get(10)?,
+        missed: r.get(11)?,
+        last_missed: r.get(12)?,
+    })
+}
+
+/// Every schedule, by name; none when the table does not exist.
+pub fn all(conn: &Connection) -> rusqlite::Result<Vec<Schedule>> {
+    if !installed(conn)? {
+        return Ok(Vec::new());
+    }
+    let mut st =
+        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM bo_schedule ORDER BY name"))?;
+    st.query_map([], from_row)?.collect()
+}
+
+/// One schedule.
+pub fn get(conn: &Connection, name: &str) -> rusqlite::Result<Option<Schedule>> {
+    if !installed(conn)? {
+        return Ok(None);
+    }
+    conn.query_row(
+        &format!("SELECT {COLUMNS} FROM bo_schedule WHERE name = ?1"),
+        [name],
+        from_row,
+    )
+    .optional()
+}
+
+fn change(conn: &Connection, name: &str, sql: &str) -> Result<(), ScheduleError> {
+    if !installed(conn)? {
+        return Err(ScheduleError::NoSuch(name.to_owned()));
+    }
+    let n = backoffice::repo::in_write(conn, || conn.execute(sql, [name]))?;
+    if n == 0 {
+        return Err(ScheduleError::NoSuch(name.to_owned()));
+    }
+    Ok(())
+}
+
+/// Removes a schedule and its ledger entry. A run in progress finishes;
+/// its outcome is not recorded (there is nothing to record it on).
+pub fn remove(conn: &Connection, name: &str) -> Result<(), ScheduleError> {
+    if !installed(conn)? {
+        return Err(ScheduleError::NoSuch(name.to_owned()));
+    }
+    backoffice::repo::in_write(conn, || -> Result<(), ScheduleError> {
+        if conn.execute("DELETE FROM bo_schedule WHERE name = ?1", [name])? == 0 {
+            return Err(ScheduleError::NoSuch(name.to_owned()));
+        }
+        ledger::remove(conn, TASK, name)?;
+        Ok(())
+    })
+}
+
+/// Pauses (or resumes) a schedule. Slots passing while paused are missed
+/// when it resumes, by its catch-up rule.
+pub fn set_paused(conn: &Connection, name: &str, paused: bool) -> Result<(), ScheduleError> {
+    change(
+        conn,
+        name,
+        if paused {
+            "UPDATE bo_schedule SET paused = 1 WHERE name = ?1"
+        } else {
+            "UPDATE bo_schedule SET paused = 0 WHERE name = ?1"
+        },
+    )
+}
+
+/// Asks for one run now (paused or not), without using up a slot.
+pub fn request_run(conn: &Connection, name: &str) -> Result<(), ScheduleError> {
+    change(
+        conn,
+        name,
+        "UPDATE bo_schedule SET run_now = 1 WHERE name = ?1",
+    )
+}
