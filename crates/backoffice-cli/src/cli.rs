@@ -75,6 +75,10 @@ pub enum Command {
     /// Add, list, test, retry or remove webhook endpoints (signed HTTP POSTs of every event).
     Webhook(WebhookArgs),
 
+    /// Add, list, show, pause, resume, run or remove schedules: periodic
+    /// commands or events, run once per slot by the worker (no cron daemon).
+    Schedule(ScheduleArgs),
+
     /// Add, list, remove or sync replication peers: consistent copies of the
     /// repository kept at file paths (local disks, network mounts).
     Peer(PeerArgs),
@@ -526,6 +530,101 @@ pub enum HookAction {
     Test {
         /// The hook id.
         id: i64,
+    },
+}
+
+/// `backoffice schedule`
+#[derive(Debug, Args)]
+pub struct ScheduleArgs {
+    /// The repository (an SQLite file).
+    #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
+    pub repository: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ScheduleAction,
+}
+
+/// What `backoffice schedule` does.
+#[derive(Debug, Subcommand)]
+pub enum ScheduleAction {
+    /// Add a schedule: a command to run, or an event to publish, once per slot.
+    ///
+    /// Slots are the minutes a cron pattern matches on a time zone's wall
+    /// clock (a slot in a daylight-saving gap runs at the jump, one in a
+    /// fold once), or the multiples of an interval since 1970-01-01 00:00
+    /// UTC. The first slot is the first after now. A slot is found due by
+    /// the after-request check and by cron sweeps with nothing written, and
+    /// run by the worker holding the lease.
+    Add {
+        /// Its name: 1 to 64 letters, digits, '.', '_' or '-'.
+        name: String,
+        /// A five-field cron pattern (minute hour day-of-month month
+        /// day-of-week, e.g. "0 3 * * *"), or @hourly, @daily, @weekly,
+        /// @monthly, @yearly.
+        #[arg(
+            long,
+            value_name = "PATTERN",
+            conflicts_with = "every",
+            required_unless_present = "every"
+        )]
+        cron: Option<String>,
+        /// The time zone whose wall clock the pattern reads (an IANA name such as Europe/Paris) [default: UTC].
+        #[arg(long, value_name = "ZONE", requires = "cron")]
+        tz: Option<String>,
+        /// A plain interval instead of a pattern: 90s, 15m, 1h, 2d (at least 1m).
+        #[arg(long, value_name = "INTERVAL")]
+        every: Option<String>,
+        /// The command to run at each slot, with /bin/sh -c (%R and %F are
+        /// substituted as for hooks; BACKOFFICE_SLOT, BACKOFFICE_SLOT_TIME,
+        /// BACKOFFICE_SCHEDULE and BACKOFFICE_MISSED_SLOTS are set).
+        #[arg(
+            long,
+            value_name = "CMD",
+            conflicts_with = "event",
+            required_unless_present = "event"
+        )]
+        command: Option<String>,
+        /// Publish an event of this kind at each slot instead (alerts, hooks and webhooks react to it).
+        #[arg(long, value_name = "KIND")]
+        event: Option<String>,
+        /// After slots were missed (nothing ran for a while): `once` runs one
+        /// run for all of them, `skip` runs none and waits for the next slot.
+        #[arg(long, value_name = "RULE", default_value = "once", value_parser = ["once", "skip"])]
+        catch_up: String,
+    },
+    /// List the schedules: timing, next slot, last slot and how it went.
+    List {
+        /// Print JSON instead.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one schedule, with its last output.
+    Show {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Remove a schedule (a run in progress finishes; nothing more is recorded).
+    Remove {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Pause a schedule: its slots pass without runs (when resumed, they
+    /// count as missed, by its catch-up rule).
+    Pause {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Resume a paused schedule.
+    Resume {
+        /// The schedule's name.
+        name: String,
+    },
+    /// Run a schedule once now (paused or not) without using up a slot:
+    /// the request is stored and a worker is started for it.
+    Run {
+        /// The schedule's name.
+        name: String,
     },
 }
 

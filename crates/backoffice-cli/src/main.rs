@@ -8,6 +8,7 @@ fn main() -> std::process::ExitCode {
             .with(backoffice_tasks::hooks::Hooks)
             .with(backoffice_tasks::webhooks::Webhooks)
             .with(backoffice_tasks::replicate::Replicate)
-            .with(backoffice_tasks::maintain::Maintenance),
+            .with(backoffice_tasks::maintain::Maintenance)
+            .with(backoffice_tasks::schedules::Schedules),
     )
 }

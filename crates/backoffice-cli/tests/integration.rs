@@ -69,5 +69,8 @@ mod pg_web;
 // Operations: contrib/'s systemd units, crontab, nginx + fcgiwrap and Apache
 // configurations run for real; `serve --access-log`.
 mod ops;
+// Issue 15, schedules: the command line, slots found due with nothing
+// written, once per slot.
+mod schedules;
 // The shape of the code: the engine names no task, the web front imports one way.
 mod layout;

@@ -35,6 +35,7 @@ mod tests {
             crate::webhooks::SETTINGS,
             crate::replicate::SETTINGS,
             crate::maintain::SETTINGS,
+            crate::schedules::task::SETTINGS,
         ]
         .concat()
         {

@@ -20,6 +20,7 @@ pub mod pg;
 pub mod pid;
 pub mod publish;
 pub mod run;
+pub mod schedule;
 pub mod serve;
 pub mod setting;
 pub mod status;
@@ -42,6 +43,7 @@ pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
         Command::Outbox(a) => outbox::run(a),
         Command::Hook(a) => hook::run(a),
         Command::Webhook(a) => webhook::run(a),
+        Command::Schedule(a) => schedule::run(a, tasks),
         Command::Peer(a) => peer::run(a),
         Command::Maintain(a) => maintain::run(a),
         Command::Serve(a) => serve::run(a, tasks),

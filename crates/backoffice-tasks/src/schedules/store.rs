@@ -158,10 +158,10 @@ impl Schedule {
 #[derive(Debug, thiserror::Error)]
 pub enum ScheduleError {
     /// SQLite refused.
-    #[error("{0}")]
+    #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
     /// The timing does not parse.
-    #[error("{0}")]
+    #[error(transparent)]
     Spec(#[from] SpecError),
     /// A name that is not a short word.
     #[error(
