@@ -56,6 +56,7 @@ use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt;
 
 use super::app::App;
+use super::clients::ClientIp;
 use super::router;
 use super::site::repo_in_path;
 
@@ -253,8 +254,11 @@ async fn run(
         let _ = stream.set_nodelay(true);
         let seen_request = Arc::new(AtomicBool::new(false));
         let seen = seen_request.clone();
-        let svc = TowerToHyperService::new(svc.clone().map_request(move |r: Request<_>| {
+        let ip = ClientIp(Some(peer.ip()));
+        let svc = TowerToHyperService::new(svc.clone().map_request(move |mut r: Request<_>| {
             seen.store(true, Ordering::Relaxed);
+            // Who sent it, for the limits counted per client.
+            r.extensions_mut().insert(ip);
             r
         }));
         let shed = shed.clone();

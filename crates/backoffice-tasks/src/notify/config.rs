@@ -149,14 +149,20 @@ pub const SETTINGS: &[Def] = &[
     },
     Def {
         name: "email-signup-per-client",
-        kind: Kind::Int { min: 1, max: 100000 },
+        kind: Kind::Int {
+            min: 1,
+            max: 100000,
+        },
         default: "5",
         help: "Sign-ups a repository accepts per hour from one client address (behind a proxy every client has the proxy's address); more are answered 429.",
         secret: false,
     },
     Def {
         name: "email-signup-per-repository",
-        kind: Kind::Int { min: 1, max: 1000000 },
+        kind: Kind::Int {
+            min: 1,
+            max: 1000000,
+        },
         default: "100",
         help: "Sign-ups a repository accepts per hour from all clients together; more are answered 429.",
         secret: false,

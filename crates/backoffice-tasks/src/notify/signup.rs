@@ -217,15 +217,23 @@ pub fn sending_config(conn: &Connection) -> Result<EmailConfig, SignupError> {
     Ok(cfg)
 }
 
+/// Checks what a visitor typed (the address, the kinds, the name) without
+/// touching the repository.
+pub fn validate(new: &New) -> Result<(), SubscriberError> {
+    let addr = new.address.trim();
+    address::check(addr).map_err(|e| SubscriberError::Address(addr.to_owned(), e))?;
+    subscribers::parse_kinds(&new.kinds)?;
+    subscribers::check_name(&new.name)
+}
+
 /// Asks for mail at `new.address`: the subscriber row (new and unverified,
 /// or the existing one), and a confirmation message queued to the address.
 /// The same whether or not the address was known (see the module header).
 /// Runs in one write transaction of its own.
 pub fn request(conn: &Connection, new: &New, now: i64) -> Result<Subscriber, SignupError> {
+    validate(new)?;
     let addr = new.address.trim().to_owned();
-    address::check(&addr).map_err(|e| SubscriberError::Address(addr.clone(), e))?;
     let kinds = subscribers::parse_kinds(&new.kinds)?;
-    subscribers::check_name(&new.name)?;
     let cfg = sending_config(conn)?;
     let lifetime = Settings::load(conn).link_lifetime;
     backoffice::repo::immediate(conn, || {
@@ -256,6 +264,31 @@ pub fn request(conn: &Connection, new: &New, now: i64) -> Result<Subscriber, Sig
         };
         queue_confirmation(conn, &cfg, &s, lifetime, now)?;
         Ok(s)
+    })
+}
+
+/// An administrator's `subscriber add --confirm`: adds the address
+/// unverified (refused if it is already a subscriber) and queues the same
+/// confirmation message a sign-up gets, in one write. Returns the
+/// subscriber and the link's lifetime in seconds.
+pub fn add_and_confirm(
+    conn: &Connection,
+    new: &New,
+    now: i64,
+) -> Result<(Subscriber, i64), SignupError> {
+    validate(new)?;
+    let cfg = sending_config(conn)?;
+    let lifetime = Settings::load(conn).link_lifetime;
+    backoffice::repo::immediate(conn, || {
+        let s = subscribers::add(
+            conn,
+            &New {
+                verified: false,
+                ..new.clone()
+            },
+        )?;
+        queue_confirmation(conn, &cfg, &s, lifetime, now)?;
+        Ok((s, lifetime))
     })
 }
 
@@ -308,7 +341,9 @@ pub fn queue_confirmation(
 /// The name shown in the confirmation: `email-subname` without its
 /// brackets, else the host of `email-url`.
 fn project_of(cfg: &EmailConfig) -> String {
-    let sub = cfg.subname.trim_matches(|c: char| c == '[' || c == ']' || c.is_whitespace());
+    let sub = cfg
+        .subname
+        .trim_matches(|c: char| c == '[' || c == ']' || c.is_whitespace());
     if !sub.is_empty() {
         return sub.to_owned();
     }
@@ -431,7 +466,10 @@ mod tests {
         assert_eq!(code, s.code);
         let k = key(&conn).unwrap();
         assert_eq!(check_link(&k, code, token, 200), Link::Valid);
-        assert_eq!(check_link(&k, code, token, 100 + 24 * 3600 + 1), Link::Expired);
+        assert_eq!(
+            check_link(&k, code, token, 100 + 24 * 3600 + 1),
+            Link::Expired
+        );
         let s = confirm(&conn, code).unwrap().unwrap();
         assert!(s.active());
         // Asking again for an active address changes nothing but queues a link.
