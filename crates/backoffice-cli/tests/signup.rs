@@ -936,3 +936,24 @@ fn a_visitor_signs_up_confirms_changes_and_leaves_in_a_real_browser() {
         1
     );
 }
+
+#[test]
+fn the_in_memory_rate_table_stays_within_its_bound() {
+    use backoffice_cli::web::clients::RateTable;
+    let t = RateTable::with_cap(4);
+    let b = |ip: &str| vec![("app".to_owned(), 100), (format!("app/{ip}"), 2)];
+    // The repository's counter and three clients fill it.
+    assert!(t.take(&b("a"), 10, 3600));
+    assert!(t.take(&b("a"), 11, 3600));
+    assert!(!t.take(&b("a"), 12, 3600), "a's two are used");
+    assert!(t.take(&b("b"), 13, 3600));
+    assert!(t.take(&b("c"), 14, 3600));
+    assert_eq!(t.len(), 4);
+    // Full within the hour: a new client is refused rather than grown for.
+    assert!(!t.take(&b("d"), 15, 3600));
+    assert_eq!(t.len(), 4);
+    // Next hour the old counters make room.
+    assert!(t.take(&b("d"), 3600 + 1, 3600));
+    assert_eq!(t.len(), 2);
+    assert!(t.take(&b("a"), 3600 + 2, 3600), "a starts afresh");
+}

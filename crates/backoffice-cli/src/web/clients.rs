@@ -62,7 +62,7 @@ impl RateTable {
         let mut rows = self.rows.lock().unwrap_or_else(|p| p.into_inner());
         let missing = buckets
             .iter()
-            .filter(|(k, _)| !rows.get(k).is_some_and(|(rw, _)| *rw == w))
+            .filter(|(k, _)| rows.get(k).is_none_or(|(rw, _)| *rw != w))
             .count();
         if rows.len().saturating_add(missing) > self.cap {
             rows.retain(|_, (rw, _)| *rw == w);

@@ -198,7 +198,7 @@ pub async fn post_subscribe(
         let admitted = match &app.signup_rates {
             Some(t) => t.take(
                 &[
-                    (format!("{name}"), settings.per_repository),
+                    (name.clone(), settings.per_repository),
                     (format!("{name}/{ip}"), settings.per_client),
                 ],
                 now,
