@@ -33,6 +33,11 @@
 //! current hour's rows, at most one per repository plus one per client that
 //! was let through, so it stays small whatever a flood sends.
 //!
+//! **Unconfirmed addresses do not pile up**: each sign-up first removes
+//! the addresses that were sent a confirmation, never confirmed it, and
+//! were not asked for again within the link's lifetime
+//! ([`purge_unconfirmed`]).
+//!
 //! The same confirmation is sent by `backoffice subscriber add --confirm`.
 //! SQLite repositories only: the web pages and `--confirm` refuse a
 //! PostgreSQL schema with a message saying so.
@@ -238,6 +243,7 @@ pub fn request(conn: &Connection, new: &New, now: i64) -> Result<Subscriber, Sig
     let lifetime = Settings::load(conn).link_lifetime;
     backoffice::repo::immediate(conn, || {
         install(conn)?;
+        purge_unconfirmed(conn, now.saturating_sub(lifetime))?;
         let s = match subscribers::find(conn, &addr)? {
             None => subscribers::add(
                 conn,
@@ -290,6 +296,20 @@ pub fn add_and_confirm(
         queue_confirmation(conn, &cfg, &s, lifetime, now)?;
         Ok((s, lifetime))
     })
+}
+
+/// Removes the addresses that were sent a confirmation, never confirmed,
+/// and have not been asked for since `before` (so every link they were
+/// sent has expired): strangers' sign-ups do not pile up. Subscribers an
+/// administrator added unverified without `--confirm` are kept. Returns
+/// how many were removed.
+pub fn purge_unconfirmed(conn: &Connection, before: i64) -> rusqlite::Result<usize> {
+    conn.execute(
+        "DELETE FROM bo_subscriber
+         WHERE NOT verified AND NOT donotcall AND mtime < ?1
+           AND subscriberid IN (SELECT subscriberid FROM bo_outbox WHERE kind = ?2)",
+        params![before, CONFIRM_KIND],
+    )
 }
 
 /// Queues the confirmation message for `s` (inside the caller's write).
@@ -493,6 +513,60 @@ mod tests {
             )
             .unwrap();
         assert_eq!(n, 2);
+    }
+
+    #[test]
+    fn unconfirmed_sign_ups_are_purged_once_their_links_expire() {
+        let conn = repo();
+        let ask = |a: &str, at: i64| {
+            request(
+                &conn,
+                &New {
+                    address: a.into(),
+                    ..New::default()
+                },
+                at,
+            )
+            .unwrap()
+        };
+        // Rows carry the real clock's times; the requests are made later.
+        let t0 = backoffice::clock::now();
+        ask("old@example.org", t0);
+        let confirmed = ask("kept@example.org", t0);
+        confirm(&conn, &confirmed.code).unwrap();
+        subscribers::add(
+            &conn,
+            &New {
+                address: "admin-added@example.org".into(),
+                ..New::default()
+            },
+        )
+        .unwrap();
+        let day = 24 * 3600;
+        // Within the link's lifetime nothing goes.
+        ask("new@example.org", t0 + day - 10);
+        assert!(
+            subscribers::find(&conn, "old@example.org")
+                .unwrap()
+                .is_some()
+        );
+        // Past it, the never-confirmed sign-up goes; the rest stay.
+        ask("newer@example.org", t0 + day + 10);
+        let left: Vec<String> = subscribers::list(&conn)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.address)
+            .collect();
+        // (new@ was written at the real clock's time too, so it has expired
+        // along with old@.)
+        assert_eq!(
+            left,
+            [
+                "admin-added@example.org",
+                "kept@example.org",
+                "newer@example.org"
+            ]
+        );
     }
 
     #[test]
