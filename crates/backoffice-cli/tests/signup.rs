@@ -957,3 +957,33 @@ fn the_in_memory_rate_table_stays_within_its_bound() {
     assert_eq!(t.len(), 2);
     assert!(t.take(&b("a"), 3600 + 2, 3600), "a starts afresh");
 }
+
+#[test]
+fn the_demo_has_sign_up_on_and_prints_its_page() {
+    let env = Env::new();
+    let dir = env.path("demo");
+    let mut child = Cmd::backoffice()
+        .args(["demo", "--listen", "127.0.0.1:0", "--exit-after", "60"])
+        .arg(&dir)
+        .spawn_with(Stdio::piped(), Stdio::inherit());
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    while !text.contains("Ctrl-C") {
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            break;
+        }
+        text.push_str(&line);
+    }
+    let url = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("sign up"))
+        .map(|u| u.trim().to_owned())
+        .unwrap_or_else(|| panic!("no sign-up URL in {text}"));
+    let path = path_of(&url);
+    let addr = url.trim_start_matches("http://").split('/').next().unwrap();
+    let r = get(addr, &path);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("name=\"address\""), "{}", r.body);
+    crate::harness::kill(child);
+}
