@@ -379,6 +379,11 @@ pub enum SubscriberAction {
         /// Mark the address as verified now (otherwise it gets nothing until verified).
         #[arg(long)]
         verified: bool,
+        /// Send the address the sign-up confirmation email (through the outbox;
+        /// the link works for email-signup-link-lifetime hours): it gets
+        /// nothing until its owner follows the link. SQLite repositories only.
+        #[arg(long, conflicts_with = "verified")]
+        confirm: bool,
         /// A display name.
         #[arg(long, value_name = "NAME")]
         name: Option<String>,

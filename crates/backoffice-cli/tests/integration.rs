@@ -42,6 +42,7 @@ mod standard_webhooks;
 mod maintain;
 // The web front: `serve` over real HTTP, `cgi` from the environment and
 // under Python's CGI server, the demo.
+mod signup;
 mod web;
 // Upgrades: a binary replaced on disk under `serve` and `run --poll`; a
 // repository written by the previous release keeps its state.

@@ -1232,3 +1232,42 @@ fn postgresql_down_and_back_costs_errors_never_the_server() {
     no_password(&[("the server's log", &srv.log()), ("the replies", &seen)]);
     assert!(!srv.log().contains(&token), "the token is never logged");
 }
+
+/// Self-service sign-up (issue 14) is for SQLite repositories: on a
+/// PostgreSQL schema its pages say so (501) and `subscriber add --confirm`
+/// is refused with the reason; nothing is added.
+#[test]
+fn self_service_sign_up_is_refused_clearly_on_postgresql() {
+    let env = Env::new();
+    let Some(site) = PgSite::new("shop") else {
+        return;
+    };
+    site.bo(&["setting", "-R", &site.url, "email-signup", "on"]);
+    let srv = PgServe::start(&site.url, &[], &env);
+    for path in [
+        "/r/shop/subscribe",
+        "/r/shop/alerts/0123456789abcdef0123456789abcdef",
+    ] {
+        let r = get(&srv.addr, path);
+        assert_eq!(r.status, 501, "{path}: {r:?}");
+        assert!(r.body.contains("needs an SQLite repository"), "{}", r.body);
+    }
+    let done = Cmd::backoffice()
+        .args([
+            "subscriber",
+            "-R",
+            &site.url,
+            "add",
+            "cy@example.org",
+            "--confirm",
+        ])
+        .output();
+    let e = done.failure();
+    assert!(e.contains("--confirm needs an SQLite repository"), "{e}");
+    let n: i64 = site
+        .client()
+        .query_one("SELECT count(*) FROM bo_subscriber", &[])
+        .map(|r| r.get(0))
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+}

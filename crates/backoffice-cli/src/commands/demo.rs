@@ -79,6 +79,8 @@ pub fn run(a: DemoArgs, tasks: Tasks) -> Result<ExitCode> {
         config_set(conn, k, &v).with_context(|| format!("setting {k}"))?;
     }
     if fresh {
+        // Self-service sign-up is off by default; the demo shows it.
+        config_set(conn, "email-signup", "on").context("setting email-signup")?;
         for (address, name, kinds, digest) in SUBSCRIBERS {
             subscribers::add(
                 conn,
@@ -131,6 +133,7 @@ pub fn run(a: DemoArgs, tasks: Tasks) -> Result<ExitCode> {
         format!("  status page  {base}/r/demo"),
         format!("  JSON         {base}/r/demo/status.json"),
         format!("  metrics      {base}/metrics"),
+        format!("  sign up      {base}/r/demo/subscribe"),
         format!(
             "  email        {} (one .eml file per message)",
             mail.display()

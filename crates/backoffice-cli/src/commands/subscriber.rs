@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use backoffice::Db;
 use backoffice_tasks::notify::pg;
+use backoffice_tasks::notify::signup;
 use backoffice_tasks::notify::subscribers::{self, Changes, New, Subscriber};
 
 use crate::cli::{SubscriberAction, SubscriberArgs};
@@ -96,15 +97,20 @@ pub fn run(a: SubscriberArgs) -> Result<ExitCode> {
             kinds,
             digest,
             verified,
+            confirm,
             name,
         } => {
-            let s = store.add(&New {
+            let new = New {
                 address,
                 name,
                 kinds,
                 digest,
                 verified,
-            })?;
+            };
+            if confirm {
+                return add_and_confirm(&store, &new);
+            }
+            let s = store.add(&new)?;
             println!("added: {}", line(&s));
             if !s.verified {
                 println!(
@@ -157,5 +163,25 @@ pub fn run(a: SubscriberArgs) -> Result<ExitCode> {
             println!("{}", line(&s));
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `subscriber add --confirm`: the subscriber, unverified, and the
+/// sign-up confirmation email queued to it (SQLite only).
+fn add_and_confirm(store: &Store, new: &New) -> Result<ExitCode> {
+    let Store::File(repo) = store else {
+        anyhow::bail!(
+            "--confirm needs an SQLite repository (the confirmation links are not supported on PostgreSQL); add the subscriber with --verified, or without it and verify later"
+        );
+    };
+    store.writable()?;
+    let (s, lifetime) = signup::add_and_confirm(repo.conn(), new, backoffice::clock::now())?;
+    println!("added: {}", line(&s));
+    println!(
+        "a confirmation email to {} is queued (its link works for {} hours); the next worker run sends it, and {} gets nothing until the link is followed",
+        s.address,
+        lifetime / 3600,
+        s.address
+    );
     Ok(ExitCode::SUCCESS)
 }

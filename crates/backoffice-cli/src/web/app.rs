@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use backoffice::pg::PgTrigger;
 use backoffice::{Backoffice, Started};
 
+use super::clients::RateTable;
 use super::site::{Site, Target};
 use super::store::Store;
 
@@ -74,6 +75,10 @@ pub struct App {
     /// Where copies pushed by peers go (`serve --replica-dir`), if anywhere.
     pub replicas: Option<ReplicaSink>,
     write_gates: Vec<Mutex<()>>,
+    /// Sign-ups counted per client and per repository, in memory (`serve`);
+    /// `None` in a process that lives for one request (`cgi`), which
+    /// counts in the repository instead.
+    pub signup_rates: Option<RateTable>,
 }
 
 /// Stripes of the in-process write gate ([`App::write_gate`]): a fixed
@@ -118,6 +123,7 @@ impl App {
             read_checks: Mutex::new(HashMap::new()),
             replicas: None,
             write_gates: (0..WRITE_GATES).map(|_| Mutex::new(())).collect(),
+            signup_rates: Some(RateTable::default()),
         }
     }
 
@@ -125,6 +131,8 @@ impl App {
     /// right after its request: CGI).
     pub fn short_lived(mut self) -> App {
         self.pg = PgTrigger::new(self.bo.tasks().clone()).reap_children(false);
+        // Counters in memory would die with the request.
+        self.signup_rates = None;
         self
     }
 

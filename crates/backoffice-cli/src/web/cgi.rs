@@ -20,6 +20,7 @@ use axum::http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode}
 use tower::ServiceExt;
 
 use super::app::App;
+use super::clients::ClientIp;
 use super::router;
 use super::site::repo_in_path;
 
@@ -36,6 +37,8 @@ pub struct CgiRequest {
     pub content_length: Option<usize>,
     /// Headers: `CONTENT_TYPE` and every `HTTP_*` variable.
     pub headers: Vec<(String, String)>,
+    /// `REMOTE_ADDR`, the client's address, if the web server gave a valid one.
+    pub remote_addr: Option<std::net::IpAddr>,
 }
 
 impl CgiRequest {
@@ -72,6 +75,7 @@ impl CgiRequest {
             query: env.get("QUERY_STRING").cloned().unwrap_or_default(),
             content_length,
             headers,
+            remote_addr: env.get("REMOTE_ADDR").and_then(|a| a.trim().parse().ok()),
         })
     }
 
@@ -88,6 +92,7 @@ impl CgiRequest {
             .uri(&uri)
             .body(Body::from(body))
             .map_err(|_| "bad request path".to_owned())?;
+        req.extensions_mut().insert(ClientIp(self.remote_addr));
         for (k, v) in &self.headers {
             // Headers the web server passes that HTTP cannot carry are dropped.
             if let (Ok(k), Ok(v)) = (HeaderName::try_from(k.as_str()), HeaderValue::try_from(v)) {

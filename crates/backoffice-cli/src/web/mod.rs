@@ -23,6 +23,9 @@
 //! * `store.rs`: one open repository on either store — an SQLite file
 //!   or a PostgreSQL schema — and what the routes ask of it (the status,
 //!   events, subscribers, the token), each call the store's own function.
+//! * `clients.rs`: who sent a request (`ClientIp`, put on it by the
+//!   front end) and a bounded in-memory table of counters per client
+//!   (the sign-up rate limits of `serve`).
 //! * `site.rs`: repositories by name (one file, a `--repolist`
 //!   directory, one PostgreSQL schema or every repository schema of a
 //!   database), a small connection pool, and which repository a request
@@ -35,11 +38,16 @@
 //!   and answered without details), the bearer-token checks, HTML escaping
 //!   and the page shell, content types, JSON bodies, and running a
 //!   handler's SQLite work on a blocking thread.
+//! * `guard.rs`, beside `respond.rs`: the forms' guards — cross-site
+//!   request forgery tokens bound to a cookie, the same-origin check,
+//!   reading a form body.
 //! * The route modules, one per kind of reply:
 //!   * `pages.rs`: the HTML pages (index, status, unsubscribe).
 //!   * `api.rs`: the JSON API (status, events, subscribers).
 //!   * `metrics.rs`: the Prometheus text.
 //!   * `replica.rs`: copies pushed by peers (`PUT /replica/NAME`).
+//!   * `signup.rs`: self-service sign-up, the confirmation link, a
+//!     subscriber's own page (`/subscribe`, `/confirm`, `/alerts`).
 //! * `router.rs`: the route table, request-body limits, security headers,
 //!   the 404.
 //! * `serve.rs`, `cgi.rs`: the two front ends, each feeding the router.
@@ -54,12 +62,15 @@
 mod api;
 mod app;
 pub mod cgi;
+pub mod clients;
+mod guard;
 mod metrics;
 mod pages;
 mod replica;
 mod respond;
 pub mod router;
 pub mod serve;
+mod signup;
 pub mod site;
 mod store;
 

@@ -9,6 +9,9 @@
 //! | `GET`, `POST /r/NAME/subscribers` | list, add subscribers (token) |
 //! | `DELETE /r/NAME/subscribers/WHO` | remove one, by address or id (token) |
 //! | `GET`, `POST /r/NAME/unsubscribe/CODE` | the one-click unsubscribe target (RFC 8058) |
+//! | `GET`, `POST /r/NAME/subscribe` | self-service sign-up (`email-signup`) |
+//! | `GET`, `POST /r/NAME/confirm/CODE/TOKEN` | the emailed confirmation link |
+//! | `GET`, `POST /r/NAME/alerts/CODE` | a subscriber changes what they get, or leaves |
 //! | `GET /metrics` | Prometheus text for every repository |
 //! | `GET`, `PUT /replica/NAME` | ask whether a copy would be taken; a copy pushed by a peer (`serve --replica-dir`; its own token) |
 //!
@@ -30,7 +33,7 @@ use axum::routing::{delete, get, post, put};
 
 use super::app::App;
 use super::respond::Failure;
-use super::{api, metrics, pages, replica};
+use super::{api, metrics, pages, replica, signup};
 
 /// The router, with request limits and security headers. The after-request
 /// check is not in here: each front end runs it after its reply is sent.
@@ -58,6 +61,18 @@ pub fn router(app: Arc<App>) -> Router {
         .route(
             "/r/{name}/unsubscribe/{code}",
             get(pages::get_unsubscribe).post(pages::post_unsubscribe),
+        )
+        .route(
+            "/r/{name}/subscribe",
+            get(signup::get_subscribe).post(signup::post_subscribe),
+        )
+        .route(
+            "/r/{name}/confirm/{code}/{token}",
+            get(signup::get_confirm).post(signup::post_confirm),
+        )
+        .route(
+            "/r/{name}/alerts/{code}",
+            get(signup::get_alerts).post(signup::post_alerts),
         )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), read_body));

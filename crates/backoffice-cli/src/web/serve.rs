@@ -68,6 +68,7 @@ use tokio::sync::{Notify, Semaphore};
 use tower::ServiceExt;
 
 use super::app::App;
+use super::clients::ClientIp;
 use super::router;
 use super::site::repo_in_path;
 
@@ -289,9 +290,11 @@ async fn run(
         let _ = stream.set_nodelay(true);
         let seen_request = Arc::new(AtomicBool::new(false));
         let seen = seen_request.clone();
+        let ip = ClientIp(Some(peer.ip()));
         let svc = TowerToHyperService::new(svc.clone().map_request(move |mut r: Request<_>| {
             seen.store(true, Ordering::Relaxed);
-            r.extensions_mut().insert(Client(peer.ip()));
+            // Who sent it: for the limits counted per client, and the access log.
+            r.extensions_mut().insert(ip);
             r
         }));
         let shed = shed.clone();
@@ -391,10 +394,6 @@ async fn shutdown_signal(stop_after: Option<std::time::Duration>) -> &'static st
     }
 }
 
-/// The client's address, put on each request by the accept loop.
-#[derive(Clone, Copy)]
-struct Client(IpAddr);
-
 /// The access log of `serve --access-log`: one line per request,
 ///
 /// ```text
@@ -491,7 +490,7 @@ impl Logs {
 /// Writes the access-log line of each request.
 async fn access(State(log): State<Arc<Logs>>, req: Request, next: Next) -> Response {
     let t0 = Instant::now();
-    let client = req.extensions().get::<Client>().map(|c| c.0);
+    let client = req.extensions().get::<ClientIp>().and_then(|c| c.0);
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let resp = next.run(req).await;

@@ -133,6 +133,40 @@ pub const SETTINGS: &[Def] = &[
         help: "Delivery attempts before a message is dead (retries back off from 1 minute to 6 hours).",
         secret: false,
     },
+    Def {
+        name: "email-signup",
+        kind: Kind::Bool,
+        default: "off",
+        help: "Self-service sign-up on the web: the /r/NAME/subscribe form, the emailed confirmation link (double opt-in) and the /r/NAME/alerts/CODE page where a subscriber changes or leaves. Off: those pages answer 404. SQLite repositories only.",
+        secret: false,
+    },
+    Def {
+        name: "email-signup-link-lifetime",
+        kind: Kind::Int { min: 1, max: 720 },
+        default: "24",
+        help: "Hours a sign-up confirmation link works; after that the visitor signs up again.",
+        secret: false,
+    },
+    Def {
+        name: "email-signup-per-client",
+        kind: Kind::Int {
+            min: 1,
+            max: 100000,
+        },
+        default: "5",
+        help: "Sign-ups a repository accepts per hour from one client address (behind a proxy every client has the proxy's address); more are answered 429.",
+        secret: false,
+    },
+    Def {
+        name: "email-signup-per-repository",
+        kind: Kind::Int {
+            min: 1,
+            max: 1000000,
+        },
+        default: "100",
+        help: "Sign-ups a repository accepts per hour from all clients together; more are answered 429.",
+        secret: false,
+    },
 ];
 
 /// How messages leave.

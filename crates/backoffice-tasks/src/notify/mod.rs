@@ -49,6 +49,8 @@
 //! * `message.rs`: building a MIME message (lettre) with its headers.
 //! * `send.rs`: the send methods (`Transport`); `smtp.rs`: SMTP relay.
 //! * `outbox.rs`: delivery, retries, dead letters.
+//! * `signup.rs`: self-service sign-up, double opt-in (confirmation links,
+//!   rate limits).
 //! * `schedule.rs`: when digests are due, in a time zone.
 //! * `task.rs`: the [`Notify`] task that ties them together.
 //! * `pg.rs`: the same on a PostgreSQL repository (cursors in the retry
@@ -62,6 +64,7 @@ pub mod outbox;
 pub mod pg;
 pub mod schedule;
 pub mod send;
+pub mod signup;
 pub mod smtp;
 pub mod subscribers;
 mod task;

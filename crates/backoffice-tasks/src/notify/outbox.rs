@@ -99,7 +99,7 @@ pub struct Row {
     pub msgid: i64,
     /// Recipient.
     pub address: String,
-    /// `alert` or `digest`.
+    /// `alert`, `digest` or `confirm` (a sign-up confirmation).
     pub kind: String,
     /// Subject.
     pub subject: String,
@@ -124,7 +124,7 @@ pub struct New<'a> {
     pub subscriberid: Option<i64>,
     /// Recipient.
     pub address: &'a str,
-    /// `alert` or `digest`.
+    /// `alert`, `digest` or `confirm` (a sign-up confirmation).
     pub kind: &'a str,
     /// Subject (without prefix).
     pub subject: &'a str,
