@@ -577,7 +577,7 @@ pub enum ScheduleAction {
         /// The time zone whose wall clock the pattern reads (an IANA name such as Europe/Paris) [default: UTC].
         #[arg(long, value_name = "ZONE", requires = "cron")]
         tz: Option<String>,
-        /// A plain interval instead of a pattern: 90s, 15m, 1h, 2d (at least 1m).
+        /// A plain interval instead of a pattern: 90s, 15m, 1h, 2d (runs still come at most once per lease time).
         #[arg(long, value_name = "INTERVAL")]
         every: Option<String>,
         /// The command to run at each slot, with /bin/sh -c (%R and %F are

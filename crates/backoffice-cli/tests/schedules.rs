@@ -108,8 +108,8 @@ fn the_command_line_adds_lists_pauses_and_refuses_bad_input_by_name() {
             "unknown time zone",
         ),
         (
-            vec!["add", "x", "--every", "10s", "--command", "true"],
-            "from 1m to 366d",
+            vec!["add", "x", "--every", "0s", "--command", "true"],
+            "from 1s to 366d",
         ),
         (
             vec!["add", "nightly", "--every", "1h", "--command", "true"],
@@ -193,4 +193,120 @@ fn a_slot_is_found_due_by_trigger_and_by_a_sweep_with_nothing_written() {
         .collect();
     want.sort();
     assert_eq!(got, want, "each repository's slot ran once");
+}
+
+/// Once per slot under concurrent workers and random SIGKILLs: for a
+/// bounded time, thirty `run` workers at a time on one repository (lease
+/// time one second, a schedule every second), a random one killed every
+/// 400 ms, and the lease holder while its command runs (its command's
+/// process tree dies with it) whenever a slot finished since the last
+/// such kill. The
+/// command appends its slot to a file after a pause, holding a lock
+/// (`flock -n`: a second command at the same time would write `overlap`).
+/// Afterwards every slot that ran is in the file exactly once, and no two
+/// commands ever overlapped.
+#[test]
+fn once_per_slot_under_thirty_workers_and_random_kills() {
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    let r = env.repo("r.db", 1);
+    let repo = r.path.to_str().unwrap().to_owned();
+    let out = env.path("slots.txt");
+    let lock = env.path("slots.lock");
+    let cmd = format!(
+        "flock -n {lock} sh -c 'sleep 0.3; echo \"$BACKOFFICE_SLOT\" >> {out}' || echo overlap >> {out}",
+        lock = lock.display(),
+        out = out.display()
+    );
+    schedule(&r, &["add", "tick", "--every", "1s", "--command", &cmd]);
+    let log = env.path("workers.log");
+    let worker = || {
+        Cmd::backoffice()
+            .args(["run", "--logfile", log.to_str().unwrap(), &repo])
+            .spawn()
+    };
+    let mut children: Vec<std::process::Child> = Vec::new();
+    let (mut kills, mut seed) = (0u32, now() as u64 | 1);
+    let (mut armed, mut done_at_last_cut) = (true, 0);
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    for round in 0.. {
+        if std::time::Instant::now() >= end || round > 200 {
+            break;
+        }
+        children.retain_mut(|c| c.try_wait().ok().flatten().is_none());
+        while children.len() < 30 {
+            children.push(worker());
+        }
+        // xorshift: no dependency for a coin.
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // A random worker is killed each round; and within the round, the
+        // lease holder as soon as its command runs, when a slot has
+        // finished since the last such kill (so such kills never come
+        // three in a row, which would send the schedule into its minute
+        // of backoff).
+        let mut c = children.swap_remove((seed % children.len() as u64) as usize);
+        if c.kill().is_ok() && c.wait().unwrap().signal() == Some(9) {
+            kills += 1;
+        }
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(20));
+            let done = lines(&out).len();
+            if done > done_at_last_cut {
+                armed = true;
+            }
+            let claimed: Option<i64> = r
+                .conn()
+                .query_row("SELECT claimed FROM bo_schedule", [], |row| row.get(0))
+                .unwrap();
+            let holder = r.lease().current.pid as u32;
+            if !armed || claimed.is_none() {
+                continue;
+            }
+            if let Some(i) = children.iter().position(|c| c.id() == holder) {
+                let mut c = children.swap_remove(i);
+                if c.kill().is_ok() && c.wait().unwrap().signal() == Some(9) {
+                    kills += 1;
+                    armed = false;
+                    done_at_last_cut = done;
+                }
+            }
+        }
+    }
+    for mut c in children {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    // Settle: workers until no claim is left (a killed run is retried a
+    // second later), at most 20 s.
+    let settled = wait_until(Duration::from_secs(20), || {
+        Cmd::backoffice().args(["run", "--nodelay", &repo]).output();
+        let claimed: Option<i64> = r
+            .conn()
+            .query_row("SELECT claimed FROM bo_schedule", [], |row| row.get(0))
+            .unwrap();
+        claimed.is_none()
+    });
+    let state = schedule(&r, &["show", "tick"]);
+    assert!(settled, "a claim was left: {state}");
+    let got = lines(&out);
+    assert!(
+        !got.iter().any(|l| l == "overlap"),
+        "two commands at once: {got:?}"
+    );
+    let mut slots: Vec<i64> = got.iter().map(|l| l.parse().unwrap()).collect();
+    let ran = slots.len();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), ran, "a slot ran twice: {got:?}");
+    assert!(
+        ran >= 2 && kills >= 5,
+        "too little happened: {ran} slots, {kills} kills\n{state}"
+    );
+    // How many kills cut a command off (each such slot then ran once).
+    let text = std::fs::read_to_string(&log).unwrap_or_default();
+    let cut = text.matches("killed: the run of the slot").count();
+    eprintln!("{ran} slots ran once each; {kills} workers killed, {cut} of them mid-command");
+    assert!(cut >= 1, "no kill cut a command off: {kills} kills\n{text}");
 }

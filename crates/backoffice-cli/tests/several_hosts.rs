@@ -1436,8 +1436,8 @@ fn the_api_token_works_on_a_postgresql_schema() {
     assert!(check.contains("no API token"), "{check}");
 }
 
-/// The binary's five tasks on a PostgreSQL schema: a run reports no task
-/// as failed (replication and maintenance do not run there, which `status`
+/// The binary's six tasks on a PostgreSQL schema: a run reports no task
+/// as failed (replication, maintenance and schedules do not run there, which `status`
 /// says once, instead of a failure in every run's record and log line).
 #[test]
 fn the_binarys_run_on_postgresql_fails_no_task() {
@@ -1454,7 +1454,7 @@ fn the_binarys_run_on_postgresql_fails_no_task() {
         .success();
     let v: serde_json::Value = serde_json::from_str(&json).unwrap();
     let tasks = v["last_run"]["tasks"].as_array().expect("a recorded run");
-    assert_eq!(tasks.len(), 5, "{json}");
+    assert_eq!(tasks.len(), 6, "{json}");
     for t in tasks {
         assert!(t["error"].is_null(), "a task failed: {t}");
     }

@@ -62,8 +62,10 @@ pub struct CronSpec {
     zone_name: String,
 }
 
-/// The shortest interval: the cron pattern's own resolution.
-pub const MIN_EVERY_SECS: i64 = 60;
+/// The shortest interval. Runs still come at most once per lease time
+/// (`backoffice-lease-time`): slots that pass meanwhile are caught up by
+/// the schedule's rule.
+pub const MIN_EVERY_SECS: i64 = 1;
 
 /// The longest interval accepted by `--every` (a year), so slot arithmetic
 /// can never overflow.
@@ -99,7 +101,7 @@ pub enum SpecError {
     Zone(String),
     /// `--every` that does not read as an interval, or out of range.
     #[error(
-        "interval {0:?}: expected a number and a unit (s, m, h, d), from 1m to 366d, e.g. 15m or 1h"
+        "interval {0:?}: expected a number and a unit (s, m, h, d), from 1s to 366d, e.g. 15m or 1h"
     )]
     Interval(String),
 }
@@ -370,7 +372,7 @@ mod tests {
             "15",
             "m",
             "0m",
-            "30s",
+            "0s",
             "15 parsecs",
             "-5m",
             "400d",

@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! bo_schedule(name, timing, spec, zone, command, event, catch_up, paused,
-//!             created, run_now, claimed, missed, last_missed)
+//!             created, run_now, claimed, claimed_manual, missed, last_missed)
 //! ```
 //!
 //! * `timing` is `cron` (then `spec` is the pattern, `zone` its time zone)
@@ -20,7 +20,8 @@
 //!   recorded the outcome of yet: set in the transaction before the
 //!   command starts, cleared in the one that records how it ended. A row
 //!   still claimed when the next worker looks is a run whose worker was
-//!   killed.
+//!   killed. `claimed_manual` says the claim was a `schedule run`, whose
+//!   "slot" is the time it was asked and uses up no real slot.
 //! * `missed` counts the slots that got no run of their own (folded into
 //!   a catch-up run, or skipped); `last_missed` is how many the latest
 //!   catch-up covered.
@@ -50,6 +51,7 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS bo_schedule(
   created INTEGER NOT NULL,
   run_now INTEGER NOT NULL DEFAULT 0,
   claimed INTEGER,
+  claimed_manual INTEGER NOT NULL DEFAULT 0,
   missed INTEGER NOT NULL DEFAULT 0,
   last_missed INTEGER NOT NULL DEFAULT 0
 )";
@@ -138,6 +140,8 @@ pub struct Schedule {
     pub run_now: bool,
     /// A slot whose command started and did not finish (yet).
     pub claimed: Option<i64>,
+    /// The claim is a manual run's (`schedule run`).
+    pub claimed_manual: bool,
     /// Slots that got no run of their own, in all.
     pub missed: i64,
     /// Slots the latest catch-up covered or skipped.
@@ -275,7 +279,7 @@ pub fn add(
 }
 
 const COLUMNS: &str = "name, timing, spec, zone, command, event, catch_up, paused, created,
-                       run_now, claimed, missed, last_missed";
+                       run_now, claimed, claimed_manual, missed, last_missed";
 
 fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
     let command: Option<String> = r.get(4)?;
@@ -296,8 +300,9 @@ fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
         created: r.get(8)?,
         run_now: r.get::<_, i64>(9)? != 0,
         claimed: r.get(10)?,
-        missed: r.get(11)?,
-        last_missed: r.get(12)?,
+        claimed_manual: r.get::<_, i64>(11)? != 0,
+        missed: r.get(12)?,
+        last_missed: r.get(13)?,
     })
 }
 

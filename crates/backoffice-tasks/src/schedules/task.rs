@@ -13,8 +13,9 @@
 //!    cleared.
 //!
 //! A worker that dies between the two leaves the claim. The next worker
-//! finds it, records a failure ("killed") and retries the slot after the
-//! backoff, as the ledger retries every target. So a slot never starts
+//! finds it, records a failure ("killed") and runs the slot again: at once
+//! (a second later) the first two times in a row, then after the backoff,
+//! as the ledger retries every target. So a slot never starts
 //! twice at once, and never runs again once its outcome is recorded; a
 //! command cut off by its worker's death (which also ends the command's
 //! whole process tree, see [`backoffice::child`]) is run again. It gets the
@@ -33,7 +34,7 @@
 //! several (nobody came for a while) are all skipped, and the schedule
 //! waits for its next slot. Either way `missed` and `status` say so.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use backoffice::db::DbError;
@@ -66,6 +67,10 @@ pub const BACKOFF: Backoff = Backoff {
     max: 3600,
 };
 
+/// Kills in a row after which a killed run waits for the backoff instead
+/// of being retried at once.
+pub const KILLS_RETRIED_AT_ONCE: i64 = 2;
+
 /// Most passed slots counted one by one (a pattern every minute, idle for
 /// years, is reported as "at least" this many).
 pub const COUNT_CAP: u32 = 100_000;
@@ -79,6 +84,8 @@ pub enum Plan {
     Killed {
         /// The slot it was running.
         slot: i64,
+        /// It was a manual run's (`schedule run`).
+        manual: bool,
     },
     /// Run for `slot`, standing for `passed` slots (0 for a run asked for
     /// by `schedule run`, which uses up no slot).
@@ -111,7 +118,10 @@ pub fn plan(s: &Schedule, e: Option<&ledger::Entry>, now: i64) -> Plan {
         return Plan::Broken("the row has neither a command nor an event (or both)".into());
     }
     if let Some(slot) = s.claimed {
-        return Plan::Killed { slot };
+        return Plan::Killed {
+            slot,
+            manual: s.claimed_manual,
+        };
     }
     if s.run_now {
         return Plan::Run {
@@ -230,15 +240,40 @@ impl Task for Schedules {
             let entry = ledger::get(conn, TASK, &s.name)?;
             match plan(&s, entry.as_ref(), now) {
                 Plan::Wait(_) | Plan::Broken(_) => {}
-                Plan::Killed { slot } => {
+                Plan::Killed { slot, manual } => {
+                    let exit = exit_file(ctx.repo, &s.name, slot);
+                    // The command may have finished before its worker died:
+                    // its wrapper then left its exit status.
+                    if let Some(code) = read_exit(&exit) {
+                        let out = Ran {
+                            failure: (code != 0).then(|| format!("exit status: {code}")),
+                            output: "(the worker ended before reading the output)".into(),
+                        };
+                        match record(ctx, conn, &s, slot, 1, manual, &out)? {
+                            None => ran += 1,
+                            Some(why) => failed.push(format!("schedule {}: {why}", s.name)),
+                        }
+                        let _ = std::fs::remove_file(&exit);
+                        continue;
+                    }
                     let why = format!(
-                        "killed: the run of the slot {} ended with its worker before its outcome was recorded",
+                        "killed: the run of the slot {} ended with its worker before its command finished",
                         slot_text(slot)
                     );
+                    // The command did not fail: its worker died. Run the
+                    // slot again at once, unless that keeps happening (a
+                    // command that gets its worker killed, by the OOM
+                    // killer say): then back off as for failures.
+                    let kills = entry.as_ref().map_or(0, |e| e.failures);
+                    let policy = if kills < KILLS_RETRIED_AT_ONCE {
+                        Backoff { first: 1, max: 1 }
+                    } else {
+                        BACKOFF
+                    };
                     write(ctx, conn, |c| {
-                        ledger::failed(c, TASK, &s.name, now, &why, None, &BACKOFF)?;
+                        ledger::failed(c, TASK, &s.name, now, &why, None, &policy)?;
                         c.execute(
-                            "UPDATE bo_schedule SET claimed = NULL WHERE name = ?1",
+                            "UPDATE bo_schedule SET claimed = NULL, claimed_manual = 0 WHERE name = ?1",
                             [&s.name],
                         )?;
                         Ok(())
@@ -423,44 +458,94 @@ fn run_one(
             // 1. The claim, before anything starts.
             write(ctx, conn, |c| {
                 c.execute(
-                    "UPDATE bo_schedule SET claimed = ?2, run_now = 0 WHERE name = ?1",
-                    params![s.name, slot],
+                    "UPDATE bo_schedule SET claimed = ?2, claimed_manual = ?3, run_now = 0
+                     WHERE name = ?1",
+                    params![s.name, slot, manual],
                 )
                 .map(drop)
             })?;
-            let out = execute(ctx.repo, &s.name, cmd, slot, extra, timeout)?;
-            // 2. The outcome. A schedule removed meanwhile has no row to
-            // record it on: the UPDATE finds none and the ledger entry the
-            // removal deleted is not brought back.
-            let now = backoffice::clock::now();
-            let failure = out.failure.clone();
-            write(ctx, conn, |c| {
-                let n = c.execute(
-                    "UPDATE bo_schedule SET claimed = NULL WHERE name = ?1",
-                    [&s.name],
-                )?;
-                if n == 0 {
-                    return Ok(());
-                }
-                match &failure {
-                    None => {
-                        let cursor = cursor_after(ledger::get(c, TASK, &s.name)?);
-                        ledger::succeeded(c, TASK, &s.name, cursor, now, Some(&out.output))?;
-                        if !manual {
-                            missed(c, &s.name, extra)?;
-                        }
-                    }
-                    Some(f) => {
-                        ledger::failed(c, TASK, &s.name, now, f, Some(&out.output), &BACKOFF)?;
-                    }
-                }
-                Ok(())
-            })?;
-            Ok(failure.map(|f| format!("slot {}: {f}", slot_text(slot))))
+            let exit = exit_file(ctx.repo, &s.name, slot);
+            let _ = std::fs::remove_file(&exit);
+            let out = execute(ctx.repo, &s.name, cmd, slot, extra, &exit, timeout)?;
+            // 2. The outcome.
+            let failure = record(ctx, conn, s, slot, passed, manual, &out)?;
+            let _ = std::fs::remove_file(&exit);
+            Ok(failure)
         }
         None => Ok(None),
     }
 }
+
+/// Records how a claimed command's run ended and clears the claim; `Some`
+/// with the failure when it failed. A schedule removed meanwhile has no row
+/// to record it on: nothing is written (the ledger entry its removal
+/// deleted is not brought back).
+fn record(
+    ctx: &Context<'_>,
+    conn: &Connection,
+    s: &Schedule,
+    slot: i64,
+    passed: u32,
+    manual: bool,
+    out: &Ran,
+) -> Result<Option<String>, TaskError> {
+    let extra = i64::from(passed.saturating_sub(1));
+    let now = backoffice::clock::now();
+    write(ctx, conn, |c| {
+        let n = c.execute(
+            "UPDATE bo_schedule SET claimed = NULL, claimed_manual = 0 WHERE name = ?1",
+            [&s.name],
+        )?;
+        if n == 0 {
+            return Ok(());
+        }
+        match &out.failure {
+            None => {
+                let before = ledger::get(c, TASK, &s.name)?.map_or(0, |e| e.cursor);
+                let cursor = if manual { before } else { slot };
+                ledger::succeeded(c, TASK, &s.name, cursor, now, Some(&out.output))?;
+                if !manual {
+                    missed(c, &s.name, extra)?;
+                }
+            }
+            Some(f) => {
+                ledger::failed(c, TASK, &s.name, now, f, Some(&out.output), &BACKOFF)?;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(out
+        .failure
+        .as_ref()
+        .map(|f| format!("slot {}: {f}", slot_text(slot))))
+}
+
+/// Where a command's wrapper leaves its exit status, beside the
+/// repository (so a worker in another container sharing the repository
+/// finds it too): `.REPO.schedule-NAME-SLOT.exit`. Names are letters,
+/// digits, `.`, `_` and `-` only.
+pub fn exit_file(repo: &Path, name: &str, slot: i64) -> PathBuf {
+    let repo = std::path::absolute(repo).unwrap_or_else(|_| repo.to_owned());
+    let file = repo
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    repo.with_file_name(format!(".{file}.schedule-{name}-{slot}.exit"))
+}
+
+/// The exit status a wrapper left, if it finished writing it.
+fn read_exit(path: &Path) -> Option<i32> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.strip_suffix('\n')?.parse().ok()
+}
+
+/// Runs the command (given in `BACKOFFICE_COMMAND`, never pasted into
+/// the script) and leaves its exit status in `BACKOFFICE_EXIT_FILE` the
+/// moment it ends: a worker killed between the command's end and the
+/// record of its outcome is followed by one that finds the status there
+/// and records it, instead of running the slot again. Only a kill in the
+/// instant between the command's exit and that write is still retried.
+const WRAPPER: &str = r#"/bin/sh -c "$BACKOFFICE_COMMAND"; s=$?; printf '%s\n' "$s" > "$BACKOFFICE_EXIT_FILE" 2>/dev/null; exit $s"#;
 
 /// What one run of a command did.
 struct Ran {
@@ -477,15 +562,18 @@ fn execute(
     cmd: &str,
     slot: i64,
     extra: i64,
+    exit: &Path,
     timeout: Duration,
 ) -> Result<Ran, TaskError> {
     let repo = std::path::absolute(repo).unwrap_or_else(|_| repo.to_owned());
     let exe = crate::hooks::current_exe();
     let command = crate::hooks::substitute(cmd, &repo, &exe);
     let spec = backoffice::child::Spec {
-        command: &command,
+        command: WRAPPER,
         dir: Some(repo.parent().unwrap_or(Path::new("/"))),
         env: vec![
+            ("BACKOFFICE_COMMAND", command.into()),
+            ("BACKOFFICE_EXIT_FILE", exit.into()),
             ("BACKOFFICE_REPO", repo.clone().into_os_string()),
             ("BACKOFFICE_SCHEDULE", name.into()),
             ("BACKOFFICE_SLOT", slot.to_string().into()),
@@ -668,7 +756,7 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_left_by_a_killed_worker_is_a_failure_retried_after_the_backoff() {
+    fn a_claim_left_by_a_killed_worker_is_a_failure_retried_at_once_then_after_the_backoff() {
         let mut f = Fixture::new();
         let now = backoffice::clock::now();
         store::add(
@@ -695,7 +783,26 @@ mod tests {
             "{e:?}"
         );
         assert_eq!(sched(f.conn(), "tick").claimed, None);
-        assert_eq!(f.due(), Due::At(e.next_attempt));
+        // Retried a second later, not after a minute.
+        assert!(e.next_attempt <= now + 2, "{e:?}");
+        // Killed again and again: the third kill in a row backs off.
+        for kills in 2..=3 {
+            f.conn()
+                .execute("UPDATE bo_schedule SET claimed = ?1", [slot])
+                .unwrap();
+            f.conn()
+                .execute("UPDATE bo_ledger SET next_attempt = 0", [])
+                .unwrap();
+            f.run();
+            let e = entry(f.conn(), "tick");
+            assert_eq!(e.failures, kills);
+            let soon = e.next_attempt <= backoffice::clock::now() + 2;
+            assert_eq!(soon, kills < 3, "{e:?}");
+            if kills == 3 {
+                assert_eq!(f.due(), Due::At(e.next_attempt));
+            }
+        }
+        assert!(f.lines().is_empty());
         // The backoff passes: the same slot runs, once.
         f.conn()
             .execute("UPDATE bo_ledger SET next_attempt = 0", [])
