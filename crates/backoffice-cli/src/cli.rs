@@ -524,6 +524,18 @@ pub enum HookAction {
         /// The hook id.
         id: i64,
     },
+    /// Pause a hook: it runs no more until resumed; its cursor is kept, so
+    /// it gets every event it missed.
+    Pause {
+        /// The hook id.
+        id: i64,
+    },
+    /// Resume a paused or backing-off hook: due now, failures reset.
+    #[command(visible_alias = "retry")]
+    Resume {
+        /// The hook id.
+        id: i64,
+    },
 }
 
 /// `backoffice webhook`
@@ -573,6 +585,17 @@ pub enum WebhookAction {
     },
     /// Make a dead (or backing-off) endpoint active and due now; nothing is skipped.
     Retry {
+        /// The endpoint id.
+        id: i64,
+    },
+    /// Pause an endpoint: nothing is delivered until `webhook resume`; its
+    /// cursor is kept, so nothing is skipped.
+    Pause {
+        /// The endpoint id.
+        id: i64,
+    },
+    /// Resume a paused, dead or backing-off endpoint (the same as retry).
+    Resume {
         /// The endpoint id.
         id: i64,
     },
@@ -708,6 +731,11 @@ pub struct TokenArgs {
     /// Say whether a token is set, without changing it.
     #[arg(long, conflicts_with = "revoke")]
     pub check: bool,
+
+    /// The read-only metrics token instead: it opens only `/metrics` (this
+    /// repository's series) to a scraper.
+    #[arg(long)]
+    pub metrics: bool,
 }
 
 /// `backoffice demo`

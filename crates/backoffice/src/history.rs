@@ -76,7 +76,11 @@ impl History {
             items: report.items(),
             failures: report.failures() as u64,
         };
-        bump(&mut self.hours, t.div_euclid(HOUR).saturating_mul(HOUR), one);
+        bump(
+            &mut self.hours,
+            t.div_euclid(HOUR).saturating_mul(HOUR),
+            one,
+        );
         bump(&mut self.days, t.div_euclid(DAY).saturating_mul(DAY), one);
         self.prune(t);
     }
@@ -109,13 +113,23 @@ impl History {
     /// The last day as exactly [`HOURS`] buckets ending with the hour of
     /// `now` (empty hours as zeros), for a chart.
     pub fn hourly(&self, now: i64) -> Vec<Bucket> {
-        series(&self.hours, now.div_euclid(HOUR).saturating_mul(HOUR), HOUR, HOURS)
+        series(
+            &self.hours,
+            now.div_euclid(HOUR).saturating_mul(HOUR),
+            HOUR,
+            HOURS,
+        )
     }
 
     /// The last month as exactly [`DAYS`] buckets ending with the day of
     /// `now`.
     pub fn daily(&self, now: i64) -> Vec<Bucket> {
-        series(&self.days, now.div_euclid(DAY).saturating_mul(DAY), DAY, DAYS)
+        series(
+            &self.days,
+            now.div_euclid(DAY).saturating_mul(DAY),
+            DAY,
+            DAYS,
+        )
     }
 
     /// True if no run is recorded.

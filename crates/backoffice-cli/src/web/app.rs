@@ -4,7 +4,7 @@
 //! web front may use it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backoffice::pg::PgTrigger;
@@ -74,6 +74,44 @@ pub struct App {
     /// Where copies pushed by peers go (`serve --replica-dir`), if anywhere.
     pub replicas: Option<ReplicaSink>,
     write_gates: Vec<Mutex<()>>,
+    index: IndexCache,
+}
+
+/// How long the index's rows are served before they are read again. The
+/// index over 10,000 repositories must not open every one on every
+/// request; a stale row is at most this old (plus one rebuild), and the
+/// status page of a repository is always current.
+pub const INDEX_TTL: Duration = Duration::from_secs(10);
+
+/// One repository as the index shows it: counts and ages only, never a
+/// problem's text (the index is public; see `session.rs`).
+#[derive(Clone, Debug, Default)]
+pub struct IndexRow {
+    /// The name it is served under.
+    pub name: String,
+    /// False if its status could not be read.
+    pub readable: bool,
+    /// `web-public-summary` is on: the counts below may be shown.
+    pub public: bool,
+    /// Problems now.
+    pub problems: usize,
+    /// Where they come from (task names, `backoffice`), each once.
+    pub sources: Vec<String>,
+    /// Seconds since the last run started.
+    pub last_run_age: Option<i64>,
+    /// Items of the last run.
+    pub last_items: Option<u64>,
+    /// A worker holds the lease now.
+    pub running: bool,
+}
+
+/// The index's rows, kept for [`INDEX_TTL`]. Past it the next request
+/// rebuilds them while later ones are served the old rows (so only the
+/// very first request waits for a full read).
+#[derive(Debug, Default)]
+struct IndexCache {
+    rows: Mutex<Option<(Instant, Arc<Vec<IndexRow>>)>>,
+    building: Mutex<()>,
 }
 
 /// Stripes of the in-process write gate ([`App::write_gate`]): a fixed
@@ -118,6 +156,7 @@ impl App {
             read_checks: Mutex::new(HashMap::new()),
             replicas: None,
             write_gates: (0..WRITE_GATES).map(|_| Mutex::new(())).collect(),
+            index: IndexCache::default(),
         }
     }
 
@@ -209,6 +248,83 @@ impl App {
         self.write_gates[i]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a worker for `store` now, due work or not (the operator's
+    /// "run now"): on SQLite through the engine; on PostgreSQL a detached
+    /// worker for the schema's URL.
+    pub fn run_now(&self, store: &Store) -> Started {
+        let started = match store {
+            Store::File(r) => self.bo.run_now(r.conn()),
+            Store::Pg(c) => {
+                let logfile = c.settings().ok().and_then(|s| s.logfile);
+                let spawned = backoffice::process::WorkerCommand::current_exe().and_then(|cmd| {
+                    backoffice::pg::spawn_worker(&cmd, c.url(), logfile.as_deref())
+                });
+                match spawned {
+                    Ok(child) => {
+                        let pid = child.id();
+                        backoffice::process::reap(child);
+                        self.pg.published(c.url());
+                        Started::Worker { pid }
+                    }
+                    Err(e) => Started::Failed(format!("cannot start a worker: {e}")),
+                }
+            }
+        };
+        if matches!(started, Started::Worker { .. }) {
+            let name = match store {
+                Store::File(r) => super::site::name_of(r.path()).unwrap_or_default(),
+                Store::Pg(c) => c.url().schema().to_owned(),
+            };
+            bump(&self.started, &name);
+        }
+        started
+    }
+
+    /// The index's rows, and how old they are: the kept ones if younger
+    /// than [`INDEX_TTL`] (or if another request is rebuilding them),
+    /// else rebuilt with `build`.
+    pub fn index_rows(
+        &self,
+        build: impl FnOnce(&App) -> Vec<IndexRow>,
+    ) -> (Arc<Vec<IndexRow>>, Duration) {
+        let kept = || {
+            self.index
+                .rows
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        if let Some((at, rows)) = kept() {
+            if at.elapsed() < INDEX_TTL {
+                return (rows, at.elapsed());
+            }
+        }
+        // One rebuild at a time; the others take the old rows if any.
+        let gate = match self.index.building.try_lock() {
+            Ok(g) => g,
+            Err(_) => {
+                if let Some((at, rows)) = kept() {
+                    return (rows, at.elapsed());
+                }
+                self.index
+                    .building
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+            }
+        };
+        // Rebuilt by the request we waited for?
+        if let Some((at, rows)) = kept() {
+            if at.elapsed() < INDEX_TTL {
+                return (rows, at.elapsed());
+            }
+        }
+        let rows = Arc::new(build(self));
+        *self.index.rows.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), rows.clone()));
+        drop(gate);
+        (rows, Duration::ZERO)
     }
 
     /// Workers this process has started for `name`.

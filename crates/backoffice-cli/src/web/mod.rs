@@ -35,11 +35,18 @@
 //!   and answered without details), the bearer-token checks, HTML escaping
 //!   and the page shell, content types, JSON bodies, and running a
 //!   handler's SQLite work on a blocking thread.
+//! * `session.rs`: who may see and do what — the operator's session
+//!   (the token entered once in a form gives an `HttpOnly;
+//!   SameSite=Strict` cookie, kept server-side in the repository), its
+//!   CSRF token, the bearer token, and the redacted public summary
+//!   (`web-public-summary`).
+//! * `history.rs`: the run history as inline SVG charts (no script).
 //! * The route modules, one per kind of reply:
 //!   * `pages.rs`: the HTML pages (index, status, unsubscribe).
 //!   * `api.rs`: the JSON API (status, events, subscribers).
 //!   * `metrics.rs`: the Prometheus text.
 //!   * `replica.rs`: copies pushed by peers (`PUT /replica/NAME`).
+//!   * `operate.rs`: sign in and out, and the operator's actions.
 //! * `router.rs`: the route table, request-body limits, security headers,
 //!   the 404.
 //! * `serve.rs`, `cgi.rs`: the two front ends, each feeding the router.
@@ -54,12 +61,15 @@
 mod api;
 mod app;
 pub mod cgi;
+mod history;
 mod metrics;
+mod operate;
 mod pages;
 mod replica;
 mod respond;
 pub mod router;
 pub mod serve;
+mod session;
 pub mod site;
 mod store;
 
