@@ -48,7 +48,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 static TOKENS: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
-static SERVED: Mutex<Option<HashMap<String, Vec<(String, String)>>>> = Mutex::new(None);
+/// Per server address, the (repository name, token) pairs it is sent.
+type Served = HashMap<String, Vec<(String, String)>>;
+static SERVED: Mutex<Option<Served>> = Mutex::new(None);
 
 /// Records `token` as the token of the repository file `path`.
 pub fn operator(path: &Path, token: &str) {

@@ -4,6 +4,7 @@
 //! web front may use it.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -105,13 +106,13 @@ pub struct IndexRow {
     pub running: bool,
 }
 
-/// The index's rows, kept for [`INDEX_TTL`]. Past it the next request
-/// rebuilds them while later ones are served the old rows (so only the
-/// very first request waits for a full read).
+/// The index's rows, read again in the background once older than
+/// [`INDEX_TTL`] (see [`App::index_rows`]).
 #[derive(Debug, Default)]
 struct IndexCache {
     rows: Mutex<Option<(Instant, Arc<Vec<IndexRow>>)>>,
     building: Mutex<()>,
+    rebuilding: AtomicBool,
 }
 
 /// Stripes of the in-process write gate ([`App::write_gate`]): a fixed
@@ -282,43 +283,48 @@ impl App {
         started
     }
 
-    /// The index's rows, and how old they are: the kept ones if younger
-    /// than [`INDEX_TTL`] (or if another request is rebuilding them),
-    /// else rebuilt with `build`.
+    /// The index's rows, and how old they are. Kept rows younger than
+    /// `INDEX_TTL` are served as they are; older ones are served too while
+    /// one thread reads them again in the background, so a busy index
+    /// never waits for 10,000 repositories to be opened. Only when there
+    /// are no rows yet (the first request; every request under CGI) does a
+    /// request build them itself, one at a time.
     pub fn index_rows(
-        &self,
-        build: impl FnOnce(&App) -> Vec<IndexRow>,
+        self: &Arc<Self>,
+        build: fn(&App) -> Vec<IndexRow>,
     ) -> (Arc<Vec<IndexRow>>, Duration) {
-        let kept = || {
-            self.index
+        let kept = |app: &App| {
+            app.index
                 .rows
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .clone()
         };
-        if let Some((at, rows)) = kept() {
-            if at.elapsed() < INDEX_TTL {
-                return (rows, at.elapsed());
-            }
-        }
-        // One rebuild at a time; the others take the old rows if any.
-        let gate = match self.index.building.try_lock() {
-            Ok(g) => g,
-            Err(_) => {
-                if let Some((at, rows)) = kept() {
-                    return (rows, at.elapsed());
+        if let Some((at, rows)) = kept(self) {
+            if at.elapsed() >= INDEX_TTL && !self.index.rebuilding.swap(true, Ordering::AcqRel) {
+                let app = Arc::clone(self);
+                let spawned = std::thread::Builder::new()
+                    .name("index".into())
+                    .spawn(move || {
+                        let rows = Arc::new(build(&app));
+                        *app.index.rows.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((Instant::now(), rows));
+                        app.index.rebuilding.store(false, Ordering::Release);
+                    });
+                if spawned.is_err() {
+                    self.index.rebuilding.store(false, Ordering::Release);
                 }
-                self.index
-                    .building
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
             }
-        };
-        // Rebuilt by the request we waited for?
-        if let Some((at, rows)) = kept() {
-            if at.elapsed() < INDEX_TTL {
-                return (rows, at.elapsed());
-            }
+            return (rows, at.elapsed());
+        }
+        let gate = self
+            .index
+            .building
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Built by the request we waited for?
+        if let Some((at, rows)) = kept(self) {
+            return (rows, at.elapsed());
         }
         let rows = Arc::new(build(self));
         *self.index.rows.lock().unwrap_or_else(|p| p.into_inner()) =

@@ -40,7 +40,8 @@ pub struct IndexQuery {
 
 /// `GET /`.
 pub async fn get_index(State(app): State<Arc<App>>, Query(q): Query<IndexQuery>) -> Response {
-    blocking(app, move |app| Ok(index(app, &q))).await
+    let shared = Arc::clone(&app);
+    blocking(app, move |_| Ok(index(&shared, &q))).await
 }
 
 /// `GET /r/NAME?all=1` (`all`: the Queues table's zero rows too).
@@ -213,7 +214,7 @@ const INDEX_ROWS: usize = 1000;
 /// `GET /`: every repository, problems first. Only counts and ages, and
 /// only for repositories whose `web-public-summary` is on; the rows are
 /// kept for a few seconds ([`App::index_rows`]).
-fn index(app: &App, q: &IndexQuery) -> Response {
+fn index(app: &Arc<App>, q: &IndexQuery) -> Response {
     let (rows, age) = app.index_rows(|app| {
         app.site
             .list()
