@@ -444,6 +444,16 @@ fn serve_shows_a_postgresql_schema_and_its_cluster() {
     let v = get(&srv.addr, "/r/shop/status.json").json();
     assert!(v["last_run"].is_object(), "a last run: {v}");
     assert!(v["cluster"]["current"].is_null(), "{v}");
+    // The history is kept on PostgreSQL too: the runs are in this hour.
+    let runs_now: u64 = v["history"]["hours"]
+        .as_array()
+        .expect("history.hours")
+        .iter()
+        .map(|b| b["runs"].as_u64().unwrap())
+        .sum();
+    assert!(runs_now >= 2, "the runs in the history: {v}");
+    let page = get(&srv.addr, "/r/shop");
+    assert!(page.body.contains("id=\"history-hour\""), "{}", page.body);
     said += &v.to_string();
 
     let index = get(&srv.addr, "/");
