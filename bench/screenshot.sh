@@ -11,7 +11,8 @@
 # `Authorization: Bearer` and rendered from a file, as a headless browser
 # cannot send the header); summary-1200.png and summary-400.png, the
 # redacted public summary (web-public-summary on); index-1200.png and
-# index-400.png, the index. Screenshots need no release build:
+# index-400.png, the index; operator-1200.png and operator-400.png, the page
+# signed in through the form (with its Actions). Screenshots need no release build:
 # PROFILE=debug SKIP_BUILD=1 uses the debug one.
 #
 # Needs chromium (apt-get install chromium), sqlite3; installs nothing.
@@ -108,12 +109,19 @@ rm -f "$OUT_PNG" "$OUT_400"
 # The operator's page, fetched with the token, rendered from a file.
 curl -sf -H "Authorization: Bearer $TOKEN" "$URL" > "$W/full.html" || { echo "error=cannot fetch the page with the token"; exit 1; }
 shot() { # WIDTH OUT URL
-  chrome --window-size="$1",1800 --screenshot="$2" "$3" > "$W/shot.log" 2>&1
+  chrome --window-size="$1",${HEIGHT:-1800} --screenshot="$2" "$3" > "$W/shot.log" 2>&1
   [ -s "$2" ] || { echo "error=no screenshot $2: $(tail -3 "$W/shot.log")"; exit 1; }
   local dims
   dims=$(python3 -c 'import struct,sys; d=open(sys.argv[1],"rb").read(24); print("%dx%d" % struct.unpack(">II", d[16:24]))' "$2" 2>/dev/null)
   echo "png=$(basename "$2") bytes=$(stat -c %s "$2") size=$dims"
 }
+# Signed in: the token through the form, the page with the session cookie
+# (its Actions: run now, retry dead mail, each hook's buttons).
+SID=$(curl -s -o /dev/null -D - -d "token=$TOKEN" "$URL/login" | sed -n 's/^[Ss]et-[Cc]ookie: bo_session=\([0-9a-f]*\);.*/\1/p')
+[ -n "$SID" ] || { echo "error=no session from the sign-in form"; exit 1; }
+curl -sf -H "Cookie: bo_session=$SID" "$URL" > "$W/operator.html" || { echo "error=cannot fetch the page with the session"; exit 1; }
+HEIGHT=2400 shot 1200 "$OUT_DIR/operator-1200.png" "file://$W/operator.html"
+HEIGHT=3200 shot 400 "$OUT_DIR/operator-400.png" "file://$W/operator.html"
 shot 1200 "$OUT_PNG" "file://$W/full.html"
 shot 400 "$OUT_400" "file://$W/full.html"
 shot 1200 "$OUT_DIR/summary-1200.png" "$URL"
@@ -156,6 +164,7 @@ if grep -q -- "$SECRET" "$W/dom.html"; then
 else
   echo "fact=ok secret value hidden"
 fi
+if grep -q '<h2>Actions</h2>' "$W/operator.html" && grep -q 'name="csrf"' "$W/operator.html"; then echo "fact=ok signed in: actions with CSRF tokens"; else echo "fact=MISSING signed in: actions with CSRF tokens"; missing=$((missing + 1)); fi
 # The public summary: counts and history, no address, command or secret.
 for leak in ann@example.org "exit 3" "$SECRET" email-send-method; do
   if grep -q -- "$leak" "$W/summary.html" "$W/index.html"; then

@@ -315,15 +315,16 @@ fn status(
     let mut b = String::new();
     let n = esc(name);
     let signout = match csrf {
+        // A form may not sit inside a paragraph: after it.
         Some(c) => format!(
-            " &middot; <form class=\"inline\" method=\"post\" action=\"/r/{n}/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">sign out</button></form>",
+            "\n<form method=\"post\" action=\"/r/{n}/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\"><button type=\"submit\">sign out</button></form>",
             esc(c)
         ),
         None => String::new(),
     };
     let _ = writeln!(
         b,
-        "<h1>{n}</h1>\n<p class=\"dim\">backoffice status, {} UTC &middot; <a href=\"/r/{n}/status.json\">JSON</a> &middot; <a href=\"/\">all repositories</a>{signout}</p>",
+        "<h1>{n}</h1>\n<p class=\"dim\">backoffice status, {} UTC &middot; <a href=\"/r/{n}/status.json\">JSON</a> &middot; <a href=\"/\">all repositories</a></p>{signout}",
         esc(&clock::format_utc(st.now))
     );
 
@@ -396,6 +397,11 @@ fn status(
         b.push_str("</ul>\n");
     }
 
+    // Right under the problems: what an operator can do about them.
+    if let Some(c) = csrf {
+        actions(&mut b, name, c, st, targets);
+    }
+
     b.push_str("<h2>Tasks</h2>\n<table>\n<tr><th>Task</th><th>Due</th></tr>\n");
     for t in &st.tasks {
         let _ = writeln!(
@@ -408,9 +414,6 @@ fn status(
     b.push_str("</table>\n");
 
     b.push_str(&history::section(&st.history, st.now));
-    if let Some(c) = csrf {
-        actions(&mut b, name, c, st, targets);
-    }
     queues(&mut b, name, &st.gauges, show_all);
     if !st.info.is_empty() {
         b.push_str("<ul>\n");
@@ -606,7 +609,8 @@ fn actions(b: &mut String, name: &str, csrf: &str, st: &Status, t: &Targets) {
             let state = if paused {
                 "paused".to_owned()
             } else if failing {
-                format!("{} failures in a row", s.as_ref().map_or(0, |s| s.failures))
+                let n = s.as_ref().map_or(0, |s| s.failures);
+                format!("{n} failure{} in a row", if n == 1 { "" } else { "s" })
             } else {
                 "ok".to_owned()
             };
@@ -644,7 +648,11 @@ fn actions(b: &mut String, name: &str, csrf: &str, st: &Status, t: &Targets) {
             } else if paused {
                 "paused".to_owned()
             } else if w.failures > 0 {
-                format!("{} failures in a row", w.failures)
+                format!(
+                    "{} failure{} in a row",
+                    w.failures,
+                    if w.failures == 1 { "" } else { "s" }
+                )
             } else {
                 "active".to_owned()
             };
