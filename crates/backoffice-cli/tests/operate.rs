@@ -705,6 +705,69 @@ fn the_index_puts_problems_first_and_sorts_on_request() {
     );
     let other = get(&srv.addr, "/?sort=bogus");
     assert_eq!(index_order(&other.body), index_order(&index.body));
+
+    // The rows are kept (no repository is opened per request), then read
+    // again: a new problem in alpha is not in the next page if it comes
+    // within the rows' lifetime, and is in a later one.
+    let as_of = |body: &str| -> Option<u64> {
+        let at = body.find("as of ")? + 6;
+        body[at..].split(' ').next()?.parse().ok()
+    };
+    break_setting(&dir.join("alpha.db"), "backoffice-lease-time");
+    let soon = get(&srv.addr, "/");
+    if as_of(&soon.body).is_some_and(|s| s < 9) {
+        assert_eq!(index_order(&soon.body)[..3], ["charlie", "bravo", "alpha"]);
+        assert!(
+            !soon
+                .body
+                .contains("<tr data-problems=\"1\"><td><a href=\"/r/alpha\"")
+        );
+    }
+    assert!(
+        wait_until(Duration::from_secs(40), || {
+            get(&srv.addr, "/")
+                .body
+                .contains("<tr data-problems=\"1\"><td><a href=\"/r/alpha\"")
+        }),
+        "the index never read alpha again"
+    );
+}
+
+/// Under CGI (a process per request) the session works too: it is kept
+/// in the repository, not in a server's memory.
+#[test]
+fn a_session_opened_through_cgi_works_in_the_next_cgi_process() {
+    let env = Env::new();
+    let ops = Ops::new(&env, "app");
+    let (out, _) = crate::web::cgi(&ops.app.path, "GET", "/r/app", &[], "");
+    assert!(out.starts_with("Status: 401"), "{out}");
+    assert!(!out.contains(ADDRESS), "{out}");
+    let form = format!("token={}", ops.token);
+    let (out, _) = crate::web::cgi(
+        &ops.app.path,
+        "POST",
+        "/r/app/login",
+        &[
+            ("CONTENT_TYPE", "application/x-www-form-urlencoded"),
+            ("HTTP_X_FORWARDED_PROTO", "https"),
+        ],
+        &form,
+    );
+    assert!(out.starts_with("Status: 303"), "{out}");
+    let cookie = out
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .unwrap_or_else(|| panic!("no cookie: {out}"));
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/r/app", "Secure"] {
+        assert!(cookie.contains(flag), "{flag}: {cookie}");
+    }
+    let pair = cookie.split(';').next().unwrap();
+    let (out, _) = crate::web::cgi(&ops.app.path, "GET", "/r/app", &[("HTTP_COOKIE", pair)], "");
+    assert!(out.starts_with("Status: 200"), "{out}");
+    assert!(
+        out.contains(ADDRESS) && out.contains("<h2>Actions</h2>"),
+        "{out}"
+    );
 }
 
 #[test]

@@ -1090,7 +1090,7 @@ fn repolist_serves_every_sqlite_file_in_a_directory() {
 }
 
 /// Runs `backoffice cgi` as a CGI host would: environment and stdin.
-fn cgi(
+pub fn cgi(
     repo: &Path,
     method: &str,
     path: &str,
