@@ -6,13 +6,14 @@
 # Binaries: the release build of this workspace,
 #   cargo build --release -p backoffice-cli --examples --bins
 # under $CARGO_TARGET_DIR (default: <repo>/target). Set SKIP_BUILD=1 to use
-# what is there.
+# what is there. PROFILE=debug (with SKIP_BUILD=1) uses the debug build, for
+# scripts whose output is not a timing (screenshots).
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$BENCH_DIR/.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
-BO="$TARGET_DIR/release/backoffice"
-HOST="${BENCH_HOST:-$TARGET_DIR/release/examples/host}"  # BENCH_HOST: another build, for A/B runs
+BO="$TARGET_DIR/${PROFILE:-release}/backoffice"
+HOST="${BENCH_HOST:-$TARGET_DIR/${PROFILE:-release}/examples/host}"  # BENCH_HOST: another build, for A/B runs
 export USER="${USER:-bench}"          # "fossil init" refuses to run without it
 FOSSIL="${FOSSIL:-fossil}"
 

@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # The status page as a browser renders it: sets up a repository that shows
 # every part of the page, serves it with `backoffice serve` on 127.0.0.1,
-# takes a screenshot with headless Chromium and checks the DOM Chromium
-# built for the key facts.
+# takes screenshots with headless Chromium at 1200 and 400 px wide and
+# checks the DOM Chromium built for the key facts.
 #
 #   usage: bench/screenshot.sh [OUT.png=bench/results/status-page.png]
+#
+# Pictures (beside OUT.png): OUT.png and OUT-400.png, the whole page as the
+# operator sees it (with the token: the page is fetched with
+# `Authorization: Bearer` and rendered from a file, as a headless browser
+# cannot send the header); summary-1200.png and summary-400.png, the
+# redacted public summary (web-public-summary on); index-1200.png and
+# index-400.png, the index; operator-1200.png and operator-400.png, the page
+# signed in through the form (with its Actions). Screenshots need no release build:
+# PROFILE=debug SKIP_BUILD=1 uses the debug one.
 #
 # Needs chromium (apt-get install chromium), sqlite3; installs nothing.
 # Environment: SKIP_BUILD=1, CARGO_TARGET_DIR, KEEP=1.
@@ -69,6 +78,8 @@ bo publish --kind checkin --title "Fix the login form" --author bob --no-trigger
 bo publish --kind ticket --title "Ticket 42: crash on save" --no-trigger
 "$BO" run --nolease "$R" >> "$W/setup.log" 2>&1   # fails (hook, delivery): that is the point
 "$BO" status -R "$R" > "$W/status.txt" 2>&1
+TOKEN=$("$BO" token -R "$R" 2>/dev/null)
+bo setting web-public-summary on
 
 # Serve it, trigger off: the page should show this state, not a new run's.
 "$BO" serve "$R" --listen 127.0.0.1:0 --no-trigger > "$W/serve.out" 2> "$W/serve.err" &
@@ -92,13 +103,36 @@ chrome() { # ARGS... : one headless Chromium, its own profile, bounded to 60 s
     --disable-sync --user-data-dir="$prof" "$@"
 }
 mkdir -p "$(dirname "$OUT_PNG")"
-rm -f "$OUT_PNG"
-chrome --window-size=1200,1800 --screenshot="$OUT_PNG" "$URL" > "$W/shot.log" 2>&1
-[ -s "$OUT_PNG" ] || { echo "error=no screenshot: $(tail -3 "$W/shot.log")"; exit 1; }
-chrome --dump-dom "$URL" > "$W/dom.html" 2> "$W/dom.log"
+OUT_DIR=$(dirname "$OUT_PNG")
+OUT_400="${OUT_PNG%.png}-400.png"
+rm -f "$OUT_PNG" "$OUT_400"
+# The operator's page, fetched with the token, rendered from a file.
+curl -sf -H "Authorization: Bearer $TOKEN" "$URL" > "$W/full.html" || { echo "error=cannot fetch the page with the token"; exit 1; }
+shot() { # WIDTH OUT URL
+  chrome --window-size="$1",${HEIGHT:-1800} --screenshot="$2" "$3" > "$W/shot.log" 2>&1
+  [ -s "$2" ] || { echo "error=no screenshot $2: $(tail -3 "$W/shot.log")"; exit 1; }
+  local dims
+  dims=$(python3 -c 'import struct,sys; d=open(sys.argv[1],"rb").read(24); print("%dx%d" % struct.unpack(">II", d[16:24]))' "$2" 2>/dev/null)
+  echo "png=$(basename "$2") bytes=$(stat -c %s "$2") size=$dims"
+}
+# Signed in: the token through the form, the page with the session cookie
+# (its Actions: run now, retry dead mail, each hook's buttons).
+SID=$(curl -s -o /dev/null -D - -d "token=$TOKEN" "$URL/login" | sed -n 's/^[Ss]et-[Cc]ookie: bo_session=\([0-9a-f]*\);.*/\1/p')
+[ -n "$SID" ] || { echo "error=no session from the sign-in form"; exit 1; }
+curl -sf -H "Cookie: bo_session=$SID" "$URL" > "$W/operator.html" || { echo "error=cannot fetch the page with the session"; exit 1; }
+HEIGHT=2400 shot 1200 "$OUT_DIR/operator-1200.png" "file://$W/operator.html"
+HEIGHT=3200 shot 400 "$OUT_DIR/operator-400.png" "file://$W/operator.html"
+shot 1200 "$OUT_PNG" "file://$W/full.html"
+shot 400 "$OUT_400" "file://$W/full.html"
+shot 1200 "$OUT_DIR/summary-1200.png" "$URL"
+shot 400 "$OUT_DIR/summary-400.png" "$URL"
+shot 1200 "$OUT_DIR/index-1200.png" "http://$ADDR/"
+shot 400 "$OUT_DIR/index-400.png" "http://$ADDR/"
+chrome --dump-dom "file://$W/full.html" > "$W/dom.html" 2> "$W/dom.log"
 [ -s "$W/dom.html" ] || { echo "error=no DOM: $(tail -3 "$W/dom.log")"; exit 1; }
-dims=$(python3 -c 'import struct,sys; d=open(sys.argv[1],"rb").read(24); print("%dx%d" % struct.unpack(">II", d[16:24]))' "$OUT_PNG" 2>/dev/null)
-echo "png=$(basename "$OUT_PNG") bytes=$(stat -c %s "$OUT_PNG") size=$dims dom_bytes=$(stat -c %s "$W/dom.html")"
+chrome --dump-dom "$URL" > "$W/summary.html" 2> "$W/dom.log"
+chrome --dump-dom "http://$ADDR/" > "$W/index.html" 2> "$W/dom.log"
+echo "dom_bytes=$(stat -c %s "$W/dom.html")"
 
 missing=0
 check() { # LABEL EXTENDED-REGEX : the DOM must match
@@ -115,7 +149,11 @@ check "a run with items (totals)"  '[0-9]+ runs, [1-9][0-9]* items?,'
 check "a run with items (run log)" 'acme.db 1 alerts elapse-time'
 check "hook problem text"          '<li>[^<]*hook[^<]*(exit|status)[^<]*3'
 check "queue table"                '<h2>Queues</h2>'
-check "dead outbox message"        '<td>outbox</td><td class="bad">dead</td><td>1</td>'
+check "dead outbox message"        '<td>outbox</td><td class="bad">dead</td><td class="num">1</td>'
+check "zero queue rows hidden"     'empty rows? hidden'
+check "database table apart"       '<table id="database">'
+check "history charts"             'id="history-hour"'
+check "settings (with the token)"  '<h2>Settings</h2>'
 check "event title"                'Ticket 42: crash on save'
 check "recent events table"        '<th>Kind</th><th>Title</th>'
 check "run log"                    '<h2>Run log</h2>'
@@ -126,6 +164,17 @@ if grep -q -- "$SECRET" "$W/dom.html"; then
 else
   echo "fact=ok secret value hidden"
 fi
+if grep -q '<h2>Actions</h2>' "$W/operator.html" && grep -q 'name="csrf"' "$W/operator.html"; then echo "fact=ok signed in: actions with CSRF tokens"; else echo "fact=MISSING signed in: actions with CSRF tokens"; missing=$((missing + 1)); fi
+# The public summary: counts and history, no address, command or secret.
+for leak in ann@example.org "exit 3" "$SECRET" email-send-method; do
+  if grep -q -- "$leak" "$W/summary.html" "$W/index.html"; then
+    echo "fact=MISSING summary hides $leak"; missing=$((missing + 1))
+  else
+    echo "fact=ok summary hides $leak"
+  fi
+done
+if grep -Eq '<li>alerts: [0-9]+ problems?</li>' "$W/summary.html"; then echo "fact=ok summary counts problems by task"; else echo "fact=MISSING summary counts problems by task"; missing=$((missing + 1)); fi
+if grep -Eq 'problems? \(' "$W/index.html"; then echo "fact=ok index shows the problem count"; else echo "fact=MISSING index shows the problem count"; missing=$((missing + 1)); fi
 echo "problems_shown:"
 sed -n '/<ul class="problems">/,/<\/ul>/p' "$W/dom.html" | sed -n 's/^<li>\(.*\)<\/li>$/  \1/p'
 echo "missing=$missing"

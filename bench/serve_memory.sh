@@ -29,7 +29,8 @@ import sqlite3, sys
 c = sqlite3.connect(sys.argv[1])
 c.executescript("""CREATE TABLE config(name TEXT PRIMARY KEY NOT NULL, value CLOB, mtime DATE,
   CHECK( typeof(name)='text' AND length(name)>=1 ));
-CREATE TABLE app(x);""")
+CREATE TABLE app(x);
+INSERT INTO config(name, value) VALUES ('web-public-summary', 'on');""")
 c.commit()
 EOF
 dests=()

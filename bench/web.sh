@@ -176,7 +176,8 @@ def gets(addr, path, n):
 
 def metric(addr, name):
     c = conn(addr)
-    c.request('GET', '/metrics')
+    # /metrics needs the repository's token (or its metrics token).
+    c.request('GET', '/metrics', headers={'Authorization': 'Bearer ' + os.environ['BO_TOKEN']})
     body = c.getresponse().read().decode()
     c.close()
     key = 'backoffice_workers_started_total{repo="%s"} ' % name
@@ -306,6 +307,9 @@ bo subscriber add ann@example.org --verified
 bo subscriber add bob@example.org --verified --kinds wiki
 TOKEN=$("$BO" token -R "$R" 2>/dev/null)
 [ -n "$TOKEN" ] || { echo "error=no token"; exit 1; }
+# status.json and /metrics need the token (issue 14): wrk and the python
+# client send it.
+export BO_TOKEN="$TOKEN"
 "$BO" run --nolease "$R" >/dev/null 2>&1 || { echo "error=first run failed"; exit 1; }
 echo "repo=$NAME journal_mode=$(sqlite3 "$R" 'PRAGMA journal_mode;') subscribers=2 wrk=\"$(wrk --version 2>&1 | head -1 | cut -d' ' -f1-2)\""
 
@@ -372,7 +376,7 @@ for k in $(seq 1 "$ROUNDS"); do
     if [ $mode = on ]; then start_server; else start_server --no-trigger; fi
     SERVER_PIN=""
     start_sampler "$W/sample-a.txt"
-    $WRK_PIN wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "http://$ADDR$URL_PATH" > "$W/wrk.txt" 2>&1
+    $WRK_PIN wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "Authorization: Bearer $TOKEN" "http://$ADDR$URL_PATH" > "$W/wrk.txt" 2>&1
     stop_sampler
     ws=$(python3 "$PY" metric "$ADDR" "$NAME")
     stop_server
@@ -421,7 +425,7 @@ echo "# c. wrk -t1 -c$CONNS -d${SECS}s on $URL_PATH while POSTing 20 events/s fo
 m0=$(ls "$MAIL" 2>/dev/null | grep -c '\.eml$')
 start_server
 start_sampler "$W/sample-c.txt"
-wrk -t1 -c"$CONNS" -d"${SECS}s" --latency "http://$ADDR$URL_PATH" > "$W/wrk-c.txt" 2>&1 &
+wrk -t1 -c"$CONNS" -d"${SECS}s" --latency -H "Authorization: Bearer $TOKEN" "http://$ADDR$URL_PATH" > "$W/wrk-c.txt" 2>&1 &
 wp=$!
 pres=$(python3 "$PY" posts "$ADDR" "$NAME" "$TOKEN" 20 "$SECS")
 wait "$wp"

@@ -536,6 +536,18 @@ pub enum HookAction {
         /// The hook id.
         id: i64,
     },
+    /// Pause a hook: it runs no more until resumed; its cursor is kept, so
+    /// it gets every event it missed.
+    Pause {
+        /// The hook id.
+        id: i64,
+    },
+    /// Resume a paused or backing-off hook: due now, failures reset.
+    #[command(visible_alias = "retry")]
+    Resume {
+        /// The hook id.
+        id: i64,
+    },
 }
 
 /// `backoffice schedule`
@@ -687,6 +699,17 @@ pub enum WebhookAction {
     /// Print a new random secret in the Standard Webhooks form (`whsec_` and
     /// base64 of 32 bytes) for `add --secret`; nothing is stored.
     Secret,
+    /// Pause an endpoint: nothing is delivered until `webhook resume`; its
+    /// cursor is kept, so nothing is skipped.
+    Pause {
+        /// The endpoint id.
+        id: i64,
+    },
+    /// Resume a paused, dead or backing-off endpoint (the same as retry).
+    Resume {
+        /// The endpoint id.
+        id: i64,
+    },
 }
 
 /// Limits for the web front (shared by `serve` and `cgi`).
@@ -826,6 +849,11 @@ pub struct TokenArgs {
     /// Say whether a token is set, without changing it.
     #[arg(long, conflicts_with = "revoke")]
     pub check: bool,
+
+    /// The read-only metrics token instead: it opens only `/metrics` (this
+    /// repository's series) to a scraper.
+    #[arg(long)]
+    pub metrics: bool,
 }
 
 /// `backoffice demo`

@@ -315,6 +315,12 @@ fn a_hosts_own_task_declares_a_setting_that_every_view_shows() {
             .args(["--listen", "127.0.0.1:0"]),
         &env,
     );
+    // The settings are details: the operator's token.
+    let token = Cmd::backoffice()
+        .args(["token", "-R", repo])
+        .output()
+        .success();
+    srv.operate(vec![("r".into(), token.trim().to_owned())]);
     let page = crate::web::get(&srv.addr, "/r/r");
     assert!(page.body.contains("host-outdir"), "{}", page.body);
     // The task works from it: a request's row lands in the folder.

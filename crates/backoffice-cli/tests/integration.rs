@@ -44,6 +44,9 @@ mod maintain;
 // under Python's CGI server, the demo.
 mod signup;
 mod web;
+// The status page that shows history and acts: sessions, CSRF, actions by
+// form, API and CLI, history, the index, the public summary, Chromium.
+mod operate;
 // Upgrades: a binary replaced on disk under `serve` and `run --poll`; a
 // repository written by the previous release keeps its state.
 mod upgrade;

@@ -83,6 +83,7 @@ impl PgSite {
         s.bo(&["setting", "-R", &s.url, "backoffice-heartbeat", "1"]);
         s.token = s.bo(&["token", "-R", &s.url]).trim().to_owned();
         assert!(s.token.starts_with("bo_"), "{}", s.token);
+        crate::web::operator_url(&s.url, schema, &s.token);
         Some(s)
     }
 
@@ -211,6 +212,7 @@ impl PgServe {
         for _ in 0..n.min(10) + usize::from(n > 10) {
             stdout.read_line(&mut banner).unwrap();
         }
+        crate::web::remember_server(&addr, crate::web::tokens_for_url(repo));
         PgServe {
             child,
             _stdout: stdout,
@@ -442,6 +444,16 @@ fn serve_shows_a_postgresql_schema_and_its_cluster() {
     let v = get(&srv.addr, "/r/shop/status.json").json();
     assert!(v["last_run"].is_object(), "a last run: {v}");
     assert!(v["cluster"]["current"].is_null(), "{v}");
+    // The history is kept on PostgreSQL too: the runs are in this hour.
+    let runs_now: u64 = v["history"]["hours"]
+        .as_array()
+        .expect("history.hours")
+        .iter()
+        .map(|b| b["runs"].as_u64().unwrap())
+        .sum();
+    assert!(runs_now >= 2, "the runs in the history: {v}");
+    let page = get(&srv.addr, "/r/shop");
+    assert!(page.body.contains("id=\"history-hour\""), "{}", page.body);
     said += &v.to_string();
 
     let index = get(&srv.addr, "/");
@@ -487,8 +499,10 @@ fn serve_shows_a_postgresql_schema_and_its_cluster() {
 
     // An SQLite repository's page and JSON have no cluster.
     let app = crate::harness::AppRepo::new(&env, "file.db");
+    crate::web::operator(&app.path, app.bo(&["token"]).trim());
     let file_env = Env::new();
     let file = PgServe::start(app.r(), &[], &file_env);
+    crate::web::remember_server(&file.addr, crate::web::tokens_for(&app.path));
     let v = get(&file.addr, "/r/file/status.json").json();
     assert!(v.get("cluster").is_none(), "{v}");
     let p = get(&file.addr, "/r/file");
@@ -741,6 +755,11 @@ fn serve_repolist_serves_every_backoffice_schema_of_a_database() {
             .output();
         assert!(!done.stderr().contains(pg::PASSWORD));
         done.success();
+        // Counts for the index and /metrics without a token.
+        Cmd::backoffice()
+            .args(["setting", "-R", &db.url(schema), "web-public-summary", "on"])
+            .output()
+            .success();
     };
     for s in ["alpha", "beta", "gamma"] {
         set(s);
@@ -748,6 +767,12 @@ fn serve_repolist_serves_every_backoffice_schema_of_a_database() {
     db.connect()
         .batch_execute("CREATE SCHEMA plain; CREATE TABLE plain.t(x int)")
         .unwrap();
+    // The operator's token for beta, whose details are looked at below.
+    let beta = Cmd::backoffice()
+        .args(["token", "-R", &db.url("beta")])
+        .output()
+        .success();
+    crate::web::operator_url(&db.url("beta"), "beta", beta.trim());
     let base = database_url(&db);
     let srv = PgServe::start(&base, &["--repolist"], &env);
     assert!(
@@ -799,9 +824,14 @@ fn serve_repolist_serves_every_backoffice_schema_of_a_database() {
             .contains("schema=beta"),
         "{v}"
     );
-    let page = get(&srv.addr, "/r/gamma");
+    // With its token (beta's), the page shows the cluster; without, gamma
+    // shows the summary (no cluster: it names hosts).
+    let page = get(&srv.addr, "/r/beta");
     assert_eq!(page.status, 200, "{page:?}");
     assert!(page.body.contains("<h2>Cluster</h2>"), "{}", page.body);
+    let page = get(&srv.addr, "/r/gamma");
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(!page.body.contains("<h2>Cluster</h2>"), "{}", page.body);
 
     // A repository made while serving appears without a restart.
     set("delta");
@@ -814,8 +844,14 @@ fn serve_repolist_serves_every_backoffice_schema_of_a_database() {
             == 200),
         "the new schema was never served"
     );
-    let index = get(&srv.addr, "/");
-    assert!(index.body.contains("href=\"/r/delta\""), "{}", index.body);
+    // The index keeps its rows for a few seconds (INDEX_TTL): the new
+    // schema is in it once they are read again.
+    assert!(
+        wait_until(Duration::from_secs(30), || get(&srv.addr, "/")
+            .body
+            .contains("href=\"/r/delta\"")),
+        "the new schema never reached the index"
+    );
     let m = get(&srv.addr, "/metrics");
     assert!(
         m.body
@@ -1001,6 +1037,24 @@ fn cgi(
     for (k, v) in headers {
         cmd = cmd.env(k, v);
     }
+    // The operator's token on a view route (see `web::operator`).
+    if method == "GET" && !headers.iter().any(|(k, _)| *k == "HTTP_AUTHORIZATION") {
+        let name = path
+            .strip_prefix("/r/")
+            .map(|r| r.split('/').next().unwrap_or(""));
+        let list = args
+            .iter()
+            .position(|a| *a == "--repolist")
+            .and_then(|i| args.get(i + 1).copied());
+        if let (Some(r), Some(name)) = (repo.or(list), name) {
+            if let Some((_, t)) = crate::web::tokens_for_url(r)
+                .into_iter()
+                .find(|(n, _)| n == name)
+            {
+                cmd = cmd.env("HTTP_AUTHORIZATION", format!("Bearer {t}"));
+            }
+        }
+    }
     let mut child = cmd.spawn_with(
         Stdio::piped(),
         Stdio::from(std::fs::File::create(&err_path).unwrap()),
@@ -1158,6 +1212,7 @@ fn postgresql_down_and_back_costs_errors_never_the_server() {
         .trim()
         .to_owned();
     let auth = format!("Bearer {token}");
+    crate::web::operator_url(&url, "shop", &token);
     let mut srv = PgServe::start(&url, &[], &env);
     for path in ["/r/shop", "/r/shop/status.json"] {
         let r = get(&srv.addr, path);

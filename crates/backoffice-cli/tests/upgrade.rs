@@ -77,6 +77,9 @@ fn serve_starts_workers_from_the_upgraded_binary() {
     let env = Env::new();
     let r = env.repo("app.db", 1);
     r.set("host-work-ms", "2000");
+    // The GET below sends no token: the public summary answers it (2xx),
+    // and the check after the reply starts the worker.
+    r.set("web-public-summary", "on");
     let exe = install(&env.path("bin"));
     let mut srv = Cmd::new(&exe)
         .args(["serve", r.path.to_str().unwrap(), "--listen", "127.0.0.1:0"])

@@ -34,6 +34,97 @@ impl Reply {
     }
 }
 
+// ---- the operator's token, sent for the tests that look at details ----
+//
+// Details (the status page, status.json, /metrics) need the repository's
+// token. Tests about other things (limits, CGI, locking) read them as the
+// operator: `operator(path, token)` records a repository's token, a server
+// started on it learns it, and `request` sends it as a bearer token on the
+// view routes of a repository it knows, unless the test sends its own
+// `Authorization`. Tests of the access rules themselves (`operate.rs`)
+// use their own repositories, registered nowhere.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+static TOKENS: Mutex<Option<HashMap<PathBuf, String>>> = Mutex::new(None);
+/// Per server address, the (repository name, token) pairs it is sent.
+type Served = HashMap<String, Vec<(String, String)>>;
+static SERVED: Mutex<Option<Served>> = Mutex::new(None);
+
+/// Records `token` as the token of the repository file `path`.
+pub fn operator(path: &Path, token: &str) {
+    TOKENS
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(path.to_owned(), token.to_owned());
+}
+
+/// The recorded tokens of the repository file `path`, or of the files in
+/// the directory `path`, by served name.
+pub fn tokens_for(path: &Path) -> Vec<(String, String)> {
+    let t = TOKENS.lock().unwrap();
+    let Some(t) = t.as_ref() else {
+        return Vec::new();
+    };
+    t.iter()
+        .filter(|(p, _)| p.as_path() == path || p.parent() == Some(path))
+        .filter_map(|(p, tok)| Some((p.file_stem()?.to_str()?.to_owned(), tok.clone())))
+        .collect()
+}
+
+static URL_TOKENS: Mutex<Vec<(String, String, String)>> = Mutex::new(Vec::new());
+
+/// Records `token` as the token of the PostgreSQL schema `name` at `url`.
+pub fn operator_url(url: &str, name: &str, token: &str) {
+    URL_TOKENS
+        .lock()
+        .unwrap()
+        .push((url.to_owned(), name.to_owned(), token.to_owned()));
+}
+
+/// The recorded tokens of the schema `url` names, or without `schema=` of
+/// every schema of its database.
+pub fn tokens_for_url(url: &str) -> Vec<(String, String)> {
+    let base = |u: &str| u.split('?').next().unwrap_or("").to_owned();
+    URL_TOKENS
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(u, _, _)| u == url || (!url.contains("schema=") && base(u) == base(url)))
+        .map(|(_, n, t)| (n.clone(), t.clone()))
+        .collect()
+}
+
+/// Sends these tokens (by repository name) on server `addr`'s view routes.
+pub fn remember_server(addr: &str, tokens: Vec<(String, String)>) {
+    SERVED
+        .lock()
+        .unwrap()
+        .get_or_insert_with(HashMap::new)
+        .insert(addr.to_owned(), tokens);
+}
+
+/// The token a GET of `path` on server `addr` goes with, if any.
+fn operator_token(addr: &str, path: &str) -> Option<String> {
+    let served = SERVED.lock().unwrap();
+    let tokens = served.as_ref()?.get(addr)?;
+    let path = path.split('?').next().unwrap_or("");
+    if path == "/metrics" {
+        return tokens.first().map(|(_, t)| t.clone());
+    }
+    let rest = path.strip_prefix("/r/")?;
+    let (name, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    if !matches!(tail, "" | "status.json") {
+        return None;
+    }
+    tokens
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, t)| t.clone())
+}
+
 /// One HTTP/1.1 request on a new connection (`Connection: close`).
 pub fn request(
     addr: &str,
@@ -47,6 +138,15 @@ pub fn request(
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if method == "GET"
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+    {
+        if let Some(t) = operator_token(addr, path) {
+            req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+        }
     }
     if !body.is_empty() || method == "POST" {
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
@@ -96,7 +196,14 @@ impl Server {
             .arg(path)
             .args(["--listen", "127.0.0.1:0"])
             .args(args);
-        Server::launch(cmd, env)
+        let srv = Server::launch(cmd, env);
+        srv.operate(tokens_for(path));
+        srv
+    }
+
+    /// Sends these tokens (by repository name) on the view routes.
+    pub fn operate(&self, tokens: Vec<(String, String)>) {
+        remember_server(&self.addr, tokens);
     }
 
     /// Starts `cmd` (a `serve` command line) and reads the address it
@@ -192,6 +299,7 @@ impl Site {
             "wiki",
         ]);
         let token = app.bo(&["token"]).trim().to_owned();
+        operator(&app.path, &token);
         // The first run sets the digest boundary; after it nothing is due.
         app.bo(&["run", "--nolease"]);
         Site { app, mail, token }
@@ -670,6 +778,8 @@ fn secrets_never_appear_in_pages_json_metrics_or_the_log() {
 fn limits_refuse_big_bodies_big_heads_and_slow_clients() {
     let env = Env::new();
     let site = Site::new(&env, "app");
+    // Raw connections send no token: the redacted summary answers them.
+    site.app.bo(&["setting", "web-public-summary", "on"]);
     let srv = Server::start(
         &site.app.path,
         &[
@@ -925,6 +1035,14 @@ fn repolist_serves_every_sqlite_file_in_a_directory() {
             .unwrap();
     }
     std::fs::write(dir.join("notes.txt"), "not a database").unwrap();
+    for name in ["one", "two"] {
+        Cmd::backoffice()
+            .args(["setting", "-R"])
+            .arg(dir.join(format!("{name}.db")))
+            .args(["web-public-summary", "on"])
+            .output()
+            .success();
+    }
     let srv = Server::start(&dir, &["--repolist"], &env);
     let index = get(&srv.addr, "/");
     assert!(
@@ -940,6 +1058,12 @@ fn repolist_serves_every_sqlite_file_in_a_directory() {
         .unwrap()
         .execute_batch("CREATE TABLE t(x)")
         .unwrap();
+    Cmd::backoffice()
+        .args(["setting", "-R"])
+        .arg(dir.join("three.db"))
+        .args(["web-public-summary", "on"])
+        .output()
+        .success();
     assert!(wait_until(Duration::from_secs(6), || get(
         &srv.addr,
         "/r/three/status.json"
@@ -966,7 +1090,7 @@ fn repolist_serves_every_sqlite_file_in_a_directory() {
 }
 
 /// Runs `backoffice cgi` as a CGI host would: environment and stdin.
-fn cgi(
+pub fn cgi(
     repo: &Path,
     method: &str,
     path: &str,
@@ -983,6 +1107,11 @@ fn cgi(
         .env("CONTENT_LENGTH", body.len().to_string());
     for (k, v) in headers {
         cmd = cmd.env(k, v);
+    }
+    if method == "GET" && !headers.iter().any(|(k, _)| *k == "HTTP_AUTHORIZATION") {
+        if let Some((_, t)) = tokens_for(repo).into_iter().next() {
+            cmd = cmd.env("HTTP_AUTHORIZATION", format!("Bearer {t}"));
+        }
     }
     let t0 = Instant::now();
     let mut child = cmd.spawn_with(Stdio::piped(), Stdio::inherit());
@@ -1096,6 +1225,8 @@ fn cgi_under_pythons_cgi_server_is_never_held_open_by_the_worker() {
     }
     let env = Env::new();
     let site = Site::new(&env, "app");
+    // Python's server is asked without a token: the redacted summary.
+    site.app.bo(&["setting", "web-public-summary", "on"]);
     if crate::harness::is_root() {
         // Python's CGI server runs scripts as `nobody` when it runs as root;
         // they must be able to write the repository and the folders.
@@ -1238,6 +1369,7 @@ fn the_demo_serves_a_repository_and_an_event_becomes_alert_files() {
         "{}",
         mails()
     );
+    remember_server(&base, vec![("demo".into(), token.trim().to_owned())]);
     let page = get(&base, "/r/demo");
     assert!(page.body.contains("Hello from curl"), "{}", page.body);
     assert!(page.body.contains("alerts"), "the run log is on the page");
@@ -1434,6 +1566,8 @@ fn probe_from(from: [u8; 4], addr: &str, path: &str, limit: Duration) -> Result<
 fn idle_connections_from_one_client_do_not_lock_out_another() {
     let env = Env::new();
     let site = Site::new(&env, "app");
+    // Raw probes send no token: the redacted summary answers them.
+    site.app.bo(&["setting", "web-public-summary", "on"]);
     let srv = Server::start(
         &site.app.path,
         &[
@@ -1533,7 +1667,8 @@ fn serve_repolist_of_10000_repositories_under_1024_descriptors() {
         .execute_batch(
             "CREATE TABLE config(name TEXT PRIMARY KEY NOT NULL, value CLOB, mtime DATE,
                CHECK( typeof(name)='text' AND length(name)>=1 ));
-             CREATE TABLE app(x);",
+             CREATE TABLE app(x);
+             INSERT INTO config(name, value) VALUES ('web-public-summary', 'on');",
         )
         .unwrap();
     let n = 10_000;
@@ -1625,6 +1760,7 @@ fn an_aliased_repository_is_never_opened_outside_sqlite() {
     let dir = env.path("repos");
     std::fs::create_dir(&dir).unwrap();
     let app = AppRepo::new(&env, "repos/app.db");
+    app.bo(&["setting", "web-public-summary", "on"]);
     let token = app.bo(&["token"]).trim().to_owned();
     let ino = std::fs::metadata(&app.path).unwrap().ino();
     let srv = Server::start(&dir, &["--repolist", "--no-trigger"], &env);

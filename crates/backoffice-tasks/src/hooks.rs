@@ -621,6 +621,43 @@ pub fn remove<'a>(db: impl Into<Db<'a>>, id: i64) -> Result<Hook, HookError> {
     })
 }
 
+/// Pauses a hook: it runs no more until [`resume`]d; its cursor is kept,
+/// so it gets every event it missed when resumed.
+pub fn pause<'a>(db: impl Into<Db<'a>>, id: i64) -> Result<Hook, HookError> {
+    set_paused(db.into(), id, true)
+}
+
+/// Resumes a paused (or backing-off) hook: due now, failures reset.
+pub fn resume<'a>(db: impl Into<Db<'a>>, id: i64) -> Result<Hook, HookError> {
+    set_paused(db.into(), id, false)
+}
+
+fn set_paused(db: Db<'_>, id: i64, pause: bool) -> Result<Hook, HookError> {
+    write(db, None, |c| {
+        let mut hooks = load(c)?;
+        assign_ids(&mut hooks, issued(c)?)?;
+        let h = hooks
+            .into_iter()
+            .find(|h| h.id == id)
+            .ok_or(HookError::NoSuchHook(id))?;
+        let target = id.to_string();
+        let found = if pause {
+            ledger::pause(c, TASK, &target)?
+        } else {
+            ledger::resume(c, TASK, &target)?
+        };
+        // A hook with no entry yet has not been set up by a run: it
+        // starts from the newest event, paused or not.
+        if !found {
+            ledger::start(c, TASK, &target, newest_event(c)?)?;
+            if pause {
+                ledger::pause(c, TASK, &target)?;
+            }
+        }
+        Ok(h)
+    })
+}
+
 /// A hook's state, if it has any: its ledger entry, or on a repository
 /// not yet upgraded its row of the old table (read-only commands never
 /// upgrade, and must not show a hook as new).
@@ -970,7 +1007,8 @@ impl Task for Hooks {
         Ok(if edited || ready {
             Due::Now
         } else {
-            next.map_or(Due::Never, Due::At)
+            next.and_then(ledger::Entry::next_due)
+                .map_or(Due::Never, Due::At)
         })
     }
 
@@ -1174,7 +1212,9 @@ impl Task for Hooks {
                 "hook {} ({}): at event {}, {} behind",
                 h.id, h.cmd, s.cursor, behind
             );
-            if s.failures > 0 {
+            if s.next_attempt == ledger::PAUSED {
+                line.push_str(", paused (`backoffice hook resume ID`)");
+            } else if s.failures > 0 {
                 line.push_str(&format!(
                     ", {} failure(s) in a row, next attempt {}",
                     s.failures,
@@ -1261,7 +1301,9 @@ fn due_portable(db: Db<'_>, now: i64) -> Result<Due, TaskError> {
         if hooks.as_deref() != Some(seen.as_str()) || row.int(2)? != 0 {
             Due::Now
         } else {
-            row.opt_int(3)?.map_or(Due::Never, Due::At)
+            row.opt_int(3)?
+                .and_then(ledger::Entry::next_due)
+                .map_or(Due::Never, Due::At)
         },
     )
 }

@@ -582,6 +582,29 @@ pub fn retry<'a>(db: impl Into<Db<'a>>, id: i64) -> Result<Webhook, WebhookError
     get(conn, id)
 }
 
+/// Pauses an endpoint: nothing is delivered to it until [`retry`] (`webhook
+/// resume`); its cursor is kept, so it gets every event it missed.
+pub fn pause<'a>(db: impl Into<Db<'a>>, id: i64) -> Result<Webhook, WebhookError> {
+    let db = db.into();
+    get(db, id)?;
+    match db.sqlite() {
+        Some(conn) => {
+            install(conn)?;
+            backoffice::repo::in_write(conn, || -> rusqlite::Result<()> {
+                let mut e = entry(conn, id)?;
+                e.next_attempt = ledger::PAUSED;
+                ledger::put(conn, &e)
+            })?;
+        }
+        None => {
+            let mut e = entry_db(db, id)?;
+            e.next_attempt = ledger::PAUSED;
+            ledger::put(db, &e)?;
+        }
+    }
+    get(db, id)
+}
+
 /// The delivery settings of one repository.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -801,7 +824,7 @@ impl Task for Webhooks {
                AND coalesce(l.cursor, 0) < (SELECT max(eventid) FROM bo_event)"
         };
         let next: Option<i64> = conn.prepare_cached(sql)?.query_row([], |r| r.get(0))?;
-        Ok(match next {
+        Ok(match next.and_then(ledger::Entry::next_due) {
             None => Due::Never,
             Some(t) if t <= now => Due::Now,
             Some(t) => Due::At(t),
@@ -1055,6 +1078,11 @@ impl Task for Webhooks {
                 st.problems.push(format!(
                     "webhook #{} {} is dead after {} failures: {err} (`backoffice webhook retry {}`)",
                     w.id, w.url, w.failures, w.id
+                ));
+            } else if w.next_attempt == ledger::PAUSED {
+                st.info.push(format!(
+                    "webhook #{} {} is paused (`backoffice webhook resume {}`)",
+                    w.id, w.url, w.id
                 ));
             } else if w.failures > 0 {
                 st.problems.push(format!(
@@ -1676,7 +1704,8 @@ fn pg_due(db: Db<'_>, now: i64) -> Result<Due, TaskError> {
         )?
         .map(|r| r.opt_int(0))
         .transpose()?
-        .flatten();
+        .flatten()
+        .and_then(ledger::Entry::next_due);
     Ok(match next {
         None => Due::Never,
         Some(t) if t <= now => Due::Now,

@@ -69,6 +69,7 @@ pub const ENGINE_ROWS: &[&str] = &[
     crate::engine::LEASE_ROW,
     crate::task::LAST_RUN_ROW,
     crate::task::TOTALS_ROW,
+    crate::history::HISTORY_ROW,
     crate::writes::WRITE_EXPECTED,
     crate::writes::APP_GENERATION,
     crate::events::PURGE_ROW,

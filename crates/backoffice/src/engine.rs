@@ -859,6 +859,11 @@ fn finish(
     totals.add(report);
     let json = serde_json::to_string(&totals).unwrap_or_default();
     repo::config_set(&tx, task::TOTALS_ROW, &json).map_err(|e| sq("recording the totals", e))?;
+    // The history for the status page's charts: bounded, pruned here.
+    let mut history = crate::history::History::load(&tx);
+    history.add(report);
+    repo::config_set(&tx, crate::history::HISTORY_ROW, &history.to_json())
+        .map_err(|e| sq("recording the history", e))?;
     if term.is_some() && me.holds(&lease.current) {
         // Nobody holds it now; the expiry (and the term) stay: the expiry
         // still spaces runs, and only a takeover moves the term.

@@ -166,11 +166,50 @@ pub struct Entry {
     pub last_output: Option<String>,
 }
 
+/// The `next_attempt` of a target an operator paused: never tried until
+/// resumed ([`pause`], [`resume`]). A task's check reads it as "not due"
+/// ([`Entry::next_due`]).
+pub const PAUSED: i64 = i64::MAX;
+
 impl Entry {
     /// True if the target may be tried at `now`.
     pub fn ready(&self, now: i64) -> bool {
         self.next_attempt <= now
     }
+
+    /// True if an operator paused the target.
+    pub fn paused(&self) -> bool {
+        self.next_attempt == PAUSED
+    }
+
+    /// `next_attempt` as a due time: `None` for a paused target.
+    pub fn next_due(next_attempt: i64) -> Option<i64> {
+        (next_attempt != PAUSED).then_some(next_attempt)
+    }
+}
+
+/// Pauses a target: it is not tried again until [`resume`]d; its cursor
+/// and failures are kept. `false` if it has no entry.
+pub fn pause<'a, D: LedgerDb<'a>>(db: D, task: &str, target: &str) -> Result<bool, D::Error> {
+    let Some(mut e) = get(db, task, target)? else {
+        return Ok(false);
+    };
+    e.next_attempt = PAUSED;
+    put(db, &e)?;
+    Ok(true)
+}
+
+/// Resumes a paused or backing-off target: due now, failures reset, its
+/// cursor kept (nothing is skipped). `false` if it has no entry.
+pub fn resume<'a, D: LedgerDb<'a>>(db: D, task: &str, target: &str) -> Result<bool, D::Error> {
+    let Some(mut e) = get(db, task, target)? else {
+        return Ok(false);
+    };
+    e.next_attempt = 0;
+    e.failures = 0;
+    e.last_error = None;
+    put(db, &e)?;
+    Ok(true)
 }
 
 /// The retry policy: the wait after `n` failures in a row is `first`

@@ -99,6 +99,7 @@ pub mod due;
 mod engine;
 mod error;
 pub mod events;
+pub mod history;
 mod lease;
 pub mod ledger;
 #[cfg(feature = "postgres")]

@@ -1379,6 +1379,9 @@ fn finish(
             task::TOTALS_ROW,
             &serde_json::to_string(&totals).unwrap_or_default(),
         )?;
+        let mut history = crate::history::History::load(Db::Postgres(conn));
+        history.add(report);
+        conn.config_set(crate::history::HISTORY_ROW, &history.to_json())?;
         if let Some(me) = holder {
             if me.holds(&l.lease.current) {
                 l.lease.current = Slot {

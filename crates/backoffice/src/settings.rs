@@ -72,6 +72,10 @@ pub const LEASE_TIME: &str = "backoffice-lease-time";
 pub const HEARTBEAT: &str = "backoffice-heartbeat";
 /// `event-retention-days`
 pub const EVENT_RETENTION_DAYS: &str = "event-retention-days";
+/// `web-public-summary`
+pub const WEB_PUBLIC_SUMMARY: &str = "web-public-summary";
+/// `web-session-hours`
+pub const WEB_SESSION_HOURS: &str = "web-session-hours";
 
 /// The engine's own settings. Each task adds its own ([`Task::settings`]);
 /// [`Tasks::settings`] lists them all.
@@ -125,6 +129,20 @@ pub const ENGINE: &[Def] = &[
         },
         default: "0",
         help: "Once a day, a worker run deletes the events (`bo_event`) older than this many days that every task is done with: events a hook, a webhook endpoint (dead ones too) or alerts and digests still need are kept, whatever their age, and so is the newest event. 0: keep every event forever.",
+        secret: false,
+    },
+    Def {
+        name: WEB_PUBLIC_SUMMARY,
+        kind: Kind::Bool,
+        default: "off",
+        help: "Show a redacted summary to visitors without the token: on the index and the status page, counts, ages, history and which tasks have problems, never the problems' text, addresses, commands, peers or settings. Off: the index shows only the name, and every detail needs the token.",
+        secret: false,
+    },
+    Def {
+        name: WEB_SESSION_HOURS,
+        kind: Kind::Int { min: 1, max: 720 },
+        default: "12",
+        help: "Hours a web session (the cookie the token form gives) lasts.",
         secret: false,
     },
 ];

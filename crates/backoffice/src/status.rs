@@ -65,6 +65,13 @@ pub struct Status {
     /// What the due summary ([`crate::due`]) says, in words: what the
     /// check reads instead of asking the tasks.
     pub due_summary: String,
+    /// Where each of [`Status::problems`] comes from, in the same order:
+    /// a task's name, or `backoffice` for the engine's own. A redacted
+    /// summary shows these and the counts, never the problems' text
+    /// (which may name subscribers, commands or peers).
+    pub problem_sources: Vec<String>,
+    /// Runs, items and failures per hour and per day ([`crate::history`]).
+    pub history: crate::history::History,
     /// The cluster — term, holders' hosts, heartbeats, hand-overs, clocks —
     /// on a PostgreSQL repository; absent on an SQLite one.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -375,6 +382,7 @@ pub(crate) fn assemble(
     let next_due = tasks.due(db, now);
     let due_summary = summary_words(db, tasks, now);
     let mut problems = s.problems.clone();
+    let mut problem_sources = vec!["backoffice".to_owned(); problems.len()];
     if let Some(p) = &lease_problem {
         problems.push(format!(
             "the stored lease is malformed ({p}); the next worker will rewrite it"
@@ -406,6 +414,9 @@ pub(crate) fn assemble(
             state: g.state,
             value: g.value,
         }));
+        // The engine's problems so far, then this task's.
+        problem_sources.resize(problems.len(), "backoffice".to_owned());
+        problem_sources.extend(st.problems.iter().map(|_| t.name().to_owned()));
         problems.extend(
             st.problems
                 .into_iter()
@@ -424,6 +435,8 @@ pub(crate) fn assemble(
             }
         },
     };
+    // The log file's problem, if any, is the engine's.
+    problem_sources.resize(problems.len(), "backoffice".to_owned());
     let settings = tasks
         .settings()
         .iter()
@@ -477,9 +490,11 @@ pub(crate) fn assemble(
         problems,
         gauges,
         totals: RunTotals::load(db),
+        history: crate::history::History::load(db),
         log_tail,
         cluster,
         due_summary,
+        problem_sources,
     })
 }
 

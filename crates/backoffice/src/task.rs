@@ -487,7 +487,7 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// What one task did in one run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskResult {
     /// The task's name.
     pub name: String,

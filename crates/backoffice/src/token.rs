@@ -19,6 +19,11 @@ use sha2::{Digest, Sha256};
 /// token (never the token itself).
 pub const TOKEN_ROW: &str = "backoffice-api-token";
 
+/// The `config` row holding the hash of the read-only metrics token
+/// (`backoffice token --metrics`): it opens `/metrics` for this
+/// repository to a scraper, and nothing else.
+pub const METRICS_TOKEN_ROW: &str = "backoffice-metrics-token";
+
 /// What every token starts with, so that a leaked one is recognisable (to
 /// secret scanners and to people).
 const PREFIX: &str = "bo_";
@@ -43,9 +48,34 @@ pub enum Verdict {
 /// thereby stops working) and returns the token: `bo_` and 64 lowercase hex
 /// digits. This is the only time the token exists outside the caller.
 pub fn create<'a>(db: impl Into<Db<'a>>) -> Result<String, DbError> {
+    create_in(db, TOKEN_ROW)
+}
+
+/// [`create`] for the token kept in `row` ([`TOKEN_ROW`] or
+/// [`METRICS_TOKEN_ROW`]).
+pub fn create_in<'a>(db: impl Into<Db<'a>>, row: &str) -> Result<String, DbError> {
     let token = format!("{PREFIX}{}", random_hex()?);
-    db.into().config_set(TOKEN_ROW, &stored_form(&token))?;
+    db.into().config_set(row, &stored_form(&token))?;
     Ok(token)
+}
+
+/// 32 random bytes from the kernel, as 64 lowercase hex digits (a web
+/// session's id, say).
+pub fn random() -> Result<String, DbError> {
+    random_hex()
+}
+
+/// The lowercase hex SHA-256 of `text`.
+pub fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// True if `a` and `b` are equal, compared in constant time.
+pub fn same(a: &str, b: &str) -> bool {
+    ct_eq(a.as_bytes(), b.as_bytes())
 }
 
 /// 32 bytes from the kernel's random source, as 64 lowercase hex digits.
@@ -61,9 +91,14 @@ fn random_hex() -> Result<String, DbError> {
 /// Removes the token; true if there was one. A repository without a
 /// `config` table has none.
 pub fn revoke<'a>(db: impl Into<Db<'a>>) -> Result<bool, DbError> {
+    revoke_in(db, TOKEN_ROW)
+}
+
+/// [`revoke`] for the token kept in `row`.
+pub fn revoke_in<'a>(db: impl Into<Db<'a>>, row: &str) -> Result<bool, DbError> {
     match db
         .into()
-        .execute("DELETE FROM config WHERE name = ?1", &[TOKEN_ROW.into()])
+        .execute("DELETE FROM config WHERE name = ?1", &[row.into()])
     {
         Ok(n) => Ok(n > 0),
         Err(DbError::Sqlite(e)) if crate::repo::is_no_such_table(&e) => Ok(false),
@@ -74,8 +109,13 @@ pub fn revoke<'a>(db: impl Into<Db<'a>>) -> Result<bool, DbError> {
 /// True if the repository has a token row (well-formed or not: a malformed
 /// row still locks the API, see [`verify`]).
 pub fn is_set<'a>(db: impl Into<Db<'a>>) -> Result<bool, DbError> {
+    is_set_in(db, TOKEN_ROW)
+}
+
+/// [`is_set`] for the token kept in `row`.
+pub fn is_set_in<'a>(db: impl Into<Db<'a>>, row: &str) -> Result<bool, DbError> {
     // config_get reads a missing config table as "no row".
-    Ok(db.into().config_get(TOKEN_ROW)?.is_some())
+    Ok(db.into().config_get(row)?.is_some())
 }
 
 /// Checks a presented token (exactly as sent; the caller strips `Bearer `)
@@ -86,7 +126,16 @@ pub fn is_set<'a>(db: impl Into<Db<'a>>) -> Result<bool, DbError> {
 /// "no token" could open an API the operator meant to protect. A missing
 /// row or `config` table is [`Verdict::NoToken`].
 pub fn verify<'a>(db: impl Into<Db<'a>>, presented: &str) -> Result<Verdict, DbError> {
-    let Some(stored) = db.into().config_get(TOKEN_ROW)? else {
+    verify_in(db, TOKEN_ROW, presented)
+}
+
+/// [`verify`] against the token kept in `row`.
+pub fn verify_in<'a>(
+    db: impl Into<Db<'a>>,
+    row: &str,
+    presented: &str,
+) -> Result<Verdict, DbError> {
+    let Some(stored) = db.into().config_get(row)? else {
         return Ok(Verdict::NoToken);
     };
     let Some(want) = parse_stored(&stored) else {

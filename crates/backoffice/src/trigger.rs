@@ -481,6 +481,21 @@ impl Backoffice {
         self.start_worker(&path, logfile.as_deref())
     }
 
+    /// Starts a worker for the repository of `conn` now, whether or not
+    /// the check finds work due (an operator's "run now"): it takes the
+    /// lease, or waits on deck for it, like any worker.
+    pub fn run_now(&self, conn: &Connection) -> Started {
+        let Some(path) = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from) else {
+            return Started::Failed("the connection has no file (in-memory database)".into());
+        };
+        let logfile = repo::config_get(conn, LOGFILE)
+            .ok()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .map(|s| crate::settings::resolve_path(conn, Path::new(&s)));
+        self.start_worker(&path, logfile.as_deref())
+    }
+
     /// Starts a detached worker for `repo`, or runs the work in-process in
     /// no-delay mode if no worker can be started.
     pub fn start_worker(&self, repo: &Path, logfile: Option<&Path>) -> Started {

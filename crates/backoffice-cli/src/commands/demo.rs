@@ -75,6 +75,9 @@ pub fn run(a: DemoArgs, tasks: Tasks) -> Result<ExitCode> {
         // Short, so a second event within a minute is not kept waiting
         // behind the lease (the default is 60 s).
         ("backoffice-lease-time", "3".to_owned()),
+        // Anyone who opens the page sees the redacted summary; the token
+        // (in DIR/token) signs in for the details and the actions.
+        ("web-public-summary", "on".to_owned()),
     ] {
         config_set(conn, k, &v).with_context(|| format!("setting {k}"))?;
     }
@@ -131,6 +134,7 @@ pub fn run(a: DemoArgs, tasks: Tasks) -> Result<ExitCode> {
         ),
         String::new(),
         format!("  status page  {base}/r/demo"),
+        format!("  sign in      {base}/r/demo/login (the token below: details and actions)"),
         format!("  JSON         {base}/r/demo/status.json"),
         format!("  metrics      {base}/metrics"),
         format!("  sign up      {base}/r/demo/subscribe"),
@@ -147,7 +151,9 @@ pub fn run(a: DemoArgs, tasks: Tasks) -> Result<ExitCode> {
             "       -d '{{\"kind\":\"checkin\",\"title\":\"Hello from curl\"}}' {base}/r/demo/events"
         ),
         String::new(),
-        format!("The API token is in {tok}. Ctrl-C stops the server."),
+        format!(
+            "The API token is in {tok}: paste it into {base}/r/demo/login to sign in. Ctrl-C stops the server."
+        ),
     ];
     let _ = writeln!(std::io::stdout(), "{}", text.join("\n"));
     let site = Site::new(&db_abs, false)?;

@@ -132,6 +132,16 @@ fn act(
             let h = hooks::remove(conn, id)?;
             println!("removed hook {}: {}", h.id, h.cmd);
         }
+        HookAction::Pause { id } => {
+            writable()?;
+            let h = hooks::pause(conn, id)?;
+            println!("paused hook {}: {}", h.id, h.cmd);
+        }
+        HookAction::Resume { id } => {
+            writable()?;
+            let h = hooks::resume(conn, id)?;
+            println!("resumed hook {} (due now): {}", h.id, h.cmd);
+        }
         HookAction::Test { id } => {
             let (events, out) = hooks::test(conn, path, id)?;
             println!(

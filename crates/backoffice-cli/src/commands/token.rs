@@ -24,6 +24,9 @@ pub fn run(a: TokenArgs) -> Result<ExitCode> {
         }
     };
     let shown = backoffice::db::redact_url(&path.to_string_lossy());
+    if a.metrics {
+        return metrics(conn, a.check, a.revoke, &shown);
+    }
     if a.check {
         let set = token::is_set(conn)?;
         println!(
@@ -52,5 +55,33 @@ pub fn run(a: TokenArgs) -> Result<ExitCode> {
          Send it as: Authorization: Bearer TOKEN",
         shown
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `backoffice token --metrics`: the read-only token for `/metrics`.
+fn metrics(conn: backoffice::Db<'_>, check: bool, revoke: bool, shown: &str) -> Result<ExitCode> {
+    let row = token::METRICS_TOKEN_ROW;
+    if check {
+        println!(
+            "{}",
+            if token::is_set_in(conn, row)? {
+                "a metrics token is set"
+            } else {
+                "no metrics token is set"
+            }
+        );
+    } else if revoke {
+        if token::revoke_in(conn, row)? {
+            println!("revoked the metrics token");
+        } else {
+            println!("there was no metrics token");
+        }
+    } else {
+        println!("{}", token::create_in(conn, row)?);
+        eprintln!(
+            "backoffice: new read-only metrics token for {shown} (shown once). It opens /metrics \
+             for this repository only: Authorization: Bearer TOKEN"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

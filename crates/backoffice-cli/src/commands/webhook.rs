@@ -101,7 +101,12 @@ fn act(action: WebhookAction, conn: Db<'_>, repo: Option<&backoffice::Repo>) -> 
             let w = webhooks::remove(conn, id)?;
             println!("removed #{} {}", w.id, w.url);
         }
-        WebhookAction::Retry { id } => {
+        WebhookAction::Pause { id } => {
+            writable()?;
+            let w = webhooks::pause(conn, id)?;
+            println!("{}", line(&w, now));
+        }
+        WebhookAction::Retry { id } | WebhookAction::Resume { id } => {
             writable()?;
             let w = webhooks::retry(conn, id)?;
             println!("{}", line(&w, now));

@@ -1,7 +1,8 @@
 //! The JSON API under `/r/NAME`: the status as JSON, publishing events, and
-//! managing subscribers. Every route but `status.json` needs the
-//! repository's API token (`backoffice token`); the checks, the error
-//! replies and the handler runners are in `respond.rs`.
+//! managing subscribers. Every route needs the repository's API token
+//! (`backoffice token`), but `status.json` also answers a session, and
+//! with `web-public-summary` on gives anyone a redacted summary; the
+//! checks, the error replies and the handler runners are in `respond.rs`.
 
 use std::sync::Arc;
 
@@ -14,13 +15,47 @@ use serde::Deserialize;
 
 use super::app::App;
 use super::respond::{
-    Failure, authorize, json, on_repo, on_repo_write, parse_json, subscriber_failure, web_status,
+    Failure, authorize, json, on_repo, on_repo_write, parse_json, subscriber_failure, unauthorized,
+    web_status,
 };
+use super::session::{self, Access};
 
-/// `GET /r/NAME/status.json`: the status page's facts.
-pub async fn status_json(State(app): State<Arc<App>>, Path(name): Path<String>) -> Response {
+/// `GET /r/NAME/status.json`: the status page's facts, with the token
+/// (bearer or session); the redacted summary's if `web-public-summary` is
+/// on; else 401.
+pub async fn status_json(
+    State(app): State<Arc<App>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     on_repo(app, name.clone(), false, move |app, repo| {
-        Ok(json(StatusCode::OK, &web_status(app, &name, repo)?))
+        let acc = session::access(repo, &headers, backoffice::clock::now())
+            .map_err(|e| Failure::db("checking access", e))?;
+        match acc {
+            Access::Full { .. } => Ok(json(StatusCode::OK, &web_status(app, &name, repo)?)),
+            Access::Summary => {
+                let st = web_status(app, &name, repo)?;
+                Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({
+                        "repo": st.repo,
+                        "now": st.now,
+                        "redacted": true,
+                        "running": st.current.pid > 0 && st.current.alive,
+                        "last_run_age": st.last_run_age,
+                        "last_run_items": st.last_run.as_ref().map(|r| r.items()),
+                        "totals": st.totals,
+                        "problems": st.problems.len(),
+                        "problem_sources": st.problem_sources,
+                        "gauges": st.gauges,
+                        "history": st.history,
+                    }),
+                ))
+            }
+            Access::None => Err(unauthorized(
+                "this needs the repository's token: send `Authorization: Bearer TOKEN`",
+            )),
+        }
     })
     .await
 }

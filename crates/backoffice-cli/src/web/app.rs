@@ -4,7 +4,8 @@
 //! web front may use it.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use backoffice::pg::PgTrigger;
@@ -79,6 +80,44 @@ pub struct App {
     /// `None` in a process that lives for one request (`cgi`), which
     /// counts in the repository instead.
     pub signup_rates: Option<RateTable>,
+    index: IndexCache,
+}
+
+/// How long the index's rows are served before they are read again. The
+/// index over 10,000 repositories must not open every one on every
+/// request; a stale row is at most this old (plus one rebuild), and the
+/// status page of a repository is always current.
+pub const INDEX_TTL: Duration = Duration::from_secs(10);
+
+/// One repository as the index shows it: counts and ages only, never a
+/// problem's text (the index is public; see `session.rs`).
+#[derive(Clone, Debug, Default)]
+pub struct IndexRow {
+    /// The name it is served under.
+    pub name: String,
+    /// False if its status could not be read.
+    pub readable: bool,
+    /// `web-public-summary` is on: the counts below may be shown.
+    pub public: bool,
+    /// Problems now.
+    pub problems: usize,
+    /// Where they come from (task names, `backoffice`), each once.
+    pub sources: Vec<String>,
+    /// Seconds since the last run started.
+    pub last_run_age: Option<i64>,
+    /// Items of the last run.
+    pub last_items: Option<u64>,
+    /// A worker holds the lease now.
+    pub running: bool,
+}
+
+/// The index's rows, read again in the background once older than
+/// [`INDEX_TTL`] (see [`App::index_rows`]).
+#[derive(Debug, Default)]
+struct IndexCache {
+    rows: Mutex<Option<(Instant, Arc<Vec<IndexRow>>)>>,
+    building: Mutex<()>,
+    rebuilding: AtomicBool,
 }
 
 /// Stripes of the in-process write gate ([`App::write_gate`]): a fixed
@@ -124,6 +163,7 @@ impl App {
             replicas: None,
             write_gates: (0..WRITE_GATES).map(|_| Mutex::new(())).collect(),
             signup_rates: Some(RateTable::default()),
+            index: IndexCache::default(),
         }
     }
 
@@ -217,6 +257,88 @@ impl App {
         self.write_gates[i]
             .lock()
             .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts a worker for `store` now, due work or not (the operator's
+    /// "run now"): on SQLite through the engine; on PostgreSQL a detached
+    /// worker for the schema's URL.
+    pub fn run_now(&self, store: &Store) -> Started {
+        let started = match store {
+            Store::File(r) => self.bo.run_now(r.conn()),
+            Store::Pg(c) => {
+                let logfile = c.settings().ok().and_then(|s| s.logfile);
+                let spawned = backoffice::process::WorkerCommand::current_exe().and_then(|cmd| {
+                    backoffice::pg::spawn_worker(&cmd, c.url(), logfile.as_deref())
+                });
+                match spawned {
+                    Ok(child) => {
+                        let pid = child.id();
+                        backoffice::process::reap(child);
+                        self.pg.published(c.url());
+                        Started::Worker { pid }
+                    }
+                    Err(e) => Started::Failed(format!("cannot start a worker: {e}")),
+                }
+            }
+        };
+        if matches!(started, Started::Worker { .. }) {
+            let name = match store {
+                Store::File(r) => super::site::name_of(r.path()).unwrap_or_default(),
+                Store::Pg(c) => c.url().schema().to_owned(),
+            };
+            bump(&self.started, &name);
+        }
+        started
+    }
+
+    /// The index's rows, and how old they are. Kept rows younger than
+    /// `INDEX_TTL` are served as they are; older ones are served too while
+    /// one thread reads them again in the background, so a busy index
+    /// never waits for 10,000 repositories to be opened. Only when there
+    /// are no rows yet (the first request; every request under CGI) does a
+    /// request build them itself, one at a time.
+    pub fn index_rows(
+        self: &Arc<Self>,
+        build: fn(&App) -> Vec<IndexRow>,
+    ) -> (Arc<Vec<IndexRow>>, Duration) {
+        let kept = |app: &App| {
+            app.index
+                .rows
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone()
+        };
+        if let Some((at, rows)) = kept(self) {
+            if at.elapsed() >= INDEX_TTL && !self.index.rebuilding.swap(true, Ordering::AcqRel) {
+                let app = Arc::clone(self);
+                let spawned = std::thread::Builder::new()
+                    .name("index".into())
+                    .spawn(move || {
+                        let rows = Arc::new(build(&app));
+                        *app.index.rows.lock().unwrap_or_else(|p| p.into_inner()) =
+                            Some((Instant::now(), rows));
+                        app.index.rebuilding.store(false, Ordering::Release);
+                    });
+                if spawned.is_err() {
+                    self.index.rebuilding.store(false, Ordering::Release);
+                }
+            }
+            return (rows, at.elapsed());
+        }
+        let gate = self
+            .index
+            .building
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Built by the request we waited for?
+        if let Some((at, rows)) = kept(self) {
+            return (rows, at.elapsed());
+        }
+        let rows = Arc::new(build(self));
+        *self.index.rows.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((Instant::now(), rows.clone()));
+        drop(gate);
+        (rows, Duration::ZERO)
     }
 
     /// Workers this process has started for `name`.

@@ -1,19 +1,36 @@
 //! `GET /metrics`: Prometheus text exposition, one series per repository.
+//!
+//! A repository's series are in the reply only for a scraper that may see
+//! them: one sending its read-only metrics token (`backoffice token
+//! --metrics`) or its API token as `Authorization: Bearer`, or anyone when
+//! its `web-public-summary` is on (the series are counts only). A request
+//! that may see no repository is a 401.
 
 use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use backoffice::token::{self, METRICS_TOKEN_ROW, Verdict};
 
 use super::app::App;
-use super::respond::{blocking, web_status};
+use super::respond::{bearer, blocking, unauthorized, web_status};
+use super::session;
+use super::store::Store;
 
 /// `GET /metrics`.
-pub async fn get_metrics(State(app): State<Arc<App>>) -> Response {
-    blocking(app, |app| {
-        let text = render(app);
+pub async fn get_metrics(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
+    let presented = bearer(&headers).map(str::to_owned);
+    blocking(app, move |app| {
+        let (text, shown) = render(app, presented.as_deref());
+        if shown == 0 && !app.site.list().is_empty() {
+            return Err(unauthorized(if presented.is_some() {
+                "this token opens no repository's metrics"
+            } else {
+                "metrics need a token: send `Authorization: Bearer TOKEN` (`backoffice token --metrics` makes a read-only one)"
+            }));
+        }
         Ok((
             [(
                 header::CONTENT_TYPE,
@@ -55,8 +72,22 @@ impl Family {
     }
 }
 
-/// The metrics text for every served repository.
-fn render(app: &App) -> String {
+/// True if a scraper presenting `presented` may see `store`'s series.
+fn may_scrape(store: &Store, presented: Option<&str>) -> bool {
+    if let Some(t) = presented {
+        for row in [METRICS_TOKEN_ROW, token::TOKEN_ROW] {
+            if token::verify_in(store.db(), row, t).ok() == Some(Verdict::Valid) {
+                return true;
+            }
+        }
+    }
+    session::public_summary(store).unwrap_or(false)
+}
+
+/// The metrics text for every served repository the scraper may see, and
+/// how many those were.
+fn render(app: &App, presented: Option<&str>) -> (String, usize) {
+    let mut shown = 0usize;
     let mut runs = Family::new(
         "backoffice_runs_total",
         "counter",
@@ -109,10 +140,18 @@ fn render(app: &App) -> String {
     );
     for name in app.site.list() {
         let l = format!("repo=\"{}\"", label(&name));
+        let read = app.site.with_repo(&name, |r| {
+            may_scrape(r, presented).then(|| web_status(app, &name, r))
+        });
+        // Not this scraper's: not even its name is shown.
+        if matches!(read, Some(Ok(None))) {
+            continue;
+        }
+        shown += 1;
         started.add(format!("{{{l}}}"), app.workers_started(&name));
         checks.add(format!("{{{l}}}"), app.checks_run(&name));
-        let st = match app.site.with_repo(&name, |r| web_status(app, &name, r)) {
-            Some(Ok(Ok(st))) => st,
+        let st = match read {
+            Some(Ok(Some(Ok(st)))) => st,
             _ => {
                 up.add(format!("{{{l}}}"), 0);
                 continue;
@@ -152,5 +191,5 @@ fn render(app: &App) -> String {
             let _ = writeln!(out, "{}{labels} {v}", f.name);
         }
     }
-    out
+    (out, shown)
 }

@@ -41,6 +41,12 @@
 //! * `guard.rs`, beside `respond.rs`: the forms' guards — cross-site
 //!   request forgery tokens bound to a cookie, the same-origin check,
 //!   reading a form body.
+//! * `session.rs`: who may see and do what — the operator's session
+//!   (the token entered once in a form gives an `HttpOnly;
+//!   SameSite=Strict` cookie, kept server-side in the repository), its
+//!   CSRF token, the bearer token, and the redacted public summary
+//!   (`web-public-summary`).
+//! * `history.rs`: the run history as inline SVG charts (no script).
 //! * The route modules, one per kind of reply:
 //!   * `pages.rs`: the HTML pages (index, status, unsubscribe).
 //!   * `api.rs`: the JSON API (status, events, subscribers).
@@ -48,6 +54,7 @@
 //!   * `replica.rs`: copies pushed by peers (`PUT /replica/NAME`).
 //!   * `signup.rs`: self-service sign-up, the confirmation link, a
 //!     subscriber's own page (`/subscribe`, `/confirm`, `/alerts`).
+//!   * `operate.rs`: sign in and out, and the operator's actions.
 //! * `router.rs`: the route table, request-body limits, security headers,
 //!   the 404.
 //! * `serve.rs`, `cgi.rs`: the two front ends, each feeding the router.
@@ -64,13 +71,16 @@ mod app;
 pub mod cgi;
 pub mod clients;
 mod guard;
+mod history;
 mod metrics;
+mod operate;
 mod pages;
 mod replica;
 mod respond;
 pub mod router;
 pub mod serve;
 mod signup;
+mod session;
 pub mod site;
 mod store;
 

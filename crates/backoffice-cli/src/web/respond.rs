@@ -353,7 +353,13 @@ h1{font-size:1.5em;margin:.2em 0}h2{font-size:1.1em;margin:1.4em 0 .4em;border-b
 table{border-collapse:collapse}td,th{text-align:left;padding:.15em .8em .15em 0;vertical-align:top}\
 th{font-weight:600}.facts th{width:9em}.bad{color:#a00}.ok{color:#070}.dim{color:#777}\
 pre{background:#f5f5f5;padding:.6em;white-space:pre-wrap;overflow-wrap:anywhere;font-size:13px}\
-.problems li{color:#a00}code{background:#f3f3f3;padding:0 .2em}";
+.problems li{color:#a00}code{background:#f3f3f3;padding:0 .2em;overflow-wrap:anywhere}\
+td.num,th.num{text-align:right}form.inline{display:inline;margin:0 .3em 0 0}\
+button{font:inherit;font-size:.9em;padding:.1em .6em;margin:.1em 0}\
+.charts{display:grid;grid-template-columns:repeat(auto-fit,minmax(15em,1fr));gap:.6em 1.2em;margin:.4em 0 1em}\
+figure{margin:0;display:flex;flex-direction:column;justify-content:flex-end}figcaption{font-size:.85em;color:#555}svg{width:100%;height:4em;display:block;background:#fafafa}\
+svg .axis{stroke:#bbb;stroke-width:.5}.c-runs{fill:#4a7ab5}.c-items{fill:#5a9a5a}.c-fail{fill:#c33}\
+@media (max-width:40em){table{display:block;overflow-x:auto}td,th{padding-right:.5em}}";
 
 /// A whole page around `body`; `refresh` reloads it every N seconds.
 pub fn page(title: &str, refresh: Option<u32>, body: &str) -> String {
@@ -365,6 +371,27 @@ pub fn page(title: &str, refresh: Option<u32>, body: &str) -> String {
 <meta name=\"viewport\" content=\"width=device-width\">{refresh}\
 <title>{}</title><style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n",
         esc(title)
+    )
+}
+
+/// The sign-in form of repository `name` (a GET of it changes nothing),
+/// with `message` above it (why the last try failed).
+pub fn login_page(name: &str, message: Option<&str>) -> String {
+    let n = esc(name);
+    let msg = message
+        .map(|m| format!("<p class=\"bad\">{}</p>\n", esc(m)))
+        .unwrap_or_default();
+    page(
+        &format!("{name} — sign in"),
+        None,
+        &format!(
+            "<h1>{n}</h1>\n<p>This repository's status and actions need its token \
+(<code>backoffice token</code> makes one). Enter it once: this browser gets a session \
+cookie for this repository.</p>\n{msg}\
+<form method=\"post\" action=\"/r/{n}/login\"><label>Token \
+<input type=\"password\" name=\"token\" autocomplete=\"current-password\" required size=\"40\"></label> \
+<button type=\"submit\">Sign in</button></form>\n<p><a href=\"/\">All repositories</a></p>"
+        ),
     )
 }
 

@@ -12,7 +12,10 @@
 //! | `GET`, `POST /r/NAME/subscribe` | self-service sign-up (`email-signup`) |
 //! | `GET`, `POST /r/NAME/confirm/CODE/TOKEN` | the emailed confirmation link |
 //! | `GET`, `POST /r/NAME/alerts/CODE` | a subscriber changes what they get, or leaves |
-//! | `GET /metrics` | Prometheus text for every repository |
+//! | `GET`, `POST /r/NAME/login` | the token form; a session cookie |
+//! | `POST /r/NAME/logout` | ends the session |
+//! | `POST /r/NAME/actions/ACTION` | an operator's action (session and CSRF token, or bearer token) |
+//! | `GET /metrics` | Prometheus text for every repository the scraper may see |
 //! | `GET`, `PUT /replica/NAME` | ask whether a copy would be taken; a copy pushed by a peer (`serve --replica-dir`; its own token) |
 //!
 //! This file is the table and what applies to every route (the body
@@ -33,7 +36,7 @@ use axum::routing::{delete, get, post, put};
 
 use super::app::App;
 use super::respond::Failure;
-use super::{api, metrics, pages, replica, signup};
+use super::{api, metrics, operate, pages, replica, signup};
 
 /// The router, with request limits and security headers. The after-request
 /// check is not in here: each front end runs it after its reply is sent.
@@ -58,6 +61,12 @@ pub fn router(app: Arc<App>) -> Router {
             "/r/{name}/subscribers/{who}",
             delete(api::remove_subscriber),
         )
+        .route(
+            "/r/{name}/login",
+            get(operate::get_login).post(operate::post_login),
+        )
+        .route("/r/{name}/logout", post(operate::post_logout))
+        .route("/r/{name}/actions/{action}", post(operate::post_action))
         .route(
             "/r/{name}/unsubscribe/{code}",
             get(pages::get_unsubscribe).post(pages::post_unsubscribe),

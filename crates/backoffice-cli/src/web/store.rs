@@ -124,4 +124,17 @@ impl Store {
             Store::Pg(c) => notify_pg::unsubscribe_by_code(Db::Postgres(c), code),
         }
     }
+
+    /// Queues dead outbox messages again (one, or all with `None`): how
+    /// many.
+    pub fn outbox_retry(&self, id: Option<i64>, now: i64) -> Result<u64, DbError> {
+        match self {
+            Store::File(r) => backoffice::repo::immediate(r.conn(), || {
+                backoffice_tasks::notify::outbox::retry(r.conn(), id, now)
+            })
+            .map(|n| n as u64)
+            .map_err(DbError::Sqlite),
+            Store::Pg(c) => notify_pg::outbox_retry(Db::Postgres(c), id, now),
+        }
+    }
 }
