@@ -10,8 +10,11 @@
 #                      due, so each visit opens the file, reads the summary
 #                      with one statement, and leaves it alone (no write).
 #                      This is the number the target (<= 0.1 s for 1000) is for.
+#   case=idle-schedule the same with one schedule (issue 15) whose next slot
+#                      is tomorrow: the summary answers with its time, so
+#                      the schedule costs the sweep nothing (target).
 #   case=idle-sqlite-new  the same never serviced (no summary yet): each
-#                      visit opens the repository and asks the five tasks.
+#                      visit opens the repository and asks the six tasks.
 #   case=idle-fossil   the same sweep over N copies of a `fossil init`
 #                      repository (53 schema objects, 224 KB), serviced once:
 #                      the files Fossil sweeps below.  Only when `fossil`
@@ -62,7 +65,12 @@ sqlite3 "$W/t-sqlite.db" "CREATE TABLE config(
   CHECK( typeof(name)='text' AND length(name)>=1 ));
   INSERT INTO config VALUES('project-name','bench',0);" || exit 1
 cp "$W/t-sqlite.db" "$W/t-sqlite-new.db"
+cp "$W/t-sqlite.db" "$W/t-schedule.db"
 "$BO" run "$W/t-sqlite.db" >/dev/null || exit 1
+# A daily schedule whose slot is at least an hour away.
+"$BO" schedule add nightly --cron "0 $(( ($(date -u +%-H) + 2) % 24 )) * * *" \
+  --command true -R "$W/t-schedule.db" >/dev/null || exit 1
+"$BO" run "$W/t-schedule.db" >/dev/null || exit 1
 "$HOST" init "$W/t-due.db" || exit 1
 sqlite3 "$W/t-due.db" "INSERT INTO outbox(body) VALUES('pending');" || exit 1
 have_fossil=0
@@ -115,6 +123,7 @@ check_after() {
 }
 
 sweep idle-sqlite "$W/t-sqlite.db" "$BO" run
+sweep idle-schedule "$W/t-schedule.db" "$BO" run
 sweep idle-sqlite-new "$W/t-sqlite-new.db" "$BO" run
 if [ "$have_fossil" = 1 ]; then
   sweep idle-fossil "$W/t-fossil.db" "$BO" run

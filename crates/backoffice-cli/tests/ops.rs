@@ -101,6 +101,12 @@ fn get(addr: &str, path: &str) -> Reply {
     request(addr, "GET", path, &[], "")
 }
 
+/// A GET as the operator: the status pages show details only with the
+/// repository's token (or a session).
+fn get_as(site: &Site, addr: &str, path: &str) -> Reply {
+    request(addr, "GET", path, &[("Authorization", &site.auth())], "")
+}
+
 // ---- serve --access-log ----
 
 /// `backoffice serve ARGS` (on a free port unless ARGS say where) with
@@ -141,7 +147,7 @@ fn serve(args: &[&str], stderr: &Path) -> (Child, String) {
 /// leave: (method, path, status).
 fn traffic(site: &Site, addr: &str) -> Vec<(&'static str, &'static str, u16)> {
     // The query carries an address: it must not reach the log.
-    let r = get(addr, "/r/app/status.json?address=ann@example.org");
+    let r = get_as(site, addr, "/r/app/status.json?address=ann@example.org");
     assert_eq!(r.status, 200, "{r:?}");
     let ev = r#"{"kind":"wiki","title":"logged"}"#;
     let r = request(addr, "POST", "/r/app/events", &[], ev);
@@ -468,7 +474,7 @@ fn the_units_and_the_crontab_run_their_commands() {
     assert_eq!(args[1], "serve");
     let (child, addr) = serve(&args[2..], &stderr);
     let _stop = Stop(vec![child]);
-    let r = get(&addr, "/r/app");
+    let r = get_as(&site, &addr, "/r/app");
     assert_eq!(r.status, 200, "{r:?}");
     // Its reply ran the check: the waiting alerts went out.
     assert!(wait_until(Duration::from_secs(15), || site.mails() == 2));
@@ -564,10 +570,14 @@ fn cgi_checks(site: &Site, addr: &str, server_log: &Path) {
     let r = get(addr, "/");
     assert_eq!(r.status, 200, "{r:?}\n{}", log());
     assert!(r.body.contains("/r/app"), "{}", r.body);
+    // Without the token: the sign-in form; with it (the Authorization
+    // header reaching `cgi`), the page.
     let r = get(addr, "/r/app");
+    assert_eq!(r.status, 401, "{r:?}\n{}", log());
+    let r = get_as(site, addr, "/r/app");
     assert_eq!(r.status, 200, "{r:?}\n{}", log());
     assert!(r.body.contains("<h1>app</h1>"), "{}", r.body);
-    let r = get(addr, "/r/app/status.json?x=1");
+    let r = get_as(site, addr, "/r/app/status.json?x=1");
     assert_eq!(r.status, 200, "{r:?}\n{}", log());
     assert_eq!(r.json()["repo"], "app");
 

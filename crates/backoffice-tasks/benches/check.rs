@@ -197,8 +197,8 @@ mod check {
         );
     }
 
-    /// The `backoffice` binary's five tasks (alerts, hooks, webhooks,
-    /// replicate, maintenance).
+    /// The `backoffice` binary's six tasks (alerts, hooks, webhooks,
+    /// replicate, maintenance, schedules).
     fn binary_tasks() -> Tasks {
         Tasks::new()
             .with(backoffice_tasks::notify::Notify)
@@ -206,9 +206,66 @@ mod check {
             .with(backoffice_tasks::webhooks::Webhooks)
             .with(backoffice_tasks::replicate::Replicate)
             .with(backoffice_tasks::maintain::Maintenance)
+            .with(backoffice_tasks::schedules::Schedules)
     }
 
-    /// The binary's five tasks, email set up, no hooks, webhooks or peers
+    /// 100 schedules, none due before tomorrow: daily cron patterns at
+    /// times after now, in a few zones, and hourly-or-longer intervals.
+    fn add_schedules(fx: &Fixture, n: usize) {
+        use backoffice_tasks::schedules::store::{self, Action, CatchUp, Timing};
+        let conn = rusqlite::Connection::open(fx.path()).expect("open");
+        let now = backoffice::clock::now();
+        for i in 0..n {
+            let timing = if i % 2 == 0 {
+                Timing::Cron {
+                    pattern: format!("{} {} * * *", i % 60, i % 24),
+                    zone: Some(["UTC", "Europe/Paris", "America/New_York"][i % 3].into()),
+                }
+            } else {
+                Timing::Every(format!("{}h", 24 + i))
+            };
+            let action = Action::Command(format!("echo {i}"));
+            // Added just now: the first slot of each is in the future.
+            store::add(&conn, &format!("s{i}"), &timing, &action, CatchUp::Once, now)
+                .expect("add a schedule");
+        }
+    }
+
+    /// The binary's six tasks and 100 schedules not yet due, after a run
+    /// (the due summary answers; the schedules task is not asked).
+    #[divan::bench(args = JOURNALS)]
+    fn schedules_100_idle(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, false);
+        email_ready(&fx);
+        add_schedules(&fx, 100);
+        let tasks = binary_tasks();
+        let mut repo = backoffice::Repo::open(fx.path()).expect("open");
+        let opts = backoffice::RunOptions {
+            nodelay: true,
+            ..Default::default()
+        };
+        backoffice::run(&mut repo, &tasks, &opts).expect("a run");
+        drop(repo);
+        let bo = Backoffice::new(tasks);
+        run_check(bencher, &fx, &bo, |c| {
+            matches!(c, Check::NothingDue { next: Some(_) })
+        });
+    }
+
+    /// The same without the summary: every task is asked, the schedules
+    /// task parsing its 100 rows (what the summary saves).
+    #[divan::bench(args = JOURNALS)]
+    fn schedules_100_no_summary(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, false);
+        email_ready(&fx);
+        add_schedules(&fx, 100);
+        let bo = Backoffice::new(binary_tasks());
+        run_check(bencher, &fx, &bo, |c| {
+            matches!(c, Check::NothingDue { next: Some(_) })
+        });
+    }
+
+    /// The binary's six tasks, email set up, no hooks, webhooks or peers
     /// configured, nothing new, as a repository is after a run: the run
     /// wrote the due summary, and the check reads it (one statement; no
     /// task is asked).
