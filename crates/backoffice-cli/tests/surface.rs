@@ -70,3 +70,33 @@ fn the_near_future_is_counted_in_seconds() {
     assert!(matches!(n, Some(1..=51)), "{st}");
     assert!(!st.contains("a few seconds"), "{st}");
 }
+
+#[test]
+fn the_host_walk_through_leaves_the_first_demo_alone() {
+    let env = Env::new();
+    // What `backoffice demo` left in the current folder.
+    let first = env.path("backoffice-demo");
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::write(first.join("demo.db"), b"the first demo's data").unwrap();
+    std::fs::write(first.join("backoffice.log"), b"its log\n").unwrap();
+    let out = Cmd::host()
+        .arg("demo")
+        .current_dir(env.dir())
+        .output()
+        .success();
+    assert_eq!(
+        std::fs::read(first.join("demo.db")).unwrap(),
+        b"the first demo's data",
+        "{out}"
+    );
+    assert_eq!(
+        std::fs::read(first.join("backoffice.log")).unwrap(),
+        b"its log\n"
+    );
+    let own = env.path("backoffice-host-demo");
+    assert!(own.join("demo.db").is_file(), "{out}");
+    assert!(
+        out.contains(&own.canonicalize().unwrap().display().to_string()),
+        "{out}"
+    );
+}
