@@ -41,6 +41,11 @@ pub enum Command {
     Pid(PidArgs),
 
     /// Show or change settings (all of them when no NAME is given).
+    ///
+    /// The repository is the first argument, or -R REPO; with -R the
+    /// arguments are only NAME and VALUE: `backoffice setting app.db
+    /// email-send-method dir` and `backoffice setting -R app.db
+    /// email-send-method dir` are the same.
     Setting(SettingArgs),
 
     /// Show the last run, the lease in words, and what is due next.
@@ -242,21 +247,26 @@ pub struct PidArgs {
 /// `backoffice setting`
 #[derive(Debug, Args)]
 pub struct SettingArgs {
+    /// The repository (an SQLite file, or postgres://USER@HOST/DB?schema=NAME),
+    /// unless -R names it: then this is NAME.
+    #[arg(value_name = "REPO")]
+    pub repo: Option<std::ffi::OsString>,
+
     /// The setting to show or change.
     #[arg(value_name = "NAME")]
-    pub name: Option<String>,
+    pub name: Option<std::ffi::OsString>,
 
     /// The new value (on/off for switches, seconds for times, a path for files).
-    #[arg(value_name = "VALUE", conflicts_with = "unset")]
-    pub value: Option<String>,
+    #[arg(value_name = "VALUE")]
+    pub value: Option<std::ffi::OsString>,
 
     /// Remove the stored value, so the default applies again.
-    #[arg(long, requires = "name")]
+    #[arg(long)]
     pub unset: bool,
 
-    /// The repository: an SQLite file, or a PostgreSQL schema as postgres://USER@HOST/DB?schema=NAME.
-    #[arg(short = 'R', long = "repository", value_name = "REPO", required = true)]
-    pub repository: PathBuf,
+    /// The repository, as Fossil's -R (then the arguments are NAME VALUE).
+    #[arg(short = 'R', long = "repository", value_name = "REPO")]
+    pub repository: Option<PathBuf>,
 }
 
 /// `backoffice status`
@@ -312,8 +322,12 @@ pub struct WorkerArgs {
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     /// The repository: an SQLite file, or a PostgreSQL schema as postgres://USER@HOST/DB?schema=NAME.
-    #[arg(short = 'R', long = "repository", value_name = "REPO", required = true)]
-    pub repository: PathBuf,
+    #[arg(value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
+    /// The repository, as Fossil's -R.
+    #[arg(short = 'R', long = "repository", value_name = "REPO")]
+    pub repository: Option<PathBuf>,
 
     /// The kind of event (lowercase word, e.g. checkin, wiki, ticket); subscribers filter on it.
     #[arg(long, value_name = "KIND")]
@@ -346,7 +360,14 @@ pub struct PublishArgs {
 
 /// `backoffice subscriber`
 #[derive(Debug, Args)]
+#[command(subcommand_precedence_over_arg = true)]
 pub struct SubscriberArgs {
+    /// The repository, right after `subscriber` and before what to do
+    /// (`backoffice subscriber app.db list`); or -R REPO anywhere. A file named like
+    /// an action is written with its folder (`./list`).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
     /// The repository (SQLite file, or `postgres://…?schema=NAME`).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
@@ -416,7 +437,14 @@ pub enum SubscriberAction {
 
 /// `backoffice outbox`
 #[derive(Debug, Args)]
+#[command(subcommand_precedence_over_arg = true)]
 pub struct OutboxArgs {
+    /// The repository, right after `outbox` and before what to do
+    /// (`backoffice outbox app.db list`); or -R REPO anywhere. A file named like
+    /// an action is written with its folder (`./list`).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
     /// The repository (SQLite file, or `postgres://…?schema=NAME`).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
@@ -465,7 +493,14 @@ pub enum OutboxAction {
 
 /// `backoffice hook`
 #[derive(Debug, Args)]
+#[command(subcommand_precedence_over_arg = true)]
 pub struct HookArgs {
+    /// The repository, right after `hook` and before what to do
+    /// (`backoffice hook app.db list`); or -R REPO anywhere. A file named like
+    /// an action is written with its folder (`./list`).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
     /// The repository (SQLite file, or `postgres://…?schema=NAME`).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
@@ -528,7 +563,14 @@ pub enum HookAction {
 
 /// `backoffice webhook`
 #[derive(Debug, Args)]
+#[command(subcommand_precedence_over_arg = true)]
 pub struct WebhookArgs {
+    /// The repository, right after `webhook` and before what to do
+    /// (`backoffice webhook app.db list`); or -R REPO anywhere. A file named like
+    /// an action is written with its folder (`./list`).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
     /// The repository (SQLite file, or `postgres://…?schema=NAME`).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
@@ -732,7 +774,14 @@ pub struct DemoArgs {
 
 /// `backoffice peer`
 #[derive(Debug, Args)]
+#[command(subcommand_precedence_over_arg = true)]
 pub struct PeerArgs {
+    /// The repository, right after `peer` and before what to do
+    /// (`backoffice peer app.db sync`); or -R REPO anywhere. A file named like
+    /// an action is written with its folder (`./list`).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
     /// The repository (SQLite file).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,

@@ -100,3 +100,149 @@ fn the_host_walk_through_leaves_the_first_demo_alone() {
         "{out}"
     );
 }
+
+/// Every command on one repository, as (words before REPO, words after):
+/// REPO goes right after the command (before a subcommand's action), -R
+/// anywhere.
+const ONE_REPO: &[(&[&str], &[&str])] = &[
+    (&["lease"], &[]),
+    (&["status"], &[]),
+    (&["trigger"], &["--quiet"]),
+    (&["maintain"], &[]),
+    (&["token"], &["--check"]),
+    (&["setting"], &["backoffice-lease-time"]),
+    (
+        &["publish"],
+        &["--kind", "wiki", "--title", "Hi", "--no-trigger"],
+    ),
+    (&["subscriber"], &["list"]),
+    (&["outbox"], &["list"]),
+    (&["hook"], &["list"]),
+    (&["webhook"], &["list"]),
+    (&["peer"], &["list"]),
+];
+
+#[test]
+fn every_command_takes_the_repository_as_repo_or_with_dash_r() {
+    let env = Env::new();
+    let app = AppRepo::new(&env, "app.db");
+    let r = app.r();
+    for (cmd, rest) in ONE_REPO {
+        let plain = Cmd::backoffice()
+            .args(*cmd)
+            .arg(r)
+            .args(*rest)
+            .output()
+            .success();
+        let flag = Cmd::backoffice()
+            .args(*cmd)
+            .args(*rest)
+            .args(["-R", r])
+            .output()
+            .success();
+        // The same answer both ways (publish numbers its events; the
+        // status and lease pages tell times that may tick).
+        if !matches!(cmd[0], "publish" | "status" | "lease" | "maintain") {
+            assert_eq!(plain, flag, "{cmd:?}");
+        }
+        let both = Cmd::backoffice()
+            .args(*cmd)
+            .arg(r)
+            .args(*rest)
+            .args(["-R", r])
+            .output()
+            .failure();
+        assert!(
+            both.contains("given twice") || both.contains("cannot be used with"),
+            "{cmd:?}: {both}"
+        );
+        let neither = Cmd::backoffice().args(*cmd).args(*rest).output();
+        assert!(!neither.out.status.success(), "{cmd:?}");
+        assert!(
+            neither.stderr().contains("no repository given") || neither.stderr().contains("<REPO"),
+            "{cmd:?}: {}",
+            neither.stderr()
+        );
+    }
+    // Two events: one published each way.
+    let events: i64 = rusqlite::Connection::open(&app.path)
+        .unwrap()
+        .query_row("SELECT count(*) FROM bo_event", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(events, 2);
+}
+
+#[test]
+fn a_repository_is_never_guessed_from_the_words() {
+    let env = Env::new();
+    let app = AppRepo::new(&env, "app.db");
+    let r = app.r();
+    // Files named like a setting and like an action, in the current folder.
+    for f in ["backoffice-lease-time", "list"] {
+        std::fs::copy(&app.path, env.path(f)).unwrap();
+    }
+    let dir = env.dir();
+    // setting: without -R the first argument is the repository...
+    Cmd::backoffice()
+        .args(["setting", r, "backoffice-lease-time", "7"])
+        .current_dir(dir)
+        .output()
+        .success();
+    assert!(
+        app.bo(&["setting", "backoffice-lease-time"])
+            .contains("backoffice-lease-time    7"),
+    );
+    // ...with -R the arguments are NAME VALUE, though NAME is also a file.
+    Cmd::backoffice()
+        .args(["setting", "-R", r, "backoffice-lease-time", "8"])
+        .current_dir(dir)
+        .output()
+        .success();
+    assert!(
+        app.bo(&["setting", "backoffice-lease-time"])
+            .contains("backoffice-lease-time    8"),
+    );
+    let err = Cmd::backoffice()
+        .args(["setting", "-R", r, "backoffice-lease-time", "9", "10"])
+        .output()
+        .failure();
+    assert!(
+        err.contains("with -R REPO, `setting` takes NAME [VALUE]"),
+        "{err}"
+    );
+    // An action's name is the action even when a file has that name; the
+    // file is reached with its folder.
+    let err = Cmd::backoffice()
+        .args(["subscriber", "list"])
+        .current_dir(dir)
+        .output()
+        .failure();
+    assert!(err.contains("no repository given"), "{err}");
+    Cmd::backoffice()
+        .args(["subscriber", "./list", "add", "ann@example.org"])
+        .current_dir(dir)
+        .output()
+        .success();
+    let list = Cmd::backoffice()
+        .args(["subscriber", "./list", "list"])
+        .current_dir(dir)
+        .output()
+        .success();
+    assert!(list.contains("ann@example.org"), "{list}");
+    assert!(!app.bo(&["subscriber", "list"]).contains("ann@"));
+    // The help says so.
+    let help = Cmd::backoffice()
+        .args(["subscriber", "--help"])
+        .output()
+        .success();
+    assert!(
+        help.contains("Usage: backoffice subscriber [OPTIONS] [REPO] <COMMAND>"),
+        "{help}"
+    );
+    assert!(help.contains("(`./list`)"), "{help}");
+    let help = Cmd::backoffice()
+        .args(["setting", "--help"])
+        .output()
+        .success();
+    assert!(help.contains("with -R the"), "{help}");
+}

@@ -31,7 +31,7 @@ fn line(p: &Peer) -> String {
 
 /// Runs `backoffice peer`.
 pub fn run(a: PeerArgs) -> Result<ExitCode> {
-    let path = super::repo_path(a.repository, None)?;
+    let path = super::repo_path(a.repository, a.repo)?;
     let repo = super::open(&path)?;
     let conn = repo.conn();
     match a.action {

@@ -88,7 +88,7 @@ impl Store<'_> {
 
 /// Runs `backoffice subscriber`.
 pub fn run(a: SubscriberArgs) -> Result<ExitCode> {
-    let path = super::repo_path(a.repository, None)?;
+    let path = super::repo_path(a.repository, a.repo)?;
     let pg_conn = super::pg::url(&path)?.map(|u| u.connect()).transpose()?;
     let file;
     let store = match &pg_conn {

@@ -36,7 +36,7 @@ fn line(w: &Webhook, now: i64) -> String {
 
 /// Runs `backoffice webhook`.
 pub fn run(a: WebhookArgs) -> Result<ExitCode> {
-    let path = super::repo_path(a.repository, None)?;
+    let path = super::repo_path(a.repository, a.repo)?;
     if let Some(url) = super::pg::url(&path)? {
         let conn = url.connect()?;
         return act(a.action, Db::Postgres(&conn), None);
