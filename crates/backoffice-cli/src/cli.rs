@@ -264,6 +264,12 @@ pub struct SettingArgs {
     #[arg(long)]
     pub unset: bool,
 
+    /// Read the new value from this file (`-`: standard input) instead of
+    /// VALUE, so a secret (email-send-relay-password) never shows in `ps`;
+    /// one line end at its end is dropped.
+    #[arg(long, value_name = "FILE", conflicts_with = "unset")]
+    pub value_file: Option<PathBuf>,
+
     /// The repository, as Fossil's -R (then the arguments are NAME VALUE).
     #[arg(short = 'R', long = "repository", value_name = "REPO")]
     pub repository: Option<PathBuf>,
@@ -587,9 +593,16 @@ pub enum WebhookAction {
     Add {
         /// Where to POST (http:// or https://).
         url: String,
-        /// The HMAC-SHA256 key receivers verify signatures with (at least 16 characters).
-        #[arg(long, value_name = "SECRET")]
-        secret: String,
+        /// The HMAC-SHA256 key receivers verify signatures with (at least 16
+        /// characters). On the command line it shows in `ps`: prefer
+        /// --secret-file or $BACKOFFICE_WEBHOOK_SECRET.
+        #[arg(long, value_name = "SECRET", conflicts_with = "secret_file")]
+        secret: Option<String>,
+        /// Read the secret from this file (`-`: standard input); one line
+        /// end at its end is dropped. Without --secret or --secret-file,
+        /// $BACKOFFICE_WEBHOOK_SECRET is the secret.
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
         /// Kinds of event wanted, comma-separated, or * for all.
         #[arg(long, value_name = "KINDS", default_value = "*")]
         kinds: String,
@@ -800,9 +813,16 @@ pub enum PeerAction {
         /// Where the replica goes: /backup/app.db (older copies: app.db.1,
         /// app.db.2, ...), or https://peer.example.org/replica/app.
         target: String,
-        /// The peer server's replica token (HTTP peers; see `serve --replica-dir`).
-        #[arg(long, value_name = "TOKEN")]
+        /// The peer server's replica token (HTTP peers; see `serve
+        /// --replica-dir`). On the command line it shows in `ps`: prefer
+        /// --token-file or $BACKOFFICE_PEER_TOKEN.
+        #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
         token: Option<String>,
+        /// Read the token from this file (`-`: standard input); one line
+        /// end at its end is dropped. Without --token or --token-file, an
+        /// HTTP peer's token is $BACKOFFICE_PEER_TOKEN.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// List peers and how replication to each went.
     List {

@@ -246,3 +246,195 @@ fn a_repository_is_never_guessed_from_the_words() {
         .success();
     assert!(help.contains("with -R the"), "{help}");
 }
+
+/// Runs `backoffice ARGS` with `input` on its standard input.
+fn with_stdin(args: &[&str], input: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Cmd::backoffice()
+        .args(args)
+        .spawn_with(std::process::Stdio::piped(), std::process::Stdio::piped());
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(input.as_bytes()).unwrap();
+    drop(stdin);
+    child.wait_with_output().unwrap()
+}
+
+/// The one text column `sql` selects, row by row.
+fn column(app: &AppRepo, sql: &str) -> Vec<Option<String>> {
+    let c = rusqlite::Connection::open(&app.path).unwrap();
+    let mut st = c.prepare(sql).unwrap();
+    st.query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+#[test]
+fn secrets_come_from_files_stdin_or_the_environment_and_are_never_printed() {
+    let env = Env::new();
+    let app = AppRepo::new(&env, "app.db");
+    let r = app.r();
+    let url = "http://127.0.0.1:9/hook";
+    let printed = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+
+    // Webhook secrets: a file (its line end dropped), standard input, the
+    // environment.
+    let file = env.path("secret");
+    std::fs::write(&file, "file-secret-0123456789\n").unwrap();
+    let out = Cmd::backoffice()
+        .args(["webhook", r, "add", url, "--secret-file"])
+        .arg(&file)
+        .output();
+    let shown = printed(&out.out);
+    assert!(out.out.status.success(), "{shown}");
+    assert!(!shown.contains("file-secret-0123456789"), "{shown}");
+    let out = with_stdin(
+        &["webhook", r, "add", url, "--secret-file", "-"],
+        "stdin-secret-0123456789\r\n",
+    );
+    assert!(out.status.success(), "{}", printed(&out));
+    assert!(!printed(&out).contains("stdin-secret-0123456789"));
+    let out = Cmd::backoffice()
+        .args(["webhook", r, "add", url])
+        .env("BACKOFFICE_WEBHOOK_SECRET", "env-secret-0123456789")
+        .output();
+    assert!(out.out.status.success(), "{}", printed(&out.out));
+    assert!(!printed(&out.out).contains("env-secret-0123456789"));
+    assert_eq!(
+        column(&app, "SELECT secret FROM bo_webhook ORDER BY id"),
+        [
+            Some("file-secret-0123456789".to_owned()),
+            Some("stdin-secret-0123456789".to_owned()),
+            Some("env-secret-0123456789".to_owned()),
+        ]
+    );
+    let list = app.bo(&["webhook", "list"]);
+    assert!(!list.contains("secret-0123456789"), "{list}");
+
+    // No secret anywhere, an empty one, one too short: each a clear error
+    // that does not repeat it.
+    let err = Cmd::backoffice()
+        .args(["webhook", r, "add", url])
+        .env_remove("BACKOFFICE_WEBHOOK_SECRET")
+        .output()
+        .failure();
+    assert!(err.contains("needs a secret: --secret-file FILE"), "{err}");
+    std::fs::write(&file, "\n").unwrap();
+    let err = Cmd::backoffice()
+        .args(["webhook", r, "add", url, "--secret-file"])
+        .arg(&file)
+        .output()
+        .failure();
+    assert!(
+        err.contains("the webhook secret from ") && err.contains("is empty"),
+        "{err}"
+    );
+    let out = with_stdin(
+        &["webhook", r, "add", url, "--secret-file", "-"],
+        "short-pw\n",
+    );
+    assert!(!out.status.success());
+    assert!(
+        printed(&out).contains("at least 16 characters"),
+        "{}",
+        printed(&out)
+    );
+    assert!(!printed(&out).contains("short-pw"), "{}", printed(&out));
+    assert_eq!(column(&app, "SELECT secret FROM bo_webhook").len(), 3);
+
+    // Peer tokens: standard input, the environment; a file peer ignores a
+    // token left in the environment.
+    let out = with_stdin(
+        &[
+            "peer",
+            r,
+            "add",
+            "http://127.0.0.1:9/replica/a",
+            "--token-file",
+            "-",
+        ],
+        "peer-token-0123456789\n",
+    );
+    assert!(out.status.success(), "{}", printed(&out));
+    assert!(!printed(&out).contains("peer-token-0123456789"));
+    let out = Cmd::backoffice()
+        .args(["peer", r, "add", "http://127.0.0.1:9/replica/b"])
+        .env("BACKOFFICE_PEER_TOKEN", "env-token-0123456789")
+        .output();
+    assert!(out.out.status.success(), "{}", printed(&out.out));
+    let backup = env.path("backup.db");
+    Cmd::backoffice()
+        .args(["peer", r, "add"])
+        .arg(&backup)
+        .env("BACKOFFICE_PEER_TOKEN", "env-token-0123456789")
+        .output()
+        .success();
+    assert_eq!(
+        column(&app, "SELECT token FROM bo_peer ORDER BY peerid"),
+        [
+            Some("peer-token-0123456789".to_owned()),
+            Some("env-token-0123456789".to_owned()),
+            None,
+        ]
+    );
+
+    // A secret setting from standard input, shown masked; a refused one is
+    // not printed back either.
+    let out = with_stdin(
+        &[
+            "setting",
+            r,
+            "email-send-relay-password",
+            "--value-file",
+            "-",
+        ],
+        "smtp-pass-0123\n",
+    );
+    assert!(out.status.success(), "{}", printed(&out));
+    assert!(
+        printed(&out).contains("email-send-relay-password ********"),
+        "{}",
+        printed(&out)
+    );
+    assert!(!printed(&out).contains("smtp-pass"));
+    let c = rusqlite::Connection::open(&app.path).unwrap();
+    let stored: String = c
+        .query_row(
+            "SELECT value FROM config WHERE name = 'email-send-relay-password'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stored, "smtp-pass-0123");
+    let out = with_stdin(
+        &[
+            "setting",
+            r,
+            "email-send-relay-password",
+            "--value-file",
+            "-",
+        ],
+        "two\nlines-pass\n",
+    );
+    assert!(!out.status.success());
+    assert!(printed(&out).contains("one line"), "{}", printed(&out));
+    assert!(!printed(&out).contains("lines-pass"), "{}", printed(&out));
+    let err = Cmd::backoffice()
+        .args([
+            "setting",
+            r,
+            "email-self",
+            "x@example.org",
+            "--value-file",
+            "-",
+        ])
+        .output()
+        .failure();
+    assert!(err.contains("as VALUE or with --value-file"), "{err}");
+}

@@ -246,7 +246,12 @@ impl Def {
     pub fn validate(&self, value: &str) -> Result<String> {
         let bad = |reason: String| Error::BadSetting {
             name: self.name.to_owned(),
-            value: value.to_owned(),
+            // A refused password is still a password: never print it back.
+            value: if self.secret {
+                "********".to_owned()
+            } else {
+                value.to_owned()
+            },
             reason,
         };
         match self.kind {
@@ -434,6 +439,20 @@ mod tests {
                 .to_string()
                 .contains("unknown setting")
         );
+    }
+
+    #[test]
+    fn a_refused_secret_value_is_not_printed_back() {
+        let def = Def {
+            name: "some-password",
+            kind: Kind::Text,
+            default: "",
+            help: "",
+            secret: true,
+        };
+        let e = def.validate("hunter2\nmore").unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("some-password") && e.contains("one line"), "{e}");
     }
 
     #[test]

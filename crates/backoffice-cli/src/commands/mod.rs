@@ -20,6 +20,7 @@ pub mod pg;
 pub mod pid;
 pub mod publish;
 pub mod run;
+mod secret;
 pub mod serve;
 pub mod setting;
 pub mod status;

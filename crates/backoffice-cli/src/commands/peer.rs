@@ -35,7 +35,21 @@ pub fn run(a: PeerArgs) -> Result<ExitCode> {
     let repo = super::open(&path)?;
     let conn = repo.conn();
     match a.action {
-        PeerAction::Add { target, token } => {
+        PeerAction::Add {
+            target,
+            token,
+            token_file,
+        } => {
+            // The environment's token is for HTTP peers: a file peer takes
+            // none, and a variable left set in the shell must not make
+            // adding one fail.
+            let http = target.starts_with("http://") || target.starts_with("https://");
+            let token = super::secret::read(
+                "the peer token",
+                token,
+                token_file.as_deref(),
+                http.then_some("BACKOFFICE_PEER_TOKEN"),
+            )?;
             repo.writable()?;
             let p = replicate::add(conn, &target, token.as_deref())?;
             println!("added: {}", line(&p));

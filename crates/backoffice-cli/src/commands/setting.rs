@@ -39,7 +39,17 @@ pub fn run(a: SettingArgs, tasks: &Tasks) -> Result<ExitCode> {
         .transpose()
     };
     let name = text("name", name)?;
-    let value = text("value", value)?;
+    let mut value = text("value", value)?;
+    if let Some(f) = a.value_file.as_deref() {
+        if value.is_some() {
+            bail!("give the new value once: as VALUE or with --value-file");
+        }
+        let what = match name.as_deref() {
+            Some(n) => format!("the value of {n}"),
+            None => bail!("--value-file needs the NAME of the setting to change"),
+        };
+        value = super::secret::read(&what, None, Some(f), None)?;
+    }
     if a.unset && name.is_none() {
         bail!("--unset needs the NAME of the setting to unset");
     }
