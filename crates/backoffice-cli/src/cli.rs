@@ -197,6 +197,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub debug: bool,
 
+    /// Say on stderr what the worker is doing: waiting on deck (until when),
+    /// leaving because another worker is on deck, what it ran; with
+    /// several repositories, progress through the sweep. This is the
+    /// default when stderr is a terminal; under cron and in logs (not a
+    /// terminal) it stays quiet unless asked with -v.
+    #[arg(short, long)]
+    pub verbose: bool,
+
     /// Threads that check repositories in parallel during a sweep [default: 4 per core, at most 16].
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,

@@ -438,3 +438,102 @@ fn secrets_come_from_files_stdin_or_the_environment_and_are_never_printed() {
         .failure();
     assert!(err.contains("as VALUE or with --value-file"), "{err}");
 }
+
+/// A repository whose last run's lease (2 s) still runs, with work due:
+/// a new worker waits on deck until it ends.
+fn just_ran(env: &Env) -> crate::harness::TestRepo {
+    let r = env.repo("r.db", 2);
+    let repo = r.path.to_str().unwrap().to_owned();
+    r.publish(1);
+    Cmd::host().args(["run", &repo]).output().success();
+    r.publish(1);
+    r
+}
+
+#[test]
+fn run_by_hand_says_it_waits_on_deck_and_until_when() {
+    let env = Env::new();
+    let r = just_ran(&env);
+    let repo = r.path.to_str().unwrap();
+    let done = Cmd::host().args(["run", "-v", repo]).output();
+    assert!(done.out.status.success(), "{}", done.stderr());
+    let err = done.stderr();
+    // "r.db: waiting on deck until 13:25:01 UTC (2 s); the last run's lease
+    // has not ended yet", then the run's own line.
+    let line = err
+        .lines()
+        .find(|l| l.contains(": waiting on deck until "))
+        .unwrap_or_else(|| panic!("{err}"));
+    let after = line.split("until ").nth(1).unwrap_or_default();
+    let clock = &after[..8];
+    assert!(
+        clock.len() == 8 && clock.as_bytes()[2] == b':' && clock.as_bytes()[5] == b':',
+        "{line}"
+    );
+    assert!(after[8..].starts_with(" UTC ("), "{line}");
+    let secs: u32 = after[14..]
+        .split(' ')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    assert!(secs <= 3, "{line}");
+    assert!(err.contains(" 1 outbox elapse-time "), "{err}");
+    assert_eq!(r.pending(), 0);
+
+    // The same wait under cron (stderr not a terminal, no -v) says nothing.
+    let env2 = Env::new();
+    let r2 = just_ran(&env2);
+    let done = Cmd::host()
+        .args(["run", r2.path.to_str().unwrap()])
+        .output();
+    assert!(done.out.status.success());
+    assert_eq!(done.stderr(), "", "quiet under cron");
+    assert_eq!(r2.pending(), 0);
+}
+
+#[test]
+fn run_by_hand_says_when_another_worker_is_on_deck() {
+    let env = Env::new();
+    let r = env.repo("r.db", 3);
+    let repo = r.path.to_str().unwrap();
+    r.publish(1);
+    Cmd::host().args(["run", repo]).output().success();
+    r.publish(1);
+    let mut deck = Cmd::host().args(["run", repo]).spawn();
+    let deck_pid = i64::from(deck.id());
+    assert!(
+        crate::harness::wait_until(std::time::Duration::from_secs(5), || r.lease().next.pid
+            == deck_pid),
+        "{:?}",
+        r.lease()
+    );
+    let said = Cmd::host().args(["run", "--verbose", repo]).output();
+    assert!(said.out.status.success());
+    assert!(
+        said.stderr().contains(&format!(
+            "r.db: another worker ({deck_pid}) is on deck; nothing to do"
+        )),
+        "{}",
+        said.stderr()
+    );
+    let quiet = Cmd::host().args(["run", repo]).output();
+    assert!(quiet.out.status.success());
+    assert_eq!(quiet.stderr(), "", "quiet when not a terminal");
+    // On a terminal it says so unasked (a pseudo-terminal from `script`).
+    if crate::harness::have("script") {
+        let cmd = format!("'{}' run '{repo}'", crate::harness::host_bin().display());
+        let tty = Cmd::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .output();
+        let out = tty.stdout();
+        assert!(tty.out.status.success(), "{out}");
+        assert!(
+            out.contains(&format!(
+                "another worker ({deck_pid}) is on deck; nothing to do"
+            )),
+            "{out}"
+        );
+    }
+    crate::harness::wait_child(&mut deck, std::time::Duration::from_secs(10), "on deck");
+    assert_eq!(r.pending(), 0);
+}
