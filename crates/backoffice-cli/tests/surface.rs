@@ -537,3 +537,103 @@ fn run_by_hand_says_when_another_worker_is_on_deck() {
     crate::harness::wait_child(&mut deck, std::time::Duration::from_secs(10), "on deck");
     assert_eq!(r.pending(), 0);
 }
+
+/// `script -qec CMD /dev/null`: CMD on a pseudo-terminal; what it wrote
+/// there (stdout and stderr together). None (test skipped) without `script`.
+fn on_a_terminal(args: &[&str]) -> Option<String> {
+    if !crate::harness::have("script") {
+        return None;
+    }
+    let cmd = std::iter::once(crate::harness::backoffice_bin().display().to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let done = Cmd::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("TERM", "xterm")
+        .output();
+    assert!(done.out.status.success(), "{}", done.stdout());
+    Some(done.stdout())
+}
+
+/// Asserts that output for a pipe or a log has no progress in it: every
+/// progress line is drawn as "\r ESC[K text", and erased with the same.
+fn no_progress(what: &str, text: &str) {
+    assert!(
+        !text.contains('\r')
+            && !text.contains('\u{1b}')
+            && !text.contains('…')
+            && !text.contains("sweep: ")
+            && !text.contains("peer 1 "),
+        "{what}: progress in piped output: {text:?}"
+    );
+}
+
+#[test]
+fn progress_shows_on_a_terminal_and_never_in_pipes() {
+    let env = Env::new();
+    // A sweep over many repositories.
+    let repos: Vec<AppRepo> = (0..40)
+        .map(|i| AppRepo::new(&env, &format!("r{i}.db")))
+        .collect();
+    let mut sweep: Vec<&str> = vec!["run"];
+    sweep.extend(repos.iter().map(|r| r.r()));
+    let piped = Cmd::backoffice().args(&sweep).output();
+    assert!(piped.out.status.success(), "{}", piped.stderr());
+    no_progress("run", &piped.stderr());
+    no_progress("run", &piped.stdout());
+    if let Some(tty) = on_a_terminal(&sweep) {
+        assert!(
+            tty.contains("\r\u{1b}[Ksweep: 1 of 40 repositories (2%)"),
+            "{tty:?}"
+        );
+        assert!(
+            tty.contains("sweep: 40 of 40 repositories (100%)"),
+            "{tty:?}"
+        );
+        // Erased at the end: the terminal is left on a clean line.
+        assert!(tty.ends_with("\r\u{1b}[K"), "{tty:?}");
+    }
+
+    // `peer sync` of a repository copied in many small steps.
+    let app = &repos[0];
+    let c = rusqlite::Connection::open(&app.path).unwrap();
+    c.execute_batch(
+        "CREATE TABLE t(v); WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 600)
+         INSERT INTO t SELECT printf('%.1000c', 'x') FROM n;",
+    )
+    .unwrap();
+    drop(c);
+    app.bo(&["setting", "replicate-step-pages", "5"]);
+    app.bo(&["setting", "replicate-step-pause-ms", "0"]);
+    let backup = env.path("backup.db");
+    app.bo(&["peer", "add", backup.to_str().unwrap()]);
+    let piped = Cmd::backoffice()
+        .args(["peer", app.r(), "sync", "--force"])
+        .output();
+    let out = piped.stdout();
+    assert!(piped.out.status.success(), "{}", piped.stderr());
+    assert!(out.contains(" bytes in "), "{out}");
+    no_progress("peer sync", &out);
+    no_progress("peer sync", &piped.stderr());
+    if let Some(tty) = on_a_terminal(&["peer", app.r(), "sync", "--force"]) {
+        let label = format!("peer 1 {}: ", backup.display());
+        assert!(tty.contains(&format!("\r\u{1b}[K{label}")), "{tty:?}");
+        assert!(tty.contains(" pages ("), "{tty:?}");
+        // The result is printed on a clean line after the progress.
+        assert!(
+            tty.contains(&format!("\r\u{1b}[K{}: ", backup.display())),
+            "{tty:?}"
+        );
+    }
+
+    // `maintain --now`: its step table, and nothing else, in a pipe.
+    let piped = Cmd::backoffice()
+        .args(["maintain", "--now", app.r()])
+        .output();
+    assert!(piped.out.status.success(), "{}", piped.stderr());
+    no_progress("maintain", &piped.stdout());
+    no_progress("maintain", &piped.stderr());
+    assert!(piped.stdout().starts_with("optimize"), "{}", piped.stdout());
+}

@@ -18,6 +18,7 @@ pub mod outbox;
 pub mod peer;
 pub mod pg;
 pub mod pid;
+mod progress;
 pub mod publish;
 pub mod run;
 mod secret;

@@ -57,6 +57,25 @@ pub fn run(a: RunArgs, tasks: Tasks) -> Result<ExitCode> {
             .map(|_| Duration::from_secs(a.min.unwrap_or(DEFAULT_MIN))),
     };
     let mut poller = Poller::new(repos, tasks, sweep);
+    // A sweep over many repositories by hand shows how far it is; the
+    // line is erased when a sweep ends, before its report.
+    if super::progress::wanted() {
+        let mut line = super::progress::Line::new();
+        poller.on_progress(move |done, total| {
+            let (done, total) = (done as u64, total as u64);
+            line.show(
+                &format!(
+                    "sweep: {}",
+                    super::progress::count(done, total, "repositories")
+                ),
+                // The first and the last are always drawn.
+                done == 1 || done == total,
+            );
+            if done == total {
+                line.clear();
+            }
+        });
+    }
     match a.poll {
         None => {
             let report = poller.sweep();
