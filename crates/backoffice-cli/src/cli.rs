@@ -81,7 +81,14 @@ pub enum Command {
     Webhook(WebhookArgs),
 
     /// Add, list, remove or sync replication peers: consistent copies of the
-    /// repository kept at file paths (local disks, network mounts).
+    /// repository kept at file paths (local disks, network mounts) or on
+    /// other hosts over HTTP(S).
+    ///
+    /// An HTTP peer is another `backoffice serve --replica-dir DIR
+    /// --replica-token-file FILE`; add it by its replica URL,
+    /// `https://HOST/replica/NAME`, with that token (16 characters or more)
+    /// in `--token-file` or $BACKOFFICE_PEER_TOKEN. Each copy is checked
+    /// there (`PRAGMA quick_check`) before it replaces the last one.
     Peer(PeerArgs),
     /// Run the database maintenance steps now and print what each did.
     ///

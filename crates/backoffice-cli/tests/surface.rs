@@ -637,3 +637,40 @@ fn progress_shows_on_a_terminal_and_never_in_pipes() {
     no_progress("maintain", &piped.stderr());
     assert!(piped.stdout().starts_with("optimize"), "{}", piped.stdout());
 }
+
+#[test]
+fn help_and_readme_tell_the_current_state() {
+    let peer = Cmd::backoffice()
+        .args(["peer", "--help"])
+        .output()
+        .success();
+    for s in [
+        "over HTTP(S)",
+        "backoffice serve --replica-dir",
+        "https://HOST/replica/NAME",
+        "16 characters",
+    ] {
+        assert!(peer.contains(s), "peer --help lacks {s:?}:\n{peer}");
+    }
+    let add = Cmd::backoffice()
+        .args(["webhook", "add", "--help"])
+        .output()
+        .success();
+    assert!(add.contains("at least 16"), "{add}");
+    assert!(add.contains("--secret-file"), "{add}");
+    let readme = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"),
+    )
+    .unwrap();
+    for s in [
+        "ships five tasks, run in this order: `alerts`, `hooks`,",
+        "The secret must\nbe at least 16 characters",
+        "must be at least 16 characters, and is never printed back",
+        "./backoffice-host-demo/",
+        "--secret-file",
+        "--token-file",
+        "--value-file",
+    ] {
+        assert!(readme.contains(s), "README.md lacks {s:?}");
+    }
+}
