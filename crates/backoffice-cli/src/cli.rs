@@ -204,11 +204,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub debug: bool,
 
-    /// Say on stderr what the worker is doing: waiting on deck (until when),
-    /// leaving because another worker is on deck, what it ran; with
-    /// several repositories, progress through the sweep. This is the
-    /// default when stderr is a terminal; under cron and in logs (not a
-    /// terminal) it stays quiet unless asked with -v.
+    /// Say on stderr what a worker for one repository is doing: waiting on
+    /// deck (until when), leaving because another worker is on deck, what
+    /// it ran. This is the default when stderr is a terminal (where a sweep
+    /// over several repositories also shows its progress); under cron and
+    /// in logs (not a terminal) it stays quiet unless asked with -v.
     #[arg(short, long)]
     pub verbose: bool,
 
