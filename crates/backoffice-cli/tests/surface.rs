@@ -636,6 +636,12 @@ fn progress_shows_on_a_terminal_and_never_in_pipes() {
     no_progress("maintain", &piped.stdout());
     no_progress("maintain", &piped.stderr());
     assert!(piped.stdout().starts_with("optimize"), "{}", piped.stdout());
+    if let Some(tty) = on_a_terminal(&["maintain", "--now", app.r()]) {
+        // Which step runs, and for how long, then erased before the table.
+        assert!(tty.contains("\r\u{1b}[Kmaintain: "), "{tty:?}");
+        assert!(tty.contains("… "), "{tty:?}");
+        assert!(tty.contains("\r\u{1b}[Koptimize "), "{tty:?}");
+    }
 }
 
 #[test]

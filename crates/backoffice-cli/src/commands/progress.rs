@@ -80,6 +80,7 @@ pub(crate) fn count(done: u64, total: u64, unit: &str) -> String {
 /// nothing while it runs: "maintain: check… 3.2 s".
 pub(crate) struct Ticker {
     what: Arc<Mutex<(String, Instant)>>,
+    /// Wakes the thread to draw a new step; dropped, ends it.
     stop: Option<mpsc::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -103,9 +104,12 @@ impl Ticker {
                                     line.show(&format!("{w}… {s:.1} s"), true);
                                 }
                             }
+                            // Woken by a new step (drawn at once, however
+                            // short), or every 200 ms for the clock; ended
+                            // when the ticker is dropped.
                             match rx.recv_timeout(Duration::from_millis(200)) {
-                                Err(mpsc::RecvTimeoutError::Timeout) => {}
-                                _ => break,
+                                Ok(()) | Err(mpsc::RecvTimeoutError::Timeout) => {}
+                                Err(mpsc::RecvTimeoutError::Disconnected) => break,
                             }
                         }
                     })
@@ -123,6 +127,11 @@ impl Ticker {
     pub(crate) fn set(&self, what: String) {
         if let Ok(mut g) = self.what.lock() {
             *g = (what, Instant::now());
+        }
+        if self.thread.is_some() {
+            if let Some(tx) = &self.stop {
+                let _ = tx.send(());
+            }
         }
     }
 }
