@@ -8,7 +8,8 @@
 //! and marks it done.
 //!
 //! ```text
-//! host demo [DIR]            the README's walk-through (default DIR: ./backoffice-demo)
+//! host demo [DIR]            the README's second walk-through (default DIR:
+//!                            ./backoffice-host-demo, beside `backoffice demo`'s own)
 //! host simulate REPO N MS L  N requests MS ms apart, then stay alive L ms
 //! host requests REPO         a request per line read on stdin (the time
 //!                            in nanoseconds, then the check's answer, on stdout)
@@ -410,7 +411,10 @@ fn pg_requests(args: &[String]) -> Res<()> {
 
 /// The README's first command: watch the backoffice work in under a minute.
 fn demo(dir: Option<PathBuf>) -> Res<()> {
-    let dir = dir.unwrap_or_else(|| PathBuf::from("backoffice-demo"));
+    // Its own folder: this walk-through starts from an empty repository
+    // each time, and must not wipe the first demo's (`backoffice demo`,
+    // ./backoffice-demo) that the README has the reader keep.
+    let dir = dir.unwrap_or_else(|| PathBuf::from("backoffice-host-demo"));
     std::fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
     let db = dir.join("demo.db");

@@ -41,6 +41,11 @@ pub enum Command {
     Pid(PidArgs),
 
     /// Show or change settings (all of them when no NAME is given).
+    ///
+    /// The repository is the first argument, or -R REPO; with -R the
+    /// arguments are only NAME and VALUE: `backoffice setting app.db
+    /// email-send-method dir` and `backoffice setting -R app.db
+    /// email-send-method dir` are the same.
     Setting(SettingArgs),
 
     /// Show the last run, the lease in words, and what is due next.
@@ -80,7 +85,14 @@ pub enum Command {
     Schedule(ScheduleArgs),
 
     /// Add, list, remove or sync replication peers: consistent copies of the
-    /// repository kept at file paths (local disks, network mounts).
+    /// repository kept at file paths (local disks, network mounts) or on
+    /// other hosts over HTTP(S).
+    ///
+    /// An HTTP peer is another `backoffice serve --replica-dir DIR
+    /// --replica-token-file FILE`; add it by its replica URL,
+    /// `https://HOST/replica/NAME`, with that token (16 characters or more)
+    /// in `--token-file` or $BACKOFFICE_PEER_TOKEN. Each copy is checked
+    /// there (`PRAGMA quick_check`) before it replaces the last one.
     Peer(PeerArgs),
     /// Run the database maintenance steps now and print what each did.
     ///
@@ -199,6 +211,14 @@ pub struct RunArgs {
     #[arg(long)]
     pub debug: bool,
 
+    /// Say on stderr what a worker for one repository is doing: waiting on
+    /// deck (until when), leaving because another worker is on deck, what
+    /// it ran. This is the default when stderr is a terminal (where a sweep
+    /// over several repositories also shows its progress); under cron and
+    /// in logs (not a terminal) it stays quiet unless asked with -v.
+    #[arg(short, long)]
+    pub verbose: bool,
+
     /// Threads that check repositories in parallel during a sweep [default: 4 per core, at most 16].
     #[arg(long, value_name = "N")]
     pub jobs: Option<usize>,
@@ -249,21 +269,32 @@ pub struct PidArgs {
 /// `backoffice setting`
 #[derive(Debug, Args)]
 pub struct SettingArgs {
+    /// The repository (an SQLite file, or postgres://USER@HOST/DB?schema=NAME),
+    /// unless -R names it: then this is NAME.
+    #[arg(value_name = "REPO")]
+    pub repo: Option<std::ffi::OsString>,
+
     /// The setting to show or change.
     #[arg(value_name = "NAME")]
-    pub name: Option<String>,
+    pub name: Option<std::ffi::OsString>,
 
     /// The new value (on/off for switches, seconds for times, a path for files).
-    #[arg(value_name = "VALUE", conflicts_with = "unset")]
-    pub value: Option<String>,
+    #[arg(value_name = "VALUE")]
+    pub value: Option<std::ffi::OsString>,
 
     /// Remove the stored value, so the default applies again.
-    #[arg(long, requires = "name")]
+    #[arg(long)]
     pub unset: bool,
 
-    /// The repository: an SQLite file, or a PostgreSQL schema as postgres://USER@HOST/DB?schema=NAME.
-    #[arg(short = 'R', long = "repository", value_name = "REPO", required = true)]
-    pub repository: PathBuf,
+    /// Read the new value from this file (`-`: standard input) instead of
+    /// VALUE, so a secret (email-send-relay-password) never shows in `ps`;
+    /// one line end at its end is dropped.
+    #[arg(long, value_name = "FILE", conflicts_with = "unset")]
+    pub value_file: Option<PathBuf>,
+
+    /// The repository, as Fossil's -R (then the arguments are NAME VALUE).
+    #[arg(short = 'R', long = "repository", value_name = "REPO")]
+    pub repository: Option<PathBuf>,
 }
 
 /// `backoffice status`
@@ -319,8 +350,12 @@ pub struct WorkerArgs {
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     /// The repository: an SQLite file, or a PostgreSQL schema as postgres://USER@HOST/DB?schema=NAME.
-    #[arg(short = 'R', long = "repository", value_name = "REPO", required = true)]
-    pub repository: PathBuf,
+    #[arg(value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
+    /// The repository, as Fossil's -R.
+    #[arg(short = 'R', long = "repository", value_name = "REPO")]
+    pub repository: Option<PathBuf>,
 
     /// The kind of event (lowercase word, e.g. checkin, wiki, ticket); subscribers filter on it.
     #[arg(long, value_name = "KIND")]
@@ -353,7 +388,14 @@ pub struct PublishArgs {
 
 /// `backoffice subscriber`
 #[derive(Debug, Args)]
+#[command(subcommand_precedence_over_arg = true)]
 pub struct SubscriberArgs {
+    /// The repository, right after `subscriber` and before what to do
+    /// (`backoffice subscriber app.db list`); or -R REPO anywhere. A file named like
+    /// an action is written with its folder (`./list`).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
     /// The repository (SQLite file, or `postgres://…?schema=NAME`).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
@@ -428,7 +470,14 @@ pub enum SubscriberAction {
 
 /// `backoffice outbox`
 #[derive(Debug, Args)]
+#[command(subcommand_precedence_over_arg = true)]
 pub struct OutboxArgs {
+    /// The repository, right after `outbox` and before what to do
+    /// (`backoffice outbox app.db list`); or -R REPO anywhere. A file named like
+    /// an action is written with its folder (`./list`).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
     /// The repository (SQLite file, or `postgres://…?schema=NAME`).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
@@ -477,7 +526,14 @@ pub enum OutboxAction {
 
 /// `backoffice hook`
 #[derive(Debug, Args)]
+#[command(subcommand_precedence_over_arg = true)]
 pub struct HookArgs {
+    /// The repository, right after `hook` and before what to do
+    /// (`backoffice hook app.db list`); or -R REPO anywhere. A file named like
+    /// an action is written with its folder (`./list`).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
     /// The repository (SQLite file, or `postgres://…?schema=NAME`).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
@@ -553,6 +609,12 @@ pub enum HookAction {
 /// `backoffice schedule`
 #[derive(Debug, Args)]
 pub struct ScheduleArgs {
+    /// The repository, right after `schedule` and before what to do
+    /// (`backoffice schedule app.db list`); or -R REPO anywhere. A file named
+    /// like an action is written with its folder (`./list`).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
     /// The repository (an SQLite file).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
@@ -647,7 +709,14 @@ pub enum ScheduleAction {
 
 /// `backoffice webhook`
 #[derive(Debug, Args)]
+#[command(subcommand_precedence_over_arg = true)]
 pub struct WebhookArgs {
+    /// The repository, right after `webhook` and before what to do
+    /// (`backoffice webhook app.db list`); or -R REPO anywhere. A file named like
+    /// an action is written with its folder (`./list`).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
     /// The repository (SQLite file, or `postgres://…?schema=NAME`).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
@@ -665,9 +734,16 @@ pub enum WebhookAction {
         /// Where to POST (http:// or https://).
         url: String,
         /// The HMAC-SHA256 key receivers verify signatures with: at least 16
-        /// characters, or a Standard Webhooks secret `whsec_…` (see `webhook secret`).
-        #[arg(long, value_name = "SECRET")]
-        secret: String,
+        /// characters, or a Standard Webhooks secret `whsec_…` (see `webhook
+        /// secret`). On the command line it shows in `ps`: prefer
+        /// --secret-file or $BACKOFFICE_WEBHOOK_SECRET.
+        #[arg(long, value_name = "SECRET", conflicts_with = "secret_file")]
+        secret: Option<String>,
+        /// Read the secret from this file (`-`: standard input); one line
+        /// end at its end is dropped. Without --secret or --secret-file,
+        /// $BACKOFFICE_WEBHOOK_SECRET is the secret.
+        #[arg(long, value_name = "FILE")]
+        secret_file: Option<PathBuf>,
         /// Kinds of event wanted, comma-separated, or * for all.
         #[arg(long, value_name = "KINDS", default_value = "*")]
         kinds: String,
@@ -878,7 +954,14 @@ pub struct DemoArgs {
 
 /// `backoffice peer`
 #[derive(Debug, Args)]
+#[command(subcommand_precedence_over_arg = true)]
 pub struct PeerArgs {
+    /// The repository, right after `peer` and before what to do
+    /// (`backoffice peer app.db sync`); or -R REPO anywhere. A file named like
+    /// an action is written with its folder (`./list`).
+    #[arg(value_name = "REPO")]
+    pub repo: Option<PathBuf>,
+
     /// The repository (SQLite file).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
@@ -897,9 +980,16 @@ pub enum PeerAction {
         /// Where the replica goes: /backup/app.db (older copies: app.db.1,
         /// app.db.2, ...), or https://peer.example.org/replica/app.
         target: String,
-        /// The peer server's replica token (HTTP peers; see `serve --replica-dir`).
-        #[arg(long, value_name = "TOKEN")]
+        /// The peer server's replica token (HTTP peers; see `serve
+        /// --replica-dir`). On the command line it shows in `ps`: prefer
+        /// --token-file or $BACKOFFICE_PEER_TOKEN.
+        #[arg(long, value_name = "TOKEN", conflicts_with = "token_file")]
         token: Option<String>,
+        /// Read the token from this file (`-`: standard input); one line
+        /// end at its end is dropped. Without --token or --token-file, an
+        /// HTTP peer's token is $BACKOFFICE_PEER_TOKEN.
+        #[arg(long, value_name = "FILE")]
+        token_file: Option<PathBuf>,
     },
     /// List peers and how replication to each went.
     List {

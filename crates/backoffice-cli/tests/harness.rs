@@ -293,6 +293,12 @@ impl Cmd {
         self
     }
 
+    /// Removes an environment variable.
+    pub fn env_remove(mut self, k: &str) -> Cmd {
+        self.cmd.env_remove(k);
+        self
+    }
+
     /// Runs to completion (bounded: a hung command fails the test after 120 s).
     pub fn output(mut self) -> Done {
         let child = self

@@ -11,6 +11,9 @@ mod pg;
 
 // The command-line surface: settings, status, lease, pid, errors.
 mod commands;
+// Issue 14 part 4, the command line alike everywhere: REPO and -R, secrets
+// from files and stdin, `run` by hand, progress, hints.
+mod surface;
 // The worker loop with many real processes: exclusion, spacing, on-deck, modes.
 mod engine;
 // Lease liveness: stale and garbage leases, pid reuse, zombies, clock steps.

@@ -226,8 +226,15 @@ mod check {
             };
             let action = Action::Command(format!("echo {i}"));
             // Added just now: the first slot of each is in the future.
-            store::add(&conn, &format!("s{i}"), &timing, &action, CatchUp::Once, now)
-                .expect("add a schedule");
+            store::add(
+                &conn,
+                &format!("s{i}"),
+                &timing,
+                &action,
+                CatchUp::Once,
+                now,
+            )
+            .expect("add a schedule");
         }
     }
 

@@ -738,6 +738,19 @@ pub fn maintain(
     now: i64,
     all: bool,
 ) -> rusqlite::Result<Vec<StepReport>> {
+    maintain_with(conn, repo, now, all, &mut |_| {})
+}
+
+/// [`maintain`], calling `starting` with each step as it starts, so a
+/// command on a terminal can say which step it is in while a long one
+/// (`quick_check` on a large file) runs.
+pub fn maintain_with(
+    conn: &Connection,
+    repo: &Path,
+    now: i64,
+    all: bool,
+    starting: &mut dyn FnMut(Step),
+) -> rusqlite::Result<Vec<StepReport>> {
     let sched = Schedule::load(conn)?;
     let mut state = State::load(conn)?.unwrap_or_default();
     let db = db_file(conn, repo);
@@ -767,6 +780,7 @@ pub fn maintain(
             });
             continue;
         }
+        starting(step);
         let started = Instant::now();
         let r = match step {
             Step::Optimize => optimize(conn),

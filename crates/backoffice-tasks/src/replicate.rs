@@ -650,6 +650,18 @@ fn guarded_temp(path: &Path, tag: &str) -> Result<PathBuf, ReplicateError> {
     Ok(tmp)
 }
 
+/// Progress of a copy (see [`set_copy_progress`]).
+type CopyProgress = Box<dyn Fn(u64, u64) + Send + Sync>;
+static COPY_PROGRESS: std::sync::OnceLock<CopyProgress> = std::sync::OnceLock::new();
+
+/// Lets this process watch its copies: `f(copied, total)` in pages after
+/// each backup step of every copy (to a file or an HTTP peer). For a
+/// progress line on a terminal (`backoffice peer sync`); a worker sets
+/// none, and then a copy costs nothing more. Set once per process.
+pub fn set_copy_progress(f: impl Fn(u64, u64) + Send + Sync + 'static) {
+    let _ = COPY_PROGRESS.set(Box::new(f));
+}
+
 /// The command that starts a temporary-file guard (see [`set_temp_guard`]).
 static TEMP_GUARD: std::sync::OnceLock<backoffice::process::WorkerCommand> =
     std::sync::OnceLock::new();
@@ -747,6 +759,11 @@ fn copy_to(src: &Path, tmp: &Path, step: Step) -> Result<(i64, u32, bool), Repli
                 StepResult::Done => break,
                 StepResult::More => {
                     let p = backup.progress();
+                    if let Some(f) = COPY_PROGRESS.get() {
+                        let total = u64::try_from(p.pagecount).unwrap_or(0);
+                        let left = u64::try_from(p.remaining).unwrap_or(0);
+                        f(total.saturating_sub(left), total);
+                    }
                     if p.remaining > last_remaining {
                         // A writer changed the source: SQLite started over.
                         restarts += 1;

@@ -61,15 +61,19 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     (y, m, d)
 }
 
-/// "moments ago", "3 minutes ago", "in 2 hours": how a person says a time
-/// relative to now.
+/// "moments ago", "3 minutes ago", "in 53 seconds", "in 2 hours": how a
+/// person says a time relative to now.
+///
+/// The near future is counted in seconds: it is what someone waits for (a
+/// lease ending, a retry), and "in a few seconds" does not say whether to
+/// wait or come back. The near past stays "moments ago".
 pub fn relative(t: i64, now: i64) -> String {
     let d = now.saturating_sub(t);
     if d.unsigned_abs() < 60 {
-        return if d >= 0 {
-            "moments ago".into()
-        } else {
-            "in a few seconds".into()
+        return match d {
+            0.. => "moments ago".into(),
+            -1 => "in 1 second".into(),
+            _ => format!("in {} seconds", d.unsigned_abs()),
         };
     }
     let a = d.unsigned_abs();
@@ -99,6 +103,11 @@ mod tests {
         assert_eq!(relative(100, 100 + 60), "1 minute ago");
         assert_eq!(relative(100 + 7200, 100), "in 2 hours");
         assert_eq!(relative(0, 3 * 86_400), "3 days ago");
+        assert_eq!(relative(100 + 53, 100), "in 53 seconds");
+        assert_eq!(relative(101, 100), "in 1 second");
+        assert_eq!(relative(100 + 59, 100), "in 59 seconds");
+        assert_eq!(relative(100 + 60, 100), "in 1 minute");
+        assert_eq!(relative(100, 100), "moments ago");
     }
 
     #[test]

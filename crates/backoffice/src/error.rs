@@ -75,10 +75,12 @@ pub enum Error {
     },
 
     /// An unknown setting name.
-    #[error("unknown setting `{name}` (known: {known})")]
+    #[error("unknown setting `{name}`{hint} (known: {known})")]
     UnknownSetting {
         /// The name given.
         name: String,
+        /// "; did you mean `NAME`?" for a near miss, otherwise empty.
+        hint: String,
         /// The known names, comma separated.
         known: String,
     },

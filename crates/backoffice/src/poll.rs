@@ -144,6 +144,8 @@ pub struct Poller {
     /// Sessions kept across the PostgreSQL schemas swept (and sweeps).
     #[cfg(feature = "postgres")]
     pg: crate::pg::Sessions,
+    /// Told (visited, of) as each visit of a sweep ends.
+    progress: Option<Box<dyn FnMut(usize, usize) + Send + Sync>>,
 }
 
 impl Poller {
@@ -161,7 +163,15 @@ impl Poller {
             started: Instant::now(),
             #[cfg(feature = "postgres")]
             pg: crate::pg::Sessions::default(),
+            progress: None,
         }
+    }
+
+    /// Calls `f(visited, of)` as each visit of every sweep ends, from the
+    /// thread that called [`Poller::sweep`] or [`Poller::poll`]: a
+    /// progress line for a sweep over thousands of repositories.
+    pub fn on_progress(&mut self, f: impl FnMut(usize, usize) + Send + Sync + 'static) {
+        self.progress = Some(Box::new(f));
     }
 
     /// Visits every repository once, in parallel.
@@ -170,6 +180,10 @@ impl Poller {
         let next = AtomicUsize::new(0);
         let (tx, rx) = mpsc::channel();
         let jobs = self.opts.jobs.min(self.repos.len()).max(1);
+        let total = self.repos.len();
+        // Out of `self` while the visits borrow it; back after.
+        let mut progress = self.progress.take();
+        let mut results = Vec::with_capacity(total);
         std::thread::scope(|s| {
             for _ in 0..jobs {
                 let tx = tx.clone();
@@ -186,10 +200,18 @@ impl Poller {
                     }
                 });
             }
+            drop(tx);
+            // Results as they come, so progress is told as it is made.
+            for r in rx {
+                results.push(r);
+                if let Some(f) = progress.as_mut() {
+                    f(results.len(), total);
+                }
+            }
         });
-        drop(tx);
+        self.progress = progress;
         let mut visits: Vec<Option<Visit>> = (0..self.repos.len()).map(|_| None).collect();
-        for (i, visit, state) in rx {
+        for (i, visit, state) in results {
             self.states[i] = state;
             visits[i] = Some(visit);
         }

@@ -198,6 +198,10 @@ impl Registry {
     pub fn def(&self, name: &str) -> Result<&Def> {
         find(&self.defs, name).ok_or_else(|| Error::UnknownSetting {
             name: name.to_owned(),
+            hint: self
+                .nearest(name)
+                .map(|n| format!("; did you mean `{n}`?"))
+                .unwrap_or_default(),
             known: self
                 .defs
                 .iter()
@@ -207,10 +211,42 @@ impl Registry {
         })
     }
 
+    /// The known name closest to a mistyped one, if it is close enough to
+    /// be a typo: at most a third of its letters edited (at least one), so
+    /// `backoffice-disabled` suggests `backoffice-disable` and `colour`
+    /// suggests nothing. A tie goes to the first defined.
+    pub fn nearest(&self, name: &str) -> Option<&'static str> {
+        let limit = (name.chars().count() / 3).max(1);
+        self.defs
+            .iter()
+            .map(|d| (edit_distance(name, d.name), d.name))
+            .filter(|&(n, _)| n <= limit)
+            .min_by_key(|&(n, _)| n)
+            .map(|(_, d)| d)
+    }
+
     /// Every definition, in order.
     pub fn iter(&self) -> impl Iterator<Item = &Def> {
         self.defs.iter()
     }
+}
+
+/// The Levenshtein distance between two names (insertions, deletions and
+/// substitutions of one character), on two rows: names are short, and a
+/// typo hint needs no crate.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        cur[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let subst = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = subst.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
 }
 
 /// Parses a boolean the way Fossil does (and a little more forgivingly
@@ -228,7 +264,12 @@ impl Def {
     pub fn validate(&self, value: &str) -> Result<String> {
         let bad = |reason: String| Error::BadSetting {
             name: self.name.to_owned(),
-            value: value.to_owned(),
+            // A refused password is still a password: never print it back.
+            value: if self.secret {
+                "********".to_owned()
+            } else {
+                value.to_owned()
+            },
             reason,
         };
         match self.kind {
@@ -416,6 +457,39 @@ mod tests {
                 .to_string()
                 .contains("unknown setting")
         );
+    }
+
+    #[test]
+    fn a_refused_secret_value_is_not_printed_back() {
+        let def = Def {
+            name: "some-password",
+            kind: Kind::Text,
+            default: "",
+            help: "",
+            secret: true,
+        };
+        let e = def.validate("hunter2\nmore").unwrap_err().to_string();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(e.contains("some-password") && e.contains("one line"), "{e}");
+    }
+
+    #[test]
+    fn a_near_miss_suggests_the_setting_meant() {
+        let reg = Registry::new(ENGINE.iter().cloned());
+        let e = reg.def("backoffice-disabled").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown setting `backoffice-disabled`; did you mean `backoffice-disable`?"),
+            "{e}"
+        );
+        let e = reg.def("backofice-lease-tme").unwrap_err().to_string();
+        assert!(e.contains("did you mean `backoffice-lease-time`?"), "{e}");
+        // Nothing close: no guess, only the list.
+        let e = reg.def("colour").unwrap_err().to_string();
+        assert!(!e.contains("did you mean"), "{e}");
+        assert!(e.contains("known: backoffice-"), "{e}");
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("same", "same"), 0);
     }
 
     /// The README's settings table documents the engine's settings: same

@@ -38,7 +38,7 @@ fn line(h: &Hook, s: Option<&State>, now: i64) -> String {
 
 /// Runs `backoffice hook`.
 pub fn run(a: HookArgs) -> Result<ExitCode> {
-    let path = super::repo_path(a.repository, None)?;
+    let path = super::repo_path(a.repository, a.repo)?;
     if let Some(url) = super::pg::url(&path)? {
         let conn = url.connect()?;
         // The repository as hooks see it (`%R`): the URL, password hidden.

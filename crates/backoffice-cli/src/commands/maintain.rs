@@ -12,7 +12,17 @@ pub fn run(a: MaintainArgs) -> Result<ExitCode> {
     let path = super::repo_path(a.repository, a.repo)?;
     let repo = super::open(&path)?;
     repo.writable()?;
-    let reports = maintain::maintain(repo.conn(), repo.path(), backoffice::clock::now(), a.now)?;
+    // On a terminal, which step is running and for how long: a
+    // quick_check of a large file takes seconds and prints nothing.
+    let ticker = super::progress::Ticker::start();
+    let reports = maintain::maintain_with(
+        repo.conn(),
+        repo.path(),
+        backoffice::clock::now(),
+        a.now,
+        &mut |step| ticker.set(format!("maintain: {}", step.name())),
+    )?;
+    drop(ticker);
     if a.json {
         println!("{}", serde_json::to_string_pretty(&reports)?);
     } else {

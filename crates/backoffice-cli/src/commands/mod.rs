@@ -18,9 +18,11 @@ pub mod outbox;
 pub mod peer;
 pub mod pg;
 pub mod pid;
+mod progress;
 pub mod publish;
 pub mod run;
 pub mod schedule;
+mod secret;
 pub mod serve;
 pub mod setting;
 pub mod status;
@@ -70,10 +72,20 @@ pub fn dispatch(cmd: Command, tasks: Tasks) -> Result<ExitCode> {
     }
 }
 
-/// The repository from `-R REPO` or a plain argument, or a clear error.
-pub(crate) fn repo_path(a: Option<PathBuf>, b: Option<PathBuf>) -> Result<PathBuf> {
-    a.or(b)
-        .context("no repository given; name one with -R REPO")
+/// The repository from `-R REPO` (`flag`) or the plain argument REPO
+/// (`plain`): exactly one of them, or a clear error. Every command that
+/// works on one repository takes it both ways, as Fossil's commands do.
+pub(crate) fn repo_path(flag: Option<PathBuf>, plain: Option<PathBuf>) -> Result<PathBuf> {
+    match (flag, plain) {
+        (Some(r), None) | (None, Some(r)) => Ok(r),
+        // Neither path is shown: a postgres:// URL may carry a password.
+        (Some(_), Some(_)) => {
+            anyhow::bail!("the repository is given twice, as REPO and with -R REPO; give it once")
+        }
+        (None, None) => {
+            anyhow::bail!("no repository given; name one with -R REPO or as the first argument")
+        }
+    }
 }
 
 /// Opens a repository, with its path in any error.

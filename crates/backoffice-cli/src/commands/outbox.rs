@@ -10,7 +10,7 @@ use crate::cli::{OutboxAction, OutboxArgs};
 
 /// Runs `backoffice outbox`.
 pub fn run(a: OutboxArgs) -> Result<ExitCode> {
-    let path = super::repo_path(a.repository, None)?;
+    let path = super::repo_path(a.repository, a.repo)?;
     if let Some(url) = super::pg::url(&path)? {
         let conn = url.connect()?;
         let db = Db::Postgres(&conn);

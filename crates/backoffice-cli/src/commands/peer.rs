@@ -31,11 +31,25 @@ fn line(p: &Peer) -> String {
 
 /// Runs `backoffice peer`.
 pub fn run(a: PeerArgs) -> Result<ExitCode> {
-    let path = super::repo_path(a.repository, None)?;
+    let path = super::repo_path(a.repository, a.repo)?;
     let repo = super::open(&path)?;
     let conn = repo.conn();
     match a.action {
-        PeerAction::Add { target, token } => {
+        PeerAction::Add {
+            target,
+            token,
+            token_file,
+        } => {
+            // The environment's token is for HTTP peers: a file peer takes
+            // none, and a variable left set in the shell must not make
+            // adding one fail.
+            let http = target.starts_with("http://") || target.starts_with("https://");
+            let token = super::secret::read(
+                "the peer token",
+                token,
+                token_file.as_deref(),
+                http.then_some("BACKOFFICE_PEER_TOKEN"),
+            )?;
             repo.writable()?;
             let p = replicate::add(conn, &target, token.as_deref())?;
             println!("added: {}", line(&p));
@@ -66,9 +80,32 @@ pub fn run(a: PeerArgs) -> Result<ExitCode> {
                 None => replicate::list(conn)?,
             };
             let mut failed = 0;
+            // On a terminal, how far each copy is, in pages.
+            let line = std::sync::Arc::new(std::sync::Mutex::new((
+                super::progress::Line::new(),
+                String::new(),
+            )));
+            if super::progress::wanted() {
+                let line = std::sync::Arc::clone(&line);
+                replicate::set_copy_progress(move |done, total| {
+                    if let Ok(mut g) = line.lock() {
+                        let (l, label) = &mut *g;
+                        let text =
+                            format!("{label}: {}", super::progress::count(done, total, "pages"));
+                        l.show(&text, false);
+                    }
+                });
+            }
             for p in &all {
                 let now = backoffice::clock::now();
-                match replicate::sync_peer(conn, repo.path(), p, force, now) {
+                if let Ok(mut g) = line.lock() {
+                    g.1 = format!("peer {} {}", p.id, p.target);
+                }
+                let synced = replicate::sync_peer(conn, repo.path(), p, force, now);
+                if let Ok(mut g) = line.lock() {
+                    g.0.clear();
+                }
+                match synced {
                     Ok(Some(s)) => println!(
                         "{}: {} bytes in {} ms{}",
                         p.target,

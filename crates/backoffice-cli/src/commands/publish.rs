@@ -11,6 +11,7 @@ use crate::cli::PublishArgs;
 
 /// Runs `backoffice publish`.
 pub fn run(a: PublishArgs, tasks: Tasks) -> Result<ExitCode> {
+    let path = super::repo_path(a.repository, a.repo)?;
     let body = match a.body_file.as_deref() {
         Some(p) if p.as_os_str() == "-" => {
             let mut s = String::new();
@@ -32,10 +33,10 @@ pub fn run(a: PublishArgs, tasks: Tasks) -> Result<ExitCode> {
         author: a.author,
         time: None,
     };
-    if let Some(url) = super::pg::url(&a.repository)? {
+    if let Some(url) = super::pg::url(&path)? {
         return super::pg::publish(&url, &ev, &tasks, a.no_trigger);
     }
-    let repo = super::open(&a.repository)?;
+    let repo = super::open(&path)?;
     repo.writable()?;
     let id = events::publish(repo.conn(), &ev)?;
     println!("published event {id}");

@@ -13,7 +13,7 @@ use crate::cli::{ScheduleAction, ScheduleArgs};
 
 /// Runs `backoffice schedule`.
 pub fn run(a: ScheduleArgs, tasks: Tasks) -> Result<ExitCode> {
-    let path = super::repo_path(a.repository, None)?;
+    let path = super::repo_path(a.repository, a.repo)?;
     if super::pg::url(&path)?.is_some() {
         bail!("schedules work on SQLite repositories only, for now");
     }

@@ -10,6 +10,14 @@ use backoffice_tasks::notify::subscribers::{self, Changes, New, Subscriber};
 
 use crate::cli::{SubscriberAction, SubscriberArgs};
 
+/// The column names over `subscriber list`'s rows, aligned as [`line`] aligns them.
+fn header() -> String {
+    format!(
+        "{:>4}  {:<32} {:<7} {:<12} {}",
+        "id", "address", "mode", "state", "kinds"
+    )
+}
+
 fn line(s: &Subscriber) -> String {
     let mode = if s.digest { "digest" } else { "alerts" };
     let state = match (s.verified, s.donotcall) {
@@ -81,7 +89,7 @@ impl Store<'_> {
 
 /// Runs `backoffice subscriber`.
 pub fn run(a: SubscriberArgs) -> Result<ExitCode> {
-    let path = super::repo_path(a.repository, None)?;
+    let path = super::repo_path(a.repository, a.repo)?;
     let pg_conn = super::pg::url(&path)?.map(|u| u.connect()).transpose()?;
     let file;
     let store = match &pg_conn {
@@ -124,6 +132,9 @@ pub fn run(a: SubscriberArgs) -> Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&all)?);
             } else {
+                if !all.is_empty() {
+                    println!("{}", header());
+                }
                 for s in &all {
                     println!("{}", line(s));
                 }

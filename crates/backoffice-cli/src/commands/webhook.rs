@@ -2,7 +2,7 @@
 
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use backoffice::{Db, clock};
 use backoffice_tasks::webhooks::{self, New, Webhook};
 
@@ -42,7 +42,7 @@ pub fn run(a: WebhookArgs) -> Result<ExitCode> {
         println!("{}", webhooks::standard::generate()?);
         return Ok(ExitCode::SUCCESS);
     }
-    let path = super::repo_path(a.repository, None)?;
+    let path = super::repo_path(a.repository, a.repo)?;
     if let Some(url) = super::pg::url(&path)? {
         let conn = url.connect()?;
         return act(a.action, Db::Postgres(&conn), None);
@@ -66,9 +66,20 @@ fn act(action: WebhookAction, conn: Db<'_>, repo: Option<&backoffice::Repo>) -> 
         WebhookAction::Add {
             url,
             secret,
+            secret_file,
             kinds,
             from_start,
         } => {
+            let secret = super::secret::read(
+                "the webhook secret",
+                secret,
+                secret_file.as_deref(),
+                Some("BACKOFFICE_WEBHOOK_SECRET"),
+            )?
+            .context(
+                "a webhook needs a secret: --secret-file FILE (- for standard input), \
+                 $BACKOFFICE_WEBHOOK_SECRET or --secret",
+            )?;
             writable()?;
             let w = webhooks::add(
                 conn,

@@ -79,8 +79,8 @@ mod replica;
 mod respond;
 pub mod router;
 pub mod serve;
-mod signup;
 mod session;
+mod signup;
 pub mod site;
 mod store;
 
