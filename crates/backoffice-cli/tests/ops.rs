@@ -251,7 +251,7 @@ fn serve_access_log_has_a_line_per_request_and_the_start_and_stop() {
 
     // Appended to, never truncated, by the next server.
     let (child, addr) = serve(&[path, "--access-log", file.to_str().unwrap()], &stderr);
-    assert_eq!(get(&addr, "/r/app").status, 200);
+    assert_eq!(get_as(&site, &addr, "/r/app").status, 200);
     stop(child);
     let log = std::fs::read_to_string(&file).unwrap();
     let mut again = owned(&want);
