@@ -116,7 +116,7 @@ for mode in $JOURNALS; do
       fsleep 0.005
     done
     if [ "$ENTERS" -le "$n0" ]; then
-      missed=$((missed + 1)); echo "case=$mode run=$k no enter line within 10 s"; continue
+      missed=$((missed + 1)); echo "case=$mode run=$k no enter line within 10 s (the check said: $out)"; continue
     fi
     te=$LAST_ENTER_NS
     l=$(awk -v a="$t0" -v b="$te" 'BEGIN{printf "%.2f", (b-a)/1e6}')

@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! bo_schedule(name, timing, spec, zone, command, event, catch_up, paused,
-//!             created, run_now, claimed, claimed_manual, missed, last_missed)
+//!             created, run_now, claimed, claimed_manual, missed, last_missed,
+//!             due_at)
 //! ```
 //!
 //! * `timing` is `cron` (then `spec` is the pattern, `zone` its time zone)
@@ -22,6 +23,13 @@
 //!   still claimed when the next worker looks is a run whose worker was
 //!   killed. `claimed_manual` says the claim was a `schedule run`, whose
 //!   "slot" is the time it was asked and uses up no real slot.
+//! * `due_at` is when the schedule next needs a worker (NULL: not until
+//!   it is changed): its plan ([`super::task::plan`]) worked out when the
+//!   row or its ledger entry is written — by the commands and by every
+//!   worker run, which also puts right a row edited by hand. The
+//!   after-request check then reads `min(due_at)`, one index lookup,
+//!   instead of parsing and stepping every schedule's timing (about 10 µs
+//!   each with a time zone).
 //! * `missed` counts the slots that got no run of their own (folded into
 //!   a catch-up run, or skipped); `last_missed` is how many the latest
 //!   catch-up covered.
@@ -53,8 +61,10 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS bo_schedule(
   claimed INTEGER,
   claimed_manual INTEGER NOT NULL DEFAULT 0,
   missed INTEGER NOT NULL DEFAULT 0,
-  last_missed INTEGER NOT NULL DEFAULT 0
-)";
+  last_missed INTEGER NOT NULL DEFAULT 0,
+  due_at INTEGER
+);
+CREATE INDEX IF NOT EXISTS bo_schedule_due ON bo_schedule(due_at);";
 
 /// What a schedule does at its slots.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -273,6 +283,7 @@ pub fn add(
         // A fresh ledger entry: nothing handled yet (cursor 0 means "since
         // it was added"), and any entry a removed namesake left is gone.
         ledger::remove(conn, TASK, name)?;
+        replan(conn, name, now)?;
         Ok(())
     })?;
     get(conn, name)?.ok_or_else(|| ScheduleError::NoSuch(name.to_owned()))
@@ -333,11 +344,53 @@ fn change(conn: &Connection, name: &str, sql: &str) -> Result<(), ScheduleError>
     if !installed(conn)? {
         return Err(ScheduleError::NoSuch(name.to_owned()));
     }
-    let n = backoffice::repo::in_write(conn, || conn.execute(sql, [name]))?;
-    if n == 0 {
-        return Err(ScheduleError::NoSuch(name.to_owned()));
+    backoffice::repo::in_write(conn, || -> Result<(), ScheduleError> {
+        if conn.execute(sql, [name])? == 0 {
+            return Err(ScheduleError::NoSuch(name.to_owned()));
+        }
+        replan(conn, name, backoffice::clock::now())?;
+        Ok(())
+    })
+}
+
+/// When a plan needs a worker: `None` for never.
+pub fn due_at(plan: &super::task::Plan, now: i64) -> Option<i64> {
+    use super::task::Plan;
+    match plan {
+        Plan::Wait(at) => *at,
+        Plan::Broken(_) => None,
+        Plan::Killed { .. } | Plan::Run { .. } | Plan::Skip { .. } => Some(now),
     }
-    Ok(())
+}
+
+/// Works out `due_at` for one schedule from its row and ledger entry, and
+/// stores it if it changed. Inside the caller's write.
+pub fn replan(conn: &Connection, name: &str, now: i64) -> rusqlite::Result<()> {
+    let Some(s) = get(conn, name)? else {
+        return Ok(());
+    };
+    let e = ledger::get(conn, TASK, name)?;
+    let at = due_at(&super::task::plan(&s, e.as_ref(), now), now);
+    conn.execute(
+        "UPDATE bo_schedule SET due_at = ?2 WHERE name = ?1 AND due_at IS NOT ?2",
+        params![name, at],
+    )
+    .map(drop)
+}
+
+/// When the earliest schedule needs a worker (`None`: none does), read
+/// from the stored plans; `None` also without the table.
+pub fn earliest_due(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    match conn
+        .prepare_cached("SELECT min(due_at) FROM bo_schedule")
+        .and_then(|mut st| st.query_row([], |r| r.get::<_, Option<i64>>(0)))
+    {
+        Ok(at) => Ok(at),
+        Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.contains("no such table") => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Removes a schedule and its ledger entry. A run in progress finishes;

@@ -177,10 +177,6 @@ impl Schedules {
     }
 }
 
-fn entries(conn: &Connection) -> rusqlite::Result<Vec<ledger::Entry>> {
-    ledger::all(conn, TASK)
-}
-
 fn entry_for<'e>(entries: &'e [ledger::Entry], name: &str) -> Option<&'e ledger::Entry> {
     entries.iter().find(|e| e.target == name)
 }
@@ -202,23 +198,13 @@ impl Task for Schedules {
         let Some(conn) = db.sqlite() else {
             return Ok(Due::Never);
         };
-        if !store::installed(conn)? {
-            return Ok(Due::Never);
-        }
-        let schedules = store::all(conn)?;
-        let entries = entries(conn)?;
-        let mut due = Due::Never;
-        for s in &schedules {
-            due = due.earliest(match plan(s, entry_for(&entries, &s.name), now) {
-                Plan::Wait(Some(at)) => Due::At(at),
-                Plan::Wait(None) | Plan::Broken(_) => Due::Never,
-                Plan::Killed { .. } | Plan::Run { .. } | Plan::Skip { .. } => Due::Now,
-            });
-            if due == Due::Now {
-                break;
-            }
-        }
-        Ok(due)
+        // The stored plans (see `store::replan`): one index lookup, however
+        // many schedules there are.
+        Ok(match store::earliest_due(conn)? {
+            None => Due::Never,
+            Some(at) if at <= now => Due::Now,
+            Some(at) => Due::At(at),
+        })
     }
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
@@ -304,6 +290,15 @@ impl Task for Schedules {
                 },
             }
         }
+        // Every schedule's plan, worked out again and stored where it
+        // changed: after the runs above, and for a row edited by hand.
+        let now = backoffice::clock::now();
+        write(ctx, conn, |c| {
+            for s in store::all(c)? {
+                store::replan(c, &s.name, now)?;
+            }
+            Ok(())
+        })?;
         if failed.is_empty() {
             Ok(ran)
         } else {
@@ -902,7 +897,7 @@ mod tests {
 
     #[test]
     fn bad_input_is_refused_by_name_and_broken_rows_are_reported() {
-        let f = Fixture::new();
+        let mut f = Fixture::new();
         let now = backoffice::clock::now();
         let c = f.command(0);
         for (name, timing, action, want) in [
@@ -943,13 +938,17 @@ mod tests {
                 .to_string()
                 .contains("no schedule")
         );
-        // A row changed by hand into nonsense: reported, never run, never due.
+        // A row changed by hand into nonsense: reported, never run, and
+        // never due once a worker run (of any task) has planned it again.
         f.conn()
             .execute(
-                "UPDATE bo_schedule SET timing = 'cron', spec = 'every tuesday'",
+                "UPDATE bo_schedule SET timing = 'cron', spec = 'every tuesday', due_at = 0",
                 [],
             )
             .unwrap();
+        assert_eq!(f.due(), Due::Now, "the stored plan, until a run");
+        f.run();
+        assert!(f.lines().is_empty());
         assert_eq!(f.due(), Due::Never);
         let st = Schedules.status(Db::Sqlite(f.conn()), now);
         assert!(
