@@ -310,3 +310,48 @@ fn once_per_slot_under_thirty_workers_and_random_kills() {
     eprintln!("{ran} slots ran once each; {kills} workers killed, {cut} of them mid-command");
     assert!(cut >= 1, "no kill cut a command off: {kills} kills\n{text}");
 }
+
+/// Each schedule reaches `/metrics` and `status.json`: its next and last
+/// slot, missed slots and failures, under the schedule's name.
+#[test]
+fn each_schedule_is_in_metrics_and_status_json() {
+    let env = Env::new();
+    let r = env.repo("r.db", 60);
+    schedule(
+        &r,
+        &[
+            "add",
+            "nightly",
+            "--cron",
+            "30 2 * * *",
+            "--command",
+            "true",
+        ],
+    );
+    let next = next_slot(&r, "nightly");
+    let token = Cmd::backoffice()
+        .args(["token", r.path.to_str().unwrap()])
+        .output()
+        .success();
+    let token = token
+        .split_whitespace()
+        .find(|w| w.len() >= 32)
+        .unwrap()
+        .to_owned();
+    let auth = format!("Bearer {token}");
+    let get =
+        |path: &str| crate::web::cgi(&r.path, "GET", path, &[("HTTP_AUTHORIZATION", &auth)], "").0;
+    let metrics = get("/metrics");
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.contains("queue=\"schedule:nightly\"") && l.contains("state=\"next_slot_time\"")
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(line.ends_with(&format!(" {next}")), "{line}");
+    let json = get("/r/r/status.json");
+    assert!(
+        json.contains("schedule nightly: cron \\\"30 2 * * *\\\" UTC, next "),
+        "{json}"
+    );
+}

@@ -329,7 +329,21 @@ impl Task for Schedules {
                 .map(|p| p.describe())
                 .unwrap_or_else(|_| format!("{} {:?}", s.timing, s.spec));
             let mut line = format!("schedule {}: {timing}", s.name);
-            match plan(s, e, now) {
+            let p = plan(s, e, now);
+            // Per schedule, for /metrics and status.json: the queue is the
+            // schedule's name; times are Unix seconds (0: none).
+            let gauge = |state: &str, value: i64| Gauge {
+                queue: format!("schedule:{}", s.name),
+                state: state.into(),
+                value,
+            };
+            st.gauges.extend([
+                gauge("next_slot_time", store::due_at(&p, now).unwrap_or(0)),
+                gauge("last_slot_time", e.map_or(0, |e| e.cursor)),
+                gauge("missed", s.missed),
+                gauge("failures", e.map_or(0, |e| e.failures)),
+            ]);
+            match p {
                 Plan::Broken(why) => {
                     st.problems.push(format!("schedule {}: {why}", s.name));
                     continue;
@@ -748,6 +762,16 @@ mod tests {
         assert_eq!(entry(f.conn(), "tick").cursor, now / HOUR * HOUR);
         let st = Schedules.status(Db::Sqlite(f.conn()), now);
         assert!(st.info[0].contains("3 missed in all"), "{st:?}");
+        let gauge = |state: &str| {
+            st.gauges
+                .iter()
+                .find(|g| g.queue == "schedule:tick" && g.state == state)
+                .map(|g| g.value)
+        };
+        assert_eq!(gauge("missed"), Some(3));
+        assert_eq!(gauge("last_slot_time"), Some(now / HOUR * HOUR));
+        assert_eq!(gauge("next_slot_time"), Some((now / HOUR + 1) * HOUR));
+        assert_eq!(gauge("failures"), Some(0));
     }
 
     #[test]
