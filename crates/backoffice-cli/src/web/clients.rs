@@ -1,5 +1,6 @@
 //! Who sent a request, and what is counted per client: the client's
-//! address ([`ClientIp`], put on each request by the front end) and a
+//! address ([`ClientIp`], put on each request by the front end), the
+//! bearer token it presents ([`bearer`]), and a
 //! bounded in-memory table of counters per hour ([`RateTable`]) for the
 //! sign-up limits of a long-running server. It uses no other file of the
 //! web front.
@@ -13,6 +14,20 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
+
+use axum::http::{HeaderMap, header};
+
+/// The bearer token of a request (`Authorization: Bearer TOKEN`), if it
+/// sent one.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+}
 
 /// The address of the client that sent a request, as its front end saw it
 /// (`serve`: the TCP peer; `cgi`: `REMOTE_ADDR`). Behind a reverse proxy

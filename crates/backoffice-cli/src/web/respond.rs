@@ -25,6 +25,7 @@ use backoffice::token::{self, Verdict};
 use backoffice_tasks::notify::subscribers;
 
 use super::app::App;
+pub use super::clients::bearer;
 use super::store::Store;
 
 /// A reply that is not a success.
@@ -255,16 +256,6 @@ where
     }
 }
 
-/// The bearer token of a request, if it sent one.
-pub fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        })
-}
 
 /// A 401 that asks for a bearer token.
 pub fn unauthorized(msg: &str) -> Failure {

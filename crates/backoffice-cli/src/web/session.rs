@@ -28,6 +28,7 @@ use backoffice::settings::{WEB_PUBLIC_SUMMARY, WEB_SESSION_HOURS, parse_bool};
 use backoffice::token::{self, Verdict};
 use serde::{Deserialize, Serialize};
 
+use super::clients::bearer;
 use super::store::Store;
 
 /// The `config` row holding the sessions (see the module header).
@@ -168,16 +169,6 @@ pub fn access(store: &Store, headers: &HeaderMap, now: i64) -> Result<Access, Db
     })
 }
 
-/// The bearer token of a request, if it sent one.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, rest) = v.trim().split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
-        })
-}
 
 /// The outcome of a sign-in.
 #[derive(Debug)]
