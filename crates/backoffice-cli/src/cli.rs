@@ -615,7 +615,7 @@ pub struct ScheduleArgs {
     #[arg(value_name = "REPO")]
     pub repo: Option<PathBuf>,
 
-    /// The repository (an SQLite file).
+    /// The repository (SQLite file, or `postgres://…?schema=NAME`).
     #[arg(short = 'R', long = "repository", value_name = "REPO", global = true)]
     pub repository: Option<PathBuf>,
 

@@ -355,3 +355,89 @@ fn each_schedule_is_in_metrics_and_status_json() {
         "{json}"
     );
 }
+
+/// On a PostgreSQL schema (issue 12's several hosts): workers of two hosts
+/// race for a schedule every second; each slot's command runs once, never
+/// two at once, and the schedule's state is the schema's (`list`,
+/// `status`). Every progress write is fenced on the run's term, as all
+/// of them are on PostgreSQL.
+#[test]
+fn on_postgresql_workers_of_two_hosts_run_each_slot_once() {
+    let Some(db) = crate::pg::database() else {
+        return;
+    };
+    let env = Env::new();
+    let url = db.url("sched");
+    let out = env.path("slots.txt");
+    let lock = env.path("slots.lock");
+    let cmd = format!(
+        "flock -n {lock} sh -c 'sleep 0.2; echo \"$BACKOFFICE_SLOT\" >> {out}' || echo overlap >> {out}",
+        lock = lock.display(),
+        out = out.display()
+    );
+    let bo = |args: &[&str]| Cmd::backoffice().args(args).output().success();
+    bo(&["setting", &url, "backoffice-lease-time", "1"]);
+    let added = bo(&[
+        "schedule",
+        &url,
+        "add",
+        "tick",
+        "--every",
+        "1s",
+        "--command",
+        &cmd,
+    ]);
+    assert!(added.contains("every 1s"), "{added}");
+    assert!(!added.contains(crate::pg::PASSWORD), "{added}");
+    // And an event schedule: its events are published in the schema.
+    bo(&[
+        "schedule", &url, "add", "beat", "--every", "1s", "--event", "beat",
+    ]);
+    let mut children: Vec<std::process::Child> = Vec::new();
+    let end = std::time::Instant::now() + Duration::from_secs(8);
+    let mut round = 0;
+    while std::time::Instant::now() < end && round < 100 {
+        round += 1;
+        children.retain_mut(|c| c.try_wait().ok().flatten().is_none());
+        while children.len() < 10 {
+            let host = if children.len() % 2 == 0 {
+                "host-a"
+            } else {
+                "host-b"
+            };
+            children.push(
+                Cmd::backoffice()
+                    .args(["run", &url])
+                    .env("BACKOFFICE_HOST_ID", host)
+                    .spawn(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for mut c in children {
+        let _ = c.wait();
+    }
+    let got = lines(&out);
+    assert!(!got.iter().any(|l| l == "overlap"), "two at once: {got:?}");
+    let mut slots: Vec<i64> = got.iter().map(|l| l.parse().unwrap()).collect();
+    let ran = slots.len();
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), ran, "a slot ran twice: {got:?}");
+    assert!(ran >= 2, "only {ran} slots ran: {got:?}");
+    let list = bo(&["schedule", &url, "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let last = v[1]["last_slot"].as_i64().unwrap_or(0);
+    assert_eq!(last, *slots.last().unwrap(), "{list}");
+    let status = bo(&["status", &url]);
+    assert!(status.contains("schedule tick: every 1s"), "{status}");
+    let beats: i64 = db
+        .connect()
+        .query_one(
+            "SELECT count(*) FROM sched.bo_event WHERE kind = 'beat'",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert!(beats >= 1, "no event published:\n{status}");
+}

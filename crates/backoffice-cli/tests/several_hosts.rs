@@ -1437,7 +1437,7 @@ fn the_api_token_works_on_a_postgresql_schema() {
 }
 
 /// The binary's six tasks on a PostgreSQL schema: a run reports no task
-/// as failed (replication, maintenance and schedules do not run there, which `status`
+/// as failed (replication and maintenance do not run there, which `status`
 /// says once, instead of a failure in every run's record and log line).
 #[test]
 fn the_binarys_run_on_postgresql_fails_no_task() {

@@ -4,23 +4,40 @@
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use backoffice::{Backoffice, Started, Tasks, ledger};
+use backoffice::{Backoffice, Db, Started, Tasks, ledger};
 use backoffice_tasks::schedules::store::{self, Action, CatchUp, Schedule, TASK, Timing};
 use backoffice_tasks::schedules::task::{Plan, plan, slot_text};
-use rusqlite::Connection;
 
 use crate::cli::{ScheduleAction, ScheduleArgs};
 
 /// Runs `backoffice schedule`.
 pub fn run(a: ScheduleArgs, tasks: Tasks) -> Result<ExitCode> {
     let path = super::repo_path(a.repository, a.repo)?;
-    if super::pg::url(&path)?.is_some() {
-        bail!("schedules work on SQLite repositories only, for now");
+    if let Some(url) = super::pg::url(&path)? {
+        let pg = url.connect()?;
+        return act(a.action, Db::Postgres(&pg), None, tasks, Some(&url));
     }
     let repo = super::open(&path)?;
-    let conn = repo.conn();
+    act(a.action, Db::Sqlite(repo.conn()), Some(&repo), tasks, None)
+}
+
+/// Does `action` on `conn`: an SQLite repository (`repo`, checked to be
+/// writable before a change) or a PostgreSQL schema (`url`).
+fn act(
+    action: ScheduleAction,
+    conn: Db<'_>,
+    repo: Option<&backoffice::Repo>,
+    tasks: Tasks,
+    url: Option<&backoffice::pg::PgUrl>,
+) -> Result<ExitCode> {
+    let writable = || -> Result<()> {
+        if let Some(r) = repo {
+            r.writable()?;
+        }
+        Ok(())
+    };
     let now = backoffice::clock::now();
-    match a.action {
+    match action {
         ScheduleAction::Add {
             name,
             cron,
@@ -30,7 +47,7 @@ pub fn run(a: ScheduleArgs, tasks: Tasks) -> Result<ExitCode> {
             event,
             catch_up,
         } => {
-            repo.writable()?;
+            writable()?;
             let timing = match (cron, every) {
                 (Some(pattern), None) => Timing::Cron { pattern, zone: tz },
                 (None, Some(every)) => Timing::Every(every),
@@ -95,27 +112,34 @@ pub fn run(a: ScheduleArgs, tasks: Tasks) -> Result<ExitCode> {
             }
         }
         ScheduleAction::Remove { name } => {
-            repo.writable()?;
+            writable()?;
             store::remove(conn, &name)?;
             println!("removed schedule {name}");
         }
         ScheduleAction::Pause { name } => {
-            repo.writable()?;
+            writable()?;
             store::set_paused(conn, &name, true)?;
             println!("paused schedule {name}");
         }
         ScheduleAction::Resume { name } => {
-            repo.writable()?;
+            writable()?;
             store::set_paused(conn, &name, false)?;
             let s = get(conn, &name)?;
             println!("resumed schedule {name}: {}", describe(conn, &s, now));
         }
         ScheduleAction::Run { name } => {
-            repo.writable()?;
+            writable()?;
             store::request_run(conn, &name)?;
+            if let Some(url) = url {
+                println!("schedule {name}: run requested");
+                return super::pg::trigger(url, &tasks, false);
+            }
+            let Some(sqlite) = conn.sqlite() else {
+                return Ok(ExitCode::SUCCESS);
+            };
             match Backoffice::new(tasks)
                 .reap_children(false)
-                .after_request(conn)
+                .after_request(sqlite)
             {
                 Started::Worker { pid } => println!("schedule {name}: started worker {pid}"),
                 other => println!(
@@ -131,7 +155,7 @@ pub fn run(a: ScheduleArgs, tasks: Tasks) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn get(conn: &Connection, name: &str) -> Result<Schedule> {
+fn get(conn: Db<'_>, name: &str) -> Result<Schedule> {
     store::get(conn, name)?.ok_or_else(|| store::ScheduleError::NoSuch(name.to_owned()).into())
 }
 
@@ -176,12 +200,12 @@ fn last_words(e: Option<&ledger::Entry>, now: i64) -> String {
     }
 }
 
-fn describe(conn: &Connection, s: &Schedule, now: i64) -> String {
+fn describe(conn: Db<'_>, s: &Schedule, now: i64) -> String {
     let e = ledger::get(conn, TASK, &s.name).ok().flatten();
     format!("{}, next {}", timing(s), next_words(s, e.as_ref(), now))
 }
 
-fn to_json(conn: &Connection, s: &Schedule, now: i64) -> serde_json::Value {
+fn to_json(conn: Db<'_>, s: &Schedule, now: i64) -> serde_json::Value {
     let e = ledger::get(conn, TASK, &s.name).ok().flatten();
     let next = match plan(s, e.as_ref(), now) {
         Plan::Wait(at) => at,

@@ -256,7 +256,6 @@ where
     }
 }
 
-
 /// A 401 that asks for a bearer token.
 pub fn unauthorized(msg: &str) -> Failure {
     Failure {

@@ -169,7 +169,6 @@ pub fn access(store: &Store, headers: &HeaderMap, now: i64) -> Result<Access, Db
     })
 }
 
-
 /// The outcome of a sign-in.
 #[derive(Debug)]
 pub enum Login {

@@ -16,8 +16,11 @@
 //!   its command starts and recording its outcome after, catch-up,
 //!   retries, status.
 //!
-//! SQLite repositories only, so far: on PostgreSQL the task is never due
-//! and `status` says it does not run there.
+//! Both stores: on a PostgreSQL schema the table is the schema's, the
+//! slots are read on the database's clock, every write is fenced on the
+//! run's term, and a command's exit status is left in this host's
+//! temporary folder (a worker on another host runs a slot whose worker
+//! died after its command again: at least once there).
 
 pub mod slots;
 pub mod store;

@@ -38,8 +38,8 @@
 //! in Unix seconds; its failures, next attempt, last error and output are
 //! the retry state every task keeps there.
 
-use backoffice::ledger;
-use rusqlite::{Connection, OptionalExtension, params};
+use backoffice::db::{DbError, Row, Value};
+use backoffice::{Db, ledger};
 
 use super::slots::{Spec, SpecError};
 
@@ -174,6 +174,9 @@ pub enum ScheduleError {
     /// SQLite refused.
     #[error(transparent)]
     Sqlite(#[from] rusqlite::Error),
+    /// The store refused (PostgreSQL; or a fenced write).
+    #[error(transparent)]
+    Db(#[from] DbError),
     /// The timing does not parse.
     #[error(transparent)]
     Spec(#[from] SpecError),
@@ -215,28 +218,46 @@ fn valid_kind(kind: &str) -> bool {
         })
 }
 
-/// Creates the table (and the ledger) if missing, and has writes to it
-/// lower the due summary. Idempotent.
-pub fn install(conn: &Connection) -> rusqlite::Result<()> {
-    conn.execute_batch(SCHEMA)?;
-    ledger::install(conn)?;
-    backoffice::due::watch(conn, "bo_schedule")
+/// Creates the table (and, on SQLite, the ledger) if missing, and on
+/// SQLite has writes to it lower the due summary. Idempotent. On
+/// PostgreSQL the ledger is part of every schema and no summary is kept.
+pub fn install(db: Db<'_>) -> Result<(), DbError> {
+    match db.sqlite() {
+        Some(conn) => {
+            conn.execute_batch(SCHEMA)?;
+            ledger::install(conn)?;
+            backoffice::due::watch(conn, "bo_schedule")?;
+        }
+        None => {
+            // One statement at a time: the index after its table.
+            for stmt in SCHEMA.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+                db.execute(&stmt.replace("INTEGER", "BIGINT"), &[])?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// True if the table exists (nothing was ever scheduled otherwise).
-pub fn installed(conn: &Connection) -> rusqlite::Result<bool> {
-    conn.table_exists(None, "bo_schedule")
+pub fn installed(db: Db<'_>) -> Result<bool, DbError> {
+    match db.sqlite() {
+        Some(conn) => Ok(conn.table_exists(None, "bo_schedule")?),
+        None => Ok(db
+            .query_opt("SELECT 1 WHERE to_regclass('bo_schedule') IS NOT NULL", &[])?
+            .is_some()),
+    }
 }
 
 /// Adds a schedule at `now` (its first slot is the first after `now`).
-pub fn add(
-    conn: &Connection,
+pub fn add<'a>(
+    db: impl Into<Db<'a>>,
     name: &str,
     timing: &Timing,
     action: &Action,
     catch_up: CatchUp,
     now: i64,
 ) -> Result<Schedule, ScheduleError> {
+    let db = db.into();
     if !valid_name(name) {
         return Err(ScheduleError::BadName(name.to_owned()));
     }
@@ -256,99 +277,118 @@ pub fn add(
         (_, Spec::Every { secs }) => ("every", super::slots::interval_text(*secs), "UTC".into()),
         _ => unreachable!("a timing parses to its own kind"),
     };
-    backoffice::repo::in_write(conn, || -> Result<(), ScheduleError> {
-        install(conn)?;
-        let taken: Option<i64> = conn
-            .query_row("SELECT 1 FROM bo_schedule WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        if taken.is_some() {
+    if !installed(db)? {
+        install(db)?;
+    }
+    db.write(None, |db| -> Result<(), ScheduleError> {
+        lock(db)?;
+        if db
+            .query_opt("SELECT 1 FROM bo_schedule WHERE name = ?1", &[name.into()])?
+            .is_some()
+        {
             return Err(ScheduleError::Exists(name.to_owned()));
         }
-        conn.execute(
+        db.execute(
             "INSERT INTO bo_schedule(name, timing, spec, zone, command, event, catch_up, created)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![
-                name,
-                kind,
-                text,
-                zone,
-                command,
-                event,
-                catch_up.as_str(),
-                now
+            &[
+                name.into(),
+                kind.into(),
+                text.into(),
+                zone.into(),
+                command.into(),
+                event.into(),
+                catch_up.as_str().into(),
+                now.into(),
             ],
         )?;
         // A fresh ledger entry: nothing handled yet (cursor 0 means "since
         // it was added"), and any entry a removed namesake left is gone.
-        ledger::remove(conn, TASK, name)?;
-        replan(conn, name, now)?;
+        ledger::remove(db, TASK, name)?;
+        replan(db, name, now)?;
         Ok(())
     })?;
-    get(conn, name)?.ok_or_else(|| ScheduleError::NoSuch(name.to_owned()))
+    get(db, name)?.ok_or_else(|| ScheduleError::NoSuch(name.to_owned()))
+}
+
+/// On PostgreSQL, writers of the schedules take turns (as `BEGIN
+/// IMMEDIATE` makes them on SQLite).
+fn lock(db: Db<'_>) -> Result<(), DbError> {
+    if db.sqlite().is_none() {
+        db.execute(
+            "SELECT pg_advisory_xact_lock(hashtext('backoffice-schedules:' || current_schema()))",
+            &[],
+        )?;
+    }
+    Ok(())
 }
 
 const COLUMNS: &str = "name, timing, spec, zone, command, event, catch_up, paused, created,
                        run_now, claimed, claimed_manual, missed, last_missed";
 
-fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Schedule> {
-    let command: Option<String> = r.get(4)?;
-    let event: Option<String> = r.get(5)?;
-    let action = match (command, event) {
+fn from_row(r: &Row) -> Result<Schedule, DbError> {
+    let action = match (r.opt_text(4)?, r.opt_text(5)?) {
         (Some(c), None) => Some(Action::Command(c)),
         (None, Some(k)) => Some(Action::Event(k)),
         _ => None,
     };
     Ok(Schedule {
-        name: r.get(0)?,
-        timing: r.get(1)?,
-        spec: r.get(2)?,
-        zone: r.get(3)?,
+        name: r.text(0)?,
+        timing: r.text(1)?,
+        spec: r.text(2)?,
+        zone: r.text(3)?,
         action,
-        catch_up: CatchUp::parse(&r.get::<_, String>(6)?).unwrap_or(CatchUp::Once),
-        paused: r.get::<_, i64>(7)? != 0,
-        created: r.get(8)?,
-        run_now: r.get::<_, i64>(9)? != 0,
-        claimed: r.get(10)?,
-        claimed_manual: r.get::<_, i64>(11)? != 0,
-        missed: r.get(12)?,
-        last_missed: r.get(13)?,
+        catch_up: CatchUp::parse(&r.text(6)?).unwrap_or(CatchUp::Once),
+        paused: r.int(7)? != 0,
+        created: r.int(8)?,
+        run_now: r.int(9)? != 0,
+        claimed: r.opt_int(10)?,
+        claimed_manual: r.int(11)? != 0,
+        missed: r.int(12)?,
+        last_missed: r.int(13)?,
     })
 }
 
 /// Every schedule, by name; none when the table does not exist.
-pub fn all(conn: &Connection) -> rusqlite::Result<Vec<Schedule>> {
-    if !installed(conn)? {
+pub fn all<'a>(db: impl Into<Db<'a>>) -> Result<Vec<Schedule>, DbError> {
+    let db = db.into();
+    if !installed(db)? {
         return Ok(Vec::new());
     }
-    let mut st =
-        conn.prepare_cached(&format!("SELECT {COLUMNS} FROM bo_schedule ORDER BY name"))?;
-    st.query_map([], from_row)?.collect()
+    db.query(
+        &format!("SELECT {COLUMNS} FROM bo_schedule ORDER BY name"),
+        &[],
+    )?
+    .iter()
+    .map(from_row)
+    .collect()
 }
 
 /// One schedule.
-pub fn get(conn: &Connection, name: &str) -> rusqlite::Result<Option<Schedule>> {
-    if !installed(conn)? {
+pub fn get<'a>(db: impl Into<Db<'a>>, name: &str) -> Result<Option<Schedule>, DbError> {
+    let db = db.into();
+    if !installed(db)? {
         return Ok(None);
     }
-    conn.query_row(
+    db.query_opt(
         &format!("SELECT {COLUMNS} FROM bo_schedule WHERE name = ?1"),
-        [name],
-        from_row,
-    )
-    .optional()
+        &[name.into()],
+    )?
+    .as_ref()
+    .map(from_row)
+    .transpose()
 }
 
-fn change(conn: &Connection, name: &str, sql: &str) -> Result<(), ScheduleError> {
-    if !installed(conn)? {
+fn change(db: Db<'_>, name: &str, sql: &str) -> Result<(), ScheduleError> {
+    if !installed(db)? {
         return Err(ScheduleError::NoSuch(name.to_owned()));
     }
-    backoffice::repo::in_write(conn, || -> Result<(), ScheduleError> {
-        if conn.execute(sql, [name])? == 0 {
+    db.write(None, |db| -> Result<(), ScheduleError> {
+        lock(db)?;
+        if db.execute(sql, &[name.into()])? == 0 {
             return Err(ScheduleError::NoSuch(name.to_owned()));
         }
-        replan(conn, name, backoffice::clock::now())?;
+        replan(db, name, backoffice::clock::now())?;
         Ok(())
     })
 }
@@ -365,22 +405,41 @@ pub fn due_at(plan: &super::task::Plan, now: i64) -> Option<i64> {
 
 /// Works out `due_at` for one schedule from its row and ledger entry, and
 /// stores it if it changed. Inside the caller's write.
-pub fn replan(conn: &Connection, name: &str, now: i64) -> rusqlite::Result<()> {
-    let Some(s) = get(conn, name)? else {
+pub fn replan(db: Db<'_>, name: &str, now: i64) -> Result<(), DbError> {
+    let Some(s) = get(db, name)? else {
         return Ok(());
     };
-    let e = ledger::get(conn, TASK, name)?;
+    let e = ledger::get(db, TASK, name)?;
     let at = due_at(&super::task::plan(&s, e.as_ref(), now), now);
-    conn.execute(
-        "UPDATE bo_schedule SET due_at = ?2 WHERE name = ?1 AND due_at IS NOT ?2",
-        params![name, at],
-    )
-    .map(drop)
+    let stored = db
+        .query_opt(
+            "SELECT due_at FROM bo_schedule WHERE name = ?1",
+            &[name.into()],
+        )?
+        .map(|r| r.opt_int(0))
+        .transpose()?
+        .flatten();
+    if stored != at {
+        db.execute(
+            "UPDATE bo_schedule SET due_at = ?2 WHERE name = ?1",
+            &[name.into(), at.map_or(Value::Null, Value::Int)],
+        )?;
+    }
+    Ok(())
 }
 
 /// When the earliest schedule needs a worker (`None`: none does), read
 /// from the stored plans; `None` also without the table.
-pub fn earliest_due(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+pub fn earliest_due(db: Db<'_>) -> Result<Option<i64>, DbError> {
+    let Some(conn) = db.sqlite() else {
+        if !installed(db)? {
+            return Ok(None);
+        }
+        return db
+            .query_opt("SELECT CAST(min(due_at) AS BIGINT) FROM bo_schedule", &[])?
+            .map_or(Ok(None), |r| r.opt_int(0));
+    };
+    // SQLite: the after-request check's path, on a kept statement.
     match conn
         .prepare_cached("SELECT min(due_at) FROM bo_schedule")
         .and_then(|mut st| st.query_row([], |r| r.get::<_, Option<i64>>(0)))
@@ -389,30 +448,36 @@ pub fn earliest_due(conn: &Connection) -> rusqlite::Result<Option<i64>> {
         Err(rusqlite::Error::SqliteFailure(_, Some(msg))) if msg.contains("no such table") => {
             Ok(None)
         }
-        Err(e) => Err(e),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Removes a schedule and its ledger entry. A run in progress finishes;
 /// its outcome is not recorded (there is nothing to record it on).
-pub fn remove(conn: &Connection, name: &str) -> Result<(), ScheduleError> {
-    if !installed(conn)? {
+pub fn remove<'a>(db: impl Into<Db<'a>>, name: &str) -> Result<(), ScheduleError> {
+    let db = db.into();
+    if !installed(db)? {
         return Err(ScheduleError::NoSuch(name.to_owned()));
     }
-    backoffice::repo::in_write(conn, || -> Result<(), ScheduleError> {
-        if conn.execute("DELETE FROM bo_schedule WHERE name = ?1", [name])? == 0 {
+    db.write(None, |db| -> Result<(), ScheduleError> {
+        lock(db)?;
+        if db.execute("DELETE FROM bo_schedule WHERE name = ?1", &[name.into()])? == 0 {
             return Err(ScheduleError::NoSuch(name.to_owned()));
         }
-        ledger::remove(conn, TASK, name)?;
+        ledger::remove(db, TASK, name)?;
         Ok(())
     })
 }
 
 /// Pauses (or resumes) a schedule. Slots passing while paused are missed
 /// when it resumes, by its catch-up rule.
-pub fn set_paused(conn: &Connection, name: &str, paused: bool) -> Result<(), ScheduleError> {
+pub fn set_paused<'a>(
+    db: impl Into<Db<'a>>,
+    name: &str,
+    paused: bool,
+) -> Result<(), ScheduleError> {
     change(
-        conn,
+        db.into(),
         name,
         if paused {
             "UPDATE bo_schedule SET paused = 1 WHERE name = ?1"
@@ -423,9 +488,9 @@ pub fn set_paused(conn: &Connection, name: &str, paused: bool) -> Result<(), Sch
 }
 
 /// Asks for one run now (paused or not), without using up a slot.
-pub fn request_run(conn: &Connection, name: &str) -> Result<(), ScheduleError> {
+pub fn request_run<'a>(db: impl Into<Db<'a>>, name: &str) -> Result<(), ScheduleError> {
     change(
-        conn,
+        db.into(),
         name,
         "UPDATE bo_schedule SET run_now = 1 WHERE name = ?1",
     )

@@ -42,7 +42,6 @@ use backoffice::ledger::{self, Backoff};
 use backoffice::settings::{Def, Kind};
 use backoffice::{Context, Db, Due, Gauge, Task, TaskError, TaskStatus};
 use jiff::Timestamp;
-use rusqlite::{Connection, params};
 
 use super::store::{self, Action, CatchUp, Schedule, TASK};
 
@@ -195,12 +194,10 @@ impl Task for Schedules {
     }
 
     fn due(&self, db: Db<'_>, now: i64) -> Result<Due, TaskError> {
-        let Some(conn) = db.sqlite() else {
-            return Ok(Due::Never);
-        };
         // The stored plans (see `store::replan`): one index lookup, however
-        // many schedules there are.
-        Ok(match store::earliest_due(conn)? {
+        // many schedules there are. (`now` is the check's clock: on
+        // PostgreSQL the database's, as the plans were made with.)
+        Ok(match store::earliest_due(db)? {
             None => Due::Never,
             Some(at) if at <= now => Due::Now,
             Some(at) => Due::At(at),
@@ -208,21 +205,15 @@ impl Task for Schedules {
     }
 
     fn run(&self, ctx: &Context<'_>) -> Result<u64, TaskError> {
-        let Some(conn) = ctx.db.sqlite() else {
-            return Ok(0);
-        };
+        let conn = ctx.db;
         if !store::installed(conn)? {
             return Ok(0);
         }
-        let timeout = Duration::from_secs(
-            backoffice::settings::int(conn, SETTINGS, TIMEOUT)
-                .try_into()
-                .unwrap_or(600),
-        );
+        let timeout = Duration::from_secs(timeout_secs(conn).try_into().unwrap_or(600));
         let mut ran = 0;
         let mut failed = Vec::new();
         for s in store::all(conn)? {
-            let now = backoffice::clock::now();
+            let now = db_now(conn)?;
             let entry = ledger::get(conn, TASK, &s.name)?;
             match plan(&s, entry.as_ref(), now) {
                 Plan::Wait(_) | Plan::Broken(_) => {}
@@ -260,7 +251,7 @@ impl Task for Schedules {
                         ledger::failed(c, TASK, &s.name, now, &why, None, &policy)?;
                         c.execute(
                             "UPDATE bo_schedule SET claimed = NULL, claimed_manual = 0 WHERE name = ?1",
-                            [&s.name],
+                            &[s.name.as_str().into()],
                         )?;
                         Ok(())
                     })?;
@@ -292,7 +283,7 @@ impl Task for Schedules {
         }
         // Every schedule's plan, worked out again and stored where it
         // changed: after the runs above, and for a row edited by hand.
-        let now = backoffice::clock::now();
+        let now = db_now(conn)?;
         write(ctx, conn, |c| {
             for s in store::all(c)? {
                 store::replan(c, &s.name, now)?;
@@ -310,9 +301,7 @@ impl Task for Schedules {
     }
 
     fn status(&self, db: Db<'_>, now: i64) -> TaskStatus {
-        let Some(conn) = db.sqlite() else {
-            return TaskStatus::sqlite_only(db);
-        };
+        let conn = db;
         let mut st = TaskStatus::default();
         let (Ok(schedules), Ok(entries)) = (store::all(conn), ledger::all(conn, TASK)) else {
             st.problems.push("cannot read the schedules".into());
@@ -386,31 +375,72 @@ impl Task for Schedules {
     }
 }
 
-/// One fenced write of the task's own bookkeeping.
+/// One fenced write of the task's own bookkeeping: refused once another
+/// worker has taken the lease over (on SQLite also an own write, see
+/// `backoffice::writes`; on PostgreSQL after the schedules' lock).
 fn write<T>(
     ctx: &Context<'_>,
-    conn: &Connection,
-    f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    db: Db<'_>,
+    f: impl FnOnce(Db<'_>) -> Result<T, DbError>,
 ) -> Result<T, DbError> {
-    Db::Sqlite(conn).write(Some(ctx.term), |_| {
-        backoffice::writes::note_own_write(conn)?;
-        Ok(f(conn)?)
+    db.write(Some(ctx.term), |db| {
+        match db.sqlite() {
+            Some(conn) => backoffice::writes::note_own_write(conn)?,
+            None => {
+                db.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('backoffice-schedules:' || current_schema()))",
+                    &[],
+                )?;
+            }
+        }
+        f(db)
     })
 }
 
-fn missed(conn: &Connection, name: &str, n: i64) -> rusqlite::Result<()> {
-    conn.execute(
+fn missed(db: Db<'_>, name: &str, n: i64) -> Result<(), DbError> {
+    db.execute(
         "UPDATE bo_schedule SET missed = missed + ?2, last_missed = ?2 WHERE name = ?1",
-        params![name, n],
+        &[name.into(), n.into()],
     )
     .map(drop)
+}
+
+/// The time for slots and retries: on PostgreSQL the database's clock
+/// (hosts whose clocks disagree then agree on the slots), on SQLite this
+/// host's.
+fn db_now(db: Db<'_>) -> Result<i64, DbError> {
+    if db.sqlite().is_some() {
+        return Ok(backoffice::clock::now());
+    }
+    db.query_opt(
+        "SELECT CAST(floor(extract(epoch FROM clock_timestamp())) AS BIGINT)",
+        &[],
+    )?
+    .ok_or_else(|| DbError::Postgres("no answer for the clock".into()))?
+    .int(0)
+}
+
+/// `schedule-timeout` on either store: the stored value if valid, else the
+/// default.
+fn timeout_secs(db: Db<'_>) -> i64 {
+    if let Some(conn) = db.sqlite() {
+        return backoffice::settings::int(conn, SETTINGS, TIMEOUT);
+    }
+    let def = &SETTINGS[0];
+    db.config_get(TIMEOUT)
+        .ok()
+        .flatten()
+        .and_then(|v| def.validate(&v).ok())
+        .unwrap_or_else(|| def.default.to_owned())
+        .parse()
+        .unwrap_or(600)
 }
 
 /// Runs a schedule's action for `slot`; `Some(why)` when it failed (the
 /// failure is recorded).
 fn run_one(
     ctx: &Context<'_>,
-    conn: &Connection,
+    conn: Db<'_>,
     s: &Schedule,
     slot: i64,
     passed: u32,
@@ -446,15 +476,14 @@ fn run_one(
                 author: Some("backoffice".into()),
                 time: Some(slot),
             };
-            let now = backoffice::clock::now();
+            let now = db_now(conn)?;
             write(ctx, conn, |c| {
-                backoffice::events::publish(c, &ev)
-                    .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+                publish(c, &ev)?;
                 let cursor = cursor_after(ledger::get(c, TASK, &s.name)?);
                 ledger::succeeded(c, TASK, &s.name, cursor, now, None)?;
                 c.execute(
                     "UPDATE bo_schedule SET run_now = 0 WHERE name = ?1",
-                    [&s.name],
+                    &[s.name.as_str().into()],
                 )?;
                 if !manual {
                     missed(c, &s.name, extra)?;
@@ -469,7 +498,7 @@ fn run_one(
                 c.execute(
                     "UPDATE bo_schedule SET claimed = ?2, claimed_manual = ?3, run_now = 0
                      WHERE name = ?1",
-                    params![s.name, slot, manual],
+                    &[s.name.as_str().into(), slot.into(), manual.into()],
                 )
                 .map(drop)
             })?;
@@ -491,7 +520,7 @@ fn run_one(
 /// deleted is not brought back).
 fn record(
     ctx: &Context<'_>,
-    conn: &Connection,
+    conn: Db<'_>,
     s: &Schedule,
     slot: i64,
     passed: u32,
@@ -499,11 +528,11 @@ fn record(
     out: &Ran,
 ) -> Result<Option<String>, TaskError> {
     let extra = i64::from(passed.saturating_sub(1));
-    let now = backoffice::clock::now();
+    let now = db_now(conn)?;
     write(ctx, conn, |c| {
         let n = c.execute(
             "UPDATE bo_schedule SET claimed = NULL, claimed_manual = 0 WHERE name = ?1",
-            [&s.name],
+            &[s.name.as_str().into()],
         )?;
         if n == 0 {
             return Ok(());
@@ -532,8 +561,16 @@ fn record(
 /// Where a command's wrapper leaves its exit status, beside the
 /// repository (so a worker in another container sharing the repository
 /// finds it too): `.REPO.schedule-NAME-SLOT.exit`. Names are letters,
-/// digits, `.`, `_` and `-` only.
+/// digits, `.`, `_` and `-` only. A PostgreSQL repository has no folder:
+/// the file is in this host's temporary folder, named by a hash of the URL
+/// (a worker on another host does not see it, and runs the slot again).
 pub fn exit_file(repo: &Path, name: &str, slot: i64) -> PathBuf {
+    if let Some(url) = repo.to_str().filter(|r| backoffice::db::is_pg_url(r)) {
+        let seed = ledger::seed(TASK, url);
+        return std::env::temp_dir().join(format!(
+            ".backoffice-pg-{seed:016x}.schedule-{name}-{slot}.exit"
+        ));
+    }
     let repo = std::path::absolute(repo).unwrap_or_else(|_| repo.to_owned());
     let file = repo
         .file_name()
@@ -556,6 +593,35 @@ fn read_exit(path: &Path) -> Option<i32> {
 /// instant between the command's exit and that write is still retried.
 const WRAPPER: &str = r#"/bin/sh -c "$BACKOFFICE_COMMAND"; s=$?; printf '%s\n' "$s" > "$BACKOFFICE_EXIT_FILE" 2>/dev/null; exit $s"#;
 
+/// Publishes a schedule's event inside the caller's write: on SQLite
+/// through the event log's own `publish`; on PostgreSQL as a plain insert
+/// (a worker gives it its position before the next run's tasks).
+fn publish(db: Db<'_>, ev: &backoffice::events::Event) -> Result<(), DbError> {
+    match db.sqlite() {
+        Some(conn) => backoffice::events::publish(conn, ev)
+            .map(drop)
+            .map_err(|e| match e {
+                backoffice::events::PublishError::Sqlite(e) => DbError::Sqlite(e),
+                // The kind was checked when the schedule was added, the
+                // title is ours: a refusal here is a bug, reported as such.
+                other => DbError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(other))),
+            }),
+        None => db
+            .execute(
+                "INSERT INTO bo_event(kind, title, body, url, author, mtime)
+                 VALUES (?1, ?2, ?3, NULL, ?4, ?5)",
+                &[
+                    ev.kind.as_str().into(),
+                    ev.title.as_str().into(),
+                    ev.body.as_str().into(),
+                    ev.author.as_deref().into(),
+                    ev.time.unwrap_or(0).into(),
+                ],
+            )
+            .map(drop),
+    }
+}
+
 /// What one run of a command did.
 struct Ran {
     failure: Option<String>,
@@ -574,12 +640,24 @@ fn execute(
     exit: &Path,
     timeout: Duration,
 ) -> Result<Ran, TaskError> {
-    let repo = std::path::absolute(repo).unwrap_or_else(|_| repo.to_owned());
+    // A PostgreSQL repository is its URL, password hidden (the command
+    // connects with its own credentials), and has no folder: the command
+    // runs in the worker's.
+    let url = repo.to_str().is_some_and(backoffice::db::is_pg_url);
+    let repo = if url {
+        repo.to_owned()
+    } else {
+        std::path::absolute(repo).unwrap_or_else(|_| repo.to_owned())
+    };
     let exe = crate::hooks::current_exe();
     let command = crate::hooks::substitute(cmd, &repo, &exe);
     let spec = backoffice::child::Spec {
         command: WRAPPER,
-        dir: Some(repo.parent().unwrap_or(Path::new("/"))),
+        dir: if url {
+            None
+        } else {
+            Some(repo.parent().unwrap_or(Path::new("/")))
+        },
         env: vec![
             ("BACKOFFICE_COMMAND", command.into()),
             ("BACKOFFICE_EXIT_FILE", exit.into()),
@@ -611,6 +689,7 @@ fn execute(
 mod tests {
     use super::*;
     use crate::schedules::store::Timing;
+    use rusqlite::Connection;
 
     fn every(s: &str) -> Timing {
         Timing::Every(s.into())
