@@ -937,6 +937,25 @@ mod tests {
         assert_eq!(f.lines().len(), 1);
         let st = Schedules.status(Db::Sqlite(f.conn()), now);
         assert!(st.problems[0].contains("failing (1 in a row)"), "{st:?}");
+        // Retried after the backoff (about a minute), not before: the
+        // check says when.
+        assert!((now + 60..=now + 67).contains(&e.next_attempt), "{e:?}");
+        assert_eq!(f.due(), Due::At(e.next_attempt));
+        f.run();
+        assert_eq!(f.lines().len(), 1, "retried before the backoff");
+        // The backoff passes (the ledger's next attempt moved to now): the
+        // same slot runs again and fails again, two in a row.
+        f.conn()
+            .execute("UPDATE bo_ledger SET next_attempt = 0", [])
+            .unwrap();
+        f.conn()
+            .execute("UPDATE bo_schedule SET due_at = 0", [])
+            .unwrap();
+        f.run();
+        let lines = f.lines();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0], lines[1], "the same slot");
+        assert_eq!(entry(f.conn(), "bad").failures, 2);
     }
 
     #[test]
