@@ -46,7 +46,8 @@ use super::slots::{Spec, SpecError};
 /// The task's name, and its name in the retry ledger.
 pub const TASK: &str = "schedules";
 
-/// The table.
+/// The table, in SQL both stores take (`BIGINT` is an integer column in
+/// SQLite too).
 pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS bo_schedule(
   name TEXT PRIMARY KEY,
   timing TEXT NOT NULL,
@@ -55,14 +56,14 @@ pub const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS bo_schedule(
   command TEXT,
   event TEXT,
   catch_up TEXT NOT NULL DEFAULT 'once',
-  paused INTEGER NOT NULL DEFAULT 0,
-  created INTEGER NOT NULL,
-  run_now INTEGER NOT NULL DEFAULT 0,
-  claimed INTEGER,
-  claimed_manual INTEGER NOT NULL DEFAULT 0,
-  missed INTEGER NOT NULL DEFAULT 0,
-  last_missed INTEGER NOT NULL DEFAULT 0,
-  due_at INTEGER
+  paused BIGINT NOT NULL DEFAULT 0,
+  created BIGINT NOT NULL,
+  run_now BIGINT NOT NULL DEFAULT 0,
+  claimed BIGINT,
+  claimed_manual BIGINT NOT NULL DEFAULT 0,
+  missed BIGINT NOT NULL DEFAULT 0,
+  last_missed BIGINT NOT NULL DEFAULT 0,
+  due_at BIGINT
 );
 CREATE INDEX IF NOT EXISTS bo_schedule_due ON bo_schedule(due_at);";
 
@@ -156,6 +157,8 @@ pub struct Schedule {
     pub missed: i64,
     /// Slots the latest catch-up covered or skipped.
     pub last_missed: i64,
+    /// When it next needs a worker, as last planned (`None`: never).
+    pub due_at: Option<i64>,
 }
 
 impl Schedule {
@@ -231,7 +234,7 @@ pub fn install(db: Db<'_>) -> Result<(), DbError> {
         None => {
             // One statement at a time: the index after its table.
             for stmt in SCHEMA.split(';').map(str::trim).filter(|s| !s.is_empty()) {
-                db.execute(&stmt.replace("INTEGER", "BIGINT"), &[])?;
+                db.execute(stmt, &[])?;
             }
         }
     }
@@ -305,7 +308,9 @@ pub fn add<'a>(
         // A fresh ledger entry: nothing handled yet (cursor 0 means "since
         // it was added"), and any entry a removed namesake left is gone.
         ledger::remove(db, TASK, name)?;
-        replan(db, name, now)?;
+        if let Some(s) = get(db, name)? {
+            replan(db, &s, now)?;
+        }
         Ok(())
     })?;
     get(db, name)?.ok_or_else(|| ScheduleError::NoSuch(name.to_owned()))
@@ -324,7 +329,7 @@ fn lock(db: Db<'_>) -> Result<(), DbError> {
 }
 
 const COLUMNS: &str = "name, timing, spec, zone, command, event, catch_up, paused, created,
-                       run_now, claimed, claimed_manual, missed, last_missed";
+                       run_now, claimed, claimed_manual, missed, last_missed, due_at";
 
 fn from_row(r: &Row) -> Result<Schedule, DbError> {
     let action = match (r.opt_text(4)?, r.opt_text(5)?) {
@@ -346,6 +351,7 @@ fn from_row(r: &Row) -> Result<Schedule, DbError> {
         claimed_manual: r.int(11)? != 0,
         missed: r.int(12)?,
         last_missed: r.int(13)?,
+        due_at: r.opt_int(14)?,
     })
 }
 
@@ -388,7 +394,9 @@ fn change(db: Db<'_>, name: &str, sql: &str) -> Result<(), ScheduleError> {
         if db.execute(sql, &[name.into()])? == 0 {
             return Err(ScheduleError::NoSuch(name.to_owned()));
         }
-        replan(db, name, backoffice::clock::now())?;
+        if let Some(s) = get(db, name)? {
+            replan(db, &s, backoffice::clock::now())?;
+        }
         Ok(())
     })
 }
@@ -403,26 +411,15 @@ pub fn due_at(plan: &super::task::Plan, now: i64) -> Option<i64> {
     }
 }
 
-/// Works out `due_at` for one schedule from its row and ledger entry, and
-/// stores it if it changed. Inside the caller's write.
-pub fn replan(db: Db<'_>, name: &str, now: i64) -> Result<(), DbError> {
-    let Some(s) = get(db, name)? else {
-        return Ok(());
-    };
-    let e = ledger::get(db, TASK, name)?;
-    let at = due_at(&super::task::plan(&s, e.as_ref(), now), now);
-    let stored = db
-        .query_opt(
-            "SELECT due_at FROM bo_schedule WHERE name = ?1",
-            &[name.into()],
-        )?
-        .map(|r| r.opt_int(0))
-        .transpose()?
-        .flatten();
-    if stored != at {
+/// Works out `due_at` for one schedule, as read, from its row and ledger
+/// entry, and stores it if it changed. Inside the caller's write.
+pub fn replan(db: Db<'_>, s: &Schedule, now: i64) -> Result<(), DbError> {
+    let e = ledger::get(db, TASK, &s.name)?;
+    let at = due_at(&super::task::plan(s, e.as_ref(), now), now);
+    if s.due_at != at {
         db.execute(
             "UPDATE bo_schedule SET due_at = ?2 WHERE name = ?1",
-            &[name.into(), at.map_or(Value::Null, Value::Int)],
+            &[s.name.as_str().into(), at.map_or(Value::Null, Value::Int)],
         )?;
     }
     Ok(())

@@ -286,7 +286,7 @@ impl Task for Schedules {
         let now = db_now(conn)?;
         write(ctx, conn, |c| {
             for s in store::all(c)? {
-                store::replan(c, &s.name, now)?;
+                store::replan(c, &s, now)?;
             }
             Ok(())
         })?;
