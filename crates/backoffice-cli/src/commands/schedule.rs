@@ -1,5 +1,5 @@
-//! `backoffice schedule`: periodic commands and events (SQLite
-//! repositories).
+//! `backoffice schedule`: periodic commands and events, on an SQLite
+//! repository file or a PostgreSQL URL.
 
 use std::process::ExitCode;
 

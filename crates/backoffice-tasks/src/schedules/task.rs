@@ -165,7 +165,7 @@ pub fn slot_text(slot: i64) -> String {
     ts(slot).strftime("%Y-%m-%d %H:%M:%S UTC").to_string()
 }
 
-/// The task. Works on SQLite repositories.
+/// The task, on SQLite files and PostgreSQL schemas.
 #[derive(Debug, Default)]
 pub struct Schedules;
 
