@@ -22,12 +22,20 @@
 #   wal-held  WAL while another process (an `sqlite3` shell, standing in for
 #             a server's long-lived connection) keeps the database open, as
 #             a real server does
+#   python-delete, python-wal
+#             a long-lived host in Python (bench/python_host.py) with its own
+#             connection: it inserts the row, runs the one-statement check of
+#             examples/after_request.py and, on "maybe", `host trigger
+#             --quiet REPO` with subprocess.run (the way hosts in other
+#             languages call it); t0 is its clock just before the check
 #   embedded-delete, embedded-wal
 #             no `trigger` process: a long-lived host (`host requests REPO`,
 #             which holds its connection open as a server does) inserts the
 #             row and runs the after-request check in-process, as a Rust
 #             host, `backoffice serve` and `cgi` do; t0 is the host's own
-#             clock just before its insert, and trigger_ms is 0
+#             clock just before the check (after its insert committed, as
+#             in the other cases), trigger_ms is 0, and insert_ms is how
+#             long the insert took
 # Fossil 2.21's figure (../shared/reference/fossil-backoffice.md §4c) is
 # 17-31 ms from the start of the triggering HTTP request to its hook's stamp.
 set -u
@@ -35,9 +43,16 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 RUNS=${1:-20}
-JOURNALS=${JOURNALS:-"delete wal wal-held embedded-delete embedded-wal"}
+JOURNALS=${JOURNALS:-"delete wal wal-held python-delete python-wal embedded-delete embedded-wal"}
 build_release
 make_workdir trigger
+
+# sqlite3 that waits for a lock rather than fail at once: the embedded
+# host opens (and writes) the repository while the script sets it up.
+sq() { sqlite3 -cmd ".timeout 5000" "$@"; }
+# Every setting must have taken: a run without the journal would time out.
+sq_check() { [ "$(sq "$1" "SELECT value FROM config WHERE name='host-journal'")" = "$2" ] ||
+  { echo "error=cannot set host-journal in $1"; exit 1; }; }
 
 # A fork-free sleep: read with a timeout on a fifo nobody writes to.
 fifo="$W/fifo"; mkfifo "$fifo"; exec {SLEEPFD}<>"$fifo"
@@ -68,8 +83,8 @@ for mode in $JOURNALS; do
   R="$W/repo-$mode.db"
   J="$W/journal-$mode.txt"
   "$HOST" init "$R" || exit 1
-  jm=${mode%-held}; jm=${jm#embedded-}
-  sqlite3 "$R" "PRAGMA journal_mode=$jm;" >/dev/null
+  jm=${mode%-held}; jm=${jm#embedded-}; jm=${jm#python-}
+  sq "$R" "PRAGMA journal_mode=$jm;" >/dev/null
   if [ "${mode#embedded-}" != "$mode" ]; then
     # The host itself, fed one line per request; its answers come back on
     # another fifo.
@@ -87,20 +102,39 @@ for mode in $JOURNALS; do
     fsleep 0.2
     [ -e "$R-shm" ] || echo "warning=the holder did not open $R"
   fi
-  sqlite3 "$R" "REPLACE INTO config(name,value,mtime) VALUES('host-journal','$J',0);"
-  got_mode=$(sqlite3 "$R" "PRAGMA journal_mode;")
+  sq "$R" "REPLACE INTO config(name,value,mtime) VALUES('host-journal','$J',0);"
+  sq_check "$R" "$J"
+  got_mode=$(sq "$R" "PRAGMA journal_mode;")
   lat=(); trig=(); last_pid=""; missed=0
+  if [ "${mode#python-}" != "$mode" ]; then
+    # The Python host makes its runs itself; its lines are read back here.
+    while read -r line; do
+      echo "$line"
+      case "$line" in
+        *" no enter line "*) missed=$((missed + 1)) ;;
+        case=*enter_ms=*)
+          t=${line#*trigger_ms=}; trig+=("${t%% *}")
+          l=${line#*enter_ms=}; lat+=("${l%% *}") ;;
+      esac
+    done < <(python3 "$here/python_host.py" "$HOST" "$R" "$J" "$RUNS" "$mode")
+    pending=$(sq "$R" "SELECT count(*) FROM outbox WHERE done=0")
+    echo "case=$mode journal_mode=$got_mode runs=$RUNS missed=$missed pending_left=$pending" \
+         "median_enter_ms=$(median "${lat[@]}") min_enter_ms=$(minimum "${lat[@]}") max_enter_ms=$(maximum "${lat[@]}")" \
+         "median_trigger_ms=$(median "${trig[@]}") max_trigger_ms=$(maximum "${trig[@]}")"
+    continue
+  fi
   for k in $(seq 1 "$RUNS"); do
     [ -n "$last_pid" ] && { wait_gone "$last_pid" 30 || echo "warning=worker $last_pid still alive"; }
     "$HOST" lease --reset -R "$R" >/dev/null || exit 1
     enter_lines "$J"; n0=$ENTERS
+    ins=""
     if [ -n "${OFD:-}" ]; then
       fsleep 0.1
       echo "request $k" >&"$HFD"
-      read -r t0 out <&"$OFD" || { echo "error=the host stopped: $(cat "$W/holder.err")"; exit 1; }
+      read -r t0 ins out <&"$OFD" || { echo "error=the host stopped: $(cat "$W/holder.err")"; exit 1; }
       t1=$t0
     else
-      sqlite3 "$R" "INSERT INTO outbox(body) VALUES('message $k');" || exit 1
+      sq "$R" "INSERT INTO outbox(body) VALUES('message $k');" || exit 1
       fsleep 0.1
       t0=$(now_ns)
       "$HOST" trigger "$R" > "$W/trigger.out" 2>&1
@@ -122,10 +156,12 @@ for mode in $JOURNALS; do
     l=$(awk -v a="$t0" -v b="$te" 'BEGIN{printf "%.2f", (b-a)/1e6}')
     t=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", (b-a)/1e6}')
     lat+=("$l"); trig+=("$t")
-    echo "case=$mode run=$k trigger_ms=$t enter_ms=$l worker=$last_pid"
+    extra=""
+    [ -n "${ins:-}" ] && extra=" insert_ms=$(awk -v n="$ins" 'BEGIN{printf "%.2f", n/1e6}')"
+    echo "case=$mode run=$k trigger_ms=$t enter_ms=$l worker=$last_pid$extra"
   done
   [ -n "$last_pid" ] && wait_gone "$last_pid" 30
-  pending=$(sqlite3 "$R" "SELECT count(*) FROM outbox WHERE done=0")
+  pending=$(sq "$R" "SELECT count(*) FROM outbox WHERE done=0")
   echo "case=$mode journal_mode=$got_mode runs=$RUNS missed=$missed pending_left=$pending" \
        "median_enter_ms=$(median "${lat[@]}") min_enter_ms=$(minimum "${lat[@]}") max_enter_ms=$(maximum "${lat[@]}")" \
        "median_trigger_ms=$(median "${trig[@]}") max_trigger_ms=$(maximum "${trig[@]}")"

@@ -340,9 +340,11 @@ fn simulate(args: &[String]) -> Res<()> {
 /// `host requests REPO`: a long-lived host that holds its connection open,
 /// as a server does, and makes one request per line read on standard
 /// input: insert an outbox row, then the after-request check. For each it
-/// prints `T0 ANSWER`, T0 being the wall clock in nanoseconds just before
-/// the insert, so `bench/trigger_latency.sh` can time an embedded host's
-/// trigger up to its worker's `enter` stamp. Ends at end of input.
+/// prints `T0 INSERT_NS ANSWER`: T0 is the wall clock in nanoseconds just
+/// before the check (after the insert has committed, as a request's
+/// writes are before its after-request check), so `bench/trigger_latency.sh`
+/// can time an embedded host's check up to its worker's `enter` stamp;
+/// INSERT_NS is how long the insert took. Ends at end of input.
 fn requests(args: &[String]) -> Res<()> {
     let [repo] = args else {
         return Err("usage: host requests REPO".into());
@@ -352,12 +354,14 @@ fn requests(args: &[String]) -> Res<()> {
     let mut out = std::io::stdout().lock();
     for (i, line) in std::io::stdin().lines().enumerate() {
         line?;
-        let t0 = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
+        let inserted = Instant::now();
         publish(&conn, &format!("request {i}"))?;
+        let ins = inserted.elapsed().as_nanos();
+        let t0 = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();
         match bo.after_request(&conn) {
-            Started::Worker { pid } => writeln!(out, "{t0} started worker {pid}")?,
-            Started::NotNeeded(c) => writeln!(out, "{t0} {}", c.describe())?,
-            other => writeln!(out, "{t0} {other:?}")?,
+            Started::Worker { pid } => writeln!(out, "{t0} {ins} started worker {pid}")?,
+            Started::NotNeeded(c) => writeln!(out, "{t0} {ins} {}", c.describe())?,
+            other => writeln!(out, "{t0} {ins} {other:?}")?,
         }
         out.flush()?;
     }

@@ -99,7 +99,7 @@ where
 }
 
 /// The two command lines on the way from a request to its work, `EXE
-/// trigger REPO` and `EXE worker [--logfile FILE] REPO` (as the trigger
+/// trigger [-q|--quiet] REPO` and `EXE worker [--logfile FILE] REPO` (as the trigger
 /// starts it), read without clap: building clap's whole command tree (every
 /// command, flag and help text) is a measurable part of a process start
 /// that a triggered worker pays twice. Only these exact shapes, with plain
@@ -111,12 +111,22 @@ where
 pub fn start_path(args: &[std::ffi::OsString]) -> Option<Cli> {
     use std::path::PathBuf;
     let plain = |a: &std::ffi::OsString| !a.is_empty() && !a.as_encoded_bytes().starts_with(b"-");
+    let quiet = |a: &std::ffi::OsString| a == "-q" || a == "--quiet";
     let command = match args {
         [_, cmd, repo] if cmd == "trigger" && plain(repo) => Command::Trigger(cli::TriggerArgs {
             repo: Some(PathBuf::from(repo)),
             repository: None,
             quiet: false,
         }),
+        // `--quiet` is how hosts in other languages call it
+        // (examples/after_request.py), before or after the repository.
+        [_, cmd, q, repo] | [_, cmd, repo, q] if cmd == "trigger" && quiet(q) && plain(repo) => {
+            Command::Trigger(cli::TriggerArgs {
+                repo: Some(PathBuf::from(repo)),
+                repository: None,
+                quiet: true,
+            })
+        }
         [_, cmd, repo] if cmd == "worker" && plain(repo) => Command::Worker(cli::WorkerArgs {
             logfile: None,
             repo: PathBuf::from(repo),

@@ -353,6 +353,10 @@ fn the_start_path_reads_as_clap_does() {
         &["bo", "trigger", "/srv/app.db"][..],
         &["bo", "trigger", "app.db"],
         &["bo", "trigger", "postgres://u@h/db?schema=s"],
+        &["bo", "trigger", "-q", "app.db"],
+        &["bo", "trigger", "--quiet", "/srv/app.db"],
+        &["bo", "trigger", "app.db", "-q"],
+        &["bo", "trigger", "app.db", "--quiet"],
         &["bo", "worker", "/srv/app.db"],
         &[
             "bo",
@@ -368,7 +372,10 @@ fn the_start_path_reads_as_clap_does() {
     }
     for v in [
         &["bo", "trigger"][..],
-        &["bo", "trigger", "-q", "app.db"],
+        &["bo", "trigger", "-q"],
+        &["bo", "trigger", "-q", "-q", "app.db"],
+        &["bo", "trigger", "-q", "app.db", "b.db"],
+        &["bo", "trigger", "--quiet", "--help"],
         &["bo", "trigger", "--help"],
         &["bo", "trigger", "-R", "app.db"],
         &["bo", "trigger", ""],
