@@ -35,7 +35,8 @@ pub fn run(a: CgiArgs, tasks: Tasks) -> Result<ExitCode> {
     )?;
     cgi::close_stdio();
     if let Some(name) = touched {
-        if let Some(Started::Failed(e)) = app.after_request(&name) {
+        // Its worker is this process, forked (see App::trigger).
+        if let Some(Started::Failed(e)) = app.trigger(&name) {
             // stderr is the web server's error log.
             eprintln!("backoffice: {e}");
         }
