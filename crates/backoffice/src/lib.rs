@@ -43,7 +43,8 @@
 //! * `task.rs`: the [`Task`] trait, the task list ([`Tasks`]), the run log
 //!   ([`RunReport`]).
 //! * `trigger.rs`: the after-request check and starting a worker
-//!   ([`Backoffice`], [`worker_main`]).
+//!   ([`Backoffice`], [`worker_main`]); `stamp.rs`: a lock-free stamp of a
+//!   database's committed state, with which the check keeps its answer.
 //! * [`poll`]: servicing many repositories in one sweep, or forever.
 //! * [`status`]: what `backoffice status` reports.
 //! * [`clock`]: Unix seconds and their human forms.
@@ -108,6 +109,7 @@ pub mod poll;
 pub mod process;
 pub mod repo;
 pub mod settings;
+mod stamp;
 pub mod status;
 mod task;
 pub mod token;

@@ -84,50 +84,22 @@ pub const APP_GENERATION: &str = "backoffice-app-generation";
 /// and a copy, `database disk image is malformed`; tested by
 /// `engine_writes_beside_a_busy_writer_never_corrupt_the_database`).
 pub(crate) fn write_counter(conn: &Connection) -> Option<u64> {
-    use rusqlite::ffi;
-    use std::ffi::c_void;
+    use crate::stamp;
     conn.path().filter(|p| !p.is_empty())?;
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .ok()?;
-    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-    // SAFETY: `handle` is this open connection's; FILE_POINTER writes the
-    // main database's `sqlite3_file*` (owned by SQLite, valid while the
-    // connection is open, which it is for this whole function).
-    let rc = unsafe {
-        ffi::sqlite3_file_control(
-            conn.handle(),
-            c"main".as_ptr(),
-            ffi::SQLITE_FCNTL_FILE_POINTER,
-            (&raw mut file).cast::<c_void>(),
-        )
-    };
-    if rc != ffi::SQLITE_OK || file.is_null() {
-        return None;
-    }
-    // SAFETY: a non-null sqlite3_file from SQLite; pMethods is null only
-    // for a file that failed to open, checked here.
-    let methods = unsafe { (*file).pMethods.as_ref() }?;
+    let file = stamp::main_file(conn)?;
     if mode.eq_ignore_ascii_case("wal") {
-        let shm_map = methods.xShmMap.filter(|_| methods.iVersion >= 2)?;
-        let mut region: *mut c_void = std::ptr::null_mut();
-        // SAFETY: region 0 of the WAL index (32 KiB), not extended; SQLite
-        // keeps it mapped while the connection is in WAL mode. The header's
-        // iChange is a u32 at offset 8 in the machine's byte order; the
-        // region is page-aligned.
-        let rc = unsafe { shm_map(file, 0, 32768, 0, &raw mut region) };
-        if rc != ffi::SQLITE_OK || region.is_null() {
-            return None;
-        }
-        let v = unsafe { std::ptr::read_volatile(region.cast::<u8>().add(8).cast::<u32>()) };
+        let index = stamp::wal_index(file)?;
+        // SAFETY: the header's iChange is a u32 at offset 8 of the
+        // page-aligned WAL index, in the machine's byte order.
+        let v = unsafe { std::ptr::read_volatile(index.add(8).cast::<u32>()) };
         Some(u64::from(v))
     } else {
-        let read = methods.xRead?;
         let mut b = [0u8; 4];
-        // SAFETY: reads 4 bytes at offset 24 into `b` through SQLite's own
-        // descriptor.
-        let rc = unsafe { read(file, b.as_mut_ptr().cast::<c_void>(), 4, 24) };
-        (rc == ffi::SQLITE_OK).then(|| u64::from(u32::from_be_bytes(b)))
+        stamp::read_at(file, &mut b, 24)?;
+        Some(u64::from(u32::from_be_bytes(b)))
     }
 }
 
