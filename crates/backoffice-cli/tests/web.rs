@@ -878,6 +878,49 @@ fn limits_refuse_big_bodies_big_heads_and_slow_clients() {
     assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
 }
 
+/// The server keeps its check's answer "nothing due" while nothing is
+/// committed (issue 13). An event another process publishes with plain
+/// SQL, which starts nothing itself, is still found by the check after the
+/// server's next request and alerted, in both journal modes.
+#[test]
+fn a_kept_answer_never_hides_what_another_process_publishes() {
+    for wal in [false, true] {
+        let env = Env::new();
+        let site = Site::new(&env, "app");
+        if wal {
+            let mode: String = site.sql("PRAGMA journal_mode=WAL");
+            assert_eq!(mode, "wal");
+        }
+        let srv = Server::start(&site.app.path, &[], &env);
+        // Two checks a second apart (read-only requests check at most once
+        // a second): the first reads and keeps "nothing due", the second is
+        // answered from it.
+        for _ in 0..2 {
+            assert_eq!(get(&srv.addr, "/r/app/status.json").status, 200);
+            std::thread::sleep(READ_CHECK_GAP);
+        }
+        assert_eq!(site.mails(), 0, "nothing was due (wal: {wal})");
+        // Another process (this test) publishes with plain SQL.
+        let conn = rusqlite::Connection::open(&site.app.path).unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        conn.execute(
+            "INSERT INTO bo_event(kind, title, mtime) VALUES('wiki', 'by plain SQL', strftime('%s','now'))",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        assert_eq!(get(&srv.addr, "/r/app/status.json").status, 200);
+        assert!(
+            wait_until(Duration::from_secs(10), || site.mails() == 2),
+            "the check after the next request started the worker (wal: {wal}): {} mails",
+            site.mails()
+        );
+    }
+}
+
+/// A little more than `READ_CHECK_EVERY`.
+const READ_CHECK_GAP: Duration = Duration::from_millis(1100);
+
 #[test]
 fn read_only_traffic_starts_no_worker_and_the_server_leaves_no_zombies() {
     let env = Env::new();
