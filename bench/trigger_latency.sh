@@ -28,6 +28,11 @@
 #             examples/after_request.py and, on "maybe", `host trigger
 #             --quiet REPO` with subprocess.run (the way hosts in other
 #             languages call it); t0 is its clock just before the check
+#   cgi-delete, cgi-wal
+#             `host cgi` answering GET /r/NAME/status.json as a web server's
+#             CGI would start it (environment, token); after the reply it runs
+#             the after-request check and forks its worker, as `trigger`
+#             does; t0 is just before bash starts it
 #   embedded-delete, embedded-wal
 #             no `trigger` process: a long-lived host (`host requests REPO`,
 #             which holds its connection open as a server does) inserts the
@@ -43,7 +48,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 RUNS=${1:-20}
-JOURNALS=${JOURNALS:-"delete wal wal-held python-delete python-wal embedded-delete embedded-wal"}
+JOURNALS=${JOURNALS:-"delete wal wal-held python-delete python-wal cgi-delete cgi-wal embedded-delete embedded-wal"}
 build_release
 make_workdir trigger
 
@@ -58,13 +63,14 @@ sq_check() { [ "$(sq "$1" "SELECT value FROM config WHERE name='host-journal'")"
 fifo="$W/fifo"; mkfifo "$fifo"; exec {SLEEPFD}<>"$fifo"
 fsleep() { read -t "$1" -u "$SLEEPFD" _ || true; }
 
-# enter_lines JOURNAL: sets ENTERS (count) and LAST_ENTER_NS, with builtins only.
+# enter_lines JOURNAL: sets ENTERS (count), LAST_ENTER_NS and
+# LAST_ENTER_PID, with builtins only.
 enter_lines() {
   local w p ns
-  ENTERS=0; LAST_ENTER_NS=""
+  ENTERS=0; LAST_ENTER_NS=""; LAST_ENTER_PID=""
   [ -f "$1" ] || return 0
   while read -r w p ns; do
-    if [ "$w" = enter ]; then ENTERS=$((ENTERS + 1)); LAST_ENTER_NS=$ns; fi
+    if [ "$w" = enter ]; then ENTERS=$((ENTERS + 1)); LAST_ENTER_NS=$ns; LAST_ENTER_PID=$p; fi
   done < "$1"
 }
 
@@ -83,7 +89,7 @@ for mode in $JOURNALS; do
   R="$W/repo-$mode.db"
   J="$W/journal-$mode.txt"
   "$HOST" init "$R" || exit 1
-  jm=${mode%-held}; jm=${jm#embedded-}; jm=${jm#python-}
+  jm=${mode%-held}; jm=${jm#embedded-}; jm=${jm#python-}; jm=${jm#cgi-}
   sq "$R" "PRAGMA journal_mode=$jm;" >/dev/null
   if [ "${mode#embedded-}" != "$mode" ]; then
     # The host itself, fed one line per request; its answers come back on
@@ -105,6 +111,11 @@ for mode in $JOURNALS; do
   sq "$R" "REPLACE INTO config(name,value,mtime) VALUES('host-journal','$J',0);"
   sq_check "$R" "$J"
   got_mode=$(sq "$R" "PRAGMA journal_mode;")
+  if [ "${mode#cgi-}" != "$mode" ]; then
+    # The status page answers the token; the repository's name is the file's.
+    token=$("$HOST" token -R "$R" 2>/dev/null) || { echo "error=cannot make a token"; exit 1; }
+    name=$(basename "$R" .db)
+  fi
   lat=(); trig=(); last_pid=""; missed=0
   if [ "${mode#python-}" != "$mode" ]; then
     # The Python host makes its runs itself; its lines are read back here.
@@ -133,6 +144,17 @@ for mode in $JOURNALS; do
       echo "request $k" >&"$HFD"
       read -r t0 ins out <&"$OFD" || { echo "error=the host stopped: $(cat "$W/holder.err")"; exit 1; }
       t1=$t0
+    elif [ "${mode#cgi-}" != "$mode" ]; then
+      sq "$R" "INSERT INTO outbox(body) VALUES('message $k');" || exit 1
+      fsleep 0.1
+      t0=$(now_ns)
+      GATEWAY_INTERFACE=CGI/1.1 REQUEST_METHOD=GET PATH_INFO="/r/$name/status.json" \
+        QUERY_STRING= CONTENT_LENGTH=0 BACKOFFICE_REPO="$R" HTTP_AUTHORIZATION="Bearer $token" \
+        "$HOST" cgi < /dev/null > "$W/trigger.out" 2>&1
+      t1=$(now_ns)
+      read -r out < "$W/trigger.out"
+      out=${out%$'\r'}
+      [ "$out" = "Status: 200 OK" ] || echo "warning=run $k: cgi answered: $out"
     else
       sq "$R" "INSERT INTO outbox(body) VALUES('message $k');" || exit 1
       fsleep 0.1
@@ -142,7 +164,11 @@ for mode in $JOURNALS; do
       read -r out < "$W/trigger.out"
     fi
     last_pid=${out##* }
-    [[ $last_pid =~ ^[0-9]+$ ]] || { echo "warning=run $k: trigger said: $out"; last_pid=""; }
+    if [ "${mode#cgi-}" != "$mode" ]; then
+      last_pid=""  # the worker's pid is read from its enter line below
+    elif ! [[ $last_pid =~ ^[0-9]+$ ]]; then
+      echo "warning=run $k: trigger said: $out"; last_pid=""
+    fi
     # wait for the enter stamp, at most 10 s
     for i in $(seq 1 2000); do
       enter_lines "$J"
@@ -153,6 +179,7 @@ for mode in $JOURNALS; do
       missed=$((missed + 1)); echo "case=$mode run=$k no enter line within 10 s (the check said: $out)"; continue
     fi
     te=$LAST_ENTER_NS
+    [ -z "$last_pid" ] && last_pid=$LAST_ENTER_PID
     l=$(awk -v a="$t0" -v b="$te" 'BEGIN{printf "%.2f", (b-a)/1e6}')
     t=$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.2f", (b-a)/1e6}')
     lat+=("$l"); trig+=("$t")

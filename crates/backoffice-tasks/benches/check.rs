@@ -298,6 +298,48 @@ mod check {
         });
     }
 
+    /// `binary_tasks_idle` right after another connection committed
+    /// something that makes no work (a row in a table no task watches;
+    /// untimed): the database's stamp changed, so the check reads the
+    /// summary again (the statement, and the stamp read before and after
+    /// it) instead of giving its kept answer — what the first check after
+    /// any write costs. One check per sample, each after its own commit.
+    #[divan::bench(args = JOURNALS, sample_size = 1, sample_count = 300)]
+    fn binary_tasks_after_a_commit(bencher: Bencher, journal: &str) {
+        let fx = fixture(journal, false);
+        email_ready(&fx);
+        let tasks = binary_tasks();
+        let mut repo = backoffice::Repo::open(fx.path()).expect("open");
+        let opts = backoffice::RunOptions {
+            nodelay: true,
+            ..Default::default()
+        };
+        backoffice::run(&mut repo, &tasks, &opts).expect("a run");
+        drop(repo);
+        let other = Connection::open(fx.path()).expect("open");
+        // No fsync: the disk's work after each commit would otherwise land
+        // on the timed check (interrupts, writeback) and swamp it.
+        other
+            .execute_batch(
+                "PRAGMA synchronous=OFF;
+                 CREATE TABLE unwatched(n INTEGER); INSERT INTO unwatched VALUES (0);",
+            )
+            .expect("a table");
+        let bo = Backoffice::new(tasks);
+        let first = bo.check_if_needed(&fx.conn);
+        assert!(
+            matches!(first, Check::NothingDue { next: Some(_) }),
+            "{first:?}"
+        );
+        bencher
+            .with_inputs(|| {
+                other
+                    .execute("UPDATE unwatched SET n = n + 1", [])
+                    .expect("a commit")
+            })
+            .bench_local_values(|_| black_box(bo.check_if_needed(black_box(&fx.conn))));
+    }
+
     /// The same without the summary (a repository no run of this version
     /// has serviced yet, or just after a write that made work): every task
     /// is asked, as every check did before the summary.

@@ -35,6 +35,10 @@
 //! the index header changes only once a commit's frames are all written.
 //! A crashed writer's half-written page 1 is rolled back by the next
 //! reader, and reading it only makes the stamp differ (a full check).
+//!
+//! That equal stamps mean equal content is the assumption SQLite itself
+//! makes: its pager keeps its page cache across transactions exactly while
+//! the change counter and the bytes after it are unchanged.
 
 use rusqlite::{Connection, ffi};
 use std::ffi::c_void;
