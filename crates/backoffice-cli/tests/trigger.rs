@@ -85,69 +85,6 @@ fn trigger_starts_a_detached_worker_and_returns_at_once() {
     assert!(wait_until(Duration::from_secs(10), || r.pending() == 0));
 }
 
-/// `trigger` is single-threaded and exits at once, so its worker is the
-/// trigger process itself, forked (issue 13): from the request to its work
-/// one program is started, not two, seen by `strace` counting `execve`
-/// calls over the trigger and everything it starts. The forked worker does
-/// the work, and `ps` shows it as `EXE worker REPO`, as it would a worker
-/// started as a program (operators and scripts look for that).
-#[test]
-fn the_trigger_forks_its_worker_one_program_start_from_request_to_work() {
-    if !have("strace") {
-        return;
-    }
-    let env = Env::new();
-    let r = env.repo("r.db", 5);
-    let repo = r.path.to_str().unwrap();
-    r.publish(2);
-    let trace = env.path("trace.txt");
-    // strace -f follows the worker too, and returns when it has exited.
-    let out = Cmd::new("strace")
-        .args([
-            "-f",
-            "-qq",
-            "-e",
-            "trace=execve",
-            "-o",
-            trace.to_str().unwrap(),
-        ])
-        .arg(crate::harness::host_bin())
-        .args(["trigger", repo])
-        .output()
-        .success();
-    assert!(out.starts_with("work is due: started worker "), "{out}");
-    assert_eq!(r.pending(), 0, "the forked worker did the work");
-    let calls = std::fs::read_to_string(&trace).unwrap();
-    let execs = calls.lines().filter(|l| l.contains("execve(")).count();
-    assert_eq!(execs, 1, "programs started from trigger to work:\n{calls}");
-
-    // While it works: the command line `ps` shows.
-    r.set("host-work-ms", "1500");
-    r.publish(1);
-    let out = Cmd::host().args(["trigger", repo]).output().success();
-    let pid: u32 = out
-        .trim()
-        .strip_prefix("work is due: started worker ")
-        .unwrap_or_else(|| panic!("{out}"))
-        .parse()
-        .unwrap();
-    let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
-    let args: Vec<String> = raw
-        .split(|&b| b == 0)
-        .filter(|a| !a.is_empty())
-        .map(|a| String::from_utf8_lossy(a).into_owned())
-        .collect();
-    assert_eq!(
-        args,
-        [
-            crate::harness::host_bin().display().to_string(),
-            "worker".into(),
-            repo.to_string()
-        ]
-    );
-    assert!(wait_until(Duration::from_secs(10), || r.pending() == 0));
-}
-
 /// WAL mode with nothing else holding the database: `trigger`, the last
 /// connection, leaves the `-wal` and `-shm` files to the worker it started
 /// instead of deleting them for the worker to create again (issue 13); the

@@ -1140,26 +1140,7 @@ pub fn cgi(
     headers: &[(&str, &str)],
     body: &str,
 ) -> (String, Duration) {
-    cgi_under(&[], repo, method, path, headers, body)
-}
-
-/// [`cgi`], run under another program (`strace ...`) when `wrapper` is
-/// not empty.
-pub fn cgi_under(
-    wrapper: &[&str],
-    repo: &Path,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &str,
-) -> (String, Duration) {
-    let cmd = match wrapper {
-        [] => Cmd::backoffice(),
-        [program, args @ ..] => Cmd::new(program)
-            .args(args)
-            .arg(crate::harness::backoffice_bin()),
-    };
-    let mut cmd = cmd
+    let mut cmd = Cmd::backoffice()
         .arg("cgi")
         .env("BACKOFFICE_REPO", repo)
         .env("GATEWAY_INTERFACE", "CGI/1.1")
@@ -1278,53 +1259,6 @@ fn cgi_answers_from_the_environment_and_starts_a_detached_worker() {
         .output()
         .failure();
     assert!(err.contains("BACKOFFICE_REPO"), "{err}");
-}
-
-/// `cgi` exits after its request, so its worker is the CGI process itself,
-/// forked (issue 13): from the request to the alerts one program is
-/// started, seen by `strace` counting `execve` calls over the CGI process
-/// and everything it starts (the mail goes to a folder, so nothing else
-/// is run).
-#[test]
-fn cgi_forks_its_worker_one_program_start_from_request_to_work() {
-    if !have("strace") {
-        return;
-    }
-    let env = Env::new();
-    let site = Site::new(&env, "app");
-    let a = site.auth();
-    // Past the first run's lease (1 s), so the work starts at once.
-    std::thread::sleep(Duration::from_millis(1100));
-    let trace = env.path("trace.txt");
-    // strace -f follows the forked worker and returns when it has exited.
-    let (out, _) = cgi_under(
-        &[
-            "strace",
-            "-f",
-            "-qq",
-            "-e",
-            "trace=execve",
-            "-o",
-            trace.to_str().unwrap(),
-        ],
-        &site.app.path,
-        "POST",
-        "/r/app/events",
-        &[
-            ("HTTP_AUTHORIZATION", a.as_str()),
-            ("CONTENT_TYPE", "application/json"),
-        ],
-        r#"{"kind":"wiki","title":"over CGI"}"#,
-    );
-    assert!(out.starts_with("Status: 201"), "{out}");
-    assert!(
-        wait_until(Duration::from_secs(10), || site.mails() == 2),
-        "the forked worker sent the alerts: {}",
-        site.mails()
-    );
-    let calls = std::fs::read_to_string(&trace).unwrap();
-    let execs = calls.lines().filter(|l| l.contains("execve(")).count();
-    assert_eq!(execs, 1, "programs started from request to work:\n{calls}");
 }
 
 #[test]

@@ -267,16 +267,6 @@ impl Repo {
         &mut self.conn
     }
 
-    /// Closes the connection now, and says if that failed (dropping a
-    /// `Repo` closes it too, silently).
-    pub fn close(self) -> Result<()> {
-        let path = self.path;
-        let busy_ms = self.busy_ms;
-        self.conn
-            .close()
-            .map_err(|(_, e)| Error::sqlite("closing", &path, busy_ms, e))
-    }
-
     /// The path the repository was opened with.
     pub fn path(&self) -> &Path {
         &self.path

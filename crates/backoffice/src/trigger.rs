@@ -560,59 +560,15 @@ impl Backoffice {
             return Started::NotNeeded(Check::Starting { pid });
         }
         let short = self.short_busy(conn);
-        let logfile = logfile_setting(conn);
+        let logfile = repo::config_get(conn, LOGFILE)
+            .ok()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .map(|s| crate::settings::resolve_path(conn, Path::new(&s)));
         // The in-process fallback opens its own connection; the host's gets
         // its own busy timeout back first.
         drop(short);
         self.start_worker(&path, logfile.as_deref())
-    }
-
-    /// The after-request check for a short-lived, single-threaded process
-    /// that exits right after it, as `backoffice trigger` does: the check
-    /// of [`Backoffice::after_request`] on `repo`, and if work is due, the
-    /// worker is this process forked ([`process::fork_detached`]) rather
-    /// than a program started, which saves it a whole process start on the
-    /// way to the work. The repository is closed before the fork (a child
-    /// must not inherit an open SQLite connection), leaving a WAL
-    /// database's `-wal` and `-shm` files for the worker rather than
-    /// deleting them for it to create again. Where a fork is refused (the
-    /// process runs other threads) or fails, the worker is started as a
-    /// program, as [`Backoffice::start_worker`] does.
-    pub fn trigger(&self, repo: Repo) -> Started {
-        let check = self.check_if_needed(repo.conn());
-        if !check.is_needed() {
-            return Started::NotNeeded(check);
-        }
-        let given = repo.path().to_owned();
-        let path = match std::path::absolute(&given) {
-            Ok(p) => p,
-            Err(e) => {
-                return Started::NotNeeded(Check::Unavailable {
-                    reason: format!("{}: {e}", repo.path().display()),
-                });
-            }
-        };
-        let logfile = logfile_setting(repo.conn()).map(|l| std::path::absolute(&l).unwrap_or(l));
-        keep_wal_files(repo.conn());
-        if let Err(e) = repo.close() {
-            tracing::debug!(error = %e, "closing before the fork failed; starting a program");
-            return self.start_worker(&path, logfile.as_deref());
-        }
-        // The worker is born showing what it is (`EXE worker REPO`), as one
-        // started as a program; this process puts its own line back.
-        let title = process::set_command_line(&["worker".as_ref(), given.as_os_str()]);
-        let forked = process::fork_detached(&path, || work(&path, logfile.as_deref(), &self.tasks));
-        drop(title);
-        match forked {
-            Ok(pid) => {
-                tracing::debug!(repo = %path.display(), pid, "forked a worker");
-                Started::Worker { pid }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "cannot fork a worker; starting a program");
-                self.start_worker(&path, logfile.as_deref())
-            }
-        }
     }
 
     /// Starts a worker for the repository of `conn` now, whether or not
@@ -622,7 +578,11 @@ impl Backoffice {
         let Some(path) = conn.path().filter(|p| !p.is_empty()).map(PathBuf::from) else {
             return Started::Failed("the connection has no file (in-memory database)".into());
         };
-        let logfile = logfile_setting(conn);
+        let logfile = repo::config_get(conn, LOGFILE)
+            .ok()
+            .flatten()
+            .filter(|s| !s.is_empty())
+            .map(|s| crate::settings::resolve_path(conn, Path::new(&s)));
         self.start_worker(&path, logfile.as_deref())
     }
 
@@ -663,37 +623,6 @@ impl Backoffice {
                 }
             }
         }
-    }
-}
-
-/// The `backoffice-logfile` setting, resolved against the repository's
-/// folder.
-fn logfile_setting(conn: &Connection) -> Option<PathBuf> {
-    repo::config_get(conn, LOGFILE)
-        .ok()
-        .flatten()
-        .filter(|s| !s.is_empty())
-        .map(|s| crate::settings::resolve_path(conn, Path::new(&s)))
-}
-
-/// A worker is on its way to this repository: its `-wal` and `-shm` files
-/// are left for it rather than removed when this connection closes.
-///
-/// In WAL mode, when nothing else holds the database open, this connection
-/// is the last one, and its close would checkpoint the WAL and delete both
-/// files; a moment later the worker's open creates them again: two unlinks
-/// and two file creations in one directory on the way from the request to
-/// its work. Turning off the checkpoint-on-close for this one connection
-/// leaves them as a server's long-lived connection would; the worker, the
-/// last to close, checkpoints and removes them as usual. Nothing is
-/// weakened: a WAL file is part of the database, the check wrote nothing,
-/// and any frames a crashed writer left are checkpointed by the next
-/// closer. In rollback mode the setting does nothing.
-fn keep_wal_files(conn: &Connection) {
-    use rusqlite::config::DbConfig;
-    if let Err(e) = conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true) {
-        // Only the start-up time is at stake: close as usual.
-        tracing::debug!(error = %e, "cannot keep the WAL files for the worker");
     }
 }
 
@@ -790,12 +719,6 @@ fn report_failure(repo: &Path, logfile: Option<&Path>, msg: &str) {
 /// status.
 pub fn worker_main(repo: &Path, logfile: Option<&Path>, tasks: &Tasks) -> i32 {
     process::detach();
-    work(repo, logfile, tasks)
-}
-
-/// A worker's work, once detached: run the lease protocol once, report
-/// failures; the exit status.
-fn work(repo: &Path, logfile: Option<&Path>, tasks: &Tasks) -> i32 {
     let _ = Identity::current();
     let result = Repo::open(repo).and_then(|mut r| {
         let opts = RunOptions {

@@ -35,8 +35,7 @@ pub fn run(a: CgiArgs, tasks: Tasks) -> Result<ExitCode> {
     )?;
     cgi::close_stdio();
     if let Some(name) = touched {
-        // Its worker is this process, forked (see App::trigger).
-        if let Some(Started::Failed(e)) = app.trigger(&name) {
+        if let Some(Started::Failed(e)) = app.after_request(&name) {
             // stderr is the web server's error log.
             eprintln!("backoffice: {e}");
         }

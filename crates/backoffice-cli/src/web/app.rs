@@ -243,32 +243,6 @@ impl App {
         Some(started)
     }
 
-    /// The after-request check of a process that exits right after it
-    /// (`cgi`). On a file repository it is [`Backoffice::trigger`]: the
-    /// repository's connection is handed over (closed before the fork),
-    /// and the worker is this process forked, one process start fewer from
-    /// the request to its work; where a fork is not safe (another thread
-    /// still runs, another connection to the file is open) a program is
-    /// started, as [`App::after_request`] does. On PostgreSQL it is
-    /// [`App::after_request`].
-    pub fn trigger(&self, name: &str) -> Option<Started> {
-        let repo = match self.site.take_file(name) {
-            None => return self.after_request(name),
-            Some(Ok(r)) => r,
-            Some(Err(e)) => {
-                tracing::warn!(repo = name, "after-request check: {e}");
-                return None;
-            }
-        };
-        bump(&self.checks, name);
-        let started = self.bo.trigger(repo);
-        if let Started::Worker { pid } = started {
-            tracing::debug!(repo = name, pid, "started a worker");
-            bump(&self.started, name);
-        }
-        Some(started)
-    }
-
     /// Held by a request that writes to repository `name`, so this
     /// server's own writers to one repository queue here, in order, rather
     /// than all polling SQLite's lock at once: SQLite's busy handler sleeps

@@ -473,30 +473,6 @@ impl Site {
         Some(Ok(out))
     }
 
-    /// Takes file repository `name` out of the pool for good, for a process
-    /// that hands its connection over and exits (`cgi`, see
-    /// `App::trigger`): one idle connection to it is returned (a new one if
-    /// none), the others are closed. `None`: no such repository, or it is
-    /// not a file.
-    pub fn take_file(&self, name: &str) -> Option<backoffice::Result<Repo>> {
-        let Target::File(path) = self.resolve(name)? else {
-            return None;
-        };
-        let mut idle = Vec::new();
-        {
-            let mut pool = self.pool();
-            while let Some(p) = pool.take(name) {
-                idle.push(p);
-            }
-        }
-        let now_id = file_id(&path);
-        let kept = idle.into_iter().find_map(|p| match p.store {
-            Store::File(r) if r.path() == path && p.file == now_id => Some(r),
-            _ => None,
-        });
-        Some(kept.map_or_else(|| Repo::open(&path), Ok))
-    }
-
     /// A session on `url`'s schema: one idle on it, else one idle on
     /// another schema moved over, else a new one. Sessions the server
     /// closed are dropped on the way.
