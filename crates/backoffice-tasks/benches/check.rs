@@ -1,7 +1,7 @@
 //! The after-request check on an open connection, and the lease codec.
 //!
 //! ```text
-//! cargo bench -p backoffice --bench check
+//! cargo bench -p backoffice-tasks --bench check
 //! ```
 //!
 //! Every `check` case runs `Backoffice::check_if_needed` on one connection
