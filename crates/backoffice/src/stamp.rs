@@ -57,70 +57,95 @@ pub(crate) struct Stamp {
 /// not initialised or being rewritten.
 pub(crate) fn read(conn: &Connection) -> Option<Stamp> {
     conn.path().filter(|p| !p.is_empty())?;
-    let file = main_file(conn)?;
+    let file = MainFile::of(conn)?;
     let mut page = [0u8; 100];
-    read_at(file, &mut page, 0)?;
+    file.read_at(&mut page, 0)?;
     let mut header = [0u8; 84];
     header.copy_from_slice(&page[16..100]);
     // Bytes 18 and 19 (the file format's write and read versions) are 2 in
     // WAL mode, 1 otherwise.
     let wal = if page[18] == 2 || page[19] == 2 {
-        Some(wal_index_header(file)?)
+        Some(wal_index_header(&file)?)
     } else {
         None
     };
     Some(Stamp { header, wal })
 }
 
-/// The main database's `sqlite3_file`, owned by SQLite and valid while
-/// `conn` is open.
-pub(crate) fn main_file(conn: &Connection) -> Option<*mut ffi::sqlite3_file> {
-    let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
-    // SAFETY: `handle` is this open connection's; FILE_POINTER writes the
-    // main database's `sqlite3_file*` (owned by SQLite, valid while the
-    // connection is open).
-    let rc = unsafe {
-        ffi::sqlite3_file_control(
-            conn.handle(),
-            c"main".as_ptr(),
-            ffi::SQLITE_FCNTL_FILE_POINTER,
-            (&raw mut file).cast::<c_void>(),
-        )
-    };
-    // SAFETY: a non-null sqlite3_file from SQLite; pMethods is null only
-    // for a file that failed to open.
-    (rc == ffi::SQLITE_OK && !file.is_null() && unsafe { !(*file).pMethods.is_null() })
-        .then_some(file)
+/// The main database's `sqlite3_file` of an open connection: owned by
+/// SQLite, and valid for as long as this borrow of the connection.
+pub(crate) struct MainFile<'c> {
+    file: std::ptr::NonNull<ffi::sqlite3_file>,
+    _conn: std::marker::PhantomData<&'c Connection>,
 }
 
-/// Reads `buf.len()` bytes at `offset` of the database file through
-/// SQLite's own descriptor (`xRead`).
-pub(crate) fn read_at(file: *mut ffi::sqlite3_file, buf: &mut [u8], offset: i64) -> Option<()> {
-    // SAFETY: `file` comes from [`main_file`], with methods.
-    let read = unsafe { (*(*file).pMethods).xRead }?;
-    let len = i32::try_from(buf.len()).ok()?;
-    // SAFETY: writes at most `len` bytes into `buf`.
-    let rc = unsafe { read(file, buf.as_mut_ptr().cast::<c_void>(), len, offset) };
-    (rc == ffi::SQLITE_OK).then_some(())
-}
+impl<'c> MainFile<'c> {
+    /// `conn`'s main database file, if it has one that is open.
+    pub(crate) fn of(conn: &'c Connection) -> Option<MainFile<'c>> {
+        let mut file: *mut ffi::sqlite3_file = std::ptr::null_mut();
+        // SAFETY: `handle` is this open connection's; FILE_POINTER writes
+        // the main database's `sqlite3_file*` (owned by SQLite, valid while
+        // the connection is open, which the borrow guarantees).
+        let rc = unsafe {
+            ffi::sqlite3_file_control(
+                conn.handle(),
+                c"main".as_ptr(),
+                ffi::SQLITE_FCNTL_FILE_POINTER,
+                (&raw mut file).cast::<c_void>(),
+            )
+        };
+        let file = std::ptr::NonNull::new(file).filter(|_| rc == ffi::SQLITE_OK)?;
+        // SAFETY: a non-null sqlite3_file from SQLite; pMethods is null
+        // only for a file that failed to open.
+        let open = unsafe { !file.as_ref().pMethods.is_null() };
+        open.then_some(MainFile {
+            file,
+            _conn: std::marker::PhantomData,
+        })
+    }
 
-/// The start of the WAL index (region 0 of the `-shm` file, 32 KiB) as
-/// SQLite has it mapped, mapping it if this connection has not yet.
-pub(crate) fn wal_index(file: *mut ffi::sqlite3_file) -> Option<*const u8> {
-    // SAFETY: `file` comes from [`main_file`], with methods.
-    let methods = unsafe { &*(*file).pMethods };
-    let shm_map = methods.xShmMap.filter(|_| methods.iVersion >= 2)?;
-    let mut region: *mut c_void = std::ptr::null_mut();
-    // SAFETY: region 0, not extended; SQLite keeps it mapped while the
-    // connection is open in WAL mode.
-    let rc = unsafe { shm_map(file, 0, 32768, 0, &raw mut region) };
-    (rc == ffi::SQLITE_OK && !region.is_null()).then_some(region.cast::<u8>().cast_const())
+    fn methods(&self) -> &ffi::sqlite3_io_methods {
+        // SAFETY: checked non-null in `of`; SQLite keeps it while open.
+        unsafe { &*self.file.as_ref().pMethods }
+    }
+
+    /// Reads `buf.len()` bytes at `offset` of the database file through
+    /// SQLite's own descriptor (`xRead`).
+    pub(crate) fn read_at(&self, buf: &mut [u8], offset: i64) -> Option<()> {
+        let read = self.methods().xRead?;
+        let len = i32::try_from(buf.len()).ok()?;
+        // SAFETY: SQLite's own file and read method; writes at most `len`
+        // bytes into `buf`.
+        let rc = unsafe {
+            read(
+                self.file.as_ptr(),
+                buf.as_mut_ptr().cast::<c_void>(),
+                len,
+                offset,
+            )
+        };
+        (rc == ffi::SQLITE_OK).then_some(())
+    }
+
+    /// The start of the WAL index (region 0 of the `-shm` file, 32 KiB) as
+    /// SQLite has it mapped, mapping it if this connection has not yet.
+    /// Reading through the pointer is the caller's `unsafe`: another
+    /// process may be writing that memory.
+    pub(crate) fn wal_index(&self) -> Option<*const u8> {
+        let methods = self.methods();
+        let shm_map = methods.xShmMap.filter(|_| methods.iVersion >= 2)?;
+        let mut region: *mut c_void = std::ptr::null_mut();
+        // SAFETY: region 0, not extended; SQLite keeps it mapped while the
+        // connection is open in WAL mode.
+        let rc = unsafe { shm_map(self.file.as_ptr(), 0, 32768, 0, &raw mut region) };
+        (rc == ffi::SQLITE_OK && !region.is_null()).then_some(region.cast::<u8>().cast_const())
+    }
 }
 
 /// The WAL index header, when both of SQLite's copies of it agree and it
 /// is initialised.
-fn wal_index_header(file: *mut ffi::sqlite3_file) -> Option<[u8; 48]> {
-    let index = wal_index(file)?;
+fn wal_index_header(file: &MainFile<'_>) -> Option<[u8; 48]> {
+    let index = file.wal_index()?;
     // SAFETY: the region is at least 32 KiB and page-aligned; another
     // process may be writing it, hence the volatile reads and the fence,
     // as SQLite's own lock-free readers (walIndexTryHdr) read it: copy 0,

@@ -89,16 +89,16 @@ pub(crate) fn write_counter(conn: &Connection) -> Option<u64> {
     let mode: String = conn
         .query_row("PRAGMA journal_mode", [], |r| r.get(0))
         .ok()?;
-    let file = stamp::main_file(conn)?;
+    let file = stamp::MainFile::of(conn)?;
     if mode.eq_ignore_ascii_case("wal") {
-        let index = stamp::wal_index(file)?;
+        let index = file.wal_index()?;
         // SAFETY: the header's iChange is a u32 at offset 8 of the
         // page-aligned WAL index, in the machine's byte order.
         let v = unsafe { std::ptr::read_volatile(index.add(8).cast::<u32>()) };
         Some(u64::from(v))
     } else {
         let mut b = [0u8; 4];
-        stamp::read_at(file, &mut b, 24)?;
+        file.read_at(&mut b, 24)?;
         Some(u64::from(u32::from_be_bytes(b)))
     }
 }
