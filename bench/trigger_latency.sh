@@ -31,8 +31,8 @@
 #   cgi-delete, cgi-wal
 #             `host cgi` answering GET /r/NAME/status.json as a web server's
 #             CGI would start it (environment, token); after the reply it runs
-#             the after-request check and forks its worker, as `trigger`
-#             does; t0 is just before bash starts it
+#             the after-request check and starts its worker (`EXE worker
+#             REPO`), as `trigger` does; t0 is just before bash starts it
 #   embedded-delete, embedded-wal
 #             no `trigger` process: a long-lived host (`host requests REPO`,
 #             which holds its connection open as a server does) inserts the
